@@ -1,0 +1,45 @@
+"""The command tree of `commonweights`.
+
+Each package owns its own subcommands in a `cli` module that is cheap to import (heavy imports
+happen inside the handlers), so `commonweights --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from commonweights import __version__
+from training import cli as training_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="commonweights",
+        description="Volunteer computing for training language models.",
+    )
+    parser.add_argument("--version", action="version", version=f"commonweights {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="prepare datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    training_cli.add_data_prepare(data_commands)
+
+    training_cli.add_simulate(commands)
+
+    bench = commands.add_parser("bench", help="run a benchmark and write docs/benchmarks.md")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+    training_cli.add_bench_diloco(bench_commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return code

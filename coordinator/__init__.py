@@ -1,0 +1,3 @@
+"""coordinator."""
+
+from __future__ import annotations

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine: creates .venv with CPU PyTorch and the project, then runs
+#   ./dev.sh demo   the local demo (coordinator + volunteers training on the embedded corpus)
+#   ./dev.sh test   the test suite
+#   ./dev.sh lint   ruff and mypy
+# Extra arguments are passed on to the command.
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${COMMONWEIGHTS_VENV:-.venv}
+PY=${PYTHON:-python3}
+TORCH_VERSION=2.13.0
+
+setup() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$PY" -m venv "$VENV"
+    fi
+    local pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+    # Torch first and pinned: an unpinned torch in a fresh environment resolves to a CUDA build
+    # several GB large. Set TORCH_INDEX_URL to a CPU wheel index where no local wheel is configured.
+    if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+        if [ -n "${TORCH_INDEX_URL:-}" ]; then
+            "${pip[@]}" "torch==$TORCH_VERSION" --index-url "$TORCH_INDEX_URL"
+        else
+            "${pip[@]}" "torch==$TORCH_VERSION"
+        fi
+    fi
+    local stamp="$VENV/.commonweights-$1"
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        "${pip[@]}" -e ".[$1]"
+        touch "$stamp"
+    fi
+}
+
+cmd=${1:-demo}
+shift || true
+case "$cmd" in
+    demo)
+        setup dev
+        exec "$VENV/bin/commonweights" demo "$@"
+        ;;
+    test)
+        setup dev
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    lint)
+        setup dev
+        "$VENV/bin/ruff" check .
+        "$VENV/bin/ruff" format --check .
+        exec "$VENV/bin/mypy"
+        ;;
+    *)
+        echo "usage: ./dev.sh [demo|test|lint] [args...]" >&2
+        exit 2
+        ;;
+esac

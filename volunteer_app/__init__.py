@@ -1,0 +1,3 @@
+"""volunteer_app."""
+
+from __future__ import annotations
