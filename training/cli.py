@@ -1,0 +1,115 @@
+"""Subcommands owned by the training core: `data prepare`, `simulate`, `bench diloco`.
+
+Cheap to import: the handlers import torch and friends only when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+Subparsers = Any  # argparse's _SubParsersAction is private; its type is not worth leaking here
+
+
+def add_data_prepare(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "prepare",
+        help="tokenize a corpus into token shards with a holdout split",
+        description=(
+            "Read .txt, .md, .py and .jsonl files (a `text` field per line), train a tokenizer and "
+            "write token shards, a holdout split, the tokenizer and manifest.json. With no SRC the "
+            "embedded default corpus is used: this Python's own standard library sources."
+        ),
+    )
+    parser.add_argument("sources", nargs="*", type=Path, metavar="SRC", help="files or folders")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--tokenizer", choices=["bpe", "bytes"], default="bpe")
+    parser.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size")
+    parser.add_argument(
+        "--holdout-fraction", type=float, default=0.02, help="share of documents kept for holdout"
+    )
+    parser.add_argument(
+        "--max-bytes", type=int, default=None, help="stop reading the corpus after this many bytes"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_run_data_prepare)
+
+
+def _run_data_prepare(args: argparse.Namespace) -> int:
+    from training.data.cli import run_prepare
+
+    return run_prepare(args)
+
+
+def add_simulate(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "simulate",
+        help="train K simulated DiLoCo workers in one process",
+        description=(
+            "Train K workers with DiLoCo in one process, each on its own data slices; evaluate "
+            "holdout loss after every outer step and print a summary."
+        ),
+    )
+    add_run_arguments(parser)
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write results as JSON")
+    parser.set_defaults(handler=_run_simulate)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments shared by `simulate` and `bench diloco`."""
+    parser.add_argument(
+        "--data", type=Path, default=None, metavar="DIR",
+        help="prepared dataset (default: the embedded corpus, prepared on first use)",
+    )
+    parser.add_argument("--model", default="tiny", metavar="PRESET", help="model preset")
+    parser.add_argument("--workers", type=int, default=4, metavar="K")
+    parser.add_argument("--inner-steps", type=int, default=50, metavar="H")
+    parser.add_argument("--codec", default="fp32", help="update codec (fp32, fp16, bf16, int8, topk, dct)")
+    parser.add_argument("--outer", default="nesterov", choices=["nesterov", "average", "adam"])
+    parser.add_argument("--outer-lr", type=float, default=None, help="default: per outer optimizer")
+    parser.add_argument("--outer-momentum", type=float, default=0.9)
+    parser.add_argument("--steps", type=int, default=400, help="inner steps per worker in total")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3, help="inner AdamW peak learning rate")
+    parser.add_argument("--warmup", type=int, default=20, help="inner warmup steps")
+    parser.add_argument("--eval-tokens", type=int, default=65536, help="holdout tokens per evaluation")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    from training.simulate import run_simulate_command
+
+    return run_simulate_command(args)
+
+
+def add_bench_diloco(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "diloco",
+        help="DiLoCo vs data-parallel at equal tokens, plus codec throughput",
+        description=(
+            "Compare synchronous data-parallel, a single worker and DiLoCo at several H with each "
+            "codec, at equal tokens and worker count; measure codec throughput and worst-case error. "
+            "Writes the tables into docs/benchmarks.md."
+        ),
+    )
+    add_run_arguments(parser)
+    parser.add_argument(
+        "--h-values", default="10,50,200", help="comma-separated inner-step counts for DiLoCo"
+    )
+    parser.add_argument("--codecs", default="fp32,int8,topk,dct", help="comma-separated codecs")
+    parser.add_argument(
+        "--output", type=Path, default=Path("docs/benchmarks.md"), help="markdown file to update"
+    )
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write results as JSON")
+    parser.set_defaults(handler=_run_bench_diloco)
+
+
+def _run_bench_diloco(args: argparse.Namespace) -> int:
+    from training.bench_diloco import run_bench_command
+
+    return run_bench_command(args)
