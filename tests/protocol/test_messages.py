@@ -1,0 +1,1155 @@
+"""The control-channel contract: every message round-trips, every bad frame gets a precise error.
+
+Also keeps docs/protocol.md honest: its tables of fields, error codes, limits and close codes are
+generated from the code, and a test fails when they drift. To regenerate them:
+
+    COMMONWEIGHTS_UPDATE_DOCS=1 .venv/bin/python -m pytest tests/protocol/test_messages.py -k docs
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+import types
+from collections.abc import Callable, Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import protocol
+from protocol import (
+    MESSAGE_TYPES,
+    PROTOCOL_VERSION,
+    UPDATE_REJECTIONS,
+    Abandon,
+    BlobChunk,
+    BlobRef,
+    BlobRequest,
+    Capabilities,
+    CloseCode,
+    Device,
+    ErrorCode,
+    ErrorMessage,
+    Goodbye,
+    Hello,
+    InnerRecipe,
+    LeaseExtended,
+    Message,
+    ModelConfig,
+    ModelSpec,
+    NoWork,
+    Progress,
+    ProtocolError,
+    RequestWork,
+    Result,
+    Submit,
+    ToServerMessage,
+    TrainMetrics,
+    Welcome,
+    WorkUnit,
+    check_version,
+    close_code_for,
+    decode,
+    encode,
+)
+from protocol import limits as limits_module
+from protocol.limits import (
+    MAX_BLOB_CHUNK_BYTES,
+    MAX_FRAME_DEPTH,
+    MAX_FRAME_VALUES,
+    MAX_INNER_STEPS,
+    MAX_SHARD_PARAMS,
+)
+from protocol.messages import ToServerType
+from protocol.schema import Rule, fields_of, to_wire
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+TO_SERVER_TAGS = frozenset(cls.TYPE for cls in get_args(ToServerMessage))
+NONE = type(None)
+FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def direction_of(tag: str) -> Literal["to_server", "to_client"]:
+    return "to_server" if tag in TO_SERVER_TAGS else "to_client"
+
+
+# --- One valid example of every message -----------------------------------------------------------
+
+CHECKPOINT_SHA = hashlib.sha256(b"checkpoint").hexdigest()
+DATA_SHA = hashlib.sha256(b"data").hexdigest()
+UPDATE = bytes(range(16))
+METRICS = TrainMetrics(
+    losses=(9.01, 8.72, 8.40, 8.13),
+    tokens=512,
+    seconds=3.5,
+    device="cuda",
+    device_name="NVIDIA GeForce RTX 3060",
+    peak_memory_bytes=1_500_000_000,
+)
+CONFIG = ModelConfig(
+    vocab_size=8192,
+    d_model=96,
+    n_layer=3,
+    n_head=4,
+    d_ff=256,
+    max_seq_len=256,
+    rope_theta=10000.0,
+    norm_eps=1e-5,
+)
+RECIPE = InnerRecipe(
+    steps=4,
+    batch_size=2,
+    seq_len=64,
+    grad_accum=1,
+    lr=3e-3,
+    min_lr_ratio=0.1,
+    warmup_steps=10,
+    total_steps=1000,
+    global_step=40,
+    weight_decay=0.1,
+    grad_clip=1.0,
+    beta1=0.9,
+    beta2=0.95,
+    eps=1e-8,
+)
+WORK_UNIT = WorkUnit(
+    unit_id="u-42",
+    lease_id="l-42-1",
+    lease_deadline=1_767_225_600.0,
+    campaign_id="tinystories",
+    campaign_name="TinyStories, tiny model",
+    model_version=7,
+    model=ModelSpec(preset="tiny", config=CONFIG),
+    checkpoint=BlobRef(sha256=CHECKPOINT_SHA, size=1_234_567),
+    checkpoint_format="safetensors",
+    data=BlobRef(sha256=DATA_SHA, size=2 * 513),
+    data_dtype="uint16",
+    data_tokens=513,
+    shard=("blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight"),
+    shard_shapes={"blocks.0.attn.qkv.weight": (288, 96), "blocks.0.attn.proj.weight": (96, 96)},
+    recipe=RECIPE,
+    seed=1234,
+    codec={"name": "int8", "block_size": 256},
+    max_update_bytes=1 << 20,
+)
+EXAMPLES: dict[str, Message] = {
+    "hello": Hello(
+        protocol_version=PROTOCOL_VERSION,
+        client_version="0.1.0",
+        token=None,
+        name="ada's laptop",
+        capabilities=Capabilities(
+            devices=(
+                Device(kind="cuda", name="NVIDIA GeForce RTX 3060", memory_bytes=12 << 30),
+                Device(kind="cpu", name="AMD Ryzen 7 5800X", memory_bytes=32 << 30),
+            ),
+            memory_bytes=8 << 30,
+            threads=8,
+            codecs=("fp32", "fp16", "bf16", "int8", "topk", "dct"),
+            platform="linux-x86_64",
+        ),
+    ),
+    "request_work": RequestWork(preferred_campaign="tinystories"),
+    "blob_request": BlobRequest(sha256=CHECKPOINT_SHA, offset=4 << 20, length=4 << 20),
+    "progress": Progress(
+        unit_id="u-42", lease_id="l-42-1", step=2, steps_total=4, loss=8.72, tokens=256, phase="training"
+    ),
+    "submit": Submit(
+        unit_id="u-42",
+        lease_id="l-42-1",
+        update=UPDATE,
+        update_sha256=hashlib.sha256(UPDATE).hexdigest(),
+        metrics=METRICS,
+    ),
+    "abandon": Abandon(unit_id="u-42", lease_id="l-42-1", reason="out_of_memory", detail="CUDA out of memory"),
+    "goodbye": Goodbye(reason="user quit"),
+    "welcome": Welcome(
+        volunteer_id="v-1001",
+        token="c2VjcmV0LXRva2VuLWZvci12LTEwMDE",
+        server_version="0.1.0",
+        heartbeat_interval_s=30.0,
+        max_frame_bytes=16 << 20,
+        dashboard_url="https://weights.example.org/volunteers/v-1001",
+        credit_total=0.0,
+    ),
+    "work_unit": WORK_UNIT,
+    "no_work": NoWork(retry_after_s=60.0, reason="no active campaign"),
+    "blob_chunk": BlobChunk(sha256=DATA_SHA, offset=0, total_size=1026, data=b"\x00\x01" * 513),
+    "lease_extended": LeaseExtended(unit_id="u-42", lease_id="l-42-1", lease_deadline=1_767_225_900.0),
+    "result": Result(unit_id="u-42", lease_id="l-42-1", status="accepted", code=None, message="Thanks!", credit=12.5),
+    "error": ErrorMessage(
+        code=ErrorCode.LEASE_EXPIRED,
+        message="Lease l-42-1 ended; the unit was reissued. Ask for new work.",
+        fatal=False,
+        ref_type="progress",
+        ref_id="u-42",
+    ),
+}
+
+
+def wire_of(message: Message) -> dict[str, Any]:
+    body = to_wire(message)
+    assert isinstance(body, dict)
+    return {"type": message.TYPE, "v": PROTOCOL_VERSION, **body}
+
+
+def refusal(frame: object, direction: Literal["to_server", "to_client"] = "to_server", **kw: Any) -> ProtocolError:
+    data: Any = msgpack.packb(frame, use_bin_type=True) if isinstance(frame, dict | list) else frame
+    with pytest.raises(ProtocolError) as caught:
+        decode(data, direction=direction, **kw)
+    return caught.value
+
+
+def test_examples_cover_every_message_type() -> None:
+    assert set(EXAMPLES) == set(MESSAGE_TYPES)
+    assert all(type(message) is MESSAGE_TYPES[tag] for tag, message in EXAMPLES.items())
+
+
+@pytest.mark.parametrize("tag", sorted(MESSAGE_TYPES))
+def test_every_example_round_trips(tag: str) -> None:
+    message = EXAMPLES[tag]
+    assert decode(encode(message), direction=direction_of(tag)) == message
+
+
+def test_to_server_type_literal_lists_the_volunteer_messages() -> None:
+    assert set(get_args(ToServerType)) == TO_SERVER_TAGS
+
+
+# --- Hypothesis strategies, derived from the schema --------------------------------------------
+
+
+def ints_for(rule: Rule) -> st.SearchStrategy[int]:
+    low = rule.ge if rule.ge is not None else rule.gt + 1  # type: ignore[operator]
+    high = rule.le if rule.le is not None else rule.lt - 1  # type: ignore[operator]
+    return st.integers(int(low), int(high))
+
+
+def floats_for(rule: Rule) -> st.SearchStrategy[float]:
+    return st.floats(
+        min_value=rule.ge if rule.ge is not None else rule.gt,
+        max_value=rule.le if rule.le is not None else rule.lt,
+        exclude_min=rule.ge is None,
+        exclude_max=rule.le is None,
+        allow_nan=False,
+        allow_infinity=False,
+    )
+
+
+def texts_for(rule: Rule) -> st.SearchStrategy[str]:
+    assert rule.max_len is not None
+    max_len = rule.max_len
+    if rule.pattern is not None:
+        return st.from_regex(rule.pattern.regex, fullmatch=True).filter(lambda s: rule.min_len <= len(s) <= max_len)
+    low, high = rule.min_len, min(max_len, rule.min_len + 12)
+    if rule.printable:
+        alphabet = st.characters(categories=("L", "M", "N", "P", "S")) | st.just(" ")
+        return st.text(alphabet, min_size=low, max_size=high)
+    return st.text(min_size=low, max_size=high)
+
+
+def values_for(hint: Any, rule: Rule) -> st.SearchStrategy[Any]:
+    origin = get_origin(hint)
+    if hint is NONE:
+        return st.none()
+    if origin is Union or origin is types.UnionType:
+        return st.one_of([values_for(arm, rule) for arm in get_args(hint)])
+    if origin is Literal:
+        return st.sampled_from(get_args(hint))
+    if hint is bool:
+        return st.booleans()
+    if hint is int:
+        return ints_for(rule)
+    if hint is float:
+        return floats_for(rule)
+    if hint is str:
+        return texts_for(rule)
+    if hint is bytes:
+        assert rule.max_len is not None
+        return st.binary(min_size=rule.min_len, max_size=min(rule.max_len, rule.min_len + 32))
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return st.sampled_from(list(hint))
+    if origin is tuple:
+        assert rule.max_len is not None
+        items = values_for(get_args(hint)[0], rule.item or Rule())
+        return st.lists(
+            items, min_size=rule.min_len, max_size=min(rule.max_len, rule.min_len + 3), unique=rule.unique
+        ).map(tuple)
+    if origin is Mapping:
+        assert rule.max_len is not None
+        return st.dictionaries(
+            values_for(str, rule.key or Rule()),
+            values_for(get_args(hint)[1], rule.value or Rule()),
+            min_size=rule.min_len,
+            max_size=min(rule.max_len, rule.min_len + 3),
+        )
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return instances_of(hint)
+    raise AssertionError(f"no strategy for {hint!r}")
+
+
+def kwargs_of(cls: type) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries({spec.name: values_for(spec.hint, spec.rule) for spec in fields_of(cls)})
+
+
+@st.composite
+def model_configs(draw: st.DrawFn) -> ModelConfig:
+    n_head = draw(st.integers(1, 8))
+    kwargs = draw(kwargs_of(ModelConfig)) | {
+        "n_head": n_head,
+        "d_model": n_head * 2 * draw(st.integers(1, 16)),
+    }
+    return ModelConfig(**kwargs)
+
+
+@st.composite
+def recipes(draw: st.DrawFn) -> InnerRecipe:
+    small = {
+        "steps": draw(st.integers(1, 20)),
+        "batch_size": draw(st.integers(1, 8)),
+        "grad_accum": draw(st.integers(1, 4)),
+        "seq_len": draw(st.integers(1, 64)),
+    }
+    return InnerRecipe(**(draw(kwargs_of(InnerRecipe)) | small))
+
+
+@st.composite
+def work_units(draw: st.DrawFn) -> WorkUnit:
+    kwargs = draw(kwargs_of(WorkUnit))
+    config: ModelConfig = kwargs["model"].config
+    recipe = dataclasses.replace(kwargs["recipe"], seq_len=min(kwargs["recipe"].seq_len, config.max_seq_len))
+    dtype = "uint16" if config.vocab_size <= 1 << 16 else "uint32"
+    tokens = recipe.tokens_needed + draw(st.integers(0, 1000))
+    shape = st.lists(st.integers(1, 1 << 20), max_size=3).map(tuple)
+    name = texts_for(Rule(min_len=1, max_len=64, pattern=protocol.messages.KEY))
+    return WorkUnit(
+        **kwargs
+        | {
+            "recipe": recipe,
+            "data_dtype": dtype,
+            "data_tokens": tokens,
+            "data": BlobRef(kwargs["data"].sha256, tokens * (2 if dtype == "uint16" else 4)),
+            "shard_shapes": {param: draw(shape) for param in kwargs["shard"]},
+            "codec": kwargs["codec"] | {"name": draw(name)},
+        }
+    )
+
+
+@st.composite
+def results(draw: st.DrawFn) -> Result:
+    status = draw(st.sampled_from(["accepted", "rejected", "duplicate"]))
+    codes = {"accepted": st.none(), "rejected": st.sampled_from(list(ErrorCode))}
+    code = draw(codes.get(status, st.just(ErrorCode.DUPLICATE_SUBMISSION)))
+    return Result(**(draw(kwargs_of(Result)) | {"status": status, "code": code}))
+
+
+@st.composite
+def blob_chunks(draw: st.DrawFn) -> BlobChunk:
+    total = draw(st.integers(0, 10_000))
+    offset = draw(st.integers(0, total))
+    data = draw(st.binary(min_size=1 if offset < total else 0, max_size=min(64, total - offset)))
+    return BlobChunk(sha256=draw(kwargs_of(BlobChunk))["sha256"], offset=offset, total_size=total, data=data)
+
+
+@st.composite
+def progresses(draw: st.DrawFn) -> Progress:
+    total = draw(st.integers(1, MAX_INNER_STEPS))
+    return Progress(**(draw(kwargs_of(Progress)) | {"steps_total": total, "step": draw(st.integers(0, total))}))
+
+
+@st.composite
+def hellos(draw: st.DrawFn) -> Hello:
+    return Hello(**(draw(kwargs_of(Hello)) | {"protocol_version": PROTOCOL_VERSION}))
+
+
+# Classes whose fields constrain each other get a hand-written strategy.
+CONSTRAINED: dict[type, Callable[[], st.SearchStrategy[Any]]] = {
+    ModelConfig: model_configs,
+    InnerRecipe: recipes,
+    WorkUnit: work_units,
+    Result: results,
+    BlobChunk: blob_chunks,
+    Progress: progresses,
+    Hello: hellos,
+}
+
+
+def instances_of(cls: type) -> st.SearchStrategy[Any]:
+    if cls in CONSTRAINED:
+        return CONSTRAINED[cls]()
+    return kwargs_of(cls).map(lambda kwargs: cls(**kwargs))
+
+
+@pytest.mark.parametrize("tag", sorted(MESSAGE_TYPES))
+@FAST
+@given(data=st.data())
+def test_every_message_type_round_trips(tag: str, data: st.DataObject) -> None:
+    message = data.draw(instances_of(MESSAGE_TYPES[tag]))
+    assert decode(encode(message), direction=direction_of(tag)) == message
+
+
+# --- The envelope: map, type, v ----------------------------------------------------------------
+
+
+def test_decode_accepts_bytearray_and_memoryview() -> None:
+    frame = encode(EXAMPLES["progress"])
+    assert decode(bytearray(frame), direction="to_server") == EXAMPLES["progress"]
+    assert decode(memoryview(frame), direction="to_server") == EXAMPLES["progress"]
+
+
+def test_a_strided_buffer_is_malformed() -> None:
+    assert refusal(memoryview(encode(EXAMPLES["goodbye"]))[::2]).code is ErrorCode.MALFORMED_FRAME
+
+
+def test_a_text_frame_is_malformed() -> None:
+    err = refusal('{"type": "hello"}')
+    assert err.code is ErrorCode.MALFORMED_FRAME
+    assert "binary WebSocket frames" in err.message
+
+
+@pytest.mark.parametrize("frame", [b"", b"\x90", b"\x01", b"\xa3abc", b"\xc0"], ids=repr)
+def test_a_frame_that_is_not_one_map_is_malformed(frame: bytes) -> None:
+    err = refusal(frame)
+    assert err.code is ErrorCode.MALFORMED_FRAME
+    assert err.message == "A frame must be one MessagePack map."
+
+
+def test_every_truncation_of_a_frame_is_malformed() -> None:
+    frame = encode(EXAMPLES["work_unit"])
+    for end in range(1, len(frame)):
+        assert refusal(frame[:end], "to_client").code is ErrorCode.MALFORMED_FRAME
+
+
+def test_trailing_bytes_are_malformed() -> None:
+    err = refusal(encode(EXAMPLES["goodbye"]) + b"\xc0\xc0")
+    assert (err.code, err.message) == (ErrorCode.MALFORMED_FRAME, "2 bytes follow the frame's map.")
+
+
+@pytest.mark.parametrize("ext", [b"\xd4\x01\x00", b"\xc7\x00\x05", b"\xd6\xff\x00\x00\x00\x00"], ids=repr)
+def test_extension_types_are_refused(ext: bytes) -> None:
+    err = refusal(b"\x81\xa6reason" + ext)
+    assert err.code is ErrorCode.MALFORMED_FRAME
+    assert "extension types are not allowed" in err.message
+
+
+def test_the_never_used_byte_is_malformed() -> None:
+    assert "0xc1" in refusal(b"\x81\xa6reason\xc1").message
+
+
+def test_nesting_deeper_than_the_limit_is_malformed() -> None:
+    too_deep = b"\x81\xa1x" + b"\x91" * MAX_FRAME_DEPTH + b"\xc0"  # the frame's map is level 1
+    err = refusal(too_deep)
+    assert err.code is ErrorCode.MALFORMED_FRAME
+    assert f"deeper than {MAX_FRAME_DEPTH} levels" in err.message
+    deepest = b"\x81\xa1x" + b"\x91" * (MAX_FRAME_DEPTH - 1) + b"\xc0"
+    assert "deeper" not in refusal(deepest).message
+
+
+def test_more_values_than_the_limit_is_malformed_before_unpacking() -> None:
+    # 70k empty maps: a few bytes each on the wire, but a dict each once unpacked.
+    frame = b"\x81\xa1x\xdd" + (70_000).to_bytes(4, "big") + b"\x80" * 70_000
+    err = refusal(frame)
+    assert err.code is ErrorCode.MALFORMED_FRAME
+    assert f"more than {MAX_FRAME_VALUES} values" in err.message
+
+
+def test_a_duplicate_key_is_malformed() -> None:
+    frame = b"\x83\xa4type\xa7goodbye\xa1v\x01\xa4type\xa5hello"
+    err = refusal(frame)
+    assert (err.code, err.message) == (ErrorCode.MALFORMED_FRAME, "The key 'type' appears twice in one map.")
+
+
+def test_invalid_utf8_is_malformed() -> None:
+    frame = b"\x83\xa4type\xa7goodbye\xa1v\x01\xa6reason\xa2\xff\xfe"
+    assert refusal(frame).code is ErrorCode.MALFORMED_FRAME
+
+
+def test_a_non_string_map_key_is_malformed() -> None:
+    assert refusal(b"\x81\x01\x01").code is ErrorCode.MALFORMED_FRAME
+
+
+def test_a_frame_over_max_bytes_is_refused_before_unpacking() -> None:
+    frame = encode(EXAMPLES["submit"])
+    err = refusal(frame, max_bytes=len(frame) - 1)
+    assert err.code is ErrorCode.FRAME_TOO_LARGE
+    assert f"The frame is {len(frame)} bytes; the limit is {len(frame) - 1} bytes." == err.message
+    assert decode(frame, direction="to_server", max_bytes=len(frame)) == EXAMPLES["submit"]
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        ({"v": 1, "reason": "x"}, "no 'type' string"),
+        ({"type": 7, "v": 1}, "no 'type' string"),
+        ({"type": "goodbye", "reason": "x"}, "no integer 'v'"),
+        ({"type": "goodbye", "v": "1", "reason": "x"}, "no integer 'v'"),
+        ({"type": "goodbye", "v": True, "reason": "x"}, "no integer 'v'"),
+        ({"type": "goodbye", "v": 1.0, "reason": "x"}, "no integer 'v'"),
+    ],
+)
+def test_a_missing_or_mistyped_envelope_is_malformed(frame: dict[str, Any], expected: str) -> None:
+    err = refusal(frame)
+    assert err.code is ErrorCode.MALFORMED_FRAME
+    assert expected in err.message
+
+
+def test_an_unknown_type_is_refused_with_the_accepted_ones() -> None:
+    err = refusal({"type": "hack", "v": 1})
+    assert err.code is ErrorCode.UNKNOWN_TYPE
+    assert "'hack'" in err.message and "hello, request_work" in err.message
+    assert err.ref_type is None
+
+
+@pytest.mark.parametrize("tag", sorted(MESSAGE_TYPES))
+def test_a_message_sent_the_wrong_way_is_an_unknown_type(tag: str) -> None:
+    wrong_way: Literal["to_server", "to_client"] = "to_client" if direction_of(tag) == "to_server" else "to_server"
+    err = refusal(encode(EXAMPLES[tag]), wrong_way)
+    assert err.code is ErrorCode.UNKNOWN_TYPE
+    assert f"'{tag}' is a message the" in err.message
+
+
+# --- Versions ------------------------------------------------------------------------------------
+
+
+def test_an_old_client_is_told_to_update_the_app() -> None:
+    err = refusal(wire_of(EXAMPLES["hello"]) | {"v": 0, "protocol_version": 0})
+    assert err.code is ErrorCode.VERSION_MISMATCH
+    assert "Update the Commonweights app" in err.message
+    assert f"protocol version {PROTOCOL_VERSION}" in err.message
+    assert err.ref_type == "hello"
+
+
+def test_a_client_newer_than_the_coordinator_is_told_which_version_it_speaks() -> None:
+    err = refusal({"type": "hello", "v": PROTOCOL_VERSION + 1, "whatever": "new fields"})
+    assert err.code is ErrorCode.VERSION_MISMATCH
+    assert "newer than this coordinator supports" in err.message
+    assert f"protocol version {PROTOCOL_VERSION}" in err.message
+
+
+def test_a_client_hearing_a_newer_coordinator_is_told_to_update() -> None:
+    err = refusal(wire_of(EXAMPLES["welcome"]) | {"v": PROTOCOL_VERSION + 1}, "to_client")
+    assert err.code is ErrorCode.VERSION_MISMATCH
+    assert err.message.startswith(f"The coordinator speaks protocol version {PROTOCOL_VERSION + 1}")
+    assert "Update the Commonweights app" in err.message
+
+
+def test_an_error_frame_is_read_whatever_its_version() -> None:
+    frame = wire_of(EXAMPLES["error"]) | {"v": 99}
+    assert decode(msgpack.packb(frame), direction="to_client") == EXAMPLES["error"]
+
+
+def test_a_version_is_checked_before_the_type() -> None:
+    assert refusal({"type": "from_the_future", "v": 99}).code is ErrorCode.VERSION_MISMATCH
+
+
+def test_hello_protocol_version_must_match_the_frame() -> None:
+    err = refusal(wire_of(EXAMPLES["hello"]) | {"protocol_version": PROTOCOL_VERSION + 1})
+    assert err.code is ErrorCode.SCHEMA_VIOLATION
+    assert err.message.startswith("hello.protocol_version:")
+
+
+def test_check_version() -> None:
+    check_version(PROTOCOL_VERSION)
+    with pytest.raises(ProtocolError) as caught:
+        check_version(PROTOCOL_VERSION + 5, peer="coordinator")
+    assert caught.value.code is ErrorCode.VERSION_MISMATCH
+
+
+# --- Fields --------------------------------------------------------------------------------------
+
+TOP_FIELDS = [(tag, spec) for tag in sorted(EXAMPLES) for spec in fields_of(MESSAGE_TYPES[tag])]
+
+
+def field_id(case: tuple[str, Any]) -> str:
+    return f"{case[0]}.{case[1].name}"
+
+
+def refused_field(tag: str, **changes: object) -> str:
+    err = refusal(wire_of(EXAMPLES[tag]) | changes, direction_of(tag))
+    assert err.code is ErrorCode.SCHEMA_VIOLATION
+    assert err.ref_type == tag
+    return err.message
+
+
+@pytest.mark.parametrize("case", TOP_FIELDS, ids=field_id)
+def test_every_field_refuses_a_value_of_the_wrong_kind(case: tuple[str, Any]) -> None:
+    tag, spec = case
+    current = wire_of(EXAMPLES[tag])[spec.name]
+    wrong: object = {"x": 1} if isinstance(current, list) else [1]
+    assert refused_field(tag, **{spec.name: wrong}).startswith(f"{tag}.{spec.name}: expected")
+
+
+@pytest.mark.parametrize("case", TOP_FIELDS, ids=field_id)
+def test_every_required_field_is_required_and_every_optional_one_defaults(case: tuple[str, Any]) -> None:
+    tag, spec = case
+    frame = wire_of(EXAMPLES[tag])
+    del frame[spec.name]
+    if spec.required:
+        err = refusal(frame, direction_of(tag))
+        assert (err.code, err.message) == (
+            ErrorCode.SCHEMA_VIOLATION,
+            f"{tag}.{spec.name}: missing required field",
+        )
+    else:
+        message = decode(msgpack.packb(frame), direction=direction_of(tag))
+        assert getattr(message, spec.name) is None
+
+
+@pytest.mark.parametrize("tag", sorted(MESSAGE_TYPES))
+def test_every_message_refuses_an_unknown_field(tag: str) -> None:
+    assert refused_field(tag, surprise=1).startswith(f"{tag}.surprise: unknown field")
+
+
+def scalar_fields(kind: type) -> list[tuple[str, Any]]:
+    def admits(hint: Any) -> bool:
+        return hint is kind or kind in get_args(hint)
+
+    return [(tag, spec) for tag, spec in TOP_FIELDS if admits(spec.hint)]
+
+
+@pytest.mark.parametrize("case", scalar_fields(int), ids=field_id)
+def test_every_integer_field_refuses_bools_floats_and_negatives(case: tuple[str, Any]) -> None:
+    tag, spec = case
+    assert refused_field(tag, **{spec.name: True}) == f"{tag}.{spec.name}: expected an integer, got a bool"
+    assert refused_field(tag, **{spec.name: 1.0}) == f"{tag}.{spec.name}: expected an integer, got a float"
+    assert refused_field(tag, **{spec.name: -1}).startswith(f"{tag}.{spec.name}: must be >=")
+
+
+@pytest.mark.parametrize("case", scalar_fields(float), ids=field_id)
+def test_every_float_field_refuses_nan_and_infinities(case: tuple[str, Any]) -> None:
+    tag, spec = case
+    for bad in (math.nan, math.inf, -math.inf):
+        assert refused_field(tag, **{spec.name: bad}).startswith(f"{tag}.{spec.name}: expected a finite float")
+
+
+@pytest.mark.parametrize("case", scalar_fields(float), ids=field_id)
+def test_every_float_field_accepts_an_integer(case: tuple[str, Any]) -> None:
+    tag, spec = case
+    value = int(spec.rule.ge if spec.rule.ge is not None else spec.rule.gt + 1)
+    message = decode(msgpack.packb(wire_of(EXAMPLES[tag]) | {spec.name: value}), direction=direction_of(tag))
+    assert getattr(message, spec.name) == value
+    assert type(getattr(message, spec.name)) is float
+
+
+def sized_fields() -> list[tuple[str, Any]]:
+    def sized(hint: Any) -> bool:
+        args = [arm for arm in (get_args(hint) or (hint,)) if arm is not NONE]
+        return len(args) == 1 and (args[0] in (str, bytes) or get_origin(args[0]) in (tuple, Mapping))
+
+    return [(tag, spec) for tag, spec in TOP_FIELDS if sized(spec.hint)]
+
+
+@pytest.mark.parametrize("case", sized_fields(), ids=field_id)
+def test_every_string_bytes_array_and_map_field_refuses_one_more_than_its_limit(
+    case: tuple[str, Any],
+) -> None:
+    tag, spec = case
+    size = spec.rule.max_len + 1
+    hint = next(arm for arm in (get_args(spec.hint) or (spec.hint,)) if arm is not NONE)
+    oversized: object
+    if hint is str:
+        oversized = "a" * size
+    elif hint is bytes:
+        oversized = bytes(size)
+    elif get_origin(hint) is tuple:
+        oversized = [0] * size
+    else:
+        oversized = {f"k{i}": 0 for i in range(size)}
+    assert refused_field(tag, **{spec.name: oversized}).startswith(f"{tag}.{spec.name}: must hold at most")
+
+
+@pytest.mark.parametrize("case", [c for c in TOP_FIELDS if "sha256" in c[1].name], ids=field_id)
+def test_every_sha256_is_64_lowercase_hex_characters(case: tuple[str, Any]) -> None:
+    tag, spec = case
+    for bad in ("A" * 64, "a" * 63, "g" * 64):
+        assert "64 lowercase hex characters" in refused_field(tag, **{spec.name: bad})
+
+
+def test_a_non_finite_loss_is_named_by_its_index() -> None:
+    frame = wire_of(EXAMPLES["submit"])
+    frame["metrics"]["losses"][3] = math.nan
+    err = refusal(frame)
+    assert err.message == "submit.metrics.losses[3]: expected a finite float, got nan"
+
+
+def test_too_many_losses_are_refused() -> None:
+    frame = wire_of(EXAMPLES["submit"])
+    frame["metrics"]["losses"] = [1.0] * (MAX_INNER_STEPS + 1)
+    assert refusal(frame).message.startswith("submit.metrics.losses: must hold at most 10000 items")
+
+
+def test_a_single_precision_float_is_accepted() -> None:
+    frame = msgpack.packb(wire_of(EXAMPLES["progress"]), use_single_float=True)
+    progress = decode(frame, direction="to_server")
+    assert isinstance(progress, Progress)
+    assert progress.loss == pytest.approx(8.72, rel=1e-6)
+
+
+def test_nested_shapes_name_their_path() -> None:
+    frame = wire_of(EXAMPLES["work_unit"])
+    frame["shard_shapes"]["blocks.0.attn.qkv.weight"] = [288, 0]
+    err = refusal(frame, "to_client")
+    assert err.message == "work_unit.shard_shapes['blocks.0.attn.qkv.weight'][1]: must be >= 1, got 0"
+
+
+def test_a_device_list_names_the_bad_entry() -> None:
+    frame = wire_of(EXAMPLES["hello"])
+    frame["capabilities"]["devices"][1]["kind"] = "tpu"
+    assert refusal(frame).message.startswith("hello.capabilities.devices[1].kind: expected one of 'cpu'")
+
+
+# --- Rules across fields -----------------------------------------------------------------------
+
+
+def test_constructing_an_inconsistent_message_fails_at_once() -> None:
+    with pytest.raises(ValueError, match="step: 5 is more than steps_total 4"):
+        Progress(unit_id="u-1", lease_id="l-1", step=5, steps_total=4, loss=None, tokens=0, phase="training")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (
+            lambda f: f["shard_shapes"].pop("blocks.0.attn.proj.weight"),
+            "work_unit.shard_shapes: must name exactly",
+        ),
+        (lambda f: f["codec"].pop("name"), "work_unit.codec.name: the codec mapping needs a 'name'"),
+        (lambda f: f["codec"].update(name=3), "work_unit.codec.name:"),
+        (lambda f: f["recipe"].update(seq_len=512), "work_unit.recipe.seq_len: 512 exceeds"),
+        (
+            lambda f: f["model"]["config"].update(vocab_size=70_000),
+            "work_unit.data_dtype: uint16 cannot hold",
+        ),
+        (lambda f: f["data"].update(size=1025), "work_unit.data.size: 1025 bytes is not data_tokens 513"),
+        (
+            lambda f: f.update(data_tokens=400) or f["data"].update(size=800),
+            "work_unit.data_tokens: 400 is fewer",
+        ),
+        (lambda f: f["model"]["config"].update(n_head=5), "work_unit.model.config.n_head: d_model 96"),
+        (
+            lambda f: f["model"]["config"].update(n_head=32),
+            "work_unit.model.config.n_head: the head dimension",
+        ),
+        (lambda f: f.update(shard=["a", "a"]), "work_unit.shard[1]: duplicate item 'a'"),
+    ],
+)
+def test_a_work_unit_must_be_self_consistent(mutate: Callable[[dict[str, Any]], object], expected: str) -> None:
+    frame = wire_of(WORK_UNIT)
+    mutate(frame)
+    assert refusal(frame, "to_client").message.startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "problem"),
+    [
+        ("accepted", "norm_outlier", "must be null when status is accepted"),
+        ("rejected", None, "must be an error code when status is rejected"),
+        ("duplicate", None, "must be duplicate_submission when status is duplicate"),
+    ],
+)
+def test_a_result_code_matches_its_status(status: str, code: str | None, problem: str) -> None:
+    frame = wire_of(EXAMPLES["result"]) | {"status": status, "code": code}
+    assert refusal(frame, "to_client").message == f"result.code: {problem}"
+
+
+def test_a_blob_chunk_stays_inside_its_blob() -> None:
+    frame = wire_of(EXAMPLES["blob_chunk"])
+    assert refusal(frame | {"offset": 1}, "to_client").message.startswith("blob_chunk.data: runs past")
+    message = refusal(frame | {"offset": 1000, "data": b""}, "to_client").message
+    assert message == "blob_chunk.data: is empty although the blob continues past offset"
+    end = decode(msgpack.packb(frame | {"offset": 1026, "data": b""}), direction="to_client")
+    assert isinstance(end, BlobChunk) and end.is_last
+
+
+def test_a_blob_request_asks_for_at_most_one_chunk() -> None:
+    frame = wire_of(EXAMPLES["blob_request"]) | {"length": MAX_BLOB_CHUNK_BYTES + 1}
+    assert refusal(frame).message.startswith("blob_request.length: must be <=")
+    assert refusal(frame | {"length": 0}).message.startswith("blob_request.length: must be >= 1")
+
+
+def test_a_shard_has_a_bounded_number_of_parameters() -> None:
+    frame = wire_of(WORK_UNIT) | {"shard": [f"p{i}" for i in range(MAX_SHARD_PARAMS + 1)]}
+    assert refusal(frame, "to_client").message.startswith("work_unit.shard: must hold at most 4096 items")
+
+
+# --- Encoding ------------------------------------------------------------------------------------
+
+
+def test_encode_writes_type_and_version_first() -> None:
+    frame = msgpack.unpackb(encode(EXAMPLES["goodbye"]))
+    assert list(frame) == ["type", "v", "reason"]
+    assert frame["v"] == PROTOCOL_VERSION
+
+
+def test_encode_is_deterministic() -> None:
+    assert encode(EXAMPLES["work_unit"]) == encode(dataclasses.replace(WORK_UNIT))
+
+
+def test_encode_refuses_a_message_the_peer_would_refuse() -> None:
+    bad = Goodbye(reason=7)  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError) as caught:
+        encode(bad)
+    assert (caught.value.code, caught.value.message) == (
+        ErrorCode.SCHEMA_VIOLATION,
+        "goodbye.reason: expected a string, got an integer",
+    )
+
+
+def test_encode_refuses_a_frame_over_max_bytes() -> None:
+    with pytest.raises(ProtocolError) as caught:
+        encode(EXAMPLES["submit"], max_bytes=64)
+    assert caught.value.code is ErrorCode.FRAME_TOO_LARGE
+
+
+def test_encode_refuses_a_non_message() -> None:
+    with pytest.raises(TypeError):
+        encode(METRICS)  # type: ignore[arg-type]
+
+
+def test_an_error_frame_is_built_from_a_protocol_error() -> None:
+    error = ProtocolError(ErrorCode.SCHEMA_VIOLATION, "x" * 5000, ref_type="progress")
+    frame = ErrorMessage.from_error(error, fatal=False, ref_id="u-42")
+    assert (frame.code, frame.ref_type, frame.ref_id, len(frame.message)) == (
+        ErrorCode.SCHEMA_VIOLATION,
+        "progress",
+        "u-42",
+        1024,
+    )
+    assert decode(encode(frame), direction="to_client") == frame
+    foreign = ProtocolError(ErrorCode.UNKNOWN_TYPE, "no", ref_type="welcome")
+    assert ErrorMessage.from_error(foreign, fatal=True).ref_type is None
+
+
+def test_decode_errors_name_the_frame_type() -> None:
+    frame = wire_of(EXAMPLES["progress"]) | {"step": -1}
+    assert refusal(frame).ref_type == "progress"
+
+
+def test_a_protocol_error_survives_pickling() -> None:
+    import pickle
+
+    error = ProtocolError(ErrorCode.BANNED, "Banned.", ref_type="hello")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.code, copy.message, copy.ref_type, str(copy)) == (
+        error.code,
+        "Banned.",
+        "hello",
+        "banned: Banned.",
+    )
+
+
+# --- Error codes and close codes ---------------------------------------------------------------
+
+
+def test_every_error_code_has_a_sentence() -> None:
+    for code in ErrorCode:
+        assert code.description.endswith(".") and len(code.description) < 200
+        assert code.value == code.name.lower()
+
+
+def test_update_rejections_are_error_codes_of_validation() -> None:
+    assert ErrorCode.NORM_OUTLIER.rejects_update
+    assert not ErrorCode.MALFORMED_FRAME.rejects_update
+    required = {"bad_encoding", "shape_mismatch", "non_finite", "norm_outlier", "direction_outlier"}
+    required |= {"implausible_loss", "replication_mismatch", "stale_update", "campaign_closed"}
+    assert required <= {code.value for code in UPDATE_REJECTIONS}
+
+
+def test_the_codes_the_brief_requires_exist() -> None:
+    names = [
+        *("malformed_frame", "frame_too_large", "unknown_type", "schema_violation", "version_mismatch"),
+        *("unauthorized", "banned", "unknown_unit", "lease_expired", "not_your_lease"),
+        *("duplicate_submission", "blob_not_found", "bad_range", "rate_limited", "server_shutting_down"),
+        "internal_error",
+    ]
+    assert set(names) <= {code.value for code in ErrorCode}
+
+
+def test_fatal_errors_map_to_close_codes() -> None:
+    assert close_code_for(ErrorCode.SERVER_SHUTTING_DOWN) is CloseCode.GOING_AWAY
+    assert close_code_for(ErrorCode.FRAME_TOO_LARGE) is CloseCode.MESSAGE_TOO_BIG
+    assert close_code_for(ErrorCode.VERSION_MISMATCH) == 4426
+    assert close_code_for(ErrorCode.MALFORMED_FRAME) is CloseCode.POLICY_VIOLATION
+    assert all(1000 <= code < 1016 or 4000 <= code < 5000 for code in CloseCode)
+
+
+# --- Fuzzing: only ProtocolError, whatever arrives ---------------------------------------------
+
+
+def decode_or_refuse(data: bytes, direction: Literal["to_server", "to_client"]) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode(data, direction=direction)
+
+
+@FUZZ
+@given(data=st.binary(max_size=300), direction=st.sampled_from(["to_server", "to_client"]))
+def test_random_bytes_only_ever_raise_protocol_error(data: bytes, direction: Any) -> None:
+    decode_or_refuse(data, direction)
+
+
+@FUZZ
+@given(data=st.binary(max_size=300))
+def test_random_bytes_after_a_map_header_only_ever_raise_protocol_error(data: bytes) -> None:
+    decode_or_refuse(b"\x83" + data, "to_server")
+
+
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(1 << 63), (1 << 64) - 1)
+    | st.floats()
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@FUZZ
+@given(value=VALUES, direction=st.sampled_from(["to_server", "to_client"]))
+def test_random_msgpack_values_only_ever_raise_protocol_error(value: object, direction: Any) -> None:
+    decode_or_refuse(msgpack.packb(value, use_bin_type=True), direction)
+
+
+@FUZZ
+@given(data=st.data())
+def test_message_shaped_maps_with_random_fields_only_ever_raise_protocol_error(data: st.DataObject) -> None:
+    tag = data.draw(st.sampled_from(sorted(MESSAGE_TYPES)))
+    frame = wire_of(EXAMPLES[tag])
+    for name in data.draw(st.lists(st.sampled_from(sorted(frame)), max_size=3)):
+        frame[name] = data.draw(VALUES)
+    decode_or_refuse(msgpack.packb(frame, use_bin_type=True), direction_of(tag))
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_frames_only_ever_raise_protocol_error(data: st.DataObject) -> None:
+    tag = data.draw(st.sampled_from(sorted(MESSAGE_TYPES)))
+    frame = bytearray(encode(EXAMPLES[tag]))
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(frame) - 1))
+        action = data.draw(st.sampled_from(["flip", "insert", "delete"]))
+        if action == "flip":
+            frame[position] = data.draw(st.integers(0, 255))
+        elif action == "insert":
+            frame.insert(position, data.draw(st.integers(0, 255)))
+        elif len(frame) > 1:
+            del frame[position]
+    decode_or_refuse(bytes(frame), direction_of(tag))
+
+
+# --- The public surface ------------------------------------------------------------------------
+
+
+def test_the_package_exports_exactly_what_it_lists() -> None:
+    for name in protocol.__all__:
+        assert hasattr(protocol, name), name
+    assert {cls.__name__ for cls in MESSAGE_TYPES.values()} <= set(protocol.__all__)
+    assert {"encode", "decode", "ProtocolError", "ErrorCode", "PROTOCOL_VERSION"} <= set(protocol.__all__)
+
+
+# --- docs/protocol.md --------------------------------------------------------------------------
+
+BLOCK = re.compile(
+    r"(?P<open><!-- BEGIN GENERATED (?P<name>[\w:.-]+) -->\n)(?P<body>.*?)"
+    r"(?P<close><!-- END GENERATED (?P=name) -->)",
+    re.S,
+)
+
+
+def schema_classes() -> list[type]:
+    """Every dataclass reachable from the messages, messages first."""
+    seen: list[type] = list(MESSAGE_TYPES.values())
+    for cls in seen:
+        for spec in fields_of(cls):
+            for hint in [spec.hint, *get_args(spec.hint)]:
+                if dataclasses.is_dataclass(hint) and hint not in seen:
+                    seen.append(hint)  # type: ignore[arg-type]
+                for inner in get_args(hint):
+                    if dataclasses.is_dataclass(inner) and inner not in seen:
+                        seen.append(inner)  # type: ignore[arg-type]
+    return seen
+
+
+def render_type(hint: Any) -> str:
+    origin = get_origin(hint)
+    if hint is NONE:
+        return "nil"
+    if origin is Union or origin is types.UnionType:
+        args = get_args(hint)
+        return " or ".join([render_type(a) for a in args if a is not NONE] + (["nil"] if NONE in args else []))
+    if origin is Literal:
+        return " or ".join(f'`"{value}"`' for value in get_args(hint))
+    if hint is bytes:
+        return "bin"
+    if hint in (bool, int, float, str):
+        return str(hint.__name__)
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return "[ErrorCode](#error-codes)"
+    if origin is tuple:
+        return f"array of {render_type(get_args(hint)[0])}"
+    if origin is Mapping:
+        return f"map of str to {render_type(get_args(hint)[1])}"
+    return f"[{hint.__name__}](#{hint.__name__.lower()})"
+
+
+def render_number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def render_rule(hint: Any, rule: Rule) -> str:
+    arms = [arm for arm in (get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,))]
+    arms = [arm for arm in arms if arm is not NONE]
+    base = arms[0] if len(arms) == 1 else None
+    parts = []
+    for bound, symbol in ((rule.ge, "≥"), (rule.gt, ">"), (rule.le, "≤"), (rule.lt, "<")):
+        if bound is not None:
+            parts.append(f"{symbol} {render_number(bound)}")
+    if rule.max_len is not None:
+        if base is None or base is str:
+            unit = "chars"
+        elif base is bytes:
+            unit = "bytes"
+        else:
+            unit = "entries" if get_origin(base) is Mapping else "items"
+        span = f"{rule.min_len}–{rule.max_len}" if rule.min_len else f"≤ {rule.max_len}"
+        parts.append(f"{span} {unit}")
+    if rule.pattern is not None:
+        parts.append(f"{rule.pattern.description}: `{rule.pattern.regex}`")
+    if rule.printable:
+        parts.append("printable")
+    if rule.unique:
+        parts.append("unique")
+    for label, inner, inner_hint in (
+        ("each", rule.item, get_args(base)[0] if get_origin(base) is tuple else None),
+        ("keys", rule.key, str),
+        ("values", rule.value, get_args(base)[1] if get_origin(base) is Mapping else None),
+    ):
+        if inner is not None:
+            parts.append(f"{label}: {render_rule(inner_hint, inner)}")
+    return "; ".join(parts)
+
+
+def render_fields(cls: type) -> str:
+    rows = ["| Field | Type | Bounds | Meaning |", "|---|---|---|---|"]
+    for spec in fields_of(cls):
+        optional = "" if spec.required else " (optional, default nil)"
+        cells = [f"`{spec.name}`", render_type(spec.hint), render_rule(spec.hint, spec.rule) or "—"]
+        cells.append(spec.doc + optional)
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def render_error_codes() -> str:
+    rows = ["| Code | Kind | Meaning |", "|---|---|---|"]
+    for code in ErrorCode:
+        kind = "update verdict" if code.rejects_update else "frame or session"
+        rows.append(f"| `{code.value}` | {kind} | {code.description} |")
+    return "\n".join(rows) + "\n"
+
+
+def render_limits() -> str:
+    tree = ast.parse(Path(limits_module.__file__).read_text())
+    rows = ["| Name | Value | Meaning |", "|---|---|---|"]
+    body = tree.body
+    for node, following in itertools.pairwise(body):
+        target = node.target if isinstance(node, ast.AnnAssign) else None
+        docstring = following.value if isinstance(following, ast.Expr) else None
+        doc = docstring.value if isinstance(docstring, ast.Constant) else None
+        if isinstance(target, ast.Name) and target.id.isupper() and isinstance(doc, str):
+            value = getattr(limits_module, target.id)
+            shown = render_number(value)
+            for unit, size in (
+                ("PiB", 1 << 50),
+                ("TiB", 1 << 40),
+                ("GiB", 1 << 30),
+                ("MiB", 1 << 20),
+                ("KiB", 1 << 10),
+            ):
+                if "BYTES" in target.id and value >= size and value % size == 0:
+                    shown += f" ({value // size} {unit})"
+                    break
+            rows.append(f"| `{target.id}` | {shown} | {doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def render_close_codes() -> str:
+    rows = ["| Close code | Name | Sent after a fatal error with code |", "|---|---|---|"]
+    for close in CloseCode:
+        codes = [f"`{code.value}`" for code in ErrorCode if close_code_for(code) is close]
+        if close is CloseCode.POLICY_VIOLATION:
+            codes = ["any other"]
+        rows.append(f"| {close.value} | {close.name} | {', '.join(codes) or '—'} |")
+    return "\n".join(rows) + "\n"
+
+
+def render_notation(message: Message) -> str:
+    def show(value: object) -> object:
+        if isinstance(value, bytes):
+            return f"<bin {len(value)} bytes>"
+        if isinstance(value, dict):
+            return {key: show(item) for key, item in value.items()}
+        return [show(item) for item in value] if isinstance(value, list) else value
+
+    return f"```json\n{json.dumps(show(wire_of(message)), indent=2)}\n```\n"
+
+
+def render_hex(message: Message) -> str:
+    frame = encode(message)
+    lines = [frame[i : i + 16].hex(" ") for i in range(0, len(frame), 16)]
+    return "```\n" + "\n".join(lines) + "\n```\n"
+
+
+def generated_blocks() -> dict[str, str]:
+    blocks = {f"fields:{cls.__name__}": render_fields(cls) for cls in schema_classes()}
+    blocks["error-codes"] = render_error_codes()
+    blocks["limits"] = render_limits()
+    blocks["close-codes"] = render_close_codes()
+    blocks["example:progress-hex"] = render_hex(EXAMPLES["progress"])
+    blocks["example:progress"] = render_notation(EXAMPLES["progress"])
+    blocks["example:submit"] = render_notation(EXAMPLES["submit"])
+    return blocks
+
+
+def test_docs_generated_sections_match_the_code() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    expected = generated_blocks()
+    if os.environ.get("COMMONWEIGHTS_UPDATE_DOCS"):
+        text = BLOCK.sub(lambda m: m["open"] + expected.get(m["name"], m["body"]) + m["close"], text)
+        DOCS.write_text(text, encoding="utf-8")
+    found = {m["name"]: m["body"] for m in BLOCK.finditer(text)}
+    missing = sorted(set(expected) - set(found))
+    assert not missing, f"docs/protocol.md lacks the generated sections {missing}; add their markers"
+    stale = sorted(name for name in expected if found[name] != expected[name])
+    assert not stale, (
+        f"docs/protocol.md is out of date in {stale}; run "
+        "COMMONWEIGHTS_UPDATE_DOCS=1 .venv/bin/python -m pytest tests/protocol/test_messages.py -k docs"
+    )
+
+
+def test_docs_list_every_code_limit_message_and_close_code() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    for code in ErrorCode:
+        assert f"`{code.value}`" in text, code
+    for name in dir(limits_module):
+        if name.startswith("MAX_") or name.startswith("MIN_"):
+            assert f"`{name}`" in text, name
+    for tag in MESSAGE_TYPES:
+        assert f"`{tag}`" in text, tag
+    for close in CloseCode:
+        assert str(close.value) in text, close
