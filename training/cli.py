@@ -26,12 +26,8 @@ def add_data_prepare(commands: Subparsers) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     parser.add_argument("--tokenizer", choices=["bpe", "bytes"], default="bpe")
     parser.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size")
-    parser.add_argument(
-        "--holdout-fraction", type=float, default=0.02, help="share of documents kept for holdout"
-    )
-    parser.add_argument(
-        "--max-bytes", type=int, default=None, help="stop reading the corpus after this many bytes"
-    )
+    parser.add_argument("--holdout-fraction", type=float, default=0.02, help="share of documents kept for holdout")
+    parser.add_argument("--max-bytes", type=int, default=None, help="stop reading the corpus after this many bytes")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run_data_prepare)
 
@@ -59,7 +55,10 @@ def add_simulate(commands: Subparsers) -> None:
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by `simulate` and `bench diloco`."""
     parser.add_argument(
-        "--data", type=Path, default=None, metavar="DIR",
+        "--data",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help="prepared dataset (default: the embedded corpus, prepared on first use)",
     )
     parser.add_argument("--model", default="tiny", metavar="PRESET", help="model preset")
@@ -98,13 +97,9 @@ def add_bench_diloco(commands: Subparsers) -> None:
         ),
     )
     add_run_arguments(parser)
-    parser.add_argument(
-        "--h-values", default="10,50,200", help="comma-separated inner-step counts for DiLoCo"
-    )
+    parser.add_argument("--h-values", default="10,50,200", help="comma-separated inner-step counts for DiLoCo")
     parser.add_argument("--codecs", default="fp32,int8,topk,dct", help="comma-separated codecs")
-    parser.add_argument(
-        "--output", type=Path, default=Path("docs/benchmarks.md"), help="markdown file to update"
-    )
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"), help="markdown file to update")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write results as JSON")
     parser.set_defaults(handler=_run_bench_diloco)
 

@@ -238,13 +238,13 @@ class InnerLoop:
                 on_step(StepReport(self.step, config.steps, loss, lr, self.step * config.tokens_per_step))
         return self.result(finished=True)
 
-    def _accumulate(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    def _accumulate(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
         total = 0.0
         for inputs, targets in batches:
             inputs, targets = inputs.to(self.device), targets.to(self.device)
             with autocast_for(self.device):
                 loss = self.model.loss(inputs, targets) / len(batches)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             total += loss.item()
         if not math.isfinite(total):
             raise FloatingPointError(f"training diverged: loss {total} at step {self.step + 1}")

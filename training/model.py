@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "PRESETS",
     "GPT",
+    "PRESETS",
     "ModelConfig",
     "build_model",
     "count_parameters",
@@ -144,7 +144,8 @@ class Attention(nn.Module):
         q, k, v = (t.view(batch, seq, self.n_head, dim // self.n_head).transpose(1, 2) for t in (q, k, v))
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.proj(out.transpose(1, 2).reshape(batch, seq, dim))
+        projected: torch.Tensor = self.proj(out.transpose(1, 2).reshape(batch, seq, dim))
+        return projected
 
 
 class SwiGLU(nn.Module):
@@ -155,7 +156,8 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(config.d_ff, config.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        down: torch.Tensor = self.down(F.silu(self.gate(x)) * self.up(x))
+        return down
 
 
 class Block(nn.Module):
@@ -168,10 +170,13 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), rope)
-        return x + self.mlp(self.mlp_norm(x))
+        out: torch.Tensor = x + self.mlp(self.mlp_norm(x))
+        return out
 
 
 class GPT(nn.Module):
+    rope: torch.Tensor
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -190,9 +195,8 @@ class GPT(nn.Module):
         if idx.shape[1] > self.config.max_seq_len:
             raise ValueError(f"sequence length {idx.shape[1]} exceeds max_seq_len {self.config.max_seq_len}")
         x = self.embed(idx)
-        rope: torch.Tensor = self.rope
         for block in self.blocks:
-            x = block(x, rope)
+            x = block(x, self.rope)
         return F.linear(self.norm(x), self.embed.weight)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -76,7 +77,7 @@ def test_schedule_warms_up_then_decays_by_cosine_to_the_floor() -> None:
     assert learning_rate(config, 110) == pytest.approx(0.1)
     assert learning_rate(config, 500) == pytest.approx(0.1)
     rates = [learning_rate(config, s) for s in range(10, 111)]
-    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(rates))
 
 
 def test_stopping_at_a_step_boundary_and_resuming_from_state_matches_an_uninterrupted_run() -> None:
@@ -123,7 +124,7 @@ def test_sequence_batches_shift_targets_by_one() -> None:
 
 
 def test_invalid_config_is_refused_with_every_problem() -> None:
-    with pytest.raises(ValueError, match="steps must be positive.*lr must be a positive"):
+    with pytest.raises(ValueError, match=r"steps must be positive.*lr must be a positive"):
         InnerConfig(steps=0, batch_size=1, seq_len=8, lr=-1)
 
 

@@ -71,9 +71,7 @@ def test_parameter_groups_cover_every_parameter_once_in_model_order() -> None:
 
 def test_invalid_config_lists_every_problem() -> None:
     with pytest.raises(ValueError, match=r"d_model .* divisible .*") as caught:
-        preset("tiny").__class__(
-            vocab_size=0, d_model=10, n_layer=1, n_head=3, d_ff=4, max_seq_len=8
-        )
+        preset("tiny").__class__(vocab_size=0, d_model=10, n_layer=1, n_head=3, d_ff=4, max_seq_len=8)
     assert "vocab_size must be positive" in str(caught.value)
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -117,7 +119,7 @@ def test_accumulator_rejects_a_bad_update_without_adding_any_part_of_it() -> Non
 def test_staleness_weight_decays_then_cuts_off_at_the_bound() -> None:
     assert staleness_weight(0, bound=4) == 1.0
     weights = [staleness_weight(s, bound=4) for s in range(5)]
-    assert all(a > b > 0 for a, b in zip(weights, weights[1:], strict=False))
+    assert all(a > b > 0 for a, b in itertools.pairwise(weights))
     assert staleness_weight(5, bound=4) == 0.0
     with pytest.raises(ValueError):
         staleness_weight(-1, bound=4)

@@ -1,0 +1,392 @@
+"""The local DiLoCo simulator: K workers, one process, the same update math as the real system.
+
+    >>> result = simulate(SimConfig(workers=4, inner_steps=50, codec="int8", steps=400), dataset)
+    >>> result.final_holdout_loss, result.bytes_per_worker
+
+Three ways to spend the same tokens on the same K data streams:
+
+- `diloco`: each worker runs H inner AdamW steps from θ_v on its own slice, its pseudo-gradient is
+  compressed (with error feedback), decoded, averaged by tokens, and the outer optimizer makes θ_{v+1}.
+- `data_parallel`: synchronous data-parallel, the fair baseline: every step the K workers' gradients
+  on the same per-worker batches are averaged and one AdamW step is taken with the same schedule.
+  Each worker uploads an fp32 gradient every step.
+- `single`: one worker trains on all K streams in turn, K times as many steps, nothing uploaded.
+
+Worker k reads the k-th of K equal partitions of the training stream; a DiLoCo unit is the
+contiguous run of the steps it covers, so all three modes see the same windows of text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from protocol.codecs import CodecConfig, decode, encode
+from protocol.tensors import TensorSpec
+from training.accumulator import DeltaAccumulator
+from training.data import TokenDataset, ensure_default_dataset
+from training.error_feedback import ErrorFeedback
+from training.inner import InnerConfig, InnerLoop, StepReport, pick_device, sequence_batches
+from training.model import GPT, build_model, count_parameters, preset
+from training.outer import make_outer_optimizer
+
+__all__ = ["MODES", "SimConfig", "SimResult", "evaluate", "simulate"]
+
+MODES = ("diloco", "data_parallel", "single")
+FP32_BYTES = 4
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    mode: str = "diloco"
+    model: str = "tiny"
+    workers: int = 4
+    inner_steps: int = 50
+    codec: str = "fp32"
+    outer: str = "nesterov"
+    outer_lr: float | None = None
+    outer_momentum: float = 0.9
+    steps: int = 400  # inner steps per worker over the whole run
+    batch_size: int = 8
+    seq_len: int = 128
+    lr: float = 3e-3
+    warmup: int = 20
+    eval_tokens: int = 65536
+    eval_every: int = 0  # steps between evaluations outside DiLoCo; 0: ten points over the run
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.mode not in MODES:
+            problems.append(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name in ("workers", "inner_steps", "steps", "batch_size", "seq_len", "eval_tokens"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if problems:
+            raise ValueError("invalid simulation: " + "; ".join(problems))
+
+    @property
+    def label(self) -> str:
+        if self.mode == "diloco":
+            return f"DiLoCo H={self.inner_steps} {self.codec}"
+        return {"data_parallel": "data-parallel", "single": "single worker"}[self.mode]
+
+    def inner_config(self, *, steps: int, schedule_steps: int, warmup: int) -> InnerConfig:
+        return InnerConfig(
+            steps=steps,
+            batch_size=self.batch_size,
+            seq_len=self.seq_len,
+            lr=self.lr,
+            warmup_steps=warmup,
+            total_steps=schedule_steps,
+        )
+
+
+@dataclass
+class SimResult:
+    label: str
+    config: dict[str, object]
+    parameters: int
+    holdout_curve: list[tuple[int, float]]  # (tokens trained in total, holdout loss)
+    train_losses: list[float]
+    final_holdout_loss: float
+    bytes_per_worker: int
+    data_parallel_bytes_per_worker: int
+    tokens: int
+    seconds: float
+    outer_steps: int = 0
+    epochs: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def reduction(self) -> float:
+        """How many times fewer bytes than data-parallel; inf when nothing was sent."""
+        if self.bytes_per_worker == 0:
+            return math.inf
+        return self.data_parallel_bytes_per_worker / self.bytes_per_worker
+
+    def to_dict(self) -> dict[str, object]:
+        out = dataclasses.asdict(self)
+        out["reduction"] = None if math.isinf(self.reduction) else self.reduction
+        return out
+
+
+@torch.no_grad()
+def evaluate(model: GPT, holdout: np.ndarray, *, batch_size: int, seq_len: int) -> float:
+    """Mean next-token loss over the holdout tokens, in fixed consecutive windows."""
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for inputs, targets in sequence_batches(holdout, batch_size, seq_len):
+        total += model.loss(inputs.to(device), targets.to(device)).item()
+        count += 1
+    model.train()
+    if count == 0:
+        raise ValueError(f"holdout has {len(holdout)} tokens, too few for one {batch_size}x{seq_len} batch")
+    return total / count
+
+
+class Streams:
+    """Worker k's training tokens: the k-th of K partitions, wrapping at unit granularity."""
+
+    def __init__(self, dataset: TokenDataset, workers: int, tokens_per_step: int) -> None:
+        self.dataset = dataset
+        self.partition = dataset.num_train_tokens // workers
+        self.tokens_per_step = tokens_per_step
+        if self.partition < 2 * tokens_per_step + 1:
+            raise ValueError(
+                f"the dataset has {dataset.num_train_tokens} training tokens, too few for {workers} workers "
+                f"at {tokens_per_step} tokens per step; prepare a larger corpus or shrink the batch"
+            )
+        self.furthest = 0
+
+    def unit(self, worker: int, first_step: int, steps: int) -> np.ndarray:
+        length = steps * self.tokens_per_step + 1
+        if length > self.partition:
+            raise ValueError("a unit is longer than a worker's share of the dataset")
+        offset = (first_step * self.tokens_per_step) % (self.partition - length + 1)
+        self.furthest = max(self.furthest, first_step * self.tokens_per_step + length)
+        return self.dataset.train_slice(worker * self.partition + offset, length)
+
+    @property
+    def epochs(self) -> float:
+        return self.furthest / self.partition
+
+
+def simulate(
+    config: SimConfig,
+    dataset: TokenDataset,
+    *,
+    device: torch.device | None = None,
+    on_progress: Callable[[int, int, str], None] | None = None,
+) -> SimResult:
+    """Run one configuration to the end; `on_progress(done, total, status)` after each inner step."""
+    device = device or torch.device("cpu")
+    model_config = preset(config.model, vocab_size=dataset.vocab_size, max_seq_len=config.seq_len)
+    model = build_model(model_config, seed=config.seed, device=device)
+    holdout = dataset.holdout_slice(0, min(config.eval_tokens + 1, dataset.num_holdout_tokens))
+    tokens_per_step = config.batch_size * config.seq_len
+    streams = Streams(dataset, config.workers, tokens_per_step)
+    runner = {"diloco": _run_diloco, "data_parallel": _run_data_parallel, "single": _run_single}[config.mode]
+    began = time.perf_counter()
+    result = runner(config, model, streams, holdout, on_progress or (lambda done, total, status: None))
+    result.seconds = time.perf_counter() - began
+    result.epochs = streams.epochs
+    return result
+
+
+def _blank_result(config: SimConfig, model: GPT) -> SimResult:
+    parameters = count_parameters(model)
+    return SimResult(
+        label=config.label,
+        config=dataclasses.asdict(config),
+        parameters=parameters,
+        holdout_curve=[],
+        train_losses=[],
+        final_holdout_loss=math.nan,
+        bytes_per_worker=0,
+        # Synchronous data-parallel sends an fp32 gradient of every parameter after every step.
+        data_parallel_bytes_per_worker=config.steps * parameters * FP32_BYTES,
+        tokens=0,
+        seconds=0.0,
+    )
+
+
+def _eval_point(result: SimResult, config: SimConfig, model: GPT, holdout: np.ndarray) -> float:
+    loss = evaluate(model, holdout, batch_size=config.batch_size, seq_len=config.seq_len)
+    result.holdout_curve.append((result.tokens, loss))
+    result.final_holdout_loss = loss
+    return loss
+
+
+def _run_diloco(
+    config: SimConfig,
+    model: GPT,
+    streams: Streams,
+    holdout: np.ndarray,
+    progress: Callable[[int, int, str], None],
+) -> SimResult:
+    result = _blank_result(config, model)
+    codec = CodecConfig.from_name(config.codec)
+    outer = make_outer_optimizer(config.outer, lr=config.outer_lr, momentum=config.outer_momentum)
+    global_params: dict[str, torch.Tensor] = dict(model.named_parameters())
+    specs = {name: TensorSpec(tuple(p.shape)) for name, p in global_params.items()}
+    accumulator = DeltaAccumulator({name: spec.shape for name, spec in specs.items()})
+    # DiLoCo workers keep their own inner AdamW state across rounds (arXiv 2311.08105, §2).
+    device = next(model.parameters()).device
+    replicas = [build_model(model.config, seed=config.seed, device=device) for _ in range(config.workers)]
+    optimizers: list[torch.optim.AdamW | None] = [None] * config.workers
+    feedback = [ErrorFeedback() for _ in range(config.workers)]
+    uploaded = [0] * config.workers
+    _eval_point(result, config, model, holdout)
+    total = config.steps * config.workers
+    done, step = 0, 0
+    while step < config.steps:
+        steps = min(config.inner_steps, config.steps - step)
+        inner = config.inner_config(steps=steps, schedule_steps=config.steps, warmup=config.warmup)
+        round_losses: list[list[float]] = []
+        for k, replica in enumerate(replicas):
+            replica.load_state_dict(model.state_dict())
+            loop = InnerLoop(replica, inner, global_step=step, optimizer=optimizers[k])
+            optimizers[k] = loop.optimizer
+
+            def report(_: object, k: int = k) -> None:
+                nonlocal done
+                done += 1
+                progress(done, total, f"round {result.outer_steps + 1} worker {k + 1}")
+
+            unit = loop.run(streams.unit(k, step, steps), on_step=report)
+            to_send = feedback[k].compensate(unit.delta)
+            payload = encode(to_send, codec)
+            uploaded[k] += len(payload)
+            received = decode(payload, specs)
+            feedback[k].remember(to_send, received)
+            accumulator.add(received, weight=unit.tokens)
+            round_losses.append(unit.losses)
+            result.tokens += unit.tokens
+        outer.step(global_params, accumulator.mean())
+        accumulator.reset()
+        result.outer_steps += 1
+        result.train_losses.extend(float(np.mean(col)) for col in zip(*round_losses, strict=True))
+        step += steps
+        loss = _eval_point(result, config, model, holdout)
+        progress(done, total, f"outer step {result.outer_steps}: holdout loss {loss:.3f}")
+    result.bytes_per_worker = max(uploaded)
+    return result
+
+
+def _eval_steps(config: SimConfig, steps: int) -> int:
+    return config.eval_every or max(1, steps // 10)
+
+
+def _run_data_parallel(
+    config: SimConfig,
+    model: GPT,
+    streams: Streams,
+    holdout: np.ndarray,
+    progress: Callable[[int, int, str], None],
+) -> SimResult:
+    # K micro-batches per step, averaged: exactly the mean of the K workers' gradients.
+    inner = dataclasses.replace(
+        config.inner_config(steps=config.steps, schedule_steps=config.steps, warmup=config.warmup),
+        grad_accum=config.workers,
+    )
+    result = _run_sequential(config, model, streams, holdout, progress, inner, "data-parallel")
+    result.bytes_per_worker = result.data_parallel_bytes_per_worker
+    return result
+
+
+def _run_single(
+    config: SimConfig,
+    model: GPT,
+    streams: Streams,
+    holdout: np.ndarray,
+    progress: Callable[[int, int, str], None],
+) -> SimResult:
+    steps = config.steps * config.workers
+    inner = config.inner_config(steps=steps, schedule_steps=steps, warmup=config.warmup * config.workers)
+    return _run_sequential(config, model, streams, holdout, progress, inner, "single worker")
+
+
+def _run_sequential(
+    config: SimConfig,
+    model: GPT,
+    streams: Streams,
+    holdout: np.ndarray,
+    progress: Callable[[int, int, str], None],
+    inner: InnerConfig,
+    status: str,
+) -> SimResult:
+    """One AdamW run over every worker's batches, step by step: worker 0's, worker 1's, …"""
+    result = _blank_result(config, model)
+    per_worker = [
+        list(sequence_batches(streams.unit(k, 0, config.steps), config.batch_size, config.seq_len))
+        for k in range(config.workers)
+    ]
+    micro = [batch for step in zip(*per_worker, strict=True) for batch in step]
+    loop = InnerLoop(model, inner, global_step=0)
+    every = _eval_steps(config, inner.steps)
+    _eval_point(result, config, model, holdout)
+    scale = config.workers * config.steps // inner.steps  # worker-steps per step, for the progress bar
+
+    def report(step: StepReport) -> None:
+        result.tokens = step.tokens
+        result.train_losses.append(step.loss)
+        progress(step.step * scale, config.workers * config.steps, status)
+        if step.step % every == 0 or step.step == inner.steps:
+            _eval_point(result, config, model, holdout)
+
+    loop.run_batches(micro, on_step=report)
+    return result
+
+
+def load_dataset(path: Path | None, *, quiet: bool) -> TokenDataset:
+    """The prepared dataset at `path`, or the embedded corpus (prepared on first use)."""
+    return TokenDataset.open(path if path is not None else ensure_default_dataset(progress=not quiet))
+
+
+def config_from_args(args: argparse.Namespace, **overrides: object) -> SimConfig:
+    values: dict[str, object] = {
+        "model": args.model,
+        "workers": args.workers,
+        "inner_steps": args.inner_steps,
+        "codec": args.codec,
+        "outer": args.outer,
+        "outer_lr": args.outer_lr,
+        "outer_momentum": args.outer_momentum,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "lr": args.lr,
+        "warmup": args.warmup,
+        "eval_tokens": args.eval_tokens,
+        "seed": args.seed,
+    }
+    values.update(overrides)
+    return SimConfig(**values)  # type: ignore[arg-type]
+
+
+def run_simulate_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from training.progress import progress_bar
+
+    console = Console()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        config = config_from_args(args)
+        CodecConfig.from_name(config.codec)
+        device = pick_device(args.device)
+        dataset = load_dataset(args.data, quiet=args.quiet)
+    except (ValueError, OSError) as error:
+        print(f"commonweights simulate: {error}", file=sys.stderr)
+        return 2
+    with progress_bar(config.label, quiet=args.quiet, console=console) as update:
+        result = simulate(config, dataset, device=device, on_progress=update)
+    table = Table(title=f"{config.label}: {config.workers} workers, {config.steps} steps each")
+    for column in ("outer step", "tokens", "holdout loss"):
+        table.add_column(column, justify="right")
+    for i, (tokens, loss) in enumerate(result.holdout_curve):
+        table.add_row(str(i), f"{tokens:,}", f"{loss:.4f}")
+    console.print(table)
+    console.print(
+        f"model {config.model} ({result.parameters:,} parameters), {result.tokens:,} tokens in "
+        f"{result.seconds:.1f} s; holdout loss {result.holdout_curve[0][1]:.3f} → {result.final_holdout_loss:.3f}; "
+        f"uploaded {result.bytes_per_worker:,} bytes per worker vs {result.data_parallel_bytes_per_worker:,} "
+        f"for data-parallel ({result.reduction:,.0f}× less)"
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps({"results": [result.to_dict()]}, indent=2) + "\n")
+    return 0
