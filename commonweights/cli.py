@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from commonweights import __version__
+from coordinator import cli as coordinator_cli
 from training import cli as training_cli
 
 
@@ -27,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     training_cli.add_data_prepare(data_commands)
 
     training_cli.add_simulate(commands)
+    coordinator_cli.add_coordinator(commands)
+    coordinator_cli.add_campaign(commands)
 
     bench = commands.add_parser("bench", help="run a benchmark and write docs/benchmarks.md")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")

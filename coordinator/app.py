@@ -1,0 +1,115 @@
+"""The coordinator's aiohttp application factory.
+
+    app = create_app(CoordinatorConfig(data_dir=Path("cw-data")))
+    web.run_app(app, host="127.0.0.1", port=8470)
+
+State lives under typed `web.AppKey`s; the background work (lease expiry and round deadlines, the
+holdout evaluator) runs in tasks owned by the app's `cleanup_ctx`, so it starts with the server and
+is cancelled before the store closes. Shutdown closes every volunteer's socket with 1001 (going
+away), which volunteers treat as "reconnect later".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from coordinator.appkeys import EVENTS, METRICS, SERVICE, SOCKETS
+from coordinator.gateway import volunteer_socket
+from coordinator.metrics import Metrics
+from coordinator.rest import add_routes
+from coordinator.service import Coordinator, CoordinatorConfig
+from protocol.errors import CloseCode, ErrorCode
+from protocol.messages import ErrorMessage, encode
+
+__all__ = ["TICK_SECONDS", "create_app"]
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.5
+
+
+def create_app(config: CoordinatorConfig) -> web.Application:
+    app = web.Application(client_max_size=512 * 1024)
+    app[METRICS] = Metrics()
+    app[SOCKETS] = set()
+    app[EVENTS] = []
+    app.cleanup_ctx.append(_service_context(config))
+    app.cleanup_ctx.append(_background_tasks)
+    app.on_shutdown.append(_close_sockets)
+    app.router.add_get("/ws", volunteer_socket)
+    add_routes(app)
+    return app
+
+
+def _service_context(config: CoordinatorConfig):  # type: ignore[no-untyped-def]
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        service = Coordinator.open(config)
+        app[SERVICE] = service
+        yield
+        service.close()
+
+    return context
+
+
+async def _background_tasks(app: web.Application) -> AsyncIterator[None]:
+    tasks = [asyncio.create_task(_ticker(app)), asyncio.create_task(_evaluator(app))]
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _ticker(app: web.Application) -> None:
+    """Expire leases and close rounds whose deadline passed."""
+    service = app[SERVICE]
+    while True:
+        try:
+            service.tick()
+        except Exception:
+            log.exception("tick failed")
+        await asyncio.sleep(TICK_SECONDS)
+
+
+async def _evaluator(app: web.Application) -> None:
+    """Holdout loss of each new version, computed on a worker thread off the event loop."""
+    service = app[SERVICE]
+    loop = asyncio.get_running_loop()
+    while True:
+        if not service.eval_queue:
+            await asyncio.sleep(TICK_SECONDS)
+            continue
+        campaign_id, version = service.eval_queue.pop(0)
+        try:
+            job = service.eval_job(campaign_id, version)
+            if job is None:
+                continue
+            loss = await loop.run_in_executor(None, job)
+            service.store.set_holdout_loss(campaign_id, version, loss)
+            for queue in app[EVENTS]:
+                queue.put_nowait(
+                    {"type": "version", "campaign_id": campaign_id, "version": version, "holdout_loss": loss}
+                )
+        except Exception:
+            log.exception("evaluating campaign %s version %s failed", campaign_id, version)
+
+
+async def _close_sockets(app: web.Application) -> None:
+    farewell = encode(
+        ErrorMessage(
+            code=ErrorCode.SERVER_SHUTTING_DOWN,
+            message="the coordinator is shutting down; your app reconnects by itself when it is back",
+            fatal=True,
+        )
+    )
+    sockets: set[web.WebSocketResponse] = app[SOCKETS]
+    for ws in list(sockets):
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_bytes(farewell)
+        await ws.close(code=int(CloseCode.GOING_AWAY), message=b"coordinator shutting down")

@@ -1,0 +1,126 @@
+"""Subcommands owned by the coordinator: `coordinator serve`, `campaign post`, `bench system`.
+
+Cheap to import: the handlers import aiohttp, torch and the server only when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+Subparsers = Any
+
+DEFAULT_PORT = 8470
+
+
+def add_coordinator(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser("coordinator", help="run the coordinator server")
+    sub = parser.add_subparsers(dest="coordinator_command", required=True, metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="serve volunteers (WebSocket), the REST API and /metrics",
+        description=(
+            "Serve the coordinator. State lives in --data-dir (SQLite + blobs); the admin token is written "
+            "to DATA_DIR/admin_token on first start. The embedded corpus is available as dataset 'stdlib'."
+        ),
+    )
+    serve.add_argument("--data-dir", type=Path, required=True, metavar="DIR")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a prepared dataset campaigns may use (repeatable)",
+    )
+    serve.add_argument("--public-url", default="", help="URL volunteers and browsers reach this server at")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from aiohttp import web
+
+    from coordinator.app import create_app
+    from coordinator.service import CoordinatorConfig
+    from training.data import DataError, ensure_default_dataset
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    datasets: dict[str, Path] = {}
+    for item in args.dataset:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            print(f"commonweights coordinator serve: --dataset wants NAME=DIR, got {item!r}", file=sys.stderr)
+            return 2
+        datasets[name] = Path(path)
+    if "stdlib" not in datasets:
+        try:
+            datasets["stdlib"] = ensure_default_dataset(progress=False)
+        except DataError as error:
+            print(f"the embedded corpus is not available: {error}", file=sys.stderr)
+    public_url = args.public_url or f"http://{args.host}:{args.port}"
+    config = CoordinatorConfig(data_dir=args.data_dir, datasets=datasets, public_url=public_url)
+    print(
+        f"coordinator at {public_url} (volunteers: ws://{args.host}:{args.port}/ws); "
+        f"admin token in {args.data_dir / 'admin_token'}",
+        flush=True,
+    )
+    web.run_app(create_app(config), host=args.host, port=args.port, print=None, shutdown_timeout=5.0)
+    return 0
+
+
+def add_campaign(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser("campaign", help="manage campaigns on a coordinator")
+    sub = parser.add_subparsers(dest="campaign_command", required=True, metavar="COMMAND")
+    post = sub.add_parser("post", help="post a campaign spec (TOML) to a coordinator")
+    post.add_argument("spec", type=Path, metavar="SPEC.toml")
+    post.add_argument("--coordinator", required=True, metavar="URL", help="e.g. http://127.0.0.1:8470")
+    post.add_argument("--token", required=True, help="an admin or project-lead token")
+    post.set_defaults(handler=_run_campaign_post)
+
+
+def post_campaign(url: str, token: str, spec_text: str) -> tuple[int, dict[str, Any]]:
+    """POST a TOML spec; returns (HTTP status, JSON body)."""
+    request = urllib.request.Request(
+        url.rstrip("/") + "/api/campaigns",
+        data=spec_text.encode(),
+        method="POST",
+        headers={"Content-Type": "application/toml", "Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def _run_campaign_post(args: argparse.Namespace) -> int:
+    try:
+        text = args.spec.read_text()
+    except OSError as error:
+        print(f"can't read {args.spec}: {error.strerror}", file=sys.stderr)
+        return 2
+    try:
+        status, body = post_campaign(args.coordinator, args.token, text)
+    except (urllib.error.URLError, OSError) as error:
+        print(f"can't reach the coordinator at {args.coordinator}: {error}", file=sys.stderr)
+        return 1
+    if status != 201:
+        problem = body.get("error", {})
+        print(f"refused ({status}): {problem.get('message', body)}", file=sys.stderr)
+        for item in problem.get("problems", []):
+            print(f"  - {item}", file=sys.stderr)
+        return 2
+    print(
+        f"campaign {body['name']} posted as #{body['id']}: {body['rounds_total']} rounds, "
+        f"{body['token_budget']:,} tokens"
+    )
+    return 0

@@ -1,0 +1,381 @@
+"""The WebSocket endpoint volunteers talk to: one connection per volunteer, binary MessagePack frames.
+
+    app.router.add_get("/ws", volunteer_socket)
+
+A connection starts with `hello` → `welcome` (or a fatal `error` and a close code the volunteer can
+act on), then serves `request_work`, `blob_request`, `progress`, `submit`, `abandon` and `goodbye`
+in any order. A frame that breaks the protocol costs its sender an `error` frame, and after too many
+the connection; it never costs the server or any other volunteer anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass, field
+
+from aiohttp import WSMsgType, web
+
+from commonweights import __version__
+from coordinator.appkeys import METRICS, SERVICE, SOCKETS
+from coordinator.blobs import BlobNotFound
+from coordinator.metrics import Metrics
+from coordinator.runtime import Assignment, CampaignRuntime, SubmissionReport
+from coordinator.service import Coordinator
+from coordinator.store import VolunteerRow
+from protocol.errors import ErrorCode, ProtocolError, close_code_for
+from protocol.limits import MAX_BLOB_CHUNK_BYTES, MAX_FRAME_BYTES
+from protocol.messages import (
+    Abandon,
+    BlobChunk,
+    BlobRef,
+    BlobRequest,
+    ErrorMessage,
+    Goodbye,
+    Hello,
+    InnerRecipe,
+    LeaseExtended,
+    Message,
+    ModelConfig,
+    ModelSpec,
+    NoWork,
+    Progress,
+    RequestWork,
+    Result,
+    Submit,
+    Welcome,
+    WorkUnit,
+    decode,
+    encode,
+)
+from protocol.version import check_version
+
+__all__ = ["HELLO_TIMEOUT_S", "MAX_PROTOCOL_ERRORS", "volunteer_socket"]
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT_S = 15.0
+MAX_PROTOCOL_ERRORS = 20
+
+
+@dataclass
+class Session:
+    ws: web.WebSocketResponse
+    service: Coordinator
+    volunteer: VolunteerRow | None = None
+    memory_bytes: int = 0
+    codecs: tuple[str, ...] = ()
+    blobs: set[str] = field(default_factory=set)  # what this volunteer may download
+    errors: int = 0
+
+
+async def volunteer_socket(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    metrics = request.app[METRICS]
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0)
+    await ws.prepare(request)
+    session = Session(ws, service)
+    sockets = request.app[SOCKETS]
+    sockets.add(ws)
+    metrics.connected += 1
+    try:
+        if await _handshake(session):
+            await _serve(session, metrics)
+    except ConnectionResetError:
+        pass
+    finally:
+        metrics.connected -= 1
+        sockets.discard(ws)
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def _send(session: Session, message: Message) -> None:
+    frame = encode(message)
+    await session.ws.send_bytes(frame)
+
+
+async def _fail(session: Session, error: ProtocolError, *, fatal: bool, ref_id: str | None = None) -> None:
+    await _send(session, ErrorMessage.from_error(error, fatal=fatal, ref_id=ref_id))
+    if fatal:
+        await session.ws.close(code=int(close_code_for(error.code)), message=error.code.value.encode())
+
+
+async def _receive_frame(session: Session, timeout: float | None = None) -> Message | None:
+    """The next well-formed frame; None when the connection ended. Bad frames are answered here."""
+    while True:
+        try:
+            raw = await session.ws.receive(timeout=timeout)
+        except TimeoutError:
+            await _fail(
+                session,
+                ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"no hello within {HELLO_TIMEOUT_S:.0f} s of connecting"),
+                fatal=True,
+            )
+            return None
+        if raw.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            return None
+        if raw.type == WSMsgType.ERROR:
+            # aiohttp reports an over-sized frame this way, after which the socket is unusable.
+            log.info("websocket error: %s", session.ws.exception())
+            return None
+        if raw.type != WSMsgType.BINARY:
+            error = ProtocolError(ErrorCode.MALFORMED_FRAME, "frames must be binary MessagePack; got a text frame")
+        else:
+            try:
+                return decode(raw.data, direction="to_server")
+            except ProtocolError as caught:
+                error = caught
+        session.errors += 1
+        fatal = session.errors >= MAX_PROTOCOL_ERRORS
+        if fatal:
+            error = ProtocolError(
+                error.code, f"{error.message} (too many bad frames: closing)", ref_type=error.ref_type
+            )
+        await _fail(session, error, fatal=fatal)
+        if fatal:
+            return None
+
+
+async def _handshake(session: Session) -> bool:
+    message = await _receive_frame(session, timeout=HELLO_TIMEOUT_S)
+    if message is None:
+        return False
+    if not isinstance(message, Hello):
+        await _fail(session, ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "the first frame must be hello"), fatal=True)
+        return False
+    try:
+        check_version(message.protocol_version)
+    except ProtocolError as error:
+        await _fail(session, error, fatal=True)
+        return False
+    service = session.service
+    capabilities = {
+        "devices": [
+            {"kind": d.kind, "name": d.name, "memory_bytes": d.memory_bytes} for d in message.capabilities.devices
+        ],
+        "memory_bytes": message.capabilities.memory_bytes,
+        "threads": message.capabilities.threads,
+        "codecs": list(message.capabilities.codecs),
+        "platform": message.capabilities.platform,
+        "client_version": message.client_version,
+    }
+    new_token: str | None = None
+    if message.token is None:
+        volunteer, new_token = service.register_volunteer(message.name, capabilities)
+    else:
+        found = service.volunteer_for_token(message.token)
+        if found is None:
+            await _fail(
+                session,
+                ProtocolError(
+                    ErrorCode.UNAUTHORIZED,
+                    "this coordinator doesn't know your token; delete the saved credentials to register again",
+                ),
+                fatal=True,
+            )
+            return False
+        volunteer = found
+        service.store.touch_volunteer(volunteer.id, message.name, capabilities)
+    if volunteer.banned:
+        await _fail(
+            session,
+            ProtocolError(ErrorCode.BANNED, "this volunteer is banned by the coordinator's admins"),
+            fatal=True,
+        )
+        return False
+    session.volunteer = volunteer
+    session.memory_bytes = message.capabilities.memory_bytes
+    session.codecs = tuple(message.capabilities.codecs)
+    await _send(
+        session,
+        Welcome(
+            volunteer_id=volunteer.id,
+            token=new_token,
+            server_version=__version__,
+            heartbeat_interval_s=service.config.heartbeat_interval_s,
+            max_frame_bytes=MAX_FRAME_BYTES,
+            dashboard_url=f"{service.config.public_url}/volunteers/{volunteer.id}"
+            if service.config.public_url
+            else None,
+            credit_total=min(volunteer.credit, 1e15),
+        ),
+    )
+    return True
+
+
+async def _serve(session: Session, metrics: Metrics) -> None:
+    while not session.ws.closed:
+        message = await _receive_frame(session)
+        if message is None:
+            return
+        volunteer = session.service.store.volunteer(session.volunteer.id) if session.volunteer else None
+        if volunteer is None or volunteer.banned:
+            await _fail(
+                session,
+                ProtocolError(ErrorCode.BANNED, "this volunteer was banned by the coordinator's admins"),
+                fatal=True,
+            )
+            return
+        session.volunteer = volunteer
+        try:
+            if isinstance(message, Goodbye):
+                await session.ws.close(code=1000, message=b"goodbye")
+                return
+            metrics.frames[type(message).__name__] = metrics.frames.get(type(message).__name__, 0) + 1
+            await _dispatch(session, message)
+        except ProtocolError as error:
+            await _fail(session, error, fatal=False)
+        except Exception:  # one volunteer's bad luck must not take the server down
+            log.exception("internal error serving %s", type(message).__name__)
+            await _fail(
+                session,
+                ProtocolError(ErrorCode.INTERNAL_ERROR, "the coordinator hit an internal error; try again shortly"),
+                fatal=False,
+            )
+
+
+async def _dispatch(session: Session, message: Message) -> None:
+    service = session.service
+    volunteer = session.volunteer
+    assert volunteer is not None
+    if isinstance(message, RequestWork):
+        answer = service.assign_work(
+            volunteer,
+            memory_bytes=session.memory_bytes,
+            preferred=message.preferred_campaign,
+            codecs=session.codecs,
+        )
+        if isinstance(answer, Assignment):
+            unit = work_unit_message(answer)
+            session.blobs |= {unit.checkpoint.sha256, unit.data.sha256}
+            await _send(session, unit)
+        else:
+            await _send(session, NoWork(retry_after_s=answer.retry_after_s, reason=answer.reason))
+    elif isinstance(message, BlobRequest):
+        await _send(session, _blob_chunk(session, message))
+    elif isinstance(message, Progress):
+        deadline = _runtime_for_unit(service, message.unit_id).heartbeat(
+            volunteer.id, message.unit_id, message.lease_id
+        )
+        if deadline is None:
+            raise ProtocolError(ErrorCode.LEASE_EXPIRED, "this lease is no longer valid; the unit was issued again")
+        await _send(
+            session,
+            LeaseExtended(unit_id=message.unit_id, lease_id=message.lease_id, lease_deadline=deadline),
+        )
+    elif isinstance(message, Submit):
+        await _submit(session, message)
+    elif isinstance(message, Abandon):
+        _runtime_for_unit(service, message.unit_id).abandon(volunteer.id, message.unit_id, message.lease_id)
+    else:
+        raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"{type(message).__name__} is not expected here")
+
+
+def _runtime_for_unit(service: Coordinator, unit_id: str) -> CampaignRuntime:
+    unit = service.store.unit(unit_id)
+    runtime = service.runtimes.get(unit.campaign_id) if unit else None
+    if unit is None or runtime is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_UNIT, f"no work unit {unit_id} in a running campaign")
+    return runtime
+
+
+async def _submit(session: Session, message: Submit) -> None:
+    volunteer = session.volunteer
+    assert volunteer is not None
+    if hashlib.sha256(message.update).hexdigest() != message.update_sha256:
+        raise ProtocolError(ErrorCode.CHECKSUM_MISMATCH, "the update's bytes don't match update_sha256; resend it")
+    runtime = _runtime_for_unit(session.service, message.unit_id)
+    report = SubmissionReport(
+        losses=list(message.metrics.losses),
+        tokens=message.metrics.tokens,
+        seconds=message.metrics.seconds,
+        device=message.metrics.device,
+    )
+    outcome = runtime.submit(volunteer.id, message.unit_id, message.lease_id, message.update, report)
+    code = ErrorCode(outcome.code) if outcome.code else None
+    if outcome.status == "duplicate":
+        code = ErrorCode.DUPLICATE_SUBMISSION
+    await _send(
+        session,
+        Result(
+            unit_id=message.unit_id,
+            lease_id=message.lease_id,
+            status=outcome.status,  # type: ignore[arg-type]
+            code=code,
+            message=outcome.message,
+            credit=outcome.credit,
+        ),
+    )
+    await asyncio.sleep(0)
+
+
+def _blob_chunk(session: Session, request: BlobRequest) -> BlobChunk:
+    service = session.service
+    volunteer = session.volunteer
+    assert volunteer is not None
+    if request.sha256 not in session.blobs and not service.volunteer_may_read(volunteer.id, request.sha256):
+        raise ProtocolError(ErrorCode.BLOB_NOT_FOUND, "no such blob for you: request blobs named in your work units")
+    try:
+        size = service.blobs.size(request.sha256)
+    except BlobNotFound:
+        raise ProtocolError(ErrorCode.BLOB_NOT_FOUND, "the coordinator no longer has this blob") from None
+    if request.offset > size:
+        raise ProtocolError(ErrorCode.BAD_RANGE, f"offset {request.offset} is past the blob's end ({size} bytes)")
+    length = min(request.length, MAX_BLOB_CHUNK_BYTES, size - request.offset)
+    data = service.blobs.read(request.sha256, request.offset, length)
+    return BlobChunk(sha256=request.sha256, offset=request.offset, total_size=size, data=data)
+
+
+def work_unit_message(a: Assignment) -> WorkUnit:
+    config = a.model_config
+    inner = a.spec.inner
+    return WorkUnit(
+        unit_id=a.unit.id,
+        lease_id=a.lease_id,
+        lease_deadline=a.lease_deadline,
+        campaign_id=str(a.campaign.id),
+        campaign_name=a.campaign.name,
+        model_version=a.unit.version,
+        model=ModelSpec(
+            preset=a.spec.model,
+            config=ModelConfig(
+                vocab_size=config.vocab_size,
+                d_model=config.d_model,
+                n_layer=config.n_layer,
+                n_head=config.n_head,
+                d_ff=config.d_ff,
+                max_seq_len=config.max_seq_len,
+                rope_theta=config.rope_theta,
+                norm_eps=config.norm_eps,
+            ),
+        ),
+        checkpoint=BlobRef(sha256=a.checkpoint.checkpoint_sha, size=a.checkpoint.checkpoint_size),
+        checkpoint_format="safetensors",
+        data=BlobRef(sha256=a.unit.data_sha, size=a.data_size),
+        data_dtype=a.data_dtype,  # type: ignore[arg-type]
+        data_tokens=a.unit.data_tokens,
+        shard=tuple(a.unit.shard),
+        shard_shapes=a.shard_shapes,
+        recipe=InnerRecipe(
+            steps=inner.steps,
+            batch_size=inner.batch_size,
+            seq_len=inner.seq_len,
+            grad_accum=inner.grad_accum,
+            lr=inner.lr,
+            min_lr_ratio=inner.min_lr_ratio,
+            warmup_steps=inner.warmup_steps,
+            total_steps=a.schedule_steps,
+            global_step=a.global_step,
+            weight_decay=inner.weight_decay,
+            grad_clip=inner.grad_clip,
+            beta1=inner.beta1,
+            beta2=inner.beta2,
+            eps=1e-8,
+        ),
+        seed=a.unit.seed,
+        codec=a.spec.codec.to_dict(),  # type: ignore[arg-type]
+        max_update_bytes=a.max_update_bytes,
+    )

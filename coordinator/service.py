@@ -1,0 +1,258 @@
+"""The coordinator's state and use cases, shared by the WebSocket gateway and the REST API.
+
+    >>> service = Coordinator.open(CoordinatorConfig(data_dir=Path("cw-data")))
+    >>> campaign_id = service.create_campaign(spec, owner="lead:alice")
+    >>> volunteer, token = service.register_volunteer("alice's desktop", capabilities={})
+
+It owns the store, the blob directory, the datasets it may train on and one `CampaignRuntime` per
+campaign. Tokens are stored hashed; a volunteer's token is shown to it once, at registration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from coordinator.blobs import BlobStore
+from coordinator.campaign import CampaignSpec, SpecError
+from coordinator.runtime import Assignment, CampaignRuntime, NoWork, initial_version, model_config_for
+from coordinator.store import Store, VersionRow, VolunteerRow
+from coordinator.validation import TrustState
+from training.checkpoint import load_weights
+from training.data import DataError, TokenDataset
+from training.model import build_model
+from training.simulate import evaluate
+
+__all__ = ["Coordinator", "CoordinatorConfig", "hash_token"]
+
+log = logging.getLogger(__name__)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    data_dir: Path
+    datasets: dict[str, Path] = field(default_factory=dict)
+    heartbeat_interval_s: float = 15.0
+    eval_tokens: int = 32768
+    eval_batch: int = 8
+    public_url: str = ""
+
+
+class Coordinator:
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        store: Store,
+        blobs: BlobStore,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.blobs = blobs
+        self.clock = clock
+        self.runtimes: dict[int, CampaignRuntime] = {}
+        self.eval_queue: list[tuple[int, int]] = []  # (campaign id, version) awaiting holdout loss
+        self.version_listeners: list[Callable[[int, VersionRow], None]] = []
+        self.admin_token = ""
+
+    @classmethod
+    def open(cls, config: CoordinatorConfig, *, clock: Callable[[], float] = time.time) -> Coordinator:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store.open(config.data_dir / "coordinator.sqlite3")
+        service = cls(config, store, BlobStore(config.data_dir / "blobs"), clock=clock)
+        service.admin_token = service._admin_token()
+        for row in store.campaigns(("active", "paused")):
+            service._load_runtime(row.id)
+        for row in store.campaigns():
+            for version in store.versions(row.id):
+                if version.holdout_loss is None:
+                    service.eval_queue.append((row.id, version.version))
+        return service
+
+    def close(self) -> None:
+        self.store.close()
+
+    def _admin_token(self) -> str:
+        """The admin token lives in data_dir/admin_token (mode 0600), made on first start."""
+        path = self.config.data_dir / "admin_token"
+        if path.exists():
+            token = path.read_text().strip()
+        else:
+            token = "cw-admin-" + secrets.token_urlsafe(24)
+            path.write_text(token + "\n")
+            path.chmod(0o600)
+        if self.store.api_token_role(hash_token(token)) is None:
+            self.store.add_api_token(hash_token(token), "admin", "admin (data_dir/admin_token)")
+        return token
+
+    def _load_runtime(self, campaign_id: int) -> CampaignRuntime:
+        runtime = CampaignRuntime.load(self.store, self.blobs, campaign_id, clock=self.clock)
+        runtime.on_version = self._version_published
+        self.runtimes[campaign_id] = runtime
+        return runtime
+
+    def _version_published(self, runtime: CampaignRuntime, version: VersionRow) -> None:
+        self.eval_queue.append((runtime.row.id, version.version))
+        for listener in self.version_listeners:
+            listener(runtime.row.id, version)
+
+    # datasets and campaigns ------------------------------------------------------------------
+
+    def dataset_path(self, name: str) -> Path:
+        if name in self.config.datasets:
+            return self.config.datasets[name]
+        candidate = self.config.data_dir / "datasets" / name
+        if (candidate / "manifest.json").exists():
+            return candidate
+        known = ", ".join(sorted(self.dataset_names())) or "none"
+        raise SpecError([f"dataset: {name!r} is not a dataset this coordinator knows (known: {known})"])
+
+    def dataset_names(self) -> list[str]:
+        names = set(self.config.datasets)
+        folder = self.config.data_dir / "datasets"
+        if folder.is_dir():
+            names |= {p.name for p in folder.iterdir() if (p / "manifest.json").exists()}
+        return sorted(names)
+
+    def create_campaign(self, spec: CampaignSpec, *, owner: str) -> int:
+        path = self.dataset_path(spec.dataset)
+        try:
+            dataset = TokenDataset.open(path)
+        except DataError as error:
+            raise SpecError([f"dataset: {error}"]) from None
+        if dataset.num_train_tokens < 2 * spec.inner.tokens_per_unit:
+            raise SpecError(
+                [
+                    f"dataset: {spec.dataset} has {dataset.num_train_tokens} training tokens, fewer than two units of "
+                    f"{spec.inner.tokens_per_unit}; shrink inner.steps, batch_size or seq_len"
+                ]
+            )
+        weights, state = initial_version(spec, dataset)
+        version0 = (self.blobs.put(weights), len(weights), self.blobs.put(state))
+        campaign_id = self.store.create_campaign(spec.name, spec.to_dict(), str(path), owner, version0)
+        self._load_runtime(campaign_id)
+        self.eval_queue.append((campaign_id, 0))
+        return campaign_id
+
+    def set_status(self, campaign_id: int, status: str) -> None:
+        self.store.set_campaign_status(campaign_id, status)
+        runtime = self.runtimes.get(campaign_id)
+        if runtime is not None:
+            runtime.refresh()
+            if status == "stopped":
+                del self.runtimes[campaign_id]
+
+    # volunteers ------------------------------------------------------------------------------
+
+    def register_volunteer(self, name: str, capabilities: dict[str, object]) -> tuple[VolunteerRow, str]:
+        token = "cw-vol-" + secrets.token_urlsafe(24)
+        volunteer_id = uuid.uuid4().hex[:16]
+        self.store.add_volunteer(volunteer_id, hash_token(token), name, capabilities)
+        row = self.store.volunteer(volunteer_id)
+        assert row is not None
+        return row, token
+
+    def volunteer_for_token(self, token: str) -> VolunteerRow | None:
+        return self.store.volunteer_by_token(hash_token(token))
+
+    def role_for_token(self, token: str) -> tuple[int, str, str] | None:
+        """(token id, role, label) for an admin or project-lead API token."""
+        return self.store.api_token_role(hash_token(token))
+
+    def create_api_token(self, role: str, label: str) -> tuple[int, str]:
+        token = f"cw-{role}-" + secrets.token_urlsafe(24)
+        return self.store.add_api_token(hash_token(token), role, label), token
+
+    # work --------------------------------------------------------------------------------------
+
+    def assign_work(
+        self,
+        volunteer: VolunteerRow,
+        *,
+        memory_bytes: int,
+        preferred: str | None = None,
+        codecs: tuple[str, ...] | None = None,
+    ) -> Assignment | NoWork:
+        """A unit from the first active campaign that has one fitting this volunteer."""
+        candidates = [r for r in self.runtimes.values() if r.refresh().status == "active"]
+        if preferred:
+            candidates.sort(key=lambda r: r.row.name != preferred and str(r.row.id) != preferred)
+        if not candidates:
+            return NoWork("no campaign is training right now", retry_after_s=30)
+        if codecs is not None:
+            usable = [r for r in candidates if r.spec.codec.name in codecs]
+            if not usable:
+                wanted = ", ".join(sorted({r.spec.codec.name for r in candidates}))
+                return NoWork(
+                    f"the running campaigns need codecs this app lacks ({wanted}); update the app",
+                    retry_after_s=600,
+                )
+            candidates = usable
+        reasons = []
+        for runtime in candidates:
+            answer = runtime.lease(
+                volunteer.id,
+                memory_bytes=memory_bytes,
+                trust=TrustState(volunteer.consecutive_valid, volunteer.errors),
+            )
+            if isinstance(answer, Assignment):
+                return answer
+            reasons.append(answer)
+        return min(reasons, key=lambda r: r.retry_after_s)
+
+    def volunteer_may_read(self, volunteer_id: str, digest: str) -> bool:
+        """Blobs a volunteer may download: published checkpoints and its own units' data."""
+        return self.store.is_checkpoint(digest) or self.store.is_unit_data_of(digest, volunteer_id)
+
+    def tick(self) -> None:
+        for runtime in list(self.runtimes.values()):
+            runtime.tick()
+
+    def evaluate_pending(self) -> list[tuple[int, int, float]]:
+        """Holdout loss of every published version still without one, here and now."""
+        done = []
+        while self.eval_queue:
+            campaign_id, version = self.eval_queue.pop(0)
+            job = self.eval_job(campaign_id, version)
+            if job is not None:
+                loss = job()
+                self.store.set_holdout_loss(campaign_id, version, loss)
+                done.append((campaign_id, version, loss))
+        return done
+
+    def eval_job(self, campaign_id: int, version: int) -> Callable[[], float] | None:
+        """A closure computing the holdout loss of a version; it touches no shared state, so it can
+        run on a worker thread while the event loop goes on serving volunteers."""
+        row = self.store.version(campaign_id, version)
+        campaign = self.store.campaign(campaign_id)
+        if row is None or campaign is None:
+            return None
+        runtime = self.runtimes.get(campaign_id)
+        dataset = runtime.dataset if runtime else TokenDataset.open(Path(campaign.dataset_path))
+        spec = CampaignSpec.from_dict(campaign.spec)
+        weights = self.blobs.get(row.checkpoint_sha)
+        tokens = dataset.holdout_slice(0, min(self.config.eval_tokens + 1, dataset.num_holdout_tokens))
+        batch = self.config.eval_batch
+
+        def job() -> float:
+            model = build_model(model_config_for(spec, dataset))
+            model.load_state_dict(load_weights(weights), strict=False)
+            with torch.inference_mode():
+                loss = evaluate(model, tokens, batch_size=batch, seq_len=spec.inner.seq_len)
+            log.info("campaign %s version %d: holdout loss %.4f", campaign.name, version, loss)
+            return loss
+
+        return job

@@ -1,0 +1,59 @@
+"""DirectionCheck: the update points roughly the way the cohort's accepted updates point.
+
+Honest pseudo-gradients from the same model share a common component, so their cosine with the
+cohort's running direction is positive or, for noisy ones, near zero. A sign-flipped update
+(θ_end − θ_start), one trained on other data or random garbage of the right norm lands well below.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from coordinator.validation.cohort import CohortStats
+from coordinator.validation.interface import Candidate, Verdict
+from protocol.errors import ErrorCode
+
+__all__ = ["DirectionCheck", "cosine_similarity"]
+
+
+def cosine_similarity(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float | None:
+    """Cosine over the tensors both hold, in fp64; None when either side is zero there."""
+    dot = norm_a = norm_b = 0.0
+    for name, x in a.items():
+        y = b.get(name)
+        if y is None:
+            continue
+        x64, y64 = x.reshape(-1).to(torch.float64), y.reshape(-1).to(torch.float64)
+        dot += float(torch.dot(x64, y64))
+        norm_a += float(torch.dot(x64, x64))
+        norm_b += float(torch.dot(y64, y64))
+    if norm_a == 0 or norm_b == 0:
+        return None
+    return dot / math.sqrt(norm_a * norm_b)
+
+
+@dataclass(frozen=True)
+class DirectionCheck:
+    min_cosine: float = -0.2
+    min_cohort: int = 3
+    name = "direction"
+
+    def check(self, candidate: Candidate, stats: CohortStats) -> Verdict | None:
+        support = stats.support(candidate.delta)
+        direction = stats.direction(candidate.delta)
+        if direction is None or support < self.min_cohort:
+            return None
+        cosine = cosine_similarity(candidate.delta, direction)
+        if cosine is None or cosine >= self.min_cosine:
+            return None
+        return Verdict.reject(
+            ErrorCode.DIRECTION_OUTLIER,
+            f"the update points away from the cohort: its cosine similarity with the running direction "
+            f"of {support} accepted updates is {cosine:.3f} (limit: at least {self.min_cosine:.2f}); "
+            "a flipped sign (θ_end − θ_start instead of θ_start − θ_end), the wrong data or the wrong "
+            "model version does this",
+        )

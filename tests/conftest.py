@@ -1,0 +1,15 @@
+"""Fixtures shared across the suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded corpus (this Python's stdlib sources), cut small so it prepares in about a second."""
+    from training.data import ensure_default_dataset
+
+    return ensure_default_dataset(tmp_path_factory.mktemp("cache"), max_bytes=400_000, vocab_size=512, progress=False)
