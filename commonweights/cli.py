@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from commonweights import __version__
+from commonweights import __version__, demo
 from coordinator import cli as coordinator_cli
 from training import cli as training_cli
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     training_cli.add_simulate(commands)
     coordinator_cli.add_coordinator(commands)
     coordinator_cli.add_campaign(commands)
+    demo.add_demo(commands)
 
     bench = commands.add_parser("bench", help="run a benchmark and write docs/benchmarks.md")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")

@@ -63,6 +63,7 @@ MAX_PROTOCOL_ERRORS = 20
 class Session:
     ws: web.WebSocketResponse
     service: Coordinator
+    metrics: Metrics
     volunteer: VolunteerRow | None = None
     memory_bytes: int = 0
     codecs: tuple[str, ...] = ()
@@ -75,7 +76,7 @@ async def volunteer_socket(request: web.Request) -> web.StreamResponse:
     metrics = request.app[METRICS]
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0)
     await ws.prepare(request)
-    session = Session(ws, service)
+    session = Session(ws, service, metrics)
     sockets = request.app[SOCKETS]
     sockets.add(ws)
     metrics.connected += 1
@@ -94,6 +95,7 @@ async def volunteer_socket(request: web.Request) -> web.StreamResponse:
 
 async def _send(session: Session, message: Message) -> None:
     frame = encode(message)
+    session.metrics.bytes_out += len(frame)
     await session.ws.send_bytes(frame)
 
 
@@ -121,6 +123,7 @@ async def _receive_frame(session: Session, timeout: float | None = None) -> Mess
             # aiohttp reports an over-sized frame this way, after which the socket is unusable.
             log.info("websocket error: %s", session.ws.exception())
             return None
+        session.metrics.bytes_in += len(raw.data) if isinstance(raw.data, bytes | str) else 0
         if raw.type != WSMsgType.BINARY:
             error = ProtocolError(ErrorCode.MALFORMED_FRAME, "frames must be binary MessagePack; got a text frame")
         else:

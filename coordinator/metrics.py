@@ -22,6 +22,8 @@ __all__ = ["Metrics", "render_metrics"]
 class Metrics:
     connected: int = 0
     frames: dict[str, int] = field(default_factory=dict)
+    bytes_in: int = 0  # every WebSocket frame received from volunteers
+    bytes_out: int = 0  # every frame sent to them (blob chunks dominate)
     http_requests: int = 0
 
 
@@ -53,6 +55,18 @@ def render_metrics(metrics: Metrics, service: Coordinator) -> str:
         "counter",
         "Frames received from volunteers by type.",
         [_line("commonweights_frames_total", n, {"type": t}) for t, n in sorted(metrics.frames.items())],
+    )
+    lines += _family(
+        "commonweights_ws_bytes_received_total",
+        "counter",
+        "WebSocket bytes received from volunteers.",
+        [_line("commonweights_ws_bytes_received_total", metrics.bytes_in)],
+    )
+    lines += _family(
+        "commonweights_ws_bytes_sent_total",
+        "counter",
+        "WebSocket bytes sent to volunteers.",
+        [_line("commonweights_ws_bytes_sent_total", metrics.bytes_out)],
     )
     leased, accepted, rejected, bytes_in, versions, round_seconds = [], [], [], [], [], []
     for campaign_id, runtime in sorted(service.runtimes.items()):
