@@ -1,0 +1,79 @@
+"""The DiLoCo simulator on the embedded corpus (cut small): real text, real training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from commonweights.cli import main
+from training.data import TokenDataset
+from training.simulate import SimConfig, simulate
+
+BASE = SimConfig(workers=2, inner_steps=5, steps=20, batch_size=4, seq_len=32, warmup=2, eval_tokens=4096)
+
+
+@pytest.fixture(scope="module")
+def dataset(small_dataset: Path) -> TokenDataset:
+    return TokenDataset.open(small_dataset)
+
+
+def test_holdout_loss_falls_on_the_embedded_corpus_within_a_small_budget(dataset: TokenDataset) -> None:
+    result = simulate(SimConfig(**{**BASE.__dict__, "inner_steps": 10, "steps": 40}), dataset)
+    first, last = result.holdout_curve[0][1], result.final_holdout_loss
+    assert len(result.holdout_curve) == 1 + 40 // 10
+    # From ln(512) = 6.24 (uniform) to below 5.9: the model has learned the token statistics at least.
+    assert last < first - 0.3, result.holdout_curve
+
+
+def test_same_seed_same_losses(dataset: TokenDataset) -> None:
+    config = SimConfig(**{**BASE.__dict__, "steps": 10, "codec": "int8"})
+    a, b = simulate(config, dataset), simulate(config, dataset)
+    assert a.train_losses == b.train_losses
+    assert a.holdout_curve == b.holdout_curve
+
+
+def test_bytes_are_counted_per_worker_and_against_data_parallel(dataset: TokenDataset) -> None:
+    fp32 = simulate(SimConfig(**{**BASE.__dict__, "steps": 10}), dataset)
+    int8 = simulate(SimConfig(**{**BASE.__dict__, "steps": 10, "codec": "int8"}), dataset)
+    rounds = 10 // 5
+    assert fp32.data_parallel_bytes_per_worker == 10 * fp32.parameters * 4
+    assert rounds * fp32.parameters * 4 < fp32.bytes_per_worker < rounds * fp32.parameters * 4 * 1.01
+    assert fp32.reduction == pytest.approx(5, rel=0.01)  # H=5: five times fewer messages, same size
+    assert int8.reduction == pytest.approx(5 * 3.94, rel=0.02)
+
+
+def test_data_parallel_and_single_worker_agree_when_there_is_one_worker(dataset: TokenDataset) -> None:
+    """With K=1 both baselines are plain AdamW on the same batches: a check that they're built fairly."""
+    one = {**BASE.__dict__, "workers": 1, "steps": 8}
+    dp = simulate(SimConfig(**{**one, "mode": "data_parallel"}), dataset)
+    single = simulate(SimConfig(**{**one, "mode": "single"}), dataset)
+    assert dp.train_losses == single.train_losses
+    assert dp.final_holdout_loss == single.final_holdout_loss
+    assert single.bytes_per_worker == 0 and dp.bytes_per_worker == dp.data_parallel_bytes_per_worker
+
+
+def test_simulate_command_prints_a_summary_and_writes_json(
+    small_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "result.json"
+    code = main([
+        "simulate", "--data", str(small_dataset), "--workers", "2", "--inner-steps", "4", "--steps", "8",
+        "--batch-size", "2", "--seq-len", "32", "--codec", "topk", "--eval-tokens", "2048", "--quiet",
+        "--json", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "holdout loss" in printed and "data-parallel" in printed
+    (result,) = json.loads(out.read_text())["results"]
+    assert len(result["holdout_curve"]) == 3
+    assert result["bytes_per_worker"] > 0 and result["data_parallel_bytes_per_worker"] > result["bytes_per_worker"]
+    assert result["reduction"] > 100  # H=4 with top-1% sparsification
+
+
+def test_simulate_refuses_an_unknown_codec_with_a_clear_message(
+    small_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", "--data", str(small_dataset), "--codec", "zip", "--quiet"]) == 2
+    assert "zip" in capsys.readouterr().err
