@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from commonweights import __version__, demo
 from coordinator import cli as coordinator_cli
 from training import cli as training_cli
+from volunteer_app import cli as volunteer_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,11 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     training_cli.add_simulate(commands)
     coordinator_cli.add_coordinator(commands)
     coordinator_cli.add_campaign(commands)
+    volunteer_cli.add_volunteer(commands)
     demo.add_demo(commands)
 
     bench = commands.add_parser("bench", help="run a benchmark and write docs/benchmarks.md")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
     training_cli.add_bench_diloco(bench_commands)
+    coordinator_cli.add_bench_system(bench_commands)
     return parser
 
 

@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from coordinator.local import free_port, http_json, read_metric, start_coordinator, stop
 
 __all__ = ["add_demo", "demo_spec", "run_demo"]
 
@@ -70,48 +67,6 @@ def demo_spec(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def http_json(url: str, *, data: dict[str, Any] | None = None, token: str | None = None, timeout: float = 30) -> Any:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    body = json.dumps(data).encode() if data is not None else None
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST" if data is not None else "GET")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
-def wait_for(url: str, *, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll `url` until it answers 200, the process dies, or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the coordinator exited with code {process.returncode} before it was ready")
-        with contextlib.suppress(OSError, urllib.error.URLError):
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
-
-
-def stop(process: subprocess.Popen[bytes], *, grace: float = 10) -> None:
-    """Ask politely (SIGINT, like Ctrl-C), then insist."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=grace)
-
-
 @dataclass
 class Snapshot:
     campaign: dict[str, Any]
@@ -122,10 +77,7 @@ class Snapshot:
 def snapshot(base: str, campaign_id: int) -> Snapshot:
     campaign = http_json(f"{base}/api/campaigns/{campaign_id}")
     versions = http_json(f"{base}/api/campaigns/{campaign_id}/versions")["versions"]
-    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
-        metrics = response.read().decode()
-    match = re.search(r"^commonweights_update_bytes_received_total\{[^}]*\} ([0-9.e+]+)$", metrics, re.MULTILINE)
-    return Snapshot(campaign, versions, float(match.group(1)) if match else 0.0)
+    return Snapshot(campaign, versions, read_metric(base, "commonweights_update_bytes_received_total"))
 
 
 def render(snap: Snapshot, started: float) -> Any:
@@ -178,15 +130,10 @@ def run_demo(args: argparse.Namespace) -> int:
     logs.mkdir(exist_ok=True)
     with processes() as running:
         console.print(f"[bold]2/4[/bold] starting the coordinator at [link={base}]{base}[/link] (state in {data_dir})")
-        coordinator_log = (logs / "coordinator.log").open("wb")
-        coordinator = subprocess.Popen(
-            [*python, "coordinator", "serve", "--data-dir", str(data_dir), "--port", str(port),
-             "--dataset", f"stdlib={dataset}", "--log-level", "warning"],
-            stdout=coordinator_log, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
+        local = start_coordinator(data_dir, datasets={"stdlib": dataset}, port=port, log=logs / "coordinator.log")
+        coordinator = local.process
         running.append(coordinator)
-        wait_for(f"{base}/api/health", timeout=120, process=coordinator)
-        token = (data_dir / "admin_token").read_text().strip()
+        token = local.token
         spec = demo_spec(args)
         try:
             campaign = http_json(f"{base}/api/campaigns", data=spec, token=token)

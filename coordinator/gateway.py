@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
-from commonweights import __version__
 from coordinator.appkeys import METRICS, SERVICE, SOCKETS
 from coordinator.blobs import BlobNotFound
 from coordinator.metrics import Metrics
 from coordinator.runtime import Assignment, CampaignRuntime, SubmissionReport
 from coordinator.service import Coordinator
 from coordinator.store import VolunteerRow
+from coordinator.version import SERVER_VERSION
 from protocol.errors import ErrorCode, ProtocolError, close_code_for
 from protocol.limits import MAX_BLOB_CHUNK_BYTES, MAX_FRAME_BYTES
 from protocol.messages import (
@@ -197,7 +197,7 @@ async def _handshake(session: Session) -> bool:
         Welcome(
             volunteer_id=volunteer.id,
             token=new_token,
-            server_version=__version__,
+            server_version=SERVER_VERSION,
             heartbeat_interval_s=service.config.heartbeat_interval_s,
             max_frame_bytes=MAX_FRAME_BYTES,
             dashboard_url=f"{service.config.public_url}/volunteers/{volunteer.id}"

@@ -14,12 +14,12 @@ from typing import Any
 
 from aiohttp import web
 
-from commonweights import __version__
 from coordinator.appkeys import METRICS, SERVICE
 from coordinator.campaign import CampaignSpec, SpecError
 from coordinator.metrics import render_metrics
 from coordinator.service import Coordinator
 from coordinator.store import CampaignRow, StoreError
+from coordinator.version import SERVER_VERSION
 
 __all__ = ["MAX_BODY_BYTES", "add_routes", "campaign_summary"]
 
@@ -101,7 +101,7 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "status": "ok",
-            "version": __version__,
+            "version": SERVER_VERSION,
             "campaigns": len(service.runtimes),
             "volunteers_connected": request.app[METRICS].connected,
             "schema_version": service.store.schema_version,

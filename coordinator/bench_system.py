@@ -1,0 +1,329 @@
+"""`commonweights bench system`: what the distributed system costs over plain training.
+
+Three measurements, written to docs/benchmarks.md:
+
+1. End-to-end tokens/s of a real coordinator process with N real volunteer processes on loopback,
+   against the same units trained back to back in one process with the same CPU threads: the
+   overhead ratio (scheduling, blob transfer, encoding, validation, aggregation, waiting).
+2. Bytes on the wire per unit, both directions, from the coordinator's own counters.
+3. Ingestion: many simulated volunteers on loopback submitting int8 updates of the `small` preset
+   (~10M parameters) as fast as the coordinator acknowledges them; MB/s of updates decoded,
+   validated, made durable and accumulated, against what 1,000 volunteers each sending one
+   update every 5 minutes need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from coordinator.local import LocalCoordinator, http_json, read_metric, start_coordinator, stop
+from protocol.codecs import CodecConfig, encode
+from protocol.messages import Capabilities, Device, Hello, RequestWork, Result, Submit, TrainMetrics, WorkUnit
+from protocol.messages import decode as decode_frame
+from protocol.messages import encode as encode_frame
+from protocol.version import PROTOCOL_VERSION
+from training.checkpoint import load_weights
+from training.data import TokenDataset, ensure_default_dataset
+from training.inner import InnerConfig, InnerLoop
+from training.model import build_model, preset
+from training.report import machine_line, markdown_table, write_section
+
+__all__ = ["run_bench_system"]
+
+TARGET_VOLUNTEERS = 1000
+TARGET_PERIOD_S = 300.0
+
+
+def start(dataset: Path, work: Path, name: str) -> LocalCoordinator:
+    return start_coordinator(work / name, datasets={"stdlib": dataset}, log=work / f"{name}.log")
+
+
+def spec(name: str, *, model: str, units: int, rounds: int, steps: int, batch: int, seq: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "model": model,
+        "dataset": "stdlib",
+        "codec": "int8",
+        "token_budget": rounds * units * steps * batch * seq,
+        "inner": {"steps": steps, "batch_size": batch, "seq_len": seq, "warmup_steps": 0},
+        "rounds": {"units_per_round": units, "min_accepted": units, "deadline_s": 3600, "lease_s": 600},
+        "validation": {"replication_rate": 0.0},
+    }
+
+
+# 1 + 2: end to end -------------------------------------------------------------------------------
+
+
+def end_to_end(dataset: Path, work: Path, volunteers: int, rounds: int, steps: int) -> dict[str, float]:
+    threads = max(1, (os.cpu_count() or 2) // volunteers)
+    coordinator = start(dataset, work, f"e2e-{volunteers}")
+    running = [coordinator.process]
+    try:
+        campaign = http_json(
+            f"{coordinator.base}/api/campaigns",
+            data=spec(f"e2e{volunteers}", model="tiny", units=volunteers, rounds=rounds, steps=steps, batch=8, seq=128),
+            token=coordinator.token,
+        )
+        port = coordinator.base.rsplit(":", 1)[1]
+        for i in range(volunteers):
+            home = work / f"e2e-{volunteers}-v{i}"
+            log = (work / f"e2e-{volunteers}-v{i}.log").open("wb")
+            running.append(subprocess.Popen(
+                [sys.executable, "-m", "commonweights", "volunteer", "run", "--coordinator", f"ws://127.0.0.1:{port}/ws",
+                 "--threads", str(threads), "--config-dir", str(home / "config"), "--cache-dir", str(home / "cache"),
+                 "--quiet"],
+                stdout=log, stderr=subprocess.STDOUT,
+            ))  # fmt: skip
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            row = http_json(f"{coordinator.base}/api/campaigns/{campaign['id']}")
+            if row["status"] == "finished":
+                break
+            time.sleep(0.5)
+        else:
+            raise TimeoutError("the end-to-end run did not finish in 30 minutes")
+        history = http_json(f"{coordinator.base}/api/campaigns/{campaign['id']}/rounds")["rounds"]
+        elapsed = history[-1]["closed_at"] - history[0]["opened_at"]
+        units = rounds * volunteers
+        wire = read_metric(coordinator.base, "commonweights_ws_bytes_received_total") + read_metric(
+            coordinator.base, "commonweights_ws_bytes_sent_total"
+        )
+        return {
+            "volunteers": volunteers,
+            "threads": threads,
+            "tokens": row["tokens_trained"],
+            "seconds": elapsed,
+            "tokens_per_s": row["tokens_trained"] / elapsed,
+            "wire_bytes_per_unit": wire / units,
+            "update_bytes_per_unit": read_metric(coordinator.base, "commonweights_update_bytes_received_total") / units,
+        }
+    finally:
+        for process in reversed(running):
+            stop(process)
+
+
+def in_process(dataset_path: Path, units: int, steps: int, threads: int) -> dict[str, float]:
+    """The same amount of training in one process: `units` units back to back, no network."""
+    dataset = TokenDataset.open(dataset_path)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = build_model(preset("tiny", vocab_size=dataset.vocab_size, max_seq_len=128), seed=0)
+        config = InnerConfig(steps=steps, batch_size=8, seq_len=128, warmup_steps=0)
+        began = time.perf_counter()
+        tokens = 0
+        for u in range(units):
+            result = InnerLoop(model, config, global_step=u * steps).run(
+                dataset.train_slice(u * (config.tokens_needed - 1), config.tokens_needed)
+            )
+            tokens += result.tokens
+        elapsed = time.perf_counter() - began
+    finally:
+        torch.set_num_threads(previous)
+    return {"tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed}
+
+
+# 3: ingestion ----------------------------------------------------------------------------------------
+
+
+def honest_update(
+    dataset_path: Path, coordinator: LocalCoordinator, unit: WorkUnit
+) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """One real unit of training from the campaign's θ_0, used as the template of every submission."""
+    dataset = TokenDataset.open(dataset_path)
+    config = preset("small", vocab_size=dataset.vocab_size, max_seq_len=unit.recipe.seq_len)
+    model = build_model(config)
+    blobs = coordinator.data_dir / "blobs"
+    weights = (blobs / unit.checkpoint.sha256[:2] / unit.checkpoint.sha256[2:]).read_bytes()
+    model.load_state_dict(load_weights(weights), strict=False)
+    data = (blobs / unit.data.sha256[:2] / unit.data.sha256[2:]).read_bytes()
+    tokens = np.frombuffer(data, dtype="<u2" if unit.data_dtype == "uint16" else "<u4").astype(np.int64)
+    recipe = unit.recipe
+    inner = InnerConfig(steps=recipe.steps, batch_size=recipe.batch_size, seq_len=recipe.seq_len, warmup_steps=0)
+    result = InnerLoop(model, inner, global_step=0).run(tokens)
+    return result.delta, result.losses
+
+
+def hello(name: str) -> Hello:
+    return Hello(
+        protocol_version=PROTOCOL_VERSION, client_version="bench", token=None, name=name,
+        capabilities=Capabilities(
+            devices=(Device(kind="cpu", name="bench", memory_bytes=16 << 30),), memory_bytes=16 << 30, threads=1,
+            codecs=("int8",), platform="bench",
+        ),
+    )  # fmt: skip
+
+
+async def ingest(coordinator: LocalCoordinator, dataset: Path, clients: int, updates: int) -> dict[str, float]:
+    import websockets
+
+    url = coordinator.base.replace("http", "ws") + "/ws"
+    per_client = max(1, updates // clients)
+    limit = 80 << 20
+
+    async def connect(name: str) -> Any:
+        ws = await websockets.connect(url, max_size=limit)
+        await ws.send(encode_frame(hello(name)))
+        await ws.recv()
+        return ws
+
+    async def lease(ws: Any) -> WorkUnit:
+        while True:
+            await ws.send(encode_frame(RequestWork()))
+            answer = decode_frame(await ws.recv(), direction="to_client")
+            if isinstance(answer, WorkUnit):
+                return answer
+            await asyncio.sleep(0.05)
+
+    sockets = [await connect(f"bench-{i}") for i in range(clients)]
+    first = await lease(sockets[0])
+    delta, losses = await asyncio.to_thread(honest_update, dataset, coordinator, first)
+    rng = np.random.default_rng(0)
+    codec = CodecConfig.from_dict(dict(first.codec))
+    # Distinct but honest-looking updates: the real one plus 2% noise each.
+    payloads = [
+        encode({n: t + 0.02 * t.std() * torch.from_numpy(rng.standard_normal(t.shape, dtype=np.float32))
+                for n, t in delta.items()}, codec)
+        for _ in range(min(8, updates))
+    ]  # fmt: skip
+    metrics = TrainMetrics(
+        losses=tuple(losses), tokens=first.recipe.tokens_needed - 1, seconds=1.0, device="cpu", device_name="bench"
+    )
+    accepted = rejected = 0
+    sent_bytes = 0
+
+    async def client(index: int, ws: Any, unit: WorkUnit | None) -> None:
+        nonlocal accepted, rejected, sent_bytes
+        for k in range(per_client):
+            unit = unit or await lease(ws)
+            payload = payloads[(index + k) % len(payloads)]
+            frame = encode_frame(
+                Submit(
+                    unit_id=unit.unit_id,
+                    lease_id=unit.lease_id,
+                    update=payload,
+                    update_sha256=hashlib.sha256(payload).hexdigest(),
+                    metrics=metrics,
+                )
+            )
+            await ws.send(frame)
+            while True:
+                answer = decode_frame(await ws.recv(), direction="to_client")
+                if isinstance(answer, Result):
+                    break
+            sent_bytes += len(payload)
+            if answer.status == "accepted":
+                accepted += 1
+            else:
+                rejected += 1
+            unit = None
+
+    began = time.perf_counter()
+    await asyncio.gather(*(client(i, ws, first if i == 0 else None) for i, ws in enumerate(sockets)))
+    elapsed = time.perf_counter() - began
+    for ws in sockets:
+        await ws.close()
+    return {
+        "clients": clients,
+        "updates": accepted + rejected,
+        "accepted": accepted,
+        "rejected": rejected,
+        "update_mb": len(payloads[0]) / 1e6,
+        "seconds": elapsed,
+        "mb_per_s": sent_bytes / elapsed / 1e6,
+        "updates_per_s": (accepted + rejected) / elapsed,
+    }
+
+
+def run_ingestion(dataset: Path, work: Path, clients: int, updates: int) -> dict[str, float]:
+    coordinator = start(dataset, work, "ingest")
+    try:
+        campaign_spec = spec("ingest", model="small", units=updates + clients, rounds=1, steps=2, batch=4, seq=128)
+        campaign_spec["rounds"]["min_accepted"] = updates + clients
+        http_json(f"{coordinator.base}/api/campaigns", data=campaign_spec, token=coordinator.token)
+        result = asyncio.run(ingest(coordinator, dataset, clients, updates))
+        result["parameters"] = sum(
+            p.numel()
+            for p in build_model(
+                preset("small", vocab_size=TokenDataset.open(dataset).vocab_size), device="meta"
+            ).parameters()
+        )
+        return result
+    finally:
+        stop(coordinator.process)
+
+
+def run_bench_system(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console()
+    counts = [int(v) for v in args.volunteers.split(",") if v]
+    dataset = ensure_default_dataset(progress=True)
+    work = Path(tempfile.mkdtemp(prefix="commonweights-bench-"))
+    rows: list[list[str]] = []
+    results: dict[str, Any] = {"end_to_end": [], "ingestion": None}
+    for n in counts:
+        console.print(f"end to end with {n} volunteer(s), {args.rounds} rounds of H={args.inner_steps} …")
+        system = end_to_end(dataset, work, n, args.rounds, args.inner_steps)
+        local = in_process(dataset, n * args.rounds, args.inner_steps, threads=os.cpu_count() or 2)
+        ratio = local["tokens_per_s"] / system["tokens_per_s"]
+        results["end_to_end"].append({"system": system, "in_process": local, "overhead": ratio})
+        rows.append([
+            str(n), str(int(system["threads"])), f"{system['tokens']:,}", f"{system['tokens_per_s']:,.0f}",
+            f"{local['tokens_per_s']:,.0f}", f"{100 * (ratio - 1):+.1f}%",
+            f"{system['wire_bytes_per_unit'] / 1e6:.2f} MB", f"{system['update_bytes_per_unit'] / 1e6:.3f} MB",
+        ])  # fmt: skip
+        console.print(rows[-1])
+    console.print(f"ingestion: {args.ingest_clients} clients, {args.ingest_updates} updates of the small preset …")
+    ingestion = run_ingestion(dataset, work, args.ingest_clients, args.ingest_updates)
+    results["ingestion"] = ingestion
+    needed = TARGET_VOLUNTEERS * ingestion["update_mb"] / TARGET_PERIOD_S
+    console.print(ingestion)
+    e2e_table = markdown_table(
+        ["volunteers", "threads each", "tokens", "system tokens/s", "in-process tokens/s", "overhead",
+         "wire bytes / unit", "update bytes / unit"],
+        rows,
+    )  # fmt: skip
+    ingest_table = markdown_table(
+        ["clients", "updates", "accepted", "update size", "seconds", "MB/s ingested", "updates/s",
+         f"MB/s needed for {TARGET_VOLUNTEERS:,} volunteers / {TARGET_PERIOD_S / 60:.0f} min", "headroom"],
+        [[
+            str(ingestion["clients"]), str(ingestion["updates"]), str(ingestion["accepted"]),
+            f"{ingestion['update_mb']:.2f} MB", f"{ingestion['seconds']:.1f}", f"{ingestion['mb_per_s']:.1f}",
+            f"{ingestion['updates_per_s']:.1f}", f"{needed:.1f}", f"{ingestion['mb_per_s'] / needed:.1f}×",
+        ]],
+    )  # fmt: skip
+    body = "\n\n".join([
+        "## System overhead and ingestion (`commonweights bench system`)",
+        machine_line(),
+        f"End to end: a real coordinator process and N real volunteer processes on loopback train the `tiny` preset "
+        f"for {args.rounds} rounds of H={args.inner_steps} steps of 8×128 tokens (int8 updates); tokens/s is measured "
+        "from the first round's opening to the last round's close. In-process: the same number of units back to back "
+        "in one process with all CPU threads. Overhead = in-process tokens/s ÷ system tokens/s − 1. Wire bytes count "
+        "every WebSocket frame both ways (the checkpoint download of each new version dominates).",
+        e2e_table,
+        f"Ingestion: {ingestion['clients']} simulated volunteers on loopback submit int8 updates of the `small` preset "
+        f"({ingestion['parameters'] / 1e6:.1f}M parameters) to a coordinator process, each waiting for its ack; the "
+        "coordinator decodes, validates, writes the update durably (fsync) and accumulates it before acking.",
+        ingest_table,
+    ])  # fmt: skip
+    write_section(args.output, "system", body)
+    console.print(e2e_table)
+    console.print(ingest_table)
+    console.print(f"wrote {args.output}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
