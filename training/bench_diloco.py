@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
+from protocol.codecs import CodecConfig
 from training.bench_codecs import format_codec_table, measure_codecs
 from training.inner import pick_device
 from training.progress import progress_bar
@@ -25,12 +26,28 @@ from training.simulate import SimConfig, SimResult, config_from_args, load_datas
 __all__ = ["bench_configs", "format_diloco_table", "run_bench_command"]
 
 
-def bench_configs(base: SimConfig, h_values: Sequence[int], codecs: Sequence[str]) -> list[SimConfig]:
-    """Data-parallel first (the reference), then a single worker, then DiLoCo at each H × codec."""
+def parse_configs(text: str) -> list[tuple[int, str, str | None]]:
+    """`50:int8,100:dct:average` → [(50, "int8", None), (100, "dct", "average")]."""
+    out: list[tuple[int, str, str | None]] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        fields = item.split(":")
+        if len(fields) not in (2, 3) or not fields[0].isdigit() or int(fields[0]) <= 0:
+            raise ValueError(f"a configuration is H:codec[:outer], e.g. 50:int8 or 100:dct:average; got {item!r}")
+        out.append((int(fields[0]), fields[1], fields[2] if len(fields) == 3 else None))
+    if not out:
+        raise ValueError("give at least one DiLoCo configuration")
+    return out
+
+
+def bench_configs(base: SimConfig, diloco: Sequence[tuple[int, str, str | None]]) -> list[SimConfig]:
+    """Data-parallel first (the reference), then a single worker, then each DiLoCo configuration."""
     configs = [dataclasses.replace(base, mode="data_parallel"), dataclasses.replace(base, mode="single")]
-    configs += [
-        dataclasses.replace(base, mode="diloco", inner_steps=h, codec=codec) for h in h_values for codec in codecs
-    ]
+    for h, codec, outer in diloco:
+        CodecConfig.from_name(codec)
+        changes: dict[str, object] = {"mode": "diloco", "inner_steps": h, "codec": codec}
+        if outer is not None:
+            changes |= {"outer": outer, "outer_lr": None}
+        configs.append(dataclasses.replace(base, **changes))  # type: ignore[arg-type]
     return configs
 
 
@@ -83,10 +100,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        h_values = [int(h) for h in args.h_values.split(",") if h]
-        codecs = [c for c in args.codecs.split(",") if c]
         base = config_from_args(args, mode="diloco")
-        configs = bench_configs(base, h_values, codecs)
+        configs = bench_configs(base, parse_configs(args.configs))
         device = pick_device(args.device)
         dataset = load_dataset(args.data, quiet=args.quiet)
     except (ValueError, OSError) as error:
@@ -100,7 +115,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         console.print(f"  holdout loss {results[-1].final_holdout_loss:.4f}, {results[-1].seconds:.0f} s")
 
     console.print("measuring codec throughput …")
-    codec_rows = measure_codecs()
+    codec_rows = measure_codecs(numel=args.codec_params)
     diloco_table = format_diloco_table(results)
     codec_table = format_codec_table(codec_rows)
     console.print(diloco_table)
@@ -129,7 +144,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
             diloco_table,
             verdict,
             "### Codecs",
-            "Throughput on a 2M-parameter synthetic update (MB/s of fp32 input); worst-case error is the largest "
+            f"Throughput on a {args.codec_params / 1e6:g}M-parameter synthetic update (MB/s of fp32 input); worst-case error is the largest "
             "absolute difference after a round trip, next to the bound the codec states.",
             codec_table,
         ]

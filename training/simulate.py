@@ -78,7 +78,7 @@ class SimConfig:
     @property
     def label(self) -> str:
         if self.mode == "diloco":
-            return f"DiLoCo H={self.inner_steps} {self.codec}"
+            return f"DiLoCo H={self.inner_steps} {self.codec} ({self.outer})"
         return {"data_parallel": "data-parallel", "single": "single worker"}[self.mode]
 
     def inner_config(self, *, steps: int, schedule_steps: int, warmup: int) -> InnerConfig:
