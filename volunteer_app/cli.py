@@ -1,0 +1,260 @@
+"""Subcommands owned by the volunteer: `volunteer run`, the headless worker.
+
+Cheap to import: the handler imports torch, websockets and the worker only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
+    from volunteer_app.worker import RunSummary, WorkerEvent
+
+Subparsers = Any  # argparse's _SubParsersAction is private
+
+FAULTS = ("nan", "shape", "norm100", "replay", "flipped")  # volunteer_app.unit_runner.FAULTS, without torch
+
+
+def add_volunteer(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "volunteer", help="lend this machine to a coordinator (headless worker)"
+    )
+    sub = parser.add_subparsers(dest="volunteer_command", required=True, metavar="COMMAND")
+    run = sub.add_parser(
+        "run",
+        help="train work units until Ctrl-C",
+        description=(
+            "Connect to a coordinator, register on first contact (the token is kept in the config dir), "
+            "then fetch work units, train them and submit the updates until Ctrl-C, which stops at the "
+            "next step boundary and keeps the unit for the next run."
+        ),
+    )
+    run.add_argument("--coordinator", required=True, metavar="URL", help="e.g. ws://127.0.0.1:8470/ws")
+    run.add_argument("--device", default="auto", metavar="DEVICE", help="auto (default), cpu, cuda, cuda:N or mps")
+    run.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="CPU threads for training")
+    run.add_argument(
+        "--memory-limit",
+        type=_memory_size,
+        default=None,
+        metavar="SIZE",
+        help="memory training may use, e.g. 4GiB or 512M (default: half the RAM, 90%% of a GPU)",
+    )
+    run.add_argument("--name", default=None, help="display name on the coordinator (default: the host name)")
+    run.add_argument("--campaign", default=None, metavar="ID", help="campaign to prefer, when it has work")
+    run.add_argument("--config-dir", type=Path, default=None, metavar="DIR", help="where credentials.toml lives")
+    run.add_argument("--cache-dir", type=Path, default=None, metavar="DIR", help="where downloaded blobs are cached")
+    run.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where units in progress are kept (default: under --config-dir when given)",
+    )
+    run.add_argument("--max-units", type=_positive_int, default=None, metavar="N", help="exit after N units")
+    run.add_argument(
+        "--max-retries",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="give up (exit 2) after N failed connection attempts in a row (default: retry forever)",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress display; errors only")
+    run.add_argument("--inject-fault", choices=FAULTS, default=None, help=argparse.SUPPRESS)
+    run.set_defaults(handler=_run_volunteer)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _memory_size(text: str) -> int:
+    from volunteer_app.devices import DeviceError, parse_memory
+
+    try:
+        return parse_memory(text)
+    except DeviceError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _run_volunteer(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from volunteer_app.worker import Worker, WorkerConfig, WorkerError
+
+    def fail(message: str) -> int:
+        print(f"commonweights volunteer run: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        config = WorkerConfig(
+            coordinator_url=args.coordinator,
+            device=args.device,
+            threads=args.threads,
+            memory_limit=args.memory_limit,
+            config_dir=args.config_dir,
+            cache_dir=args.cache_dir,
+            data_dir=args.data_dir,
+            max_units=args.max_units,
+            max_retries=args.max_retries,
+            preferred_campaign=args.campaign,
+            inject_fault=args.inject_fault,
+            **({"name": args.name} if args.name is not None else {}),
+        )
+    except WorkerError as error:
+        return fail(error.message)
+    display = _Display(quiet=args.quiet)
+    worker = Worker(config, events=display.handle)
+
+    async def main() -> RunSummary:
+        loop = asyncio.get_running_loop()
+        interrupts = 0
+
+        def interrupted() -> None:
+            nonlocal interrupts
+            interrupts += 1
+            if interrupts > 1:
+                display.close()
+                print("quitting without waiting for the step to finish", file=sys.stderr)
+                os._exit(130)  # the last local checkpoint is on disk; the training thread can't be cancelled
+            worker.stop()
+            display.note("stopping at the next step boundary (Ctrl-C again to quit at once)")
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, interrupted)
+            except (NotImplementedError, RuntimeError):  # Windows event loops have no signal handlers
+                signal.signal(signum, lambda *_: loop.call_soon_threadsafe(interrupted))
+        return await worker.run()
+
+    try:
+        summary = asyncio.run(main())
+    finally:
+        display.close()
+    if summary.error is not None:
+        print(f"commonweights volunteer run: {summary.error.message}", file=sys.stderr)
+        return 2 if summary.error.code in ("unreachable", "bad_url", "bad_device", "bad_config") else 1
+    if not args.quiet:
+        print(f"done: {summary.units} unit(s), {summary.credit:.6g} credit")
+    return 0
+
+
+class _Display:
+    """What the user sees: a live bar on a terminal, plain log lines elsewhere, nothing with --quiet."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self.quiet = quiet
+        self.console: Console | None = None
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
+        self.state = "starting"
+        self.printed_step = 0
+        if quiet:
+            return
+        from rich.console import Console
+
+        self.console = Console(stderr=False, highlight=False)
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("[bold]{task.fields[state]:<11}"),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+            )
+            self.task = self.progress.add_task("waiting for work", total=None, state=self.state, loss="-")
+            self.progress.start()
+
+    def note(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(text, markup=False)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def handle(self, event: WorkerEvent) -> None:
+        from volunteer_app.worker import (
+            Connected,
+            Downloading,
+            Notice,
+            StateChanged,
+            TrainingProgress,
+            UnitResult,
+            UnitStarted,
+        )
+
+        if self.quiet:
+            return
+        if isinstance(event, StateChanged):
+            self.state = event.state.value
+            self._update(state=self.state)
+            if self.progress is None:
+                self.note(f"[{event.state.value}] {event.detail}".rstrip())
+        elif isinstance(event, Connected):
+            how = "registered as" if event.registered else "signed in as"
+            server = f"coordinator {event.server_version}, credit {event.credit_total:.6g}"
+            self.note(f"{how} {event.volunteer_id} ({server})")
+        elif isinstance(event, UnitStarted):
+            self.printed_step = 0
+            self._update(
+                description=f"{event.campaign_name} · unit {event.unit_id[:8]}",
+                total=event.steps_total,
+                completed=0,
+                loss="-",
+            )
+            resumed = " (resumed)" if event.resumed else ""
+            self.note(
+                f"unit {event.unit_id} of {event.campaign_name}, model v{event.model_version}, "
+                f"{event.steps_total} steps{resumed}"
+            )
+        elif isinstance(event, Downloading):
+            if event.done == event.total and event.seconds > 0:
+                rate = event.total / event.seconds / 1e6
+                self.note(
+                    f"downloaded {event.sha256[:12]}: {event.total / 1e6:.2f} MB in {event.seconds:.2f} s "
+                    f"({rate:.1f} MB/s)"
+                )
+        elif isinstance(event, TrainingProgress):
+            self._update(completed=event.step, total=event.steps_total, loss=f"{event.loss:.3f}")
+            every = max(1, event.steps_total // 10)
+            if self.progress is None and (event.step - self.printed_step >= every or event.step == event.steps_total):
+                self.printed_step = event.step
+                self.note(f"step {event.step}/{event.steps_total} loss {event.loss:.4f} tokens {event.tokens}")
+        elif isinstance(event, UnitResult):
+            code = f" ({event.code})" if event.code else ""
+            self.note(f"unit {event.unit_id}: {event.status}{code}: {event.message} [credit {event.credit:.6g}]")
+        elif isinstance(event, Notice):
+            self.note(f"note: {event.message}")
+
+    def _update(self, **fields: Any) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.update(self.task, **fields)

@@ -1,0 +1,1086 @@
+"""The volunteer's worker core: connect, register, fetch work, train, submit, repeat. No Qt here.
+
+    >>> worker = Worker(WorkerConfig("ws://127.0.0.1:8470/ws", max_units=1), events=print)
+    >>> summary = asyncio.run(worker.run())    # until stop(), max_units, or a fatal refusal
+    >>> summary.units, summary.error
+    (1, None)
+
+`pause()`, `resume()` and `stop()` may be called from any thread (the tray app calls them from Qt's).
+Training runs on a worker thread and stops only at step boundaries: pausing checkpoints the unit
+locally and frees the GPU; stopping does the same and then says goodbye. Everything a user should
+see arrives through `events` as typed `WorkerEvent`s, on the event loop's thread.
+
+Two loops run side by side. The *link* keeps one WebSocket to the coordinator: hello → welcome
+(saving a new token), then it waits for the connection to end and reconnects with exponential
+backoff and full jitter (`reconnect_delay`). The *work loop* asks for units and does them; it uses
+whatever connection is up and retries a request on the next one when a connection drops. So
+training goes on while the network is away, a download resumes from its partial file, and a
+finished update stays on disk (`UnitStore`) until a `result` arrives for it, however many
+reconnects or restarts that takes — resending it is harmless, the coordinator answers an identical
+`submit` with its first verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Final, Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import platformdirs
+import torch
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from commonweights import __version__
+from protocol.codecs import CODEC_NAMES
+from protocol.errors import CloseCode, ErrorCode, ProtocolError
+from protocol.limits import MAX_FRAME_BYTES, MAX_LOSS, RECONNECT_BASE_DELAY_S, RECONNECT_MAX_DELAY_S
+from protocol.messages import (
+    Abandon,
+    AbandonReason,
+    BlobChunk,
+    BlobRef,
+    BlobRequest,
+    Capabilities,
+    Device,
+    ErrorMessage,
+    Goodbye,
+    Hello,
+    LeaseExtended,
+    Message,
+    NoWork,
+    Phase,
+    Progress,
+    RequestWork,
+    Result,
+    Submit,
+    ToClientMessage,
+    ToServerType,
+    Welcome,
+    WorkUnit,
+    decode,
+    encode,
+)
+from protocol.version import PROTOCOL_VERSION
+from training.inner import StepReport
+from volunteer_app.blob_cache import DEFAULT_CACHE_BYTES, BlobCache, BlobError, DownloadProgress
+from volunteer_app.credentials import CredentialError, CredentialStore
+from volunteer_app.devices import DeviceInfo, choose_device, detect_devices, platform_tag, system_memory_bytes
+from volunteer_app.unit_runner import Fault, RunnerError, TrainedUnit, UnitRunner, UnitStore
+
+__all__ = [
+    "Connected",
+    "Downloading",
+    "Notice",
+    "RunSummary",
+    "StateChanged",
+    "TrainingProgress",
+    "UnitResult",
+    "UnitStarted",
+    "Worker",
+    "WorkerConfig",
+    "WorkerError",
+    "WorkerEvent",
+    "WorkerState",
+    "default_data_dir",
+    "reconnect_delay",
+    "websocket_url",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+APP_NAME: Final = "commonweights"
+HANDSHAKE_TIMEOUT_S: Final = 30.0
+REPLY_TIMEOUT_S: Final = 300.0  # a submit is answered once durable, which can take a while
+GOODBYE_TIMEOUT_S: Final = 3.0
+# After these the coordinator wants no automatic reconnect (docs/protocol.md, "Close codes").
+_FINAL_CODES: Final = frozenset({ErrorCode.BANNED, ErrorCode.VERSION_MISMATCH, ErrorCode.SESSION_REPLACED})
+_FINAL_CLOSES: Final = frozenset(
+    {int(CloseCode.BANNED), int(CloseCode.SESSION_REPLACED), int(CloseCode.VERSION_MISMATCH)}
+)
+_LEASE_GONE: Final = frozenset({ErrorCode.LEASE_EXPIRED, ErrorCode.NOT_YOUR_LEASE, ErrorCode.UNKNOWN_UNIT})
+_TRANSIENT: Final = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.INTERNAL_ERROR, ErrorCode.SERVER_SHUTTING_DOWN})
+_REQUEST_OF_REPLY: Final[dict[str, ToServerType]] = {
+    "work_unit": "request_work",
+    "no_work": "request_work",
+    "blob_chunk": "blob_request",
+    "lease_extended": "progress",
+    "result": "submit",
+}
+
+
+# --- Configuration and events -------------------------------------------------------------------
+
+
+def _default_name() -> str:
+    return (socket.gethostname() or "volunteer")[:128]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What `commonweights volunteer run` passes in; every path defaults to the platformdirs one."""
+
+    coordinator_url: str
+    name: str = field(default_factory=_default_name)
+    device: str = "auto"
+    threads: int | None = None
+    memory_limit: int | None = None  # bytes training may use; default: half the RAM, 90 % of a GPU
+    config_dir: Path | None = None  # credentials.toml
+    cache_dir: Path | None = None  # blobs
+    data_dir: Path | None = None  # units in progress, error feedback; default: config_dir/data or user data
+    cache_max_bytes: int = DEFAULT_CACHE_BYTES
+    max_units: int | None = None  # stop after this many units got a result
+    max_retries: int | None = None  # give up after this many failed connects in a row
+    preferred_campaign: str | None = None
+    inject_fault: Fault | None = None  # testing: submit a corrupted update (see unit_runner)
+    checkpoint_every_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        websocket_url(self.coordinator_url)  # raises WorkerError for a URL we can't use
+        if self.threads is not None and self.threads < 1:
+            raise WorkerError("bad_config", f"threads must be at least 1, got {self.threads}")
+        if self.max_units is not None and self.max_units < 1:
+            raise WorkerError("bad_config", f"max_units must be at least 1, got {self.max_units}")
+        if self.max_retries is not None and self.max_retries < 0:
+            raise WorkerError("bad_config", f"max_retries must not be negative, got {self.max_retries}")
+        if not self.name or len(self.name) > 128 or not self.name.isprintable():
+            raise WorkerError("bad_config", "the volunteer name must be 1-128 printable characters")
+
+
+class WorkerState(StrEnum):
+    CONNECTING = "connecting"
+    IDLE = "idle"
+    DOWNLOADING = "downloading"
+    TRAINING = "training"
+    PAUSED = "paused"
+    SUBMITTING = "submitting"
+    BACKOFF = "backoff"
+    STOPPED = "stopped"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    state: WorkerState
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Connected:
+    volunteer_id: str
+    server_version: str
+    credit_total: float
+    dashboard_url: str | None
+    registered: bool  # this hello registered a new volunteer
+
+
+@dataclass(frozen=True)
+class UnitStarted:
+    unit_id: str
+    campaign_id: str
+    campaign_name: str
+    model_version: int
+    steps_total: int
+    resumed: bool  # from a local checkpoint or a saved update
+
+
+@dataclass(frozen=True)
+class Downloading:
+    sha256: str
+    done: int
+    total: int
+    seconds: float  # since this download (or its resumption) began
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    unit_id: str
+    step: int
+    steps_total: int
+    loss: float
+    tokens: int
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    unit_id: str
+    status: Literal["accepted", "rejected", "duplicate", "abandoned"]
+    code: str | None
+    message: str
+    credit: float
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something worth a log line that changes nothing: a refused frame, a lost lease."""
+
+    message: str
+    code: str | None = None
+
+
+WorkerEvent = StateChanged | Connected | UnitStarted | Downloading | TrainingProgress | UnitResult | Notice
+
+
+class WorkerError(Exception):
+    """Why the worker can't go on: a bad config, a refusal to obey, or an unreachable coordinator."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    units: int  # units that got a result
+    credit: float  # credit granted during this run
+    error: WorkerError | None  # why it stopped, when it was not asked to
+
+
+def reconnect_delay(
+    attempt: int,
+    *,
+    rng: random.Random | None = None,
+    base: float = RECONNECT_BASE_DELAY_S,
+    cap: float = RECONNECT_MAX_DELAY_S,
+) -> float:
+    """Seconds to wait before reconnect `attempt` (0 first): uniform in [0, min(cap, base · 2^attempt)]."""
+    ceiling = min(cap, base * 2.0 ** min(max(attempt, 0), 62))
+    return (rng or random).uniform(0.0, ceiling)
+
+
+def websocket_url(url: str) -> str:
+    """The WebSocket URL for what a user typed: http(s) becomes ws(s), and a bare host gets /ws."""
+    parts = urlsplit(url.strip())
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
+    if scheme is None or not parts.netloc:
+        raise WorkerError("bad_url", f"{url!r} is not a coordinator URL; use one like ws://127.0.0.1:8470/ws")
+    path = parts.path if parts.path not in ("", "/") else "/ws"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+def default_data_dir() -> Path:
+    return platformdirs.user_data_path(APP_NAME, appauthor=False) / "volunteer"
+
+
+# --- One connection -----------------------------------------------------------------------------
+
+
+class _ConnectionLost(Exception):
+    pass
+
+
+class _Stopping(Exception):
+    pass
+
+
+class _Refused(Exception):
+    """A non-fatal error frame answering one of our requests."""
+
+    def __init__(self, error: ErrorMessage) -> None:
+        super().__init__(f"{error.code}: {error.message}")
+        self.error = error
+
+
+@dataclass
+class _Waiter:
+    kind: ToServerType
+    ref_id: str | None
+    accepts: Callable[[ToClientMessage], bool]
+    future: asyncio.Future[tuple[ToClientMessage, bytes]]
+
+
+class _Connection:
+    """A live, welcomed WebSocket: sends frames and routes replies to whoever asked."""
+
+    def __init__(self, ws: ClientConnection, welcome: Welcome, notify: Callable[[WorkerEvent], None]) -> None:
+        self.ws = ws
+        self.welcome = welcome
+        self.notify = notify
+        self.waiters: list[_Waiter] = []
+        self.fatal: ErrorMessage | None = None
+        self.closed = asyncio.Event()
+        self.reader = asyncio.create_task(self._read())
+
+    @property
+    def close_code(self) -> int | None:
+        return self.ws.close_code
+
+    async def send(self, message: Message | bytes) -> None:
+        frame = message if isinstance(message, bytes) else encode(message, max_bytes=self.welcome.max_frame_bytes)
+        try:
+            await self.ws.send(frame)
+        except ConnectionClosed:
+            raise _ConnectionLost() from None
+
+    async def request(
+        self,
+        message: Message | bytes,
+        kind: ToServerType,
+        ref_id: str | None,
+        accepts: Callable[[ToClientMessage], bool],
+    ) -> tuple[ToClientMessage, bytes]:
+        """Send and wait for the reply `accepts` picks (or the error frame about it)."""
+        if self.closed.is_set():
+            raise _ConnectionLost()
+        waiter = _Waiter(kind, ref_id, accepts, asyncio.get_running_loop().create_future())
+        self.waiters.append(waiter)
+        try:
+            await self.send(message)
+            try:
+                return await asyncio.wait_for(waiter.future, REPLY_TIMEOUT_S)
+            except TimeoutError:
+                # A coordinator that stopped answering: drop the connection; the request is sent
+                # again on the next one.
+                await self.ws.close(code=1011, reason="no reply")
+                raise _ConnectionLost() from None
+        finally:
+            with contextlib.suppress(ValueError):
+                self.waiters.remove(waiter)
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                if isinstance(raw, str):
+                    self.notify(Notice("the coordinator sent a text frame; ignored"))
+                    continue
+                try:
+                    message = decode(raw, direction="to_client")
+                except ProtocolError as error:
+                    self._unreadable(error)
+                    continue
+                self._route(message, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed.set()
+            for waiter in self.waiters:
+                if not waiter.future.done():
+                    waiter.future.set_exception(_ConnectionLost())
+
+    def _route(self, message: ToClientMessage, raw: bytes) -> None:
+        if isinstance(message, ErrorMessage):
+            if message.fatal:
+                self.fatal = message  # the close follows; the link decides what it means
+                return
+            waiter = self._waiter_for_error(message)
+            if waiter is None:
+                self.notify(Notice(f"the coordinator refused a frame: {message.message}", message.code.value))
+            else:
+                waiter.future.set_exception(_Refused(message))
+            return
+        for waiter in self.waiters:
+            if not waiter.future.done() and waiter.accepts(message):
+                waiter.future.set_result((message, raw))
+                return
+
+    def _unreadable(self, error: ProtocolError) -> None:
+        """A reply we can't read still ends the request it answers (when its type tag says which)."""
+        tag = error.ref_type
+        self.notify(Notice(f"the coordinator sent a frame this app can't read ({tag}): {error.message}", error.code))
+        kind = _REQUEST_OF_REPLY.get(tag or "")
+        waiter = next((w for w in self.waiters if w.kind == kind and not w.future.done()), None)
+        if waiter is not None:
+            text = f"the coordinator's {tag} frame can't be read: {error.message}"
+            refusal = ErrorMessage(code=error.code, message=text[:1024], fatal=False, ref_type=kind)
+            waiter.future.set_exception(_Refused(refusal))
+
+    def _waiter_for_error(self, error: ErrorMessage) -> _Waiter | None:
+        pending = [w for w in self.waiters if not w.future.done()]
+        if error.ref_type is not None:
+            pending = [w for w in pending if w.kind == error.ref_type]
+            if error.ref_id is not None:
+                pending = [w for w in pending if w.ref_id == error.ref_id] or pending[:0]
+            return pending[0] if pending else None
+        # No reference (an older coordinator): it answers frames in order, so the oldest it is.
+        return pending[0] if pending else None
+
+    async def close(self, reason: str | None) -> None:
+        if reason is not None and not self.closed.is_set():
+            with contextlib.suppress(_ConnectionLost, ProtocolError):
+                await self.send(Goodbye(reason=reason))
+            # The coordinator closes with 1000 on goodbye; don't wait long for it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.closed.wait(), GOODBYE_TIMEOUT_S)
+        await self.ws.close()
+        self.reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.reader
+
+
+# --- The worker ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _UnitProgress:
+    unit: WorkUnit
+    phase: Phase = "downloading"
+    step: int = 0
+    loss: float | None = None
+    tokens: int = 0
+    lease_lost: str | None = None
+
+
+class Worker:
+    """Volunteer work for one coordinator; see the module docstring."""
+
+    def __init__(self, config: WorkerConfig, events: Callable[[WorkerEvent], None] | None = None) -> None:
+        self.config = config
+        self.url = websocket_url(config.coordinator_url)
+        self._events = events
+        self.credentials = CredentialStore(config.config_dir)
+        cache_root = config.cache_dir or platformdirs.user_cache_path(APP_NAME, appauthor=False)
+        self.cache = BlobCache(cache_root / "blobs", max_bytes=config.cache_max_bytes)
+        slug = hashlib.sha256(self.url.encode()).hexdigest()[:16]
+        # Units in progress belong to the identity holding their leases, so an install with its own
+        # config dir (the demo runs several) keeps them next to its credentials by default.
+        data_root = config.data_dir or (config.config_dir / "data" if config.config_dir else default_data_dir())
+        self.store = UnitStore(data_root / f"coordinator-{slug}")
+        self.device: DeviceInfo | None = None
+        self.devices: list[DeviceInfo] = []
+        self.units_done = 0
+        self.credit = 0.0
+        # Flags the training thread reads at step boundaries, and their asyncio twins.
+        self._stop_flag = threading.Event()
+        self._pause_flag = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = asyncio.Event()
+        self._unpaused = asyncio.Event()
+        self._unpaused.set()
+        self._online = asyncio.Event()
+        self._welcomed = asyncio.Event()  # set on each welcome; heartbeats go out right after
+        self._conn: _Connection | None = None
+        self._error: WorkerError | None = None
+        self._activity: tuple[WorkerState, str] | None = None
+        self._link: tuple[WorkerState, str] | None = (WorkerState.CONNECTING, self.url)
+        self._shown: tuple[WorkerState, str] | None = None
+        self._final: tuple[WorkerState, str] | None = None
+
+    # control, from any thread ------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Stop training at the next step boundary, checkpoint, free the GPU; keep the lease alive."""
+        self._pause_flag.set()
+        self._threadsafe(self._unpaused.clear)
+
+    def resume(self) -> None:
+        self._pause_flag.clear()
+        self._threadsafe(self._unpaused.set)
+
+    def stop(self) -> None:
+        """Finish the current step, checkpoint the unit, say goodbye and return from `run`."""
+        self._stop_flag.set()
+        self._threadsafe(self._stopping.set)
+
+    @property
+    def paused(self) -> bool:
+        return self._pause_flag.is_set()
+
+    @property
+    def state(self) -> WorkerState | None:
+        return self._shown[0] if self._shown else None
+
+    def _threadsafe(self, callback: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            callback()
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            callback()
+        else:
+            loop.call_soon_threadsafe(callback)
+
+    # the run -------------------------------------------------------------------------------
+
+    async def run(self) -> RunSummary:
+        """Work until `stop()`, `max_units` results, or a refusal the worker must obey."""
+        self._loop = asyncio.get_running_loop()
+        if self._stop_flag.is_set():
+            self._stopping.set()
+        if self._pause_flag.is_set():
+            self._unpaused.clear()
+        try:
+            self._setup_device()
+        except WorkerError as error:
+            self._finish(error)
+            return RunSummary(0, 0.0, error)
+        self._publish()
+        link = asyncio.create_task(self._maintain_link(), name="commonweights-link")
+        work = asyncio.create_task(self._work_loop(), name="commonweights-work")
+        try:
+            await asyncio.wait({link, work}, return_when=asyncio.FIRST_COMPLETED)
+            if link.done():  # a fatal refusal: the work loop winds down at a step boundary
+                self._stop_flag.set()
+                self._stopping.set()
+            await work
+        except BaseException:
+            self._stop_flag.set()
+            self._stopping.set()
+            raise
+        finally:
+            if not link.done():
+                link.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await link
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await conn.close("volunteer stopped" if self._error is None else None)
+        self._finish(self._error)
+        return RunSummary(self.units_done, self.credit, self._error)
+
+    def _setup_device(self) -> None:
+        from volunteer_app.devices import DeviceError
+
+        config = self.config
+        try:
+            self.devices = detect_devices()
+            self.device = choose_device(config.device, self.devices)
+        except DeviceError as error:
+            raise WorkerError(error.code, str(error)) from None
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        device = self.device
+        if device.kind == "cuda" and config.memory_limit is not None and device.memory_bytes:
+            fraction = min(1.0, config.memory_limit / device.memory_bytes)
+            torch.cuda.set_per_process_memory_fraction(fraction, device.index)
+
+    def _memory_allowance(self) -> int:
+        device = self.device
+        assert device is not None
+        share = 0.5 if device.kind == "cpu" else 0.9
+        available = device.memory_bytes or system_memory_bytes()
+        allowance = int(available * share)
+        if self.config.memory_limit is not None:
+            allowance = min(self.config.memory_limit, available) if available else self.config.memory_limit
+        return max(0, min(allowance, 1 << 50))
+
+    def _hello(self, token: str | None) -> Hello:
+        device = self.device
+        assert device is not None
+        ordered = [device, *(d for d in self.devices if d != device)]
+        if not any(d.kind == "cpu" for d in ordered):
+            ordered.append(DeviceInfo("cpu", "CPU", system_memory_bytes()))
+        return Hello(
+            protocol_version=PROTOCOL_VERSION,
+            client_version=__version__,
+            token=token,
+            name=self.config.name,
+            capabilities=Capabilities(
+                devices=tuple(Device(d.kind, d.name, min(d.memory_bytes, 1 << 50)) for d in ordered[:16]),
+                memory_bytes=self._memory_allowance(),
+                threads=max(1, min(self.config.threads or torch.get_num_threads(), 4096)),
+                codecs=CODEC_NAMES,
+                platform=platform_tag(),
+            ),
+        )
+
+    # the link --------------------------------------------------------------------------------
+
+    async def _maintain_link(self) -> None:
+        try:
+            await self._link_loop()
+        except CredentialError as error:  # a credentials file we can't read or write
+            self._error = WorkerError(error.code, str(error))
+
+    async def _link_loop(self) -> None:
+        attempt = 0  # failures since the last welcome
+        reregistered = False
+        while not self._stopping.is_set():
+            self._set_link(WorkerState.CONNECTING, self.url)
+            try:
+                conn = await self._open()
+            except _Unauthorized as refusal:
+                self.credentials.forget(self.url)
+                if reregistered:
+                    self._error = WorkerError("unauthorized", refusal.message)
+                    return
+                reregistered = True  # once: a coordinator that refuses a fresh registration too is final
+                self._notify(Notice("the coordinator doesn't know our token; registering again", "unauthorized"))
+                continue
+            except WorkerError as error:
+                self._error = error
+                return
+            except _Unreachable as problem:
+                wait_at_least, reason = problem.retry_after, problem.reason
+            else:
+                attempt, reregistered = 0, False
+                self._conn = conn
+                self._set_link(None, "")
+                self._online.set()
+                self._welcomed.set()
+                with contextlib.suppress(_Stopping):
+                    await self._first(conn.closed.wait())
+                if self._stopping.is_set():
+                    return  # run() says goodbye on this connection
+                self._online.clear()
+                self._conn = None
+                outcome = self._after_close(conn)
+                if isinstance(outcome, WorkerError):
+                    self._error = outcome
+                    return
+                wait_at_least, reason = outcome
+                if reason == "unauthorized":
+                    self.credentials.forget(self.url)
+                    continue
+                self._notify(Notice(f"disconnected: {reason}"))
+            attempt += 1
+            if self.config.max_retries is not None and attempt > self.config.max_retries:
+                self._error = WorkerError(
+                    "unreachable", f"can't reach the coordinator at {self.url} after {attempt} tries: {reason}"
+                )
+                return
+            delay = max(wait_at_least, reconnect_delay(attempt - 1))
+            self._set_link(WorkerState.BACKOFF, f"{reason}; reconnecting in {delay:.0f} s")
+            await self._sleep(delay)
+
+    async def _open(self) -> _Connection:
+        """Connect and shake hands; raises _Unreachable, _Unauthorized or WorkerError (final)."""
+        token = self.credentials.token_for(self.url)
+        try:
+            ws = await connect(self.url, max_size=MAX_FRAME_BYTES, compression=None, open_timeout=HANDSHAKE_TIMEOUT_S)
+        except InvalidURI as error:
+            raise WorkerError("bad_url", f"{self.url} is not a usable WebSocket URL: {error}") from None
+        except (OSError, TimeoutError, InvalidHandshake) as error:
+            raise _Unreachable(_describe(error)) from None
+        try:
+            await ws.send(encode(self._hello(token)))
+            raw = await asyncio.wait_for(ws.recv(), HANDSHAKE_TIMEOUT_S)
+            reply = decode(raw, direction="to_client") if isinstance(raw, bytes) else None
+        except (ConnectionClosed, TimeoutError, OSError) as error:
+            await ws.close()
+            raise _Unreachable(_describe(error)) from None
+        except ProtocolError as error:
+            await ws.close()
+            if error.code is ErrorCode.VERSION_MISMATCH:
+                raise WorkerError(error.code.value, error.message) from None
+            raise _Unreachable(f"the coordinator answered hello with a bad frame: {error.message}") from None
+        if isinstance(reply, Welcome):
+            if reply.token is not None:
+                self.credentials.save(self.url, reply.token, volunteer_id=reply.volunteer_id)
+            self._notify(
+                Connected(
+                    reply.volunteer_id,
+                    reply.server_version,
+                    reply.credit_total,
+                    reply.dashboard_url,
+                    registered=reply.token is not None,
+                )
+            )
+            return _Connection(ws, reply, self._notify)
+        await ws.close()
+        if isinstance(reply, ErrorMessage):
+            if reply.code is ErrorCode.UNAUTHORIZED and token is not None:
+                raise _Unauthorized(reply.message)
+            if reply.code in _FINAL_CODES or reply.code is ErrorCode.UNAUTHORIZED:
+                raise WorkerError(reply.code.value, reply.message)
+            raise _Unreachable(f"{reply.code}: {reply.message}", reply.retry_after_s or 0.0)
+        raise _Unreachable("the coordinator answered hello with something other than welcome")
+
+    def _after_close(self, conn: _Connection) -> WorkerError | tuple[float, str]:
+        """What a closed connection means: a final refusal, or (wait at least, why) before retrying."""
+        fatal, code = conn.fatal, conn.close_code
+        if fatal is not None and fatal.code in _FINAL_CODES:
+            return WorkerError(fatal.code.value, fatal.message)
+        if code in _FINAL_CLOSES:
+            return WorkerError(f"close_{code}", f"the coordinator closed the connection for good (code {code})")
+        if (fatal is not None and fatal.code is ErrorCode.UNAUTHORIZED) or code == int(CloseCode.UNAUTHORIZED):
+            return 0.0, "unauthorized"
+        if fatal is not None:
+            return fatal.retry_after_s or 0.0, fatal.message
+        if code == int(CloseCode.GOING_AWAY):
+            return 0.0, "the coordinator is restarting"
+        return 0.0, f"connection lost (close code {code})"
+
+    async def _connection(self) -> _Connection:
+        """The live connection, waiting for the link to bring one up; _Stopping when stopping."""
+        while True:
+            if self._stopping.is_set():
+                raise _Stopping()
+            conn = self._conn
+            if conn is not None and not conn.closed.is_set():
+                return conn
+            await self._first(self._online.wait())
+
+    async def _request(
+        self,
+        message: Message | bytes,
+        kind: ToServerType,
+        ref_id: str | None,
+        accepts: Callable[[ToClientMessage], bool],
+    ) -> tuple[ToClientMessage, bytes]:
+        """A request that survives reconnects: sent again on the next connection if this one drops."""
+        while True:
+            conn = await self._connection()
+            try:
+                return await self._first(conn.request(message, kind, ref_id, accepts))
+            except _ConnectionLost:
+                self._online.clear()
+                continue
+
+    async def _first(self, awaitable: Awaitable[T]) -> T:
+        """Await `awaitable` unless stop() comes first (then _Stopping)."""
+        task = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            raise _Stopping()
+        return task.result()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake up at once on stop()."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=max(0.0, seconds))
+
+    # the work loop ---------------------------------------------------------------------------
+
+    async def _work_loop(self) -> None:
+        refused = 0  # request_work refusals in a row
+        try:
+            while not self._stopping.is_set():
+                if self.config.max_units is not None and self.units_done >= self.config.max_units:
+                    self._stop_flag.set()
+                    self._stopping.set()
+                    return
+                if not self._unpaused.is_set():
+                    self._set_activity(WorkerState.PAUSED, "paused")
+                    await self._first(self._unpaused.wait())
+                leftovers = self.store.units()
+                if leftovers:
+                    unit, _ = leftovers[0]
+                    await self._do_unit(unit, resumed=True)
+                    continue
+                self._set_activity(WorkerState.IDLE, "asking for work")
+                try:
+                    reply, raw = await self._request(
+                        RequestWork(preferred_campaign=self.config.preferred_campaign),
+                        "request_work",
+                        None,
+                        lambda m: isinstance(m, WorkUnit | NoWork),
+                    )
+                except _Refused as refusal:
+                    refused += 1
+                    wait = max(refusal.error.retry_after_s or 0.0, reconnect_delay(refused))
+                    self._notify(Notice(f"no work: {refusal.error.message}", refusal.error.code.value))
+                    self._set_activity(WorkerState.IDLE, f"{refusal.error.message}; asking again in {wait:.0f} s")
+                    await self._sleep(wait)
+                    continue
+                refused = 0
+                if isinstance(reply, NoWork):
+                    wait = max(reply.retry_after_s, 1.0)
+                    self._set_activity(WorkerState.IDLE, f"{reply.reason or 'no work'}; asking again in {wait:.0f} s")
+                    await self._sleep(wait)
+                    continue
+                assert isinstance(reply, WorkUnit)
+                self.store.save_unit(raw)
+                await self._do_unit(reply, resumed=False)
+        except _Stopping:
+            return
+
+    async def _do_unit(self, unit: WorkUnit, *, resumed: bool) -> None:
+        self._notify(
+            UnitStarted(
+                unit.unit_id, unit.campaign_id, unit.campaign_name, unit.model_version, unit.recipe.steps, resumed
+            )
+        )
+        frame = self.store.load_submit(unit.unit_id)
+        trained: TrainedUnit | None = None
+        if frame is None:
+            progress = _UnitProgress(unit)
+            heartbeat: asyncio.Task[None] | None = None
+            try:
+                # Carrying on with a unit from before a restart: only if the lease is still ours.
+                if resumed:
+                    await self._connection()
+                    if not await self._beat(progress):
+                        self._lease_lost(unit, progress.lease_lost or "lease lost")
+                        return
+                heartbeat = asyncio.create_task(self._heartbeats(progress))
+                checkpoint, data = await self._download(unit)
+                try:
+                    trained = await self._train(unit, progress, checkpoint, data)
+                except (RunnerError, _Stopping):
+                    raise
+                except Exception as error:  # a bug or a broken unit: give it back rather than crash
+                    log.exception("training unit %s failed", unit.unit_id)
+                    raise RunnerError("error", f"training failed: {_describe(error)}") from None
+            except RunnerError as error:
+                await self._abandon(unit, error.reason, error.message)
+                return
+            except BlobError as error:
+                await self._abandon(unit, "download_failed", error.message)
+                return
+            except _Refused as refusal:  # blob_not_found, bad_range
+                await self._abandon(unit, "download_failed", refusal.error.message)
+                return
+            finally:
+                if heartbeat is not None:
+                    heartbeat.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, _Stopping):
+                        await heartbeat
+            if trained is None:
+                if progress.lease_lost is not None:
+                    self._lease_lost(unit, progress.lease_lost)
+                return  # stopping: the checkpoint waits on disk for the next run
+            conn = await self._connection()
+            submit = Submit(unit.unit_id, unit.lease_id, trained.update, trained.update_sha256, trained.metrics)
+            try:
+                frame = encode(submit, max_bytes=conn.welcome.max_frame_bytes)
+            except ProtocolError as error:  # larger than this coordinator takes in one frame
+                await self._abandon(unit, "error", error.message)
+                return
+            self.store.save_submit(unit.unit_id, frame, trained=trained)
+        await self._submit(unit, frame)
+        if trained is not None and trained.alternate_update is not None:
+            await self._replay(unit, frame, trained)
+
+    async def _download(self, unit: WorkUnit) -> tuple[bytes, bytes]:
+        self._set_activity(WorkerState.DOWNLOADING, unit.campaign_name)
+        blobs = []
+        for ref in (unit.checkpoint, unit.data):
+            blobs.append(await self._fetch(ref))
+        self.cache.evict(keep={unit.checkpoint.sha256, unit.data.sha256})
+        return blobs[0], blobs[1]
+
+    async def _fetch(self, ref: BlobRef) -> bytes:
+        began = time.monotonic()
+
+        def report(progress: DownloadProgress) -> None:
+            self._notify(Downloading(progress.sha256, progress.done, progress.total, time.monotonic() - began))
+
+        async def chunk(sha256: str, offset: int, length: int) -> BlobChunk:
+            reply, _ = await self._request(
+                BlobRequest(sha256, offset, length),
+                "blob_request",
+                sha256,
+                lambda m: isinstance(m, BlobChunk) and m.sha256 == sha256 and m.offset == offset,
+            )
+            assert isinstance(reply, BlobChunk)
+            return reply
+
+        return await self.cache.fetch(ref, chunk, on_progress=report)
+
+    async def _train(
+        self, unit: WorkUnit, progress: _UnitProgress, checkpoint: bytes, data: bytes
+    ) -> TrainedUnit | None:
+        device = self.device
+        assert device is not None and self._loop is not None
+        runner = UnitRunner(
+            unit, self.store, device, fault=self.config.inject_fault, checkpoint_every_s=self.config.checkpoint_every_s
+        )
+        loop = self._loop
+
+        def on_step(report: StepReport) -> None:  # on the training thread
+            loop.call_soon_threadsafe(self._step_done, progress, report)
+
+        def should_stop() -> bool:  # on the training thread, at step boundaries
+            return self._stop_flag.is_set() or self._pause_flag.is_set() or progress.lease_lost is not None
+
+        while True:
+            if not self._unpaused.is_set():
+                progress.phase = "paused"
+                self._set_activity(WorkerState.PAUSED, f"{unit.campaign_name}: paused at step {progress.step}")
+                await self._first(self._unpaused.wait())
+            progress.phase = "training"
+            self._set_activity(WorkerState.TRAINING, unit.campaign_name)
+            trained = await asyncio.to_thread(runner.run, checkpoint, data, on_step=on_step, should_stop=should_stop)
+            if trained is not None or self._stopping.is_set() or progress.lease_lost is not None:
+                return trained
+
+    def _step_done(self, progress: _UnitProgress, report: StepReport) -> None:
+        progress.step, progress.loss, progress.tokens = report.step, report.loss, report.tokens
+        self._notify(
+            TrainingProgress(progress.unit.unit_id, report.step, report.steps_total, report.loss, report.tokens)
+        )
+
+    async def _heartbeats(self, progress: _UnitProgress) -> None:
+        """Progress every heartbeat interval (and right after a reconnect) while the unit is leased."""
+        while progress.lease_lost is None:
+            conn = self._conn
+            interval = conn.welcome.heartbeat_interval_s if conn is not None else 15.0
+            self._welcomed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._welcomed.wait(), timeout=interval)
+            if not await self._beat(progress):
+                return
+
+    async def _beat(self, progress: _UnitProgress) -> bool:
+        """Send one progress frame if connected; False when the lease turned out to be gone."""
+        conn = self._conn
+        if conn is None or conn.closed.is_set():
+            return True
+        unit = progress.unit
+        frame = Progress(
+            unit_id=unit.unit_id,
+            lease_id=unit.lease_id,
+            step=min(progress.step, unit.recipe.steps),
+            steps_total=unit.recipe.steps,
+            loss=None if progress.loss is None else min(progress.loss, MAX_LOSS),
+            tokens=progress.tokens,
+            phase=progress.phase,
+        )
+        try:
+            await self._first(
+                conn.request(
+                    frame,
+                    "progress",
+                    unit.unit_id,
+                    lambda m: (
+                        isinstance(m, LeaseExtended) and m.unit_id == unit.unit_id and m.lease_id == unit.lease_id
+                    ),
+                )
+            )
+        except _ConnectionLost:
+            return True
+        except _Refused as refusal:
+            if refusal.error.code in _LEASE_GONE:
+                progress.lease_lost = refusal.error.message
+                return False
+            self._notify(Notice(f"progress refused: {refusal.error.message}", refusal.error.code.value))
+        return True
+
+    async def _submit(self, unit: WorkUnit, frame: bytes) -> Result | None:
+        self._set_activity(WorkerState.SUBMITTING, unit.campaign_name)
+        attempt = 0
+        while True:
+            try:
+                reply, _ = await self._request(
+                    frame,
+                    "submit",
+                    unit.unit_id,
+                    lambda m: isinstance(m, Result) and m.unit_id == unit.unit_id and m.lease_id == unit.lease_id,
+                )
+            except _Refused as refusal:
+                error = refusal.error
+                if error.code in _TRANSIENT:
+                    attempt += 1
+                    await self._sleep(max(error.retry_after_s or 0.0, reconnect_delay(attempt)))
+                    if self._stopping.is_set():
+                        raise _Stopping() from None
+                    continue
+                # The coordinator won't take this update at all (checksum, unknown unit, ...).
+                self.store.discard(unit.unit_id)
+                self._count(UnitResult(unit.unit_id, "rejected", error.code.value, error.message, 0.0))
+                return None
+            assert isinstance(reply, Result)
+            self.store.discard(unit.unit_id)
+            code = reply.code.value if reply.code is not None else None
+            self._count(UnitResult(unit.unit_id, reply.status, code, reply.message, reply.credit))
+            return reply
+
+    async def _replay(self, unit: WorkUnit, frame: bytes, trained: TrainedUnit) -> None:
+        """--inject-fault replay: the same submit again, then a different update for the same unit."""
+        assert trained.alternate_update is not None
+        conn = await self._connection()
+        alternate = encode(
+            Submit(
+                unit.unit_id,
+                unit.lease_id,
+                trained.alternate_update,
+                hashlib.sha256(trained.alternate_update).hexdigest(),
+                trained.metrics,
+            ),
+            max_bytes=conn.welcome.max_frame_bytes,
+        )
+        for again in (frame, alternate):
+            with contextlib.suppress(_Refused):
+                reply, _ = await self._request(
+                    again,
+                    "submit",
+                    unit.unit_id,
+                    lambda m: isinstance(m, Result) and m.unit_id == unit.unit_id and m.lease_id == unit.lease_id,
+                )
+                assert isinstance(reply, Result)
+                code = reply.code.value if reply.code is not None else None
+                self._notify(UnitResult(unit.unit_id, reply.status, code, f"(replayed) {reply.message}", reply.credit))
+
+    async def _abandon(self, unit: WorkUnit, reason: AbandonReason, detail: str) -> None:
+        self.store.discard(unit.unit_id)
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(_ConnectionLost):
+                await conn.send(Abandon(unit.unit_id, unit.lease_id, reason, detail[:1024]))
+        self._notify(UnitResult(unit.unit_id, "abandoned", reason, detail, 0.0))
+
+    def _lease_lost(self, unit: WorkUnit, why: str) -> None:
+        self.store.discard(unit.unit_id)
+        self._notify(Notice(f"unit {unit.unit_id} dropped: {why}", "lease_expired"))
+
+    def _count(self, result: UnitResult) -> None:
+        self.units_done += 1
+        self.credit += result.credit
+        self._notify(result)
+
+    # states and events ---------------------------------------------------------------------
+
+    def _set_activity(self, state: WorkerState, detail: str) -> None:
+        self._activity = (state, detail)
+        self._publish()
+
+    def _set_link(self, state: WorkerState | None, detail: str) -> None:
+        self._link = None if state is None else (state, detail)
+        self._publish()
+
+    def _publish(self) -> None:
+        """One visible state: training and pausing go on offline; everything else needs the link."""
+        shown = self._final
+        if shown is None:
+            activity, link = self._activity, self._link
+            if activity is not None and activity[0] in (WorkerState.TRAINING, WorkerState.PAUSED):
+                shown = activity
+            else:
+                shown = link or activity
+        if shown is not None and shown != self._shown:
+            self._shown = shown
+            self._notify(StateChanged(*shown))
+
+    def _finish(self, error: WorkerError | None) -> None:
+        self._final = (WorkerState.ERROR, error.message) if error else (WorkerState.STOPPED, "")
+        self._publish()
+
+    def _notify(self, event: WorkerEvent) -> None:
+        if self._events is None:
+            return
+        try:
+            self._events(event)
+        except Exception:  # a broken display must not stop the work
+            log.exception("the worker's event callback failed on %s", type(event).__name__)
+
+
+class _Unreachable(Exception):
+    def __init__(self, reason: str, retry_after: float = 0.0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class _Unauthorized(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
