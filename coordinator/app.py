@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from coordinator.appkeys import EVENTS, METRICS, SERVICE, SOCKETS
+from coordinator.dashboard import add_dashboard
 from coordinator.gateway import volunteer_socket
 from coordinator.metrics import Metrics
 from coordinator.rest import add_routes
@@ -43,6 +44,7 @@ def create_app(config: CoordinatorConfig) -> web.Application:
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", volunteer_socket)
     add_routes(app)
+    add_dashboard(app)
     return app
 
 

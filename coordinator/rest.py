@@ -1,31 +1,59 @@
-"""The REST API (JSON): campaigns, rounds, versions, volunteers, stats and admin actions.
+"""The REST API (JSON): campaigns, rounds, versions, volunteers, stats, live events and admin actions.
 
-Reads are public. Writes need `Authorization: Bearer TOKEN` with a role: `admin` (everything) or
-`lead` (create campaigns; pause, resume and stop their own). Every error is
-`{"error": {"code": ..., "message": ...}}`, with `problems` listing each one for a bad spec.
+Reads are public; so are published checkpoints (every volunteer can already fetch them) and their
+tokenizer. Writes need `Authorization: Bearer TOKEN` with a role: `admin` (everything) or `lead`
+(create campaigns; pause, resume and stop their own). Every error is
+`{"error": {"code": ..., "message": ...}}`; a bad campaign spec adds `problems` (each one a
+sentence) and `field_errors` (the same, keyed by the spec field they name).
+
+`ROUTES` is the single table behind both the router and `/api/openapi.json` (see
+`coordinator.openapi`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import platform
+import re
+import shutil
+import time
 import tomllib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from coordinator.appkeys import METRICS, SERVICE
+from commonweights import __version__
+from coordinator import events
+from coordinator.appkeys import EVENTS, METRICS, SERVICE
 from coordinator.campaign import CampaignSpec, SpecError
 from coordinator.metrics import render_metrics
+from coordinator.openapi import STR, Handler, Param, Reply, Route, id_param, ref, register
+from coordinator.runtime import model_config_for
 from coordinator.service import Coordinator
 from coordinator.store import CampaignRow, StoreError
-from coordinator.version import SERVER_VERSION
+from protocol.codecs import CODEC_NAMES
+from training.data import DataError, TokenDataset
+from training.model import PRESETS, build_model, count_parameters
+from training.outer import OUTER_DEFAULTS
 
-__all__ = ["MAX_BODY_BYTES", "add_routes", "campaign_summary"]
+__all__ = ["MAX_BODY_BYTES", "ROUTES", "add_routes", "campaign_stats", "campaign_summary"]
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 * 1024
+THROUGHPUT_WINDOW_S = 120.0  # tokens/s is measured over accepted updates of the last two minutes
+RECENT_CREDIT_DAYS = 7.0
+CREDIT_UNIT = "TFLOP of training work (6 × trained parameters × tokens / 1e12), like BOINC's cobblestones"
+ID = re.compile(r"[0-9]{1,18}")  # integer ids that fit SQLite's int64 (fullmatch)
+FIELD = re.compile(r"^([a-z_]+(?:\.[a-z_0-9]+)?)")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+STARTED_AT = web.AppKey("started_at", float)
+CALLER = web.RequestKey("caller", tuple[int, str, str])  # (token id, role, label) of a guarded request
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -43,7 +71,7 @@ def _caller(request: web.Request) -> tuple[int, str, str] | None:
     return _service(request).role_for_token(header.removeprefix("Bearer ").strip())
 
 
-def require(*roles: str) -> Callable[[Handler], Handler]:
+def require(roles: tuple[str, ...]) -> Callable[[Handler], Handler]:
     """Only callers whose token carries one of `roles`; 401 without a token, 403 with the wrong one."""
 
     def wrap(handler: Handler) -> Handler:
@@ -53,7 +81,7 @@ def require(*roles: str) -> Callable[[Handler], Handler]:
                 return error_response(401, "unauthorized", "sign in: send 'Authorization: Bearer <token>'")
             if caller[1] not in roles:
                 return error_response(403, "forbidden", f"this needs the {' or '.join(roles)} role")
-            request["caller"] = caller
+            request[CALLER] = caller
             return await handler(request)
 
         return guarded
@@ -61,10 +89,38 @@ def require(*roles: str) -> Callable[[Handler], Handler]:
     return wrap
 
 
-def _campaign_or_404(request: web.Request) -> CampaignRow | web.Response:
+@web.middleware
+async def api_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """JSON errors under /api/ (unknown paths, wrong methods, oversized bodies, bugs)."""
+    if not request.path.startswith("/api/"):
+        return await handler(request)
     try:
-        campaign_id = int(request.match_info["campaign_id"])
-    except ValueError:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        headers = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else None
+        code, message = {
+            404: ("not_found", f"no API path {request.path}; the API is described at /api/openapi.json"),
+            405: ("method_not_allowed", f"{request.path} doesn't take {request.method}"),
+            413: ("too_large", "the body is too large"),
+        }.get(error.status, ("bad_request", error.reason))
+        response = error_response(error.status, code, message)
+        if headers:
+            response.headers.update(headers)
+        return response
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(500, "internal", "the coordinator hit an unexpected error; it is in the server log")
+
+
+def _int_or_none(text: str) -> int | None:
+    return int(text) if ID.fullmatch(text) else None
+
+
+def _campaign_or_404(request: web.Request) -> CampaignRow | web.Response:
+    campaign_id = _int_or_none(request.match_info["campaign_id"])
+    if campaign_id is None:
         return error_response(404, "not_found", "campaign ids are integers")
     row = _service(request).store.campaign(campaign_id)
     if row is None:
@@ -72,10 +128,36 @@ def _campaign_or_404(request: web.Request) -> CampaignRow | web.Response:
     return row
 
 
+async def _body(request: web.Request) -> bytes:
+    """The whole request body; OverflowError past MAX_BODY_BYTES."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise OverflowError(f"the body must be under {MAX_BODY_BYTES} bytes")
+    body = await request.read()  # aiohttp refuses more than the app's client_max_size with 413
+    if len(body) > MAX_BODY_BYTES:
+        raise OverflowError(f"the body must be under {MAX_BODY_BYTES} bytes")
+    return body
+
+
+async def _json_body(request: web.Request) -> object:
+    """The request's JSON body; raises ValueError with a sentence on a bad one."""
+    body = await _body(request)
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"the body is not valid JSON: {error}") from None
+
+
+# campaigns -------------------------------------------------------------------------------------
+
+
+def _tokens_per_second(service: Coordinator, row: CampaignRow) -> float:
+    now = time.time()
+    window = min(THROUGHPUT_WINDOW_S, max(1.0, now - row.created_at))
+    return round(service.store.tokens_accepted_since(row.id, now - window) / window, 2)
+
+
 def campaign_summary(service: Coordinator, row: CampaignRow) -> dict[str, Any]:
     spec = CampaignSpec.from_dict(row.spec)
-    versions = service.store.versions(row.id)
-    losses = [v.holdout_loss for v in versions if v.holdout_loss is not None]
     return {
         "id": row.id,
         "name": row.name,
@@ -89,11 +171,55 @@ def campaign_summary(service: Coordinator, row: CampaignRow) -> dict[str, Any]:
         "rounds_total": spec.total_rounds,
         "tokens_trained": row.tokens_trained,
         "token_budget": spec.token_budget,
-        "progress": min(1.0, row.rounds_closed / spec.total_rounds),
-        "holdout_loss": losses[-1] if losses else None,
+        "progress": 1.0 if row.status == "finished" else min(1.0, row.tokens_trained / spec.token_budget),
+        "holdout_loss": service.store.latest_holdout_loss(row.id),
+        "tokens_per_second": _tokens_per_second(service, row),
         "owner": row.owner,
         "created_at": row.created_at,
     }
+
+
+def campaign_stats(service: Coordinator, connected: int, row: CampaignRow) -> dict[str, Any]:
+    """What the campaign page shows live: progress, throughput, outcomes and who is online."""
+    summary = campaign_summary(service, row)
+    counts = service.store.submission_counts(row.id)
+    runtime = service.runtimes.get(row.id)
+    leased = service.store.units(row.id, ("leased",))
+    return {
+        "campaign_id": row.id,
+        **{
+            key: summary[key]
+            for key in (
+                "status",
+                "version",
+                "rounds_closed",
+                "rounds_total",
+                "tokens_trained",
+                "token_budget",
+                "progress",
+                "holdout_loss",
+                "tokens_per_second",
+            )
+        },
+        "accepted": counts.get("accepted", 0),
+        "rejected": counts.get("rejected", 0),
+        "pending": counts.get("pending_replica", 0),
+        "rejections": service.store.rejection_counts(row.id),
+        "open_round": runtime.round.row.number if runtime and runtime.round else None,
+        "volunteers_online": connected,
+        "volunteers_training": len({u.volunteer_id for u in leased if u.volunteer_id}),
+    }
+
+
+def _model_config(service: Coordinator, row: CampaignRow) -> dict[str, Any] | None:
+    runtime = service.runtimes.get(row.id)
+    if runtime is not None:
+        return dataclasses.asdict(runtime.model_config)
+    try:
+        dataset = TokenDataset.open(Path(row.dataset_path))
+        return dataclasses.asdict(model_config_for(CampaignSpec.from_dict(row.spec), dataset))
+    except (DataError, OSError):
+        return None
 
 
 async def health(request: web.Request) -> web.Response:
@@ -101,7 +227,7 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "status": "ok",
-            "version": SERVER_VERSION,
+            "version": __version__,
             "campaigns": len(service.runtimes),
             "volunteers_connected": request.app[METRICS].connected,
             "schema_version": service.store.schema_version,
@@ -114,28 +240,49 @@ async def list_campaigns(request: web.Request) -> web.Response:
     return web.json_response({"campaigns": [campaign_summary(service, r) for r in service.store.campaigns()]})
 
 
-@require("admin", "lead")
+def _field_errors(problems: list[str]) -> list[dict[str, str]]:
+    known = _spec_fields()
+    out = []
+    for problem in problems:
+        match = FIELD.match(problem)
+        if match and match.group(1) in known:
+            out.append({"field": match.group(1), "message": problem})
+    return out
+
+
+@cache
+def _spec_fields() -> frozenset[str]:
+    spec = CampaignSpec(name="x", dataset="x")
+    names = {f.name for f in dataclasses.fields(spec)}
+    for section in ("inner", "outer", "rounds", "validation"):
+        names |= {f"{section}.{f.name}" for f in dataclasses.fields(getattr(spec, section))}
+    return frozenset(names)
+
+
 async def create_campaign(request: web.Request) -> web.Response:
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+    try:
+        body = await _body(request)
+    except OverflowError:
         return error_response(413, "too_large", f"a campaign spec must be under {MAX_BODY_BYTES} bytes")
-    body = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(body) > MAX_BODY_BYTES:
-        return error_response(413, "too_large", f"a campaign spec must be under {MAX_BODY_BYTES} bytes")
+    service = _service(request)
     try:
         text = body.decode("utf-8")
         data = tomllib.loads(text) if "toml" in request.content_type else json.loads(text)
         spec = CampaignSpec.from_dict(data)
-        caller = request["caller"]
-        campaign_id = _service(request).create_campaign(spec, owner=f"{caller[1]}:{caller[0]}")
+        caller = request[CALLER]
+        campaign_id = service.create_campaign(spec, owner=f"{caller[1]}:{caller[0]}")
     except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
         return error_response(400, "bad_request", f"the body is not valid {request.content_type}: {error}")
     except SpecError as error:
-        return error_response(400, error.code, str(error), problems=error.problems)
+        return error_response(
+            400, error.code, str(error), problems=error.problems, field_errors=_field_errors(error.problems)
+        )
     except StoreError as error:
-        return error_response(409, "conflict", str(error))
-    row = _service(request).store.campaign(campaign_id)
+        return error_response(409, "conflict", str(error), field_errors=[{"field": "name", "message": str(error)}])
+    row = service.store.campaign(campaign_id)
     assert row is not None
-    return web.json_response(campaign_summary(_service(request), row), status=201)
+    events.publish(request.app, {"type": "campaign", "campaign_id": row.id, "status": row.status})
+    return web.json_response(campaign_summary(service, row), status=201)
 
 
 async def get_campaign(request: web.Request) -> web.Response:
@@ -143,30 +290,35 @@ async def get_campaign(request: web.Request) -> web.Response:
     if isinstance(row, web.Response):
         return row
     service = _service(request)
-    runtime = service.runtimes.get(row.id)
-    summary = campaign_summary(service, row)
-    summary["spec"] = row.spec
-    summary["rejections"] = service.store.rejection_counts(row.id)
-    summary["accepted"] = len(service.store.submissions(campaign_id=row.id, statuses=("accepted",)))
-    summary["open_round"] = runtime.round.row.number if runtime and runtime.round else None
-    return web.json_response(summary)
+    latest = service.store.version(row.id, row.current_version)
+    assert latest is not None
+    return web.json_response(
+        {
+            **campaign_summary(service, row),
+            **campaign_stats(service, request.app[METRICS].connected, row),
+            "spec": row.spec,
+            "model_config": _model_config(service, row),
+            "checkpoint": {"version": latest.version, "sha256": latest.checkpoint_sha, "bytes": latest.checkpoint_size},
+        }
+    )
 
 
 def _status_action(status: str, allowed_from: tuple[str, ...]) -> Handler:
-    @require("admin", "lead")
     async def handler(request: web.Request) -> web.Response:
         row = _campaign_or_404(request)
         if isinstance(row, web.Response):
             return row
-        caller = request["caller"]
+        caller = request[CALLER]
         if caller[1] != "admin" and row.owner != f"{caller[1]}:{caller[0]}":
             return error_response(403, "forbidden", "only the campaign's owner or an admin can change it")
         if row.status not in allowed_from:
             return error_response(409, "conflict", f"campaign {row.name} is {row.status}; it can't become {status}")
-        _service(request).set_status(row.id, status)
-        updated = _service(request).store.campaign(row.id)
+        service = _service(request)
+        service.set_status(row.id, status)
+        updated = service.store.campaign(row.id)
         assert updated is not None
-        return web.json_response(campaign_summary(_service(request), updated))
+        events.publish(request.app, {"type": "campaign", "campaign_id": row.id, "status": updated.status})
+        return web.json_response(campaign_summary(service, updated))
 
     return handler
 
@@ -220,7 +372,125 @@ async def leaderboard(request: web.Request) -> web.Response:
     row = _campaign_or_404(request)
     if isinstance(row, web.Response):
         return row
-    return web.json_response({"leaderboard": _service(request).store.leaderboard(row.id)})
+    store = _service(request).store
+    recent = store.credit_since(row.id, time.time() - RECENT_CREDIT_DAYS * 86400)
+    board = [
+        {
+            "rank": rank,
+            "id": str(entry["id"]),
+            "name": str(entry["name"]),
+            "tokens": int(entry["tokens"] or 0),
+            "units": int(entry["units"] or 0),
+            "credit": float(entry["credit"] or 0.0),
+            "recent_credit": recent.get(str(entry["id"]), 0.0) / RECENT_CREDIT_DAYS,
+        }
+        for rank, entry in enumerate(store.leaderboard(row.id), start=1)
+    ]
+    return web.json_response({"leaderboard": board, "credit_unit": CREDIT_UNIT})
+
+
+async def download_checkpoint(request: web.Request) -> web.StreamResponse:
+    row = _campaign_or_404(request)
+    if isinstance(row, web.Response):
+        return row
+    store = _service(request).store
+    wanted = request.query.get("version")
+    number = row.current_version if wanted is None else _int_or_none(wanted)
+    version = store.version(row.id, number) if number is not None else None
+    if version is None:
+        return error_response(404, "not_found", f"campaign {row.name} has no version {wanted}")
+    path = _service(request).blobs.path(version.checkpoint_sha)
+    if not path.is_file():
+        return error_response(404, "not_found", f"the checkpoint of version {version.version} is missing on the server")
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f'attachment; filename="{row.name}-v{version.version}.safetensors"',
+            "X-Checkpoint-Sha256": version.checkpoint_sha,
+            "X-Model-Version": str(version.version),
+        },
+    )
+
+
+async def download_tokenizer(request: web.Request) -> web.StreamResponse:
+    row = _campaign_or_404(request)
+    if isinstance(row, web.Response):
+        return row
+    path = Path(row.dataset_path) / "tokenizer.json"
+    if not path.is_file():
+        return error_response(404, "not_found", f"the tokenizer of dataset {row.spec.get('dataset')} is missing")
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": "application/json",
+            "Content-Disposition": f'attachment; filename="{row.name}-tokenizer.json"',
+        },
+    )
+
+
+@cache
+def _model_presets() -> list[dict[str, int | str]]:
+    out: list[dict[str, int | str]] = []
+    for name, config in PRESETS.items():
+        parameters = count_parameters(build_model(config, device="meta"))
+        out.append(
+            {
+                "name": name,
+                "parameters": parameters,
+                "d_model": config.d_model,
+                "n_layer": config.n_layer,
+                "max_seq_len": config.max_seq_len,
+            }
+        )
+    return out
+
+
+async def campaign_options(request: web.Request) -> web.Response:
+    defaults = CampaignSpec(name="", dataset="").to_dict()
+    return web.json_response(
+        {
+            "defaults": defaults,
+            "models": _model_presets(),
+            "codecs": list(CODEC_NAMES),
+            "optimizers": [{"name": name, "lr": values["lr"]} for name, values in OUTER_DEFAULTS.items()],
+        }
+    )
+
+
+# live events -------------------------------------------------------------------------------------
+
+
+def _busy() -> web.Response:
+    response = error_response(503, "busy", "too many live dashboards are open; try again in a minute")
+    response.headers["Retry-After"] = "60"
+    return response
+
+
+async def campaign_events(request: web.Request) -> web.StreamResponse:
+    row = _campaign_or_404(request)
+    if isinstance(row, web.Response):
+        return row
+    if not events.can_subscribe(request.app):
+        return _busy()
+    service, metrics, campaign_id = _service(request), request.app[METRICS], row.id
+
+    def snapshot() -> dict[str, object]:
+        current = service.store.campaign(campaign_id)
+        assert current is not None
+        return campaign_stats(service, metrics.connected, current)
+
+    return await events.stream(request, snapshot=snapshot, wants=lambda e: e.get("campaign_id") == campaign_id)
+
+
+async def all_events(request: web.Request) -> web.StreamResponse:
+    if not events.can_subscribe(request.app):
+        return _busy()
+    app = request.app
+    return await events.stream(request, snapshot=lambda: _stats(app), wants=lambda e: True)
+
+
+# volunteers, stats, server ----------------------------------------------------------------------
 
 
 async def list_volunteers(request: web.Request) -> web.Response:
@@ -245,7 +515,6 @@ async def list_volunteers(request: web.Request) -> web.Response:
 
 
 def _ban_action(banned: bool) -> Handler:
-    @require("admin")
     async def handler(request: web.Request) -> web.Response:
         volunteer_id = request.match_info["volunteer_id"]
         if not _service(request).store.set_banned(volunteer_id, banned):
@@ -255,53 +524,120 @@ def _ban_action(banned: bool) -> Handler:
     return handler
 
 
-async def stats(request: web.Request) -> web.Response:
-    service = _service(request)
+def _stats(app: web.Application) -> dict[str, object]:
+    service = app[SERVICE]
     volunteers = service.store.volunteers(limit=1_000_000)
     campaigns = service.store.campaigns()
+    return {
+        "campaigns": len(campaigns),
+        "campaigns_active": sum(1 for c in campaigns if c.status == "active"),
+        "volunteers": len(volunteers),
+        "volunteers_connected": app[METRICS].connected,
+        "tokens_trained": sum(c.tokens_trained for c in campaigns),
+        "credit": sum(v.credit for v in volunteers),
+    }
+
+
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(_stats(request.app))
+
+
+async def server_health(request: web.Request) -> web.Response:
+    app = request.app
+    service = _service(request)
+    data_dir = service.config.data_dir
+    disk = shutil.disk_usage(data_dir)
+    database = data_dir / "coordinator.sqlite3"
+    by_status: dict[str, int] = {}
+    for row in service.store.campaigns():
+        by_status[row.status] = by_status.get(row.status, 0) + 1
     return web.json_response(
         {
-            "campaigns": len(campaigns),
-            "campaigns_active": sum(1 for c in campaigns if c.status == "active"),
-            "volunteers": len(volunteers),
-            "volunteers_connected": request.app[METRICS].connected,
-            "tokens_trained": sum(c.tokens_trained for c in campaigns),
-            "credit": sum(v.credit for v in volunteers),
+            "status": "ok",
+            "version": __version__,
+            "python": platform.python_version(),
+            "uptime_s": round(time.time() - app[STARTED_AT], 1),
+            "schema_version": service.store.schema_version,
+            "campaigns": by_status,
+            "volunteers": len(service.store.volunteers(limit=1_000_000)),
+            "volunteers_connected": app[METRICS].connected,
+            "eval_queue": len(service.eval_queue),
+            "event_subscribers": len(app[EVENTS]),
+            "frames": dict(app[METRICS].frames),
+            "database_bytes": sum(
+                p.stat().st_size for p in (database, database.with_name(database.name + "-wal")) if p.exists()
+            ),
+            "disk_free_bytes": disk.free,
+            "disk_total_bytes": disk.total,
         }
     )
 
 
-@require("admin", "lead")
 async def list_datasets(request: web.Request) -> web.Response:
-    return web.json_response({"datasets": _service(request).dataset_names()})
+    service = _service(request)
+    names = service.dataset_names()
+    details = []
+    for name in names:
+        info: dict[str, object] = {
+            "name": name,
+            "train_tokens": None,
+            "holdout_tokens": None,
+            "vocab_size": None,
+            "tokenizer": None,
+        }
+        try:
+            manifest = TokenDataset.open(service.dataset_path(name)).manifest
+            info.update(
+                train_tokens=manifest.train_tokens,
+                holdout_tokens=manifest.holdout_tokens,
+                vocab_size=manifest.vocab_size,
+                tokenizer=manifest.tokenizer,
+            )
+        except (DataError, SpecError, OSError):
+            pass  # listed by name; its manifest can't be read right now
+        details.append(info)
+    return web.json_response({"datasets": names, "details": details})
 
 
-@require("admin")
+async def me(request: web.Request) -> web.Response:
+    token_id, role, label = request[CALLER]
+    return web.json_response({"id": token_id, "role": role, "label": label})
+
+
+# tokens --------------------------------------------------------------------------------------------
+
+
 async def create_token(request: web.Request) -> web.Response:
+    usage = 'send JSON like {"label": "alice", "role": "lead"}'
     try:
-        body = await request.json()
-        label = str(body.get("label", "")).strip()
-        role = str(body.get("role", "lead"))
-    except (json.JSONDecodeError, AttributeError):
-        return error_response(400, "bad_request", 'send JSON like {"label": "alice", "role": "lead"}')
-    if not label or len(label) > 100:
+        body = await _json_body(request)
+    except OverflowError as error:
+        return error_response(413, "too_large", str(error))
+    except ValueError as error:
+        return error_response(400, "bad_request", f"{error}; {usage}")
+    if not isinstance(body, dict):
+        return error_response(400, "bad_request", usage)
+    unknown = sorted(set(body) - {"label", "role"})
+    if unknown:
+        return error_response(400, "bad_request", f"unknown fields {', '.join(unknown)}; {usage}")
+    label, role = body.get("label"), body.get("role", "lead")
+    if not isinstance(label, str) or not label.strip() or len(label) > 100:
         return error_response(400, "bad_request", "label: give the token a name of 1-100 characters")
     if role not in ("lead", "admin"):
         return error_response(400, "bad_request", "role must be lead or admin")
+    label = label.strip()
     token_id, token = _service(request).create_api_token(role, label)
     return web.json_response({"id": token_id, "role": role, "label": label, "token": token}, status=201)
 
 
-@require("admin")
 async def list_tokens(request: web.Request) -> web.Response:
-    return web.json_response({"tokens": _service(request).store.api_tokens()})
+    tokens = [{**t, "revoked": bool(t["revoked"])} for t in _service(request).store.api_tokens()]
+    return web.json_response({"tokens": tokens})
 
 
-@require("admin")
 async def revoke_token(request: web.Request) -> web.Response:
-    try:
-        token_id = int(request.match_info["token_id"])
-    except ValueError:
+    token_id = _int_or_none(request.match_info["token_id"])
+    if token_id is None:
         return error_response(404, "not_found", "token ids are integers")
     if not _service(request).store.revoke_api_token(token_id):
         return error_response(404, "not_found", f"no token {token_id}")
@@ -315,23 +651,212 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/api/health", health)
-    app.router.add_get("/api/campaigns", list_campaigns)
-    app.router.add_post("/api/campaigns", create_campaign)
-    app.router.add_get("/api/campaigns/{campaign_id}", get_campaign)
-    app.router.add_post("/api/campaigns/{campaign_id}/pause", _status_action("paused", ("active",)))
-    app.router.add_post("/api/campaigns/{campaign_id}/resume", _status_action("active", ("paused",)))
-    app.router.add_post("/api/campaigns/{campaign_id}/stop", _status_action("stopped", ("active", "paused")))
-    app.router.add_get("/api/campaigns/{campaign_id}/versions", list_versions)
-    app.router.add_get("/api/campaigns/{campaign_id}/rounds", list_rounds)
-    app.router.add_get("/api/campaigns/{campaign_id}/leaderboard", leaderboard)
-    app.router.add_get("/api/volunteers", list_volunteers)
-    app.router.add_post("/api/volunteers/{volunteer_id}/ban", _ban_action(True))
-    app.router.add_post("/api/volunteers/{volunteer_id}/unban", _ban_action(False))
-    app.router.add_get("/api/stats", stats)
-    app.router.add_get("/api/datasets", list_datasets)
-    app.router.add_get("/api/tokens", list_tokens)
-    app.router.add_post("/api/tokens", create_token)
-    app.router.add_delete("/api/tokens/{token_id}", revoke_token)
-    app.router.add_get("/metrics", metrics)
+# the table -----------------------------------------------------------------------------------------
+
+LEAD = ("admin", "lead")
+ADMIN = ("admin",)
+CAMPAIGN = id_param("campaign_id", "campaign")
+VOLUNTEER = Param("volunteer_id", "path", {"type": "string", "minLength": 1}, "The volunteer's id.")
+SUMMARY = Reply("The campaign, as listed.", ref("CampaignSummary"))
+
+
+def _status_route(action: str, status: str, allowed_from: tuple[str, ...]) -> Route:
+    return Route(
+        "POST",
+        f"/api/campaigns/{{campaign_id}}/{action}",
+        _status_action(status, allowed_from),
+        f"{action.capitalize()} a campaign",
+        SUMMARY,
+        roles=LEAD,
+        params=(CAMPAIGN,),
+        errors=(409,),
+        description=f"Allowed from {' or '.join(allowed_from)}; a lead may only change its own campaigns.",
+        operation_id=f"{action}_campaign",
+    )
+
+
+def _json(description: str, schema: str) -> Reply:
+    return Reply(description, ref(schema))
+
+
+VERSION_QUERY = Param("version", "query", {"type": "integer", "minimum": 0}, "A version; default: the latest.", False)
+CREATE_NOTES = (
+    "The body is a campaign spec as JSON (or the same as TOML with Content-Type application/toml). "
+    "A spec with problems gets 400 listing every one; a taken name gets 409."
+)
+CHECKPOINT_NOTES = (
+    "Public: every volunteer can already fetch published checkpoints. The model's shape is "
+    "`model_config` in GET /api/campaigns/{campaign_id}."
+)
+CAMPAIGN_STREAM = Reply(
+    "An event stream: `stats` (CampaignStats) every few seconds, `version` when a version's holdout loss is "
+    "known, `campaign` on a status change, `resync` after lost events.",
+    STR,
+    "text/event-stream",
+)
+SERVER_STREAM = Reply(
+    "An event stream: `stats` (Stats) every few seconds, plus each campaign's `version` and `campaign` events.",
+    STR,
+    "text/event-stream",
+)
+WEIGHTS = Reply(
+    "The weights of the latest version (or `version`) as safetensors.",
+    {"type": "string", "format": "binary"},
+    "application/octet-stream",
+)
+TOKENIZER = Reply("The campaign dataset's tokenizer (Hugging Face tokenizers format).", {"type": "object"})
+METRICS_TEXT = Reply("The Prometheus text exposition format.", STR, "text/plain")
+C = "/api/campaigns/{campaign_id}"
+
+ROUTES: list[Route] = [
+    Route("GET", "/api/health", health, "Is the server up", _json("Up.", "Health"), tag="server"),
+    Route("GET", "/api/campaigns", list_campaigns, "List campaigns", _json("Every campaign.", "CampaignList")),
+    Route(
+        "POST",
+        "/api/campaigns",
+        create_campaign,
+        "Post a campaign",
+        _json("The new campaign.", "CampaignSummary"),
+        roles=LEAD,
+        body=ref("CampaignSpec"),
+        status=201,
+        errors=(409,),
+        description=CREATE_NOTES,
+    ),
+    Route(
+        "GET",
+        "/api/campaign-options",
+        campaign_options,
+        "Choices and defaults for a campaign spec",
+        _json("Model presets, codecs, outer optimizers and the spec's defaults.", "CampaignOptions"),
+        tag="campaigns",
+    ),
+    Route(
+        "GET",
+        C,
+        get_campaign,
+        "A campaign: spec and live stats",
+        _json("The campaign.", "CampaignDetail"),
+        params=(CAMPAIGN,),
+    ),
+    _status_route("pause", "paused", ("active",)),
+    _status_route("resume", "active", ("paused",)),
+    _status_route("stop", "stopped", ("active", "paused")),
+    Route(
+        "GET",
+        C + "/versions",
+        list_versions,
+        "Model versions and holdout loss",
+        _json("Oldest first.", "VersionList"),
+        params=(CAMPAIGN,),
+    ),
+    Route("GET", C + "/rounds", list_rounds, "Rounds", _json("Oldest first.", "RoundList"), params=(CAMPAIGN,)),
+    Route(
+        "GET",
+        C + "/leaderboard",
+        leaderboard,
+        "Contributors by credit",
+        _json("The top 50; recent_credit is credit per day over the last 7 days.", "Leaderboard"),
+        params=(CAMPAIGN,),
+    ),
+    Route(
+        "GET",
+        C + "/checkpoint",
+        download_checkpoint,
+        "Download model weights (safetensors)",
+        WEIGHTS,
+        params=(CAMPAIGN, VERSION_QUERY),
+        description=CHECKPOINT_NOTES,
+    ),
+    Route("GET", C + "/tokenizer", download_tokenizer, "Download the tokenizer", TOKENIZER, params=(CAMPAIGN,)),
+    Route(
+        "GET",
+        C + "/events",
+        campaign_events,
+        "Live updates of a campaign (Server-Sent Events)",
+        CAMPAIGN_STREAM,
+        params=(CAMPAIGN,),
+        errors=(503,),
+        streaming=True,
+        tag="live",
+    ),
+    Route(
+        "GET",
+        "/api/events",
+        all_events,
+        "Live updates of every campaign (Server-Sent Events)",
+        SERVER_STREAM,
+        errors=(503,),
+        streaming=True,
+        tag="live",
+    ),
+    Route("GET", "/api/volunteers", list_volunteers, "Volunteers by credit", _json("The top 1000.", "VolunteerList")),
+    Route(
+        "POST",
+        "/api/volunteers/{volunteer_id}/ban",
+        _ban_action(True),
+        "Ban a volunteer",
+        _json("Banned.", "BanResult"),
+        roles=ADMIN,
+        params=(VOLUNTEER,),
+        operation_id="ban_volunteer",
+    ),
+    Route(
+        "POST",
+        "/api/volunteers/{volunteer_id}/unban",
+        _ban_action(False),
+        "Lift a volunteer's ban",
+        _json("Not banned.", "BanResult"),
+        roles=ADMIN,
+        params=(VOLUNTEER,),
+        operation_id="unban_volunteer",
+    ),
+    Route("GET", "/api/stats", stats, "Totals over the server", _json("Totals.", "Stats"), tag="server"),
+    Route(
+        "GET",
+        "/api/server",
+        server_health,
+        "Server health in detail",
+        _json("Uptime, queues, disk and database size.", "ServerHealth"),
+        roles=ADMIN,
+    ),
+    Route(
+        "GET",
+        "/api/datasets",
+        list_datasets,
+        "Datasets campaigns may use",
+        _json("The prepared datasets this coordinator serves.", "Datasets"),
+        roles=LEAD,
+        tag="campaigns",
+    ),
+    Route("GET", "/api/me", me, "Who this token is", _json("Its id, role and label.", "Me"), roles=LEAD, tag="tokens"),
+    Route("GET", "/api/tokens", list_tokens, "API tokens", _json("Never the secrets.", "TokenList"), roles=ADMIN),
+    Route(
+        "POST",
+        "/api/tokens",
+        create_token,
+        "Create an API token",
+        _json("The new token; its secret is shown only here.", "TokenCreated"),
+        roles=ADMIN,
+        body=ref("TokenRequest"),
+        status=201,
+    ),
+    Route(
+        "DELETE",
+        "/api/tokens/{token_id}",
+        revoke_token,
+        "Revoke an API token",
+        _json("Revoked.", "RevokeResult"),
+        roles=ADMIN,
+        params=(id_param("token_id", "token"),),
+    ),
+    Route("GET", "/metrics", metrics, "Prometheus metrics", METRICS_TEXT, tag="server"),
+]
+
+
+def add_routes(app: web.Application) -> list[Route]:
+    """Wire the API into `app`; returns the route table, /api/openapi.json included."""
+    app[STARTED_AT] = time.time()
+    app.middlewares.append(api_errors)
+    app.on_shutdown.append(events.end_streams)
+    return register(app, ROUTES, guard=require)

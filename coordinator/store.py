@@ -385,6 +385,15 @@ class Store:
                 (loss, campaign_id, version),
             )
 
+    def latest_holdout_loss(self, campaign_id: int) -> float | None:
+        """The holdout loss of a campaign's newest evaluated version."""
+        row = self._one(
+            "SELECT holdout_loss FROM versions WHERE campaign_id = ? AND holdout_loss IS NOT NULL "
+            "ORDER BY version DESC LIMIT 1",
+            (campaign_id,),
+        )
+        return float(row["holdout_loss"]) if row else None
+
     def is_checkpoint(self, digest: str) -> bool:
         return self._one("SELECT 1 FROM versions WHERE checkpoint_sha = ? LIMIT 1", (digest,)) is not None
 
@@ -571,6 +580,33 @@ class Store:
             (campaign_id,),
         )
         return {str(r["code"]): int(r["n"]) for r in rows}
+
+    def submission_counts(self, campaign_id: int) -> dict[str, int]:
+        """A campaign's submissions by status (accepted, rejected, pending_replica)."""
+        rows = self._all(
+            "SELECT s.status, COUNT(*) AS n FROM submissions s JOIN units u ON u.id = s.unit_id "
+            "WHERE u.campaign_id = ? GROUP BY s.status",
+            (campaign_id,),
+        )
+        return {str(r["status"]): int(r["n"]) for r in rows}
+
+    def tokens_accepted_since(self, campaign_id: int, since: float) -> int:
+        """Tokens of a campaign's accepted submissions received at or after `since` (for tokens/s)."""
+        row = self._one(
+            "SELECT COALESCE(SUM(s.tokens), 0) AS n FROM submissions s JOIN units u ON u.id = s.unit_id "
+            "WHERE u.campaign_id = ? AND s.status = 'accepted' AND s.created_at >= ?",
+            (campaign_id, since),
+        )
+        return int(row["n"]) if row else 0
+
+    def credit_since(self, campaign_id: int, since: float) -> dict[str, float]:
+        """Credit per volunteer from a campaign's accepted submissions at or after `since`."""
+        rows = self._all(
+            "SELECT s.volunteer_id, SUM(s.credit) AS credit FROM submissions s JOIN units u ON u.id = s.unit_id "
+            "WHERE u.campaign_id = ? AND s.status = 'accepted' AND s.created_at >= ? GROUP BY s.volunteer_id",
+            (campaign_id, since),
+        )
+        return {str(r["volunteer_id"]): float(r["credit"]) for r in rows}
 
     def close_round(
         self,

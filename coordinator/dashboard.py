@@ -1,0 +1,76 @@
+"""The web dashboard: HTML pages and their static assets, served by the coordinator itself.
+
+    add_dashboard(app)      # GET /, /campaigns/7, /campaigns/new, /signin, /lead, /admin, /static/...
+
+Each page is a body fragment in `static/pages/` wrapped in `static/layout.html`; its behaviour is
+one ES module in `static/js/` that talks to the REST API. Nothing loads from another origin (the
+Content-Security-Policy says so), and the pages only hide what a role can't do: the API enforces it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from string import Template
+
+from aiohttp import web
+
+from commonweights import __version__
+
+__all__ = ["PAGES", "STATIC_DIR", "Page", "add_dashboard", "render"]
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+@dataclass(frozen=True)
+class Page:
+    path: str
+    fragment: str  # file in static/pages/
+    title: str
+    script: str  # module in static/js/
+
+
+PAGES: tuple[Page, ...] = (
+    Page("/", "campaigns.html", "Campaigns", "campaigns.js"),
+    Page("/campaigns/new", "new-campaign.html", "New campaign", "new-campaign.js"),
+    Page(r"/campaigns/{campaign_id:\d+}", "campaign.html", "Campaign", "campaign.js"),
+    Page("/signin", "signin.html", "Sign in", "signin.js"),
+    Page("/lead", "lead.html", "Your campaigns", "lead.js"),
+    Page("/admin", "admin.html", "Administration", "admin.js"),
+)
+
+
+@cache
+def render(page: Page) -> str:
+    layout = Template((STATIC_DIR / "layout.html").read_text(encoding="utf-8"))
+    return layout.substitute(
+        title=page.title,
+        body=(STATIC_DIR / "pages" / page.fragment).read_text(encoding="utf-8"),
+        script=page.script,
+        version=__version__,
+    )
+
+
+def _handler(page: Page) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(text=render(page), content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS)
+
+    return serve
+
+
+def add_dashboard(app: web.Application) -> None:
+    for page in PAGES:
+        app.router.add_get(page.path, _handler(page), name=f"page:{page.fragment.removesuffix('.html')}")
+    app.router.add_static("/static", STATIC_DIR, name="static", append_version=False)

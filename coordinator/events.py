@@ -1,0 +1,139 @@
+"""Live updates for the dashboard over Server-Sent Events.
+
+    GET /api/campaigns/7/events
+    ←  event: stats      data: {"campaign_id": 7, "tokens_per_second": 812.5, ...}     (every few seconds)
+    ←  event: version    data: {"campaign_id": 7, "version": 12, "holdout_loss": 3.91}  (as it is evaluated)
+    ←  : heartbeat                                                                    (when otherwise idle)
+
+Producers — the holdout evaluator, the REST handlers — call `put_nowait` on every subscriber
+queue in `app[EVENTS]` (or `publish`). A subscriber's queue is bounded and drops its oldest event
+instead of blocking or raising, so a slow browser never stalls or breaks a producer; a stream that
+lost events sends `resync`, telling the page to refetch. The number of subscribers is bounded
+(`can_subscribe`), each stream removes its queue when it ends, and shutdown ends every stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Mapping
+
+from aiohttp import web
+
+from coordinator.appkeys import EVENTS
+
+__all__ = [
+    "HEARTBEAT_S",
+    "MAX_SUBSCRIBERS",
+    "QUEUE_SIZE",
+    "STATS_INTERVAL_S",
+    "Subscription",
+    "can_subscribe",
+    "end_streams",
+    "publish",
+    "stream",
+]
+
+MAX_SUBSCRIBERS = 100
+QUEUE_SIZE = 256
+STATS_INTERVAL_S = 2.0
+HEARTBEAT_S = 15.0
+RETRY_MS = 3000  # how long a browser's EventSource waits before reconnecting
+
+Event = dict[str, object]
+SHUTDOWN = "shutdown"
+
+
+class Subscription(asyncio.Queue[Event]):
+    """A bounded queue that never refuses an event: when full, the oldest one goes (and is counted)."""
+
+    def __init__(self, maxsize: int = QUEUE_SIZE) -> None:
+        super().__init__(maxsize)
+        self.dropped = 0
+
+    def put_nowait(self, item: Event) -> None:
+        while self.full():
+            self.get_nowait()
+            self.dropped += 1
+        super().put_nowait(item)
+
+
+def publish(app: web.Application, event: Event) -> None:
+    subscribers = app[EVENTS]
+    for queue in list(subscribers):
+        queue.put_nowait(event)
+
+
+def can_subscribe(app: web.Application) -> bool:
+    return len(app[EVENTS]) < MAX_SUBSCRIBERS
+
+
+async def end_streams(app: web.Application) -> None:
+    """on_shutdown: end every open stream so shutdown doesn't wait for browsers to hang up."""
+    publish(app, {"type": SHUTDOWN})
+
+
+def _frame(kind: str, data: Mapping[str, object]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+async def stream(
+    request: web.Request,
+    *,
+    snapshot: Callable[[], Event],
+    wants: Callable[[Event], bool],
+    interval: float | None = None,
+) -> web.StreamResponse:
+    """Serve one subscriber until it hangs up or the server shuts down.
+
+    `snapshot()` is sent as a `stats` event at once and every `interval` seconds; queued events for
+    which `wants(event)` holds are sent as they come, named by their `type`. `interval` defaults to
+    STATS_INTERVAL_S."""
+    interval = STATS_INTERVAL_S if interval is None else interval
+    heartbeat = HEARTBEAT_S
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # a reverse proxy must not buffer the stream
+        }
+    )
+    await response.prepare(request)
+    subscribers = request.app[EVENTS]
+    queue = Subscription()
+    subscribers.append(queue)
+    loop = asyncio.get_running_loop()
+    try:
+        await response.write(f"retry: {RETRY_MS}\n\n".encode() + _frame("stats", snapshot()))
+        last_stats = last_write = loop.time()
+        while True:
+            now = loop.time()
+            wait = max(0.0, min(last_stats + interval, last_write + heartbeat) - now)
+            try:
+                event: Event | None = await asyncio.wait_for(queue.get(), wait)
+            except TimeoutError:
+                event = None
+            out = b""
+            if event is not None:
+                if event.get("type") == SHUTDOWN:
+                    break
+                if wants(event):
+                    out += _frame(str(event.get("type", "message")), event)
+            if queue.dropped:
+                out += _frame("resync", {"dropped": queue.dropped})
+                queue.dropped = 0
+            now = loop.time()
+            if now - last_stats >= interval:
+                out += _frame("stats", snapshot())
+                last_stats = now
+            if not out and now - last_write >= heartbeat:
+                out = b": heartbeat\n\n"
+            if out:
+                await response.write(out)
+                last_write = now
+    except ConnectionError:
+        pass  # the browser went away
+    finally:
+        if queue in subscribers:
+            subscribers.remove(queue)
+    return response

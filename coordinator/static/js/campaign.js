@@ -1,0 +1,203 @@
+// One campaign, live: progress, throughput, outcomes, the loss chart, the leaderboard, and the
+// lead's controls. Updates arrive over /api/campaigns/{id}/events without reloading.
+import {
+  announce,
+  api,
+  canManage,
+  el,
+  fmtBytes,
+  fmtCount,
+  fmtCredit,
+  fmtLoss,
+  fmtPercent,
+  fmtRate,
+  fmtTime,
+  initChrome,
+  liveStream,
+  setText,
+  showNotice,
+} from "./api.js";
+import { lossChart } from "./chart.js";
+
+const id = Number(location.pathname.split("/").at(-1));
+const notice = document.getElementById("notice");
+let me = null;
+let campaign = null;
+
+const REASONS = {
+  stale_update: "too stale",
+  non_finite: "not finite (NaN/∞)",
+  bad_encoding: "could not be decoded",
+  lease_expired: "lease expired",
+  not_your_lease: "not its lease",
+};
+
+function showStats(s) {
+  const status = document.getElementById("status");
+  status.textContent = s.status;
+  status.className = `status ${s.status}`;
+  const progress = document.getElementById("progress");
+  progress.value = s.progress;
+  setText(
+    "progress-text",
+    `${fmtCount(s.tokens_trained)} of ${fmtCount(s.token_budget)} tokens trained (${fmtPercent(s.progress)}) · ` +
+      `round ${s.rounds_closed} of ${s.rounds_total} closed`,
+  );
+  setText("s-version", `v${s.version}`);
+  setText("s-loss", fmtLoss(s.holdout_loss));
+  setText("s-tps", fmtRate(s.tokens_per_second));
+  setText("s-rounds", `${fmtCount(s.rounds_closed)} / ${fmtCount(s.rounds_total)}`);
+  setText("s-online", fmtCount(s.volunteers_online));
+  setText("s-training", fmtCount(s.volunteers_training));
+  setText("s-accepted", fmtCount(s.accepted));
+  setText("s-rejected", fmtCount(s.rejected));
+  const rows = [["Accepted", s.accepted], ["Waiting for a replica", s.pending], ["Rejected (all reasons)", s.rejected]];
+  for (const [code, n] of Object.entries(s.rejections).sort((a, b) => b[1] - a[1])) {
+    rows.push([`Rejected: ${REASONS[code] || code.replaceAll("_", " ")}`, n]);
+  }
+  document.getElementById("outcomes").replaceChildren(...rows.map(([what, n]) => el("tr", {}, el("td", {}, what), el("td", { class: "num" }, fmtCount(n)))));
+  if (campaign) {
+    campaign = { ...campaign, ...s };
+    showManage();
+  }
+}
+
+function showManage() {
+  const manage = document.getElementById("manage");
+  manage.hidden = !canManage(me, campaign);
+  document.getElementById("pause").disabled = campaign.status !== "active";
+  document.getElementById("resume").disabled = campaign.status !== "paused";
+  document.getElementById("stop").disabled = !["active", "paused"].includes(campaign.status);
+}
+
+async function showVersions() {
+  const { versions } = await api(`/api/campaigns/${id}/versions`);
+  const points = versions.filter((v) => v.holdout_loss !== null).map((v) => ({ x: v.version, y: v.holdout_loss }));
+  lossChart(document.getElementById("chart"), points);
+  document.getElementById("versions").replaceChildren(
+    ...versions
+      .slice()
+      .reverse()
+      .map((v) =>
+        el(
+          "tr",
+          {},
+          el("td", {}, `v${v.version}`),
+          el("td", { class: "num" }, fmtLoss(v.holdout_loss)),
+          el("td", { class: "num" }, fmtCount(v.tokens)),
+          el("td", { class: "num" }, fmtCount(v.updates)),
+          el("td", {}, fmtTime(v.created_at)),
+        ),
+      ),
+  );
+}
+
+async function showLeaderboard() {
+  const { leaderboard, credit_unit: unit } = await api(`/api/campaigns/${id}/leaderboard`);
+  const body = document.getElementById("leaderboard");
+  if (leaderboard.length === 0) {
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 6, class: "muted" }, "No accepted updates yet.")));
+  } else {
+    body.replaceChildren(
+      ...leaderboard.map((v) =>
+        el(
+          "tr",
+          {},
+          el("td", { class: "num" }, v.rank),
+          el("td", { class: "wrap" }, v.name),
+          el("td", { class: "num" }, fmtCount(v.tokens)),
+          el("td", { class: "num" }, fmtCount(v.units)),
+          el("td", { class: "num" }, fmtCredit(v.credit)),
+          el("td", { class: "num" }, fmtCredit(v.recent_credit)),
+        ),
+      ),
+    );
+  }
+  setText("credit-unit", `Credit is in ${unit}.`);
+}
+
+async function showRounds() {
+  const { rounds } = await api(`/api/campaigns/${id}/rounds`);
+  const body = document.getElementById("rounds");
+  const recent = rounds.slice(-10).reverse();
+  if (recent.length === 0) {
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 6, class: "muted" }, "No round has opened yet.")));
+    return;
+  }
+  body.replaceChildren(
+    ...recent.map((r) =>
+      el(
+        "tr",
+        {},
+        el("td", { class: "num" }, r.number),
+        el("td", { class: "num" }, `v${r.version}`),
+        el("td", {}, r.status),
+        el("td", {}, fmtTime(r.opened_at)),
+        el("td", {}, r.closed_at ? fmtTime(r.closed_at) : "–"),
+        el("td", {}, r.close_reason || "–"),
+      ),
+    ),
+  );
+}
+
+function showModel(c) {
+  const weights = document.getElementById("download-weights");
+  weights.href = `/api/campaigns/${id}/checkpoint`;
+  weights.textContent = `Download weights v${c.checkpoint.version} (safetensors, ${fmtBytes(c.checkpoint.bytes)})`;
+  document.getElementById("download-tokenizer").href = `/api/campaigns/${id}/tokenizer`;
+  setText("model-text", `Preset ${c.model} on dataset ${c.dataset}, updates compressed with ${c.codec}. Latest weights: version ${c.checkpoint.version}, sha256 ${c.checkpoint.sha256.slice(0, 16)}…`);
+  setText("model-config", JSON.stringify({ model_config: c.model_config, spec: c.spec }, null, 2));
+}
+
+async function load() {
+  try {
+    campaign = await api(`/api/campaigns/${id}`);
+  } catch (error) {
+    showNotice(notice, error.status === 404 ? `There is no campaign ${id}.` : `Couldn't load the campaign: ${error.message}`);
+    return false;
+  }
+  document.title = `${campaign.name} · Commonweights`;
+  setText("campaign-name", campaign.name);
+  setText("description", campaign.description);
+  document.getElementById("campaign").hidden = false;
+  showStats(campaign);
+  showModel(campaign);
+  await Promise.all([showVersions(), showLeaderboard(), showRounds()]);
+  return true;
+}
+
+async function act(action) {
+  const result = document.getElementById("manage-result");
+  if (action === "stop" && !confirm(`Stop ${campaign.name} for good? A stopped campaign can't be resumed.`)) return;
+  try {
+    const updated = await api(`/api/campaigns/${id}/${action}`, { method: "POST" });
+    campaign = { ...campaign, ...updated };
+    showStats(await api(`/api/campaigns/${id}`));
+    result.textContent = `${campaign.name} is now ${updated.status}.`;
+  } catch (error) {
+    result.textContent = `Couldn't ${action} the campaign: ${error.message}`;
+  }
+}
+
+me = await initChrome();
+if (await load()) {
+  for (const action of ["pause", "resume", "stop"]) document.getElementById(action).addEventListener("click", () => act(action));
+  const refreshAll = () => Promise.all([showVersions(), showLeaderboard(), showRounds()]).catch(() => {});
+  liveStream(
+    `/api/campaigns/${id}/events`,
+    {
+      stats: showStats,
+      version: (event) => {
+        announce(`Version ${event.version} evaluated: holdout loss ${fmtLoss(event.holdout_loss)}.`);
+        refreshAll();
+        api(`/api/campaigns/${id}`).then((c) => {
+          showStats(c);
+          showModel(c);
+        }, () => {});
+      },
+      campaign: (event) => announce(`The campaign is now ${event.status}.`),
+      resync: refreshAll,
+    },
+    document.getElementById("live"),
+  );
+}
