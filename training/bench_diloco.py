@@ -144,8 +144,9 @@ def run_bench_command(args: argparse.Namespace) -> int:
             diloco_table,
             verdict,
             "### Codecs",
-            f"Throughput on a {args.codec_params / 1e6:g}M-parameter synthetic update (MB/s of fp32 input); worst-case error is the largest "
-            "absolute difference after a round trip, next to the bound the codec states.",
+            f"Throughput on a {args.codec_params / 1e6:g}M-parameter synthetic update (MB/s of fp32 input); "
+            "worst-case error is the largest absolute difference after a round trip, next to the bound the "
+            "codec states.",
             codec_table,
         ]
     )

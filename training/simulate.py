@@ -12,8 +12,8 @@ Three ways to spend the same tokens on the same K data streams:
   Each worker uploads an fp32 gradient every step.
 - `single`: one worker trains on all K streams in turn, K times as many steps, nothing uploaded.
 
-Worker k reads the k-th of K equal partitions of the training stream; a DiLoCo unit is the
-contiguous run of the steps it covers, so all three modes see the same windows of text.
+Worker k reads the k-th of K equal partitions of the training stream, one window per step; the
+three modes (and every H) see the same windows of text in the same order.
 """
 
 from __future__ import annotations
@@ -137,12 +137,17 @@ def evaluate(model: GPT, holdout: np.ndarray, *, batch_size: int, seq_len: int) 
 
 
 class Streams:
-    """Worker k's training tokens: the k-th of K partitions, wrapping at unit granularity."""
+    """Worker k's training tokens: the k-th of K partitions, read step by step, wrapping around.
 
-    def __init__(self, dataset: TokenDataset, workers: int, tokens_per_step: int) -> None:
+    Step s of worker k always reads the same window, whatever H the run uses, so every mode and
+    every configuration trains on exactly the same text.
+    """
+
+    def __init__(self, dataset: TokenDataset, workers: int, batch_size: int, seq_len: int) -> None:
         self.dataset = dataset
         self.partition = dataset.num_train_tokens // workers
-        self.tokens_per_step = tokens_per_step
+        self.batch_size, self.seq_len = batch_size, seq_len
+        tokens_per_step = self.tokens_per_step = batch_size * seq_len
         if self.partition < 2 * tokens_per_step + 1:
             raise ValueError(
                 f"the dataset has {dataset.num_train_tokens} training tokens, too few for {workers} workers "
@@ -150,13 +155,16 @@ class Streams:
             )
         self.furthest = 0
 
-    def unit(self, worker: int, first_step: int, steps: int) -> np.ndarray:
-        length = steps * self.tokens_per_step + 1
-        if length > self.partition:
-            raise ValueError("a unit is longer than a worker's share of the dataset")
-        offset = (first_step * self.tokens_per_step) % (self.partition - length + 1)
-        self.furthest = max(self.furthest, first_step * self.tokens_per_step + length)
-        return self.dataset.train_slice(worker * self.partition + offset, length)
+    def batches(self, worker: int, first_step: int, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(inputs, targets) of steps first_step … first_step + steps − 1, one batch per step."""
+        out: list[tuple[torch.Tensor, torch.Tensor]] = []
+        span = self.tokens_per_step + 1
+        for step in range(first_step, first_step + steps):
+            offset = (step * self.tokens_per_step) % (self.partition - span + 1)
+            window = self.dataset.train_slice(worker * self.partition + offset, span)
+            out += sequence_batches(window, self.batch_size, self.seq_len)
+        self.furthest = max(self.furthest, (first_step + steps) * self.tokens_per_step)
+        return out
 
     @property
     def epochs(self) -> float:
@@ -175,8 +183,7 @@ def simulate(
     model_config = preset(config.model, vocab_size=dataset.vocab_size, max_seq_len=config.seq_len)
     model = build_model(model_config, seed=config.seed, device=device)
     holdout = dataset.holdout_slice(0, min(config.eval_tokens + 1, dataset.num_holdout_tokens))
-    tokens_per_step = config.batch_size * config.seq_len
-    streams = Streams(dataset, config.workers, tokens_per_step)
+    streams = Streams(dataset, config.workers, config.batch_size, config.seq_len)
     runner = {"diloco": _run_diloco, "data_parallel": _run_data_parallel, "single": _run_single}[config.mode]
     began = time.perf_counter()
     result = runner(config, model, streams, holdout, on_progress or (lambda done, total, status: None))
@@ -245,7 +252,7 @@ def _run_diloco(
                 done += 1
                 progress(done, total, f"round {result.outer_steps + 1} worker {k + 1}")
 
-            unit = loop.run(streams.unit(k, step, steps), on_step=report)
+            unit = loop.run_batches(streams.batches(k, step, steps), on_step=report)
             to_send = feedback[k].compensate(unit.delta)
             payload = encode(to_send, codec)
             uploaded[k] += len(payload)
@@ -309,10 +316,7 @@ def _run_sequential(
 ) -> SimResult:
     """One AdamW run over every worker's batches, step by step: worker 0's, worker 1's, …"""
     result = _blank_result(config, model)
-    per_worker = [
-        list(sequence_batches(streams.unit(k, 0, config.steps), config.batch_size, config.seq_len))
-        for k in range(config.workers)
-    ]
+    per_worker = [streams.batches(k, 0, config.steps) for k in range(config.workers)]
     micro = [batch for step in zip(*per_worker, strict=True) for batch in step]
     loop = InnerLoop(model, inner, global_step=0)
     every = _eval_steps(config, inner.steps)

@@ -180,9 +180,7 @@ class XdgAutostart:
     def disable(self) -> None:
         if any(_desktop_entry_active(p) for p in self._system_paths):
             # A system-wide entry (from a distribution package) is overridden, per user, by Hidden.
-            _write_atomically(
-                self.path, f"[Desktop Entry]\nType=Application\nName={APP_NAME}\nHidden=true\n".encode()
-            )
+            _write_atomically(self.path, f"[Desktop Entry]\nType=Application\nName={APP_NAME}\nHidden=true\n".encode())
         else:
             _remove(self.path)
 

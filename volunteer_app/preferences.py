@@ -250,9 +250,7 @@ class Preferences:
             try:
                 values["snooze_until"] = datetime.fromisoformat(values["snooze_until"])
             except ValueError as exc:
-                raise PreferencesError(
-                    "snooze_until", f"is not a date and time: {values['snooze_until']!r}"
-                ) from exc
+                raise PreferencesError("snooze_until", f"is not a date and time: {values['snooze_until']!r}") from exc
         return cls(**values, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
@@ -282,9 +280,7 @@ def _parse_windows(raw: object) -> tuple[TimeWindow, ...]:
             windows.append(pair)
             continue
         if not isinstance(pair, list | tuple) or len(pair) != 2:
-            raise PreferencesError(
-                where, f'must be a ["start", "end"] pair like ["22:00", "07:00"], got {pair!r}'
-            )
+            raise PreferencesError(where, f'must be a ["start", "end"] pair like ["22:00", "07:00"], got {pair!r}')
         try:
             windows.append(TimeWindow.parse(pair[0], pair[1], where))
         except PreferencesError as exc:

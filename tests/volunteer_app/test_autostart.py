@@ -189,9 +189,7 @@ def test_run_key_value(tmp_path: Path) -> None:
     registry = FakeRunKey()
     run = RunKeyAutostart(registry)
     run.enable([r"C:\Program Files\Commonweights\commonweights-app.exe", "--minimized"])
-    assert (
-        registry.run["Commonweights"] == r'"C:\Program Files\Commonweights\commonweights-app.exe" --minimized'
-    )
+    assert registry.run["Commonweights"] == r'"C:\Program Files\Commonweights\commonweights-app.exe" --minimized'
     assert run.is_enabled()
     assert run.location.endswith(r"CurrentVersion\Run\Commonweights")
     run.disable()

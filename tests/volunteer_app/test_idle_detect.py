@@ -74,9 +74,7 @@ def test_cpu_guess_fallback_is_opt_in_and_labelled(linux_backends: None) -> None
     assert "guess" in source.description.lower()
 
 
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="checks the absence of Win32/macOS libraries"
-)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="checks the absence of Win32/macOS libraries")
 @pytest.mark.parametrize("platform", ["win32", "darwin"])
 def test_missing_os_libraries_give_manual_mode_not_an_exception(platform: str) -> None:
     source = idle.detect_idle_source(platform=platform, environ={})

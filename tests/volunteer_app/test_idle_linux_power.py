@@ -63,9 +63,7 @@ def test_empty_battery_bay_is_ignored(tmp_path: Path) -> None:
     ("status", "expected"),
     [("Full", False), ("Charging", False), ("Not charging", False), ("Discharging", True), ("Unknown", None)],
 )
-def test_battery_status_alone_when_no_ac_supply_is_listed(
-    tmp_path: Path, status: str, expected: bool | None
-) -> None:
+def test_battery_status_alone_when_no_ac_supply_is_listed(tmp_path: Path, status: str, expected: bool | None) -> None:
     supply(tmp_path, "BAT0", type="Battery", status=status)
     assert SysfsPowerSource(tmp_path).on_battery() is expected
 

@@ -81,9 +81,7 @@ def test_mutter_idle_time_via_gdbus() -> None:
 
 
 def test_mutter_missing_makes_the_backend_unavailable() -> None:
-    runner = FakeRunner(
-        {"GetIdletime": DBusCallError("The name org.gnome.Mutter.IdleMonitor was not provided")}
-    )
+    runner = FakeRunner({"GetIdletime": DBusCallError("The name org.gnome.Mutter.IdleMonitor was not provided")})
     with pytest.raises(BackendUnavailable, match="not answering"):
         GnomeMutterIdleSource(DBusCli("busctl", runner))
 

@@ -73,9 +73,7 @@ def test_failed_call_is_unknown_not_idle() -> None:
         (0, 255, True),  # battery state unknown, AC offline
     ],
 )
-def test_power_status_maps_ac_line_and_battery_flag(
-    ac: int, battery_flag: int, expected: bool | None
-) -> None:
+def test_power_status_maps_ac_line_and_battery_flag(ac: int, battery_flag: int, expected: bool | None) -> None:
     power = WindowsPowerSource(kernel32=FakeKernel32(ac=ac, battery_flag=battery_flag))
     assert power.on_battery() is expected
 

@@ -82,9 +82,7 @@ def test_wayland_session_detection(environ: dict[str, str], wayland: bool) -> No
 def test_never_opened_on_a_wayland_session() -> None:
     xlib = FakeXlib()
     with pytest.raises(BackendUnavailable, match="Wayland"):
-        X11IdleSource(
-            environ={"WAYLAND_DISPLAY": "wayland-0", "DISPLAY": ":0"}, libraries=fake_libraries(xlib)
-        )
+        X11IdleSource(environ={"WAYLAND_DISPLAY": "wayland-0", "DISPLAY": ":0"}, libraries=fake_libraries(xlib))
     assert not hasattr(xlib, "opened_name")
 
 
@@ -269,9 +267,7 @@ def test_losing_the_x_server_reads_unknown_instead_of_exiting() -> None:
         """
     )
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    done = subprocess.run(
-        [sys.executable, "-c", script, root], capture_output=True, text=True, timeout=60, check=False
-    )
+    done = subprocess.run([sys.executable, "-c", script, root], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert "after loss: None None" in done.stdout
     assert "still running" in done.stdout

@@ -137,9 +137,7 @@ def test_unknown_power_state_counts_as_mains() -> None:
 def test_pause_by_user_wins_over_everything() -> None:
     policy, _ = make(Preferences(time_windows=(TimeWindow.parse("01:00", "02:00"),)))
     decision = policy.decide(
-        Observation(
-            idle_seconds=IDLE, user_paused=True, on_battery=True, snoozed_until=NOON + timedelta(hours=1)
-        )
+        Observation(idle_seconds=IDLE, user_paused=True, on_battery=True, snoozed_until=NOON + timedelta(hours=1))
     )
     assert (decision.state, decision.reason) == (SUSPEND, "paused by user")
 
@@ -161,9 +159,7 @@ def test_snooze_into_another_day_names_the_day() -> None:
 
 def test_snooze_from_preferences_is_honoured_in_local_time() -> None:
     cet = timezone(timedelta(hours=1))
-    policy, _ = make(
-        Preferences(snooze_until=datetime(2025, 1, 6, 12, 30, tzinfo=UTC)), at=NOON.astimezone(cet)
-    )
+    policy, _ = make(Preferences(snooze_until=datetime(2025, 1, 6, 12, 30, tzinfo=UTC)), at=NOON.astimezone(cet))
     assert policy.decide(Observation(idle_seconds=IDLE)).reason == "snoozed until 13:30"
 
 
@@ -183,9 +179,7 @@ def test_time_window_across_midnight(hhmm: str, runs: bool) -> None:
 
 
 def test_time_window_follows_the_clock_through_the_night() -> None:
-    policy, clock = make(
-        Preferences(time_windows=(TimeWindow.parse("22:00", "07:00"),)), at=NOON.replace(hour=21)
-    )
+    policy, clock = make(Preferences(time_windows=(TimeWindow.parse("22:00", "07:00"),)), at=NOON.replace(hour=21))
     states = []
     for _ in range(12):
         states.append(policy.decide(Observation(idle_seconds=IDLE)).state)
@@ -199,10 +193,7 @@ def test_several_windows_any_one_allows() -> None:
     policy, _ = make(Preferences(time_windows=windows))
     assert policy.decide(Observation(idle_seconds=IDLE)).state is RUN
     policy, _ = make(Preferences(time_windows=windows), at=NOON.replace(hour=10))
-    assert (
-        policy.decide(Observation(idle_seconds=IDLE)).reason
-        == "outside time window (runs 08:00–09:00, 12:00–13:00)"
-    )
+    assert policy.decide(Observation(idle_seconds=IDLE)).reason == "outside time window (runs 08:00–09:00, 12:00–13:00)"
 
 
 def test_network_cap_suspends_when_used_up() -> None:
@@ -240,10 +231,7 @@ def test_guessed_idleness_is_labelled() -> None:
     assert policy.decide(Observation(idle_seconds=30, idle_guessed=True)).reason == (
         "waiting: idle 30s of 3m (guessed from CPU load)"
     )
-    assert (
-        policy.decide(Observation(idle_seconds=IDLE, idle_guessed=True)).reason
-        == "idle 10m (guessed from CPU load)"
-    )
+    assert policy.decide(Observation(idle_seconds=IDLE, idle_guessed=True)).reason == "idle 10m (guessed from CPU load)"
 
 
 # --- other programs' CPU load: thresholds and dwell -------------------------------------------

@@ -92,8 +92,7 @@ def test_whole_minutes_are_written_as_integers_and_absent_values_left_out(tmp_pa
 def test_hand_written_file_loads(tmp_path: Path) -> None:
     path = tmp_path / "p.toml"
     path.write_text(
-        'idle_minutes = 10\ntime_windows = [["23:00", "24:00"]]\ndevice = "cpu"\n'
-        "snooze_until = 2025-03-01T14:05:00\n"
+        'idle_minutes = 10\ntime_windows = [["23:00", "24:00"]]\ndevice = "cpu"\nsnooze_until = 2025-03-01T14:05:00\n'
     )
     prefs = load_preferences(path)
     assert prefs.idle_minutes == 10.0

@@ -90,9 +90,7 @@ class MacFrameworks:
         """`HIDIdleTime` of the IOHIDSystem registry entry, in seconds."""
         iterator = ctypes.c_uint32(0)
         matching = self.iokit.IOServiceMatching(b"IOHIDSystem")  # consumed by the next call
-        status = self.iokit.IOServiceGetMatchingServices(
-            _MAIN_PORT_DEFAULT, matching, ctypes.pointer(iterator)
-        )
+        status = self.iokit.IOServiceGetMatchingServices(_MAIN_PORT_DEFAULT, matching, ctypes.pointer(iterator))
         if status != _KERN_SUCCESS or not iterator.value:
             return None
         try:
@@ -129,9 +127,7 @@ class MacFrameworks:
     def event_idle_seconds(self) -> float | None:
         """Seconds since any input event in the combined session state (CoreGraphics)."""
         seconds = float(
-            self.cg.CGEventSourceSecondsSinceLastEventType(
-                _CG_COMBINED_SESSION_STATE, _CG_ANY_INPUT_EVENT_TYPE
-            )
+            self.cg.CGEventSourceSecondsSinceLastEventType(_CG_COMBINED_SESSION_STATE, _CG_ANY_INPUT_EVENT_TYPE)
         )
         if seconds != seconds or seconds < 0:  # NaN or nonsense: no answer
             return None

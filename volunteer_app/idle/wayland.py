@@ -44,9 +44,7 @@ class DBusCallError(Exception):
 def run_command(argv: Sequence[str]) -> str:
     """The real `Runner`: run argv with a short timeout and return its stdout."""
     try:
-        done = subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=_CALL_TIMEOUT_S, check=False
-        )
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=_CALL_TIMEOUT_S, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise DBusCallError(f"{argv[0]}: {exc}") from exc
     if done.returncode != 0:
@@ -96,9 +94,7 @@ class DBusCli:
         if tool is None:
             found = next((t for t in ("busctl", "gdbus") if shutil.which(t)), None)
             if found is None:
-                raise BackendUnavailable(
-                    "dbus", "neither busctl (systemd) nor gdbus (libglib2.0-bin) is installed"
-                )
+                raise BackendUnavailable("dbus", "neither busctl (systemd) nor gdbus (libglib2.0-bin) is installed")
             tool = "busctl" if found == "busctl" else "gdbus"
         self.tool: Literal["busctl", "gdbus"] = tool
         self._run = runner
@@ -175,9 +171,7 @@ class GnomeMutterIdleSource:
         try:
             self._query()
         except DBusCallError as exc:
-            raise BackendUnavailable(
-                self.name, f"{MUTTER_NAME} is not answering on the session bus ({exc})"
-            ) from exc
+            raise BackendUnavailable(self.name, f"{MUTTER_NAME} is not answering on the session bus ({exc})") from exc
 
     @property
     def description(self) -> str:
@@ -223,9 +217,7 @@ class LogindIdleSource:
         try:
             self._query()
         except DBusCallError as exc:
-            raise BackendUnavailable(
-                self.name, f"logind session {session_path} is not readable ({exc})"
-            ) from exc
+            raise BackendUnavailable(self.name, f"logind session {session_path} is not readable ({exc})") from exc
 
     @property
     def description(self) -> str:

@@ -102,10 +102,7 @@ class WindowsPowerSource:
         status = SYSTEM_POWER_STATUS()
         if not self._kernel32.GetSystemPowerStatus(ctypes.pointer(status)):
             return None
-        if (
-            status.BatteryFlag != _BATTERY_FLAG_UNKNOWN
-            and status.BatteryFlag & _BATTERY_FLAG_NO_SYSTEM_BATTERY
-        ):
+        if status.BatteryFlag != _BATTERY_FLAG_UNKNOWN and status.BatteryFlag & _BATTERY_FLAG_NO_SYSTEM_BATTERY:
             return False
         if status.ACLineStatus == _AC_OFFLINE:
             return True

@@ -174,10 +174,7 @@ class X11IdleSource:
 
     @property
     def description(self) -> str:
-        return (
-            f"X11 ({self._display_name}): time since the last keyboard or mouse input "
-            "(XScreenSaverQueryInfo)."
-        )
+        return f"X11 ({self._display_name}): time since the last keyboard or mouse input (XScreenSaverQueryInfo)."
 
     def _on_connection_lost(self, _display: Any, _user_data: Any) -> None:
         # Called by Xlib instead of exit(); returning lets the failed call return an error.
