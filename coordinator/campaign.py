@@ -229,7 +229,7 @@ class CampaignSpec:
 
     def problems(self) -> list[str]:
         out: list[str] = []
-        if not NAME_PATTERN.match(self.name):
+        if not NAME_PATTERN.fullmatch(self.name):
             out.append("name must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
         if self.model not in PRESETS:
             out.append(f"model must be one of {', '.join(PRESETS)}, got {self.model!r}")

@@ -230,7 +230,10 @@ async def _serve(session: Session, metrics: Metrics) -> None:
             metrics.frames[type(message).__name__] = metrics.frames.get(type(message).__name__, 0) + 1
             await _dispatch(session, message)
         except ProtocolError as error:
-            await _fail(session, error, fatal=False)
+            # Name the frame and the unit or blob it was about, so a client with several requests
+            # outstanding knows which one failed.
+            error.ref_type = error.ref_type or message.TYPE
+            await _fail(session, error, fatal=False, ref_id=_ref_id(message))
         except Exception:  # one volunteer's bad luck must not take the server down
             log.exception("internal error serving %s", type(message).__name__)
             await _fail(
@@ -275,6 +278,13 @@ async def _dispatch(session: Session, message: Message) -> None:
         _runtime_for_unit(service, message.unit_id).abandon(volunteer.id, message.unit_id, message.lease_id)
     else:
         raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"{type(message).__name__} is not expected here")
+
+
+def _ref_id(message: Message) -> str | None:
+    if isinstance(message, BlobRequest):
+        return message.sha256
+    unit_id = getattr(message, "unit_id", None)
+    return unit_id if isinstance(unit_id, str) else None
 
 
 def _runtime_for_unit(service: Coordinator, unit_id: str) -> CampaignRuntime:

@@ -53,9 +53,19 @@ from training.inner import InnerConfig, learning_rate
 from training.model import ModelConfig, build_model, parameter_groups, preset
 from training.outer import OuterOptimizer, make_outer_optimizer
 
-__all__ = ["Assignment", "CampaignRuntime", "NoWork", "Outcome", "SubmissionReport", "initial_version"]
+__all__ = ["Assignment", "CampaignRuntime", "NoWork", "Outcome", "SubmissionReport", "initial_version", "shard_plan"]
 
 Clock = Callable[[], float]
+
+# Decoding failures that are really validation verdicts: the frame was well formed but its tensors
+# don't fit the unit, or hold values no honest training produces.
+CODEC_REJECTIONS = {
+    "shape_mismatch": "shape_mismatch",
+    "name_mismatch": "shape_mismatch",
+    "count_mismatch": "shape_mismatch",
+    "dtype_mismatch": "shape_mismatch",
+    "non_finite_value": "non_finite",
+}
 
 
 @dataclass(frozen=True)
@@ -160,7 +170,7 @@ class CampaignRuntime:
         self.model_config = model_config_for(self.spec, dataset)
         skeleton = build_model(self.model_config, device="meta")
         self.shapes = {name: tuple(p.shape) for name, p in skeleton.named_parameters()}
-        self.shards = _shard_plan(list(parameter_groups(skeleton).values()), self.spec.shard_count)
+        self.shards = shard_plan(list(parameter_groups(skeleton).values()), self.spec.shard_count)
         self.shard_params = [sum(math.prod(self.shapes[n]) for n in shard) for shard in self.shards]
         self.total_params = sum(self.shard_params)
         self.pipeline = ValidationPipeline.default(
@@ -455,8 +465,8 @@ class CampaignRuntime:
         try:
             delta = self._decode(payload, unit.shard)
         except CodecError as error:
-            if error.code == "non_finite_value":
-                return self._reject(unit, volunteer_id, payload, report, "non_finite", str(error))
+            if error.code in CODEC_REJECTIONS:
+                return self._reject(unit, volunteer_id, payload, report, CODEC_REJECTIONS[error.code], str(error))
             return self._reject(
                 unit,
                 volunteer_id,
@@ -738,7 +748,7 @@ class CampaignRuntime:
             return {n: t.clone() for n, t in self.params.items()}
 
 
-def _shard_plan(groups: list[list[str]], count: int) -> list[list[str]]:
+def shard_plan(groups: list[list[str]], count: int) -> list[list[str]]:
     """Split parameter groups into `count` contiguous shards of about equal group count."""
     count = max(1, min(count, len(groups)))
     bounds = [round(i * len(groups) / count) for i in range(count + 1)]

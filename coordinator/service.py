@@ -23,12 +23,15 @@ import torch
 
 from coordinator.blobs import BlobStore
 from coordinator.campaign import CampaignSpec, SpecError
-from coordinator.runtime import Assignment, CampaignRuntime, NoWork, initial_version, model_config_for
+from coordinator.runtime import Assignment, CampaignRuntime, NoWork, initial_version, model_config_for, shard_plan
 from coordinator.store import Store, VersionRow, VolunteerRow
 from coordinator.validation import TrustState
+from protocol.codecs import encoded_size_bound
+from protocol.limits import MAX_UPDATE_BYTES
+from protocol.tensors import TensorSpec
 from training.checkpoint import load_weights
 from training.data import DataError, TokenDataset
-from training.model import build_model
+from training.model import build_model, parameter_groups
 from training.simulate import evaluate
 
 __all__ = ["Coordinator", "CoordinatorConfig", "hash_token"]
@@ -140,12 +143,30 @@ class Coordinator:
                     f"{spec.inner.tokens_per_unit}; shrink inner.steps, batch_size or seq_len"
                 ]
             )
+        self._check_update_size(spec, dataset)
         weights, state = initial_version(spec, dataset)
         version0 = (self.blobs.put(weights), len(weights), self.blobs.put(state))
         campaign_id = self.store.create_campaign(spec.name, spec.to_dict(), str(path), owner, version0)
         self._load_runtime(campaign_id)
         self.eval_queue.append((campaign_id, 0))
         return campaign_id
+
+    @staticmethod
+    def _check_update_size(spec: CampaignSpec, dataset: TokenDataset) -> None:
+        """Every shard's update must fit in one `submit` frame, or no volunteer could ever return it."""
+        skeleton = build_model(model_config_for(spec, dataset), device="meta")
+        shapes = {name: TensorSpec(tuple(p.shape)) for name, p in skeleton.named_parameters()}
+        for shard in shard_plan(list(parameter_groups(skeleton).values()), spec.shard_count):
+            size = encoded_size_bound({n: shapes[n] for n in shard}, spec.codec)
+            if size > MAX_UPDATE_BYTES:
+                raise SpecError(
+                    [
+                        f"codec: an update of this model with codec {spec.codec.name} takes up to "
+                        f"{size / 2**20:.0f} MiB, "
+                        f"over the protocol's {MAX_UPDATE_BYTES / 2**20:.0f} MiB per update; choose a sparser codec "
+                        "(topk, dct) or split the model with shard_plan = 'groups:N'"
+                    ]
+                )
 
     def set_status(self, campaign_id: int, status: str) -> None:
         self.store.set_campaign_status(campaign_id, status)

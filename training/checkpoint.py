@@ -60,7 +60,10 @@ def save_state(state: Mapping[str, Any]) -> bytes:
             tensors[path] = value.detach().to("cpu").contiguous()
             return {"__tensor__": path}
         if isinstance(value, Mapping):
-            return {str(k): strip(v, f"{path}/{k}") for k, v in value.items()}
+            if all(isinstance(k, str) for k in value):
+                return {k: strip(v, f"{path}/{k}") for k, v in value.items()}
+            # JSON keys are strings; keep other keys (AdamW indexes its state by int) as pairs.
+            return {"__pairs__": [[k, strip(v, f"{path}/{k}")] for k, v in value.items()]}
         if isinstance(value, list | tuple):
             return [strip(v, f"{path}/{i}") for i, v in enumerate(value)]
         return value
@@ -83,6 +86,8 @@ def load_state(data: bytes) -> dict[str, Any]:
         if isinstance(value, dict):
             if set(value) == {"__tensor__"}:
                 return tensors[value["__tensor__"]]
+            if set(value) == {"__pairs__"}:
+                return {k: fill(v) for k, v in value["__pairs__"]}
             return {k: fill(v) for k, v in value.items()}
         if isinstance(value, list):
             return [fill(v) for v in value]

@@ -432,9 +432,6 @@ def _poison_first_value(frame: bytes, codec: CodecConfig) -> bytes:
 def _load_loop_state(loop: InnerLoop, state: dict[str, Any]) -> bool:
     """Whether `state` was loaded; on False the loop may be half-loaded and must be rebuilt."""
     try:
-        optimizer = state["optimizer"]
-        # save_state keeps mappings as JSON, whose keys are strings; AdamW keys its state by index.
-        optimizer["state"] = {int(key): value for key, value in optimizer["state"].items()}
         loop.load_state_dict(state)
     except (KeyError, ValueError, TypeError, RuntimeError, AttributeError):
         return False

@@ -120,3 +120,8 @@ def test_shard_plan_is_full_or_groups(plan: str, ok: bool) -> None:
     else:
         with pytest.raises(SpecError, match="shard_plan"):
             CampaignSpec.from_dict(data)
+
+
+def test_a_name_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(SpecError, match="name must be"):
+        CampaignSpec.from_dict({"name": "demo\n", "dataset": "d"})

@@ -171,6 +171,7 @@ async def test_a_volunteer_gets_a_unit_and_downloads_its_blobs_in_verified_chunk
         # A blob that isn't this volunteer's is not served, and nothing says whether it exists.
         error = await exchange(ws, BlobRequest(sha256="0" * 64, offset=0, length=10))
         assert isinstance(error, ErrorMessage) and error.code == ErrorCode.BLOB_NOT_FOUND
+        assert (error.ref_type, error.ref_id) == ("blob_request", "0" * 64)
         past = await exchange(ws, BlobRequest(sha256=unit.data.sha256, offset=unit.data.size + 1, length=10))
         assert isinstance(past, ErrorMessage) and past.code == ErrorCode.BAD_RANGE
 

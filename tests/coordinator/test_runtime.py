@@ -157,7 +157,7 @@ def test_wrong_shapes_are_rejected_before_anything_is_allocated_for_them(service
     outcome = service.runtimes[campaign_id].submit(
         v, unit.unit.id, unit.lease_id, payload(service, unit, delta), report
     )
-    assert (outcome.status, outcome.code) == ("rejected", "bad_encoding")
+    assert (outcome.status, outcome.code) == ("rejected", "shape_mismatch")
     assert "shape" in outcome.message
 
 
@@ -340,3 +340,16 @@ def test_sharded_campaigns_hand_out_units_that_train_part_of_the_model(service: 
     assert set(unit_a.unit.shard).isdisjoint(unit_b.unit.shard)
     all_params = set(service.runtimes[campaign_id].shapes)
     assert set(unit_a.unit.shard) | set(unit_b.unit.shard) == all_params
+
+
+def test_a_campaign_whose_updates_could_never_fit_a_frame_is_refused(service: Coordinator, small_dataset: Path) -> None:
+    from coordinator.campaign import SpecError
+    from training.data import TokenDataset
+
+    inner = {"steps": 1, "batch_size": 1, "seq_len": 32}
+    with pytest.raises(SpecError, match=r"MiB per update.*shard_plan"):
+        service.create_campaign(make_spec(model="1b", codec="fp32", inner=inner), owner="admin:1")
+    assert service.store.campaigns() == []
+    # Sparse and split, the same model fits (checked without building its weights).
+    fits = make_spec(model="1b", codec="topk", shard_plan="groups:4", inner=inner)
+    service._check_update_size(fits, TokenDataset.open(small_dataset))

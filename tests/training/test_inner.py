@@ -137,3 +137,19 @@ def test_unit_trains_on_cuda_with_bf16_autocast() -> None:
     assert all(math.isfinite(x) for x in result.losses)
     assert result.losses[-1] < result.losses[0]
     assert all(d.device.type == "cpu" for d in result.delta.values())
+
+
+def test_a_local_checkpoint_through_safetensors_resumes_the_optimizer_exactly() -> None:
+    """The volunteer's unit checkpoint goes through save_state (no pickle); AdamW's int-keyed state must survive."""
+    from training.checkpoint import load_state, save_state
+
+    config = InnerConfig(steps=4, batch_size=2, seq_len=32, lr=1e-2)
+    tokens = text_like_tokens(config.tokens_needed)
+    whole = InnerLoop(small_model(), config, global_step=0).run(tokens)
+    first = InnerLoop(small_model(), config, global_step=0)
+    first.run(tokens, should_stop=lambda: first.step >= 2)
+    restored = load_state(save_state(first.state_dict()))
+    assert set(restored["optimizer"]["state"]) == set(first.optimizer.state_dict()["state"])
+    resumed = InnerLoop(small_model(), config, global_step=0)
+    resumed.load_state_dict(restored)
+    assert resumed.run(tokens).losses == whole.losses
