@@ -40,6 +40,13 @@ def add_coordinator(commands: Subparsers) -> None:
         help="a prepared dataset campaigns may use (repeatable)",
     )
     serve.add_argument("--public-url", default="", help="URL volunteers and browsers reach this server at")
+    serve.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="how often volunteers report progress (keep it well under campaigns' lease_s)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(handler=_run_serve)
 
@@ -67,7 +74,12 @@ def _run_serve(args: argparse.Namespace) -> int:
         except DataError as error:
             print(f"the embedded corpus is not available: {error}", file=sys.stderr)
     public_url = args.public_url or f"http://{args.host}:{args.port}"
-    config = CoordinatorConfig(data_dir=args.data_dir, datasets=datasets, public_url=public_url)
+    if not 1.0 <= args.heartbeat_interval <= 3600:
+        print("commonweights coordinator serve: --heartbeat-interval must be within 1 and 3600 s", file=sys.stderr)
+        return 2
+    config = CoordinatorConfig(
+        data_dir=args.data_dir, datasets=datasets, public_url=public_url, heartbeat_interval_s=args.heartbeat_interval
+    )
     print(
         f"coordinator at {public_url} (volunteers: ws://{args.host}:{args.port}/ws); "
         f"admin token in {args.data_dir / 'admin_token'}",

@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,7 @@ def start_coordinator(
     port: int | None = None,
     log: Path | None = None,
     log_level: str = "warning",
+    extra_args: Sequence[str] = (),
 ) -> LocalCoordinator:
     """`commonweights coordinator serve` in a child process, returned once /api/health answers."""
     port = port or free_port()
@@ -103,6 +104,7 @@ def start_coordinator(
                "--port", str(port), "--log-level", log_level]  # fmt: skip
     for name, path in (datasets or {}).items():
         command += ["--dataset", f"{name}={path}"]
+    command += list(extra_args)
     output = log.open("ab") if log is not None else subprocess.DEVNULL
     process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

@@ -65,6 +65,7 @@ CODEC_REJECTIONS = {
     "count_mismatch": "shape_mismatch",
     "dtype_mismatch": "shape_mismatch",
     "non_finite_value": "non_finite",
+    "non_finite_scale": "non_finite",
 }
 
 
