@@ -11,6 +11,7 @@ the connection; it never costs the server or any other volunteer anything.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -343,8 +344,6 @@ def _blob_chunk(session: Session, request: BlobRequest) -> BlobChunk:
 
 
 def work_unit_message(a: Assignment) -> WorkUnit:
-    config = a.model_config
-    inner = a.spec.inner
     return WorkUnit(
         unit_id=a.unit.id,
         lease_id=a.lease_id,
@@ -352,19 +351,7 @@ def work_unit_message(a: Assignment) -> WorkUnit:
         campaign_id=str(a.campaign.id),
         campaign_name=a.campaign.name,
         model_version=a.unit.version,
-        model=ModelSpec(
-            preset=a.spec.model,
-            config=ModelConfig(
-                vocab_size=config.vocab_size,
-                d_model=config.d_model,
-                n_layer=config.n_layer,
-                n_head=config.n_head,
-                d_ff=config.d_ff,
-                max_seq_len=config.max_seq_len,
-                rope_theta=config.rope_theta,
-                norm_eps=config.norm_eps,
-            ),
-        ),
+        model=ModelSpec(preset=a.spec.model, config=ModelConfig(**dataclasses.asdict(a.model_config))),
         checkpoint=BlobRef(sha256=a.checkpoint.checkpoint_sha, size=a.checkpoint.checkpoint_size),
         checkpoint_format="safetensors",
         data=BlobRef(sha256=a.unit.data_sha, size=a.data_size),
@@ -372,22 +359,7 @@ def work_unit_message(a: Assignment) -> WorkUnit:
         data_tokens=a.unit.data_tokens,
         shard=tuple(a.unit.shard),
         shard_shapes=a.shard_shapes,
-        recipe=InnerRecipe(
-            steps=inner.steps,
-            batch_size=inner.batch_size,
-            seq_len=inner.seq_len,
-            grad_accum=inner.grad_accum,
-            lr=inner.lr,
-            min_lr_ratio=inner.min_lr_ratio,
-            warmup_steps=inner.warmup_steps,
-            total_steps=a.schedule_steps,
-            global_step=a.global_step,
-            weight_decay=inner.weight_decay,
-            grad_clip=inner.grad_clip,
-            beta1=inner.beta1,
-            beta2=inner.beta2,
-            eps=1e-8,
-        ),
+        recipe=InnerRecipe(**dataclasses.asdict(a.inner), global_step=a.global_step),
         seed=a.unit.seed,
         codec=a.spec.codec.to_dict(),  # type: ignore[arg-type]
         max_update_bytes=a.max_update_bytes,

@@ -84,7 +84,7 @@ class Assignment:
     data_dtype: str
     shard_shapes: dict[str, tuple[int, ...]]
     global_step: int
-    schedule_steps: int
+    inner: InnerConfig  # the recipe; its schedule spans the whole campaign
     max_update_bytes: int
 
 
@@ -390,7 +390,7 @@ class CampaignRuntime:
             data_dtype=self._data_dtype(),
             shard_shapes=shapes,
             global_step=(self._round_number(unit.round_id) - 1) * self.spec.inner.steps,
-            schedule_steps=self.spec.schedule_steps,
+            inner=self.inner_config,
             max_update_bytes=encoded_size_bound(specs, self.spec.codec),
         )
 

@@ -18,6 +18,7 @@ the same update as a run that never stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import math
@@ -93,34 +94,15 @@ class TrainedUnit:
 
 
 def model_config_of(config: WireModelConfig) -> ModelConfig:
-    return ModelConfig(
-        vocab_size=config.vocab_size,
-        d_model=config.d_model,
-        n_layer=config.n_layer,
-        n_head=config.n_head,
-        d_ff=config.d_ff,
-        max_seq_len=config.max_seq_len,
-        rope_theta=config.rope_theta,
-        norm_eps=config.norm_eps,
-    )
+    # The wire's model config and the training core's have the same fields, by design.
+    return ModelConfig(**dataclasses.asdict(config))
 
 
 def inner_config_of(recipe: InnerRecipe) -> InnerConfig:
-    return InnerConfig(
-        steps=recipe.steps,
-        batch_size=recipe.batch_size,
-        seq_len=recipe.seq_len,
-        grad_accum=recipe.grad_accum,
-        lr=recipe.lr,
-        min_lr_ratio=recipe.min_lr_ratio,
-        warmup_steps=recipe.warmup_steps,
-        total_steps=recipe.total_steps,
-        weight_decay=recipe.weight_decay,
-        grad_clip=recipe.grad_clip,
-        beta1=recipe.beta1,
-        beta2=recipe.beta2,
-        eps=recipe.eps,
-    )
+    """The recipe less `global_step`, which says where the unit starts rather than how it trains."""
+    fields = dataclasses.asdict(recipe)
+    del fields["global_step"]
+    return InnerConfig(**fields)
 
 
 def tokens_of(unit: WorkUnit, data: bytes) -> np.ndarray:
