@@ -137,7 +137,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
             f"Model `{base.model}`, {base.workers} workers, {base.steps} steps per worker of "
             f"{base.batch_size}×{base.seq_len} tokens ({results[0].tokens:,} tokens in all, "
             f"{results[0].epochs:.2f} epochs of each worker's share), inner AdamW lr {base.lr} with "
-            f"{base.warmup} warmup steps and cosine decay, outer `{base.outer}`, seed {base.seed}; dataset of "
+            f"{base.warmup} warmup steps and cosine decay, outer optimizer as each row names it, seed {base.seed}; "
+            "dataset of "
             f"{dataset.num_train_tokens:,} training tokens (vocabulary {dataset.vocab_size}), holdout loss on "
             f"{min(base.eval_tokens, dataset.num_holdout_tokens):,} held-out tokens. Data-parallel uploads an fp32 "
             "gradient every step; the reduction is its bytes divided by the configuration's.",
