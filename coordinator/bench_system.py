@@ -175,7 +175,7 @@ async def ingest(coordinator: LocalCoordinator, dataset: Path, clients: int, upd
     limit = 80 << 20
 
     async def connect(name: str) -> Any:
-        ws = await websockets.connect(url, max_size=limit)
+        ws = await websockets.connect(url, max_size=limit, compression=None)
         await ws.send(encode_frame(hello(name)))
         await ws.recv()
         return ws

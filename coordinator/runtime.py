@@ -243,7 +243,7 @@ class CampaignRuntime:
                 self.round.accumulator.add(delta, weight=sub.weight)
                 self.round.accepted += 1
                 self.round.tokens += sub.tokens
-                self.cohort.record(self._candidate(unit, delta, sub.losses, sub.tokens), _norm(delta))
+                self.cohort.record(self._candidate(unit, delta, sub.losses, sub.tokens))
 
     def refresh(self) -> CampaignRow:
         row = self.store.campaign(self.row.id)
@@ -480,7 +480,7 @@ class CampaignRuntime:
         verdict = self.pipeline.validate(candidate, self.cohort)
         if not verdict.accepted:
             return self._reject(unit, volunteer_id, payload, report, str(verdict.code), verdict.message)
-        norm = _norm(delta)
+        norm = candidate.norm
         twin_id = unit.replica_of or (twin.id if (twin := self.store.replica_of(unit.id)) else None)
         if twin_id is not None:
             twin_sub = self.store.submission_for_unit(twin_id)
@@ -517,7 +517,7 @@ class CampaignRuntime:
                     self._judge(twin_sub.volunteer_id, accepted=True, credit=credit, tokens=twin_sub.tokens)
             else:
                 weight = 0.0  # the twin was accepted unreplicated at a round close: don't count it twice
-        return self._accept(unit, volunteer_id, payload, report, delta, norm, staleness, weight)
+        return self._accept(unit, volunteer_id, payload, report, candidate, staleness, weight)
 
     def _candidate(self, unit: UnitRow, delta: dict[str, torch.Tensor], losses: list[float], tokens: int) -> Candidate:
         version = self.store.version(self.row.id, unit.version)
@@ -635,8 +635,7 @@ class CampaignRuntime:
         volunteer_id: str,
         payload: bytes,
         report: SubmissionReport,
-        delta: dict[str, torch.Tensor],
-        norm: float,
+        candidate: Candidate,
         staleness: int,
         weight: float,
     ) -> Outcome:
@@ -653,7 +652,7 @@ class CampaignRuntime:
                 status="accepted",
                 message="accepted",
                 round_id=state.row.id,
-                norm=norm,
+                norm=candidate.norm,
                 staleness=staleness,
                 weight=weight,
                 credit=credit,
@@ -662,10 +661,10 @@ class CampaignRuntime:
             self._judge(volunteer_id, accepted=True, credit=credit, tokens=report.tokens)
         # Durable from here: what follows is derived state that `restore` rebuilds.
         if weight > 0:
-            state.accumulator.add(delta, weight=weight)
+            state.accumulator.add(candidate.delta, weight=weight)
             state.accepted += 1
             state.tokens += report.tokens
-        self.cohort.record(self._candidate(unit, delta, report.losses, report.tokens), norm)
+        self.cohort.record(candidate)
         self.counters.accepted += 1
         closed = False
         if state.accepted >= self.spec.rounds.min_accepted:
@@ -754,7 +753,3 @@ def shard_plan(groups: list[list[str]], count: int) -> list[list[str]]:
     count = max(1, min(count, len(groups)))
     bounds = [round(i * len(groups) / count) for i in range(count + 1)]
     return [[name for group in groups[a:b] for name in group] for a, b in itertools.pairwise(bounds)]
-
-
-def _norm(delta: dict[str, torch.Tensor]) -> float:
-    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in delta.values()))
