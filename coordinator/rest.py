@@ -12,6 +12,7 @@ sentence) and `field_errors` (the same, keyed by the spec field they name).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -270,7 +271,11 @@ async def create_campaign(request: web.Request) -> web.Response:
         data = tomllib.loads(text) if "toml" in request.content_type else json.loads(text)
         spec = CampaignSpec.from_dict(data)
         caller = request[CALLER]
-        campaign_id = service.create_campaign(spec, owner=f"{caller[1]}:{caller[0]}")
+        if service.store.campaign_by_name(spec.name) is not None:
+            raise StoreError(f"a campaign named {spec.name!r} already exists; choose another name")
+        # Building θ_0 can take a while for the larger presets: off the event loop.
+        prepared = await asyncio.get_running_loop().run_in_executor(None, service.prepare_campaign, spec)
+        campaign_id = service.register_campaign(spec, prepared, owner=f"{caller[1]}:{caller[0]}")
     except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
         return error_response(400, "bad_request", f"the body is not valid {request.content_type}: {error}")
     except SpecError as error:

@@ -53,6 +53,13 @@ class CoordinatorConfig:
     public_url: str = ""
 
 
+@dataclass(frozen=True)
+class PreparedCampaign:
+    dataset_path: Path
+    weights: bytes  # θ_0, safetensors
+    state: bytes  # the empty outer-optimizer state
+
+
 class Coordinator:
     def __init__(
         self,
@@ -131,6 +138,14 @@ class Coordinator:
         return sorted(names)
 
     def create_campaign(self, spec: CampaignSpec, *, owner: str) -> int:
+        return self.register_campaign(spec, self.prepare_campaign(spec), owner=owner)
+
+    def prepare_campaign(self, spec: CampaignSpec) -> PreparedCampaign:
+        """The slow, side-effect-free half of creating a campaign: check the dataset and build θ_0.
+
+        It touches neither the store nor shared state, so the REST API runs it on a worker thread
+        (building version 0 of a large preset takes a while) and the event loop keeps serving.
+        """
         path = self.dataset_path(spec.dataset)
         try:
             dataset = TokenDataset.open(path)
@@ -145,8 +160,12 @@ class Coordinator:
             )
         self._check_update_size(spec, dataset)
         weights, state = initial_version(spec, dataset)
-        version0 = (self.blobs.put(weights), len(weights), self.blobs.put(state))
-        campaign_id = self.store.create_campaign(spec.name, spec.to_dict(), str(path), owner, version0)
+        return PreparedCampaign(path, weights, state)
+
+    def register_campaign(self, spec: CampaignSpec, prepared: PreparedCampaign, *, owner: str) -> int:
+        """Store a prepared campaign and start serving it."""
+        version0 = (self.blobs.put(prepared.weights), len(prepared.weights), self.blobs.put(prepared.state))
+        campaign_id = self.store.create_campaign(spec.name, spec.to_dict(), str(prepared.dataset_path), owner, version0)
         self._load_runtime(campaign_id)
         self.eval_queue.append((campaign_id, 0))
         return campaign_id

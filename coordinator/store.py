@@ -353,6 +353,10 @@ class Store:
         row = self._one("SELECT * FROM campaigns WHERE id = ?", (campaign_id,))
         return _campaign(row) if row else None
 
+    def campaign_by_name(self, name: str) -> CampaignRow | None:
+        row = self._one("SELECT * FROM campaigns WHERE name = ?", (name,))
+        return _campaign(row) if row else None
+
     def campaigns(self, statuses: Sequence[str] | None = None) -> list[CampaignRow]:
         if statuses:
             marks = ",".join("?" * len(statuses))
