@@ -24,9 +24,10 @@ setup() {
             "${pip[@]}" "torch==$TORCH_VERSION"
         fi
     fi
-    local stamp="$VENV/.commonweights-$1"
+    local extras=${1:-}
+    local stamp="$VENV/.commonweights-${extras//,/-}"
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-        "${pip[@]}" -e ".[$1]"
+        "${pip[@]}" -e ".${extras:+[$extras]}"
         touch "$stamp"
     fi
 }
@@ -35,15 +36,15 @@ cmd=${1:-demo}
 shift || true
 case "$cmd" in
     demo)
-        setup dev
+        setup ""
         exec "$VENV/bin/commonweights" demo "$@"
         ;;
     test)
-        setup dev
+        setup dev,gui
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     lint)
-        setup dev
+        setup dev,gui
         "$VENV/bin/ruff" check .
         "$VENV/bin/ruff" format --check .
         exec "$VENV/bin/mypy"

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
     training_cli.add_bench_diloco(bench_commands)
     coordinator_cli.add_bench_system(bench_commands)
+    volunteer_cli.add_bench_app(bench_commands)
     return parser
 
 

@@ -32,9 +32,8 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Final, Literal, TypeVar
+from typing import Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
@@ -77,6 +76,17 @@ from training.inner import StepReport
 from volunteer_app.blob_cache import DEFAULT_CACHE_BYTES, BlobCache, BlobError, DownloadProgress
 from volunteer_app.credentials import CredentialError, CredentialStore
 from volunteer_app.devices import DeviceInfo, choose_device, detect_devices, platform_tag, system_memory_bytes
+from volunteer_app.events import (
+    Connected,
+    Downloading,
+    Notice,
+    StateChanged,
+    TrainingProgress,
+    UnitResult,
+    UnitStarted,
+    WorkerEvent,
+    WorkerState,
+)
 from volunteer_app.unit_runner import Fault, RunnerError, TrainedUnit, UnitRunner, UnitStore
 
 __all__ = [
@@ -157,80 +167,6 @@ class WorkerConfig:
             raise WorkerError("bad_config", f"max_retries must not be negative, got {self.max_retries}")
         if not self.name or len(self.name) > 128 or not self.name.isprintable():
             raise WorkerError("bad_config", "the volunteer name must be 1-128 printable characters")
-
-
-class WorkerState(StrEnum):
-    CONNECTING = "connecting"
-    IDLE = "idle"
-    DOWNLOADING = "downloading"
-    TRAINING = "training"
-    PAUSED = "paused"
-    SUBMITTING = "submitting"
-    BACKOFF = "backoff"
-    STOPPED = "stopped"
-    ERROR = "error"
-
-
-@dataclass(frozen=True)
-class StateChanged:
-    state: WorkerState
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class Connected:
-    volunteer_id: str
-    server_version: str
-    credit_total: float
-    dashboard_url: str | None
-    registered: bool  # this hello registered a new volunteer
-
-
-@dataclass(frozen=True)
-class UnitStarted:
-    unit_id: str
-    campaign_id: str
-    campaign_name: str
-    model_version: int
-    steps_total: int
-    resumed: bool  # from a local checkpoint or a saved update
-
-
-@dataclass(frozen=True)
-class Downloading:
-    sha256: str
-    done: int
-    total: int
-    seconds: float  # since this download (or its resumption) began
-
-
-@dataclass(frozen=True)
-class TrainingProgress:
-    unit_id: str
-    step: int
-    steps_total: int
-    loss: float
-    tokens: int
-
-
-@dataclass(frozen=True)
-class UnitResult:
-    unit_id: str
-    status: Literal["accepted", "rejected", "duplicate", "abandoned"]
-    code: str | None
-    message: str
-    credit: float
-
-
-@dataclass(frozen=True)
-class Notice:
-    """Something worth a log line that changes nothing: a refused frame, a lost lease."""
-
-    message: str
-    code: str | None = None
-
-
-WorkerEvent = StateChanged | Connected | UnitStarted | Downloading | TrainingProgress | UnitResult | Notice
 
 
 class WorkerError(Exception):

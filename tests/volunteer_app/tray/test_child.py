@@ -1,0 +1,94 @@
+"""The training child process against a real coordinator: it trains, pauses at a step boundary with
+the unit checkpointed, resumes, finishes the unit, and stops cleanly, all over the typed pipe."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coordinator.local import LocalCoordinator, http_json, start_coordinator, stop
+from volunteer_app.events import StateChanged, TrainingProgress, UnitResult, WorkerState
+from volunteer_app.tray.child import TrainingChild
+from volunteer_app.tray.ipc import ChildConfig, ChildExited, ChildMessage, ChildReady, DeviceChosen
+
+TIMEOUT_S = 120.0  # a spawned Python importing torch, on a busy runner
+
+
+@pytest.fixture(scope="module")
+def coordinator(tmp_path_factory: pytest.TempPathFactory, small_dataset: Path) -> Iterator[LocalCoordinator]:
+    running = start_coordinator(tmp_path_factory.mktemp("coordinator"), datasets={"stdlib": small_dataset})
+    try:
+        yield running
+    finally:
+        stop(running.process)
+
+
+def _next(messages: queue.Queue[ChildMessage], kind: type, test: object = None) -> ChildMessage:
+    """The next message of `kind` (passing `test`), skipping others, within TIMEOUT_S."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        message = messages.get(timeout=max(0.1, deadline - time.monotonic()))
+        if isinstance(message, ChildExited) and kind is not ChildExited:
+            pytest.fail(f"the training process exited early: {message}")
+        if isinstance(message, kind) and (test is None or test(message)):  # type: ignore[operator]
+            return message
+
+
+def test_the_child_trains_pauses_with_a_checkpoint_resumes_and_stops(
+    coordinator: LocalCoordinator, tmp_path: Path
+) -> None:
+    steps = 200  # long enough that the pause lands mid-unit
+    http_json(
+        f"{coordinator.base}/api/campaigns",
+        data={
+            "name": "child-test",
+            "model": "tiny",
+            "dataset": "stdlib",
+            "codec": "int8",
+            "token_budget": steps * 2 * 32,
+            "inner": {"steps": steps, "batch_size": 2, "seq_len": 32, "warmup_steps": 0},
+            "rounds": {"units_per_round": 1, "min_accepted": 1},
+            "validation": {"replication_rate": 0.0},
+        },
+        token=coordinator.token,
+    )
+    messages: queue.Queue[ChildMessage] = queue.Queue()
+    config = ChildConfig(
+        coordinator.ws_url,
+        device="cpu",
+        threads=1,
+        config_dir=str(tmp_path / "config"),
+        cache_dir=str(tmp_path / "cache"),
+        data_dir=str(tmp_path / "data"),
+        start_paused=False,
+        progress_interval_s=0.0,
+        nice=0,  # this test is about the pipe, not the priority: don't starve on a busy runner
+    )
+    child = TrainingChild(config, messages.put)
+    child.start()
+    try:
+        ready = _next(messages, ChildReady)
+        assert isinstance(ready, ChildReady) and ready.pid == child.pid
+        device = _next(messages, DeviceChosen)
+        assert isinstance(device, DeviceChosen) and device.kind == "cpu"
+        _next(messages, TrainingProgress)
+        child.pause()
+        paused = _next(messages, StateChanged, lambda m: m.state is WorkerState.PAUSED)
+        assert isinstance(paused, StateChanged) and "child-test: paused at step" in paused.detail
+        assert list((tmp_path / "data").glob("*/units/*/state.safetensors")), "paused without a checkpoint"
+        child.resume()
+        _next(messages, StateChanged, lambda m: m.state is WorkerState.TRAINING)
+        last = _next(messages, TrainingProgress, lambda m: m.step == steps)
+        assert isinstance(last, TrainingProgress) and last.steps_total == steps
+        result = _next(messages, UnitResult)
+        assert isinstance(result, UnitResult) and result.status == "accepted"
+        child.stop()
+        exited = _next(messages, ChildExited)
+        assert exited == ChildExited(0, expected=True, finished=True)
+    finally:
+        child.kill()
+        child.join(10.0)

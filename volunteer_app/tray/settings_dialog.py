@@ -1,0 +1,248 @@
+"""The settings dialog: coordinator, computing preferences, device and autostart, applied at once.
+
+    dialog = SettingsDialog(controller.preferences, apply=controller.apply_preferences,
+                            idle_description=controller.idle_source.description)
+    dialog.show()
+
+OK and Apply build a new `Preferences` (which validates every field) and hand it to `apply`; an
+invalid value is shown next to its field and nothing changes. Fields this dialog does not show
+(a snooze, keys from a newer app) are kept as they were.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QAbstractButton,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QLabel,
+    QLineEdit,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from volunteer_app.preferences import DEVICES, Preferences, PreferencesError, TimeWindow
+
+__all__ = ["SettingsDialog", "format_windows", "parse_windows"]
+
+_ERROR_STYLE = "border: 2px solid #d13b32;"
+
+
+def format_windows(windows: tuple[TimeWindow, ...]) -> str:
+    return ", ".join(f"{w.start:%H:%M}-{w.end:%H:%M}" for w in windows)
+
+
+def parse_windows(text: str) -> list[tuple[str, str]]:
+    """ "22:00-07:00, 12:00-13:00" → [("22:00", "07:00"), ("12:00", "13:00")]; empty: any time."""
+    pairs = []
+    for i, part in enumerate(p.strip() for p in text.replace("–", "-").split(",")):
+        if not part:
+            continue
+        start, dash, end = part.partition("-")
+        if not dash:
+            raise PreferencesError(f"time_windows[{i}]", f"write a window as start-end, like 22:00-07:00; got {part!r}")
+        pairs.append((start.strip(), end.strip()))
+    return pairs
+
+
+def _spin(low: int, high: int, *, special: str | None = None, suffix: str = "") -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(low, high)
+    box.setSuffix(suffix)
+    if special is not None:
+        box.setSpecialValueText(special)
+    return box
+
+
+class SettingsDialog(QDialog):
+    def __init__(
+        self,
+        prefs: Preferences,
+        *,
+        apply: Callable[[Preferences], None],
+        idle_description: str = "",
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Commonweights — Settings")
+        self.setObjectName("settings")
+        self._apply = apply
+        self._prefs = prefs
+
+        self.coordinator_url = QLineEdit()
+        self.coordinator_url.setPlaceholderText("http://127.0.0.1:8470")
+        self.device = QComboBox()
+        self.device.addItems(list(DEVICES))
+        self.autostart = QCheckBox("Start Commonweights when I log in")
+
+        self.idle_minutes = QDoubleSpinBox()
+        self.idle_minutes.setRange(0, 1440)
+        self.idle_minutes.setDecimals(2)
+        self.idle_minutes.setSuffix(" min")
+        self.suspend_on_input = QCheckBox("Suspend as soon as I use the keyboard or mouse")
+        self.run_on_battery = QCheckBox("Work while the computer runs on battery")
+        self.time_windows = QLineEdit()
+        self.time_windows.setPlaceholderText("any time, or e.g. 22:00-07:00, 12:00-13:00")
+        self.network_mb_per_day = _spin(0, 1 << 30, special="no cap", suffix=" MB")
+
+        self.cpu_cores = _spin(0, max(os.cpu_count() or 1, 1), special="all")
+        self.cpu_percent = _spin(1, 100, suffix=" %")
+        self.suspend_other_cpu_percent = QDoubleSpinBox()
+        self.suspend_other_cpu_percent.setRange(0, 100)
+        self.suspend_other_cpu_percent.setDecimals(0)
+        self.suspend_other_cpu_percent.setSuffix(" %")
+        self.suspend_other_cpu_percent.setSpecialValueText("never")
+        self.gpu_only_when_idle = QCheckBox("Use the GPU only while I am away")
+        self.gpu_memory_limit_mb = _spin(0, 1 << 24, special="no limit", suffix=" MB")
+
+        self.fields: dict[str, QWidget] = {
+            "coordinator_url": self.coordinator_url,
+            "device": self.device,
+            "autostart": self.autostart,
+            "idle_minutes": self.idle_minutes,
+            "suspend_on_input": self.suspend_on_input,
+            "run_on_battery": self.run_on_battery,
+            "time_windows": self.time_windows,
+            "network_mb_per_day": self.network_mb_per_day,
+            "cpu_cores": self.cpu_cores,
+            "cpu_percent": self.cpu_percent,
+            "suspend_other_cpu_percent": self.suspend_other_cpu_percent,
+            "gpu_only_when_idle": self.gpu_only_when_idle,
+            "gpu_memory_limit_mb": self.gpu_memory_limit_mb,
+        }
+
+        general = QFormLayout()
+        general.addRow("Coordinator URL:", self.coordinator_url)
+        general.addRow("Device:", self.device)
+        general.addRow("", self.autostart)
+        when = QFormLayout()
+        when.addRow("Start after idle for:", self.idle_minutes)
+        when.addRow("", self.suspend_on_input)
+        when.addRow("", self.run_on_battery)
+        when.addRow("Only during:", self.time_windows)
+        when.addRow("Network per day:", self.network_mb_per_day)
+        idle_note = QLabel(idle_description)
+        idle_note.setWordWrap(True)
+        idle_note.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.MinimumExpanding)
+        idle_note.setMinimumWidth(320)
+        when.addRow("Idle detection:", idle_note)
+        usage = QFormLayout()
+        usage.addRow("CPU cores:", self.cpu_cores)
+        usage.addRow("CPU time:", self.cpu_percent)
+        usage.addRow("Suspend when other programs use over:", self.suspend_other_cpu_percent)
+        usage.addRow("", self.gpu_only_when_idle)
+        usage.addRow("GPU memory limit:", self.gpu_memory_limit_mb)
+
+        self.error = QLabel()
+        self.error.setObjectName("error")
+        self.error.setWordWrap(True)
+        self.error.setStyleSheet("color: #d13b32; font-weight: bold;")
+        self.error.hide()
+        self.buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok
+            | QDialogButtonBox.StandardButton.Apply
+            | QDialogButtonBox.StandardButton.Cancel
+        )
+        self.buttons.clicked.connect(self._clicked)
+
+        layout = QVBoxLayout(self)
+        for title, form in (("Connection", general), ("When to work", when), ("How much to use", usage)):
+            box = QGroupBox(title)
+            box.setLayout(form)
+            layout.addWidget(box)
+        layout.addWidget(self.error)
+        layout.addWidget(self.buttons)
+        self.load(prefs)
+
+    def load(self, prefs: Preferences) -> None:
+        """Show `prefs` in the fields, clearing any error."""
+        self._prefs = prefs
+        self.coordinator_url.setText(prefs.coordinator_url)
+        self.device.setCurrentText(prefs.device)
+        self.autostart.setChecked(prefs.autostart)
+        self.idle_minutes.setValue(prefs.idle_minutes)
+        self.suspend_on_input.setChecked(prefs.suspend_on_input)
+        self.run_on_battery.setChecked(prefs.run_on_battery)
+        self.time_windows.setText(format_windows(prefs.time_windows))
+        self.network_mb_per_day.setValue(prefs.network_mb_per_day or 0)
+        self.cpu_cores.setValue(prefs.cpu_cores or 0)
+        self.cpu_percent.setValue(prefs.cpu_percent)
+        self.suspend_other_cpu_percent.setValue(prefs.suspend_other_cpu_percent)
+        self.gpu_only_when_idle.setChecked(prefs.gpu_only_when_idle)
+        self.gpu_memory_limit_mb.setValue(prefs.gpu_memory_limit_mb or 0)
+        self._show_error(None)
+
+    def preferences(self) -> Preferences:
+        """The preferences the fields describe; PreferencesError names the bad field."""
+        return dataclasses.replace(
+            self._prefs,
+            coordinator_url=self.coordinator_url.text(),
+            device=self.device.currentText(),  # type: ignore[arg-type]  # Preferences checks it
+            autostart=self.autostart.isChecked(),
+            idle_minutes=self._idle_minutes(),
+            suspend_on_input=self.suspend_on_input.isChecked(),
+            run_on_battery=self.run_on_battery.isChecked(),
+            time_windows=tuple(parse_windows(self.time_windows.text())),  # type: ignore[arg-type]
+            network_mb_per_day=self.network_mb_per_day.value() or None,
+            cpu_cores=self.cpu_cores.value() or None,
+            cpu_percent=self.cpu_percent.value(),
+            suspend_other_cpu_percent=self.suspend_other_cpu_percent.value(),
+            gpu_only_when_idle=self.gpu_only_when_idle.isChecked(),
+            gpu_memory_limit_mb=self.gpu_memory_limit_mb.value() or None,
+        )
+
+    def _idle_minutes(self) -> float:
+        """The spin box rounds to 0.01 min; an unchanged box keeps the file's exact value."""
+        shown, kept = self.idle_minutes.value(), self._prefs.idle_minutes
+        return kept if round(kept, 2) == shown else shown
+
+    def apply(self) -> bool:
+        """Validate and apply; False (with the error shown) when something is wrong."""
+        try:
+            prefs = self.preferences()
+            self._apply(prefs)
+        except PreferencesError as error:
+            self._show_error(error.message, error.field)
+            return False
+        except OSError as error:  # autostart or the preferences file could not be written
+            self._show_error(str(error))
+            return False
+        self._prefs = prefs
+        self._show_error(None)
+        return True
+
+    def _clicked(self, button: QAbstractButton) -> None:
+        role = self.buttons.buttonRole(button)
+        if role == QDialogButtonBox.ButtonRole.RejectRole:
+            self.reject()
+        elif role == QDialogButtonBox.ButtonRole.ApplyRole:
+            self.apply()
+        elif role == QDialogButtonBox.ButtonRole.AcceptRole and self.apply():
+            self.accept()
+
+    def _show_error(self, message: str | None, field: str | None = None) -> None:
+        for widget in self.fields.values():
+            widget.setStyleSheet("")
+        if message is None:
+            self.error.hide()
+            return
+        name = (field or "").split("[")[0].split(".")[0]
+        culprit = self.fields.get(name)
+        label = name.replace("_", " ") if culprit is not None else ""
+        self.error.setText(f"{label.capitalize()}: {message}" if label else message)
+        self.error.show()
+        if culprit is not None:
+            culprit.setStyleSheet(_ERROR_STYLE)
+            culprit.setFocus(Qt.FocusReason.OtherFocusReason)
