@@ -150,7 +150,7 @@ def add_bench_system(commands: Subparsers) -> None:
     )
     parser.add_argument("--volunteers", default="1,2", help="volunteer counts for the end-to-end runs")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per end-to-end run")
-    parser.add_argument("--inner-steps", type=int, default=40, metavar="H")
+    parser.add_argument("--inner-steps", type=int, default=200, metavar="H")
     parser.add_argument("--ingest-clients", type=int, default=16, help="simulated volunteers for ingestion")
     parser.add_argument("--ingest-updates", type=int, default=64, help="updates submitted during ingestion")
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))

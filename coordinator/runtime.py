@@ -300,11 +300,13 @@ class CampaignRuntime:
                 retry_after_s=300,
             )
         now = self.clock()
+        refused = 0  # pending units this volunteer may not take because it already answered them
         for unit in self.store.units(row.id, ("pending",)):
             if unit.shard_index not in fits or unit.round_id != state.row.id:
                 continue
             if self.store.submission(unit.id, volunteer_id) is not None:
-                continue  # it already answered this unit (perhaps badly): someone else takes it
+                refused += 1  # it already answered this unit (perhaps badly): someone else takes it
+                continue
             if unit.replica_of is not None or self.store.replica_of(unit.id) is not None:
                 twin_id = unit.replica_of or self.store.replica_of(unit.id).id  # type: ignore[union-attr]
                 twin = self.store.unit(twin_id)
@@ -313,7 +315,9 @@ class CampaignRuntime:
                 if twin is not None and self.store.submission(twin.id, volunteer_id) is not None:
                     continue
             return self._grant(unit, volunteer_id, now)
-        if state.units_created >= self.spec.rounds.units_per_round:
+        # A unit whose update was rejected waits for another volunteer; until one comes, it doesn't
+        # count against the round's quota, or a campaign with a single volunteer would stall.
+        if state.units_created >= self.spec.rounds.units_per_round + refused:
             return NoWork("every unit of the current round is out; waiting for results", retry_after_s=2)
         unit = self._new_unit(state, fits[state.units_created % len(fits)])
         rate = self.spec.validation.replication_rate

@@ -37,7 +37,7 @@ class ValidationSettings:
     max_norm: float | None = None  # hard cap on ‖Δ‖, off by default
     min_cohort: int = 3  # accepted updates before the cohort checks (norm, direction) apply
     norm_mad_k: float = 6.0  # upper norm bound: median + k·MAD
-    mad_floor: float = 0.1  # MAD is taken as at least this fraction of the median
+    mad_floor: float = 0.25  # MAD is taken as at least this fraction of the median
     min_norm_ratio: float = 0.01  # lower norm bound, as a fraction of the median
     min_cosine: float = -0.2  # cosine with the cohort direction
     loss_abs_tol: float = 0.5  # first loss vs. reference: within max(abs_tol, rel_tol·reference)

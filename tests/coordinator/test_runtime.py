@@ -353,3 +353,21 @@ def test_a_campaign_whose_updates_could_never_fit_a_frame_is_refused(service: Co
     # Sparse and split, the same model fits (checked without building its weights).
     fits = make_spec(model="1b", codec="topk", shard_plan="groups:4", inner=inner)
     service._check_update_size(fits, TokenDataset.open(small_dataset))
+
+
+def test_a_lone_volunteer_whose_update_was_rejected_gets_fresh_work_instead_of_stalling(service: Coordinator) -> None:
+    spec = make_spec(codec="fp32", rounds={"units_per_round": 1, "min_accepted": 1})
+    campaign_id = service.create_campaign(spec, owner="admin:1")
+    (v,) = volunteers(service, 1)
+    unit = lease(service, v)
+    delta, report = train(service, unit)
+    bad = service.runtimes[campaign_id].submit(v, unit.unit.id, unit.lease_id, nan_frame(delta), report)
+    assert bad.status == "rejected"
+    retry = lease(service, v)  # not the unit it failed (that waits for someone else), but new work
+    assert retry.unit.id != unit.unit.id and retry.unit.round_id == unit.unit.round_id
+    delta, report = train(service, retry)
+    outcome = service.runtimes[campaign_id].submit(
+        v, retry.unit.id, retry.lease_id, payload(service, retry, delta), report
+    )
+    assert outcome.status == "accepted"
+    assert service.store.campaign(campaign_id).current_version == 1  # type: ignore[union-attr]
