@@ -127,7 +127,11 @@ def in_process(dataset_path: Path, units: int, steps: int, threads: int) -> dict
         tokens = 0
         for u in range(units):
             result = InnerLoop(model, config, global_step=u * steps).run(
-                dataset.train_slice(u * (config.tokens_needed - 1), config.tokens_needed)
+                # Consecutive slices like the coordinator's cursor, wrapping into a new epoch at the end.
+                dataset.train_slice(
+                    (u * (config.tokens_needed - 1)) % (dataset.num_train_tokens - config.tokens_needed),
+                    config.tokens_needed,
+                )
             )
             tokens += result.tokens
         elapsed = time.perf_counter() - began
