@@ -252,13 +252,16 @@ class CampaignRuntime:
         return row
 
     def _round_state(self, row: RoundRow) -> RoundState:
-        created = len(self.store.units(self.row.id, ("pending", "leased", "done", "cancelled"), round_id=row.id))
-        replicas = sum(
-            1
-            for u in self.store.units(self.row.id, ("pending", "leased", "done", "cancelled"), round_id=row.id)
-            if u.replica_of is not None
-        )
-        return RoundState(row, DeltaAccumulator(self.shapes), units_created=created - replicas)
+        units = self.store.units(self.row.id, ("pending", "leased", "done", "cancelled"), round_id=row.id)
+        primaries = sum(1 for u in units if u.replica_of is None)  # replicas don't count against the quota
+        return RoundState(row, DeltaAccumulator(self.shapes), units_created=primaries)
+
+    def _twin_id(self, unit: UnitRow) -> str | None:
+        """The other unit of a replicated pair, if `unit` is one."""
+        if unit.replica_of is not None:
+            return unit.replica_of
+        replica = self.store.replica_of(unit.id)
+        return replica.id if replica is not None else None
 
     # scheduling ----------------------------------------------------------------------------
 
@@ -307,8 +310,8 @@ class CampaignRuntime:
             if self.store.submission(unit.id, volunteer_id) is not None:
                 refused += 1  # it already answered this unit (perhaps badly): someone else takes it
                 continue
-            if unit.replica_of is not None or self.store.replica_of(unit.id) is not None:
-                twin_id = unit.replica_of or self.store.replica_of(unit.id).id  # type: ignore[union-attr]
+            twin_id = self._twin_id(unit)
+            if twin_id is not None:
                 twin = self.store.unit(twin_id)
                 if twin is not None and twin.volunteer_id == volunteer_id:
                     continue  # a replica must be computed by somebody else
@@ -485,7 +488,7 @@ class CampaignRuntime:
         if not verdict.accepted:
             return self._reject(unit, volunteer_id, payload, report, str(verdict.code), verdict.message)
         norm = candidate.norm
-        twin_id = unit.replica_of or (twin.id if (twin := self.store.replica_of(unit.id)) else None)
+        twin_id = self._twin_id(unit)
         if twin_id is not None:
             twin_sub = self.store.submission_for_unit(twin_id)
             if twin_sub is None or twin_sub.status == "rejected":
