@@ -102,63 +102,33 @@ class DBusCli:
     def call(self, bus: Bus, name: str, path: str, interface: str, method: str) -> int | bool:
         """Call a method that takes no arguments and returns one basic value."""
         if self.tool == "busctl":
-            out = self._run(
-                [
-                    "busctl",
-                    f"--{'user' if bus == 'session' else 'system'}",
-                    "call",
-                    name,
-                    path,
-                    interface,
-                    method,
-                ]
-            )
+            out = self._run(["busctl", _busctl_bus(bus), "call", name, path, interface, method])
             return parse_busctl_value(out.strip())
-        out = self._run(
-            [
-                "gdbus",
-                "call",
-                f"--{bus}",
-                "--dest",
-                name,
-                "--object-path",
-                path,
-                "--method",
-                f"{interface}.{method}",
-            ]
+        return parse_gdbus_value(self._gdbus_call(bus, name, path, f"{interface}.{method}"))
+
+    def _gdbus_call(self, bus: Bus, name: str, path: str, method: str, *args: str) -> str:
+        return self._run(
+            ["gdbus", "call", f"--{bus}", "--dest", name, "--object-path", path, "--method", method, *args]
         )
-        return parse_gdbus_value(out)
 
     def get_properties(
         self, bus: Bus, name: str, path: str, interface: str, properties: Sequence[str]
     ) -> list[int | bool]:
         """Read basic-typed properties, in the order asked."""
         if self.tool == "busctl":
-            bus_flag = f"--{'user' if bus == 'session' else 'system'}"
-            out = self._run(["busctl", bus_flag, "get-property", name, path, interface, *properties])
+            out = self._run(["busctl", _busctl_bus(bus), "get-property", name, path, interface, *properties])
             lines = [line for line in out.splitlines() if line.strip()]
             if len(lines) != len(properties):
                 raise DBusCallError(f"expected {len(properties)} values from busctl, got {out!r}")
             return [parse_busctl_value(line) for line in lines]
-        values: list[int | bool] = []
-        for prop in properties:
-            out = self._run(
-                [
-                    "gdbus",
-                    "call",
-                    f"--{bus}",
-                    "--dest",
-                    name,
-                    "--object-path",
-                    path,
-                    "--method",
-                    "org.freedesktop.DBus.Properties.Get",
-                    interface,
-                    prop,
-                ]
-            )
-            values.append(parse_gdbus_value(out))
-        return values
+        return [
+            parse_gdbus_value(self._gdbus_call(bus, name, path, "org.freedesktop.DBus.Properties.Get", interface, prop))
+            for prop in properties
+        ]
+
+
+def _busctl_bus(bus: Bus) -> str:
+    return "--user" if bus == "session" else "--system"
 
 
 class GnomeMutterIdleSource:
