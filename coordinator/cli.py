@@ -1,4 +1,4 @@
-"""Subcommands owned by the coordinator: `coordinator serve`, `campaign post`, `bench system`.
+"""Subcommands owned by the coordinator: `coordinator serve` and `campaign post`.
 
 Cheap to import: the handlers import aiohttp, torch and the server only when they run.
 """
@@ -136,29 +136,3 @@ def _run_campaign_post(args: argparse.Namespace) -> int:
         f"{body['token_budget']:,} tokens"
     )
     return 0
-
-
-def add_bench_system(commands: Subparsers) -> None:
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "system",
-        help="end-to-end overhead, bytes per unit and coordinator ingestion throughput",
-        description=(
-            "Run a real coordinator with N real volunteers and compare tokens/s with the same training in one "
-            "process; count bytes on the wire per unit; measure how fast the coordinator ingests int8 updates of "
-            "the ~10M-parameter preset from many simulated volunteers. Writes docs/benchmarks.md."
-        ),
-    )
-    parser.add_argument("--volunteers", default="1,2", help="volunteer counts for the end-to-end runs")
-    parser.add_argument("--rounds", type=int, default=4, help="rounds per end-to-end run")
-    parser.add_argument("--inner-steps", type=int, default=200, metavar="H")
-    parser.add_argument("--ingest-clients", type=int, default=16, help="simulated volunteers for ingestion")
-    parser.add_argument("--ingest-updates", type=int, default=64, help="updates submitted during ingestion")
-    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE")
-    parser.set_defaults(handler=_run_bench_system)
-
-
-def _run_bench_system(args: argparse.Namespace) -> int:
-    from coordinator.bench_system import run_bench_system
-
-    return run_bench_system(args)

@@ -1,4 +1,4 @@
-"""Subcommands owned by the training core: `data prepare`, `simulate`, `bench diloco`.
+"""Subcommands owned by the training core: `data prepare` and `simulate`.
 
 Cheap to import: the handlers import torch and friends only when they run.
 """
@@ -10,10 +10,6 @@ from pathlib import Path
 from typing import Any
 
 Subparsers = Any  # argparse's _SubParsersAction is private; its type is not worth leaking here
-
-# Sparse codecs pair with plain averaging: their error-feedback residual already carries the
-# momentum that Nesterov would add on top (measured: Nesterov + top-k/DCT trains markedly worse).
-DEFAULT_BENCH_CONFIGS = "50:fp32,50:int8,50:dct:average,100:dct:average,50:topk:average"
 
 
 def add_data_prepare(commands: Subparsers) -> None:
@@ -88,33 +84,3 @@ def _run_simulate(args: argparse.Namespace) -> int:
     from training.simulate import run_simulate_command
 
     return run_simulate_command(args)
-
-
-def add_bench_diloco(commands: Subparsers) -> None:
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "diloco",
-        help="DiLoCo vs data-parallel at equal tokens, plus codec throughput",
-        description=(
-            "Compare synchronous data-parallel, a single worker and DiLoCo at several H with each "
-            "codec, at equal tokens and worker count; measure codec throughput and worst-case error. "
-            "Writes the tables into docs/benchmarks.md."
-        ),
-    )
-    add_run_arguments(parser)
-    parser.add_argument(
-        "--configs",
-        default=DEFAULT_BENCH_CONFIGS,
-        help="comma-separated DiLoCo configurations H:codec[:outer], e.g. 50:int8,100:dct:average",
-    )
-    parser.add_argument(
-        "--codec-params", type=int, default=2_000_000, help="size of the synthetic update for codec throughput"
-    )
-    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"), help="markdown file to update")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write results as JSON")
-    parser.set_defaults(handler=_run_bench_diloco)
-
-
-def _run_bench_diloco(args: argparse.Namespace) -> int:
-    from training.bench_diloco import run_bench_command
-
-    return run_bench_command(args)

@@ -1,5 +1,5 @@
-"""Subcommands owned by the volunteer: `volunteer run` (the headless worker), `volunteer app` (the
-tray app) and `bench app`.
+"""Subcommands owned by the volunteer: `volunteer run` (the headless worker) and `volunteer app` (the
+tray app).
 
 Cheap to import: the handler imports torch, websockets and the worker only when it runs.
 """
@@ -40,7 +40,7 @@ def add_volunteer(commands: Subparsers) -> None:
     )
     run.add_argument("--coordinator", required=True, metavar="URL", help="e.g. ws://127.0.0.1:8470/ws")
     run.add_argument("--device", default="auto", metavar="DEVICE", help="auto (default), cpu, cuda, cuda:N or mps")
-    run.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="CPU threads for training")
+    run.add_argument("--threads", type=positive_int, default=None, metavar="N", help="CPU threads for training")
     run.add_argument(
         "--memory-limit",
         type=_memory_size,
@@ -59,7 +59,7 @@ def add_volunteer(commands: Subparsers) -> None:
         metavar="DIR",
         help="where units in progress are kept (default: under --config-dir when given)",
     )
-    run.add_argument("--max-units", type=_positive_int, default=None, metavar="N", help="exit after N units")
+    run.add_argument("--max-units", type=positive_int, default=None, metavar="N", help="exit after N units")
     run.add_argument(
         "--max-retries",
         type=_count,
@@ -86,44 +86,14 @@ def add_volunteer(commands: Subparsers) -> None:
     app.set_defaults(handler=_run_app)
 
 
-def add_bench_app(commands: Subparsers) -> None:
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "app",
-        help="tray app: input-to-suspend latency and the app's idle CPU and memory",
-        description=(
-            "Run the real tray app under Xvfb (trayer as its tray) against a real coordinator; time xdotool "
-            "input to training paused over many trials, and measure the app's CPU and memory while it waits. "
-            "Needs Xvfb, trayer and xdotool. Writes docs/benchmarks.md."
-        ),
-    )
-    parser.add_argument("--trials", type=_positive_int, default=30)
-    parser.add_argument("--idle-seconds", type=float, default=2.0, help="the idle period before training resumes")
-    parser.add_argument("--poll-interval", type=float, default=0.25, help="the app's idle polling period")
-    parser.add_argument("--measure-seconds", type=float, default=20.0, help="length of each CPU/memory window")
-    parser.add_argument("--unit-steps", type=_positive_int, default=300, help="inner steps per work unit")
-    parser.add_argument("--batch-size", type=_positive_int, default=8)
-    parser.add_argument("--seq-len", type=_positive_int, default=128)
-    parser.add_argument("--threads", type=_positive_int, default=1, help="CPU threads for training")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--screenshots", type=Path, default=None, metavar="DIR", help="also save screenshots here")
-    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE")
-    parser.set_defaults(handler=_run_bench_app)
-
-
 def _run_app(args: argparse.Namespace) -> int:
     from volunteer_app.tray.main import run
 
     return run(args)
 
 
-def _run_bench_app(args: argparse.Namespace) -> int:
-    from volunteer_app.bench_app import run_bench_app
-
-    return run_bench_app(args)
-
-
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
     try:
         value = int(text)
     except ValueError:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.live import REPO, LiveCoordinator, live_coordinator, poll, stop
+from tests.support.live import REPO, LiveCoordinator, live_coordinator, poll, stop
 
 CHROMIUM = Path(os.environ.get("COMMONWEIGHTS_CHROMIUM", "/usr/bin/chromium"))
 if not CHROMIUM.exists():

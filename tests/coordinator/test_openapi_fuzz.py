@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 
 from coordinator.openapi import document_route
 from coordinator.rest import ROUTES
-from tests.browser.live import LiveCoordinator, live_coordinator
+from tests.support.live import LiveCoordinator, live_coordinator
 
 schemathesis = pytest.importorskip("schemathesis")
 GenerationMode = schemathesis.GenerationMode

@@ -18,7 +18,7 @@ from coordinator.openapi import build_document
 from coordinator.rest import ROUTES
 from coordinator.runtime import Assignment
 from coordinator.service import Coordinator, CoordinatorConfig
-from tests.coordinator.helpers import payload, train
+from tests.support.inprocess_volunteer import payload, train
 
 SPEC: dict[str, Any] = {
     "name": "rest-test",

@@ -11,7 +11,7 @@ import torch
 from coordinator.campaign import CampaignSpec
 from coordinator.runtime import Assignment, NoWork
 from coordinator.service import Coordinator, CoordinatorConfig
-from tests.coordinator.helpers import nan_frame, payload, train
+from tests.support.inprocess_volunteer import nan_frame, payload, train
 from training.checkpoint import load_weights
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from coordinator.service import Coordinator, CoordinatorConfig
 from tests.coordinator.test_runtime import Clock, make_spec, submit_honest, volunteers
-from tests.integration.history import check_history
+from tests.support.history import check_history
 
 
 def run_rounds(data_dir: Path, dataset: Path, rounds: int) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from coordinator.local import LocalCoordinator, free_port, http_json, start_coordinator, stop
-from tests.integration.history import check_history
+from tests.support.history import check_history
 
 pytestmark = pytest.mark.slow
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.report import machine_line, markdown_table, write_section
 from coordinator.local import LocalCoordinator, http_json, read_metric, start_coordinator, stop
 from protocol.codecs import CodecConfig, encode
 from protocol.messages import Capabilities, Device, Hello, RequestWork, Result, Submit, TrainMetrics, WorkUnit
@@ -39,7 +40,6 @@ from training.checkpoint import load_weights
 from training.data import TokenDataset, ensure_default_dataset
 from training.inner import InnerConfig, InnerLoop
 from training.model import build_model, preset
-from training.report import machine_line, markdown_table, write_section
 
 __all__ = ["run_bench_system"]
 

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 
 import torch
 
+from benchmarks.codecs import format_codec_table, measure_codecs
+from benchmarks.report import machine_line, markdown_table, write_section
 from protocol.codecs import CodecConfig
-from training.bench_codecs import format_codec_table, measure_codecs
 from training.inner import pick_device
 from training.progress import progress_bar
-from training.report import machine_line, markdown_table, write_section
 from training.simulate import SimConfig, SimResult, config_from_args, load_dataset, simulate
 
 __all__ = ["bench_configs", "format_diloco_table", "run_bench_command"]

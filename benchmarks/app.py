@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report import machine_line, markdown_table, write_section
 from coordinator.local import LocalCoordinator, http_json, start_coordinator, stop
 from training.data import TokenDataset, ensure_default_dataset
-from training.report import machine_line, markdown_table, write_section
 from volunteer_app.preferences import Preferences, save_preferences
 from volunteer_app.tray.xsession import SystemTray, XvfbDisplay, window_geometry
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.diloco import bench_configs, parse_configs
 from commonweights.cli import main
-from training.bench_diloco import bench_configs, parse_configs
 from training.simulate import SimConfig
 
 

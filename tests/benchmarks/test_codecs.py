@@ -1,11 +1,11 @@
-"""The codec benchmark (training/bench_codecs.py) measures every codec and formats a table."""
+"""The codec benchmark (benchmarks/codecs.py) measures every codec and formats a table."""
 
 from __future__ import annotations
 
 import math
 
+from benchmarks.codecs import format_codec_table, measure_codecs, synthetic_update
 from protocol.codecs import CODEC_NAMES, CodecConfig
-from training.bench_codecs import format_codec_table, measure_codecs, synthetic_update
 
 
 def test_synthetic_update_has_about_the_requested_size_and_is_reproducible() -> None:

@@ -1,0 +1,106 @@
+"""The `commonweights bench …` subcommands: `bench diloco`, `bench system`, `bench app`.
+
+Cheap to import: each handler imports its benchmark (and torch, the server, Qt) only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from training.cli import add_run_arguments
+from volunteer_app.cli import positive_int
+
+Subparsers = Any  # argparse's _SubParsersAction is private
+
+# Sparse codecs pair with plain averaging: their error-feedback residual already carries the
+# momentum that Nesterov would add on top (measured: Nesterov + top-k/DCT trains markedly worse).
+DEFAULT_DILOCO_CONFIGS = "50:fp32,50:int8,50:dct:average,100:dct:average,50:topk:average"
+
+
+def add_bench_diloco(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "diloco",
+        help="DiLoCo vs data-parallel at equal tokens, plus codec throughput",
+        description=(
+            "Compare synchronous data-parallel, a single worker and DiLoCo at several H with each "
+            "codec, at equal tokens and worker count; measure codec throughput and worst-case error. "
+            "Writes the tables into docs/benchmarks.md."
+        ),
+    )
+    add_run_arguments(parser)
+    parser.add_argument(
+        "--configs",
+        default=DEFAULT_DILOCO_CONFIGS,
+        help="comma-separated DiLoCo configurations H:codec[:outer], e.g. 50:int8,100:dct:average",
+    )
+    parser.add_argument(
+        "--codec-params", type=int, default=2_000_000, help="size of the synthetic update for codec throughput"
+    )
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"), help="markdown file to update")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write results as JSON")
+    parser.set_defaults(handler=_run_bench_diloco)
+
+
+def _run_bench_diloco(args: argparse.Namespace) -> int:
+    from benchmarks.diloco import run_bench_command
+
+    return run_bench_command(args)
+
+
+def add_bench_system(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "system",
+        help="end-to-end overhead, bytes per unit and coordinator ingestion throughput",
+        description=(
+            "Run a real coordinator with N real volunteers and compare tokens/s with the same training in one "
+            "process; count bytes on the wire per unit; measure how fast the coordinator ingests int8 updates of "
+            "the ~10M-parameter preset from many simulated volunteers. Writes docs/benchmarks.md."
+        ),
+    )
+    parser.add_argument("--volunteers", default="1,2", help="volunteer counts for the end-to-end runs")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per end-to-end run")
+    parser.add_argument("--inner-steps", type=int, default=200, metavar="H")
+    parser.add_argument("--ingest-clients", type=int, default=16, help="simulated volunteers for ingestion")
+    parser.add_argument("--ingest-updates", type=int, default=64, help="updates submitted during ingestion")
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE")
+    parser.set_defaults(handler=_run_bench_system)
+
+
+def _run_bench_system(args: argparse.Namespace) -> int:
+    from benchmarks.system import run_bench_system
+
+    return run_bench_system(args)
+
+
+def add_bench_app(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "app",
+        help="tray app: input-to-suspend latency and the app's idle CPU and memory",
+        description=(
+            "Run the real tray app under Xvfb (trayer as its tray) against a real coordinator; time xdotool "
+            "input to training paused over many trials, and measure the app's CPU and memory while it waits. "
+            "Needs Xvfb, trayer and xdotool. Writes docs/benchmarks.md."
+        ),
+    )
+    parser.add_argument("--trials", type=positive_int, default=30)
+    parser.add_argument("--idle-seconds", type=float, default=2.0, help="the idle period before training resumes")
+    parser.add_argument("--poll-interval", type=float, default=0.25, help="the app's idle polling period")
+    parser.add_argument("--measure-seconds", type=float, default=20.0, help="length of each CPU/memory window")
+    parser.add_argument("--unit-steps", type=positive_int, default=300, help="inner steps per work unit")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--seq-len", type=positive_int, default=128)
+    parser.add_argument("--threads", type=positive_int, default=1, help="CPU threads for training")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--screenshots", type=Path, default=None, metavar="DIR", help="also save screenshots here")
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE")
+    parser.set_defaults(handler=_run_bench_app)
+
+
+def _run_bench_app(args: argparse.Namespace) -> int:
+    from benchmarks.app import run_bench_app
+
+    return run_bench_app(args)
