@@ -20,7 +20,7 @@ from aiohttp import web
 
 from coordinator.appkeys import EVENTS, METRICS, SERVICE, SOCKETS
 from coordinator.dashboard import add_dashboard
-from coordinator.gateway import volunteer_socket
+from coordinator.gateway import add_gateway
 from coordinator.metrics import Metrics
 from coordinator.rest import add_routes
 from coordinator.service import Coordinator, CoordinatorConfig
@@ -42,7 +42,7 @@ def create_app(config: CoordinatorConfig) -> web.Application:
     app.cleanup_ctx.append(_service_context(config))
     app.cleanup_ctx.append(_background_tasks)
     app.on_shutdown.append(_close_sockets)
-    app.router.add_get("/ws", volunteer_socket)
+    add_gateway(app)
     add_routes(app)
     add_dashboard(app)
     return app
@@ -73,7 +73,7 @@ async def _ticker(app: web.Application) -> None:
     service = app[SERVICE]
     while True:
         try:
-            service.tick()
+            await service.workers.run(service.tick)
         except Exception:
             log.exception("tick failed")
         await asyncio.sleep(TICK_SECONDS)
@@ -89,11 +89,11 @@ async def _evaluator(app: web.Application) -> None:
             continue
         campaign_id, version = service.eval_queue.pop(0)
         try:
-            job = service.eval_job(campaign_id, version)
+            job = await service.workers.run(service.eval_job, campaign_id, version)
             if job is None:
                 continue
             loss = await loop.run_in_executor(None, job)
-            service.store.set_holdout_loss(campaign_id, version, loss)
+            await service.workers.run(service.store.set_holdout_loss, campaign_id, version, loss)
             for queue in app[EVENTS]:
                 queue.put_nowait(
                     {"type": "version", "campaign_id": campaign_id, "version": version, "holdout_loss": loss}

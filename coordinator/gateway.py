@@ -10,21 +10,22 @@ the connection; it never costs the server or any other volunteer anything.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass, field
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from coordinator.appkeys import METRICS, SERVICE, SOCKETS
 from coordinator.blobs import BlobNotFound
 from coordinator.metrics import Metrics
-from coordinator.runtime import Assignment, CampaignRuntime, SubmissionReport
-from coordinator.service import Coordinator
+from coordinator.runtime import Assignment, CampaignRuntime, Outcome, SubmissionReport
+from coordinator.service import Coordinator, UnsupportedCodec
 from coordinator.store import VolunteerRow
 from coordinator.version import SERVER_VERSION
+from protocol.codecs import CODEC_NAMES
 from protocol.errors import ErrorCode, ProtocolError, close_code_for
 from protocol.limits import MAX_BLOB_CHUNK_BYTES, MAX_FRAME_BYTES
 from protocol.messages import (
@@ -52,12 +53,31 @@ from protocol.messages import (
 )
 from protocol.version import check_version
 
-__all__ = ["HELLO_TIMEOUT_S", "MAX_PROTOCOL_ERRORS", "volunteer_socket"]
+__all__ = ["HELLO_TIMEOUT_S", "MAX_PROTOCOL_ERRORS", "add_gateway", "volunteer_socket"]
 
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 15.0
 MAX_PROTOCOL_ERRORS = 20
+# Frames at least this large are decoded on a worker thread (copying a multi-MB update is not free).
+DECODE_OFF_LOOP_BYTES = 256 * 1024
+
+
+class VolunteerSocket(web.WebSocketResponse):
+    """aiohttp refuses an over-sized frame by closing with 1009 and no reason; this socket sends the
+    documented fatal `frame_too_large` error frame first."""
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG and not self.closed:
+            refusal = ProtocolError(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"a frame was larger than this coordinator accepts ({MAX_FRAME_BYTES} bytes); "
+                "see welcome.max_frame_bytes and the unit's max_update_bytes",
+            )
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.send_bytes(encode(ErrorMessage.from_error(refusal, fatal=True)))
+            message = message or ErrorCode.FRAME_TOO_LARGE.value.encode()
+        return await super().close(code=code, message=message, drain=drain)
 
 
 @dataclass
@@ -72,25 +92,36 @@ class Session:
     errors: int = 0
 
 
+SESSIONS = web.AppKey("sessions", dict[str, Session])  # the live session of each volunteer id
+
+
+def add_gateway(app: web.Application) -> None:
+    app[SESSIONS] = {}
+    app.router.add_get("/ws", volunteer_socket)
+
+
 async def volunteer_socket(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     metrics = request.app[METRICS]
     # No permessage-deflate: updates and checkpoints are already compact binary, and zlib over a
     # 9 MB update costs half a second of CPU on each side (measured) for almost no gain.
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0, compress=False)
+    ws = VolunteerSocket(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0, compress=False)
     await ws.prepare(request)
     session = Session(ws, service, metrics)
     sockets = request.app[SOCKETS]
+    sessions = request.app[SESSIONS]
     sockets.add(ws)
     metrics.connected += 1
     try:
-        if await _handshake(session):
+        if await _handshake(session, sessions):
             await _serve(session, metrics)
     except ConnectionResetError:
         pass
     finally:
         metrics.connected -= 1
         sockets.discard(ws)
+        if session.volunteer is not None and sessions.get(session.volunteer.id) is session:
+            del sessions[session.volunteer.id]
         if not ws.closed:
             await ws.close()
     return ws
@@ -131,12 +162,15 @@ async def _receive_frame(session: Session, timeout: float | None = None) -> Mess
             error = ProtocolError(ErrorCode.MALFORMED_FRAME, "frames must be binary MessagePack; got a text frame")
         else:
             try:
+                if len(raw.data) >= DECODE_OFF_LOOP_BYTES:
+                    return await session.service.workers.run(decode, raw.data, direction="to_server")
                 return decode(raw.data, direction="to_server")
             except ProtocolError as caught:
                 error = caught
         session.errors += 1
-        fatal = session.errors >= MAX_PROTOCOL_ERRORS
-        if fatal:
+        # A peer speaking another protocol version can't be understood at all: refuse it for good.
+        fatal = session.errors >= MAX_PROTOCOL_ERRORS or error.code is ErrorCode.VERSION_MISMATCH
+        if session.errors >= MAX_PROTOCOL_ERRORS:
             error = ProtocolError(
                 error.code, f"{error.message} (too many bad frames: closing)", ref_type=error.ref_type
             )
@@ -145,7 +179,7 @@ async def _receive_frame(session: Session, timeout: float | None = None) -> Mess
             return None
 
 
-async def _handshake(session: Session) -> bool:
+async def _handshake(session: Session, sessions: dict[str, Session]) -> bool:
     message = await _receive_frame(session, timeout=HELLO_TIMEOUT_S)
     if message is None:
         return False
@@ -156,6 +190,14 @@ async def _handshake(session: Session) -> bool:
         check_version(message.protocol_version)
     except ProtocolError as error:
         await _fail(session, error, fatal=True)
+        return False
+    if not set(message.capabilities.codecs) & set(CODEC_NAMES):
+        no_codec = ProtocolError(
+            ErrorCode.UNSUPPORTED_CODEC,
+            f"this coordinator encodes updates with {', '.join(CODEC_NAMES)}; the app offered none of them. "
+            "Update the app.",
+        )
+        await _fail(session, no_codec, fatal=True)
         return False
     service = session.service
     capabilities = {
@@ -170,9 +212,9 @@ async def _handshake(session: Session) -> bool:
     }
     new_token: str | None = None
     if message.token is None:
-        volunteer, new_token = service.register_volunteer(message.name, capabilities)
+        volunteer, new_token = await service.workers.run(service.register_volunteer, message.name, capabilities)
     else:
-        found = service.volunteer_for_token(message.token)
+        found = await service.workers.run(service.volunteer_for_token, message.token)
         if found is None:
             await _fail(
                 session,
@@ -184,7 +226,7 @@ async def _handshake(session: Session) -> bool:
             )
             return False
         volunteer = found
-        service.store.touch_volunteer(volunteer.id, message.name, capabilities)
+        await service.workers.run(service.store.touch_volunteer, volunteer.id, message.name, capabilities)
     if volunteer.banned:
         await _fail(
             session,
@@ -195,6 +237,16 @@ async def _handshake(session: Session) -> bool:
     session.volunteer = volunteer
     session.memory_bytes = message.capabilities.memory_bytes
     session.codecs = tuple(message.capabilities.codecs)
+    previous = sessions.get(volunteer.id)
+    sessions[volunteer.id] = session
+    if previous is not None and not previous.ws.closed:
+        # One live connection per volunteer: two would lease units twice over under one identity.
+        replaced = ProtocolError(
+            ErrorCode.SESSION_REPLACED,
+            "another connection signed in with this volunteer's token, so this one was closed; "
+            "is the app running twice?",
+        )
+        await _fail(previous, replaced, fatal=True)
     await _send(
         session,
         Welcome(
@@ -217,7 +269,11 @@ async def _serve(session: Session, metrics: Metrics) -> None:
         message = await _receive_frame(session)
         if message is None:
             return
-        volunteer = session.service.store.volunteer(session.volunteer.id) if session.volunteer else None
+        volunteer = (
+            await session.service.workers.run(session.service.store.volunteer, session.volunteer.id)
+            if session.volunteer
+            else None
+        )
         if volunteer is None or volunteer.banned:
             await _fail(
                 session,
@@ -251,12 +307,24 @@ async def _dispatch(session: Session, message: Message) -> None:
     volunteer = session.volunteer
     assert volunteer is not None
     if isinstance(message, RequestWork):
-        answer = service.assign_work(
-            volunteer,
-            memory_bytes=session.memory_bytes,
-            preferred=message.preferred_campaign,
-            codecs=session.codecs,
-        )
+        try:
+            answer = await service.workers.run(
+                service.assign_work,
+                volunteer,
+                memory_bytes=session.memory_bytes,
+                preferred=message.preferred_campaign,
+                codecs=session.codecs,
+            )
+        except UnsupportedCodec as refusal:
+            await _send(
+                session,
+                ErrorMessage.from_error(
+                    ProtocolError(ErrorCode.UNSUPPORTED_CODEC, str(refusal), ref_type=message.TYPE),
+                    fatal=False,
+                    retry_after_s=refusal.retry_after_s,
+                ),
+            )
+            return
         if isinstance(answer, Assignment):
             unit = work_unit_message(answer)
             session.blobs |= {unit.checkpoint.sha256, unit.data.sha256}
@@ -264,21 +332,29 @@ async def _dispatch(session: Session, message: Message) -> None:
         else:
             await _send(session, NoWork(retry_after_s=answer.retry_after_s, reason=answer.reason))
     elif isinstance(message, BlobRequest):
-        await _send(session, _blob_chunk(session, message))
+        await _send(session, await service.workers.run(_blob_chunk, session, message))
     elif isinstance(message, Progress):
-        deadline = _runtime_for_unit(service, message.unit_id).heartbeat(
-            volunteer.id, message.unit_id, message.lease_id
-        )
-        if deadline is None:
-            raise ProtocolError(ErrorCode.LEASE_EXPIRED, "this lease is no longer valid; the unit was issued again")
+        runtime = await _runtime_for_unit(service, message.unit_id)
+        if message.steps_total != runtime.spec.inner.steps or message.step > message.steps_total:
+            raise ProtocolError(
+                ErrorCode.SCHEMA_VIOLATION,
+                f"progress.steps_total: this unit's recipe has {runtime.spec.inner.steps} steps, and step "
+                f"({message.step}) may not exceed it; got steps_total {message.steps_total}",
+            )
+        extended = await service.workers.run(runtime.heartbeat, volunteer.id, message.unit_id, message.lease_id)
+        if isinstance(extended, tuple):
+            raise ProtocolError(ErrorCode(extended[0]), extended[1])
         await _send(
             session,
-            LeaseExtended(unit_id=message.unit_id, lease_id=message.lease_id, lease_deadline=deadline),
+            LeaseExtended(unit_id=message.unit_id, lease_id=message.lease_id, lease_deadline=extended),
         )
     elif isinstance(message, Submit):
         await _submit(session, message)
     elif isinstance(message, Abandon):
-        _runtime_for_unit(service, message.unit_id).abandon(volunteer.id, message.unit_id, message.lease_id)
+        runtime = await _runtime_for_unit(service, message.unit_id)
+        await service.workers.run_in_order(
+            runtime.row.id, runtime.abandon, volunteer.id, message.unit_id, message.lease_id
+        )
     else:
         raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"{type(message).__name__} is not expected here")
 
@@ -290,27 +366,40 @@ def _ref_id(message: Message) -> str | None:
     return unit_id if isinstance(unit_id, str) else None
 
 
-def _runtime_for_unit(service: Coordinator, unit_id: str) -> CampaignRuntime:
-    unit = service.store.unit(unit_id)
-    runtime = service.runtimes.get(unit.campaign_id) if unit else None
-    if unit is None or runtime is None:
+async def _runtime_for_unit(service: Coordinator, unit_id: str) -> CampaignRuntime:
+    runtime = await service.workers.run(service.runtime_for_unit, unit_id)
+    if runtime is None:
         raise ProtocolError(ErrorCode.UNKNOWN_UNIT, f"no work unit {unit_id} in a running campaign")
     return runtime
 
 
 async def _submit(session: Session, message: Submit) -> None:
+    """Every submit is answered with a `result`; the heavy half runs on the pool, the verdict in the
+    campaign's lane, so the event loop keeps serving other volunteers meanwhile."""
     volunteer = session.volunteer
     assert volunteer is not None
-    if hashlib.sha256(message.update).hexdigest() != message.update_sha256:
-        raise ProtocolError(ErrorCode.CHECKSUM_MISMATCH, "the update's bytes don't match update_sha256; resend it")
-    runtime = _runtime_for_unit(session.service, message.unit_id)
-    report = SubmissionReport(
-        losses=list(message.metrics.losses),
-        tokens=message.metrics.tokens,
-        seconds=message.metrics.seconds,
-        device=message.metrics.device,
-    )
-    outcome = runtime.submit(volunteer.id, message.unit_id, message.lease_id, message.update, report)
+    service = session.service
+    runtime = await _runtime_for_unit(service, message.unit_id)
+    digest = await service.workers.run(_sha256, message.update)
+    if digest != message.update_sha256:
+        outcome = Outcome(
+            "rejected",
+            ErrorCode.CHECKSUM_MISMATCH.value,
+            "the update's bytes don't match update_sha256 (corrupted on the way?); nothing was recorded: resend it",
+        )
+    else:
+        report = SubmissionReport(
+            losses=list(message.metrics.losses),
+            tokens=message.metrics.tokens,
+            seconds=message.metrics.seconds,
+            device=message.metrics.device,
+        )
+        prepared = await service.workers.run(
+            runtime.prepare, volunteer.id, message.unit_id, message.lease_id, message.update
+        )
+        outcome = await service.workers.run_in_order(
+            runtime.row.id, runtime.commit, volunteer.id, message.lease_id, prepared, report
+        )
     code = ErrorCode(outcome.code) if outcome.code else None
     if outcome.status == "duplicate":
         code = ErrorCode.DUPLICATE_SUBMISSION
@@ -325,7 +414,10 @@ async def _submit(session: Session, message: Submit) -> None:
             credit=outcome.credit,
         ),
     )
-    await asyncio.sleep(0)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _blob_chunk(session: Session, request: BlobRequest) -> BlobChunk:

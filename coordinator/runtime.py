@@ -43,6 +43,7 @@ from coordinator.validation import (
     TrustTracker,
     ValidationPipeline,
     compare_replicas,
+    global_norm,
 )
 from protocol.codecs import CodecError, decode, encoded_size_bound
 from protocol.tensors import TensorSpec
@@ -53,9 +54,23 @@ from training.inner import InnerConfig, learning_rate
 from training.model import ModelConfig, build_model, parameter_groups, preset
 from training.outer import OuterOptimizer, make_outer_optimizer
 
-__all__ = ["Assignment", "CampaignRuntime", "NoWork", "Outcome", "SubmissionReport", "initial_version", "shard_plan"]
+__all__ = [
+    "Assignment",
+    "CampaignRuntime",
+    "NoWork",
+    "Outcome",
+    "PreparedUpdate",
+    "SubmissionReport",
+    "initial_version",
+    "shard_plan",
+]
 
 Clock = Callable[[], float]
+
+LEASE_EXPIRED_MESSAGE = (
+    "the lease on this unit expired before the result arrived and the unit was issued again; "
+    "a result must arrive within the lease (progress reports extend it)"
+)
 
 # Decoding failures that are really validation verdicts: the frame was well formed but its tensors
 # don't fit the unit, or hold values no honest training produces.
@@ -66,6 +81,7 @@ CODEC_REJECTIONS = {
     "dtype_mismatch": "shape_mismatch",
     "non_finite_value": "non_finite",
     "non_finite_scale": "non_finite",
+    "oversized": "update_too_large",
 }
 
 
@@ -100,6 +116,27 @@ class SubmissionReport:
     tokens: int
     seconds: float
     device: str = "cpu"
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedUpdate:
+    """The heavy, order-free half of a submission, done on any worker thread before the campaign's
+    lock is taken: the update's blob written durably, its tensors decoded and their norm computed.
+
+    `delta` and `error` are both None when the submission failed the cheap lease pre-check: then
+    nothing was stored or decoded, and `commit` answers with the lease verdict.
+    """
+
+    unit: UnitRow | None
+    sha256: str
+    size: int
+    delta: dict[str, torch.Tensor] | None = None
+    norm: float | None = None
+    error: CodecError | None = None
+
+    @property
+    def stored(self) -> bool:
+        return self.delta is not None or self.error is not None
 
 
 @dataclass(frozen=True)
@@ -405,13 +442,33 @@ class CampaignRuntime:
         row = self.store.round(round_id)
         return row.number if row else 1
 
-    def heartbeat(self, volunteer_id: str, unit_id: str, lease_id: str) -> float | None:
-        """Extend a lease on progress; the new deadline, or None if the lease isn't this volunteer's."""
+    def heartbeat(self, volunteer_id: str, unit_id: str, lease_id: str) -> float | tuple[str, str]:
+        """Extend a lease on progress: the new deadline, or the (code, message) of why not."""
         unit = self.store.unit(unit_id)
-        if unit is None or unit.volunteer_id != volunteer_id:
-            return None
+        if unit is None or unit.campaign_id != self.row.id:
+            return ("unknown_unit", f"no work unit {unit_id} in campaign {self.row.name}")
+        problem = self.lease_problem(unit, volunteer_id, lease_id)
+        if problem is not None:
+            return problem
         deadline = self.clock() + self.spec.rounds.lease_s
-        return deadline if self.store.extend_lease(unit_id, lease_id, deadline) else None
+        if not self.store.extend_lease(unit.id, lease_id, deadline):
+            return ("lease_expired", LEASE_EXPIRED_MESSAGE)  # it expired a moment ago
+        return deadline
+
+    def lease_problem(self, unit: UnitRow, volunteer_id: str, lease_id: str) -> tuple[str, str] | None:
+        """Why `lease_id` does not let this volunteer work on `unit` now, as (code, message); None if it does.
+
+        A lease of this volunteer's whose deadline passed is `lease_expired` while the unit waits to be
+        issued again; once a newer lease replaced it, or for a lease the volunteer never held (another
+        volunteer's, or one never granted), the answer is `not_your_lease`.
+        """
+        if unit.state == "leased" and unit.lease_id == lease_id and unit.volunteer_id == volunteer_id:
+            return None
+        if self.store.lease_holder(unit.id, lease_id) == volunteer_id and unit.state != "leased":
+            return ("lease_expired", LEASE_EXPIRED_MESSAGE)
+        if self.store.lease_holder(unit.id, lease_id) == volunteer_id:
+            return ("not_your_lease", "this lease expired and the unit was issued again under a newer lease")
+        return ("not_your_lease", "this volunteer holds no lease with this id on this unit")
 
     def abandon(self, volunteer_id: str, unit_id: str, lease_id: str) -> None:
         """The volunteer gave the unit back: issue it again now rather than at lease expiry."""
@@ -425,21 +482,48 @@ class CampaignRuntime:
     def submit(
         self, volunteer_id: str, unit_id: str, lease_id: str, payload: bytes, report: SubmissionReport
     ) -> Outcome:
-        with self.lock:
-            return self._submit(volunteer_id, unit_id, lease_id, payload, report)
+        """Judge one submission from start to end (`prepare`, then `commit`)."""
+        return self.commit(volunteer_id, lease_id, self.prepare(volunteer_id, unit_id, lease_id, payload), report)
 
-    def _submit(
-        self, volunteer_id: str, unit_id: str, lease_id: str, payload: bytes, report: SubmissionReport
-    ) -> Outcome:
-        self.counters.bytes_in += len(payload)
+    def prepare(self, volunteer_id: str, unit_id: str, lease_id: str, payload: bytes) -> PreparedUpdate:
+        """Store and decode an update without the campaign's lock, so several threads can do it at once.
+
+        Only a submission that may still count gets this work: the unit's current lease, or a resend of
+        an update this volunteer already submitted (its first verdict is answered again).
+        """
+        sha = sha256_hex(payload)
         unit = self.store.unit(unit_id)
         if unit is None or unit.campaign_id != self.row.id:
-            return Outcome("rejected", "unknown_unit", f"no work unit {unit_id} in campaign {self.row.name}")
+            return PreparedUpdate(None, sha, len(payload))
+        holds_lease = unit.state == "leased" and unit.lease_id == lease_id and unit.volunteer_id == volunteer_id
+        if not holds_lease or self.store.submission(unit_id, volunteer_id) is not None:
+            return PreparedUpdate(unit, sha, len(payload))
+        self.counters.bytes_in += len(payload)
+        self.blobs.put(payload)  # durable before any row points at it
+        try:
+            delta = self._decode(payload, unit.shard)
+        except CodecError as error:
+            return PreparedUpdate(unit, sha, len(payload), error=error)
+        return PreparedUpdate(unit, sha, len(payload), delta, global_norm(delta))
+
+    def commit(self, volunteer_id: str, lease_id: str, prepared: PreparedUpdate, report: SubmissionReport) -> Outcome:
+        """The ordered half of a submission, under the campaign's lock: the lease and idempotency
+        rules, validation against the cohort, the durable verdict, accumulation, and at quorum the
+        round's close."""
+        with self.lock:
+            return self._commit(volunteer_id, lease_id, prepared, report)
+
+    def _commit(self, volunteer_id: str, lease_id: str, prepared: PreparedUpdate, report: SubmissionReport) -> Outcome:
+        if prepared.unit is None:
+            return Outcome("rejected", "unknown_unit", f"no work unit in campaign {self.row.name} has this id")
+        unit = self.store.unit(prepared.unit.id)
+        assert unit is not None
+        unit_id = unit.id
         previous = self.store.submission(unit_id, volunteer_id)
         if previous is not None:
             # Idempotent: resending the same update (lost ack, reconnect) gets the first answer again
             # and changes nothing; a different update for the same unit is a duplicate and ignored.
-            if previous.update_sha != sha256_hex(payload):
+            if previous.update_sha != prepared.sha256:
                 return Outcome(
                     "duplicate",
                     "duplicate_submission",
@@ -447,52 +531,42 @@ class CampaignRuntime:
                 )
             status = "rejected" if previous.status == "rejected" else "accepted"
             return Outcome(status, previous.code, previous.message, previous.credit)
-        if unit.state != "leased" or unit.lease_id != lease_id:
-            if unit.volunteer_id != volunteer_id and unit.state == "leased":
-                return Outcome("rejected", "not_your_lease", "this unit is leased to another volunteer")
-            return Outcome(
-                "rejected",
-                "lease_expired",
-                "the lease on this unit expired before the result arrived and the unit was issued again; "
-                "a result must arrive within the lease (progress reports extend it)",
-            )
-        if unit.volunteer_id != volunteer_id:
-            return Outcome("rejected", "not_your_lease", "this unit is leased to another volunteer")
+        problem = self.lease_problem(unit, volunteer_id, lease_id)
+        if problem is not None:
+            return Outcome("rejected", problem[0], problem[1])
+        if not prepared.stored:  # the lease changed hands between prepare and commit
+            return Outcome("rejected", "lease_expired", LEASE_EXPIRED_MESSAGE)
         staleness = self.row.current_version - unit.version
         weight = staleness_weight(staleness, self.spec.rounds.staleness_bound) * report.tokens
         if staleness > self.spec.rounds.staleness_bound:
             return self._reject(
                 unit,
                 volunteer_id,
-                payload,
+                prepared,
                 report,
                 "stale_update",
                 f"the update was computed against version {unit.version}, {staleness} versions behind "
                 f"the current {self.row.current_version} (limit {self.spec.rounds.staleness_bound})",
             )
-        try:
-            delta = self._decode(payload, unit.shard)
-        except CodecError as error:
+        if prepared.error is not None:
+            error = prepared.error
             if error.code in CODEC_REJECTIONS:
-                return self._reject(unit, volunteer_id, payload, report, CODEC_REJECTIONS[error.code], str(error))
+                return self._reject(unit, volunteer_id, prepared, report, CODEC_REJECTIONS[error.code], str(error))
             return self._reject(
-                unit,
-                volunteer_id,
-                payload,
-                report,
-                "bad_encoding",
-                f"the update could not be decoded: {error}",
+                unit, volunteer_id, prepared, report, "bad_encoding", f"the update could not be decoded: {error}"
             )
-        candidate = self._candidate(unit, delta, report.losses, report.tokens)
+        delta = prepared.delta
+        assert delta is not None
+        candidate = self._candidate(unit, delta, report.losses, report.tokens, norm=prepared.norm)
         verdict = self.pipeline.validate(candidate, self.cohort)
         if not verdict.accepted:
-            return self._reject(unit, volunteer_id, payload, report, str(verdict.code), verdict.message)
+            return self._reject(unit, volunteer_id, prepared, report, str(verdict.code), verdict.message)
         norm = candidate.norm
         twin_id = self._twin_id(unit)
         if twin_id is not None:
             twin_sub = self.store.submission_for_unit(twin_id)
             if twin_sub is None or twin_sub.status == "rejected":
-                return self._hold_for_replica(unit, volunteer_id, payload, report, norm, staleness, weight)
+                return self._hold_for_replica(unit, volunteer_id, prepared, report, norm, staleness, weight)
             if twin_sub.status == "pending_replica":
                 twin_unit = self.store.unit(twin_id)
                 assert twin_unit is not None
@@ -508,7 +582,7 @@ class CampaignRuntime:
                         )
                         self._judge(twin_sub.volunteer_id, accepted=False, code=comparison.code)
                     self._count_rejection(str(comparison.code))
-                    return self._reject(unit, volunteer_id, payload, report, str(comparison.code), comparison.message)
+                    return self._reject(unit, volunteer_id, prepared, report, str(comparison.code), comparison.message)
                 # Both agree: credit the twin now; the update enters the average once (this copy).
                 with self.store.transaction():
                     credit = self._credit(unit, report.tokens)
@@ -524,9 +598,17 @@ class CampaignRuntime:
                     self._judge(twin_sub.volunteer_id, accepted=True, credit=credit, tokens=twin_sub.tokens)
             else:
                 weight = 0.0  # the twin was accepted unreplicated at a round close: don't count it twice
-        return self._accept(unit, volunteer_id, payload, report, candidate, staleness, weight)
+        return self._accept(unit, volunteer_id, prepared, report, candidate, staleness, weight)
 
-    def _candidate(self, unit: UnitRow, delta: dict[str, torch.Tensor], losses: list[float], tokens: int) -> Candidate:
+    def _candidate(
+        self,
+        unit: UnitRow,
+        delta: dict[str, torch.Tensor],
+        losses: list[float],
+        tokens: int,
+        *,
+        norm: float | None = None,
+    ) -> Candidate:
         version = self.store.version(self.row.id, unit.version)
         global_step = (self._round_number(unit.round_id) - 1) * self.spec.inner.steps
         return Candidate(
@@ -541,6 +623,7 @@ class CampaignRuntime:
             staleness=self.row.current_version - unit.version,
             # AdamW moves weights by about lr per step: compare norms per unit of learning rate.
             norm_scale=sum(learning_rate(self.inner_config, global_step + i) for i in range(self.spec.inner.steps)),
+            known_norm=norm,
         )
 
     def _decode(self, payload: bytes, shard: list[str]) -> dict[str, torch.Tensor]:
@@ -552,15 +635,15 @@ class CampaignRuntime:
         return 6.0 * self.shard_params[unit.shard_index] * tokens / 1e12
 
     def _store_submission(
-        self, unit: UnitRow, volunteer_id: str, payload: bytes, report: SubmissionReport, **values: Any
+        self, unit: UnitRow, volunteer_id: str, prepared: PreparedUpdate, report: SubmissionReport, **values: Any
     ) -> None:
-        sha = self.blobs.put(payload)  # durable before the row that points at it
+        # `prepare` wrote the blob durably before this row points at it.
         self.store.add_submission(
             {
                 "unit_id": unit.id,
                 "volunteer_id": volunteer_id,
-                "update_sha": sha,
-                "update_size": len(payload),
+                "update_sha": prepared.sha256,
+                "update_size": prepared.size,
                 "tokens": report.tokens,
                 "seconds": report.seconds,
                 "losses": report.losses,
@@ -578,13 +661,13 @@ class CampaignRuntime:
         self,
         unit: UnitRow,
         volunteer_id: str,
-        payload: bytes,
+        prepared: PreparedUpdate,
         report: SubmissionReport,
         code: str,
         message: str,
     ) -> Outcome:
         with self.store.transaction():
-            self._store_submission(unit, volunteer_id, payload, report, status="rejected", code=code, message=message)
+            self._store_submission(unit, volunteer_id, prepared, report, status="rejected", code=code, message=message)
             self._judge(volunteer_id, accepted=False, code=code)
             self.store.release_unit(unit.id)  # the slice still needs training: issue it again
         self._count_rejection(code)
@@ -613,7 +696,7 @@ class CampaignRuntime:
         self,
         unit: UnitRow,
         volunteer_id: str,
-        payload: bytes,
+        prepared: PreparedUpdate,
         report: SubmissionReport,
         norm: float,
         staleness: int,
@@ -624,7 +707,7 @@ class CampaignRuntime:
             self._store_submission(
                 unit,
                 volunteer_id,
-                payload,
+                prepared,
                 report,
                 status="pending_replica",
                 message="valid; waiting for its replica to be compared",
@@ -640,7 +723,7 @@ class CampaignRuntime:
         self,
         unit: UnitRow,
         volunteer_id: str,
-        payload: bytes,
+        prepared: PreparedUpdate,
         report: SubmissionReport,
         candidate: Candidate,
         staleness: int,
@@ -654,7 +737,7 @@ class CampaignRuntime:
             self._store_submission(
                 unit,
                 volunteer_id,
-                payload,
+                prepared,
                 report,
                 status="accepted",
                 message="accepted",

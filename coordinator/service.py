@@ -26,15 +26,16 @@ from coordinator.campaign import CampaignSpec, SpecError
 from coordinator.runtime import Assignment, CampaignRuntime, NoWork, initial_version, model_config_for, shard_plan
 from coordinator.store import Store, VersionRow, VolunteerRow
 from coordinator.validation import TrustState
+from coordinator.workers import Workers
 from protocol.codecs import encoded_size_bound
 from protocol.limits import MAX_UPDATE_BYTES
 from protocol.tensors import TensorSpec
 from training.checkpoint import load_weights
 from training.data import DataError, TokenDataset
 from training.model import build_model, parameter_groups
-from training.simulate import evaluate
+from training.evaluate import evaluate
 
-__all__ = ["Coordinator", "CoordinatorConfig", "hash_token"]
+__all__ = ["Coordinator", "CoordinatorConfig", "UnsupportedCodec", "hash_token"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,13 @@ class CoordinatorConfig:
     eval_tokens: int = 32768
     eval_batch: int = 8
     public_url: str = ""
+
+
+class UnsupportedCodec(Exception):
+    """None of the codecs a volunteer offered can encode an update of any running campaign."""
+
+    code = "unsupported_codec"
+    retry_after_s = 600.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,7 @@ class Coordinator:
         self.eval_queue: list[tuple[int, int]] = []  # (campaign id, version) awaiting holdout loss
         self.version_listeners: list[Callable[[int, VersionRow], None]] = []
         self.admin_token = ""
+        self.workers = Workers()
 
     @classmethod
     def open(cls, config: CoordinatorConfig, *, clock: Callable[[], float] = time.time) -> Coordinator:
@@ -93,6 +102,7 @@ class Coordinator:
         return service
 
     def close(self) -> None:
+        self.workers.shutdown()
         self.store.close()
 
     def _admin_token(self) -> str:
@@ -226,7 +236,10 @@ class Coordinator:
         preferred: str | None = None,
         codecs: tuple[str, ...] | None = None,
     ) -> Assignment | NoWork:
-        """A unit from the first active campaign that has one fitting this volunteer."""
+        """A unit from the first active campaign that has one fitting this volunteer.
+
+        Raises `UnsupportedCodec` when campaigns are running but none uses a codec the volunteer offered.
+        """
         candidates = [r for r in self.runtimes.values() if r.refresh().status == "active"]
         if preferred:
             candidates.sort(key=lambda r: r.row.name != preferred and str(r.row.id) != preferred)
@@ -236,10 +249,7 @@ class Coordinator:
             usable = [r for r in candidates if r.spec.codec.name in codecs]
             if not usable:
                 wanted = ", ".join(sorted({r.spec.codec.name for r in candidates}))
-                return NoWork(
-                    f"the running campaigns need codecs this app lacks ({wanted}); update the app",
-                    retry_after_s=600,
-                )
+                raise UnsupportedCodec(f"the running campaigns need codecs this app lacks ({wanted}); update the app")
             candidates = usable
         reasons = []
         for runtime in candidates:
@@ -252,6 +262,11 @@ class Coordinator:
                 return answer
             reasons.append(answer)
         return min(reasons, key=lambda r: r.retry_after_s)
+
+    def runtime_for_unit(self, unit_id: str) -> CampaignRuntime | None:
+        """The running campaign a unit belongs to (None for an unknown unit or a stopped campaign)."""
+        unit = self.store.unit(unit_id)
+        return self.runtimes.get(unit.campaign_id) if unit else None
 
     def volunteer_may_read(self, volunteer_id: str, digest: str) -> bool:
         """Blobs a volunteer may download: published checkpoints and its own units' data."""

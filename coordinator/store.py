@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -144,6 +145,19 @@ MIGRATIONS: list[str] = [
         revoked INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 1 -> 2: every lease ever granted, so a result under an old lease of this volunteer is told
+    # "lease_expired" and one under a lease it never held "not_your_lease"
+    """
+    CREATE TABLE leases (
+        lease_id TEXT NOT NULL,
+        unit_id TEXT NOT NULL REFERENCES units(id),
+        volunteer_id TEXT NOT NULL,
+        granted_at REAL NOT NULL,
+        PRIMARY KEY (unit_id, lease_id)
+    );
+    INSERT INTO leases (lease_id, unit_id, volunteer_id, granted_at)
+        SELECT lease_id, id, volunteer_id, created_at FROM units WHERE lease_id IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -257,25 +271,49 @@ class VolunteerRow:
 
 
 class Store:
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self.db = connection
-        self._depth = 0
+    """One SQLite database shared by the event loop and the engine's worker threads.
+
+    Each thread gets its own connection (WAL lets readers run beside a writer), and write
+    transactions queue on one process-wide lock instead of on SQLite's busy handler, which sleeps in
+    steps of milliseconds when two connections want to write at once.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._write_lock = threading.RLock()
 
     @classmethod
     def open(cls, path: Path) -> Store:
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA foreign_keys=ON")
-        db.execute("PRAGMA busy_timeout=5000")
-        store = cls(db)
+        store = cls(path)
         store.migrate()
         return store
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA foreign_keys=ON")
+            connection.execute("PRAGMA busy_timeout=5000")
+            self._local.connection = connection
+            with self._connections_lock:
+                self._connections.append(connection)
+        return connection
+
     def close(self) -> None:
-        self.db.close()
+        with self._connections_lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
+        self._local = threading.local()
 
     @property
     def schema_version(self) -> int:
@@ -299,24 +337,27 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """A write transaction (BEGIN IMMEDIATE); nested uses join the outer one."""
-        if self._depth:
-            self._depth += 1
+        depth: int = getattr(self._local, "depth", 0)
+        if depth:
+            self._local.depth = depth + 1
             try:
                 yield
             finally:
-                self._depth -= 1
+                self._local.depth -= 1
             return
-        self.db.execute("BEGIN IMMEDIATE")
-        self._depth = 1
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        else:
-            self.db.execute("COMMIT")
-        finally:
-            self._depth = 0
+        with self._write_lock:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            self._local.depth = 1
+            try:
+                yield
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            else:
+                db.execute("COMMIT")
+            finally:
+                self._local.depth = 0
 
     def _one(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self.db.execute(sql, args).fetchone()
@@ -485,6 +526,15 @@ class Store:
             ).rowcount
             if changed != 1:
                 raise StoreError(f"unit {unit_id} is no longer pending")
+            self.db.execute(
+                "INSERT INTO leases (lease_id, unit_id, volunteer_id, granted_at) VALUES (?, ?, ?, ?)",
+                (lease_id, unit_id, volunteer_id, time.time()),
+            )
+
+    def lease_holder(self, unit_id: str, lease_id: str) -> str | None:
+        """The volunteer a lease on this unit was ever granted to, or None for a lease never granted."""
+        row = self._one("SELECT volunteer_id FROM leases WHERE unit_id = ? AND lease_id = ?", (unit_id, lease_id))
+        return str(row["volunteer_id"]) if row else None
 
     def extend_lease(self, unit_id: str, lease_id: str, deadline: float) -> bool:
         with self.transaction():

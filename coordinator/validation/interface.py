@@ -67,6 +67,7 @@ class Candidate:
     version: int | None = None
     staleness: int = 0
     norm_scale: float = 1.0
+    known_norm: float | None = None  # ‖Δ‖ when the caller already computed it (off the campaign's lock)
 
     def __post_init__(self) -> None:
         if not (self.norm_scale > 0 and math.isfinite(self.norm_scale)):
@@ -75,7 +76,7 @@ class Candidate:
     @cached_property
     def norm(self) -> float:
         """Global L2 norm of the update (computed once; inf or nan if the update is not finite)."""
-        return global_norm(self.delta)
+        return global_norm(self.delta) if self.known_norm is None else self.known_norm
 
     @property
     def scaled_norm(self) -> float:
