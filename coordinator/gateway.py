@@ -379,9 +379,13 @@ async def _submit(session: Session, message: Submit) -> None:
     volunteer = session.volunteer
     assert volunteer is not None
     service = session.service
-    runtime = await _runtime_for_unit(service, message.unit_id)
+    runtime = await service.workers.run(service.runtime_for_unit, message.unit_id)
     digest = await service.workers.run(_sha256, message.update)
-    if digest != message.update_sha256:
+    if runtime is None:
+        outcome = Outcome(
+            "rejected", ErrorCode.UNKNOWN_UNIT.value, f"no work unit {message.unit_id} in a running campaign"
+        )
+    elif digest != message.update_sha256:
         outcome = Outcome(
             "rejected",
             ErrorCode.CHECKSUM_MISMATCH.value,

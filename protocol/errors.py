@@ -89,7 +89,10 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.UNSUPPORTED_CODEC: "None of the codecs the volunteer offered is acceptable to the coordinator.",
     ErrorCode.UNKNOWN_UNIT: "The unit_id does not name a work unit the coordinator knows.",
     ErrorCode.LEASE_EXPIRED: "The lease's deadline passed; the unit has been or will be reissued.",
-    ErrorCode.NOT_YOUR_LEASE: "The lease belongs to another volunteer or was replaced by a newer lease.",
+    ErrorCode.NOT_YOUR_LEASE: (
+        "This volunteer holds no such lease on the unit: it belongs to another volunteer, was replaced by a "
+        "newer lease, or was never granted."
+    ),
     ErrorCode.DUPLICATE_SUBMISSION: (
         "An update was already recorded under this lease; the coordinator kept the first one."
     ),
