@@ -36,6 +36,7 @@ from protocol.tensors import TensorSpec
 from training.accumulator import DeltaAccumulator
 from training.data import TokenDataset, ensure_default_dataset
 from training.error_feedback import ErrorFeedback
+from training.evaluate import evaluate
 from training.inner import InnerConfig, InnerLoop, StepReport, pick_device, sequence_batches
 from training.model import GPT, build_model, count_parameters, preset
 from training.outer import make_outer_optimizer
@@ -119,21 +120,6 @@ class SimResult:
         out = dataclasses.asdict(self)
         out["reduction"] = None if math.isinf(self.reduction) else self.reduction
         return out
-
-
-@torch.no_grad()
-def evaluate(model: GPT, holdout: np.ndarray, *, batch_size: int, seq_len: int) -> float:
-    """Mean next-token loss over the holdout tokens, in fixed consecutive windows."""
-    model.eval()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for inputs, targets in sequence_batches(holdout, batch_size, seq_len):
-        total += model.loss(inputs.to(device), targets.to(device)).item()
-        count += 1
-    model.train()
-    if count == 0:
-        raise ValueError(f"holdout has {len(holdout)} tokens, too few for one {batch_size}x{seq_len} batch")
-    return total / count
 
 
 class Streams:
