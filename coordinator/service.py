@@ -32,8 +32,8 @@ from protocol.limits import MAX_UPDATE_BYTES
 from protocol.tensors import TensorSpec
 from training.checkpoint import load_weights
 from training.data import DataError, TokenDataset
-from training.model import build_model, parameter_groups
 from training.evaluate import evaluate
+from training.model import build_model, parameter_groups
 
 __all__ = ["Coordinator", "CoordinatorConfig", "UnsupportedCodec", "hash_token"]
 
