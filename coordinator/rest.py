@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from commonweights import __version__
 from coordinator import events
 from coordinator.appkeys import EVENTS, METRICS, SERVICE
 from coordinator.campaign import CampaignSpec, SpecError
-from coordinator.metrics import render_metrics
+from coordinator.metrics import UNMATCHED_ROUTE
 from coordinator.openapi import STR, Handler, Param, Reply, Route, id_param, ref, register
 from coordinator.runtime import model_config_for
 from coordinator.service import Coordinator
@@ -88,6 +89,28 @@ def require(roles: tuple[str, ...]) -> Callable[[Handler], Handler]:
         return guarded
 
     return wrap
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every HTTP request in /metrics, by method, route template and final status, with its duration.
+    Outermost, so it sees the status `api_errors` turned an exception into."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as error:
+        status = error.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away before the answer (nginx's code for it)
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else UNMATCHED_ROUTE
+        request.app[METRICS].request_finished(request.method, route, status, time.perf_counter() - started)
 
 
 @web.middleware
@@ -650,10 +673,8 @@ async def revoke_token(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    text = render_metrics(request.app[METRICS], _service(request))
-    return web.Response(
-        text=text, content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"}
-    )
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "X-Content-Type-Options": "nosniff"})
 
 
 # the table -----------------------------------------------------------------------------------------
@@ -862,6 +883,8 @@ ROUTES: list[Route] = [
 def add_routes(app: web.Application) -> list[Route]:
     """Wire the API into `app`; returns the route table, /api/openapi.json included."""
     app[STARTED_AT] = time.time()
+    app[METRICS].read_campaigns(lambda: app[SERVICE])
+    app.middlewares.append(count_requests)
     app.middlewares.append(api_errors)
     app.on_shutdown.append(events.end_streams)
     return register(app, ROUTES, guard=require)
