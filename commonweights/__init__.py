@@ -1,7 +1,3 @@
 """The `commonweights` command: one CLI over the training core, the coordinator and the volunteer."""
 
 from __future__ import annotations
-
-__all__ = ["__version__"]
-
-__version__ = "0.1.0"

@@ -11,8 +11,9 @@ import sys
 from collections.abc import Sequence
 
 from benchmarks import cli as benchmarks_cli
-from commonweights import __version__, demo
+from commonweights import demo
 from coordinator import cli as coordinator_cli
+from protocol.version import RELEASE_VERSION
 from training import cli as training_cli
 from volunteer_app import cli as volunteer_cli
 
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="commonweights",
         description="Volunteer computing for training language models.",
     )
-    parser.add_argument("--version", action="version", version=f"commonweights {__version__}")
+    parser.add_argument("--version", action="version", version=f"commonweights {RELEASE_VERSION}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = commands.add_parser("data", help="prepare datasets")

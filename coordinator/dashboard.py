@@ -17,7 +17,7 @@ from string import Template
 
 from aiohttp import web
 
-from commonweights import __version__
+from protocol.version import RELEASE_VERSION
 
 __all__ = ["PAGES", "STATIC_DIR", "Page", "add_dashboard", "render"]
 
@@ -59,7 +59,7 @@ def render(page: Page) -> str:
         title=page.title,
         body=(STATIC_DIR / "pages" / page.fragment).read_text(encoding="utf-8"),
         script=page.script,
-        version=__version__,
+        version=RELEASE_VERSION,
     )
 
 

@@ -24,7 +24,6 @@ from coordinator.metrics import Metrics
 from coordinator.runtime import Assignment, CampaignRuntime, Outcome, SubmissionReport
 from coordinator.service import Coordinator, UnsupportedCodec
 from coordinator.store import VolunteerRow
-from coordinator.version import SERVER_VERSION
 from protocol.codecs import CODEC_NAMES
 from protocol.errors import ErrorCode, ProtocolError, close_code_for
 from protocol.limits import MAX_BLOB_CHUNK_BYTES, MAX_FRAME_BYTES
@@ -51,6 +50,7 @@ from protocol.messages import (
     decode,
     encode,
 )
+from protocol.version import RELEASE_VERSION as SERVER_VERSION
 from protocol.version import check_version
 
 __all__ = ["HELLO_TIMEOUT_S", "MAX_PROTOCOL_ERRORS", "add_gateway", "volunteer_socket"]

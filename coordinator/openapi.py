@@ -24,10 +24,10 @@ from typing import Any
 
 from aiohttp import web
 
-from commonweights import __version__
 from coordinator.campaign import NAME_PATTERN, CampaignSpec
 from protocol.codecs import CODEC_NAMES
 from protocol.codecs.config import MAX_BLOCK_SIZE, MAX_DCT_CHUNK
+from protocol.version import RELEASE_VERSION
 from training.model import PRESETS
 from training.outer import OUTER_DEFAULTS
 
@@ -217,7 +217,7 @@ def build_document(routes: list[Route]) -> Schema:
         "openapi": "3.1.0",
         "info": {
             "title": "Commonweights coordinator",
-            "version": __version__,
+            "version": RELEASE_VERSION,
             "description": (
                 "Campaigns, versions, rounds, volunteers, stats and admin actions of a Commonweights "
                 "coordinator. Reads are public; writes need `Authorization: Bearer <token>` with the "

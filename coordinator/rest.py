@@ -29,7 +29,6 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from commonweights import __version__
 from coordinator import events
 from coordinator.appkeys import EVENTS, METRICS, SERVICE
 from coordinator.campaign import CampaignSpec, SpecError
@@ -39,6 +38,7 @@ from coordinator.runtime import model_config_for
 from coordinator.service import Coordinator
 from coordinator.store import CampaignRow, StoreError
 from protocol.codecs import CODEC_NAMES
+from protocol.version import RELEASE_VERSION as __version__
 from training.data import DataError, TokenDataset
 from training.model import PRESETS, build_model, count_parameters
 from training.outer import OUTER_DEFAULTS

@@ -6,7 +6,8 @@
 
 Control channel: `messages` (one dataclass per frame type, `encode` / `decode`), `schema` (the
 validator behind them), `errors` (error codes, `ProtocolError`, close codes), `limits` (every size
-limit), `version` (the protocol version and compatibility rule). docs/protocol.md is the spec.
+limit), `version` (the protocol version and compatibility rule; the release version peers report).
+docs/protocol.md is the spec.
 Tensor frames: `codecs` (`encode` / `decode` of named tensors; byte format in codecs/frame.py) and `tensors`.
 """
 
@@ -46,6 +47,7 @@ from protocol.messages import (
 from protocol.version import (
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
+    RELEASE_VERSION,
     SUPPORTED_PROTOCOL_VERSIONS,
     check_version,
     is_supported,
@@ -60,6 +62,7 @@ __all__ = [
     "MESSAGE_TYPES",
     "MIN_PROTOCOL_VERSION",
     "PROTOCOL_VERSION",
+    "RELEASE_VERSION",
     "SUPPORTED_PROTOCOL_VERSIONS",
     "UPDATE_REJECTIONS",
     "Abandon",

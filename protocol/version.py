@@ -1,4 +1,4 @@
-"""The protocol version and the rule for which peers can talk to each other.
+"""The protocol version, the rule for which peers can talk to each other, and the release version.
 
 Every frame carries `v`, the protocol version it is written in. A peer decodes only frames whose `v`
 it supports, with one exception: the shape of an `error` frame never changes, so a client can
@@ -18,6 +18,7 @@ their own pace; a client speaks exactly one.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import Final, Literal
 
 from protocol.errors import ErrorCode, ProtocolError
@@ -29,6 +30,19 @@ MIN_PROTOCOL_VERSION: Final = 1
 """The oldest version this code still reads."""
 
 SUPPORTED_PROTOCOL_VERSIONS: Final = range(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION + 1)
+
+
+def _release_version() -> str:
+    try:
+        return version("commonweights")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0.0.0+source"
+
+
+RELEASE_VERSION: Final = _release_version()
+"""The Commonweights release this code belongs to: `version` in pyproject.toml, read from the installed
+package's metadata so it is written down once. Peers report it in `hello` and `welcome`, the REST API
+in /api/health and the CLI in --version; compatibility is decided by the protocol version alone."""
 
 Peer = Literal["volunteer", "coordinator"]
 

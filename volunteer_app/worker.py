@@ -41,7 +41,6 @@ import torch
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from commonweights import __version__
 from protocol.codecs import CODEC_NAMES
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.limits import MAX_FRAME_BYTES, MAX_LOSS, RECONNECT_BASE_DELAY_S, RECONNECT_MAX_DELAY_S
@@ -71,7 +70,7 @@ from protocol.messages import (
     decode,
     encode,
 )
-from protocol.version import PROTOCOL_VERSION
+from protocol.version import PROTOCOL_VERSION, RELEASE_VERSION
 from training.inner import StepReport
 from volunteer_app.blob_cache import DEFAULT_CACHE_BYTES, BlobCache, BlobError, DownloadProgress
 from volunteer_app.credentials import CredentialError, CredentialStore
@@ -514,7 +513,7 @@ class Worker:
             ordered.append(DeviceInfo("cpu", "CPU", system_memory_bytes()))
         return Hello(
             protocol_version=PROTOCOL_VERSION,
-            client_version=__version__,
+            client_version=RELEASE_VERSION,
             token=token,
             name=self.config.name,
             capabilities=Capabilities(
