@@ -2,7 +2,7 @@
 # One entry point for a fresh machine: creates .venv with CPU PyTorch and the project, then runs
 #   ./dev.sh demo   the local demo (coordinator + volunteers training on the embedded corpus)
 #   ./dev.sh test   the test suite
-#   ./dev.sh lint   ruff and mypy
+#   ./dev.sh lint   ruff, mypy and the layer contracts (lint-imports)
 # Extra arguments are passed on to the command.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -54,7 +54,8 @@ case "$cmd" in
         setup dev,gui
         "$VENV/bin/ruff" check .
         "$VENV/bin/ruff" format --check .
-        exec "$VENV/bin/mypy"
+        "$VENV/bin/mypy"
+        exec "$VENV/bin/lint-imports" --no-cache
         ;;
     *)
         echo "usage: ./dev.sh [demo|test|lint] [args...]" >&2
