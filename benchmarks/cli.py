@@ -104,3 +104,30 @@ def _run_bench_app(args: argparse.Namespace) -> int:
     from benchmarks.app import run_bench_app
 
     return run_bench_app(args)
+
+
+def add_bench_coordinator(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "coordinator",
+        help="one coordinator process: lease+submit cycles/s, idle connections, ingestion MB/s, event-loop lag",
+        description=(
+            "Load a real coordinator process on loopback with simulated volunteers: lease + submit cycles per "
+            "second with small updates, idle connected volunteers (memory per connection), int8 update ingestion "
+            "of the small preset in MB/s, and the event loop's lag while ingesting. Writes docs/benchmarks.md."
+        ),
+    )
+    parser.add_argument("--cycle-clients", type=positive_int, default=32, help="simulated volunteers for cycles")
+    parser.add_argument("--cycle-seconds", type=float, default=20.0, help="how long the cycles run")
+    parser.add_argument("--idle", type=positive_int, default=10_000, help="idle connections to open")
+    parser.add_argument("--idle-hold", type=float, default=10.0, help="seconds to hold them while probing health")
+    parser.add_argument("--ingest-clients", type=positive_int, default=16, help="simulated volunteers for ingestion")
+    parser.add_argument("--ingest-updates", type=positive_int, default=96, help="updates submitted during ingestion")
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE")
+    parser.set_defaults(handler=_run_bench_coordinator)
+
+
+def _run_bench_coordinator(args: argparse.Namespace) -> int:
+    from benchmarks.coordinator import run_bench_coordinator
+
+    return run_bench_coordinator(args)

@@ -144,11 +144,11 @@ def in_process(dataset_path: Path, units: int, steps: int, threads: int) -> dict
 
 
 def honest_update(
-    dataset_path: Path, coordinator: LocalCoordinator, unit: WorkUnit
+    dataset_path: Path, coordinator: LocalCoordinator, unit: WorkUnit, *, preset_name: str = "small"
 ) -> tuple[dict[str, torch.Tensor], list[float]]:
     """One real unit of training from the campaign's θ_0, used as the template of every submission."""
     dataset = TokenDataset.open(dataset_path)
-    config = preset("small", vocab_size=dataset.vocab_size, max_seq_len=unit.recipe.seq_len)
+    config = preset(preset_name, vocab_size=dataset.vocab_size, max_seq_len=unit.recipe.seq_len)
     model = build_model(config)
     blobs = coordinator.data_dir / "blobs"
     weights = (blobs / unit.checkpoint.sha256[:2] / unit.checkpoint.sha256[2:]).read_bytes()
@@ -161,12 +161,12 @@ def honest_update(
     return result.delta, result.losses
 
 
-def hello(name: str) -> Hello:
+def hello(name: str, *, codecs: tuple[str, ...] = ("int8",)) -> Hello:
     return Hello(
         protocol_version=PROTOCOL_VERSION, client_version="bench", token=None, name=name,
         capabilities=Capabilities(
             devices=(Device(kind="cpu", name="bench", memory_bytes=16 << 30),), memory_bytes=16 << 30, threads=1,
-            codecs=("int8",), platform="bench",
+            codecs=codecs, platform="bench",
         ),
     )  # fmt: skip
 

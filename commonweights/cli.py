@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     benchmarks_cli.add_bench_diloco(bench_commands)
     benchmarks_cli.add_bench_system(bench_commands)
     benchmarks_cli.add_bench_app(bench_commands)
-    # `bench coordinator`: benchmarks.coordinator.add_bench_coordinator(bench_commands) goes here.
+    benchmarks_cli.add_bench_coordinator(bench_commands)
     return parser
 
 

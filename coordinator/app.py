@@ -59,7 +59,11 @@ def _service_context(config: CoordinatorConfig):  # type: ignore[no-untyped-def]
 
 
 async def _background_tasks(app: web.Application) -> AsyncIterator[None]:
-    tasks = [asyncio.create_task(_ticker(app)), asyncio.create_task(_evaluator(app))]
+    tasks = [
+        asyncio.create_task(_ticker(app)),
+        asyncio.create_task(_evaluator(app)),
+        asyncio.create_task(app[METRICS].watch_event_loop_lag()),
+    ]
     yield
     for task in tasks:
         task.cancel()

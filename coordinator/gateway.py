@@ -20,7 +20,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from coordinator.appkeys import METRICS, SERVICE, SOCKETS
 from coordinator.blobs import BlobNotFound
-from coordinator.metrics import Metrics
+from coordinator.metrics import MALFORMED_FRAME, Metrics
 from coordinator.runtime import Assignment, CampaignRuntime, Outcome, SubmissionReport
 from coordinator.service import Coordinator, UnsupportedCodec
 from coordinator.store import VolunteerRow
@@ -111,14 +111,14 @@ async def volunteer_socket(request: web.Request) -> web.StreamResponse:
     sockets = request.app[SOCKETS]
     sessions = request.app[SESSIONS]
     sockets.add(ws)
-    metrics.connected += 1
+    metrics.connection_opened()
     try:
         if await _handshake(session, sessions):
             await _serve(session, metrics)
     except ConnectionResetError:
         pass
     finally:
-        metrics.connected -= 1
+        metrics.connection_closed()
         sockets.discard(ws)
         if session.volunteer is not None and sessions.get(session.volunteer.id) is session:
             del sessions[session.volunteer.id]
@@ -129,7 +129,7 @@ async def volunteer_socket(request: web.Request) -> web.StreamResponse:
 
 async def _send(session: Session, message: Message) -> None:
     frame = encode(message)
-    session.metrics.bytes_out += len(frame)
+    session.metrics.frame_sent(len(frame))
     await session.ws.send_bytes(frame)
 
 
@@ -157,16 +157,21 @@ async def _receive_frame(session: Session, timeout: float | None = None) -> Mess
             # aiohttp reports an over-sized frame this way, after which the socket is unusable.
             log.info("websocket error: %s", session.ws.exception())
             return None
-        session.metrics.bytes_in += len(raw.data) if isinstance(raw.data, bytes | str) else 0
+        size = len(raw.data) if isinstance(raw.data, bytes | str) else 0
         if raw.type != WSMsgType.BINARY:
             error = ProtocolError(ErrorCode.MALFORMED_FRAME, "frames must be binary MessagePack; got a text frame")
         else:
             try:
-                if len(raw.data) >= DECODE_OFF_LOOP_BYTES:
-                    return await session.service.workers.run(decode, raw.data, direction="to_server")
-                return decode(raw.data, direction="to_server")
+                if size >= DECODE_OFF_LOOP_BYTES:
+                    message = await session.service.workers.run(decode, raw.data, direction="to_server")
+                else:
+                    message = decode(raw.data, direction="to_server")
             except ProtocolError as caught:
                 error = caught
+            else:
+                session.metrics.frame_received(type(message).__name__, size)
+                return message
+        session.metrics.frame_received(MALFORMED_FRAME, size)
         session.errors += 1
         # A peer speaking another protocol version can't be understood at all: refuse it for good.
         fatal = session.errors >= MAX_PROTOCOL_ERRORS or error.code is ErrorCode.VERSION_MISMATCH
@@ -286,7 +291,6 @@ async def _serve(session: Session, metrics: Metrics) -> None:
             if isinstance(message, Goodbye):
                 await session.ws.close(code=1000, message=b"goodbye")
                 return
-            metrics.frames[type(message).__name__] = metrics.frames.get(type(message).__name__, 0) + 1
             await _dispatch(session, message)
         except ProtocolError as error:
             # Name the frame and the unit or blob it was about, so a client with several requests
