@@ -49,7 +49,9 @@ def test_the_real_tree_keeps_every_contract() -> None:
 )
 def test_a_wrong_import_breaks_its_contract(tmp_path: Path, module: str, wrong_import: str, contract: str) -> None:
     for package in PACKAGES:
-        shutil.copytree(REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__", "static", "*.png"))
+        shutil.copytree(
+            REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__", "static", "*.png")
+        )
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
     assert lint_imports(tmp_path).returncode == 0, "the copy should pass before it is broken"
 
