@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from training.atomic_write import write_atomically
+
 __all__ = ["machine_line", "markdown_table", "write_section"]
 
 HEADER = "# Benchmarks\n\nProduced by `commonweights bench …`; each section is rewritten by its own command.\n"
@@ -28,10 +30,7 @@ def write_section(path: Path, name: str, body: str) -> None:
     text = path.read_text() if path.exists() else HEADER
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomically(path, text, mode=0o644)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

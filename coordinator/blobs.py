@@ -12,10 +12,10 @@ leaves a partial blob under a real name.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
+
+from training.atomic_write import write_atomically
 
 __all__ = ["BlobNotFound", "BlobStore", "sha256_hex"]
 
@@ -45,18 +45,7 @@ class BlobStore:
         target = self.path(digest)
         if target.exists():
             return digest
-        target.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(target.parent)
+        write_atomically(target, data)
         return digest
 
     def exists(self, digest: str) -> bool:
@@ -84,11 +73,3 @@ class BlobStore:
                 return handle.read(length)
         except FileNotFoundError:
             raise BlobNotFound(f"no blob {digest}") from None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

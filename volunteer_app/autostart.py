@@ -18,16 +18,16 @@ fake registry:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import plistlib
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+
+from training.atomic_write import write_atomically
 
 APP_NAME = "Commonweights"
 APP_ID = "commonweights"
@@ -59,21 +59,9 @@ def _command(argv: Sequence[str] | None) -> list[str]:
     return command
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def _write_entry(path: Path, data: bytes) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomically(path, data, mode=0o644)  # the desktop's session manager reads it
     except OSError as exc:
         raise AutostartError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
@@ -175,12 +163,12 @@ class XdgAutostart:
             "Terminal=false\n"
             "X-GNOME-Autostart-enabled=true\n"
         )
-        _write_atomically(self.path, entry.encode("utf-8"))
+        _write_entry(self.path, entry.encode("utf-8"))
 
     def disable(self) -> None:
         if any(_desktop_entry_active(p) for p in self._system_paths):
             # A system-wide entry (from a distribution package) is overridden, per user, by Hidden.
-            _write_atomically(self.path, f"[Desktop Entry]\nType=Application\nName={APP_NAME}\nHidden=true\n".encode())
+            _write_entry(self.path, f"[Desktop Entry]\nType=Application\nName={APP_NAME}\nHidden=true\n".encode())
         else:
             _remove(self.path)
 
@@ -217,7 +205,7 @@ class LaunchAgentAutostart:
             "ProcessType": "Interactive",
             "LimitLoadToSessionType": "Aqua",  # the GUI login, not ssh sessions
         }
-        _write_atomically(self.path, plistlib.dumps(plist))
+        _write_entry(self.path, plistlib.dumps(plist))
 
     def disable(self) -> None:
         _remove(self.path)

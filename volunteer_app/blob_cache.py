@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from training.atomic_write import fsync_folder, write_atomically
+
 if sys.platform != "win32":
     import fcntl
 
@@ -122,10 +124,7 @@ class BlobCache:
     def put(self, data: bytes) -> str:
         """Store bytes already in hand (tests, a blob that arrived another way); returns the hash."""
         sha256 = hashlib.sha256(data).hexdigest()
-        self.root.mkdir(parents=True, exist_ok=True)
-        temp = self.partial_path(sha256).with_suffix(f".{os.getpid()}.tmp")
-        temp.write_bytes(data)
-        os.replace(temp, self.path_for(sha256))
+        write_atomically(self.path_for(sha256), data)
         return sha256
 
     async def fetch(
@@ -155,7 +154,8 @@ class BlobCache:
             await self._download(ref, fetch_chunk, on_progress)
             part = self.partial_path(ref.sha256)
             if _file_sha256(part) == ref.sha256:
-                os.replace(part, self.path_for(ref.sha256))
+                os.replace(part, self.path_for(ref.sha256))  # the partial file was fsynced as it finished
+                fsync_folder(self.root)
                 data = self.read(ref.sha256)
                 if data is not None:
                     return data

@@ -14,15 +14,14 @@ volunteer, so the file is written atomically (temp file + rename) and created wi
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 import tomli_w
+
+from training.atomic_write import write_atomically
 
 __all__ = [
     "APP_NAME",
@@ -112,16 +111,5 @@ class CredentialStore:
 
     def _write(self, entries: dict[str, object]) -> None:
         self.config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # mkstemp creates the file 0600, so the token is never readable by others, not even briefly.
-        handle, temp = tempfile.mkstemp(dir=self.config_dir, prefix=".credentials-", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                out.write(_HEADER + tomli_w.dumps(entries))
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(temp, 0o600)
-            os.replace(temp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
+        # 0600 from the moment the temporary file exists: the token is never readable by others.
+        write_atomically(self.path, _HEADER + tomli_w.dumps(entries), mode=0o600)

@@ -18,12 +18,9 @@ are also listed by `unknown_keys` so the settings dialog can mention them. Every
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
-import os
-import tempfile
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +31,8 @@ from urllib.parse import urlsplit
 
 import platformdirs
 import tomli_w
+
+from training.atomic_write import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -312,23 +311,5 @@ def load_preferences(path: Path | None = None) -> Preferences:
 def save_preferences(prefs: Preferences, path: Path | None = None) -> Path:
     """Write atomically (temporary file, fsync, rename), so a crash leaves the old or the new file."""
     target = path if path is not None else default_preferences_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    text = _HEADER + tomli_w.dumps(prefs.to_dict())
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as tmp:
-            tmp.write(text)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    if os.name == "posix":  # make the rename itself durable
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    write_atomically(target, _HEADER + tomli_w.dumps(prefs.to_dict()))
     return target

@@ -22,7 +22,6 @@ import dataclasses
 import gc
 import hashlib
 import math
-import os
 import shutil
 import struct
 import time
@@ -40,6 +39,7 @@ from protocol.limits import MAX_LOSS
 from protocol.messages import InnerRecipe, TrainMetrics, WorkUnit
 from protocol.messages import ModelConfig as WireModelConfig
 from protocol.messages import decode as decode_frame
+from training.atomic_write import write_atomically
 from training.checkpoint import CheckpointError, load_state, load_weights, save_state
 from training.error_feedback import ErrorFeedback
 from training.inner import InnerConfig, InnerLoop, StepReport
@@ -144,7 +144,7 @@ class UnitStore:
     def save_unit(self, unit_frame: bytes) -> WorkUnit:
         """Keep a `work_unit` frame (as received) so a restart can carry on with the unit."""
         unit = _decode_unit(unit_frame)
-        _write_atomic(self.unit_dir(unit.unit_id) / self.UNIT, unit_frame)
+        write_atomically(self.unit_dir(unit.unit_id) / self.UNIT, unit_frame)
         return unit
 
     def units(self) -> list[tuple[WorkUnit, bytes]]:
@@ -160,7 +160,7 @@ class UnitStore:
         return [(unit, frame) for _, unit, frame in sorted(found, key=lambda item: item[0])]
 
     def save_state(self, unit_id: str, state: dict[str, Any]) -> None:
-        _write_atomic(self.unit_dir(unit_id) / self.STATE, save_state(state))
+        write_atomically(self.unit_dir(unit_id) / self.STATE, save_state(state))
 
     def load_state(self, unit_id: str) -> dict[str, Any] | None:
         try:
@@ -184,7 +184,7 @@ class UnitStore:
         With `trained`, its campaign's error-feedback residual is saved too, after the frame: a
         crash in between loses one small correction rather than applying it twice.
         """
-        _write_atomic(self.unit_dir(unit_id) / self.SUBMIT, submit_frame)
+        write_atomically(self.unit_dir(unit_id) / self.SUBMIT, submit_frame)
         if trained is not None and trained.feedback is not None:
             self.save_feedback(trained.campaign_id, trained.feedback)
         (self.unit_dir(unit_id) / self.STATE).unlink(missing_ok=True)
@@ -209,7 +209,7 @@ class UnitStore:
 
     def save_feedback(self, campaign_id: str, feedback: ErrorFeedback) -> None:
         path = self.root / "feedback" / f"{_key(campaign_id)}.safetensors"
-        _write_atomic(path, save_state({"residual": feedback.residual}))
+        write_atomically(path, save_state({"residual": feedback.residual}))
 
 
 # --- Training -----------------------------------------------------------------------------------
@@ -436,13 +436,3 @@ def _subdirs(path: Path) -> list[Path]:
         return [child for child in path.iterdir() if child.is_dir()]
     except FileNotFoundError:
         return []
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temp, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temp, path)

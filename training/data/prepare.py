@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from training.atomic_write import fsync_folder
 from training.data.errors import DataError
 from training.data.manifest import (
     FORMAT_VERSION,
@@ -291,14 +292,12 @@ def _write_dataset(
     )
     (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
     for name in (TOKENIZER_NAME, MANIFEST_NAME):
-        _fsync(staging / name)
-    _fsync(staging)
+        _fsync_file(staging / name)
+    fsync_folder(staging)
     return manifest
 
 
-def _fsync(path: Path) -> None:
-    if os.name != "posix" and path.is_dir():
-        return  # Windows cannot open a folder for fsync; its renames are journaled anyway
+def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -320,8 +319,7 @@ def _publish(staging: Path, out_dir: Path) -> None:
             old.rename(out_dir)
             raise
         shutil.rmtree(old, ignore_errors=True)
-    if os.name == "posix":
-        _fsync(out_dir.parent)
+    fsync_folder(out_dir.parent)
 
 
 def _describe(sources: Sequence[Path]) -> str:

@@ -12,12 +12,9 @@ are counted per day for the daily network cap (uploads are not reported by the w
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +22,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import date, datetime
 from pathlib import Path
 
+from training.atomic_write import write_atomically
 from volunteer_app.events import Connected, Downloading, TrainingProgress, UnitResult, UnitStarted, WorkerEvent
 
 __all__ = ["StatsBook", "Totals"]
@@ -163,15 +161,8 @@ class StatsBook:
         """Write the totals atomically; a failure is logged, never raised (statistics are not work)."""
         if self.path is None:
             return
-        tmp: str | None = None
+        totals = {**asdict(self.totals), "saved_at": datetime.now().astimezone().isoformat()}
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump({**asdict(self.totals), "saved_at": datetime.now().astimezone().isoformat()}, out)
-            os.replace(tmp, self.path)
+            write_atomically(self.path, json.dumps(totals))
         except OSError as error:
             log.warning("cannot save statistics to %s: %s", self.path, error)
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
