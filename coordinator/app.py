@@ -77,7 +77,8 @@ async def _ticker(app: web.Application) -> None:
     service = app[SERVICE]
     while True:
         try:
-            await service.workers.run(service.tick)
+            for runtime in list(service.runtimes.values()):
+                await service.workers.run_in_order(runtime.row.id, runtime.tick)
         except Exception:
             log.exception("tick failed")
         await asyncio.sleep(TICK_SECONDS)

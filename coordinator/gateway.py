@@ -22,6 +22,7 @@ from coordinator.appkeys import METRICS, SERVICE, SOCKETS
 from coordinator.blobs import BlobNotFound
 from coordinator.metrics import MALFORMED_FRAME, Metrics
 from coordinator.runtime import Assignment, CampaignRuntime, Outcome, SubmissionReport
+from coordinator.runtime import NoWork as NoWorkAnswer
 from coordinator.service import Coordinator, UnsupportedCodec
 from coordinator.store import VolunteerRow
 from protocol.codecs import CODEC_NAMES
@@ -312,13 +313,7 @@ async def _dispatch(session: Session, message: Message) -> None:
     assert volunteer is not None
     if isinstance(message, RequestWork):
         try:
-            answer = await service.workers.run(
-                service.assign_work,
-                volunteer,
-                memory_bytes=session.memory_bytes,
-                preferred=message.preferred_campaign,
-                codecs=session.codecs,
-            )
+            answer = await _assign_work(session, message)
         except UnsupportedCodec as refusal:
             await _send(
                 session,
@@ -363,6 +358,31 @@ async def _dispatch(session: Session, message: Message) -> None:
         raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"{type(message).__name__} is not expected here")
 
 
+async def _assign_work(session: Session, message: RequestWork) -> Assignment | NoWorkAnswer:
+    """A unit from the first active campaign with one for this volunteer; each campaign leases in its
+    own lane, where the lease is committed together with that campaign's other commits."""
+    service, volunteer = session.service, session.volunteer
+    assert volunteer is not None
+    candidates = await service.workers.run(
+        service.work_candidates, preferred=message.preferred_campaign, codecs=session.codecs
+    )
+    if isinstance(candidates, NoWorkAnswer):
+        return candidates
+    reasons = []
+    for runtime in candidates:
+        answer = await service.workers.commit_in_order(
+            runtime.row.id,
+            runtime.lease,
+            volunteer.id,
+            memory_bytes=session.memory_bytes,
+            trust=service.trust_of(volunteer),
+        )
+        if isinstance(answer, Assignment):
+            return answer
+        reasons.append(answer)
+    return min(reasons, key=lambda r: r.retry_after_s)
+
+
 def _ref_id(message: Message) -> str | None:
     if isinstance(message, BlobRequest):
         return message.sha256
@@ -405,9 +425,11 @@ async def _submit(session: Session, message: Submit) -> None:
         prepared = await service.workers.run(
             runtime.prepare, volunteer.id, message.unit_id, message.lease_id, message.update
         )
-        outcome = await service.workers.run_in_order(
+        outcome = await service.workers.commit_in_order(
             runtime.row.id, runtime.commit, volunteer.id, message.lease_id, prepared, report
         )
+        if runtime.close_due is not None:
+            await service.workers.run_in_order(runtime.row.id, runtime.close_if_due)
     code = ErrorCode(outcome.code) if outcome.code else None
     if outcome.status == "duplicate":
         code = ErrorCode.DUPLICATE_SUBMISSION

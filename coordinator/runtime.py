@@ -226,6 +226,7 @@ class CampaignRuntime:
         self.cohort = CohortStats()
         self.round: RoundState | None = None
         self.version_row: VersionRow | None = None
+        self.close_due: str | None = None  # why the open round should close, once a commit decided it
         self.on_version: Callable[[CampaignRuntime, VersionRow], None] | None = None
 
     @property
@@ -482,8 +483,10 @@ class CampaignRuntime:
     def submit(
         self, volunteer_id: str, unit_id: str, lease_id: str, payload: bytes, report: SubmissionReport
     ) -> Outcome:
-        """Judge one submission from start to end (`prepare`, then `commit`)."""
-        return self.commit(volunteer_id, lease_id, self.prepare(volunteer_id, unit_id, lease_id, payload), report)
+        """Judge one submission from start to end (`prepare`, `commit`, and the round's close at quorum)."""
+        outcome = self.commit(volunteer_id, lease_id, self.prepare(volunteer_id, unit_id, lease_id, payload), report)
+        self.close_if_due()
+        return outcome
 
     def prepare(self, volunteer_id: str, unit_id: str, lease_id: str, payload: bytes) -> PreparedUpdate:
         """Store and decode an update without the campaign's lock, so several threads can do it at once.
@@ -756,10 +759,9 @@ class CampaignRuntime:
             state.tokens += report.tokens
         self.cohort.record(candidate)
         self.counters.accepted += 1
-        closed = False
-        if state.accepted >= self.spec.rounds.min_accepted:
-            self.close_round("quorum")
-            closed = True
+        closed = state.accepted >= self.spec.rounds.min_accepted
+        if closed:
+            self.close_due = "quorum"  # closed by `close_if_due`, outside the commit's transaction
         message = (
             "accepted"
             if staleness == 0
@@ -769,8 +771,19 @@ class CampaignRuntime:
 
     # rounds ----------------------------------------------------------------------------------
 
+    def close_if_due(self) -> VersionRow | None:
+        """Close the round if a commit reached its quorum. Apart from the commits, because a close is
+        heavy (the outer step, a checkpoint written) and grouped commits hold the store's write lock."""
+        with self.lock:
+            if self.close_due is None or self.round is None:
+                self.close_due = None
+                return None
+            reason, self.close_due = self.close_due, None
+            return self.close_round(reason)
+
     def tick(self) -> None:
         """Periodic work: expire leases, close a round whose deadline passed."""
+        self.close_if_due()
         with self.lock:
             self.store.expire_leases(self.clock())
             state = self.round

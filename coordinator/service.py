@@ -85,7 +85,7 @@ class Coordinator:
         self.eval_queue: list[tuple[int, int]] = []  # (campaign id, version) awaiting holdout loss
         self.version_listeners: list[Callable[[int, VersionRow], None]] = []
         self.admin_token = ""
-        self.workers = Workers()
+        self.workers = Workers(group=store.transaction)
 
     @classmethod
     def open(cls, config: CoordinatorConfig, *, clock: Callable[[], float] = time.time) -> Coordinator:
@@ -240,6 +240,24 @@ class Coordinator:
 
         Raises `UnsupportedCodec` when campaigns are running but none uses a codec the volunteer offered.
         """
+        candidates = self.work_candidates(preferred=preferred, codecs=codecs)
+        if isinstance(candidates, NoWork):
+            return candidates
+        reasons = []
+        for runtime in candidates:
+            answer = runtime.lease(volunteer.id, memory_bytes=memory_bytes, trust=self.trust_of(volunteer))
+            if isinstance(answer, Assignment):
+                return answer
+            reasons.append(answer)
+        return min(reasons, key=lambda r: r.retry_after_s)
+
+    def work_candidates(
+        self, *, preferred: str | None = None, codecs: tuple[str, ...] | None = None
+    ) -> list[CampaignRuntime] | NoWork:
+        """The active campaigns to ask for a unit, the preferred one first.
+
+        Raises `UnsupportedCodec` when campaigns are running but none uses a codec the volunteer offered.
+        """
         candidates = [r for r in self.runtimes.values() if r.refresh().status == "active"]
         if preferred:
             candidates.sort(key=lambda r: r.row.name != preferred and str(r.row.id) != preferred)
@@ -251,17 +269,11 @@ class Coordinator:
                 wanted = ", ".join(sorted({r.spec.codec.name for r in candidates}))
                 raise UnsupportedCodec(f"the running campaigns need codecs this app lacks ({wanted}); update the app")
             candidates = usable
-        reasons = []
-        for runtime in candidates:
-            answer = runtime.lease(
-                volunteer.id,
-                memory_bytes=memory_bytes,
-                trust=TrustState(volunteer.consecutive_valid, volunteer.errors),
-            )
-            if isinstance(answer, Assignment):
-                return answer
-            reasons.append(answer)
-        return min(reasons, key=lambda r: r.retry_after_s)
+        return candidates
+
+    @staticmethod
+    def trust_of(volunteer: VolunteerRow) -> TrustState:
+        return TrustState(volunteer.consecutive_valid, volunteer.errors)
 
     def runtime_for_unit(self, unit_id: str) -> CampaignRuntime | None:
         """The running campaign a unit belongs to (None for an unknown unit or a stopped campaign)."""

@@ -336,14 +336,25 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """A write transaction (BEGIN IMMEDIATE); nested uses join the outer one."""
+        """A write transaction (BEGIN IMMEDIATE). A nested use is a savepoint: if it raises, its own
+        writes are undone and the enclosing transaction goes on (the engine groups many volunteers'
+        commits into one transaction, and one failing must not take the others' writes with it)."""
         depth: int = getattr(self._local, "depth", 0)
         if depth:
+            db = self.db
+            savepoint = f"nested_{depth}"
+            db.execute(f"SAVEPOINT {savepoint}")
             self._local.depth = depth + 1
             try:
                 yield
+            except BaseException:
+                db.execute(f"ROLLBACK TO {savepoint}")
+                db.execute(f"RELEASE {savepoint}")
+                raise
+            else:
+                db.execute(f"RELEASE {savepoint}")
             finally:
-                self._local.depth -= 1
+                self._local.depth = depth
             return
         with self._write_lock:
             db = self.db
