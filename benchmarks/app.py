@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report import machine_line, markdown_table, write_section
-from coordinator.local import LocalCoordinator, http_json, start_coordinator, stop
+from coordinator.local import LocalCoordinator, start_coordinator, stop
 from training.data import TokenDataset, ensure_default_dataset
 from volunteer_app.preferences import Preferences, save_preferences
 from volunteer_app.tray.xsession import SystemTray, XvfbDisplay, window_geometry
@@ -161,9 +161,8 @@ class AppProcess:
 
 def _campaign(coordinator: LocalCoordinator, dataset: Path, steps: int, batch: int, seq: int) -> None:
     steps = min(steps, TokenDataset.open(dataset).num_train_tokens // (2 * batch * seq) - 1)  # two units fit
-    http_json(
-        f"{coordinator.base}/api/campaigns",
-        data={
+    coordinator.api.post_campaign(
+        {
             "name": "bench-app",
             "model": "tiny",
             "dataset": "stdlib",
@@ -172,8 +171,7 @@ def _campaign(coordinator: LocalCoordinator, dataset: Path, steps: int, batch: i
             "inner": {"steps": steps, "batch_size": batch, "seq_len": seq, "warmup_steps": 0},
             "rounds": {"units_per_round": 1, "min_accepted": 1, "deadline_s": 86_400, "lease_s": 600},
             "validation": {"replication_rate": 0.0},
-        },
-        token=coordinator.token,
+        }
     )
 
 

@@ -27,7 +27,6 @@ import resource
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,8 @@ import torch
 
 from benchmarks.report import machine_line, markdown_table, write_section
 from benchmarks.system import hello, honest_update, ingest, spec, start
-from coordinator.local import LocalCoordinator, http_json, stop
+from coordinator.client import CoordinatorClient
+from coordinator.local import LocalCoordinator, stop
 from protocol.codecs import CodecConfig, encode
 from protocol.messages import RequestWork, Result, Submit, TrainMetrics, WorkUnit
 from protocol.messages import decode as decode_frame
@@ -57,9 +57,7 @@ BASELINE_INGEST_MB_S = 89.6  # bench system before the engine moved heavy work o
 
 
 def scrape(base: str) -> str:
-    with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
-        text: str = response.read().decode()
-    return text
+    return CoordinatorClient(base).metrics()
 
 
 def lag_buckets(text: str) -> dict[float, float]:
@@ -123,8 +121,7 @@ class HealthProbe:
     def _run(self) -> None:
         while not self._stop.is_set():
             began = time.perf_counter()
-            with urllib.request.urlopen(f"{self.base}/api/health", timeout=30) as response:
-                response.read()
+            CoordinatorClient(self.base).health()
             self.latencies.append(time.perf_counter() - began)
             self._stop.wait(self.period)
 
@@ -218,7 +215,7 @@ def run_cycles(dataset: Path, work: Path, clients: int, seconds: float) -> dict[
         campaign = spec("cycles", model="tiny", units=10_000, rounds=100, steps=1, batch=1, seq=32)
         campaign["codec"] = {"name": "topk", "topk_fraction": 0.001}
         campaign["rounds"]["min_accepted"] = 2_000  # rounds close now and then, as in a real campaign
-        http_json(f"{coordinator.base}/api/campaigns", data=campaign, token=coordinator.token)
+        coordinator.api.post_campaign(campaign)
         return asyncio.run(cycles(coordinator, dataset, clients, seconds))
     finally:
         stop(coordinator.process)
@@ -250,12 +247,10 @@ async def idle(coordinator: LocalCoordinator, count: int, hold_s: float) -> dict
     held_until = time.perf_counter() + hold_s
     while time.perf_counter() < held_until:
         t0 = time.perf_counter()
-        await asyncio.to_thread(http_json, f"{coordinator.base}/api/health")
+        await asyncio.to_thread(coordinator.api.health)
         latencies.append(time.perf_counter() - t0)
         await asyncio.sleep(0.2)
-    connected = float(
-        json.loads(json.dumps(http_json(f"{coordinator.base}/api/health"))).get("volunteers_connected", 0)
-    )
+    connected = float(coordinator.api.health().get("volunteers_connected", 0))
     rss = rss_bytes(coordinator.process.pid)
     for ws in sockets:
         await ws.close()
@@ -292,7 +287,7 @@ def run_ingestion_with_lag(dataset: Path, work: Path, clients: int, updates: int
     try:
         campaign = spec("ingest", model="small", units=updates + clients, rounds=1, steps=2, batch=4, seq=128)
         campaign["rounds"]["min_accepted"] = updates + clients
-        http_json(f"{coordinator.base}/api/campaigns", data=campaign, token=coordinator.token)
+        coordinator.api.post_campaign(campaign)
         before = lag_buckets(scrape(coordinator.base))
         with HealthProbe(coordinator.base) as probe:
             result = asyncio.run(ingest(coordinator, dataset, clients, updates))

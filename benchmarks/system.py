@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from benchmarks.report import machine_line, markdown_table, write_section
-from coordinator.local import LocalCoordinator, http_json, read_metric, start_coordinator, stop
+from coordinator.local import LocalCoordinator, start_coordinator, stop
 from protocol.codecs import CodecConfig, encode
 from protocol.messages import Capabilities, Device, Hello, RequestWork, Result, Submit, TrainMetrics, WorkUnit
 from protocol.messages import decode as decode_frame
@@ -72,10 +72,9 @@ def end_to_end(dataset: Path, work: Path, volunteers: int, rounds: int, steps: i
     coordinator = start(dataset, work, f"e2e-{volunteers}")
     running = [coordinator.process]
     try:
-        campaign = http_json(
-            f"{coordinator.base}/api/campaigns",
-            data=spec(f"e2e{volunteers}", model="tiny", units=volunteers, rounds=rounds, steps=steps, batch=8, seq=128),
-            token=coordinator.token,
+        api = coordinator.api
+        campaign = api.post_campaign(
+            spec(f"e2e{volunteers}", model="tiny", units=volunteers, rounds=rounds, steps=steps, batch=8, seq=128)
         )
         port = coordinator.base.rsplit(":", 1)[1]
         for i in range(volunteers):
@@ -89,18 +88,16 @@ def end_to_end(dataset: Path, work: Path, volunteers: int, rounds: int, steps: i
             ))  # fmt: skip
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
-            row = http_json(f"{coordinator.base}/api/campaigns/{campaign['id']}")
+            row = api.campaign(campaign["id"])
             if row["status"] == "finished":
                 break
             time.sleep(0.5)
         else:
             raise TimeoutError("the end-to-end run did not finish in 30 minutes")
-        history = http_json(f"{coordinator.base}/api/campaigns/{campaign['id']}/rounds")["rounds"]
+        history = api.rounds(campaign["id"])
         elapsed = history[-1]["closed_at"] - history[0]["opened_at"]
         units = rounds * volunteers
-        wire = read_metric(coordinator.base, "commonweights_ws_bytes_received_total") + read_metric(
-            coordinator.base, "commonweights_ws_bytes_sent_total"
-        )
+        wire = api.metric("commonweights_ws_bytes_received_total") + api.metric("commonweights_ws_bytes_sent_total")
         return {
             "volunteers": volunteers,
             "threads": threads,
@@ -108,7 +105,7 @@ def end_to_end(dataset: Path, work: Path, volunteers: int, rounds: int, steps: i
             "seconds": elapsed,
             "tokens_per_s": row["tokens_trained"] / elapsed,
             "wire_bytes_per_unit": wire / units,
-            "update_bytes_per_unit": read_metric(coordinator.base, "commonweights_update_bytes_received_total") / units,
+            "update_bytes_per_unit": api.metric("commonweights_update_bytes_received_total") / units,
         }
     finally:
         for process in reversed(running):
@@ -257,7 +254,7 @@ def run_ingestion(dataset: Path, work: Path, clients: int, updates: int) -> dict
     try:
         campaign_spec = spec("ingest", model="small", units=updates + clients, rounds=1, steps=2, batch=4, seq=128)
         campaign_spec["rounds"]["min_accepted"] = updates + clients
-        http_json(f"{coordinator.base}/api/campaigns", data=campaign_spec, token=coordinator.token)
+        coordinator.api.post_campaign(campaign_spec)
         result = asyncio.run(ingest(coordinator, dataset, clients, updates))
         result["parameters"] = sum(
             p.numel()

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator.local import free_port, http_json, read_metric, start_coordinator, stop
+from coordinator.client import ApiError, CoordinatorClient
+from coordinator.local import free_port, start_coordinator, stop
 
 __all__ = ["add_demo", "demo_spec", "run_demo"]
 
@@ -76,11 +77,13 @@ class Snapshot:
     bytes_in: float
 
 
-def snapshot(base: str, campaign_id: int) -> Snapshot:
-    campaign = http_json(f"{base}/api/campaigns/{campaign_id}")
-    versions = http_json(f"{base}/api/campaigns/{campaign_id}/versions")["versions"]
-    rounds = http_json(f"{base}/api/campaigns/{campaign_id}/rounds")["rounds"]
-    return Snapshot(campaign, versions, rounds, read_metric(base, "commonweights_update_bytes_received_total"))
+def snapshot(api: CoordinatorClient, campaign_id: int) -> Snapshot:
+    return Snapshot(
+        api.campaign(campaign_id),
+        api.versions(campaign_id),
+        api.rounds(campaign_id),
+        api.metric("commonweights_update_bytes_received_total"),
+    )
 
 
 def render(snap: Snapshot, started: float) -> Any:
@@ -141,12 +144,11 @@ def run_demo(args: argparse.Namespace) -> int:
         local = start_coordinator(data_dir, datasets={"stdlib": dataset}, port=port, log=logs / "coordinator.log")
         coordinator = local.process
         running.append(coordinator)
-        token = local.token
-        spec = demo_spec(args)
+        api = local.api
         try:
-            campaign = http_json(f"{base}/api/campaigns", data=spec, token=token)
-        except urllib.error.HTTPError as error:
-            console.print(f"[red]the coordinator refused the campaign:[/red] {error.read().decode()}")
+            campaign = api.post_campaign(demo_spec(args))
+        except ApiError as error:
+            console.print(f"[red]the coordinator refused the campaign:[/red] {json.dumps(error.body)}")
             return 1
         campaign_id = campaign["id"]
         console.print(
@@ -165,11 +167,11 @@ def run_demo(args: argparse.Namespace) -> int:
             ))  # fmt: skip
         console.print(f"[bold]4/4[/bold] training; dashboard at {base}/ (logs in {logs})")
         started = time.monotonic()
-        snap = snapshot(base, campaign_id)
+        snap = snapshot(api, campaign_id)
         with Live(render(snap, started), console=console, refresh_per_second=2) as live:
             while True:
                 time.sleep(1.0)
-                snap = snapshot(base, campaign_id)
+                snap = snapshot(api, campaign_id)
                 live.update(render(snap, started))
                 evaluated = all(v["holdout_loss"] is not None for v in snap.versions)
                 if snap.campaign["status"] == "finished" and evaluated:

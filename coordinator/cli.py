@@ -6,10 +6,7 @@ Cheap to import: the handlers import aiohttp, torch and the server only when the
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -99,38 +96,24 @@ def add_campaign(commands: Subparsers) -> None:
     post.set_defaults(handler=_run_campaign_post)
 
 
-def post_campaign(url: str, token: str, spec_text: str) -> tuple[int, dict[str, Any]]:
-    """POST a TOML spec; returns (HTTP status, JSON body)."""
-    request = urllib.request.Request(
-        url.rstrip("/") + "/api/campaigns",
-        data=spec_text.encode(),
-        method="POST",
-        headers={"Content-Type": "application/toml", "Authorization": f"Bearer {token}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
-
-
 def _run_campaign_post(args: argparse.Namespace) -> int:
+    from coordinator.client import ApiError, CoordinatorClient
+
     try:
         text = args.spec.read_text()
     except OSError as error:
         print(f"can't read {args.spec}: {error.strerror}", file=sys.stderr)
         return 2
     try:
-        status, body = post_campaign(args.coordinator, args.token, text)
-    except (urllib.error.URLError, OSError) as error:
-        print(f"can't reach the coordinator at {args.coordinator}: {error}", file=sys.stderr)
-        return 1
-    if status != 201:
-        problem = body.get("error", {})
-        print(f"refused ({status}): {problem.get('message', body)}", file=sys.stderr)
-        for item in problem.get("problems", []):
+        body = CoordinatorClient(args.coordinator, args.token, timeout=60).post_campaign(text)
+    except ApiError as error:
+        print(f"refused ({error.status}): {error.message}", file=sys.stderr)
+        for item in error.problems:
             print(f"  - {item}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"can't reach the coordinator at {args.coordinator}: {error}", file=sys.stderr)
+        return 1
     print(
         f"campaign {body['name']} posted as #{body['id']}: {body['rounds_total']} rounds, "
         f"{body['token_budget']:,} tokens"

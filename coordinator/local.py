@@ -1,27 +1,26 @@
 """Running a coordinator on this machine as a separate process: the demo, benchmarks and tests.
 
 >>> with local_coordinator(data_dir, datasets={"stdlib": path}) as coordinator:
-...     http_json(f"{coordinator.base}/api/campaigns", data=spec, token=coordinator.token)
+...     coordinator.api.post_campaign(spec)
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import re
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LocalCoordinator", "free_port", "http_json", "local_coordinator", "read_metric", "stop", "wait_for"]
+from coordinator.client import ApiError, CoordinatorClient
+
+__all__ = ["LocalCoordinator", "free_port", "local_coordinator", "start_coordinator", "stop", "wait_until_healthy"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +34,11 @@ class LocalCoordinator:
     def ws_url(self) -> str:
         return self.base.replace("http://", "ws://", 1) + "/ws"
 
+    @property
+    def api(self) -> CoordinatorClient:
+        """The REST API, as the admin."""
+        return CoordinatorClient(self.base, self.token)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -43,38 +47,19 @@ def free_port() -> int:
         return port
 
 
-def http_json(
-    url: str, *, data: Any = None, token: str | None = None, method: str | None = None, timeout: float = 30
-) -> Any:
-    """A JSON request; HTTP errors raise urllib.error.HTTPError (its body holds the JSON error)."""
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    body = json.dumps(data).encode() if data is not None else None
-    request = urllib.request.Request(url, data=body, headers=headers, method=method or ("POST" if body else "GET"))
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
-def wait_for(url: str, *, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll `url` until it answers, the process dies, or `timeout` passes."""
+def wait_until_healthy(
+    api: CoordinatorClient, *, timeout: float, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Poll /api/health until it answers, the process dies, or `timeout` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"the coordinator exited with code {process.returncode} before it was ready")
-        with contextlib.suppress(OSError, urllib.error.URLError):
-            urllib.request.urlopen(url, timeout=2).close()
+        with contextlib.suppress(OSError, ApiError):
+            api.health(timeout=2)
             return
         time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
-
-
-def read_metric(base: str, name: str) -> float:
-    """The sum over all label sets of one Prometheus metric from /metrics."""
-    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    values = re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.MULTILINE)
-    return sum(float(v) for v in values)
+    raise TimeoutError(f"{api.base_url}/api/health did not answer within {timeout:.0f} s")
 
 
 def stop(process: subprocess.Popen[bytes], *, grace: float = 10) -> None:
@@ -105,11 +90,13 @@ def start_coordinator(
     for name, path in (datasets or {}).items():
         command += ["--dataset", f"{name}={path}"]
     command += list(extra_args)
-    output = log.open("ab") if log is not None else subprocess.DEVNULL
-    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its log is current when a test or the demo reads it
+    with contextlib.ExitStack() as files:
+        output = files.enter_context(log.open("ab")) if log is not None else subprocess.DEVNULL
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(f"{base}/api/health", timeout=120, process=process)
+        wait_until_healthy(CoordinatorClient(base), timeout=120, process=process)
     except BaseException:
         stop(process)
         raise

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from coordinator.app import create_app
 from coordinator.appkeys import METRICS, SERVICE
 from coordinator.campaign import CampaignSpec
-from coordinator.local import read_metric
+from coordinator.client import CoordinatorClient
 from coordinator.metrics import UNMATCHED_ROUTE, Metrics
 from coordinator.runtime import Assignment
 from coordinator.service import Coordinator, CoordinatorConfig
@@ -143,7 +143,8 @@ async def test_updates_accepted_counts_every_accepted_row_not_a_capped_listing(s
     assert value(families, "commonweights_updates_rejected_total", campaign="metrics", reason="too_large") == 1
     # The same numbers through the reader the demo and the benchmarks use.
     base = str(server.make_url("")).rstrip("/")
-    assert await asyncio.to_thread(read_metric, base, "commonweights_updates_accepted_total") == LISTING_CAP + 5
+    api = CoordinatorClient(base)
+    assert await asyncio.to_thread(api.metric, "commonweights_updates_accepted_total") == LISTING_CAP + 5
 
 
 async def test_http_requests_are_counted_by_route_template_method_and_status(server: TestServer) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from coordinator.local import LocalCoordinator, free_port, http_json, start_coordinator, stop
+from coordinator.local import LocalCoordinator, free_port, start_coordinator, stop
 from tests.support.history import check_history
 
 pytestmark = pytest.mark.slow
@@ -98,13 +98,12 @@ def system(tmp_path: Path, small_dataset: Path) -> Iterator[tuple[LocalCoordinat
 
 
 def post(coordinator: LocalCoordinator, spec: dict[str, Any]) -> int:
-    campaign_id: int = http_json(f"{coordinator.base}/api/campaigns", data=spec, token=coordinator.token)["id"]
+    campaign_id: int = coordinator.api.post_campaign(spec)["id"]
     return campaign_id
 
 
 def campaign(coordinator: LocalCoordinator, campaign_id: int) -> dict[str, Any]:
-    row: dict[str, Any] = http_json(f"{coordinator.base}/api/campaigns/{campaign_id}")
-    return row
+    return coordinator.api.campaign(campaign_id)
 
 
 def test_bad_volunteers_are_rejected_with_the_right_reason_while_training_goes_on(
@@ -131,7 +130,7 @@ def test_bad_volunteers_are_rejected_with_the_right_reason_while_training_goes_o
     for fault, code in faults.items():
         assert rejections.get(code, 0) >= 1, (fault, rejections, volunteers.log(f"bad-{fault}"))
         assert code in volunteers.log(f"bad-{fault}"), f"the {fault} volunteer was not told why"
-    by_name = {v["name"]: v for v in http_json(f"{coordinator.base}/api/volunteers")["volunteers"]}
+    by_name = {v["name"]: v for v in coordinator.api.volunteers()}
     for fault in faults:
         assert by_name[f"bad-{fault}"]["units_accepted"] == 0 and by_name[f"bad-{fault}"]["units_rejected"] >= 1
     # The replayed submission changed nothing: one accepted unit, credited once, and told "duplicate".

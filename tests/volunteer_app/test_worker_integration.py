@@ -5,7 +5,6 @@ One coordinator serves the whole module; each test posts its own small campaign 
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import shutil
@@ -15,8 +14,6 @@ import stat
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from coordinator.local import LocalCoordinator, start_coordinator, stop
 from training.checkpoint import load_state
 from volunteer_app.credentials import CredentialStore
 from volunteer_app.worker import (
@@ -40,21 +38,20 @@ from volunteer_app.worker import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-STARTUP_S = 45.0
 VOLUNTEER_S = 50.0
 
 
 @dataclass
 class Coordinator:
-    http: str
-    ws: str
-    admin_token: str
-    process: subprocess.Popen[bytes]
+    local: LocalCoordinator
     names: int = 0
 
+    @property
+    def ws(self) -> str:
+        return self.local.ws_url
+
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.http + path, timeout=10) as response:
-            return json.loads(response.read())
+        return self.local.api.request("GET", path)
 
     def post_campaign(self, *, steps: int = 4, units: int = 1) -> str:
         """A one-round campaign of `units` units of `steps` inner steps; its id."""
@@ -69,14 +66,7 @@ class Coordinator:
             "rounds": {"units_per_round": units, "min_accepted": units},
             "validation": {"replication_rate": 0.0},
         }
-        request = urllib.request.Request(
-            self.http + "/api/campaigns",
-            data=json.dumps(spec).encode(),
-            method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.admin_token}"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return str(json.loads(response.read())["id"])
+        return str(self.local.api.post_campaign(spec)["id"])
 
 
 def _free_port() -> int:
@@ -99,34 +89,15 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
     data_dir = tmp_path_factory.mktemp("coordinator")
-    port = _free_port()
-    log = open(data_dir / "serve.log", "wb")  # noqa: SIM115 - closed below, after the process
-    process = subprocess.Popen(
-        [sys.executable, "-m", "commonweights", "coordinator", "serve", "--data-dir", str(data_dir),
-         "--port", str(port), "--log-level", "warning"],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    http = f"http://127.0.0.1:{port}"
+    log = data_dir / "serve.log"
     try:
-        for _ in range(int(STARTUP_S / 0.1)):
-            try:
-                with urllib.request.urlopen(http + "/api/health", timeout=2) as response:
-                    if json.loads(response.read())["status"] == "ok":
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            try:  # waits 0.1 s, and notices a coordinator that died on the way up
-                process.wait(timeout=0.1)
-                pytest.fail(f"the coordinator exited: {(data_dir / 'serve.log').read_text()[-2000:]}")
-            except subprocess.TimeoutExpired:
-                pass
-        else:
-            pytest.fail(f"the coordinator did not come up in {STARTUP_S:.0f} s")
-        token = (data_dir / "admin_token").read_text().strip()
-        yield Coordinator(http, f"ws://127.0.0.1:{port}/ws", token, process)
+        local = start_coordinator(data_dir, log=log)
+    except (RuntimeError, TimeoutError) as error:
+        pytest.fail(f"the coordinator did not come up ({error}): {log.read_text()[-2000:]}")
+    try:
+        yield Coordinator(local)
     finally:
-        _stop(process)
-        log.close()
+        stop(local.process)
 
 
 def _volunteer(*args: str) -> subprocess.Popen[bytes]:

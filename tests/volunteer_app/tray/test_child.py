@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.local import LocalCoordinator, http_json, start_coordinator, stop
+from coordinator.local import LocalCoordinator, start_coordinator, stop
 from volunteer_app.events import StateChanged, TrainingProgress, UnitResult, WorkerState
 from volunteer_app.tray.child import TrainingChild
 from volunteer_app.tray.ipc import ChildConfig, ChildExited, ChildMessage, ChildReady, DeviceChosen
@@ -42,9 +42,8 @@ def test_the_child_trains_pauses_with_a_checkpoint_resumes_and_stops(
     coordinator: LocalCoordinator, tmp_path: Path
 ) -> None:
     steps = 200  # long enough that the pause lands mid-unit
-    http_json(
-        f"{coordinator.base}/api/campaigns",
-        data={
+    coordinator.api.post_campaign(
+        {
             "name": "child-test",
             "model": "tiny",
             "dataset": "stdlib",
@@ -53,8 +52,7 @@ def test_the_child_trains_pauses_with_a_checkpoint_resumes_and_stops(
             "inner": {"steps": steps, "batch_size": 2, "seq_len": 32, "warmup_steps": 0},
             "rounds": {"units_per_round": 1, "min_accepted": 1},
             "validation": {"replication_rate": 0.0},
-        },
-        token=coordinator.token,
+        }
     )
     messages: queue.Queue[ChildMessage] = queue.Queue()
     config = ChildConfig(
