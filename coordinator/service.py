@@ -23,8 +23,8 @@ import torch
 
 from coordinator.blobs import BlobStore
 from coordinator.campaign import CampaignSpec, SpecError
-from coordinator.runtime import Assignment, CampaignRuntime, NoWork, initial_version, model_config_for, shard_plan
-from coordinator.store import Store, VersionRow, VolunteerRow
+from coordinator.engine import Assignment, CampaignRuntime, NoWork, initial_version, model_config_for, shard_plan
+from coordinator.store import SQLiteStore, Store, VersionRow, VolunteerRow
 from coordinator.validation import TrustState
 from coordinator.workers import Workers
 from protocol.codecs import encoded_size_bound
@@ -90,7 +90,7 @@ class Coordinator:
     @classmethod
     def open(cls, config: CoordinatorConfig, *, clock: Callable[[], float] = time.time) -> Coordinator:
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        store = Store.open(config.data_dir / "coordinator.sqlite3")
+        store = SQLiteStore.open(config.data_dir / "coordinator.sqlite3", clock=clock)
         service = cls(config, store, BlobStore(config.data_dir / "blobs"), clock=clock)
         service.admin_token = service._admin_token()
         for row in store.campaigns(("active", "paused")):
