@@ -14,7 +14,7 @@ import torch
 
 from coordinator.blobs import BlobStore
 from coordinator.campaign import CampaignSpec
-from coordinator.store import Store
+from coordinator.store import SQLiteStore
 from protocol.codecs import decode
 from protocol.tensors import TensorSpec
 from training.accumulator import DeltaAccumulator
@@ -24,7 +24,7 @@ from training.outer import make_outer_optimizer
 
 def check_history(data_dir: Path, campaign_id: int) -> int:
     """Asserts the history is consistent; returns the number of versions checked."""
-    store = Store.open(data_dir / "coordinator.sqlite3")
+    store = SQLiteStore.open(data_dir / "coordinator.sqlite3")
     blobs = BlobStore(data_dir / "blobs")
     try:
         campaign = store.campaign(campaign_id)

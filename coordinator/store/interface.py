@@ -1,0 +1,281 @@
+"""The store interface the engine, the service, the REST API and the metrics talk to, split by concern.
+
+    >>> store: Store = SQLiteStore.open(data_dir / "coordinator.sqlite3", clock=clock)
+    >>> with store.transaction():
+    ...     store.set_unit_state(unit_id, "done")
+    ...     store.record_outcome(volunteer_id, accepted=True, credit=1.0, tokens=4096, trust=trust)
+
+`CampaignStore` holds campaigns, their published versions and the close of a round (which publishes
+one); `WorkStore` rounds, units and leases; `SubmissionStore` volunteers' results; `VolunteerStore`
+volunteers and credit; `TokenStore` the REST API's tokens. `Store` is all of them plus transactions.
+
+The contract an implementation honours (SQLite today, PostgreSQL next to it):
+
+- Durability: when `transaction()` exits without an exception — or a method that opens its own
+  transaction returns — the writes are committed and survive a crash or power loss. Volunteers are
+  acked only after that.
+- Atomicity: a transaction that raises leaves nothing behind; the exception propagates.
+- Nesting: `transaction()` inside a transaction on the same thread is a savepoint. If it raises,
+  only its own writes are undone and the enclosing transaction goes on; otherwise its writes commit
+  with the enclosing one. Write methods open their own (nested) transaction, so they join the
+  caller's. Methods documented "inside the caller's transaction" open none: call them within
+  `transaction()`.
+- Threads: every method is callable from any thread, concurrently. `transaction()` serialises
+  writers (a second writer waits for the first to finish; it never fails with "database is
+  locked"). Readers are never blocked by a writer and see only committed data — never another
+  thread's uncommitted writes.
+- Time: timestamps the store writes itself (created_at, opened_at, closed_at, last_seen,
+  granted_at) come from the clock it was opened with, the coordinator's one clock.
+- Schema: opening a store migrates an older database to `schema_version`; one newer than the code
+  is refused with a `StoreError`.
+
+Rows are frozen snapshots (`coordinator.store.rows`), detached from the database once returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from coordinator.store.rows import CampaignRow, RoundRow, SubmissionRow, UnitRow, VersionRow, VolunteerRow
+
+__all__ = ["CampaignStore", "Store", "SubmissionStore", "TokenStore", "VolunteerStore", "WorkStore"]
+
+
+class CampaignStore(Protocol):
+    """Campaigns, their published versions, and the close of a round that publishes the next one."""
+
+    def create_campaign(
+        self, name: str, spec: dict[str, Any], dataset_path: str, owner: str, version0: tuple[str, int, str]
+    ) -> int:
+        """Insert a campaign and its version 0 (checkpoint sha, size, optimizer-state sha).
+        A taken name raises `StoreError`."""
+        ...
+
+    def campaign(self, campaign_id: int) -> CampaignRow | None: ...
+
+    def campaign_by_name(self, name: str) -> CampaignRow | None: ...
+
+    def campaigns(self, statuses: Sequence[str] | None = None) -> list[CampaignRow]:
+        """All campaigns, or those in `statuses`, oldest first."""
+        ...
+
+    def set_campaign_status(self, campaign_id: int, status: str) -> None: ...
+
+    def advance_data_cursor(self, campaign_id: int, cursor: int, epoch: int) -> None:
+        """Where the next round's data starts (inside the caller's transaction)."""
+        ...
+
+    def version(self, campaign_id: int, version: int) -> VersionRow | None: ...
+
+    def versions(self, campaign_id: int) -> list[VersionRow]:
+        """A campaign's versions, oldest first."""
+        ...
+
+    def set_holdout_loss(self, campaign_id: int, version: int, loss: float) -> None: ...
+
+    def latest_holdout_loss(self, campaign_id: int) -> float | None:
+        """The holdout loss of a campaign's newest evaluated version."""
+        ...
+
+    def is_checkpoint(self, digest: str) -> bool:
+        """Whether a blob is one of the versions' published checkpoints."""
+        ...
+
+    def close_round(
+        self,
+        round_id: int,
+        *,
+        reason: str,
+        version: int,
+        checkpoint: tuple[str, int],
+        state_sha: str,
+        updates: int,
+        tokens: int,
+    ) -> None:
+        """Publish version `version` and close the round: all or nothing. The round's accepted
+        submissions become applied and its pending units cancelled; a round not open raises
+        `StoreError`."""
+        ...
+
+
+class WorkStore(Protocol):
+    """Rounds, the units they are cut into, and the leases volunteers hold on units."""
+
+    def open_round(
+        self, campaign_id: int, number: int, version: int, deadline: float, units: Sequence[dict[str, Any]]
+    ) -> int:
+        """Open a round with its units (each a dict of id, data_start, data_tokens, data_sha,
+        shard_index, shard, seed and optionally replica_of); returns the round's id."""
+        ...
+
+    def insert_unit(self, campaign_id: int, round_id: int, version: int, unit: dict[str, Any], now: float) -> None:
+        """Add one pending unit to a round (inside the caller's transaction)."""
+        ...
+
+    def open_round_of(self, campaign_id: int) -> RoundRow | None: ...
+
+    def round(self, round_id: int) -> RoundRow | None: ...
+
+    def rounds(self, campaign_id: int) -> list[RoundRow]:
+        """A campaign's rounds by number."""
+        ...
+
+    def extend_round_deadline(self, round_id: int, deadline: float) -> None: ...
+
+    def unit(self, unit_id: str) -> UnitRow | None: ...
+
+    def units(
+        self, campaign_id: int, states: Sequence[str] = ("pending",), round_id: int | None = None
+    ) -> list[UnitRow]:
+        """A campaign's units in `states`: replicas first (they hold a result back), then the oldest."""
+        ...
+
+    def is_unit_data_of(self, digest: str, volunteer_id: str) -> bool:
+        """Whether a blob is the data of a unit leased to this volunteer (held now, or done by it)."""
+        ...
+
+    def replica_of(self, unit_id: str) -> UnitRow | None:
+        """The unit made to check this one, if any."""
+        ...
+
+    def set_unit_state(self, unit_id: str, state: str) -> None:
+        """Inside the caller's transaction."""
+        ...
+
+    def release_unit(self, unit_id: str) -> None:
+        """Return a leased unit to the pool (its result was rejected; the slice still needs work).
+        Inside the caller's transaction."""
+        ...
+
+    def lease(self, unit_id: str, volunteer_id: str, lease_id: str, deadline: float) -> None:
+        """Lease a pending unit and record the lease for good; a unit no longer pending raises
+        `StoreError`."""
+        ...
+
+    def lease_holder(self, unit_id: str, lease_id: str) -> str | None:
+        """The volunteer a lease on this unit was ever granted to, or None for a lease never granted."""
+        ...
+
+    def extend_lease(self, unit_id: str, lease_id: str, deadline: float) -> bool:
+        """Push a live lease's deadline out (never in); False if the lease is no longer live."""
+        ...
+
+    def expire_leases(self, now: float) -> list[UnitRow]:
+        """Return leased units whose deadline passed to 'pending' so they are issued again."""
+        ...
+
+
+class SubmissionStore(Protocol):
+    """Volunteers' results: one submission per unit and volunteer, with its verdict and credit."""
+
+    def add_submission(self, values: dict[str, Any]) -> int:
+        """Record a result (unit_id, volunteer_id, update_sha, update_size, status, code, message,
+        round_id, staleness, weight, norm, tokens, seconds, losses, credit); returns its id.
+        Inside the caller's transaction."""
+        ...
+
+    def update_submission(self, submission_id: int, **values: Any) -> None:
+        """Change a submission's status, code, message, round_id, weight, credit or staleness (any
+        other field raises `StoreError`). Inside the caller's transaction."""
+        ...
+
+    def submission(self, unit_id: str, volunteer_id: str) -> SubmissionRow | None: ...
+
+    def submission_for_unit(self, unit_id: str) -> SubmissionRow | None:
+        """A unit's first submission."""
+        ...
+
+    def submissions(
+        self,
+        *,
+        round_id: int | None = None,
+        statuses: Sequence[str] = ("accepted",),
+        applied: bool | None = None,
+        campaign_id: int | None = None,
+        limit: int = 10_000,
+    ) -> list[SubmissionRow]:
+        """Submissions in `statuses`, oldest first, at most `limit`."""
+        ...
+
+    def rejection_counts(self, campaign_id: int) -> dict[str, int]:
+        """A campaign's rejected submissions by error code."""
+        ...
+
+    def submission_counts(self, campaign_id: int) -> dict[str, int]:
+        """A campaign's submissions by status (accepted, rejected, pending_replica)."""
+        ...
+
+    def tokens_accepted_since(self, campaign_id: int, since: float) -> int:
+        """Tokens of a campaign's accepted submissions received at or after `since` (for tokens/s)."""
+        ...
+
+    def credit_since(self, campaign_id: int, since: float) -> dict[str, float]:
+        """Credit per volunteer from a campaign's accepted submissions at or after `since`."""
+        ...
+
+
+class VolunteerStore(Protocol):
+    """Volunteers: their credentials' hashes, what their machines can do, trust and credit."""
+
+    def add_volunteer(self, volunteer_id: str, token_hash: str, name: str, capabilities: dict[str, Any]) -> None: ...
+
+    def volunteer(self, volunteer_id: str) -> VolunteerRow | None: ...
+
+    def volunteer_by_token(self, token_hash: str) -> VolunteerRow | None: ...
+
+    def volunteers(self, limit: int = 1000) -> list[VolunteerRow]:
+        """Volunteers by credit, highest first."""
+        ...
+
+    def touch_volunteer(self, volunteer_id: str, name: str, capabilities: dict[str, Any]) -> None:
+        """A volunteer said hello: its name, capabilities and last_seen (now)."""
+        ...
+
+    def set_banned(self, volunteer_id: str, banned: bool) -> bool:
+        """False if there is no such volunteer."""
+        ...
+
+    def record_outcome(
+        self, volunteer_id: str, *, accepted: bool, credit: float, tokens: int, trust: dict[str, int]
+    ) -> None:
+        """Credit, counts and the new trust state for one judged result (inside the caller's transaction)."""
+        ...
+
+    def leaderboard(self, campaign_id: int, limit: int = 50) -> list[dict[str, Any]]:
+        """A campaign's volunteers by credit earned in it: id, name, tokens, credit, units."""
+        ...
+
+
+class TokenStore(Protocol):
+    """The REST API's tokens (admin, lead), kept only as hashes."""
+
+    def add_api_token(self, token_hash: str, role: str, label: str) -> int: ...
+
+    def api_token_role(self, token_hash: str) -> tuple[int, str, str] | None:
+        """(id, role, label) of a token not revoked, or None."""
+        ...
+
+    def api_tokens(self) -> list[dict[str, Any]]:
+        """Every token: id, role, label, created_at, revoked."""
+        ...
+
+    def revoke_api_token(self, token_id: int) -> bool:
+        """False if there is no such token."""
+        ...
+
+
+class Store(CampaignStore, WorkStore, SubmissionStore, VolunteerStore, TokenStore, Protocol):
+    """Everything the coordinator keeps, behind one transaction. The module docstring is the contract."""
+
+    @property
+    def schema_version(self) -> int:
+        """The version of the schema the database is at."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """A write transaction; nested use is a savepoint."""
+        ...
+
+    def close(self) -> None: ...

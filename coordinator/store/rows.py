@@ -1,0 +1,123 @@
+"""The rows the store hands out, and the error it raises: plain frozen dataclasses, the same whichever
+database is behind the store.
+
+    >>> row = store.campaign(campaign_id)             # CampaignRow | None
+    >>> row.status, row.current_version
+    ('active', 3)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["CampaignRow", "RoundRow", "StoreError", "SubmissionRow", "UnitRow", "VersionRow", "VolunteerRow"]
+
+
+class StoreError(RuntimeError):
+    """A write the store refused (a duplicate name, a unit no longer pending, a round already closed)."""
+
+    code = "store_error"
+
+
+@dataclass(frozen=True)
+class CampaignRow:
+    id: int
+    name: str
+    spec: dict[str, Any]
+    dataset_path: str
+    status: str
+    current_version: int
+    tokens_trained: int
+    data_cursor: int
+    epoch: int
+    rounds_closed: int
+    owner: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    campaign_id: int
+    version: int
+    checkpoint_sha: str
+    checkpoint_size: int
+    state_sha: str
+    round_id: int | None
+    updates: int
+    tokens_total: int
+    holdout_loss: float | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    id: int
+    campaign_id: int
+    number: int
+    version: int
+    status: str
+    opened_at: float
+    deadline: float
+    closed_at: float | None
+    close_reason: str | None
+
+
+@dataclass(frozen=True)
+class UnitRow:
+    id: str
+    campaign_id: int
+    round_id: int
+    version: int
+    data_start: int
+    data_tokens: int
+    data_sha: str
+    shard_index: int
+    shard: list[str]
+    seed: int
+    replica_of: str | None
+    state: str
+    volunteer_id: str | None
+    lease_id: str | None
+    lease_deadline: float | None
+    attempts: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class SubmissionRow:
+    id: int
+    unit_id: str
+    volunteer_id: str
+    update_sha: str
+    update_size: int
+    status: str
+    code: str | None
+    message: str
+    round_id: int | None
+    staleness: int
+    weight: float
+    norm: float | None
+    tokens: int
+    seconds: float
+    losses: list[float]
+    credit: float
+    applied: bool
+    created_at: float
+
+
+@dataclass(frozen=True)
+class VolunteerRow:
+    id: str
+    token_hash: str
+    name: str
+    created_at: float
+    last_seen: float
+    banned: bool
+    capabilities: dict[str, Any]
+    consecutive_valid: int
+    errors: int
+    credit: float
+    tokens: int
+    units_accepted: int
+    units_rejected: int

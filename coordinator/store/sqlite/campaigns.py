@@ -1,0 +1,152 @@
+"""Campaigns and their versions in SQLite, and the close of a round that publishes a version.
+
+>>> campaign_id = store.create_campaign("tiny-stories", spec, dataset_path, "lead", (sha, size, state_sha))
+>>> store.close_round(round_id, reason="quorum", version=1, checkpoint=(sha, size), state_sha=state_sha,
+...                   updates=8, tokens=32768)
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from coordinator.store.rows import CampaignRow, StoreError, VersionRow
+from coordinator.store.sqlite.work import SQLiteWork
+
+__all__ = ["SQLiteCampaigns"]
+
+
+class SQLiteCampaigns(SQLiteWork):
+    """`CampaignStore` over the campaigns and versions tables.
+
+    `close_round` publishes a version and, in the same transaction, closes the round, marks its
+    submissions applied and cancels its pending units, so this mixin builds on `SQLiteWork`.
+    """
+
+    def create_campaign(
+        self, name: str, spec: dict[str, Any], dataset_path: str, owner: str, version0: tuple[str, int, str]
+    ) -> int:
+        """Insert a campaign and its version 0 (checkpoint sha, size, optimizer-state sha)."""
+        now = self.clock()
+        with self.transaction():
+            if self._one("SELECT 1 FROM campaigns WHERE name = ?", (name,)):
+                raise StoreError(f"a campaign named {name!r} already exists; choose another name")
+            cursor = self.db.execute(
+                "INSERT INTO campaigns (name, spec_json, dataset_path, status, owner, created_at) "
+                "VALUES (?, ?, ?, 'active', ?, ?)",
+                (name, json.dumps(spec), dataset_path, owner, now),
+            )
+            campaign_id = int(cursor.lastrowid or 0)
+            sha, size, state_sha = version0
+            self.db.execute(
+                "INSERT INTO versions (campaign_id, version, checkpoint_sha, checkpoint_size, state_sha, created_at) "
+                "VALUES (?, 0, ?, ?, ?, ?)",
+                (campaign_id, sha, size, state_sha, now),
+            )
+        return campaign_id
+
+    def campaign(self, campaign_id: int) -> CampaignRow | None:
+        row = self._one("SELECT * FROM campaigns WHERE id = ?", (campaign_id,))
+        return _campaign(row) if row else None
+
+    def campaign_by_name(self, name: str) -> CampaignRow | None:
+        row = self._one("SELECT * FROM campaigns WHERE name = ?", (name,))
+        return _campaign(row) if row else None
+
+    def campaigns(self, statuses: Sequence[str] | None = None) -> list[CampaignRow]:
+        if statuses:
+            marks = ",".join("?" * len(statuses))
+            rows = self._all(f"SELECT * FROM campaigns WHERE status IN ({marks}) ORDER BY id", tuple(statuses))
+        else:
+            rows = self._all("SELECT * FROM campaigns ORDER BY id")
+        return [_campaign(r) for r in rows]
+
+    def set_campaign_status(self, campaign_id: int, status: str) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE campaigns SET status = ? WHERE id = ?", (status, campaign_id))
+
+    def advance_data_cursor(self, campaign_id: int, cursor: int, epoch: int) -> None:
+        self.db.execute("UPDATE campaigns SET data_cursor = ?, epoch = ? WHERE id = ?", (cursor, epoch, campaign_id))
+
+    def version(self, campaign_id: int, version: int) -> VersionRow | None:
+        row = self._one("SELECT * FROM versions WHERE campaign_id = ? AND version = ?", (campaign_id, version))
+        return VersionRow(**dict(row)) if row else None
+
+    def versions(self, campaign_id: int) -> list[VersionRow]:
+        rows = self._all("SELECT * FROM versions WHERE campaign_id = ? ORDER BY version", (campaign_id,))
+        return [VersionRow(**dict(r)) for r in rows]
+
+    def set_holdout_loss(self, campaign_id: int, version: int, loss: float) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE versions SET holdout_loss = ? WHERE campaign_id = ? AND version = ?",
+                (loss, campaign_id, version),
+            )
+
+    def latest_holdout_loss(self, campaign_id: int) -> float | None:
+        """The holdout loss of a campaign's newest evaluated version."""
+        row = self._one(
+            "SELECT holdout_loss FROM versions WHERE campaign_id = ? AND holdout_loss IS NOT NULL "
+            "ORDER BY version DESC LIMIT 1",
+            (campaign_id,),
+        )
+        return float(row["holdout_loss"]) if row else None
+
+    def is_checkpoint(self, digest: str) -> bool:
+        return self._one("SELECT 1 FROM versions WHERE checkpoint_sha = ? LIMIT 1", (digest,)) is not None
+
+    def close_round(
+        self,
+        round_id: int,
+        *,
+        reason: str,
+        version: int,
+        checkpoint: tuple[str, int],
+        state_sha: str,
+        updates: int,
+        tokens: int,
+    ) -> None:
+        """Publish version `version` and close the round: all or nothing."""
+        now = self.clock()
+        with self.transaction():
+            row = self.round(round_id)
+            if row is None or row.status != "open":
+                raise StoreError(f"round {round_id} is not open")
+            self.db.execute(
+                "UPDATE rounds SET status = 'closed', closed_at = ?, close_reason = ? WHERE id = ?",
+                (now, reason, round_id),
+            )
+            self.db.execute(
+                "INSERT INTO versions (campaign_id, version, checkpoint_sha, checkpoint_size, state_sha, round_id, "
+                "updates, tokens_total, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, "
+                "(SELECT tokens_trained FROM campaigns WHERE id = ?) + ?, ?)",
+                (
+                    row.campaign_id,
+                    version,
+                    checkpoint[0],
+                    checkpoint[1],
+                    state_sha,
+                    round_id,
+                    updates,
+                    row.campaign_id,
+                    tokens,
+                    now,
+                ),
+            )
+            self.db.execute(
+                "UPDATE submissions SET applied = 1 WHERE round_id = ? AND status = 'accepted'", (round_id,)
+            )
+            self.db.execute(
+                "UPDATE campaigns SET current_version = ?, tokens_trained = tokens_trained + ?, "
+                "rounds_closed = rounds_closed + 1 WHERE id = ?",
+                (version, tokens, row.campaign_id),
+            )
+            self.cancel_pending_units(round_id)
+
+
+def _campaign(row: sqlite3.Row) -> CampaignRow:
+    values = dict(row)
+    values["spec"] = json.loads(values.pop("spec_json"))
+    return CampaignRow(**values)

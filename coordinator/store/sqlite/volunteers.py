@@ -1,0 +1,90 @@
+"""Volunteers, their trust and credit in SQLite.
+
+>>> store.add_volunteer(volunteer_id, token_hash, "alice's laptop", capabilities)
+>>> store.volunteer_by_token(token_hash).name
+"alice's laptop"
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from coordinator.store.rows import VolunteerRow
+from coordinator.store.sqlite.database import SQLiteDatabase
+
+__all__ = ["SQLiteVolunteers"]
+
+
+class SQLiteVolunteers(SQLiteDatabase):
+    """`VolunteerStore` over the volunteers table."""
+
+    def add_volunteer(self, volunteer_id: str, token_hash: str, name: str, capabilities: dict[str, Any]) -> None:
+        now = self.clock()
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO volunteers (id, token_hash, name, created_at, last_seen, capabilities_json) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (volunteer_id, token_hash, name, now, now, json.dumps(capabilities)),
+            )
+
+    def volunteer(self, volunteer_id: str) -> VolunteerRow | None:
+        row = self._one("SELECT * FROM volunteers WHERE id = ?", (volunteer_id,))
+        return _volunteer(row) if row else None
+
+    def volunteer_by_token(self, token_hash: str) -> VolunteerRow | None:
+        row = self._one("SELECT * FROM volunteers WHERE token_hash = ?", (token_hash,))
+        return _volunteer(row) if row else None
+
+    def volunteers(self, limit: int = 1000) -> list[VolunteerRow]:
+        rows = self._all("SELECT * FROM volunteers ORDER BY credit DESC, created_at LIMIT ?", (limit,))
+        return [_volunteer(r) for r in rows]
+
+    def touch_volunteer(self, volunteer_id: str, name: str, capabilities: dict[str, Any]) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE volunteers SET last_seen = ?, name = ?, capabilities_json = ? WHERE id = ?",
+                (self.clock(), name, json.dumps(capabilities), volunteer_id),
+            )
+
+    def set_banned(self, volunteer_id: str, banned: bool) -> bool:
+        with self.transaction():
+            changed = self.db.execute(
+                "UPDATE volunteers SET banned = ? WHERE id = ?", (int(banned), volunteer_id)
+            ).rowcount
+        return changed == 1
+
+    def record_outcome(
+        self, volunteer_id: str, *, accepted: bool, credit: float, tokens: int, trust: dict[str, int]
+    ) -> None:
+        """Credit, counts and the new trust state for one judged result (inside the caller's transaction)."""
+        self.db.execute(
+            "UPDATE volunteers SET credit = credit + ?, tokens = tokens + ?, units_accepted = units_accepted + ?, "
+            "units_rejected = units_rejected + ?, consecutive_valid = ?, errors = ? WHERE id = ?",
+            (
+                credit,
+                tokens,
+                int(accepted),
+                int(not accepted),
+                trust["consecutive_valid"],
+                trust["errors"],
+                volunteer_id,
+            ),
+        )
+
+    def leaderboard(self, campaign_id: int, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self._all(
+            "SELECT v.id, v.name, SUM(s.tokens) AS tokens, SUM(s.credit) AS credit, COUNT(*) AS units "
+            "FROM submissions s JOIN units u ON u.id = s.unit_id JOIN volunteers v ON v.id = s.volunteer_id "
+            "WHERE u.campaign_id = ? AND s.status = 'accepted' GROUP BY v.id ORDER BY credit DESC LIMIT ?",
+            (campaign_id, limit),
+        )
+        return [dict(r) for r in rows]
+
+
+def _volunteer(row: sqlite3.Row) -> VolunteerRow:
+    values = dict(row)
+    values["capabilities"] = json.loads(values.pop("capabilities_json"))
+    values["banned"] = bool(values["banned"])
+    return VolunteerRow(**values)

@@ -1,0 +1,161 @@
+"""Rounds, units and leases in SQLite.
+
+>>> round_id = store.open_round(campaign_id, number=1, version=0, deadline=now + 600, units=units)
+>>> store.lease(unit_id, volunteer_id, lease_id, deadline=now + 300)
+>>> store.lease_holder(unit_id, lease_id)
+'3f2a9c0d51e64b7a'
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from coordinator.store.rows import RoundRow, StoreError, UnitRow
+from coordinator.store.sqlite.database import SQLiteDatabase
+
+__all__ = ["SQLiteWork"]
+
+
+class SQLiteWork(SQLiteDatabase):
+    """`WorkStore` over the rounds, units and leases tables (leases keeps every lease ever granted)."""
+
+    def is_unit_data_of(self, digest: str, volunteer_id: str) -> bool:
+        row = self._one("SELECT 1 FROM units WHERE data_sha = ? AND volunteer_id = ? LIMIT 1", (digest, volunteer_id))
+        return row is not None
+
+    def open_round(
+        self, campaign_id: int, number: int, version: int, deadline: float, units: Sequence[dict[str, Any]]
+    ) -> int:
+        now = self.clock()
+        with self.transaction():
+            cursor = self.db.execute(
+                "INSERT INTO rounds (campaign_id, number, version, status, opened_at, deadline) "
+                "VALUES (?, ?, ?, 'open', ?, ?)",
+                (campaign_id, number, version, now, deadline),
+            )
+            round_id = int(cursor.lastrowid or 0)
+            for unit in units:
+                self.insert_unit(campaign_id, round_id, version, unit, now)
+        return round_id
+
+    def insert_unit(self, campaign_id: int, round_id: int, version: int, unit: dict[str, Any], now: float) -> None:
+        self.db.execute(
+            "INSERT INTO units (id, campaign_id, round_id, version, data_start, data_tokens, data_sha, "
+            "shard_index, shard_json, seed, replica_of, state, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+            (
+                unit["id"],
+                campaign_id,
+                round_id,
+                version,
+                unit["data_start"],
+                unit["data_tokens"],
+                unit["data_sha"],
+                unit["shard_index"],
+                json.dumps(unit["shard"]),
+                unit["seed"],
+                unit.get("replica_of"),
+                now,
+            ),
+        )
+
+    def open_round_of(self, campaign_id: int) -> RoundRow | None:
+        row = self._one("SELECT * FROM rounds WHERE campaign_id = ? AND status = 'open'", (campaign_id,))
+        return RoundRow(**dict(row)) if row else None
+
+    def round(self, round_id: int) -> RoundRow | None:
+        row = self._one("SELECT * FROM rounds WHERE id = ?", (round_id,))
+        return RoundRow(**dict(row)) if row else None
+
+    def rounds(self, campaign_id: int) -> list[RoundRow]:
+        rows = self._all("SELECT * FROM rounds WHERE campaign_id = ? ORDER BY number", (campaign_id,))
+        return [RoundRow(**dict(r)) for r in rows]
+
+    def extend_round_deadline(self, round_id: int, deadline: float) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE rounds SET deadline = ? WHERE id = ?", (deadline, round_id))
+
+    def unit(self, unit_id: str) -> UnitRow | None:
+        row = self._one("SELECT * FROM units WHERE id = ?", (unit_id,))
+        return _unit(row) if row else None
+
+    def units(
+        self, campaign_id: int, states: Sequence[str] = ("pending",), round_id: int | None = None
+    ) -> list[UnitRow]:
+        marks = ",".join("?" * len(states))
+        sql = f"SELECT * FROM units WHERE campaign_id = ? AND state IN ({marks})"
+        args: list[Any] = [campaign_id, *states]
+        if round_id is not None:
+            sql += " AND round_id = ?"
+            args.append(round_id)
+        # Replicas first (they hold a result back), then the oldest units.
+        rows = self._all(sql + " ORDER BY replica_of IS NULL, created_at, id", args)
+        return [_unit(r) for r in rows]
+
+    def lease(self, unit_id: str, volunteer_id: str, lease_id: str, deadline: float) -> None:
+        with self.transaction():
+            changed = self.db.execute(
+                "UPDATE units SET state = 'leased', volunteer_id = ?, lease_id = ?, lease_deadline = ?, "
+                "attempts = attempts + 1 WHERE id = ? AND state = 'pending'",
+                (volunteer_id, lease_id, deadline, unit_id),
+            ).rowcount
+            if changed != 1:
+                raise StoreError(f"unit {unit_id} is no longer pending")
+            self.db.execute(
+                "INSERT INTO leases (lease_id, unit_id, volunteer_id, granted_at) VALUES (?, ?, ?, ?)",
+                (lease_id, unit_id, volunteer_id, self.clock()),
+            )
+
+    def lease_holder(self, unit_id: str, lease_id: str) -> str | None:
+        """The volunteer a lease on this unit was ever granted to, or None for a lease never granted."""
+        row = self._one("SELECT volunteer_id FROM leases WHERE unit_id = ? AND lease_id = ?", (unit_id, lease_id))
+        return str(row["volunteer_id"]) if row else None
+
+    def extend_lease(self, unit_id: str, lease_id: str, deadline: float) -> bool:
+        with self.transaction():
+            changed = self.db.execute(
+                "UPDATE units SET lease_deadline = MAX(lease_deadline, ?) "
+                "WHERE id = ? AND lease_id = ? AND state = 'leased'",
+                (deadline, unit_id, lease_id),
+            ).rowcount
+        return changed == 1
+
+    def expire_leases(self, now: float) -> list[UnitRow]:
+        """Return leased units whose deadline passed to 'pending' so they are issued again."""
+        with self.transaction():
+            rows = self._all("SELECT * FROM units WHERE state = 'leased' AND lease_deadline < ?", (now,))
+            self.db.execute(
+                "UPDATE units SET state = 'pending', volunteer_id = NULL, lease_id = NULL, lease_deadline = NULL "
+                "WHERE state = 'leased' AND lease_deadline < ?",
+                (now,),
+            )
+        return [_unit(r) for r in rows]
+
+    def release_unit(self, unit_id: str) -> None:
+        """Return a leased unit to the pool (its result was rejected; the slice still needs work)."""
+        self.db.execute(
+            "UPDATE units SET state = 'pending', volunteer_id = NULL, lease_id = NULL, lease_deadline = NULL "
+            "WHERE id = ? AND state = 'leased'",
+            (unit_id,),
+        )
+
+    def set_unit_state(self, unit_id: str, state: str) -> None:
+        self.db.execute("UPDATE units SET state = ? WHERE id = ?", (state, unit_id))
+
+    def cancel_pending_units(self, round_id: int) -> int:
+        return self.db.execute(
+            "UPDATE units SET state = 'cancelled' WHERE round_id = ? AND state = 'pending'", (round_id,)
+        ).rowcount
+
+    def replica_of(self, unit_id: str) -> UnitRow | None:
+        row = self._one("SELECT * FROM units WHERE replica_of = ?", (unit_id,))
+        return _unit(row) if row else None
+
+
+def _unit(row: sqlite3.Row) -> UnitRow:
+    values = dict(row)
+    values["shard"] = json.loads(values.pop("shard_json"))
+    return UnitRow(**values)

@@ -1,0 +1,191 @@
+"""The store's contract (coordinator/store/interface.py), checked on the SQLite store through `Store`."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.store import SCHEMA_VERSION, SQLiteStore, Store, StoreError
+from coordinator.store.sqlite import MIGRATIONS
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> Iterator[Store]:
+    opened: Store = SQLiteStore.open(tmp_path / "coordinator.sqlite3", clock=clock)
+    yield opened
+    opened.close()
+
+
+def unit(unit_id: str) -> dict[str, Any]:
+    return {
+        "id": unit_id,
+        "data_start": 0,
+        "data_tokens": 64,
+        "data_sha": f"data-{unit_id}",
+        "shard_index": 0,
+        "shard": ["layer.0"],
+        "seed": 7,
+    }
+
+
+def submission(unit_id: str, volunteer_id: str, round_id: int) -> dict[str, Any]:
+    return {
+        "unit_id": unit_id,
+        "volunteer_id": volunteer_id,
+        "update_sha": f"update-{unit_id}",
+        "update_size": 100,
+        "status": "accepted",
+        "code": None,
+        "message": "accepted",
+        "round_id": round_id,
+        "staleness": 0,
+        "weight": 1.0,
+        "norm": 2.0,
+        "tokens": 64,
+        "seconds": 1.5,
+        "losses": [4.0, 3.9],
+        "credit": 1.0,
+    }
+
+
+def test_a_nested_transaction_that_raises_undoes_only_its_own_writes(store: Store) -> None:
+    with store.transaction():
+        store.add_volunteer("outer", "hash-outer", "outer", {})
+        with pytest.raises(Boom), store.transaction():
+            store.add_volunteer("inner", "hash-inner", "inner", {})
+            raise Boom
+        store.add_api_token("hash-token", "lead", "after the savepoint")
+
+    assert store.volunteer("outer") is not None
+    assert store.volunteer("inner") is None
+    assert store.api_token_role("hash-token") == (1, "lead", "after the savepoint")
+
+
+def test_a_transaction_that_raises_leaves_nothing(store: Store) -> None:
+    with pytest.raises(Boom), store.transaction():
+        store.add_volunteer("v", "hash-v", "v", {})
+        store.add_api_token("hash-token", "admin", "admin")
+        raise Boom
+
+    assert store.volunteer("v") is None
+    assert store.api_tokens() == []
+
+
+def test_rows_carry_the_injected_clocks_time(store: Store, clock: Clock) -> None:
+    campaign_id = store.create_campaign("c", {}, "data", "lead", ("sha0", 10, "state0"))
+    store.add_volunteer("v", "hash-v", "v", {})
+    store.add_api_token("hash-token", "lead", "lead")
+    round_id = store.open_round(campaign_id, 1, 0, clock.now + 600, [unit("u1")])
+    clock.now += 10
+    store.lease("u1", "v", "lease-1", clock.now + 300)
+    store.touch_volunteer("v", "v", {})
+    with store.transaction():
+        store.add_submission(submission("u1", "v", round_id))
+    clock.now += 10
+    store.close_round(
+        round_id, reason="quorum", version=1, checkpoint=("sha1", 10), state_sha="state1", updates=1, tokens=64
+    )
+
+    campaign, round_row, volunteer = store.campaign(campaign_id), store.round(round_id), store.volunteer("v")
+    assert campaign is not None and round_row is not None and volunteer is not None
+    assert campaign.created_at == 1_000_000.0
+    assert [v.created_at for v in store.versions(campaign_id)] == [1_000_000.0, 1_000_020.0]
+    assert (round_row.opened_at, round_row.closed_at) == (1_000_000.0, 1_000_020.0)
+    assert store.units(campaign_id, states=("leased",))[0].created_at == 1_000_000.0
+    assert (volunteer.created_at, volunteer.last_seen) == (1_000_000.0, 1_000_010.0)
+    assert store.submissions(round_id=round_id)[0].created_at == 1_000_010.0
+    assert store.api_tokens()[0]["created_at"] == 1_000_000.0
+
+
+def test_two_threads_writing_concurrently_both_commit(store: Store) -> None:
+    start = threading.Barrier(2)
+
+    def write(prefix: str) -> None:
+        start.wait()
+        for i in range(50):
+            with store.transaction():
+                store.add_volunteer(f"{prefix}{i}", f"hash-{prefix}{i}", prefix, {})
+                store.touch_volunteer(f"{prefix}{i}", prefix, {"i": i})
+
+    with ThreadPoolExecutor(2) as pool:
+        for future in [pool.submit(write, "a"), pool.submit(write, "b")]:
+            future.result(timeout=60)  # re-raises "database is locked", if any
+
+    assert sorted(v.id for v in store.volunteers()) == sorted(f"{p}{i}" for p in "ab" for i in range(50))
+
+
+def test_a_reader_on_another_thread_sees_committed_data_and_not_uncommitted(store: Store) -> None:
+    store.add_volunteer("committed", "hash-committed", "committed", {})
+    with ThreadPoolExecutor(1) as reader:
+        with store.transaction():
+            store.add_volunteer("pending", "hash-pending", "pending", {})
+            # The writer still holds its transaction: the reader must neither wait for it nor see it.
+            seen = reader.submit(lambda: [v.id for v in store.volunteers()]).result(timeout=2)
+            assert seen == ["committed"]
+        seen = reader.submit(lambda: sorted(v.id for v in store.volunteers())).result(timeout=2)
+    assert seen == ["committed", "pending"]
+
+
+def test_migrating_from_schema_version_1_keeps_existing_lease_ids(tmp_path: Path) -> None:
+    path = tmp_path / "coordinator.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0])
+    db.executescript(
+        """
+        INSERT INTO campaigns (id, name, spec_json, dataset_path, status, created_at)
+            VALUES (1, 'c', '{}', 'data', 'active', 1.0);
+        INSERT INTO rounds (id, campaign_id, number, version, status, opened_at, deadline)
+            VALUES (1, 1, 1, 0, 'open', 1.0, 600.0);
+        INSERT INTO units (id, campaign_id, round_id, version, data_start, data_tokens, data_sha, shard_index,
+                           shard_json, seed, state, volunteer_id, lease_id, lease_deadline, created_at)
+            VALUES ('leased', 1, 1, 0, 0, 64, 'd1', 0, '[]', 7, 'leased', 'v', 'lease-1', 300.0, 2.0),
+                   ('pending', 1, 1, 0, 64, 64, 'd2', 0, '[]', 7, 'pending', NULL, NULL, NULL, 2.0);
+        PRAGMA user_version = 1;
+        """
+    )
+    db.close()
+
+    store: Store = SQLiteStore.open(path)
+    try:
+        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.lease_holder("leased", "lease-1") == "v"
+        assert store.lease_holder("leased", "lease-0") is None
+        leased = store.unit("leased")
+        assert leased is not None and (leased.lease_id, leased.volunteer_id) == ("lease-1", "v")
+        store.lease("pending", "w", "lease-2", 900.0)  # the new table takes new leases
+        assert store.lease_holder("pending", "lease-2") == "w"
+    finally:
+        store.close()
+
+
+def test_a_database_newer_than_the_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "coordinator.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+
+    with pytest.raises(StoreError, match="newer than this coordinator's"):
+        SQLiteStore.open(path)
