@@ -40,13 +40,22 @@ class BlobStore:
             raise BlobNotFound(f"{digest!r} is not a sha256 hex digest")
         return self.root / digest[:2] / digest[2:]
 
-    def put(self, data: bytes) -> str:
+    def put(self, data: bytes, *, durable: bool = True) -> str:
+        """Store `data` under its sha256. `durable=False` is for blobs that can be made again from
+        other data (a unit's data slice): no fsync, so a power cut may lose them (see `verify`)."""
         digest = sha256_hex(data)
         target = self.path(digest)
         if target.exists():
             return digest
-        write_atomically(target, data)
+        write_atomically(target, data, durable=durable)
         return digest
+
+    def verify(self, digest: str) -> bool:
+        """Whether the blob is here with exactly the bytes its name promises."""
+        try:
+            return sha256_hex(self.path(digest).read_bytes()) == digest
+        except (FileNotFoundError, BlobNotFound):
+            return False
 
     def exists(self, digest: str) -> bool:
         try:

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.codecs import CODEC_NAMES, CodecConfig, CodecError
+from training.inner import InnerConfig
 from training.model import PRESETS
 from training.outer import OUTER_DEFAULTS
 
@@ -193,6 +194,27 @@ class CampaignSpec:
     def schedule_steps(self) -> int:
         """Length of the inner learning-rate schedule in global steps: H per round."""
         return self.total_rounds * self.inner.steps
+
+    @property
+    def inner_config(self) -> InnerConfig:
+        """The training core's recipe for every unit of this campaign (its schedule spans the whole
+        budget). The one mapping from the spec's inner settings; the wire's `InnerRecipe` is built
+        from this."""
+        inner = self.inner
+        return InnerConfig(
+            steps=inner.steps,
+            batch_size=inner.batch_size,
+            seq_len=inner.seq_len,
+            grad_accum=inner.grad_accum,
+            lr=inner.lr,
+            min_lr_ratio=inner.min_lr_ratio,
+            warmup_steps=inner.warmup_steps,
+            total_steps=self.schedule_steps,
+            weight_decay=inner.weight_decay,
+            grad_clip=inner.grad_clip,
+            beta1=inner.beta1,
+            beta2=inner.beta2,
+        )
 
     @classmethod
     def from_toml(cls, text: str) -> CampaignSpec:

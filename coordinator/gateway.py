@@ -20,9 +20,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from coordinator.appkeys import METRICS, SERVICE, SOCKETS
 from coordinator.blobs import BlobNotFound
+from coordinator.engine import Assignment, CampaignRuntime, Outcome, OutcomeStatus, SubmissionReport
+from coordinator.engine import NoWork as NoWorkAnswer
 from coordinator.metrics import MALFORMED_FRAME, Metrics
-from coordinator.runtime import Assignment, CampaignRuntime, Outcome, SubmissionReport
-from coordinator.runtime import NoWork as NoWorkAnswer
 from coordinator.service import Coordinator, UnsupportedCodec
 from coordinator.store import VolunteerRow
 from protocol.codecs import CODEC_NAMES
@@ -407,11 +407,13 @@ async def _submit(session: Session, message: Submit) -> None:
     digest = await service.workers.run(_sha256, message.update)
     if runtime is None:
         outcome = Outcome(
-            "rejected", ErrorCode.UNKNOWN_UNIT.value, f"no work unit {message.unit_id} in a running campaign"
+            OutcomeStatus.REJECTED,
+            ErrorCode.UNKNOWN_UNIT.value,
+            f"no work unit {message.unit_id} in a running campaign",
         )
     elif digest != message.update_sha256:
         outcome = Outcome(
-            "rejected",
+            OutcomeStatus.REJECTED,
             ErrorCode.CHECKSUM_MISMATCH.value,
             "the update's bytes don't match update_sha256 (corrupted on the way?); nothing was recorded: resend it",
         )
@@ -431,14 +433,14 @@ async def _submit(session: Session, message: Submit) -> None:
         if runtime.close_due is not None:
             await service.workers.run_in_order(runtime.row.id, runtime.close_if_due)
     code = ErrorCode(outcome.code) if outcome.code else None
-    if outcome.status == "duplicate":
+    if outcome.status == OutcomeStatus.DUPLICATE:
         code = ErrorCode.DUPLICATE_SUBMISSION
     await _send(
         session,
         Result(
             unit_id=message.unit_id,
             lease_id=message.lease_id,
-            status=outcome.status,  # type: ignore[arg-type]
+            status=outcome.status.value,
             code=code,
             message=outcome.message,
             credit=outcome.credit,

@@ -32,9 +32,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from coordinator import events
 from coordinator.appkeys import EVENTS, METRICS, SERVICE
 from coordinator.campaign import CampaignSpec, SpecError
+from coordinator.engine import model_config_for
 from coordinator.metrics import UNMATCHED_ROUTE
 from coordinator.openapi import STR, Handler, Param, Reply, Route, id_param, ref, register
-from coordinator.runtime import model_config_for
 from coordinator.service import Coordinator
 from coordinator.store import CampaignRow, StoreError
 from protocol.codecs import CODEC_NAMES

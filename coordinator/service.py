@@ -23,7 +23,7 @@ import torch
 
 from coordinator.blobs import BlobStore
 from coordinator.campaign import CampaignSpec, SpecError
-from coordinator.runtime import Assignment, CampaignRuntime, NoWork, initial_version, model_config_for, shard_plan
+from coordinator.engine import Assignment, CampaignRuntime, NoWork, initial_version, model_config_for, shard_plan
 from coordinator.store import SQLiteStore, Store, VersionRow, VolunteerRow
 from coordinator.validation import TrustState
 from coordinator.workers import Workers

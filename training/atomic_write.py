@@ -21,14 +21,15 @@ from pathlib import Path
 __all__ = ["fsync_folder", "write_atomically"]
 
 
-def write_atomically(path: Path, data: bytes | str, *, mode: int = 0o600) -> None:
+def write_atomically(path: Path, data: bytes | str, *, mode: int = 0o600, durable: bool = True) -> None:
     """Replace `path` with `data` (str is written as UTF-8), durably once this returns.
 
     The bytes go to a temporary file in the same folder (so the rename never crosses file systems),
     are flushed and fsynced, the file gets `mode` exactly (whatever the umask), then it is renamed
     over `path` and, on POSIX, the folder is fsynced so the rename itself survives a power cut.
     On any error the temporary file is removed and `path` keeps its old content. Missing folders
-    are created.
+    are created. `durable=False` skips both fsyncs, for files that can be made again from others:
+    still all-or-nothing after a crash of the process, but a power cut may leave the file empty.
     """
     payload = data.encode("utf-8") if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,14 +40,16 @@ def write_atomically(path: Path, data: bytes | str, *, mode: int = 0o600) -> Non
         with os.fdopen(fd, "wb") as out:
             out.write(payload)
             out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                os.fsync(out.fileno())
         os.chmod(temp, mode)
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
-    fsync_folder(path.parent)
+    if durable:
+        fsync_folder(path.parent)
 
 
 def fsync_folder(path: Path) -> None:

@@ -18,8 +18,8 @@ from coordinator.app import create_app
 from coordinator.appkeys import METRICS, SERVICE
 from coordinator.campaign import CampaignSpec
 from coordinator.client import CoordinatorClient
+from coordinator.engine import Assignment
 from coordinator.metrics import UNMATCHED_ROUTE, Metrics
-from coordinator.runtime import Assignment
 from coordinator.service import Coordinator, CoordinatorConfig
 from protocol.messages import Capabilities, Device, Hello, NoWork, RequestWork, Welcome, decode, encode
 from protocol.version import PROTOCOL_VERSION

@@ -14,9 +14,9 @@ from safetensors.torch import load as load_safetensors
 
 from coordinator.app import create_app
 from coordinator.appkeys import SERVICE
+from coordinator.engine import Assignment
 from coordinator.openapi import build_document
 from coordinator.rest import ROUTES
-from coordinator.runtime import Assignment
 from coordinator.service import Coordinator, CoordinatorConfig
 from tests.support.inprocess_volunteer import payload, train
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from coordinator.runtime import Assignment, SubmissionReport
+from coordinator.engine import Assignment, SubmissionReport
 from coordinator.service import Coordinator
 from protocol.codecs import encode
 from training.checkpoint import load_weights

@@ -1,0 +1,283 @@
+"""Taking in volunteers' updates: decode → validate → store → accumulate, and replica pairing.
+
+    >>> prepared = ingest.prepare(volunteer_id, unit_id, lease_id, payload)   # any thread, no lock
+    >>> outcome = ingest.commit(volunteer_id, lease_id, prepared, report)     # the campaign's lane
+
+`prepare` does the heavy, order-free half: the update's blob written durably, its tensors decoded
+(sizes checked before allocation) and their norm computed. `commit` does the ordered half under the
+campaign's lock: the idempotency and lease rules, staleness, the validation pipeline against the
+cohort, BOINC-style comparison with a replica, the verdict and credit written in one transaction,
+then streaming accumulation. The verdict is durable before the volunteer hears it; what follows the
+write is derived state that `Aggregator.restore` rebuilds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coordinator.blobs import sha256_hex
+from coordinator.engine.models import Outcome, PreparedUpdate, SubmissionReport
+from coordinator.engine.scheduler import LEASE_EXPIRED_MESSAGE, Scheduler
+from coordinator.engine.state import CampaignState
+from coordinator.engine.states import CloseReason, OutcomeStatus, SubmissionStatus, UnitState
+from coordinator.store import UnitRow
+from coordinator.validation import Candidate, compare_replicas, global_norm
+from protocol.codecs import CodecError
+from training.accumulator import staleness_weight
+
+__all__ = ["CODEC_REJECTIONS", "Ingest"]
+
+# Decoding failures that are really validation verdicts: the frame was well formed but its tensors
+# don't fit the unit, or hold values no honest training produces.
+CODEC_REJECTIONS = {
+    "shape_mismatch": "shape_mismatch",
+    "name_mismatch": "shape_mismatch",
+    "count_mismatch": "shape_mismatch",
+    "dtype_mismatch": "shape_mismatch",
+    "non_finite_value": "non_finite",
+    "non_finite_scale": "non_finite",
+    "oversized": "update_too_large",
+}
+
+ACCEPTED, REJECTED, DUPLICATE = OutcomeStatus.ACCEPTED, OutcomeStatus.REJECTED, OutcomeStatus.DUPLICATE
+
+
+class Ingest:
+    def __init__(self, state: CampaignState, scheduler: Scheduler) -> None:
+        self.state = state
+        self.scheduler = scheduler
+
+    def prepare(self, volunteer_id: str, unit_id: str, lease_id: str, payload: bytes) -> PreparedUpdate:
+        """Store and decode an update without the campaign's lock, so several threads can do it at once.
+
+        Only a submission that may still count gets this work: the unit's current lease, or a resend of
+        an update this volunteer already submitted (its first verdict is answered again).
+        """
+        s = self.state
+        sha = sha256_hex(payload)
+        unit = s.store.unit(unit_id)
+        if unit is None or unit.campaign_id != s.row.id:
+            return PreparedUpdate(None, sha, len(payload))
+        holds = unit.state == UnitState.LEASED and unit.lease_id == lease_id and unit.volunteer_id == volunteer_id
+        if not holds or s.store.submission(unit_id, volunteer_id) is not None:
+            return PreparedUpdate(unit, sha, len(payload))
+        s.counters.bytes_in += len(payload)
+        s.blobs.put(payload)  # durable before any row points at it
+        try:
+            delta = s.decode(payload, unit.shard)
+        except CodecError as error:
+            return PreparedUpdate(unit, sha, len(payload), error=error)
+        return PreparedUpdate(unit, sha, len(payload), delta, global_norm(delta))
+
+    def commit(self, volunteer_id: str, lease_id: str, prepared: PreparedUpdate, report: SubmissionReport) -> Outcome:
+        """The ordered half of a submission, under the campaign's lock; a quorum it completes is noted
+        in `state.close_due` for the aggregator."""
+        with self.state.lock:
+            return self._commit(volunteer_id, lease_id, prepared, report)
+
+    def _commit(self, volunteer_id: str, lease_id: str, prepared: PreparedUpdate, report: SubmissionReport) -> Outcome:
+        s = self.state
+        if prepared.unit is None:
+            return Outcome(REJECTED, "unknown_unit", f"no work unit in campaign {s.row.name} has this id")
+        unit = s.store.unit(prepared.unit.id)
+        assert unit is not None
+        previous = s.store.submission(unit.id, volunteer_id)
+        if previous is not None:
+            # Idempotent: resending the same update (lost ack, reconnect) gets the first answer again
+            # and changes nothing; a different update for the same unit is a duplicate and ignored.
+            if previous.update_sha != prepared.sha256:
+                return Outcome(
+                    DUPLICATE,
+                    "duplicate_submission",
+                    f"a different update for this unit was already received: {previous.message}",
+                )
+            status = REJECTED if previous.status == SubmissionStatus.REJECTED else ACCEPTED
+            return Outcome(status, previous.code, previous.message, previous.credit)
+        problem = self.scheduler.lease_problem(unit, volunteer_id, lease_id)
+        if problem is not None:
+            return Outcome(REJECTED, problem[0], problem[1])
+        if not prepared.stored:  # the lease changed hands between prepare and commit
+            return Outcome(REJECTED, "lease_expired", LEASE_EXPIRED_MESSAGE)
+        staleness = s.row.current_version - unit.version
+        weight = staleness_weight(staleness, s.spec.rounds.staleness_bound) * report.tokens
+        if staleness > s.spec.rounds.staleness_bound:
+            return self._reject(
+                unit,
+                volunteer_id,
+                prepared,
+                report,
+                "stale_update",
+                f"the update was computed against version {unit.version}, {staleness} versions behind "
+                f"the current {s.row.current_version} (limit {s.spec.rounds.staleness_bound})",
+            )
+        if prepared.error is not None:
+            error = prepared.error
+            if error.code in CODEC_REJECTIONS:
+                return self._reject(unit, volunteer_id, prepared, report, CODEC_REJECTIONS[error.code], str(error))
+            return self._reject(
+                unit, volunteer_id, prepared, report, "bad_encoding", f"the update could not be decoded: {error}"
+            )
+        delta = prepared.delta
+        assert delta is not None
+        candidate = s.candidate(unit, delta, report.losses, report.tokens, norm=prepared.norm)
+        verdict = s.pipeline.validate(candidate, s.cohort)
+        if not verdict.accepted:
+            return self._reject(unit, volunteer_id, prepared, report, str(verdict.code), verdict.message)
+        twin_id = s.twin_id(unit)
+        if twin_id is not None:
+            twin_sub = s.store.submission_for_unit(twin_id)
+            if twin_sub is None or twin_sub.status == SubmissionStatus.REJECTED:
+                return self._hold_for_replica(unit, volunteer_id, prepared, report, candidate.norm, staleness, weight)
+            if twin_sub.status == SubmissionStatus.PENDING_REPLICA:
+                twin_unit = s.store.unit(twin_id)
+                assert twin_unit is not None
+                comparison = compare_replicas(
+                    delta,
+                    s.decode(s.blobs.get(twin_sub.update_sha), twin_unit.shard),
+                    rtol=s.spec.validation.replication_rtol,
+                )
+                if not comparison.accepted:
+                    with s.store.transaction():
+                        s.store.update_submission(
+                            twin_sub.id,
+                            status=SubmissionStatus.REJECTED,
+                            code=comparison.code,
+                            message=comparison.message,
+                        )
+                        s.judge(twin_sub.volunteer_id, accepted=False, code=comparison.code)
+                    s.count_rejection(str(comparison.code))
+                    return self._reject(unit, volunteer_id, prepared, report, str(comparison.code), comparison.message)
+                # Both agree: credit the twin now; the update enters the average once (this copy).
+                with s.store.transaction():
+                    credit = s.credit(unit, report.tokens)
+                    s.store.update_submission(
+                        twin_sub.id,
+                        status=SubmissionStatus.ACCEPTED,
+                        code=None,
+                        message="accepted: matched its replica",
+                        credit=credit,
+                        weight=0.0,
+                        round_id=None,
+                    )
+                    s.judge(twin_sub.volunteer_id, accepted=True, credit=credit, tokens=twin_sub.tokens)
+            else:
+                weight = 0.0  # the twin was accepted unreplicated at a round close: don't count it twice
+        return self._accept(unit, volunteer_id, prepared, report, candidate, staleness, weight)
+
+    def _store_submission(
+        self, unit: UnitRow, volunteer_id: str, prepared: PreparedUpdate, report: SubmissionReport, **values: Any
+    ) -> None:
+        # `prepare` wrote the blob durably before this row points at it.
+        self.state.store.add_submission(
+            {
+                "unit_id": unit.id,
+                "volunteer_id": volunteer_id,
+                "update_sha": prepared.sha256,
+                "update_size": prepared.size,
+                "tokens": report.tokens,
+                "seconds": report.seconds,
+                "losses": report.losses,
+                "round_id": None,
+                "staleness": 0,
+                "weight": 0.0,
+                "norm": None,
+                "credit": 0.0,
+                "code": None,
+                **values,
+            }
+        )
+
+    def _reject(
+        self,
+        unit: UnitRow,
+        volunteer_id: str,
+        prepared: PreparedUpdate,
+        report: SubmissionReport,
+        code: str,
+        message: str,
+    ) -> Outcome:
+        s = self.state
+        with s.store.transaction():
+            self._store_submission(
+                unit, volunteer_id, prepared, report, status=SubmissionStatus.REJECTED, code=code, message=message
+            )
+            s.judge(volunteer_id, accepted=False, code=code)
+            s.store.release_unit(unit.id)  # the slice still needs training: issue it again
+        s.count_rejection(code)
+        return Outcome(REJECTED, code, message)
+
+    def _hold_for_replica(
+        self,
+        unit: UnitRow,
+        volunteer_id: str,
+        prepared: PreparedUpdate,
+        report: SubmissionReport,
+        norm: float,
+        staleness: int,
+        weight: float,
+    ) -> Outcome:
+        s = self.state
+        assert s.round is not None
+        with s.store.transaction():
+            self._store_submission(
+                unit,
+                volunteer_id,
+                prepared,
+                report,
+                status=SubmissionStatus.PENDING_REPLICA,
+                message="valid; waiting for its replica to be compared",
+                round_id=s.round.row.id,
+                norm=norm,
+                staleness=staleness,
+                weight=weight,
+            )
+            s.store.set_unit_state(unit.id, UnitState.DONE)
+        return Outcome(ACCEPTED, None, "valid; credit follows once its replica agrees (or the round closes)")
+
+    def _accept(
+        self,
+        unit: UnitRow,
+        volunteer_id: str,
+        prepared: PreparedUpdate,
+        report: SubmissionReport,
+        candidate: Candidate,
+        staleness: int,
+        weight: float,
+    ) -> Outcome:
+        s = self.state
+        current = s.round or self.scheduler.ensure_round()
+        if current is None:
+            return Outcome(REJECTED, "campaign_closed", f"campaign {s.row.name} is no longer training")
+        credit = s.credit(unit, report.tokens)
+        with s.store.transaction():
+            self._store_submission(
+                unit,
+                volunteer_id,
+                prepared,
+                report,
+                status=SubmissionStatus.ACCEPTED,
+                message="accepted",
+                round_id=current.row.id,
+                norm=candidate.norm,
+                staleness=staleness,
+                weight=weight,
+                credit=credit,
+            )
+            s.store.set_unit_state(unit.id, UnitState.DONE)
+            s.judge(volunteer_id, accepted=True, credit=credit, tokens=report.tokens)
+        # Durable from here: what follows is derived state that `restore` rebuilds.
+        if weight > 0:
+            current.accumulator.add(candidate.delta, weight=weight)
+            current.accepted += 1
+            current.tokens += report.tokens
+        s.cohort.record(candidate)
+        s.counters.accepted += 1
+        closes = current.accepted >= s.spec.rounds.min_accepted
+        if closes:
+            s.close_due = CloseReason.QUORUM  # closed by the aggregator, outside the commit's transaction
+        message = (
+            "accepted"
+            if staleness == 0
+            else f"accepted, {staleness} version(s) late (weight ×{weight / report.tokens:.2f})"
+        )
+        return Outcome(ACCEPTED, None, message, credit, closed_round=closes)

@@ -1,0 +1,172 @@
+"""One live campaign on the coordinator, behind one small facade the gateway, the REST API and the
+service call: its scheduler (leases), ingest (updates) and aggregator (rounds) over shared state.
+
+    >>> runtime = CampaignRuntime.load(store, blobs, campaign_id)
+    >>> assignment = runtime.lease(volunteer, memory_bytes=8 << 30)   # or a NoWork with a reason
+    >>> outcome = runtime.submit(volunteer_id, unit_id, lease_id, payload, report)
+
+The flow of an update: `prepare` (any thread: blob written, tensors decoded) → `commit` (the
+campaign's lane: lease and staleness rules, validation, durable verdict, accumulation) → at quorum
+`close_if_due` (the outer step; θ_{v+1} published). `submit` runs all three, for callers without
+a lane.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from coordinator.blobs import BlobStore
+from coordinator.campaign import CampaignSpec
+from coordinator.engine.aggregator import Aggregator
+from coordinator.engine.ingest import Ingest
+from coordinator.engine.models import (
+    Assignment,
+    Counters,
+    NoWork,
+    Outcome,
+    PreparedUpdate,
+    RoundState,
+    SubmissionReport,
+)
+from coordinator.engine.scheduler import Scheduler
+from coordinator.engine.state import CampaignState, Clock
+from coordinator.engine.states import CloseReason
+from coordinator.store import CampaignRow, Store, VersionRow
+from coordinator.validation import TrustState
+from training.data import TokenDataset
+from training.inner import InnerConfig
+from training.model import ModelConfig
+
+__all__ = ["CampaignRuntime"]
+
+
+class CampaignRuntime:
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        row: CampaignRow,
+        dataset: TokenDataset,
+        *,
+        clock: Clock = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.state = CampaignState(store, blobs, row, dataset, clock=clock, rng=rng)
+        self.scheduler = Scheduler(self.state)
+        self.ingest = Ingest(self.state, self.scheduler)
+        self.aggregator = Aggregator(self.state, self.scheduler)
+        self.on_version: Callable[[CampaignRuntime, VersionRow], None] | None = None
+
+    @classmethod
+    def load(cls, store: Store, blobs: BlobStore, campaign_id: int, **kwargs: Any) -> CampaignRuntime:
+        row = store.campaign(campaign_id)
+        if row is None:
+            raise KeyError(f"no campaign {campaign_id}")
+        runtime = cls(store, blobs, row, TokenDataset.open(Path(row.dataset_path)), **kwargs)
+        runtime.restore()
+        return runtime
+
+    # what callers read ----------------------------------------------------------------------------
+
+    @property
+    def row(self) -> CampaignRow:
+        return self.state.row
+
+    @property
+    def spec(self) -> CampaignSpec:
+        return self.state.spec
+
+    @property
+    def dataset(self) -> TokenDataset:
+        return self.state.dataset
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.state.model_config
+
+    @property
+    def inner_config(self) -> InnerConfig:
+        return self.state.inner_config
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.state.shapes
+
+    @property
+    def round(self) -> RoundState | None:
+        return self.state.round
+
+    @property
+    def counters(self) -> Counters:
+        return self.state.counters
+
+    @property
+    def close_due(self) -> CloseReason | None:
+        return self.state.close_due
+
+    def refresh(self) -> CampaignRow:
+        return self.state.refresh()
+
+    def restore(self) -> None:
+        self.aggregator.restore()
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return self.aggregator.snapshot()
+
+    # work ------------------------------------------------------------------------------------------
+
+    def lease(self, volunteer_id: str, *, memory_bytes: int, trust: TrustState | None = None) -> Assignment | NoWork:
+        return self.scheduler.lease(volunteer_id, memory_bytes=memory_bytes, trust=trust)
+
+    def heartbeat(self, volunteer_id: str, unit_id: str, lease_id: str) -> float | tuple[str, str]:
+        return self.scheduler.heartbeat(volunteer_id, unit_id, lease_id)
+
+    def abandon(self, volunteer_id: str, unit_id: str, lease_id: str) -> None:
+        self.scheduler.abandon(volunteer_id, unit_id, lease_id)
+
+    # updates ----------------------------------------------------------------------------------------
+
+    def submit(
+        self, volunteer_id: str, unit_id: str, lease_id: str, payload: bytes, report: SubmissionReport
+    ) -> Outcome:
+        """Judge one submission from start to end (`prepare`, `commit`, and the round's close at quorum)."""
+        outcome = self.commit(volunteer_id, lease_id, self.prepare(volunteer_id, unit_id, lease_id, payload), report)
+        self.close_if_due()
+        return outcome
+
+    def prepare(self, volunteer_id: str, unit_id: str, lease_id: str, payload: bytes) -> PreparedUpdate:
+        return self.ingest.prepare(volunteer_id, unit_id, lease_id, payload)
+
+    def commit(self, volunteer_id: str, lease_id: str, prepared: PreparedUpdate, report: SubmissionReport) -> Outcome:
+        return self.ingest.commit(volunteer_id, lease_id, prepared, report)
+
+    # rounds -----------------------------------------------------------------------------------------
+
+    def close_if_due(self) -> VersionRow | None:
+        return self._published(self.aggregator.close_if_due())
+
+    def close_round(self, reason: str) -> VersionRow:
+        version = self._published(self.aggregator.close_round(reason))
+        assert version is not None
+        return version
+
+    def tick(self) -> None:
+        """Periodic work: a quorum's close, expired leases, a round whose deadline passed."""
+        self.close_if_due()
+        with self.state.lock:
+            self.scheduler.expire_leases()
+            self._published(self.aggregator.close_at_deadline())
+
+    def _published(self, version: VersionRow | None) -> VersionRow | None:
+        """Tell listeners about a new version, and open the next round."""
+        if version is not None:
+            if self.on_version is not None:
+                self.on_version(self, version)
+            self.scheduler.ensure_round()
+        return version
