@@ -175,7 +175,7 @@ async def _json_body(request: web.Request) -> object:
 
 
 def _tokens_per_second(service: Coordinator, row: CampaignRow) -> float:
-    now = time.time()
+    now = service.clock()
     window = min(THROUGHPUT_WINDOW_S, max(1.0, now - row.created_at))
     return round(service.store.tokens_accepted_since(row.id, now - window) / window, 2)
 
@@ -400,8 +400,8 @@ async def leaderboard(request: web.Request) -> web.Response:
     row = _campaign_or_404(request)
     if isinstance(row, web.Response):
         return row
-    store = _service(request).store
-    recent = store.credit_since(row.id, time.time() - RECENT_CREDIT_DAYS * 86400)
+    service = _service(request)
+    recent = service.store.credit_since(row.id, service.clock() - RECENT_CREDIT_DAYS * 86400)
     board = [
         {
             "rank": rank,
@@ -412,7 +412,7 @@ async def leaderboard(request: web.Request) -> web.Response:
             "credit": float(entry["credit"] or 0.0),
             "recent_credit": recent.get(str(entry["id"]), 0.0) / RECENT_CREDIT_DAYS,
         }
-        for rank, entry in enumerate(store.leaderboard(row.id), start=1)
+        for rank, entry in enumerate(service.store.leaderboard(row.id), start=1)
     ]
     return web.json_response({"leaderboard": board, "credit_unit": CREDIT_UNIT})
 
