@@ -78,13 +78,13 @@ class CohortStats:
                 del self._first_losses[old]
 
     def _fold(self, name: str, tensor: torch.Tensor, norm: float) -> None:
-        unit = tensor.detach().to("cpu", torch.float32) / norm
+        update = tensor.detach().to("cpu", torch.float32)
         running = self._direction.get(name)
-        if running is None or running.shape != unit.shape:
-            self._direction[name] = unit
+        if running is None or running.shape != update.shape:
+            self._direction[name] = update / norm
             self._support[name] = 1
         else:
-            running.mul_(self.direction_decay).add_(unit)
+            running.mul_(self.direction_decay).add_(update, alpha=1.0 / norm)  # no temporary copy
             self._support[name] += 1
 
     # -- reading -----------------------------------------------------------------------------------

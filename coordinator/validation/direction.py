@@ -20,12 +20,15 @@ from protocol.errors import ErrorCode
 __all__ = ["DirectionCheck", "cosine_similarity"]
 
 
-def cosine_similarity(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float | None:
+def cosine_similarity(
+    a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], *, a_norm: float | None = None
+) -> float | None:
     """Cosine over the tensors both hold; None when either side is zero there.
 
     Per-tensor dot products run in fp32 (BLAS accumulates in blocks, so the relative error stays
     around 1e-6, far below what a threshold on the cosine cares about) and are summed in Python
-    floats; fp64 copies of every tensor cost more than the whole rest of validation.
+    floats; fp64 copies of every tensor cost more than the whole rest of validation. `a_norm` is
+    ‖a‖ when the caller knows it and `b` covers every tensor of `a` (it saves a pass over `a`).
     """
     dot = norm_a = norm_b = 0.0
     for name, x in a.items():
@@ -34,8 +37,11 @@ def cosine_similarity(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tenso
             continue
         x1, y1 = x.reshape(-1).float(), y.reshape(-1).float()
         dot += float(torch.dot(x1, y1))
-        norm_a += float(torch.dot(x1, x1))
+        if a_norm is None:
+            norm_a += float(torch.dot(x1, x1))
         norm_b += float(torch.dot(y1, y1))
+    if a_norm is not None:
+        norm_a = a_norm * a_norm
     if norm_a == 0 or norm_b == 0:
         return None
     return dot / math.sqrt(norm_a * norm_b)
@@ -52,7 +58,8 @@ class DirectionCheck:
         direction = stats.direction(candidate.delta)
         if direction is None or support < self.min_cohort:
             return None
-        cosine = cosine_similarity(candidate.delta, direction)
+        # `direction` covers every tensor of the update (or is None), so the update's norm serves.
+        cosine = cosine_similarity(candidate.delta, direction, a_norm=candidate.norm)
         if cosine is None or cosine >= self.min_cosine:
             return None
         return Verdict.reject(
