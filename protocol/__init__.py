@@ -4,9 +4,10 @@
     >>> decode(encode(Goodbye(reason="user quit")), direction="to_server")
     Goodbye(reason='user quit')
 
-Control channel: `messages` (one dataclass per frame type, `encode` / `decode`), `schema` (the
-validator behind them), `errors` (error codes, `ProtocolError`, close codes), `limits` (every size
-limit), `version` (the protocol version and compatibility rule; the release version peers report).
+Control channel: `messages` (one msgspec Struct per frame type, `encode` / `decode`), `frame_scan`
+(the pre-scan of raw frame bytes), `field_rules` (the rules msgspec cannot state, and how refusals
+are worded), `errors` (error codes, `ProtocolError`, close codes), `limits` (every size limit),
+`version` (the protocol version and compatibility rule; the release version peers report).
 docs/protocol.md is the spec.
 Tensor frames: `codecs` (`encode` / `decode` of named tensors; byte format in codecs/frame.py) and `tensors`.
 """

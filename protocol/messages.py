@@ -1,9 +1,12 @@
-"""The control-channel messages, one frozen dataclass per frame type, and their wire encoding.
+"""The control-channel messages, one frozen msgspec Struct per frame type, and their wire encoding.
 
 A frame is one binary WebSocket message holding one MessagePack map: `type` (the tag below), `v`
-(the protocol version) and the message's fields. `decode` treats its input as hostile: it checks
-the size before unpacking, walks the MessagePack structure before building it, and validates every
-field against the dataclasses here, raising only `ProtocolError`.
+(the protocol version) and the message's fields, in that order. Bounds are `msgspec.Meta`
+constraints on each field's `Annotated` type, and the field tables of docs/protocol.md are generated
+from them. `decode` treats its input as hostile: it checks the size before anything else, walks
+the MessagePack structure before building it (protocol.frame_scan), has msgspec decode and validate
+the message, then checks what msgspec cannot (protocol.field_rules) and the rules that span
+fields, raising only `ProtocolError`.
 
     >>> frame = encode(RequestWork(preferred_campaign="tinystories"))
     >>> frame[:19]
@@ -14,13 +17,17 @@ field against the dataclasses here, raising only `ProtocolError`.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import ClassVar, Final, Literal, overload
+from functools import reduce
+from typing import Annotated, Any, ClassVar, Final, Literal, overload
 
-import msgpack
+import msgspec
+from msgspec import Meta, Struct
 
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.field_rules import PRINTABLE, UNIQUE, FieldError, Reader, TextFormat, check_declared
+from protocol.frame_scan import scan
 from protocol.limits import (
     FRAME_OVERHEAD_BYTES,
     MAX_BATCH,
@@ -32,8 +39,6 @@ from protocol.limits import (
     MAX_DEVICES,
     MAX_DURATION_S,
     MAX_FRAME_BYTES,
-    MAX_FRAME_DEPTH,
-    MAX_FRAME_VALUES,
     MAX_GRAD_CLIP,
     MAX_HEARTBEAT_INTERVAL_S,
     MAX_ID_LEN,
@@ -64,13 +69,12 @@ from protocol.limits import (
     MAX_VOCAB_SIZE,
     MIN_HEARTBEAT_INTERVAL_S,
 )
-from protocol.schema import FieldError, Rule, TextFormat, fields_of, from_wire, spec, to_wire
 from protocol.version import PROTOCOL_VERSION, check_version, is_supported
 
 Direction = Literal["to_server", "to_client"]
 FrameData = bytes | bytearray | memoryview
 
-# --- Formats ------------------------------------------------------------------------------------
+# --- Formats and field types ---------------------------------------------------------------------
 
 SHA256: Final = TextFormat(r"[0-9a-f]{64}", "64 lowercase hex characters (a SHA-256 digest)")
 IDENTIFIER: Final = TextFormat(
@@ -84,6 +88,23 @@ PARAM_NAME: Final = TextFormat(
 )
 URL: Final = TextFormat(r"https?://[!-~]+", "an http:// or https:// URL of printable ASCII")
 
+Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN), IDENTIFIER.meta]
+Sha256 = Annotated[str, Meta(max_length=64), SHA256.meta]
+Token = Annotated[str, Meta(min_length=1, max_length=MAX_TOKEN_LEN), TOKEN.meta]
+Key = Annotated[str, Meta(min_length=1, max_length=MAX_KEY_LEN), KEY.meta]
+Version = Annotated[str, Meta(min_length=1, max_length=MAX_VERSION_LEN), VERSION.meta]
+ParamName = Annotated[str, Meta(min_length=1, max_length=MAX_PARAM_NAME_LEN), PARAM_NAME.meta]
+Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LEN), PRINTABLE]
+Text = Annotated[str, Meta(max_length=MAX_TEXT_LEN)]
+Count = Annotated[int, Meta(ge=0, le=MAX_SAFE_INTEGER)]
+Deadline = Annotated[float, Meta(ge=0.0, le=MAX_TIMESTAMP_S)]
+Shape = Annotated[tuple[Annotated[int, Meta(ge=1, le=MAX_TENSOR_DIM)], ...], Meta(max_length=MAX_TENSOR_RANK)]
+CodecValue = (
+    Annotated[str, Meta(max_length=MAX_NAME_LEN), PRINTABLE]
+    | Annotated[int, Meta(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
+    | Annotated[float, Meta(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
+)
+
 DeviceKind = Literal["cpu", "cuda", "mps"]
 TokenDtype = Literal["uint16", "uint32"]
 Phase = Literal["downloading", "training", "paused"]
@@ -94,83 +115,64 @@ ToServerType = Literal["hello", "request_work", "blob_request", "progress", "sub
 _DTYPE_BYTES: Final = {"uint16": 2, "uint32": 4}
 
 
-def _id(doc: str) -> dict[str, object]:
-    return spec(doc, min_len=1, max_len=MAX_ID_LEN, pattern=IDENTIFIER)
-
-
-def _sha256(doc: str) -> dict[str, object]:
-    return spec(doc, max_len=64, pattern=SHA256)
-
-
-def _name(doc: str) -> dict[str, object]:
-    return spec(doc, min_len=1, max_len=MAX_NAME_LEN, printable=True)
-
-
-def _text(doc: str) -> dict[str, object]:
-    return spec(doc, max_len=MAX_TEXT_LEN)
-
-
-def _deadline(doc: str) -> dict[str, object]:
-    return spec(doc, ge=0.0, le=MAX_TIMESTAMP_S)
-
-
-def _count(doc: str, high: int = MAX_SAFE_INTEGER, low: int = 0) -> dict[str, object]:
-    return spec(doc, ge=low, le=high)
-
-
 # --- Shared structures --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Device:
+class Device(Struct, frozen=True, forbid_unknown_fields=True):
     """One compute device a volunteer offers."""
 
-    kind: DeviceKind = field(metadata=spec("Device family."))
-    name: str = field(metadata=_name("Human-readable model, e.g. NVIDIA GeForce RTX 3060."))
-    memory_bytes: int = field(metadata=_count("Memory of the device (system RAM for cpu) in bytes.", MAX_MEMORY_BYTES))
+    kind: Annotated[DeviceKind, Meta(description="Device family.")]
+    name: Annotated[Name, Meta(description="Human-readable model, e.g. NVIDIA GeForce RTX 3060.")]
+    memory_bytes: Annotated[
+        int, Meta(ge=0, le=MAX_MEMORY_BYTES, description="Memory of the device (system RAM for cpu) in bytes.")
+    ]
 
 
-@dataclass(frozen=True, slots=True)
-class Capabilities:
+class Capabilities(Struct, frozen=True, forbid_unknown_fields=True):
     """What a volunteer's machine can do and what its owner allows."""
 
-    devices: tuple[Device, ...] = field(
-        metadata=spec("Devices, preferred first; a cpu entry is always present.", min_len=1, max_len=MAX_DEVICES)
-    )
-    memory_bytes: int = field(metadata=_count("System memory the owner lets training use, in bytes.", MAX_MEMORY_BYTES))
-    threads: int = field(metadata=_count("CPU threads the owner lets training use.", MAX_THREADS, 1))
-    codecs: tuple[str, ...] = field(
-        metadata=spec(
-            "Update codecs the client can encode, by name (see protocol.codecs).",
-            min_len=1,
-            max_len=MAX_CODECS,
-            unique=True,
-            item=Rule(min_len=1, max_len=MAX_KEY_LEN, pattern=KEY),
-        )
-    )
-    platform: str = field(metadata=_name("Operating system and architecture, e.g. linux-x86_64."))
+    devices: Annotated[
+        tuple[Device, ...],
+        Meta(
+            min_length=1,
+            max_length=MAX_DEVICES,
+            description="Devices, preferred first; a cpu entry is always present.",
+        ),
+    ]
+    memory_bytes: Annotated[
+        int, Meta(ge=0, le=MAX_MEMORY_BYTES, description="System memory the owner lets training use, in bytes.")
+    ]
+    threads: Annotated[int, Meta(ge=1, le=MAX_THREADS, description="CPU threads the owner lets training use.")]
+    codecs: Annotated[
+        tuple[Key, ...],
+        Meta(
+            min_length=1,
+            max_length=MAX_CODECS,
+            description="Update codecs the client can encode, by name (see protocol.codecs).",
+        ),
+        UNIQUE,
+    ]
+    platform: Annotated[Name, Meta(description="Operating system and architecture, e.g. linux-x86_64.")]
 
 
-@dataclass(frozen=True, slots=True)
-class BlobRef:
+class BlobRef(Struct, frozen=True, forbid_unknown_fields=True):
     """A content-addressed blob the volunteer fetches with blob_request (or finds in its cache)."""
 
-    sha256: str = field(metadata=_sha256("SHA-256 of the blob's bytes; verify it before use."))
-    size: int = field(metadata=_count("Size of the blob in bytes.", MAX_BLOB_BYTES))
+    sha256: Annotated[Sha256, Meta(description="SHA-256 of the blob's bytes; verify it before use.")]
+    size: Annotated[int, Meta(ge=0, le=MAX_BLOB_BYTES, description="Size of the blob in bytes.")]
 
 
-@dataclass(frozen=True, slots=True)
-class ModelConfig:
+class ModelConfig(Struct, frozen=True, forbid_unknown_fields=True):
     """GPT hyper-parameters (the fields of training.model.ModelConfig)."""
 
-    vocab_size: int = field(metadata=_count("Vocabulary size.", MAX_VOCAB_SIZE, 1))
-    d_model: int = field(metadata=_count("Residual stream width.", MAX_MODEL_WIDTH, 1))
-    n_layer: int = field(metadata=_count("Transformer blocks.", MAX_LAYERS, 1))
-    n_head: int = field(metadata=_count("Attention heads; d_model / n_head must be even.", MAX_LAYERS, 1))
-    d_ff: int = field(metadata=_count("Feed-forward hidden width.", MAX_MODEL_WIDTH, 1))
-    max_seq_len: int = field(metadata=_count("Longest context the model supports.", MAX_SEQ_LEN, 1))
-    rope_theta: float = field(metadata=spec("RoPE base.", gt=0.0, le=MAX_ROPE_THETA))
-    norm_eps: float = field(metadata=spec("RMSNorm epsilon.", gt=0.0, le=1.0))
+    vocab_size: Annotated[int, Meta(ge=1, le=MAX_VOCAB_SIZE, description="Vocabulary size.")]
+    d_model: Annotated[int, Meta(ge=1, le=MAX_MODEL_WIDTH, description="Residual stream width.")]
+    n_layer: Annotated[int, Meta(ge=1, le=MAX_LAYERS, description="Transformer blocks.")]
+    n_head: Annotated[int, Meta(ge=1, le=MAX_LAYERS, description="Attention heads; d_model / n_head must be even.")]
+    d_ff: Annotated[int, Meta(ge=1, le=MAX_MODEL_WIDTH, description="Feed-forward hidden width.")]
+    max_seq_len: Annotated[int, Meta(ge=1, le=MAX_SEQ_LEN, description="Longest context the model supports.")]
+    rope_theta: Annotated[float, Meta(gt=0.0, le=MAX_ROPE_THETA, description="RoPE base.")]
+    norm_eps: Annotated[float, Meta(gt=0.0, le=1.0, description="RMSNorm epsilon.")]
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
@@ -179,34 +181,32 @@ class ModelConfig:
             raise FieldError("n_head", "the head dimension d_model / n_head must be even for RoPE")
 
 
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
+class ModelSpec(Struct, frozen=True, forbid_unknown_fields=True):
     """Which model the unit trains."""
 
-    preset: str = field(
-        metadata=spec("Preset name the config derives from, e.g. tiny.", min_len=1, max_len=MAX_KEY_LEN, pattern=KEY)
-    )
-    config: ModelConfig = field(metadata=spec("The exact hyper-parameters; they win over the preset."))
+    preset: Annotated[Key, Meta(description="Preset name the config derives from, e.g. tiny.")]
+    config: Annotated[ModelConfig, Meta(description="The exact hyper-parameters; they win over the preset.")]
 
 
-@dataclass(frozen=True, slots=True)
-class InnerRecipe:
+class InnerRecipe(Struct, frozen=True, forbid_unknown_fields=True):
     """The inner loop: AdamW with linear warmup and cosine decay (training.inner.InnerConfig)."""
 
-    steps: int = field(metadata=_count("Inner optimizer steps (H) in this unit.", MAX_INNER_STEPS, 1))
-    batch_size: int = field(metadata=_count("Sequences per micro-batch.", MAX_BATCH, 1))
-    seq_len: int = field(metadata=_count("Tokens per sequence; at most model.config.max_seq_len.", MAX_SEQ_LEN, 1))
-    grad_accum: int = field(metadata=_count("Micro-batches accumulated per step.", MAX_BATCH, 1))
-    lr: float = field(metadata=spec("Peak learning rate.", gt=0.0, le=MAX_LR))
-    min_lr_ratio: float = field(metadata=spec("Floor of the cosine decay, as a fraction of lr.", ge=0.0, le=1.0))
-    warmup_steps: int = field(metadata=_count("Linear warmup length in global steps."))
-    total_steps: int = field(metadata=_count("Cosine schedule length in global steps; 0: constant after warmup."))
-    global_step: int = field(metadata=_count("Global step at the unit's first inner step (for the schedule)."))
-    weight_decay: float = field(metadata=spec("AdamW decoupled weight decay.", ge=0.0, le=MAX_LR))
-    grad_clip: float = field(metadata=spec("Gradient-norm clip; 0 disables clipping.", ge=0.0, le=MAX_GRAD_CLIP))
-    beta1: float = field(metadata=spec("AdamW beta1.", ge=0.0, lt=1.0))
-    beta2: float = field(metadata=spec("AdamW beta2.", ge=0.0, lt=1.0))
-    eps: float = field(metadata=spec("AdamW epsilon.", gt=0.0, le=1.0))
+    steps: Annotated[int, Meta(ge=1, le=MAX_INNER_STEPS, description="Inner optimizer steps (H) in this unit.")]
+    batch_size: Annotated[int, Meta(ge=1, le=MAX_BATCH, description="Sequences per micro-batch.")]
+    seq_len: Annotated[
+        int, Meta(ge=1, le=MAX_SEQ_LEN, description="Tokens per sequence; at most model.config.max_seq_len.")
+    ]
+    grad_accum: Annotated[int, Meta(ge=1, le=MAX_BATCH, description="Micro-batches accumulated per step.")]
+    lr: Annotated[float, Meta(gt=0.0, le=MAX_LR, description="Peak learning rate.")]
+    min_lr_ratio: Annotated[float, Meta(ge=0.0, le=1.0, description="Floor of the cosine decay, as a fraction of lr.")]
+    warmup_steps: Annotated[Count, Meta(description="Linear warmup length in global steps.")]
+    total_steps: Annotated[Count, Meta(description="Cosine schedule length in global steps; 0: constant after warmup.")]
+    global_step: Annotated[Count, Meta(description="Global step at the unit's first inner step (for the schedule).")]
+    weight_decay: Annotated[float, Meta(ge=0.0, le=MAX_LR, description="AdamW decoupled weight decay.")]
+    grad_clip: Annotated[float, Meta(ge=0.0, le=MAX_GRAD_CLIP, description="Gradient-norm clip; 0 disables clipping.")]
+    beta1: Annotated[float, Meta(ge=0.0, lt=1.0, description="AdamW beta1.")]
+    beta2: Annotated[float, Meta(ge=0.0, lt=1.0, description="AdamW beta2.")]
+    eps: Annotated[float, Meta(gt=0.0, le=1.0, description="AdamW epsilon.")]
 
     @property
     def tokens_needed(self) -> int:
@@ -214,224 +214,206 @@ class InnerRecipe:
         return self.steps * self.grad_accum * self.batch_size * self.seq_len + 1
 
 
-@dataclass(frozen=True, slots=True)
-class TrainMetrics:
+class TrainMetrics(Struct, frozen=True, forbid_unknown_fields=True):
     """What the volunteer measured while training the unit."""
 
-    losses: tuple[float, ...] = field(
-        metadata=spec(
-            "Training loss of each inner step, in order.",
-            min_len=1,
-            max_len=MAX_INNER_STEPS,
-            item=Rule(ge=0.0, le=MAX_LOSS),
-        )
-    )
-    tokens: int = field(metadata=_count("Tokens trained on."))
-    seconds: float = field(metadata=spec("Wall-clock training time.", ge=0.0, le=MAX_DURATION_S))
-    device: DeviceKind = field(metadata=spec("Device family the unit trained on."))
-    device_name: str = field(metadata=_name("Device model, as in hello.capabilities.devices."))
-    peak_memory_bytes: int | None = field(
-        default=None,
-        metadata=_count("Peak device memory used, when the device reports it.", MAX_MEMORY_BYTES),
-    )
+    losses: Annotated[
+        tuple[Annotated[float, Meta(ge=0.0, le=MAX_LOSS)], ...],
+        Meta(min_length=1, max_length=MAX_INNER_STEPS, description="Training loss of each inner step, in order."),
+    ]
+    tokens: Annotated[Count, Meta(description="Tokens trained on.")]
+    seconds: Annotated[float, Meta(ge=0.0, le=MAX_DURATION_S, description="Wall-clock training time.")]
+    device: Annotated[DeviceKind, Meta(description="Device family the unit trained on.")]
+    device_name: Annotated[Name, Meta(description="Device model, as in hello.capabilities.devices.")]
+    peak_memory_bytes: Annotated[
+        Annotated[int, Meta(ge=0, le=MAX_MEMORY_BYTES)] | None,
+        Meta(description="Peak device memory used, when the device reports it."),
+    ] = None
 
 
 # --- Volunteer -> coordinator -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Hello:
+class Hello(Struct, frozen=True, forbid_unknown_fields=True):
     """First frame of every connection: who the volunteer is and what it can do. Reply: welcome."""
 
     TYPE: ClassVar[str] = "hello"
 
-    protocol_version: int = field(metadata=_count("The client's protocol version; equals the frame's v.", low=1))
-    client_version: str = field(
-        metadata=spec("App release, e.g. 0.3.1.", min_len=1, max_len=MAX_VERSION_LEN, pattern=VERSION)
-    )
-    token: str | None = field(
-        metadata=spec(
-            "Token from an earlier welcome; null on first contact (the coordinator registers the volunteer).",
-            min_len=1,
-            max_len=MAX_TOKEN_LEN,
-            pattern=TOKEN,
-        )
-    )
-    name: str = field(metadata=_name("Display name for dashboards and leaderboards."))
-    capabilities: Capabilities = field(metadata=spec("Devices, limits and codecs."))
+    protocol_version: Annotated[
+        int, Meta(ge=1, le=MAX_SAFE_INTEGER, description="The client's protocol version; equals the frame's v.")
+    ]
+    client_version: Annotated[Version, Meta(description="App release, e.g. 0.3.1.")]
+    token: Annotated[
+        Token | None,
+        Meta(
+            description=(
+                "Token from an earlier welcome; null on first contact (the coordinator registers the volunteer)."
+            )
+        ),
+    ]
+    name: Annotated[Name, Meta(description="Display name for dashboards and leaderboards.")]
+    capabilities: Annotated[Capabilities, Meta(description="Devices, limits and codecs.")]
 
 
-@dataclass(frozen=True, slots=True)
-class RequestWork:
+class RequestWork(Struct, frozen=True, forbid_unknown_fields=True):
     """Ask for a unit. Reply: work_unit or no_work."""
 
     TYPE: ClassVar[str] = "request_work"
 
-    preferred_campaign: str | None = field(
-        default=None,
-        metadata=spec(
-            "Campaign the volunteer would rather work on; a hint, not a demand.",
-            min_len=1,
-            max_len=MAX_ID_LEN,
-            pattern=IDENTIFIER,
-        ),
-    )
+    preferred_campaign: Annotated[
+        Id | None, Meta(description="Campaign the volunteer would rather work on; a hint, not a demand.")
+    ] = None
 
 
-@dataclass(frozen=True, slots=True)
-class BlobRequest:
+class BlobRequest(Struct, frozen=True, forbid_unknown_fields=True):
     """Ask for one chunk of a blob; resume a download by asking from the first missing byte."""
 
     TYPE: ClassVar[str] = "blob_request"
 
-    sha256: str = field(metadata=_sha256("The blob, as named by a BlobRef."))
-    offset: int = field(metadata=_count("First byte wanted.", MAX_BLOB_BYTES))
-    length: int = field(metadata=_count("Bytes wanted; the reply may hold fewer.", MAX_BLOB_CHUNK_BYTES, 1))
+    sha256: Annotated[Sha256, Meta(description="The blob, as named by a BlobRef.")]
+    offset: Annotated[int, Meta(ge=0, le=MAX_BLOB_BYTES, description="First byte wanted.")]
+    length: Annotated[int, Meta(ge=1, le=MAX_BLOB_CHUNK_BYTES, description="Bytes wanted; the reply may hold fewer.")]
 
 
-@dataclass(frozen=True, slots=True)
-class Progress:
+class Progress(Struct, frozen=True, forbid_unknown_fields=True):
     """Heartbeat while a unit is leased; extends the lease. Reply: lease_extended (or error)."""
 
     TYPE: ClassVar[str] = "progress"
 
-    unit_id: str = field(metadata=_id("The unit, as in work_unit."))
-    lease_id: str = field(metadata=_id("The lease, as in work_unit."))
-    step: int = field(metadata=_count("Inner steps completed.", MAX_INNER_STEPS))
-    steps_total: int = field(metadata=_count("Inner steps in the unit (recipe.steps).", MAX_INNER_STEPS, 1))
-    loss: float | None = field(metadata=spec("Loss of the latest step; null before the first.", ge=0.0, le=MAX_LOSS))
-    tokens: int = field(metadata=_count("Tokens trained so far in this unit."))
-    phase: Phase = field(metadata=spec("What the volunteer is doing: downloading blobs, training, or paused."))
+    unit_id: Annotated[Id, Meta(description="The unit, as in work_unit.")]
+    lease_id: Annotated[Id, Meta(description="The lease, as in work_unit.")]
+    step: Annotated[int, Meta(ge=0, le=MAX_INNER_STEPS, description="Inner steps completed.")]
+    steps_total: Annotated[int, Meta(ge=1, le=MAX_INNER_STEPS, description="Inner steps in the unit (recipe.steps).")]
+    loss: Annotated[
+        Annotated[float, Meta(ge=0.0, le=MAX_LOSS)] | None,
+        Meta(description="Loss of the latest step; null before the first."),
+    ]
+    tokens: Annotated[Count, Meta(description="Tokens trained so far in this unit.")]
+    phase: Annotated[Phase, Meta(description="What the volunteer is doing: downloading blobs, training, or paused.")]
 
     def __post_init__(self) -> None:
         if self.step > self.steps_total:
             raise FieldError("step", f"{self.step} is more than steps_total {self.steps_total}")
 
 
-@dataclass(frozen=True, slots=True)
-class Submit:
+class Submit(Struct, frozen=True, forbid_unknown_fields=True):
     """The finished unit's update. Reply: result. Resending the same update is harmless."""
 
     TYPE: ClassVar[str] = "submit"
 
-    unit_id: str = field(metadata=_id("The unit, as in work_unit."))
-    lease_id: str = field(metadata=_id("The lease, as in work_unit."))
-    update: bytes = field(
-        metadata=spec(
-            "The pseudo-gradient (start minus end weights) of the shard, encoded with the unit's codec.",
-            min_len=1,
-            max_len=MAX_UPDATE_BYTES,
-        )
-    )
-    update_sha256: str = field(metadata=_sha256("SHA-256 of update; keys idempotent resubmission."))
-    metrics: TrainMetrics = field(metadata=spec("Losses, tokens, time and device."))
+    unit_id: Annotated[Id, Meta(description="The unit, as in work_unit.")]
+    lease_id: Annotated[Id, Meta(description="The lease, as in work_unit.")]
+    update: Annotated[
+        bytes,
+        Meta(
+            min_length=1,
+            max_length=MAX_UPDATE_BYTES,
+            description="The pseudo-gradient (start minus end weights) of the shard, encoded with the unit's codec.",
+        ),
+    ]
+    update_sha256: Annotated[Sha256, Meta(description="SHA-256 of update; keys idempotent resubmission.")]
+    metrics: Annotated[TrainMetrics, Meta(description="Losses, tokens, time and device.")]
 
 
-@dataclass(frozen=True, slots=True)
-class Abandon:
+class Abandon(Struct, frozen=True, forbid_unknown_fields=True):
     """Give a leased unit back early so it is reissued now rather than when the lease expires."""
 
     TYPE: ClassVar[str] = "abandon"
 
-    unit_id: str = field(metadata=_id("The unit, as in work_unit."))
-    lease_id: str = field(metadata=_id("The lease, as in work_unit."))
-    reason: AbandonReason = field(metadata=spec("Why, for the coordinator's statistics."))
-    detail: str = field(metadata=_text("Free text for logs, e.g. the exception message."))
+    unit_id: Annotated[Id, Meta(description="The unit, as in work_unit.")]
+    lease_id: Annotated[Id, Meta(description="The lease, as in work_unit.")]
+    reason: Annotated[AbandonReason, Meta(description="Why, for the coordinator's statistics.")]
+    detail: Annotated[Text, Meta(description="Free text for logs, e.g. the exception message.")]
 
 
-@dataclass(frozen=True, slots=True)
-class Goodbye:
+class Goodbye(Struct, frozen=True, forbid_unknown_fields=True):
     """The volunteer is closing the connection on purpose; leases stay valid until they expire."""
 
     TYPE: ClassVar[str] = "goodbye"
 
-    reason: str = field(metadata=_text("Free text, e.g. user quit, idle period ended."))
+    reason: Annotated[Text, Meta(description="Free text, e.g. user quit, idle period ended.")]
 
 
 # --- Coordinator -> volunteer -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Welcome:
+class Welcome(Struct, frozen=True, forbid_unknown_fields=True):
     """Reply to hello: the volunteer is in. Keep the token (if new) for every later hello."""
 
     TYPE: ClassVar[str] = "welcome"
 
-    volunteer_id: str = field(metadata=_id("The volunteer's public id (shown on dashboards)."))
-    token: str | None = field(
-        metadata=spec(
-            "New secret token when hello registered the volunteer; null otherwise. Store it safely.",
-            min_len=1,
-            max_len=MAX_TOKEN_LEN,
-            pattern=TOKEN,
-        )
-    )
-    server_version: str = field(
-        metadata=spec("Coordinator release.", min_len=1, max_len=MAX_VERSION_LEN, pattern=VERSION)
-    )
-    heartbeat_interval_s: float = field(
-        metadata=spec(
-            "Send progress at least this often while a unit is leased.",
+    volunteer_id: Annotated[Id, Meta(description="The volunteer's public id (shown on dashboards).")]
+    token: Annotated[
+        Token | None,
+        Meta(description="New secret token when hello registered the volunteer; null otherwise. Store it safely."),
+    ]
+    server_version: Annotated[Version, Meta(description="Coordinator release.")]
+    heartbeat_interval_s: Annotated[
+        float,
+        Meta(
             ge=MIN_HEARTBEAT_INTERVAL_S,
             le=MAX_HEARTBEAT_INTERVAL_S,
-        )
-    )
-    max_frame_bytes: int = field(
-        metadata=_count("Largest frame the coordinator accepts.", MAX_FRAME_BYTES, FRAME_OVERHEAD_BYTES)
-    )
-    dashboard_url: str | None = field(
-        metadata=spec("Page showing this volunteer's statistics.", max_len=MAX_URL_LEN, pattern=URL)
-    )
-    credit_total: float = field(metadata=spec("Credit earned so far, all campaigns.", ge=0.0, le=MAX_CREDIT))
+            description="Send progress at least this often while a unit is leased.",
+        ),
+    ]
+    max_frame_bytes: Annotated[
+        int, Meta(ge=FRAME_OVERHEAD_BYTES, le=MAX_FRAME_BYTES, description="Largest frame the coordinator accepts.")
+    ]
+    dashboard_url: Annotated[
+        Annotated[str, Meta(max_length=MAX_URL_LEN), URL.meta] | None,
+        Meta(description="Page showing this volunteer's statistics."),
+    ]
+    credit_total: Annotated[float, Meta(ge=0.0, le=MAX_CREDIT, description="Credit earned so far, all campaigns.")]
 
 
-@dataclass(frozen=True, slots=True)
-class WorkUnit:
+class WorkUnit(Struct, frozen=True, forbid_unknown_fields=True):
     """A leased unit: train `shard` of the model for `recipe.steps` steps on `data`, then submit."""
 
     TYPE: ClassVar[str] = "work_unit"
 
-    unit_id: str = field(metadata=_id("The unit."))
-    lease_id: str = field(metadata=_id("This lease of the unit; a reissued unit gets a new one."))
-    lease_deadline: float = field(metadata=_deadline("Unix time the lease ends unless progress extends it."))
-    campaign_id: str = field(metadata=_id("The campaign."))
-    campaign_name: str = field(metadata=_name("The campaign's display name."))
-    model_version: int = field(metadata=_count("Version of the model the checkpoint holds."))
-    model: ModelSpec = field(metadata=spec("Architecture."))
-    checkpoint: BlobRef = field(metadata=spec("The weights to start from."))
-    checkpoint_format: Literal["safetensors"] = field(metadata=spec("Serialization of the checkpoint blob."))
-    data: BlobRef = field(metadata=spec("The data slice: raw little-endian token ids, data_tokens of them."))
-    data_dtype: TokenDtype = field(metadata=spec("Element type of the data slice."))
-    data_tokens: int = field(metadata=_count("Token ids in the slice; at least recipe.tokens_needed."))
-    shard: tuple[str, ...] = field(
-        metadata=spec(
-            "Parameters to train, in update order; all others stay frozen.",
-            min_len=1,
-            max_len=MAX_SHARD_PARAMS,
-            unique=True,
-            item=Rule(min_len=1, max_len=MAX_PARAM_NAME_LEN, pattern=PARAM_NAME),
-        )
-    )
-    shard_shapes: Mapping[str, tuple[int, ...]] = field(
-        metadata=spec(
-            "Declared shape of every shard parameter; the update must match exactly.",
-            max_len=MAX_SHARD_PARAMS,
-            key=Rule(min_len=1, max_len=MAX_PARAM_NAME_LEN, pattern=PARAM_NAME),
-            value=Rule(max_len=MAX_TENSOR_RANK, item=Rule(ge=1, le=MAX_TENSOR_DIM)),
-        )
-    )
-    recipe: InnerRecipe = field(metadata=spec("The inner loop."))
-    seed: int = field(metadata=_count("Seed for data order and dropout; same seed, same update.", MAX_SEED))
-    codec: Mapping[str, str | int | float] = field(
-        metadata=spec(
-            "Codec for the update: name plus parameters (protocol.codecs.CodecConfig.from_dict).",
-            min_len=1,
-            max_len=MAX_CODEC_PARAMS,
-            key=Rule(min_len=1, max_len=MAX_KEY_LEN, pattern=KEY),
-            value=Rule(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER, max_len=MAX_NAME_LEN, printable=True),
-        )
-    )
-    max_update_bytes: int = field(metadata=_count("Largest update the coordinator accepts.", MAX_UPDATE_BYTES, 1))
+    unit_id: Annotated[Id, Meta(description="The unit.")]
+    lease_id: Annotated[Id, Meta(description="This lease of the unit; a reissued unit gets a new one.")]
+    lease_deadline: Annotated[Deadline, Meta(description="Unix time the lease ends unless progress extends it.")]
+    campaign_id: Annotated[Id, Meta(description="The campaign.")]
+    campaign_name: Annotated[Name, Meta(description="The campaign's display name.")]
+    model_version: Annotated[Count, Meta(description="Version of the model the checkpoint holds.")]
+    model: Annotated[ModelSpec, Meta(description="Architecture.")]
+    checkpoint: Annotated[BlobRef, Meta(description="The weights to start from.")]
+    checkpoint_format: Annotated[Literal["safetensors"], Meta(description="Serialization of the checkpoint blob.")]
+    data: Annotated[BlobRef, Meta(description="The data slice: raw little-endian token ids, data_tokens of them.")]
+    data_dtype: Annotated[TokenDtype, Meta(description="Element type of the data slice.")]
+    data_tokens: Annotated[Count, Meta(description="Token ids in the slice; at least recipe.tokens_needed.")]
+    shard: Annotated[
+        tuple[ParamName, ...],
+        Meta(
+            min_length=1,
+            max_length=MAX_SHARD_PARAMS,
+            description="Parameters to train, in update order; all others stay frozen.",
+        ),
+        UNIQUE,
+    ]
+    shard_shapes: Annotated[
+        Mapping[ParamName, Shape],
+        Meta(
+            max_length=MAX_SHARD_PARAMS,
+            description="Declared shape of every shard parameter; the update must match exactly.",
+        ),
+    ]
+    recipe: Annotated[InnerRecipe, Meta(description="The inner loop.")]
+    seed: Annotated[
+        int, Meta(ge=0, le=MAX_SEED, description="Seed for data order and dropout; same seed, same update.")
+    ]
+    codec: Annotated[
+        Mapping[Key, CodecValue],
+        Meta(
+            min_length=1,
+            max_length=MAX_CODEC_PARAMS,
+            description="Codec for the update: name plus parameters (protocol.codecs.CodecConfig.from_dict).",
+        ),
+    ]
+    max_update_bytes: Annotated[
+        int, Meta(ge=1, le=MAX_UPDATE_BYTES, description="Largest update the coordinator accepts.")
+    ]
 
     def __post_init__(self) -> None:
         if set(self.shard) != set(self.shard_shapes):
@@ -467,28 +449,26 @@ class WorkUnit:
             )
 
 
-@dataclass(frozen=True, slots=True)
-class NoWork:
+class NoWork(Struct, frozen=True, forbid_unknown_fields=True):
     """Reply to request_work when nothing is available; ask again after retry_after_s."""
 
     TYPE: ClassVar[str] = "no_work"
 
-    retry_after_s: float = field(
-        metadata=spec("Wait at least this long before asking again.", ge=0.0, le=MAX_RETRY_AFTER_S)
-    )
-    reason: str = field(metadata=_text("Why, for the volunteer: e.g. no active campaign, campaign paused."))
+    retry_after_s: Annotated[
+        float, Meta(ge=0.0, le=MAX_RETRY_AFTER_S, description="Wait at least this long before asking again.")
+    ]
+    reason: Annotated[Text, Meta(description="Why, for the volunteer: e.g. no active campaign, campaign paused.")]
 
 
-@dataclass(frozen=True, slots=True)
-class BlobChunk:
+class BlobChunk(Struct, frozen=True, forbid_unknown_fields=True):
     """Reply to blob_request: bytes [offset, offset + len(data)) of the blob."""
 
     TYPE: ClassVar[str] = "blob_chunk"
 
-    sha256: str = field(metadata=_sha256("The blob."))
-    offset: int = field(metadata=_count("Position of data[0] in the blob.", MAX_BLOB_BYTES))
-    total_size: int = field(metadata=_count("Size of the whole blob.", MAX_BLOB_BYTES))
-    data: bytes = field(metadata=spec("The bytes; may be fewer than asked for.", max_len=MAX_BLOB_CHUNK_BYTES))
+    sha256: Annotated[Sha256, Meta(description="The blob.")]
+    offset: Annotated[int, Meta(ge=0, le=MAX_BLOB_BYTES, description="Position of data[0] in the blob.")]
+    total_size: Annotated[int, Meta(ge=0, le=MAX_BLOB_BYTES, description="Size of the whole blob.")]
+    data: Annotated[bytes, Meta(max_length=MAX_BLOB_CHUNK_BYTES, description="The bytes; may be fewer than asked for.")]
 
     def __post_init__(self) -> None:
         if self.offset + len(self.data) > self.total_size:
@@ -502,33 +482,33 @@ class BlobChunk:
         return self.offset + len(self.data) == self.total_size
 
 
-@dataclass(frozen=True, slots=True)
-class LeaseExtended:
+class LeaseExtended(Struct, frozen=True, forbid_unknown_fields=True):
     """Reply to progress: the lease's new deadline."""
 
     TYPE: ClassVar[str] = "lease_extended"
 
-    unit_id: str = field(metadata=_id("The unit."))
-    lease_id: str = field(metadata=_id("The lease."))
-    lease_deadline: float = field(metadata=_deadline("New Unix time the lease ends."))
+    unit_id: Annotated[Id, Meta(description="The unit.")]
+    lease_id: Annotated[Id, Meta(description="The lease.")]
+    lease_deadline: Annotated[Deadline, Meta(description="New Unix time the lease ends.")]
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(Struct, frozen=True, forbid_unknown_fields=True):
     """Reply to submit: the verdict on the update, sent only once it is durably recorded."""
 
     TYPE: ClassVar[str] = "result"
 
-    unit_id: str = field(metadata=_id("The unit."))
-    lease_id: str = field(metadata=_id("The lease the update was submitted under."))
-    status: ResultStatus = field(
-        metadata=spec("accepted; rejected (see code); duplicate (a different update was already recorded).")
-    )
-    code: ErrorCode | None = field(
-        metadata=spec("Why it was rejected; duplicate_submission for duplicate; null when accepted.")
-    )
-    message: str = field(metadata=_text("Explanation for the volunteer."))
-    credit: float = field(metadata=spec("Credit granted for this update.", ge=0.0, le=MAX_CREDIT))
+    unit_id: Annotated[Id, Meta(description="The unit.")]
+    lease_id: Annotated[Id, Meta(description="The lease the update was submitted under.")]
+    status: Annotated[
+        ResultStatus,
+        Meta(description="accepted; rejected (see code); duplicate (a different update was already recorded)."),
+    ]
+    code: Annotated[
+        ErrorCode | None,
+        Meta(description="Why it was rejected; duplicate_submission for duplicate; null when accepted."),
+    ]
+    message: Annotated[Text, Meta(description="Explanation for the volunteer.")]
+    credit: Annotated[float, Meta(ge=0.0, le=MAX_CREDIT, description="Credit granted for this update.")]
 
     def __post_init__(self) -> None:
         expected = {"accepted": "null", "rejected": "an error code", "duplicate": "duplicate_submission"}
@@ -540,28 +520,22 @@ class Result:
             raise FieldError("code", f"must be {expected[self.status]} when status is {self.status}")
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorMessage:
+class ErrorMessage(Struct, frozen=True, forbid_unknown_fields=True):
     """A frame was refused (or the connection is ending). Its shape is the same in every version."""
 
     TYPE: ClassVar[str] = "error"
 
-    code: ErrorCode = field(metadata=spec("What went wrong."))
-    message: str = field(metadata=spec("What to do about it, for a person.", min_len=1, max_len=MAX_TEXT_LEN))
-    fatal: bool = field(metadata=spec("The coordinator closes the connection after this frame."))
-    ref_type: ToServerType | None = field(default=None, metadata=spec("Type of the refused frame, if known."))
-    ref_id: str | None = field(
-        default=None,
-        metadata=spec(
-            "The unit_id or blob sha256 the error is about, if any.",
-            min_len=1,
-            max_len=MAX_ID_LEN,
-            pattern=IDENTIFIER,
-        ),
-    )
-    retry_after_s: float | None = field(
-        default=None, metadata=spec("Wait at least this long before retrying.", ge=0.0, le=MAX_RETRY_AFTER_S)
-    )
+    code: Annotated[ErrorCode, Meta(description="What went wrong.")]
+    message: Annotated[
+        str, Meta(min_length=1, max_length=MAX_TEXT_LEN, description="What to do about it, for a person.")
+    ]
+    fatal: Annotated[bool, Meta(description="The coordinator closes the connection after this frame.")]
+    ref_type: Annotated[ToServerType | None, Meta(description="Type of the refused frame, if known.")] = None
+    ref_id: Annotated[Id | None, Meta(description="The unit_id or blob sha256 the error is about, if any.")] = None
+    retry_after_s: Annotated[
+        Annotated[float, Meta(ge=0.0, le=MAX_RETRY_AFTER_S)] | None,
+        Meta(description="Wait at least this long before retrying."),
+    ] = None
 
     @classmethod
     def from_error(
@@ -598,7 +572,49 @@ MESSAGE_TYPES: Final[Mapping[str, type[Message]]] = {**_TO_SERVER, **_TO_CLIENT}
 """Every message class by its wire type tag."""
 
 for _cls in MESSAGE_TYPES.values():
-    fields_of(_cls)  # a field declared without bounds fails at import, not on the first frame
+    check_declared(_cls)  # a field declared without bounds fails at import, not on the first frame
+
+
+# --- The frame: type, v, then the message's fields ------------------------------------------------
+
+
+def _frame_type(cls: type[Message]) -> type[Struct]:
+    """The struct `cls` travels as: tagged `type`, then the protocol version `v`, then its own fields.
+
+    Messages do not carry `v` themselves: an error frame reads the same whatever its version.
+    """
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [("v", int)]
+    for field in msgspec.structs.fields(cls):
+        fields.append((field.name, field.type) if field.required else (field.name, field.type, field.default))
+    return msgspec.defstruct(
+        f"{cls.__name__}Frame",
+        fields,
+        module=__name__,
+        tag_field="type",
+        tag=cls.TYPE,
+        frozen=True,
+        forbid_unknown_fields=True,
+    )
+
+
+_FRAME_TYPES: Final[dict[type[Message], type[Struct]]] = {cls: _frame_type(cls) for cls in MESSAGE_TYPES.values()}
+_ENVELOPE: Final = frozenset({"v"})
+_READERS: Final[dict[Direction, Reader]] = {
+    # msgspec picks the frame type by its tag: a union of the frame types each side receives.
+    "to_server": Reader(reduce(operator.or_, (_FRAME_TYPES[cls] for cls in _TO_SERVER.values())), hidden=_ENVELOPE),
+    "to_client": Reader(reduce(operator.or_, (_FRAME_TYPES[cls] for cls in _TO_CLIENT.values())), hidden=_ENVELOPE),
+}
+_ENCODER: Final = msgspec.msgpack.Encoder()
+
+
+class _Envelope(Struct):
+    """A frame read for its `type` and `v` alone: msgspec skips the other fields without building them."""
+
+    type: Any = None
+    v: Any = None
+
+
+_ENVELOPE_READER: Final = Reader(_Envelope)
 
 
 # --- Encoding -----------------------------------------------------------------------------------
@@ -607,24 +623,24 @@ for _cls in MESSAGE_TYPES.values():
 def encode(message: Message, *, max_bytes: int = MAX_FRAME_BYTES) -> bytes:
     """The frame for `message`. Raises `ProtocolError` if the peer would refuse it.
 
-    The message is validated exactly as `decode` will validate it, so a sender's bug surfaces at
+    The frame is decoded again exactly as the peer will decode it, so a sender's bug surfaces at
     the sender (`schema_violation`), and a frame over `max_bytes` is `frame_too_large`.
     """
     cls = type(message)
-    if MESSAGE_TYPES.get(getattr(cls, "TYPE", "")) is not cls:
+    frame_type = _FRAME_TYPES.get(cls)
+    if frame_type is None:
         raise TypeError(f"{cls.__name__} is not a protocol message")
-    body = to_wire(message)
-    assert isinstance(body, dict)
-    _check_envelope(from_wire(cls, body, path=cls.TYPE), PROTOCOL_VERSION)
-    frame: dict[str, object] = {"type": cls.TYPE, "v": PROTOCOL_VERSION}
-    frame.update(body)
-    data: bytes = msgpack.packb(frame, use_bin_type=True)
+    try:
+        data = _ENCODER.encode(frame_type(PROTOCOL_VERSION, *msgspec.structs.astuple(message)))
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as err:  # a value MessagePack cannot hold
+        raise ProtocolError(ErrorCode.SCHEMA_VIOLATION, f"{cls.TYPE}: {err}", ref_type=cls.TYPE) from None
     if len(data) > max_bytes:
         raise ProtocolError(
             ErrorCode.FRAME_TOO_LARGE,
             f"The {cls.TYPE} frame is {len(data)} bytes; the limit is {max_bytes} bytes.",
             ref_type=cls.TYPE,
         )
+    decode(data, direction="to_server" if cls.TYPE in _TO_SERVER else "to_client", max_bytes=len(data))
     return data
 
 
@@ -656,14 +672,13 @@ def decode(data: FrameData, *, direction: Direction, max_bytes: int = MAX_FRAME_
         )
     if not view or not (0x80 <= view[0] <= 0x8F or view[0] in (0xDE, 0xDF)):
         raise _malformed("A frame must be one MessagePack map.")
-    _scan(view)
-    frame = _unpack(view, max_bytes)
-    assert type(frame) is dict  # the first byte said so and _scan saw exactly one value
-    tag = frame.get("type")
+    scan(data if type(data) is bytes else bytes(view))
+    envelope = _ENVELOPE_READER.read(view, path="frame")  # only invalid UTF-8 is left to refuse here
+    tag = envelope.type
     if type(tag) is not str:
-        raise ProtocolError(ErrorCode.MALFORMED_FRAME, "The frame has no 'type' string naming its message.")
+        raise _malformed("The frame has no 'type' string naming its message.")
     ref_type = tag if tag in MESSAGE_TYPES else None
-    version = frame.get("v")
+    version = envelope.v
     if type(version) is not int:
         raise ProtocolError(
             ErrorCode.MALFORMED_FRAME, "The frame has no integer 'v' (protocol version).", ref_type=ref_type
@@ -679,9 +694,13 @@ def decode(data: FrameData, *, direction: Direction, max_bytes: int = MAX_FRAME_
     cls = accepted.get(tag)
     if cls is None:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, _unknown_type_message(tag, accepted), ref_type=ref_type)
-    body = {key: value for key, value in frame.items() if key != "type" and key != "v"}
     try:
-        return _check_envelope(from_wire(cls, body, path=tag), version)
+        frame = _READERS[direction].read(view, path=tag)
+        try:
+            message = cls(*msgspec.structs.astuple(frame)[1:])  # less v; runs the checks across fields
+        except FieldError as err:
+            raise ProtocolError(ErrorCode.SCHEMA_VIOLATION, f"{tag}.{err.field}: {err.reason}") from None
+        return _check_envelope(message, version)
     except ProtocolError as err:
         err.ref_type = ref_type
         raise
@@ -709,116 +728,6 @@ def _clip(text: str, limit: int) -> str:
 
 def _few(names: list[str]) -> str:
     return (", ".join(names[:3]) + (", ..." if len(names) > 3 else "")) or "none"
-
-
-# --- Hostile-input guards -----------------------------------------------------------------------
-
-# Type bytes followed by a fixed-size payload, by payload size (nil, bools, floats, ints).
-_FIXED_SIZE: Final = {
-    0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8,
-    0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8,
-}  # fmt: skip
-# bin and str: the size of their big-endian length prefix.
-_LENGTH_PREFIX: Final = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}
-# array and map: the size of their count prefix, and values per counted entry.
-_COUNT_PREFIX: Final = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
-_EXTENSIONS: Final = frozenset({0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8})
-
-
-def _scan(view: memoryview) -> None:
-    """Walk the MessagePack structure without building it, refusing what unpacking would regret.
-
-    Unpacking allocates a Python object per value: a few bytes of empty maps would become gigabytes
-    of dicts. Counting values and depth first bounds that work by the frame's size, not its shape.
-    """
-    end = len(view)
-    pos = 0
-    values = 0
-    open_containers: list[int] = []  # values still expected by each open array or map
-    while True:
-        if pos >= end:
-            raise _malformed("The frame ends in the middle of a value.")
-        start = pos
-        byte = view[pos]
-        pos += 1
-        values += 1
-        if values > MAX_FRAME_VALUES:
-            raise _malformed(f"The frame holds more than {MAX_FRAME_VALUES} values.")
-        children = -1  # stays -1 for scalars
-        if byte < 0x80 or byte >= 0xE0:  # positive and negative fixint
-            pass
-        elif byte < 0x90:  # fixmap
-            children = 2 * (byte & 0x0F)
-        elif byte < 0xA0:  # fixarray
-            children = byte & 0x0F
-        elif byte < 0xC0:  # fixstr
-            pos += byte & 0x1F
-        elif byte in _FIXED_SIZE:
-            pos += _FIXED_SIZE[byte]
-        elif byte in _LENGTH_PREFIX:
-            width = _LENGTH_PREFIX[byte]
-            pos += width + int.from_bytes(view[pos : pos + width], "big")
-        elif byte in _COUNT_PREFIX:
-            width, per_entry = _COUNT_PREFIX[byte]
-            children = per_entry * int.from_bytes(view[pos : pos + width], "big")
-            pos += width
-        elif byte in _EXTENSIONS:
-            raise _malformed(f"MessagePack extension types are not allowed (byte {start}).")
-        else:
-            raise _malformed(f"Byte {start} is 0xc1, which MessagePack never uses.")
-        if pos > end:
-            raise _malformed(f"The frame ends in the middle of the value at byte {start}.")
-        if children >= 0 and len(open_containers) >= MAX_FRAME_DEPTH:
-            raise _malformed(f"The frame nests maps and arrays deeper than {MAX_FRAME_DEPTH} levels.")
-        if children > 0:
-            open_containers.append(children)
-            continue
-        # A value just ended: close every container it completes.
-        while open_containers:
-            open_containers[-1] -= 1
-            if open_containers[-1]:
-                break
-            open_containers.pop()
-        if not open_containers:
-            break
-    if pos != end:
-        raise _malformed(f"{end - pos} bytes follow the frame's map.")
-
-
-def _unpack(view: memoryview, max_bytes: int) -> object:
-    try:
-        return msgpack.unpackb(
-            view,
-            raw=False,
-            strict_map_key=True,
-            use_list=True,
-            max_str_len=max_bytes,
-            max_bin_len=max_bytes,
-            max_array_len=MAX_FRAME_VALUES,
-            max_map_len=MAX_FRAME_VALUES,
-            max_ext_len=0,
-            ext_hook=_refuse_extension,
-            object_pairs_hook=_map_without_duplicates,
-        )
-    except ProtocolError:
-        raise
-    except Exception as err:  # msgpack raises a zoo of types (ValueError, StackError, ...)
-        raise _malformed(f"Not valid MessagePack: {_clip(str(err), 200)}") from None
-
-
-def _refuse_extension(code: int, data: bytes) -> object:
-    raise _malformed("MessagePack extension types are not allowed.")
-
-
-def _map_without_duplicates(pairs: list[tuple[object, object]]) -> dict[object, object]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        seen: set[object] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _malformed(f"The key {_clip(repr(key), 40)} appears twice in one map.")
-            seen.add(key)
-    return result
 
 
 def _malformed(message: str) -> ProtocolError:

@@ -18,7 +18,6 @@ the same update as a run that never stopped.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import hashlib
 import math
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import msgspec
 import numpy as np
 import torch
 
@@ -95,12 +95,12 @@ class TrainedUnit:
 
 def model_config_of(config: WireModelConfig) -> ModelConfig:
     # The wire's model config and the training core's have the same fields, by design.
-    return ModelConfig(**dataclasses.asdict(config))
+    return ModelConfig(**msgspec.structs.asdict(config))
 
 
 def inner_config_of(recipe: InnerRecipe) -> InnerConfig:
     """The recipe less `global_step`, which says where the unit starts rather than how it trains."""
-    fields = dataclasses.asdict(recipe)
+    fields = msgspec.structs.asdict(recipe)
     del fields["global_step"]
     return InnerConfig(**fields)
 

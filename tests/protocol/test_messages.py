@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import dataclasses
 import hashlib
 import itertools
 import json
 import math
 import os
 import re
-import types
-from collections.abc import Callable, Mapping
-from enum import Enum
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import msgpack
+import msgspec
+import msgspec.inspect as mi
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -65,6 +64,7 @@ from protocol import (
     encode,
 )
 from protocol import limits as limits_module
+from protocol.field_rules import TextFormat
 from protocol.limits import (
     MAX_BLOB_CHUNK_BYTES,
     MAX_FRAME_DEPTH,
@@ -72,12 +72,10 @@ from protocol.limits import (
     MAX_INNER_STEPS,
     MAX_SHARD_PARAMS,
 )
-from protocol.messages import ToServerType
-from protocol.schema import Rule, fields_of, to_wire
+from protocol.messages import KEY, ToServerType
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 TO_SERVER_TAGS = frozenset(cls.TYPE for cls in get_args(ToServerMessage))
-NONE = type(None)
 FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -201,7 +199,7 @@ EXAMPLES: dict[str, Message] = {
 
 
 def wire_of(message: Message) -> dict[str, Any]:
-    body = to_wire(message)
+    body = msgpack.unpackb(msgpack.packb(msgspec.to_builtins(message, builtin_types=(bytes,))))
     assert isinstance(body, dict)
     return {"type": message.TYPE, "v": PROTOCOL_VERSION, **body}
 
@@ -231,13 +229,36 @@ def test_to_server_type_literal_lists_the_volunteer_messages() -> None:
 # --- Hypothesis strategies, derived from the schema --------------------------------------------
 
 
-def ints_for(rule: Rule) -> st.SearchStrategy[int]:
+def fields_of(cls: type) -> tuple[mi.Field, ...]:
+    """The fields of a struct, as msgspec.inspect describes them (types, constraints, descriptions)."""
+    info = mi.type_info(cls)
+    assert isinstance(info, mi.StructType)
+    return info.fields
+
+
+def unwrap(t: mi.Type) -> tuple[mi.Type, dict[str, Any]]:
+    """`t` without its Metadata layers, and the `Meta.extra` they held (format, printable, unique)."""
+    extra: dict[str, Any] = {}
+    while isinstance(t, mi.Metadata):
+        extra |= t.extra or {}
+        t = t.type
+    return t, extra
+
+
+def arms_of(t: mi.Type) -> list[mi.Type]:
+    """The types `t` admits besides nil, unwrapped."""
+    t, _ = unwrap(t)
+    arms = t.types if isinstance(t, mi.UnionType) else (t,)
+    return [unwrap(arm)[0] for arm in arms if not isinstance(unwrap(arm)[0], mi.NoneType)]
+
+
+def ints_for(rule: mi.IntType) -> st.SearchStrategy[int]:
     low = rule.ge if rule.ge is not None else rule.gt + 1  # type: ignore[operator]
     high = rule.le if rule.le is not None else rule.lt - 1  # type: ignore[operator]
     return st.integers(int(low), int(high))
 
 
-def floats_for(rule: Rule) -> st.SearchStrategy[float]:
+def floats_for(rule: mi.FloatType) -> st.SearchStrategy[float]:
     return st.floats(
         min_value=rule.ge if rule.ge is not None else rule.gt,
         max_value=rule.le if rule.le is not None else rule.lt,
@@ -248,60 +269,65 @@ def floats_for(rule: Rule) -> st.SearchStrategy[float]:
     )
 
 
-def texts_for(rule: Rule) -> st.SearchStrategy[str]:
-    assert rule.max_len is not None
-    max_len = rule.max_len
-    if rule.pattern is not None:
-        return st.from_regex(rule.pattern.regex, fullmatch=True).filter(lambda s: rule.min_len <= len(s) <= max_len)
-    low, high = rule.min_len, min(max_len, rule.min_len + 12)
-    if rule.printable:
+def texts_for(
+    min_len: int, max_len: int, *, pattern: TextFormat | None = None, printable: bool = False
+) -> st.SearchStrategy[str]:
+    if pattern is not None:
+        return st.from_regex(pattern.regex, fullmatch=True).filter(lambda s: min_len <= len(s) <= max_len)
+    low, high = min_len, min(max_len, min_len + 12)
+    if printable:
         alphabet = st.characters(categories=("L", "M", "N", "P", "S")) | st.just(" ")
         return st.text(alphabet, min_size=low, max_size=high)
     return st.text(min_size=low, max_size=high)
 
 
-def values_for(hint: Any, rule: Rule) -> st.SearchStrategy[Any]:
-    origin = get_origin(hint)
-    if hint is NONE:
+def values_for(t: mi.Type) -> st.SearchStrategy[Any]:
+    t, extra = unwrap(t)
+    if isinstance(t, mi.NoneType):
         return st.none()
-    if origin is Union or origin is types.UnionType:
-        return st.one_of([values_for(arm, rule) for arm in get_args(hint)])
-    if origin is Literal:
-        return st.sampled_from(get_args(hint))
-    if hint is bool:
+    if isinstance(t, mi.UnionType):
+        return st.one_of([values_for(arm) for arm in t.types])
+    if isinstance(t, mi.LiteralType):
+        return st.sampled_from(t.values)
+    if isinstance(t, mi.BoolType):
         return st.booleans()
-    if hint is int:
-        return ints_for(rule)
-    if hint is float:
-        return floats_for(rule)
-    if hint is str:
-        return texts_for(rule)
-    if hint is bytes:
-        assert rule.max_len is not None
-        return st.binary(min_size=rule.min_len, max_size=min(rule.max_len, rule.min_len + 32))
-    if isinstance(hint, type) and issubclass(hint, Enum):
-        return st.sampled_from(list(hint))
-    if origin is tuple:
-        assert rule.max_len is not None
-        items = values_for(get_args(hint)[0], rule.item or Rule())
-        return st.lists(
-            items, min_size=rule.min_len, max_size=min(rule.max_len, rule.min_len + 3), unique=rule.unique
-        ).map(tuple)
-    if origin is Mapping:
-        assert rule.max_len is not None
-        return st.dictionaries(
-            values_for(str, rule.key or Rule()),
-            values_for(get_args(hint)[1], rule.value or Rule()),
-            min_size=rule.min_len,
-            max_size=min(rule.max_len, rule.min_len + 3),
+    if isinstance(t, mi.IntType):
+        return ints_for(t)
+    if isinstance(t, mi.FloatType):
+        return floats_for(t)
+    if isinstance(t, mi.StrType):
+        assert t.max_length is not None
+        return texts_for(
+            t.min_length or 0, t.max_length, pattern=extra.get("format"), printable=bool(extra.get("printable"))
         )
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return instances_of(hint)
-    raise AssertionError(f"no strategy for {hint!r}")
+    if isinstance(t, mi.BytesType):
+        assert t.max_length is not None
+        low = t.min_length or 0
+        return st.binary(min_size=low, max_size=min(t.max_length, low + 32))
+    if isinstance(t, mi.EnumType):
+        return st.sampled_from(list(t.cls))
+    if isinstance(t, mi.VarTupleType):
+        assert t.max_length is not None
+        low = t.min_length or 0
+        return st.lists(
+            values_for(t.item_type),
+            min_size=low,
+            max_size=min(t.max_length, low + 3),
+            unique=bool(extra.get("unique")),
+        ).map(tuple)
+    if isinstance(t, mi.DictType):
+        assert t.max_length is not None
+        low = t.min_length or 0
+        return st.dictionaries(
+            values_for(t.key_type), values_for(t.value_type), min_size=low, max_size=min(t.max_length, low + 3)
+        )
+    if isinstance(t, mi.StructType):
+        return instances_of(t.cls)
+    raise AssertionError(f"no strategy for {t!r}")
 
 
 def kwargs_of(cls: type) -> st.SearchStrategy[dict[str, Any]]:
-    return st.fixed_dictionaries({spec.name: values_for(spec.hint, spec.rule) for spec in fields_of(cls)})
+    return st.fixed_dictionaries({spec.name: values_for(spec.type) for spec in fields_of(cls)})
 
 
 @st.composite
@@ -329,11 +355,11 @@ def recipes(draw: st.DrawFn) -> InnerRecipe:
 def work_units(draw: st.DrawFn) -> WorkUnit:
     kwargs = draw(kwargs_of(WorkUnit))
     config: ModelConfig = kwargs["model"].config
-    recipe = dataclasses.replace(kwargs["recipe"], seq_len=min(kwargs["recipe"].seq_len, config.max_seq_len))
+    recipe = msgspec.structs.replace(kwargs["recipe"], seq_len=min(kwargs["recipe"].seq_len, config.max_seq_len))
     dtype = "uint16" if config.vocab_size <= 1 << 16 else "uint32"
     tokens = recipe.tokens_needed + draw(st.integers(0, 1000))
     shape = st.lists(st.integers(1, 1 << 20), max_size=3).map(tuple)
-    name = texts_for(Rule(min_len=1, max_len=64, pattern=protocol.messages.KEY))
+    name = texts_for(1, 64, pattern=KEY)
     return WorkUnit(
         **kwargs
         | {
@@ -469,6 +495,23 @@ def test_a_duplicate_key_is_malformed() -> None:
     frame = b"\x83\xa4type\xa7goodbye\xa1v\x01\xa4type\xa5hello"
     err = refusal(frame)
     assert (err.code, err.message) == (ErrorCode.MALFORMED_FRAME, "The key 'type' appears twice in one map.")
+
+
+def test_a_duplicate_key_in_a_nested_map_is_malformed_however_it_is_spelled() -> None:
+    # The second "n" is a str8: the same key in a longer encoding; msgspec alone would let it win.
+    frame = b"\x83\xa4type\xa7goodbye\xa1v\x01\xa6reason\x82\xa1n\x01\xd9\x01n\x02"
+    err = refusal(frame)
+    assert (err.code, err.message) == (ErrorCode.MALFORMED_FRAME, "The key 'n' appears twice in one map.")
+
+
+def test_a_bin_key_is_not_the_str_key_with_the_same_bytes() -> None:
+    frame = b"\x83\xa4type\xa7goodbye\xa1v\x01\xa6reason\x82\xa1n\x01\xc4\x01n\x02"
+    assert refusal(frame).code is ErrorCode.SCHEMA_VIOLATION
+
+
+def test_the_envelope_is_read_from_the_frame_map_only() -> None:
+    err = refusal({"reason": {"type": "goodbye", "v": 1}})
+    assert (err.code, err.message) == (ErrorCode.MALFORMED_FRAME, "The frame has no 'type' string naming its message.")
 
 
 def test_invalid_utf8_is_malformed() -> None:
@@ -612,14 +655,14 @@ def test_every_message_refuses_an_unknown_field(tag: str) -> None:
     assert refused_field(tag, surprise=1).startswith(f"{tag}.surprise: unknown field")
 
 
-def scalar_fields(kind: type) -> list[tuple[str, Any]]:
-    def admits(hint: Any) -> bool:
-        return hint is kind or kind in get_args(hint)
+def scalar_fields(kind: type[mi.Type]) -> list[tuple[str, Any]]:
+    def admits(t: mi.Type) -> bool:
+        return any(isinstance(arm, kind) for arm in arms_of(t))
 
-    return [(tag, spec) for tag, spec in TOP_FIELDS if admits(spec.hint)]
+    return [(tag, spec) for tag, spec in TOP_FIELDS if admits(spec.type)]
 
 
-@pytest.mark.parametrize("case", scalar_fields(int), ids=field_id)
+@pytest.mark.parametrize("case", scalar_fields(mi.IntType), ids=field_id)
 def test_every_integer_field_refuses_bools_floats_and_negatives(case: tuple[str, Any]) -> None:
     tag, spec = case
     assert refused_field(tag, **{spec.name: True}) == f"{tag}.{spec.name}: expected an integer, got a bool"
@@ -627,28 +670,32 @@ def test_every_integer_field_refuses_bools_floats_and_negatives(case: tuple[str,
     assert refused_field(tag, **{spec.name: -1}).startswith(f"{tag}.{spec.name}: must be >=")
 
 
-@pytest.mark.parametrize("case", scalar_fields(float), ids=field_id)
+@pytest.mark.parametrize("case", scalar_fields(mi.FloatType), ids=field_id)
 def test_every_float_field_refuses_nan_and_infinities(case: tuple[str, Any]) -> None:
     tag, spec = case
     for bad in (math.nan, math.inf, -math.inf):
         assert refused_field(tag, **{spec.name: bad}).startswith(f"{tag}.{spec.name}: expected a finite float")
 
 
-@pytest.mark.parametrize("case", scalar_fields(float), ids=field_id)
+@pytest.mark.parametrize("case", scalar_fields(mi.FloatType), ids=field_id)
 def test_every_float_field_accepts_an_integer(case: tuple[str, Any]) -> None:
     tag, spec = case
-    value = int(spec.rule.ge if spec.rule.ge is not None else spec.rule.gt + 1)
+    rule = next(arm for arm in arms_of(spec.type) if isinstance(arm, mi.FloatType))
+    value = int(rule.ge if rule.ge is not None else rule.gt + 1)  # type: ignore[operator]
     message = decode(msgpack.packb(wire_of(EXAMPLES[tag]) | {spec.name: value}), direction=direction_of(tag))
     assert getattr(message, spec.name) == value
     assert type(getattr(message, spec.name)) is float
 
 
-def sized_fields() -> list[tuple[str, Any]]:
-    def sized(hint: Any) -> bool:
-        args = [arm for arm in (get_args(hint) or (hint,)) if arm is not NONE]
-        return len(args) == 1 and (args[0] in (str, bytes) or get_origin(args[0]) in (tuple, Mapping))
+SIZED = (mi.StrType, mi.BytesType, mi.VarTupleType, mi.DictType)
 
-    return [(tag, spec) for tag, spec in TOP_FIELDS if sized(spec.hint)]
+
+def sized_fields() -> list[tuple[str, Any]]:
+    def sized(t: mi.Type) -> bool:
+        arms = arms_of(t)
+        return len(arms) == 1 and isinstance(arms[0], SIZED)
+
+    return [(tag, spec) for tag, spec in TOP_FIELDS if sized(spec.type)]
 
 
 @pytest.mark.parametrize("case", sized_fields(), ids=field_id)
@@ -656,14 +703,15 @@ def test_every_string_bytes_array_and_map_field_refuses_one_more_than_its_limit(
     case: tuple[str, Any],
 ) -> None:
     tag, spec = case
-    size = spec.rule.max_len + 1
-    hint = next(arm for arm in (get_args(spec.hint) or (spec.hint,)) if arm is not NONE)
+    (hint,) = arms_of(spec.type)
+    assert isinstance(hint, SIZED) and hint.max_length is not None
+    size = hint.max_length + 1
     oversized: object
-    if hint is str:
+    if isinstance(hint, mi.StrType):
         oversized = "a" * size
-    elif hint is bytes:
+    elif isinstance(hint, mi.BytesType):
         oversized = bytes(size)
-    elif get_origin(hint) is tuple:
+    elif isinstance(hint, mi.VarTupleType):
         oversized = [0] * size
     else:
         oversized = {f"k{i}": 0 for i in range(size)}
@@ -794,7 +842,7 @@ def test_encode_writes_type_and_version_first() -> None:
 
 
 def test_encode_is_deterministic() -> None:
-    assert encode(EXAMPLES["work_unit"]) == encode(dataclasses.replace(WORK_UNIT))
+    assert encode(EXAMPLES["work_unit"]) == encode(msgspec.structs.replace(WORK_UNIT))
 
 
 def test_encode_refuses_a_message_the_peer_would_refuse() -> None:
@@ -973,84 +1021,108 @@ BLOCK = re.compile(
 
 
 def schema_classes() -> list[type]:
-    """Every dataclass reachable from the messages, messages first."""
+    """Every struct reachable from the messages, messages first."""
     seen: list[type] = list(MESSAGE_TYPES.values())
+
+    def visit(t: mi.Type) -> None:
+        t, _ = unwrap(t)
+        if isinstance(t, mi.StructType) and t.cls not in seen:
+            seen.append(t.cls)
+        inner = {
+            mi.UnionType: lambda: t.types,  # type: ignore[attr-defined]
+            mi.VarTupleType: lambda: (t.item_type,),  # type: ignore[attr-defined]
+            mi.DictType: lambda: (t.key_type, t.value_type),  # type: ignore[attr-defined]
+        }.get(type(t), tuple)
+        for item in inner():
+            visit(item)
+
     for cls in seen:
         for spec in fields_of(cls):
-            for hint in [spec.hint, *get_args(spec.hint)]:
-                if dataclasses.is_dataclass(hint) and hint not in seen:
-                    seen.append(hint)  # type: ignore[arg-type]
-                for inner in get_args(hint):
-                    if dataclasses.is_dataclass(inner) and inner not in seen:
-                        seen.append(inner)  # type: ignore[arg-type]
+            visit(spec.type)
     return seen
 
 
-def render_type(hint: Any) -> str:
-    origin = get_origin(hint)
-    if hint is NONE:
+def declared_literal(hint: Any) -> tuple[Any, ...]:
+    """The values of the Literal in annotation `hint`, in declared order (msgspec.inspect sorts them)."""
+    if get_origin(hint) is Literal:
+        return get_args(hint)
+    return next((found for arg in get_args(hint) if (found := declared_literal(arg))), ())
+
+
+def render_type(t: mi.Type, literal: tuple[Any, ...] = ()) -> str:
+    t, _ = unwrap(t)
+    if isinstance(t, mi.NoneType):
         return "nil"
-    if origin is Union or origin is types.UnionType:
-        args = get_args(hint)
-        return " or ".join([render_type(a) for a in args if a is not NONE] + (["nil"] if NONE in args else []))
-    if origin is Literal:
-        return " or ".join(f'`"{value}"`' for value in get_args(hint))
-    if hint is bytes:
-        return "bin"
-    if hint in (bool, int, float, str):
-        return str(hint.__name__)
-    if isinstance(hint, type) and issubclass(hint, Enum):
+    if isinstance(t, mi.UnionType):
+        arms = [render_type(arm, literal) for arm in t.types if not isinstance(arm, mi.NoneType)]
+        return " or ".join(arms + (["nil"] if any(isinstance(arm, mi.NoneType) for arm in t.types) else []))
+    if isinstance(t, mi.LiteralType):
+        return " or ".join(f'`"{value}"`' for value in sorted(t.values, key=literal.index))
+    simple = {mi.BytesType: "bin", mi.BoolType: "bool", mi.IntType: "int", mi.FloatType: "float", mi.StrType: "str"}
+    if type(t) in simple:
+        return simple[type(t)]
+    if isinstance(t, mi.EnumType):
         return "[ErrorCode](#error-codes)"
-    if origin is tuple:
-        return f"array of {render_type(get_args(hint)[0])}"
-    if origin is Mapping:
-        return f"map of str to {render_type(get_args(hint)[1])}"
-    return f"[{hint.__name__}](#{hint.__name__.lower()})"
+    if isinstance(t, mi.VarTupleType):
+        return f"array of {render_type(t.item_type)}"
+    if isinstance(t, mi.DictType):
+        return f"map of str to {render_type(t.value_type)}"
+    assert isinstance(t, mi.StructType)
+    return f"[{t.cls.__name__}](#{t.cls.__name__.lower()})"
 
 
 def render_number(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:g}"
 
 
-def render_rule(hint: Any, rule: Rule) -> str:
-    arms = [arm for arm in (get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,))]
-    arms = [arm for arm in arms if arm is not NONE]
+def render_rule(t: mi.Type) -> str:
+    t, extra = unwrap(t)
+    arms = []
+    for arm in t.types if isinstance(t, mi.UnionType) else (t,):
+        arm, arm_extra = unwrap(arm)
+        if not isinstance(arm, mi.NoneType):
+            arms.append(arm)
+            extra |= arm_extra
     base = arms[0] if len(arms) == 1 else None
     parts = []
-    for bound, symbol in ((rule.ge, "≥"), (rule.gt, ">"), (rule.le, "≤"), (rule.lt, "<")):
-        if bound is not None:
-            parts.append(f"{symbol} {render_number(bound)}")
-    if rule.max_len is not None:
-        if base is None or base is str:
+    for bound, symbol in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+        for value in dict.fromkeys(getattr(arm, bound) for arm in arms if hasattr(arm, bound)):
+            if value is not None:
+                parts.append(f"{symbol} {render_number(value)}")
+    for sized in (arm for arm in arms if isinstance(arm, SIZED) and arm.max_length is not None):
+        if base is None or isinstance(base, mi.StrType):
             unit = "chars"
-        elif base is bytes:
+        elif isinstance(base, mi.BytesType):
             unit = "bytes"
         else:
-            unit = "entries" if get_origin(base) is Mapping else "items"
-        span = f"{rule.min_len}–{rule.max_len}" if rule.min_len else f"≤ {rule.max_len}"
+            unit = "entries" if isinstance(base, mi.DictType) else "items"
+        span = f"{sized.min_length}–{sized.max_length}" if sized.min_length else f"≤ {sized.max_length}"
         parts.append(f"{span} {unit}")
-    if rule.pattern is not None:
-        parts.append(f"{rule.pattern.description}: `{rule.pattern.regex}`")
-    if rule.printable:
+    if "format" in extra:
+        parts.append(f"{extra['format'].description}: `{extra['format'].regex}`")
+    if extra.get("printable"):
         parts.append("printable")
-    if rule.unique:
+    if extra.get("unique"):
         parts.append("unique")
-    for label, inner, inner_hint in (
-        ("each", rule.item, get_args(base)[0] if get_origin(base) is tuple else None),
-        ("keys", rule.key, str),
-        ("values", rule.value, get_args(base)[1] if get_origin(base) is Mapping else None),
-    ):
-        if inner is not None:
-            parts.append(f"{label}: {render_rule(inner_hint, inner)}")
+    inner = []
+    if isinstance(base, mi.VarTupleType):
+        inner.append(("each", base.item_type))
+    if isinstance(base, mi.DictType):
+        inner += [("keys", base.key_type), ("values", base.value_type)]
+    for label, item in inner:
+        if rule := render_rule(item):
+            parts.append(f"{label}: {rule}")
     return "; ".join(parts)
 
 
 def render_fields(cls: type) -> str:
     rows = ["| Field | Type | Bounds | Meaning |", "|---|---|---|---|"]
+    hints = {field.name: field.type for field in msgspec.structs.fields(cls)}
     for spec in fields_of(cls):
+        assert isinstance(spec.type, mi.Metadata) and spec.type.extra_json_schema is not None
         optional = "" if spec.required else " (optional, default nil)"
-        cells = [f"`{spec.name}`", render_type(spec.hint), render_rule(spec.hint, spec.rule) or "—"]
-        cells.append(spec.doc + optional)
+        cells = [f"`{spec.name}`", render_type(spec.type, declared_literal(hints[spec.name]))]
+        cells += [render_rule(spec.type) or "—", spec.type.extra_json_schema["description"] + optional]
         rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(rows) + "\n"
 

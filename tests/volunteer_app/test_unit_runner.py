@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 import torch
@@ -168,6 +168,6 @@ def test_the_store_keeps_units_until_discarded(tmp_path: Path) -> None:
     assert store.load_submit("u-1") == b"frame"
     store.discard("u-1")
     assert store.units() == [] and store.load_submit("u-1") is None
-    other = dataclasses.replace(unit, unit_id="u:2")  # ':' is an id character but not a Windows file name one
+    other = msgspec.structs.replace(unit, unit_id="u:2")  # ':' is an id character but not a Windows file name one
     store.save_unit(encode(other))
     assert [u.unit_id for u, _ in store.units()] == ["u:2"]

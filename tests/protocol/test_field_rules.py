@@ -1,21 +1,24 @@
-"""The schema validator, specified on small dataclasses of its own.
+"""The field rules and how refusals are worded, specified on small structs of their own.
 
-test_messages.py covers the real messages; here each rule of the validator is pinned down once.
+test_messages.py covers the real messages; here each rule is pinned down once: the bounds msgspec
+checks (as `Reader` words them), the rules field_rules adds, and what `check_declared` refuses.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import msgpack
+import msgspec
+import msgspec.inspect as mi
 import pytest
+from msgspec import Meta
 
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.schema import FieldError, Rule, TextFormat, fields_of, from_wire, spec, to_wire
+from protocol.field_rules import PRINTABLE, UNIQUE, FieldError, Reader, TextFormat, check_declared
 
 HEX = TextFormat(r"[0-9a-f]+", "lowercase hex")
 
@@ -25,40 +28,59 @@ class Color(StrEnum):
     BLUE = "blue"
 
 
-@dataclass(frozen=True, slots=True)
-class Inner:
-    n: int = field(metadata=spec("A small number.", ge=0, le=10))
+class Inner(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    n: Annotated[int, Meta(ge=0, le=10, description="A small number.")]
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
-    count: int = field(metadata=spec("Count.", ge=0, le=100))
-    ratio: float = field(metadata=spec("Ratio.", gt=0.0, lt=1.0))
-    label: str = field(metadata=spec("Label.", min_len=1, max_len=5, printable=True))
-    digest: str = field(metadata=spec("Digest.", max_len=8, pattern=HEX))
-    blob: bytes = field(metadata=spec("Blob.", max_len=4))
-    flag: bool = field(metadata=spec("Flag."))
-    choice: Literal["a", "b"] = field(metadata=spec("Choice."))
-    color: Color = field(metadata=spec("Color."))
-    weights: tuple[float, ...] = field(metadata=spec("Weights.", max_len=3, item=Rule(ge=0.0, le=1.0)))
-    names: tuple[str, ...] = field(metadata=spec("Names.", max_len=3, unique=True, item=Rule(max_len=4)))
-    table: Mapping[str, tuple[int, ...]] = field(
-        metadata=spec(
-            "Table.",
-            max_len=2,
-            key=Rule(min_len=1, max_len=6, pattern=HEX),
-            value=Rule(max_len=2, item=Rule(ge=1, le=9)),
-        )
-    )
-    mixed: Mapping[str, str | int | float] = field(
-        metadata=spec("Mixed.", max_len=4, key=Rule(max_len=8), value=Rule(ge=-5, le=5, max_len=3))
-    )
-    inner: Inner = field(metadata=spec("Nested."))
-    maybe: int | None = field(default=None, metadata=spec("Optional.", ge=0, le=3))
+class Sample(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    count: Annotated[int, Meta(ge=0, le=100, description="Count.")]
+    ratio: Annotated[float, Meta(gt=0.0, lt=1.0, description="Ratio.")]
+    label: Annotated[str, Meta(min_length=1, max_length=5, description="Label."), PRINTABLE]
+    digest: Annotated[str, Meta(max_length=8, description="Digest."), HEX.meta]
+    blob: Annotated[bytes, Meta(max_length=4, description="Blob.")]
+    flag: Annotated[bool, Meta(description="Flag.")]
+    choice: Annotated[Literal["a", "b"], Meta(description="Choice.")]
+    color: Annotated[Color, Meta(description="Color.")]
+    weights: Annotated[tuple[Annotated[float, Meta(ge=0.0, le=1.0)], ...], Meta(max_length=3, description="Weights.")]
+    names: Annotated[tuple[Annotated[str, Meta(max_length=4)], ...], Meta(max_length=3, description="Names."), UNIQUE]
+    table: Annotated[
+        Mapping[
+            Annotated[str, Meta(min_length=1, max_length=6), HEX.meta],
+            Annotated[tuple[Annotated[int, Meta(ge=1, le=9)], ...], Meta(max_length=2)],
+        ],
+        Meta(max_length=2, description="Table."),
+    ]
+    mixed: Annotated[
+        Mapping[
+            Annotated[str, Meta(max_length=8)],
+            Annotated[str, Meta(max_length=3)]
+            | Annotated[int, Meta(ge=-5, le=5)]
+            | Annotated[float, Meta(ge=-5, le=5)],
+        ],
+        Meta(max_length=4, description="Mixed."),
+    ]
+    inner: Annotated[Inner, Meta(description="Nested.")]
+    maybe: Annotated[Annotated[int, Meta(ge=0, le=3)] | None, Meta(description="Optional.")] = None
 
     def __post_init__(self) -> None:
         if self.flag and self.count > 50:
             raise FieldError("count", "must be at most 50 when flag is set")
+
+
+def from_wire(cls: type[Any], data: object, *, path: str) -> Any:
+    """Read `data`, packed as MessagePack, as a `cls`."""
+    return Reader(cls).read(msgpack.packb(data), path=path)
+
+
+def to_wire(value: msgspec.Struct) -> object:
+    """`value` as a peer unpacks it: maps, arrays, scalars and bytes."""
+    return msgpack.unpackb(msgpack.packb(msgspec.to_builtins(value, builtin_types=(bytes,))))
+
+
+def fields_of(cls: type[Any]) -> dict[str, mi.Field]:
+    info = mi.type_info(cls)
+    assert isinstance(info, mi.StructType)
+    return {field.name: field for field in info.fields}
 
 
 GOOD: dict[str, Any] = {
@@ -90,7 +112,7 @@ def refused(data: object) -> str:
     return caught.value.message
 
 
-def test_a_valid_map_builds_the_dataclass_with_python_types() -> None:
+def test_a_valid_map_builds_the_struct_with_python_types() -> None:
     sample = from_wire(Sample, GOOD, path="sample")
     assert sample.color is Color.RED
     assert sample.weights == (0.0, 1.0) and isinstance(sample.weights, tuple)
@@ -200,49 +222,74 @@ def test_long_values_are_shortened_in_messages() -> None:
 
 
 def test_fields_of_reports_docs_bounds_and_defaults() -> None:
-    specs = {s.name: s for s in fields_of(Sample)}
+    specs = fields_of(Sample)
     assert list(specs)[:3] == ["count", "ratio", "label"]
-    assert specs["count"].doc == "Count."
-    assert specs["count"].rule.le == 100
+    count = specs["count"].type
+    assert isinstance(count, mi.Metadata) and isinstance(count.type, mi.IntType)
+    assert (count.extra_json_schema or {})["description"] == "Count."
+    assert count.type.le == 100
     assert specs["count"].required and not specs["maybe"].required
 
 
 def test_a_field_without_spec_is_a_declaration_error() -> None:
-    @dataclass(frozen=True)
-    class Bare:
+    class Bare(msgspec.Struct, frozen=True):
         x: int
 
-    with pytest.raises(TypeError, match=r"Bare\.x: declare the field with field\(metadata=spec"):
-        fields_of(Bare)
+    with pytest.raises(TypeError, match=r"Bare\.x: describe the field with Annotated\[\.\.\., Meta\(description="):
+        check_declared(Bare)
 
 
 @pytest.mark.parametrize(
     ("hint", "rule", "problem"),
     [
-        (str, Rule(), "need max_len"),
-        (bytes, Rule(), "need max_len"),
-        (tuple[int, ...], Rule(item=Rule(ge=0, le=1)), "need max_len"),
-        (tuple[int, ...], Rule(max_len=3), "needs a lower"),
-        (int, Rule(ge=0), "needs a lower"),
-        (float, Rule(le=1.0), "needs a lower"),
-        (Mapping[str, int], Rule(max_len=3, value=Rule(ge=0, le=1)), "need max_len"),
-        (Mapping[int, int], Rule(max_len=3), "map keys must be str"),
-        (tuple[int, int], Rule(max_len=2), "use tuple"),
-        (set[int], Rule(), "cannot validate"),
-        (int | list[int], Rule(ge=0, le=1), "unions may only mix scalar types"),
+        (str, Meta(), "need max_len"),
+        (bytes, Meta(), "need max_len"),
+        (tuple[Annotated[int, Meta(ge=0, le=1)], ...], Meta(), "need max_len"),
+        (tuple[int, ...], Meta(max_length=3), "needs a lower"),
+        (int, Meta(ge=0), "needs a lower"),
+        (float, Meta(le=1.0), "needs a lower"),
+        (Mapping[str, Annotated[int, Meta(ge=0, le=1)]], Meta(), "need max_len"),
+        (Mapping[int, int], Meta(max_length=3), "map keys must be str"),
+        (tuple[int, int], Meta(), "use tuple"),
+        (set[int], Meta(), "cannot validate"),
+        (Annotated[int, Meta(ge=0, le=1)] | list[int], Meta(), "unions may only mix scalar types"),
     ],
 )
-def test_an_unbounded_or_unsupported_field_is_a_declaration_error(hint: Any, rule: Rule, problem: str) -> None:
-    @dataclass(frozen=True)
-    class Loose:
-        x: Any = field(metadata={"doc": "x", "rule": rule})
-
-    Loose.__annotations__["x"] = hint
+def test_an_unbounded_or_unsupported_field_is_a_declaration_error(hint: Any, rule: Meta, problem: str) -> None:
+    loose = msgspec.defstruct("Loose", [("x", Annotated[hint, rule, Meta(description="x")])])
     with pytest.raises(TypeError, match=problem):
-        fields_of(Loose)
+        check_declared(loose)
+
+
+def test_a_pattern_needs_a_text_format_to_name_it() -> None:
+    loose = msgspec.defstruct("Loose", [("x", Annotated[str, Meta(max_length=3, pattern="a", description="x")])])
+    with pytest.raises(TypeError, match="TextFormat"):
+        check_declared(loose)
+
+
+def test_a_declared_struct_passes() -> None:
+    check_declared(Sample)
 
 
 def test_field_error_is_a_value_error_for_direct_construction() -> None:
     sample = from_wire(Sample, GOOD, path="sample")
     with pytest.raises(ValueError, match="count: must be at most 50"):
-        dataclasses.replace(sample, flag=True, count=60)
+        msgspec.structs.replace(sample, flag=True, count=60)
+
+
+def test_a_text_format_matches_the_whole_string() -> None:
+    assert refused(with_(digest="beef\n")).startswith("sample.digest: expected lowercase hex")
+    assert refused(with_(digest="xbeef")).startswith("sample.digest: expected lowercase hex")
+    assert HEX.matches("beef") and not HEX.matches("beef\n")
+
+
+def test_a_refusal_deep_in_a_map_names_the_key_msgspec_leaves_out() -> None:
+    table = {"aa": [1], "ab": [1, 2], "ac": [3, 10]}
+    assert refused(with_(table=table)).startswith("sample.table: must hold at most 2 entries")
+    assert refused(with_(table={"aa": [1], "ac": [3, 10]})) == "sample.table['ac'][1]: must be <= 9, got 10"
+
+
+def test_bytes_that_are_not_messagepack_are_malformed() -> None:
+    with pytest.raises(ProtocolError) as caught:
+        Reader(Sample).read(b"\xc1", path="sample")
+    assert caught.value.code is ErrorCode.MALFORMED_FRAME
