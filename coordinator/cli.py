@@ -44,6 +44,14 @@ def add_coordinator(commands: Subparsers) -> None:
         metavar="SECONDS",
         help="how often volunteers report progress (keep it well under campaigns' lease_s)",
     )
+    serve.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="threads each PyTorch operation may use (default 1: the server runs many requests at once on its "
+        "own worker threads, and the holdout evaluator must not take every core from ingestion)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(handler=_run_serve)
 
@@ -71,6 +79,12 @@ def _run_serve(args: argparse.Namespace) -> int:
         except DataError as error:
             print(f"the embedded corpus is not available: {error}", file=sys.stderr)
     public_url = args.public_url or f"http://{args.host}:{args.port}"
+    if args.torch_threads < 1:
+        print("commonweights coordinator serve: --torch-threads must be at least 1", file=sys.stderr)
+        return 2
+    import torch
+
+    torch.set_num_threads(args.torch_threads)
     if not 1.0 <= args.heartbeat_interval <= 3600:
         print("commonweights coordinator serve: --heartbeat-interval must be within 1 and 3600 s", file=sys.stderr)
         return 2

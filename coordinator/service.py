@@ -30,6 +30,7 @@ from coordinator.workers import Workers
 from protocol.codecs import encoded_size_bound
 from protocol.limits import MAX_UPDATE_BYTES
 from protocol.tensors import TensorSpec
+from training.atomic_write import write_atomically
 from training.checkpoint import load_weights
 from training.data import DataError, TokenDataset
 from training.evaluate import evaluate
@@ -112,8 +113,7 @@ class Coordinator:
             token = path.read_text().strip()
         else:
             token = "cw-admin-" + secrets.token_urlsafe(24)
-            path.write_text(token + "\n")
-            path.chmod(0o600)
+            write_atomically(path, token + "\n", mode=0o600)  # never readable by others, never half-written
         if self.store.api_token_role(hash_token(token)) is None:
             self.store.add_api_token(hash_token(token), "admin", "admin (data_dir/admin_token)")
         return token
