@@ -178,7 +178,7 @@ class CampaignCollector(Collector):
         rounds = SummaryMetricFamily(
             "commonweights_round_duration_seconds", "Time from a round's opening to its close.", labels=campaign
         )
-        for campaign_id, runtime in sorted(service.runtimes.items()):
+        for campaign_id, runtime in sorted(list(service.runtimes.items())):
             name, counters = [runtime.row.name], runtime.counters
             leased.add_metric(name, counters.leased)
             accepted.add_metric(name, service.store.submission_counts(campaign_id).get("accepted", 0))

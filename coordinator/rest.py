@@ -297,8 +297,11 @@ async def create_campaign(request: web.Request) -> web.Response:
         if service.store.campaign_by_name(spec.name) is not None:
             raise StoreError(f"a campaign named {spec.name!r} already exists; choose another name")
         # Building θ_0 can take a while for the larger presets: off the event loop.
-        prepared = await asyncio.get_running_loop().run_in_executor(None, service.prepare_campaign, spec)
-        campaign_id = service.register_campaign(spec, prepared, owner=f"{caller[1]}:{caller[0]}")
+        prepared = await service.workers.run(service.prepare_campaign, spec)
+        # Off the loop too: storing θ_0 and loading the campaign's runtime took 0.2 s for `small`.
+        campaign_id = await service.workers.run(
+            service.register_campaign, spec, prepared, owner=f"{caller[1]}:{caller[0]}"
+        )
     except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
         return error_response(400, "bad_request", f"the body is not valid {request.content_type}: {error}")
     except SpecError as error:

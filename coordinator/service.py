@@ -258,7 +258,7 @@ class Coordinator:
 
         Raises `UnsupportedCodec` when campaigns are running but none uses a codec the volunteer offered.
         """
-        candidates = [r for r in self.runtimes.values() if r.refresh().status == "active"]
+        candidates = [r for r in list(self.runtimes.values()) if r.refresh().status == "active"]
         if preferred:
             candidates.sort(key=lambda r: r.row.name != preferred and str(r.row.id) != preferred)
         if not candidates:
