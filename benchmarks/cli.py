@@ -121,7 +121,7 @@ def add_bench_coordinator(commands: Subparsers) -> None:
     parser.add_argument("--idle", type=positive_int, default=10_000, help="idle connections to open")
     parser.add_argument("--idle-hold", type=float, default=10.0, help="seconds to hold them while probing health")
     parser.add_argument("--ingest-clients", type=positive_int, default=16, help="simulated volunteers for ingestion")
-    parser.add_argument("--ingest-updates", type=positive_int, default=96, help="updates submitted during ingestion")
+    parser.add_argument("--ingest-updates", type=positive_int, default=256, help="updates submitted during ingestion")
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--json", type=Path, default=None, metavar="FILE")
     parser.set_defaults(handler=_run_bench_coordinator)
