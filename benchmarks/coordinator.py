@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import math
 import resource
@@ -31,14 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from benchmarks.report import machine_line, markdown_table, write_section
-from benchmarks.system import hello, honest_update, ingest, spec, start
+from benchmarks.system import hello, honest_update, ingest, noisy_copies, spec, start, submit
 from coordinator.client import CoordinatorClient
 from coordinator.local import LocalCoordinator, stop
-from protocol.codecs import CodecConfig, encode
-from protocol.messages import RequestWork, Result, Submit, TrainMetrics, WorkUnit
+from protocol.codecs import CodecConfig
+from protocol.messages import RequestWork, TrainMetrics, WorkUnit
 from protocol.messages import decode as decode_frame
 from protocol.messages import encode as encode_frame
 from training.data import TokenDataset, ensure_default_dataset
@@ -153,13 +151,7 @@ async def cycles(coordinator: LocalCoordinator, dataset: Path, clients: int, sec
     first = await lease(sockets[0])
     assert first is not None, "the cycles campaign handed out no unit"
     delta, losses = await asyncio.to_thread(honest_update, dataset, coordinator, first, preset_name="tiny")
-    codec = CodecConfig.from_dict(dict(first.codec))
-    rng = np.random.default_rng(1)
-    payloads = [
-        encode({n: t + 0.02 * t.std() * torch.from_numpy(rng.standard_normal(t.shape, dtype=np.float32))
-                for n, t in delta.items()}, codec)
-        for _ in range(8)
-    ]  # fmt: skip
+    payloads = noisy_copies(delta, CodecConfig.from_dict(dict(first.codec)), 8, seed=1)
     metrics = TrainMetrics(
         losses=tuple(losses), tokens=first.recipe.tokens_needed - 1, seconds=0.1, device="cpu", device_name="bench"
     )
@@ -174,23 +166,8 @@ async def cycles(coordinator: LocalCoordinator, dataset: Path, clients: int, sec
                 counts["no_work"] += 1
                 await asyncio.sleep(0.01)
                 continue
-            payload = payloads[(index + k) % len(payloads)]
+            answer = await submit(ws, unit, payloads[(index + k) % len(payloads)], metrics)
             k += 1
-            await ws.send(
-                encode_frame(
-                    Submit(
-                        unit_id=unit.unit_id,
-                        lease_id=unit.lease_id,
-                        update=payload,
-                        update_sha256=hashlib.sha256(payload).hexdigest(),
-                        metrics=metrics,
-                    )
-                )
-            )
-            while True:
-                answer = decode_frame(await ws.recv(), direction="to_client")
-                if isinstance(answer, Result):
-                    break
             counts["cycles"] += 1
             counts["accepted"] += answer.status == "accepted"
             unit = None

@@ -158,6 +158,35 @@ def honest_update(
     return result.delta, result.losses
 
 
+def noisy_copies(delta: dict[str, torch.Tensor], codec: CodecConfig, count: int, seed: int) -> list[bytes]:
+    """Distinct but honest-looking encoded updates: `delta` plus 2% noise each."""
+    rng = np.random.default_rng(seed)
+    return [
+        encode({n: t + 0.02 * t.std() * torch.from_numpy(rng.standard_normal(t.shape, dtype=np.float32))
+                for n, t in delta.items()}, codec)
+        for _ in range(count)
+    ]  # fmt: skip
+
+
+async def submit(ws: Any, unit: WorkUnit, payload: bytes, metrics: TrainMetrics) -> Result:
+    """Send one update for `unit` and wait for its result (other frames are skipped)."""
+    await ws.send(
+        encode_frame(
+            Submit(
+                unit_id=unit.unit_id,
+                lease_id=unit.lease_id,
+                update=payload,
+                update_sha256=hashlib.sha256(payload).hexdigest(),
+                metrics=metrics,
+            )
+        )
+    )
+    while True:
+        answer = decode_frame(await ws.recv(), direction="to_client")
+        if isinstance(answer, Result):
+            return answer
+
+
 def hello(name: str, *, codecs: tuple[str, ...] = ("int8",)) -> Hello:
     return Hello(
         protocol_version=PROTOCOL_VERSION, client_version="bench", token=None, name=name,
@@ -192,14 +221,7 @@ async def ingest(coordinator: LocalCoordinator, dataset: Path, clients: int, upd
     sockets = [await connect(f"bench-{i}") for i in range(clients)]
     first = await lease(sockets[0])
     delta, losses = await asyncio.to_thread(honest_update, dataset, coordinator, first)
-    rng = np.random.default_rng(0)
-    codec = CodecConfig.from_dict(dict(first.codec))
-    # Distinct but honest-looking updates: the real one plus 2% noise each.
-    payloads = [
-        encode({n: t + 0.02 * t.std() * torch.from_numpy(rng.standard_normal(t.shape, dtype=np.float32))
-                for n, t in delta.items()}, codec)
-        for _ in range(min(8, updates))
-    ]  # fmt: skip
+    payloads = noisy_copies(delta, CodecConfig.from_dict(dict(first.codec)), min(8, updates), seed=0)
     metrics = TrainMetrics(
         losses=tuple(losses), tokens=first.recipe.tokens_needed - 1, seconds=1.0, device="cpu", device_name="bench"
     )
@@ -211,20 +233,7 @@ async def ingest(coordinator: LocalCoordinator, dataset: Path, clients: int, upd
         for k in range(per_client):
             unit = unit or await lease(ws)
             payload = payloads[(index + k) % len(payloads)]
-            frame = encode_frame(
-                Submit(
-                    unit_id=unit.unit_id,
-                    lease_id=unit.lease_id,
-                    update=payload,
-                    update_sha256=hashlib.sha256(payload).hexdigest(),
-                    metrics=metrics,
-                )
-            )
-            await ws.send(frame)
-            while True:
-                answer = decode_frame(await ws.recv(), direction="to_client")
-                if isinstance(answer, Result):
-                    break
+            answer = await submit(ws, unit, payload, metrics)
             sent_bytes += len(payload)
             if answer.status == "accepted":
                 accepted += 1
