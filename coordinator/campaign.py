@@ -37,14 +37,16 @@ A spec is TOML (or the same structure as JSON over the REST API):
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 import tomllib
-import types
 import typing
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+import msgspec.inspect as mi
+from msgspec import Meta
 
 from protocol.codecs import CODEC_NAMES, CodecConfig, CodecError
 from training.inner import InnerConfig
@@ -52,6 +54,7 @@ from training.model import PRESETS
 from training.outer import OUTER_DEFAULTS
 
 __all__ = [
+    "DEFAULT_CODEC",
     "CampaignSpec",
     "InnerSettings",
     "OuterSettings",
@@ -60,7 +63,9 @@ __all__ = [
     "ValidationSettings",
 ]
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT_CODEC = "int8"
+
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 class SpecError(ValueError):
@@ -73,112 +78,143 @@ class SpecError(ValueError):
         super().__init__("the campaign spec has problems: " + "; ".join(problems))
 
 
-@dataclass(frozen=True)
-class InnerSettings:
-    steps: int = 50
-    batch_size: int = 8
-    seq_len: int = 128
-    grad_accum: int = 1
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 20
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    beta1: float = 0.9
-    beta2: float = 0.95
+# Each field's type, bounds, default and description are declared once, below: the spec's checks
+# (`problems`) and its JSON Schema (coordinator.openapi) are both read from these declarations.
+# Beyond msgspec's own constraints, `Meta.extra_json_schema["enum"]` lists a field's choices and
+# `Meta.extra["says"]` words a pattern for the person whose value missed it.
+
+
+def _one_of(names: Iterable[str], description: str) -> Meta:
+    return Meta(description=description, extra_json_schema={"enum": list(names)})
+
+
+class InnerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Each work unit: H AdamW steps from the current version."""
+
+    steps: Annotated[int, Meta(ge=1, le=100_000, description="H: AdamW steps per work unit.")] = 50
+    batch_size: Annotated[int, Meta(ge=1, description="Sequences per micro-batch.")] = 8
+    seq_len: Annotated[int, Meta(ge=1, le=65_536, description="At most the model preset's context length.")] = 128
+    grad_accum: Annotated[int, Meta(ge=1, description="Micro-batches accumulated into each step.")] = 1
+    lr: Annotated[float, Meta(gt=0, description="Peak AdamW learning rate.")] = 3e-3
+    min_lr_ratio: Annotated[
+        float, Meta(ge=0, le=1, description="Where the cosine schedule ends, as a share of the peak rate.")
+    ] = 0.1
+    warmup_steps: Annotated[int, Meta(ge=0, description="Steps of linear warm-up, counted over the campaign.")] = 20
+    weight_decay: Annotated[float, Meta(ge=0, description="AdamW weight decay.")] = 0.1
+    grad_clip: Annotated[float, Meta(ge=0, description="Largest gradient norm; 0 turns clipping off.")] = 1.0
+    beta1: Annotated[float, Meta(ge=0, lt=1, description="AdamW's first-moment decay.")] = 0.9
+    beta2: Annotated[float, Meta(ge=0, lt=1, description="AdamW's second-moment decay.")] = 0.95
 
     def problems(self) -> list[str]:
-        out = _positive(self, "inner", ("steps", "batch_size", "seq_len", "grad_accum", "lr"))
-        if self.steps > 100_000:
-            out.append("inner.steps must be at most 100000")
-        if self.seq_len > 65_536:
-            out.append("inner.seq_len must be at most 65536")
-        if not 0 <= self.min_lr_ratio <= 1:
-            out.append("inner.min_lr_ratio must be within [0, 1]")
-        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            out.append("inner.warmup_steps, weight_decay and grad_clip must not be negative")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            out.append("inner.beta1 and inner.beta2 must be within [0, 1)")
-        return out
+        return _declared_problems(self, "inner.")
 
     @property
     def tokens_per_unit(self) -> int:
         return self.steps * self.batch_size * self.grad_accum * self.seq_len
 
 
-@dataclass(frozen=True)
-class OuterSettings:
-    optimizer: str = "nesterov"
-    lr: float | None = None  # None: the optimizer's default (nesterov 0.7, average 1.0, adam 3e-3)
-    momentum: float = 0.9
+class OuterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Each round: how the accepted updates move the model."""
+
+    optimizer: Annotated[str, _one_of(OUTER_DEFAULTS, "Applies each round's mean update to the model.")] = "nesterov"
+    lr: Annotated[
+        Annotated[float, Meta(gt=0)] | None, Meta(description="Omit (or null) for the optimizer's default.")
+    ] = None  # None: the optimizer's default (nesterov 0.7, average 1.0, adam 3e-3)
+    momentum: Annotated[
+        float, Meta(ge=0, lt=1, description="Nesterov's momentum (the other optimizers have none).")
+    ] = 0.9
 
     def problems(self) -> list[str]:
-        out = []
-        if self.optimizer not in OUTER_DEFAULTS:
-            out.append(f"outer.optimizer must be one of {', '.join(OUTER_DEFAULTS)}, got {self.optimizer!r}")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            out.append(f"outer.lr must be a positive number, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            out.append(f"outer.momentum must be within [0, 1), got {self.momentum}")
-        return out
+        return _declared_problems(self, "outer.")
 
 
-@dataclass(frozen=True)
-class RoundSettings:
-    units_per_round: int = 4
-    min_accepted: int = 3
-    deadline_s: float = 600.0
-    lease_s: float = 180.0
-    staleness_bound: int = 2
+class RoundSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """When a round opens, who gets its units and when it closes."""
+
+    units_per_round: Annotated[int, Meta(ge=1, le=10_000, description="Work units handed out per round.")] = 4
+    min_accepted: Annotated[int, Meta(ge=1, description="At most rounds.units_per_round.")] = 3
+    deadline_s: Annotated[
+        float, Meta(gt=0, description="Seconds until a round closes with what it has (at least one update).")
+    ] = 600.0
+    lease_s: Annotated[float, Meta(gt=0, description="Seconds a volunteer holds a unit before it is reassigned.")] = (
+        180.0
+    )
+    staleness_bound: Annotated[
+        int, Meta(ge=0, description="Versions an update's base may lag the current one and still count.")
+    ] = 2
 
     def problems(self) -> list[str]:
-        out = _positive(self, "rounds", ("units_per_round", "min_accepted", "deadline_s", "lease_s"))
+        out = _declared_problems(self, "rounds.")
         if self.min_accepted > self.units_per_round:
             out.append(
                 f"rounds.min_accepted ({self.min_accepted}) can't exceed rounds.units_per_round "
                 f"({self.units_per_round})"
             )
-        if self.units_per_round > 10_000:
-            out.append("rounds.units_per_round must be at most 10000")
-        if self.staleness_bound < 0:
-            out.append("rounds.staleness_bound must not be negative")
         return out
 
 
-@dataclass(frozen=True)
-class ValidationSettings:
-    replication_rate: float = 0.1
-    replication_rtol: float = 0.05
-    norm_mad_k: float = 6.0
-    min_cosine: float = -0.2
+class ValidationSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How submitted updates are checked before they count."""
+
+    replication_rate: Annotated[float, Meta(ge=0, le=1, description="Share of units computed twice and compared.")] = (
+        0.1
+    )
+    replication_rtol: Annotated[
+        float, Meta(gt=0, description="Largest relative L2 distance at which two replicas agree.")
+    ] = 0.05
+    norm_mad_k: Annotated[
+        float, Meta(gt=0, description="k: an update's norm may be at most the cohort's median + k·MAD.")
+    ] = 6.0
+    min_cosine: Annotated[
+        float, Meta(ge=-1, le=1, description="Least cosine between an update and the cohort's direction.")
+    ] = -0.2
 
     def problems(self) -> list[str]:
-        out = []
-        if not 0 <= self.replication_rate <= 1:
-            out.append(f"validation.replication_rate must be within [0, 1], got {self.replication_rate}")
-        if not self.replication_rtol > 0:
-            out.append("validation.replication_rtol must be positive")
-        if not self.norm_mad_k > 0:
-            out.append("validation.norm_mad_k must be positive")
-        if not -1 <= self.min_cosine <= 1:
-            out.append("validation.min_cosine must be within [-1, 1]")
-        return out
+        return _declared_problems(self, "validation.")
 
 
-@dataclass(frozen=True)
-class CampaignSpec:
-    name: str
-    dataset: str
-    model: str = "tiny"
-    token_budget: int = 2_000_000
-    seed: int = 0
-    codec: CodecConfig = field(default_factory=lambda: CodecConfig.from_name("int8"))
-    shard_plan: str = "full"
-    description: str = ""
-    inner: InnerSettings = field(default_factory=InnerSettings)
-    outer: OuterSettings = field(default_factory=OuterSettings)
-    rounds: RoundSettings = field(default_factory=RoundSettings)
-    validation: ValidationSettings = field(default_factory=ValidationSettings)
+class CampaignSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A campaign spec: the JSON form of the TOML that `commonweights campaign post` sends."""
+
+    name: Annotated[
+        str,
+        Meta(
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+            description="Unique on this coordinator.",
+            extra={"says": "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"},
+        ),
+    ]
+    dataset: Annotated[
+        str,
+        Meta(
+            min_length=1, max_length=256, description="A prepared dataset this coordinator knows (GET /api/datasets)."
+        ),
+    ]
+    model: Annotated[str, _one_of(PRESETS, "A model preset.")] = "tiny"
+    token_budget: Annotated[
+        int, Meta(ge=1, description="Training tokens the campaign may spend; it finishes when they are spent.")
+    ] = 2_000_000
+    seed: Annotated[
+        int, Meta(ge=0, le=2**63 - 1, description="Seeds the initial weights and the data each unit reads.")
+    ] = 0
+    codec: Annotated[CodecConfig, Meta(description="A codec name, or a table with its name and parameters.")] = (
+        msgspec.field(default_factory=lambda: CodecConfig.from_name(DEFAULT_CODEC))
+    )
+    shard_plan: Annotated[
+        str,
+        Meta(
+            pattern=r"^(full|groups:[1-9][0-9]{0,3})$",
+            description="full, or groups:N to split the parameter groups into N shards, one per unit.",
+            extra={"says": "'full' or 'groups:N' (N from 1 to 9999)"},
+        ),
+    ] = "full"
+    description: Annotated[
+        str, Meta(max_length=2000, description="What the model is for, shown on the public page.")
+    ] = ""
+    inner: InnerSettings = msgspec.field(default_factory=InnerSettings)
+    outer: OuterSettings = msgspec.field(default_factory=OuterSettings)
+    rounds: RoundSettings = msgspec.field(default_factory=RoundSettings)
+    validation: ValidationSettings = msgspec.field(default_factory=ValidationSettings)
 
     @property
     def shard_count(self) -> int:
@@ -217,6 +253,16 @@ class CampaignSpec:
         )
 
     @classmethod
+    def field_paths(cls) -> frozenset[str]:
+        """Every setting a problem can name: `name`, `codec`, `inner`, `inner.steps`, ..."""
+        paths = set()
+        for f in msgspec.structs.fields(cls):
+            paths.add(f.name)
+            if _is_section(f.type):
+                paths |= {f"{f.name}.{g.name}" for g in msgspec.structs.fields(f.type)}
+        return frozenset(paths)
+
+    @classmethod
     def from_toml(cls, text: str) -> CampaignSpec:
         try:
             data = tomllib.loads(text)
@@ -226,47 +272,24 @@ class CampaignSpec:
 
     @classmethod
     def from_dict(cls, data: object) -> CampaignSpec:
-        """Build and validate; raises SpecError listing every problem found."""
+        """Build and validate; raises SpecError listing every problem found.
+
+        Types first, every field of every section: a value of the wrong type stops there, since
+        the range and cross-field rules need the values. Then every rule, all problems together."""
         if not isinstance(data, dict):
             raise SpecError(["the spec must be a table/object"])
         problems: list[str] = []
-        sections: dict[str, Any] = {}
-        for key, kind in (
-            ("inner", InnerSettings),
-            ("outer", OuterSettings),
-            ("rounds", RoundSettings),
-            ("validation", ValidationSettings),
-        ):
-            sections[key] = _build(kind, data.get(key, {}), key, problems)
-        top = {k: v for k, v in data.items() if k not in sections and k != "codec"}
-        codec = _codec(data.get("codec", "int8"), problems)
-        values = _fields(CampaignSpec, top, "", problems, skip=frozenset({"codec", *sections}))
-        if problems or codec is None:
-            raise SpecError(problems or ["codec: invalid"])
-        spec = cls(codec=codec, **values, **sections)
+        spec = _read(cls, data, "", problems)
+        if spec is None:
+            raise SpecError(problems)
         spec_problems = spec.problems()
         if spec_problems:
             raise SpecError(spec_problems)
         return spec
 
     def problems(self) -> list[str]:
-        out: list[str] = []
-        if not NAME_PATTERN.fullmatch(self.name):
-            out.append("name must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-        if self.model not in PRESETS:
-            out.append(f"model must be one of {', '.join(PRESETS)}, got {self.model!r}")
-        if not self.dataset or len(self.dataset) > 256:
-            out.append("dataset must name a prepared dataset")
-        if self.token_budget <= 0:
-            out.append("token_budget must be positive")
-        if not 0 <= self.seed < 2**63:
-            out.append("seed must be within [0, 2^63)")
-        if self.shard_plan != "full":
-            match = re.fullmatch(r"groups:([1-9][0-9]{0,3})", self.shard_plan)
-            if match is None:
-                out.append(f"shard_plan must be 'full' or 'groups:N', got {self.shard_plan!r}")
-        if len(self.description) > 2000:
-            out.append("description must be at most 2000 characters")
+        """Every declared bound this spec's values break, then the rules that span fields."""
+        out = _declared_problems(self, "")
         for section in (self.inner, self.outer, self.rounds, self.validation):
             out += section.problems()
         if self.model in PRESETS and self.inner.seq_len > PRESETS[self.model].max_seq_len:
@@ -277,80 +300,174 @@ class CampaignSpec:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["codec"] = self.codec.to_dict()
+        out: dict[str, Any] = msgspec.to_builtins(self)  # the codec, a dataclass, as its dict too
         if self.outer.lr is None:
             del out["outer"]["lr"]
         return out
 
 
-def _positive(obj: object, prefix: str, names: tuple[str, ...]) -> list[str]:
-    return [
-        f"{prefix}.{name} must be positive, got {getattr(obj, name)}" for name in names if not getattr(obj, name) > 0
-    ]
+# --- Reading a posted spec: types, field by field ------------------------------------------------
 
 
-def _codec(value: object, problems: list[str]) -> CodecConfig | None:
+def _read(kind: type[S], data: dict[str, Any], prefix: str, problems: list[str]) -> S | None:
+    """`kind` built from `data`, each value checked against its field's declared type; every
+    unknown key, missing required field and value of the wrong type is added to `problems` (and
+    then there is nothing to build: None)."""
+    fields = msgspec.structs.fields(kind)
+    for key in sorted(set(data) - {f.name for f in fields}, key=str):
+        problems.append(f"{prefix}{key}: unknown setting")
+    values: dict[str, Any] = {}
+    for f in fields:
+        path = prefix + f.name
+        if f.name not in data:
+            if f.required:
+                problems.append(f"{path}: required")
+            continue
+        value = data[f.name]
+        if _is_section(f.type):
+            if isinstance(value, dict):
+                values[f.name] = _read(f.type, value, path + ".", problems)
+            else:
+                problems.append(f"{path} must be a table")
+        elif _unannotated(f.type) is CodecConfig:
+            values[f.name] = _codec(value, path, problems)
+        else:
+            leaf = mi.type_info(f.type)
+            if _fits(value, leaf):
+                values[f.name] = float(value) if _is_float(value, leaf) else value
+            else:
+                problems.append(f"{path}: expected {_expected(leaf)}, got {type(value).__name__} {value!r}")
+    return None if problems else kind(**values)
+
+
+def _codec(value: object, path: str, problems: list[str]) -> CodecConfig | None:
     try:
         if isinstance(value, str):
             return CodecConfig.from_name(value)
         if isinstance(value, dict):
             return CodecConfig.from_dict(value)
-        problems.append(f"codec must be a codec name ({', '.join(CODEC_NAMES)}) or a table")
+        problems.append(f"{path} must be a codec name ({', '.join(CODEC_NAMES)}) or a table")
     except CodecError as error:
-        problems.append(f"codec: {error}")
+        problems.append(f"{path}: {error}")
     return None
 
 
-def _build(kind: type[Any], data: object, prefix: str, problems: list[str]) -> Any:
-    if not isinstance(data, dict):
-        problems.append(f"{prefix} must be a table")
-        return kind()
-    return kind(**_fields(kind, data, prefix + ".", problems))
+def _is_section(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, msgspec.Struct)
 
 
-def _fields(
-    kind: type[Any], data: dict[str, Any], prefix: str, problems: list[str], skip: frozenset[str] = frozenset()
-) -> dict[str, Any]:
-    """Type-check `data` against the dataclass `kind`'s fields; unknown keys are problems too."""
-    hints = typing.get_type_hints(kind)
-    known = {f.name for f in dataclasses.fields(kind)} - skip
-    values: dict[str, Any] = {}
-    for key in sorted(set(data) - known):
-        problems.append(f"{prefix}{key}: unknown setting")
-    for f in dataclasses.fields(kind):
-        if f.name in skip or f.name not in data:
-            if f.name not in skip and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                problems.append(f"{prefix}{f.name}: required")
-            continue
-        value = data[f.name]
-        expected = hints[f.name]
-        if _matches(value, expected):
-            values[f.name] = float(value) if _is_float(expected) and value is not None else value
-        else:
-            problems.append(f"{prefix}{f.name}: expected {_describe(expected)}, got {type(value).__name__} {value!r}")
-    return values
+def _unannotated(hint: Any) -> Any:
+    while typing.get_origin(hint) is Annotated:
+        hint = typing.get_args(hint)[0]
+    return hint
 
 
-def _is_float(expected: Any) -> bool:
-    return expected is float or (
-        typing.get_origin(expected) in (typing.Union, types.UnionType) and float in typing.get_args(expected)
-    )
+def _unwrap(t: mi.Type) -> tuple[mi.Type, dict[str, Any], dict[str, Any]]:
+    """`t` without its Metadata layers, and what they held: (type, extra, extra_json_schema)."""
+    extra: dict[str, Any] = {}
+    schema: dict[str, Any] = {}
+    while isinstance(t, mi.Metadata):
+        extra |= t.extra or {}
+        schema |= t.extra_json_schema or {}
+        t = t.type
+    return t, extra, schema
 
 
-def _matches(value: object, expected: Any) -> bool:
-    if typing.get_origin(expected) in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(expected))
-    if expected is type(None):
+def _fits(value: object, t: mi.Type) -> bool:
+    t, _, _ = _unwrap(t)
+    if isinstance(t, mi.UnionType):
+        return any(_fits(value, arm) for arm in t.types)
+    if isinstance(t, mi.NoneType):
         return value is None
-    if expected is float:
-        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, expected)
+    if isinstance(t, mi.IntType):
+        return type(value) is int
+    if isinstance(t, mi.FloatType):
+        return isinstance(value, int | float) and not isinstance(value, bool) and _finite(value)
+    if isinstance(t, mi.StrType):
+        return isinstance(value, str)
+    raise TypeError(f"a spec field can't be read as {t!r}")
 
 
-def _describe(expected: Any) -> str:
-    if typing.get_origin(expected) in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(expected))
-    return {int: "an integer", float: "a number", str: "a string", type(None): "nothing"}.get(expected, str(expected))
+def _is_float(value: object, t: mi.Type) -> bool:
+    """Whether `value` (which fits `t`) goes in as a float: an integer given for a number."""
+    t, _, _ = _unwrap(t)
+    arms = t.types if isinstance(t, mi.UnionType) else (t,)
+    return type(value) is int and any(isinstance(_unwrap(arm)[0], mi.FloatType) for arm in arms)
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
+def _expected(t: mi.Type) -> str:
+    t, _, _ = _unwrap(t)
+    if isinstance(t, mi.UnionType):
+        return " or ".join(_expected(arm) for arm in t.types)
+    names = {mi.IntType: "an integer", mi.FloatType: "a number", mi.StrType: "a string", mi.NoneType: "nothing"}
+    return names[type(t)]
+
+
+# --- Checking values against their declared bounds ----------------------------------------------
+
+
+def _declared_problems(obj: msgspec.Struct, prefix: str) -> list[str]:
+    """`prefix + field` and what is wrong, for each field of `obj` outside its declared bounds
+    (sections and the codec check themselves)."""
+    info = mi.type_info(type(obj))
+    assert isinstance(info, mi.StructType)
+    out = []
+    for f in info.fields:
+        value = getattr(obj, f.name)
+        problem = _bound_problem(value, f.type)
+        if problem is not None:
+            out.append(f"{prefix}{f.name} {problem}")
+    return out
+
+
+def _bound_problem(value: Any, t: mi.Type) -> str | None:
+    t, extra, schema = _unwrap(t)
+    if isinstance(t, mi.UnionType):  # a number or None: None is always in bounds
+        arms = [arm for arm in t.types if not isinstance(arm, mi.NoneType)]
+        return None if value is None else _bound_problem(value, arms[0])
+    if "enum" in schema and value not in schema["enum"]:
+        return f"must be one of {', '.join(schema['enum'])}, got {value!r}"
+    if isinstance(t, mi.IntType | mi.FloatType):
+        return _range_problem(value, t)
+    if isinstance(t, mi.StrType):
+        return _text_problem(value, t, extra)
+    return None
+
+
+def _range_problem(value: float, t: mi.IntType | mi.FloatType) -> str | None:
+    low, low_open = (t.gt, True) if t.gt is not None else (t.ge, False)
+    high, high_open = (t.lt, True) if t.lt is not None else (t.le, False)
+    too_low = low is not None and not (value > low if low_open else value >= low)
+    too_high = high is not None and not (value < high if high_open else value <= high)
+    if not (too_low or too_high):
+        return None
+    got = f", got {value}"
+    if too_low and ((low == 0 and low_open) or (low == 1 and not low_open and isinstance(t, mi.IntType))):
+        return "must be positive" + got
+    if low is not None and high is not None:
+        return f"must be within {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}" + got
+    if too_low:
+        if low == 0 and not low_open:
+            return "must not be negative" + got
+        return f"must be {'greater than' if low_open else 'at least'} {low}" + got
+    return f"must be {'less than' if high_open else 'at most'} {high}" + got
+
+
+def _text_problem(value: str, t: mi.StrType, extra: dict[str, Any]) -> str | None:
+    if t.pattern is not None and re.fullmatch(t.pattern, value) is None:
+        return f"must be {extra.get('says', 'a string matching ' + t.pattern)}, got {value!r}"
+    shortest, longest = t.min_length or 0, t.max_length
+    if shortest <= len(value) and (longest is None or len(value) <= longest):
+        return None
+    if longest is None:
+        return f"must be at least {shortest} characters, got {len(value)}"
+    if shortest:
+        return f"must be {shortest}-{longest} characters, got {len(value)}"
+    return f"must be at most {longest} characters, got {len(value)}"

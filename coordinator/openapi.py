@@ -8,32 +8,27 @@
 One declaration per route feeds both the router and the document: who may call it (`roles`,
 enforced by the guard `register` wraps the handler in), its parameters, its body and its replies.
 A route can't be documented as public while it is guarded, nor exist undocumented. The campaign
-spec's schema is derived from `coordinator.campaign`'s dataclasses (fields, types, defaults); its
-bounds live in `SPEC_BOUNDS`, which tests hold against `CampaignSpec.problems()`.
+spec's schema is msgspec's, from the one declaration of each field in `coordinator.campaign`
+(type, bounds, default, description): the same declarations `CampaignSpec.problems()` checks.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
-import types
-import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
-from coordinator.campaign import NAME_PATTERN, CampaignSpec
+from coordinator.campaign import DEFAULT_CODEC, CampaignSpec
 from protocol.codecs import CODEC_NAMES
 from protocol.codecs.config import MAX_BLOCK_SIZE, MAX_DCT_CHUNK
 from protocol.version import RELEASE_VERSION
-from training.model import PRESETS
-from training.outer import OUTER_DEFAULTS
 
 __all__ = [
     "COMPONENTS",
-    "SPEC_BOUNDS",
     "Handler",
     "Param",
     "Reply",
@@ -249,50 +244,6 @@ def _reply(reply: Reply) -> dict[str, Any]:
 
 # The campaign spec -------------------------------------------------------------------------------
 
-SPEC_BOUNDS: dict[str, Schema] = {
-    "name": {"pattern": NAME_PATTERN.pattern},
-    "dataset": {"minLength": 1, "maxLength": 256},
-    "model": {"enum": list(PRESETS)},
-    "token_budget": {"minimum": 1},
-    "seed": {"minimum": 0, "maximum": 2**63 - 1},
-    "shard_plan": {"pattern": "^(full|groups:[1-9][0-9]{0,3})$"},
-    "description": {"maxLength": 2000},
-    "inner.steps": {"minimum": 1, "maximum": 100_000},
-    "inner.batch_size": {"minimum": 1},
-    "inner.seq_len": {"minimum": 1, "maximum": 65_536},
-    "inner.grad_accum": {"minimum": 1},
-    "inner.lr": {"exclusiveMinimum": 0},
-    "inner.min_lr_ratio": {"minimum": 0, "maximum": 1},
-    "inner.warmup_steps": {"minimum": 0},
-    "inner.weight_decay": {"minimum": 0},
-    "inner.grad_clip": {"minimum": 0},
-    "inner.beta1": {"minimum": 0, "exclusiveMaximum": 1},
-    "inner.beta2": {"minimum": 0, "exclusiveMaximum": 1},
-    "outer.optimizer": {"enum": list(OUTER_DEFAULTS)},
-    "outer.lr": {"exclusiveMinimum": 0},
-    "outer.momentum": {"minimum": 0, "exclusiveMaximum": 1},
-    "rounds.units_per_round": {"minimum": 1, "maximum": 10_000},
-    "rounds.min_accepted": {"minimum": 1},
-    "rounds.deadline_s": {"exclusiveMinimum": 0},
-    "rounds.lease_s": {"exclusiveMinimum": 0},
-    "rounds.staleness_bound": {"minimum": 0},
-    "validation.replication_rate": {"minimum": 0, "maximum": 1},
-    "validation.replication_rtol": {"exclusiveMinimum": 0},
-    "validation.norm_mad_k": {"exclusiveMinimum": 0},
-    "validation.min_cosine": {"minimum": -1, "maximum": 1},
-}
-
-SPEC_NOTES: dict[str, str] = {
-    "name": "Unique on this coordinator.",
-    "dataset": "A prepared dataset this coordinator knows (GET /api/datasets).",
-    "model": "A model preset.",
-    "token_budget": "Training tokens the campaign may spend; it finishes when they are spent.",
-    "inner.steps": "H: AdamW steps per work unit.",
-    "inner.seq_len": "At most the model preset's context length.",
-    "outer.lr": "Omit (or null) for the optimizer's default.",
-    "rounds.min_accepted": "At most rounds.units_per_round.",
-}
-
 CODEC_BOUNDS: dict[str, Schema] = {
     "block_size": {"type": "integer", "minimum": 1, "maximum": MAX_BLOCK_SIZE},
     "topk_fraction": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
@@ -303,8 +254,7 @@ CODEC_BOUNDS: dict[str, Schema] = {
 
 def codec_schema() -> Schema:
     return {
-        "description": "A codec name, or a table with its name and parameters.",
-        "default": "int8",
+        "default": DEFAULT_CODEC,
         "oneOf": [
             {"type": "string", "enum": list(CODEC_NAMES)},
             {
@@ -318,48 +268,28 @@ def codec_schema() -> Schema:
 
 
 def campaign_spec_schema() -> Schema:
-    """The JSON Schema of a campaign spec, from CampaignSpec's dataclass fields plus SPEC_BOUNDS."""
-    schema = _dataclass_schema(CampaignSpec, "")
-    schema["description"] = "A campaign spec: the JSON form of the TOML that `commonweights campaign post` sends."
+    """The JSON Schema of a campaign spec: msgspec's, from the declarations in coordinator.campaign,
+    with the sections inlined, `T | None` as a type list, and the codec as a name or a table."""
+    (top,), definitions = msgspec.json.schema_components([CampaignSpec], ref_template="{name}")
+    schema = _inline(top, definitions)
+    codec = schema["properties"]["codec"]
+    schema["properties"]["codec"] = {"description": codec["description"], **codec_schema()}
     return schema
 
 
-def _dataclass_schema(kind: type[Any], prefix: str) -> Schema:
-    hints = typing.get_type_hints(kind)
-    properties: dict[str, Schema] = {}
-    required: list[str] = []
-    for f in dataclasses.fields(kind):
-        path = prefix + f.name
-        hint = hints[f.name]
-        if f.name == "codec":
-            properties[f.name] = codec_schema()
-            continue
-        if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-            properties[f.name] = _dataclass_schema(hint, path + ".")
-            continue
-        schema = _type_schema(hint)
-        if f.default is not dataclasses.MISSING:
-            schema["default"] = f.default
-        elif f.default_factory is dataclasses.MISSING:
-            required.append(f.name)
-        schema.update(SPEC_BOUNDS.get(path, {}))
-        if path in SPEC_NOTES:
-            schema["description"] = SPEC_NOTES[path]
-        properties[f.name] = schema
-    out: Schema = {"type": "object", "properties": properties, "additionalProperties": False}
-    if required:
-        out["required"] = required
+def _inline(schema: Schema, definitions: Mapping[str, Schema]) -> Schema:
+    if "$ref" in schema:
+        schema = {**definitions[schema["$ref"]], **{k: v for k, v in schema.items() if k != "$ref"}}
+    out: Schema = {}
+    for key, value in schema.items():
+        if key == "properties":
+            out[key] = {name: _inline(sub, definitions) for name, sub in value.items()}
+        elif key == "anyOf" and len(value) == 2 and {"type": "null"} in value:  # T | None
+            (arm,) = [sub for sub in value if sub != {"type": "null"}]
+            out |= {**arm, "type": [arm["type"], "null"]}
+        elif key != "title" and not (key == "required" and not value):
+            out[key] = value
     return out
-
-
-def _type_schema(hint: Any) -> Schema:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        kinds = [_type_schema(arg)["type"] for arg in typing.get_args(hint)]
-        return {"type": kinds}
-    names = {int: "integer", float: "number", str: "string", bool: "boolean", type(None): "null"}
-    if hint not in names:
-        raise TypeError(f"no JSON Schema type for {hint!r}")
-    return {"type": names[hint]}
 
 
 # Replies -----------------------------------------------------------------------------------------

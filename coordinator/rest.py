@@ -265,22 +265,13 @@ async def list_campaigns(request: web.Request) -> web.Response:
 
 
 def _field_errors(problems: list[str]) -> list[dict[str, str]]:
-    known = _spec_fields()
+    known = CampaignSpec.field_paths()
     out = []
     for problem in problems:
         match = FIELD.match(problem)
         if match and match.group(1) in known:
             out.append({"field": match.group(1), "message": problem})
     return out
-
-
-@cache
-def _spec_fields() -> frozenset[str]:
-    spec = CampaignSpec(name="x", dataset="x")
-    names = {f.name for f in dataclasses.fields(spec)}
-    for section in ("inner", "outer", "rounds", "validation"):
-        names |= {f"{section}.{f.name}" for f in dataclasses.fields(getattr(spec, section))}
-    return frozenset(names)
 
 
 async def create_campaign(request: web.Request) -> web.Response:

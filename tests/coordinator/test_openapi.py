@@ -8,6 +8,7 @@ import json
 import re
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
@@ -15,7 +16,7 @@ from aiohttp.test_utils import make_mocked_request
 from coordinator.app import create_app
 from coordinator.campaign import CampaignSpec, InnerSettings, OuterSettings, RoundSettings, ValidationSettings
 from coordinator.dashboard import PAGES
-from coordinator.openapi import CODEC_BOUNDS, OPENAPI_PATH, SPEC_BOUNDS, campaign_spec_schema
+from coordinator.openapi import CODEC_BOUNDS, OPENAPI_PATH, campaign_spec_schema
 from coordinator.rest import ROUTES
 from coordinator.service import CoordinatorConfig
 from protocol.codecs import CodecConfig, CodecError
@@ -90,13 +91,28 @@ def _leaves(schema: dict[str, Any], prefix: str = "") -> dict[str, dict[str, Any
     return out
 
 
+BOUND_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "pattern", "minLength", "maxLength", "enum")
+
+# The bounds the served schema documents for each spec field, as msgspec derives them from the
+# declarations in coordinator.campaign; the tests below hold them against CampaignSpec.problems().
+SPEC_BOUNDS = {
+    path: {key: leaf[key] for key in BOUND_KEYS if key in leaf}
+    for path, leaf in _leaves(campaign_spec_schema()).items()
+    if any(key in leaf for key in BOUND_KEYS)
+}
+
+
+def _default(f: msgspec.structs.FieldInfo) -> object:
+    return dataclasses.MISSING if f.default is msgspec.NODEFAULT else f.default
+
+
 def test_the_spec_schema_has_every_field_of_campaign_spec_with_its_default() -> None:
     expected: dict[str, object] = {}
-    for f in dataclasses.fields(CampaignSpec):
+    for f in msgspec.structs.fields(CampaignSpec):
         if f.name in SECTIONS:
-            expected |= {f"{f.name}.{g.name}": g.default for g in dataclasses.fields(SECTIONS[f.name])}
+            expected |= {f"{f.name}.{g.name}": _default(g) for g in msgspec.structs.fields(SECTIONS[f.name])}
         elif f.name != "codec":
-            expected[f.name] = f.default
+            expected[f.name] = _default(f)
     schema = campaign_spec_schema()
     leaves = _leaves(schema)
     assert set(leaves) == {*expected, "codec"}
@@ -107,6 +123,11 @@ def test_the_spec_schema_has_every_field_of_campaign_spec_with_its_default() -> 
             assert leaves[path]["default"] == default, path
     assert schema["required"] == ["name", "dataset"]
     assert set(SPEC_BOUNDS) <= set(leaves), "a bound for a field the spec doesn't have"
+
+
+def test_every_spec_field_is_described() -> None:
+    for path, leaf in _leaves(campaign_spec_schema()).items():
+        assert leaf.get("description"), path
 
 
 def _problems(path: str, value: object) -> list[str]:

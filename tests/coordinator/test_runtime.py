@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
+import msgspec
 import pytest
 import torch
 
@@ -332,7 +332,7 @@ def test_a_campaign_finishes_when_its_budget_is_spent(service: Coordinator) -> N
 
 
 def test_sharded_campaigns_hand_out_units_that_train_part_of_the_model(service: Coordinator) -> None:
-    spec = dataclasses.replace(make_spec(), shard_plan="groups:2")
+    spec = msgspec.structs.replace(make_spec(), shard_plan="groups:2")
     campaign_id = service.create_campaign(CampaignSpec.from_dict(spec.to_dict()), owner="admin:1")
     a, b = volunteers(service, 2)
     unit_a, _ = submit_honest(service, a)
