@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 from dataclasses import dataclass, field
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from coordinator.appkeys import METRICS, SERVICE, SOCKETS
-from coordinator.blobs import BlobNotFound
+from coordinator.blobs import BlobNotFound, sha256_hex
 from coordinator.engine import Assignment, CampaignRuntime, Outcome, OutcomeStatus, SubmissionReport
 from coordinator.engine import NoWork as NoWorkAnswer
 from coordinator.metrics import MALFORMED_FRAME, Metrics
@@ -115,7 +114,7 @@ async def volunteer_socket(request: web.Request) -> web.StreamResponse:
     metrics.connection_opened()
     try:
         if await _handshake(session, sessions):
-            await _serve(session, metrics)
+            await _serve(session)
     except ConnectionResetError:
         pass
     finally:
@@ -270,7 +269,7 @@ async def _handshake(session: Session, sessions: dict[str, Session]) -> bool:
     return True
 
 
-async def _serve(session: Session, metrics: Metrics) -> None:
+async def _serve(session: Session) -> None:
     while not session.ws.closed:
         message = await _receive_frame(session)
         if message is None:
@@ -404,7 +403,7 @@ async def _submit(session: Session, message: Submit) -> None:
     assert volunteer is not None
     service = session.service
     runtime = await service.workers.run(service.runtime_for_unit, message.unit_id)
-    digest = await service.workers.run(_sha256, message.update)
+    digest = await service.workers.run(sha256_hex, message.update)
     if runtime is None:
         outcome = Outcome(
             OutcomeStatus.REJECTED,
@@ -425,7 +424,7 @@ async def _submit(session: Session, message: Submit) -> None:
             device=message.metrics.device,
         )
         prepared = await service.workers.run(
-            runtime.prepare, volunteer.id, message.unit_id, message.lease_id, message.update
+            runtime.prepare, volunteer.id, message.unit_id, message.lease_id, message.update, sha256=digest
         )
         outcome = await service.workers.commit_in_order(
             runtime.row.id, runtime.commit, volunteer.id, message.lease_id, prepared, report
@@ -446,10 +445,6 @@ async def _submit(session: Session, message: Submit) -> None:
             credit=outcome.credit,
         ),
     )
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _blob_chunk(session: Session, request: BlobRequest) -> BlobChunk:

@@ -47,14 +47,17 @@ class Ingest:
         self.state = state
         self.scheduler = scheduler
 
-    def prepare(self, volunteer_id: str, unit_id: str, lease_id: str, payload: bytes) -> PreparedUpdate:
+    def prepare(
+        self, volunteer_id: str, unit_id: str, lease_id: str, payload: bytes, *, sha256: str | None = None
+    ) -> PreparedUpdate:
         """Store and decode an update without the campaign's lock, so several threads can do it at once.
 
         Only a submission that may still count gets this work: the unit's current lease, or a resend of
-        an update this volunteer already submitted (its first verdict is answered again).
+        an update this volunteer already submitted (its first verdict is answered again). `sha256` is
+        the payload's digest when the caller already computed it (the gateway checks it first).
         """
         s = self.state
-        sha = sha256_hex(payload)
+        sha = sha256 or sha256_hex(payload)
         unit = s.store.unit(unit_id)
         if unit is None or unit.campaign_id != s.row.id:
             return PreparedUpdate(None, sha, len(payload))
@@ -62,7 +65,7 @@ class Ingest:
         if not holds or s.store.submission(unit_id, volunteer_id) is not None:
             return PreparedUpdate(unit, sha, len(payload))
         s.counters.bytes_in += len(payload)
-        s.blobs.put(payload)  # durable before any row points at it
+        s.blobs.put(payload, digest=sha)  # durable before any row points at it
         try:
             delta = s.decode(payload, unit.shard)
         except CodecError as error:

@@ -140,8 +140,10 @@ class CampaignRuntime:
         self.close_if_due()
         return outcome
 
-    def prepare(self, volunteer_id: str, unit_id: str, lease_id: str, payload: bytes) -> PreparedUpdate:
-        return self.ingest.prepare(volunteer_id, unit_id, lease_id, payload)
+    def prepare(
+        self, volunteer_id: str, unit_id: str, lease_id: str, payload: bytes, *, sha256: str | None = None
+    ) -> PreparedUpdate:
+        return self.ingest.prepare(volunteer_id, unit_id, lease_id, payload, sha256=sha256)
 
     def commit(self, volunteer_id: str, lease_id: str, prepared: PreparedUpdate, report: SubmissionReport) -> Outcome:
         return self.ingest.commit(volunteer_id, lease_id, prepared, report)
