@@ -52,6 +52,29 @@ def add_coordinator(commands: Subparsers) -> None:
         help="threads each PyTorch operation may use (default 1: the server runs many requests at once on its "
         "own worker threads, and the holdout evaluator must not take every core from ingestion)",
     )
+    serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDR[/BITS]",
+        help="a reverse proxy whose X-Forwarded-For is believed (repeatable); without one, the peer's address "
+        "is the volunteer's",
+    )
+    serve.add_argument(
+        "--source-prefix-v4",
+        type=int,
+        default=24,
+        metavar="BITS",
+        help="IPv4 addresses in one network of this many bits count as one source for registration limits and "
+        "bans (default 24; 8-32)",
+    )
+    serve.add_argument(
+        "--source-prefix-v6",
+        type=int,
+        default=48,
+        metavar="BITS",
+        help="the same for IPv6 (default 48; 16-128)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(handler=_run_serve)
 
@@ -63,9 +86,19 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     from coordinator.app import create_app
     from coordinator.service import CoordinatorConfig
+    from coordinator.sources import SourcePolicy, parse_networks
     from training.data import DataError, ensure_default_dataset
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        sources = SourcePolicy(
+            v4_bits=args.source_prefix_v4,
+            v6_bits=args.source_prefix_v6,
+            trusted_proxies=parse_networks(args.trusted_proxy),
+        )
+    except ValueError as error:
+        print(f"commonweights coordinator serve: {error}", file=sys.stderr)
+        return 2
     datasets: dict[str, Path] = {}
     for item in args.dataset:
         name, sep, path = item.partition("=")
@@ -89,7 +122,11 @@ def _run_serve(args: argparse.Namespace) -> int:
         print("commonweights coordinator serve: --heartbeat-interval must be within 1 and 3600 s", file=sys.stderr)
         return 2
     config = CoordinatorConfig(
-        data_dir=args.data_dir, datasets=datasets, public_url=public_url, heartbeat_interval_s=args.heartbeat_interval
+        data_dir=args.data_dir,
+        datasets=datasets,
+        public_url=public_url,
+        heartbeat_interval_s=args.heartbeat_interval,
+        sources=sources,
     )
     print(
         f"coordinator at {public_url} (volunteers: ws://{args.host}:{args.port}/ws); "

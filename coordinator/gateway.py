@@ -86,6 +86,7 @@ class Session:
     service: Coordinator
     metrics: Metrics
     volunteer: VolunteerRow | None = None
+    source: str = ""  # the client's network prefix (coordinator.sources); "" when unknown
     memory_bytes: int = 0
     codecs: tuple[str, ...] = ()
     blobs: set[str] = field(default_factory=set)  # what this volunteer may download
@@ -107,7 +108,8 @@ async def volunteer_socket(request: web.Request) -> web.StreamResponse:
     # 9 MB update costs half a second of CPU on each side (measured) for almost no gain.
     ws = VolunteerSocket(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0, compress=False)
     await ws.prepare(request)
-    session = Session(ws, service, metrics)
+    forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
+    session = Session(ws, service, metrics, source=service.config.sources.source(request.remote, forwarded))
     sockets = request.app[SOCKETS]
     sessions = request.app[SESSIONS]
     sockets.add(ws)
@@ -217,7 +219,9 @@ async def _handshake(session: Session, sessions: dict[str, Session]) -> bool:
     }
     new_token: str | None = None
     if message.token is None:
-        volunteer, new_token = await service.workers.run(service.register_volunteer, message.name, capabilities)
+        volunteer, new_token = await service.workers.run(
+            service.register_volunteer, message.name, capabilities, source=session.source
+        )
     else:
         found = await service.workers.run(service.volunteer_for_token, message.token)
         if found is None:
@@ -231,7 +235,9 @@ async def _handshake(session: Session, sessions: dict[str, Session]) -> bool:
             )
             return False
         volunteer = found
-        await service.workers.run(service.store.touch_volunteer, volunteer.id, message.name, capabilities)
+        await service.workers.run(
+            service.store.touch_volunteer, volunteer.id, message.name, capabilities, source=session.source
+        )
     if volunteer.banned:
         await _fail(
             session,

@@ -24,6 +24,7 @@ import torch
 from coordinator.blobs import BlobStore
 from coordinator.campaign import CampaignSpec, SpecError
 from coordinator.engine import Assignment, CampaignRuntime, NoWork, initial_version, model_config_for, shard_plan
+from coordinator.sources import SourcePolicy
 from coordinator.store import SQLiteStore, Store, VersionRow, VolunteerRow
 from coordinator.validation import TrustState
 from coordinator.workers import Workers
@@ -53,6 +54,7 @@ class CoordinatorConfig:
     eval_tokens: int = 32768
     eval_batch: int = 8
     public_url: str = ""
+    sources: SourcePolicy = field(default_factory=SourcePolicy)  # how a connection's network prefix is told
 
 
 class UnsupportedCodec(Exception):
@@ -207,10 +209,13 @@ class Coordinator:
 
     # volunteers ------------------------------------------------------------------------------
 
-    def register_volunteer(self, name: str, capabilities: dict[str, object]) -> tuple[VolunteerRow, str]:
+    def register_volunteer(
+        self, name: str, capabilities: dict[str, object], *, source: str = ""
+    ) -> tuple[VolunteerRow, str]:
+        """A new identity and its token; `source` is the network prefix it registered from."""
         token = "cw-vol-" + secrets.token_urlsafe(24)
         volunteer_id = uuid.uuid4().hex[:16]
-        self.store.add_volunteer(volunteer_id, hash_token(token), name, capabilities)
+        self.store.add_volunteer(volunteer_id, hash_token(token), name, capabilities, source=source)
         row = self.store.volunteer(volunteer_id)
         assert row is not None
         return row, token

@@ -219,7 +219,12 @@ class SubmissionStore(Protocol):
 class VolunteerStore(Protocol):
     """Volunteers: their credentials' hashes, what their machines can do, trust and credit."""
 
-    def add_volunteer(self, volunteer_id: str, token_hash: str, name: str, capabilities: dict[str, Any]) -> None: ...
+    def add_volunteer(
+        self, volunteer_id: str, token_hash: str, name: str, capabilities: dict[str, Any], *, source: str = ""
+    ) -> None:
+        """Register a volunteer; `source` (its network prefix, "" if unknown) becomes both `source` and
+        `last_source`."""
+        ...
 
     def volunteer(self, volunteer_id: str) -> VolunteerRow | None: ...
 
@@ -229,8 +234,10 @@ class VolunteerStore(Protocol):
         """Volunteers by credit, highest first."""
         ...
 
-    def touch_volunteer(self, volunteer_id: str, name: str, capabilities: dict[str, Any]) -> None:
-        """A volunteer said hello: its name, capabilities and last_seen (now)."""
+    def touch_volunteer(
+        self, volunteer_id: str, name: str, capabilities: dict[str, Any], *, source: str | None = None
+    ) -> None:
+        """A volunteer said hello: its name, capabilities, last_seen (now) and, unless None, `last_source`."""
         ...
 
     def set_banned(self, volunteer_id: str, banned: bool) -> bool:

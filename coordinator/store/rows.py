@@ -121,3 +121,5 @@ class VolunteerRow:
     tokens: int
     units_accepted: int
     units_rejected: int
+    source: str = ""  # network prefix at registration ("203.0.113.0/24"); "" when unknown or older
+    last_source: str = ""  # network prefix at the latest hello

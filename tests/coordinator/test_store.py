@@ -170,13 +170,48 @@ def test_migrating_from_schema_version_1_keeps_existing_lease_ids(tmp_path: Path
 
     store: Store = SQLiteStore.open(path)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION
         assert store.lease_holder("leased", "lease-1") == "v"
         assert store.lease_holder("leased", "lease-0") is None
         leased = store.unit("leased")
         assert leased is not None and (leased.lease_id, leased.volunteer_id) == ("lease-1", "v")
         store.lease("pending", "w", "lease-2", 900.0)  # the new table takes new leases
         assert store.lease_holder("pending", "lease-2") == "w"
+    finally:
+        store.close()
+
+
+def test_a_volunteer_keeps_its_registration_source_and_each_hello_updates_its_last_source(store: Store) -> None:
+    store.add_volunteer("v", "hash-v", "v", {}, source="203.0.113.0/24")
+    row = store.volunteer("v")
+    assert row is not None and (row.source, row.last_source) == ("203.0.113.0/24", "203.0.113.0/24")
+    store.touch_volunteer("v", "v", {}, source="198.51.100.0/24")
+    store.touch_volunteer("v", "v", {})  # a hello whose source is not known leaves the last one
+    row = store.volunteer_by_token("hash-v")
+    assert row is not None and (row.source, row.last_source) == ("203.0.113.0/24", "198.51.100.0/24")
+
+
+def test_migrating_from_schema_version_2_gives_existing_volunteers_empty_sources(tmp_path: Path) -> None:
+    path = tmp_path / "coordinator.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0])
+    db.executescript(MIGRATIONS[1])
+    db.executescript(
+        """
+        INSERT INTO volunteers (id, token_hash, name, created_at, last_seen, banned)
+            VALUES ('old', 'hash-old', 'old', 1.0, 2.0, 1);
+        PRAGMA user_version = 2;
+        """
+    )
+    db.close()
+
+    store: Store = SQLiteStore.open(path)
+    try:
+        assert store.schema_version == SCHEMA_VERSION
+        old = store.volunteer("old")
+        assert old is not None and old.banned and (old.source, old.last_source) == ("", "")
+        store.add_volunteer("new", "hash-new", "new", {}, source="192.0.2.0/24")
+        assert [(v.id, v.source) for v in store.volunteers()] == [("old", ""), ("new", "192.0.2.0/24")]
     finally:
         store.close()
 

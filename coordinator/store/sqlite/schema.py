@@ -130,6 +130,19 @@ MIGRATIONS: list[str] = [
     INSERT INTO leases (lease_id, unit_id, volunteer_id, granted_at)
         SELECT lease_id, id, volunteer_id, created_at FROM units WHERE lease_id IS NOT NULL;
     """,
+    # 2 -> 3: where volunteers come from (the network prefix of their address: at registration, and
+    # at their latest hello), and the prefixes a ban covers, one row per banned volunteer, so lifting
+    # one volunteer's ban leaves another's on the same prefix standing
+    """
+    ALTER TABLE volunteers ADD COLUMN source TEXT NOT NULL DEFAULT '';
+    ALTER TABLE volunteers ADD COLUMN last_source TEXT NOT NULL DEFAULT '';
+    CREATE TABLE source_bans (
+        prefix TEXT NOT NULL,
+        volunteer_id TEXT NOT NULL REFERENCES volunteers(id),
+        banned_at REAL NOT NULL,
+        PRIMARY KEY (prefix, volunteer_id)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

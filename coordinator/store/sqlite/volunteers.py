@@ -20,13 +20,15 @@ __all__ = ["SQLiteVolunteers"]
 class SQLiteVolunteers(SQLiteDatabase):
     """`VolunteerStore` over the volunteers table."""
 
-    def add_volunteer(self, volunteer_id: str, token_hash: str, name: str, capabilities: dict[str, Any]) -> None:
+    def add_volunteer(
+        self, volunteer_id: str, token_hash: str, name: str, capabilities: dict[str, Any], *, source: str = ""
+    ) -> None:
         now = self.clock()
         with self.transaction():
             self.db.execute(
-                "INSERT INTO volunteers (id, token_hash, name, created_at, last_seen, capabilities_json) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (volunteer_id, token_hash, name, now, now, json.dumps(capabilities)),
+                "INSERT INTO volunteers (id, token_hash, name, created_at, last_seen, capabilities_json, source, "
+                "last_source) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (volunteer_id, token_hash, name, now, now, json.dumps(capabilities), source, source),
             )
 
     def volunteer(self, volunteer_id: str) -> VolunteerRow | None:
@@ -41,11 +43,14 @@ class SQLiteVolunteers(SQLiteDatabase):
         rows = self._all("SELECT * FROM volunteers ORDER BY credit DESC, created_at LIMIT ?", (limit,))
         return [_volunteer(r) for r in rows]
 
-    def touch_volunteer(self, volunteer_id: str, name: str, capabilities: dict[str, Any]) -> None:
+    def touch_volunteer(
+        self, volunteer_id: str, name: str, capabilities: dict[str, Any], *, source: str | None = None
+    ) -> None:
         with self.transaction():
             self.db.execute(
-                "UPDATE volunteers SET last_seen = ?, name = ?, capabilities_json = ? WHERE id = ?",
-                (self.clock(), name, json.dumps(capabilities), volunteer_id),
+                "UPDATE volunteers SET last_seen = ?, name = ?, capabilities_json = ?, "
+                "last_source = COALESCE(?, last_source) WHERE id = ?",
+                (self.clock(), name, json.dumps(capabilities), source, volunteer_id),
             )
 
     def set_banned(self, volunteer_id: str, banned: bool) -> bool:
