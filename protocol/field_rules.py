@@ -335,7 +335,7 @@ def _explain(err: msgspec.ValidationError, root: Any, raw: Any, path: str, hidde
 
 
 def _unknown_field(cls: type[msgspec.Struct], value: Mapping[Any, Any], path: str, hidden: frozenset[str]) -> str:
-    info = mi.type_info(cls)
+    info = _type_info(cls)
     assert isinstance(info, mi.StructType)
     names = [f.name for f in info.fields]
     unknown = next(key for key in value if key not in names and key != info.tag_field)
@@ -364,7 +364,7 @@ def _word(reason: str, hint: Any, value: Any) -> str:
         extent = "least" if length[2] == ">=" else "most"
         return f"must hold at {extent} {length[3]} {_UNITS.get(length[1], 'items')}, got {len(value)}"
     if reason.startswith(_PATTERN):
-        _, extra = _unwrap(mi.type_info(_arm(hint, value)))
+        _, extra = _unwrap(_type_info(_arm(hint, value)))
         text_format = extra.get("format")
         expected = text_format.description if isinstance(text_format, TextFormat) else "a string matching its pattern"
         return f"expected {expected}, got {_show(value)}"
@@ -386,7 +386,7 @@ def _expectation(hint: Any, value: Any) -> str:
 
 
 def _leaf(hint: Any, value: Any) -> mi.Type:
-    return _unwrap(mi.type_info(_arm(hint, value)))[0]
+    return _unwrap(_type_info(_arm(hint, value)))[0]
 
 
 def _arm(hint: Any, value: Any) -> Any:
@@ -397,7 +397,7 @@ def _arm(hint: Any, value: Any) -> Any:
     arms = [arm for arm in get_args(bare) if arm is not type(None)]
     if isinstance(value, dict) and all(_is_struct(_unannotated(arm)) for arm in arms):  # tagged structs
         for arm in arms:
-            info = mi.type_info(arm)
+            info = _type_info(arm)
             if isinstance(info, mi.StructType) and info.tag_field is not None and value.get(info.tag_field) == info.tag:
                 return arm
     if len(arms) == 1:
@@ -428,13 +428,14 @@ def _is_struct(hint: Any) -> bool:
     return isinstance(hint, type) and issubclass(hint, msgspec.Struct)
 
 
+@cache
 def _field_types(cls: type[msgspec.Struct]) -> dict[str, Any]:
     return {field.name: field.type for field in msgspec.structs.fields(cls)}
 
 
 def _first_refused(mapping: Mapping[Any, Any], hint: Any, *, keys: bool) -> Any:
     """The first key of `mapping` whose key (or value) `hint` refuses: msgspec's path leaves it out."""
-    decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(hint)
+    decoder = _decoder(hint)
     for key, item in mapping.items():
         try:
             decoder.decode(msgspec.msgpack.encode(key if keys else item))
@@ -473,6 +474,20 @@ def _join(path: str, key: object) -> str:
     if isinstance(key, str) and key.isidentifier():
         return f"{path}.{key}"
     return f"{path}[{_show(key)}]"
+
+
+# Wording a refusal looks at the schema again. msgspec computes a type's info and builds a decoder in
+# milliseconds, so each is done once per type: a refused frame must cost about what a decoded one does.
+
+
+@cache
+def _type_info(hint: Any) -> mi.Type:
+    return mi.type_info(hint)
+
+
+@cache
+def _decoder(hint: Any) -> msgspec.msgpack.Decoder[Any]:
+    return msgspec.msgpack.Decoder(hint)
 
 
 @cache

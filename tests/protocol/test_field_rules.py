@@ -293,3 +293,27 @@ def test_bytes_that_are_not_messagepack_are_malformed() -> None:
     with pytest.raises(ProtocolError) as caught:
         Reader(Sample).read(b"\xc1", path="sample")
     assert caught.value.code is ErrorCode.MALFORMED_FRAME
+
+
+def test_wording_a_refusal_asks_msgspec_about_the_schema_once_not_per_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by `commonweights bench fuzz`: msgspec.inspect.type_info takes milliseconds, and asking it
+    # again for every refused frame made a 100-byte schema_violation cost the gateway 3 ms (0.3 s at worst).
+    from protocol.messages import decode
+
+    frame = msgpack.packb({"type": "progress", "v": 1, "unit_id": "u", "lease_id": "l", "step": "x",
+                           "steps_total": 1, "loss": None, "tokens": 0, "phase": "training", "extra": 1})  # fmt: skip
+    with pytest.raises(ProtocolError):
+        decode(frame, direction="to_server")
+    calls: list[object] = []
+    real = mi.type_info
+
+    def counted(t: Any) -> mi.Type:
+        calls.append(t)
+        return real(t)
+
+    monkeypatch.setattr(mi, "type_info", counted)
+    for _ in range(3):
+        with pytest.raises(ProtocolError) as caught:
+            decode(frame, direction="to_server")
+        assert caught.value.code is ErrorCode.SCHEMA_VIOLATION and "progress.step" in caught.value.message
+    assert calls == []
