@@ -2,8 +2,8 @@
 
 A round's accepted updates go into an `UpdateStack`, an n × m fp32 matrix in a file (one row per
 update, its tensors flattened in the order of `shapes`), and a rule reads it back `chunk` columns at
-a time, so memory stays about n × chunk floats plus the m-float result however many updates the
-round has:
+a time, so memory stays a few n × chunk blocks plus the m-float result however many updates the
+round has (measured: +41 MiB peak RSS to aggregate 10 updates of 10M parameters, 384 MiB on disk):
 
     >>> import tempfile, torch
     >>> shapes = {"w": (2, 2), "b": (2,)}
@@ -20,22 +20,23 @@ round has:
     tensor([[2.5000, 2.5000],
             [2.5000, 2.5000]])
 
-(The token-weighted mean of the same six updates is 166,668.3.) `trimmed_mean` and `centered_clip`
-are the same rules on an [n, m] tensor already in memory.
+The plain mean of the same six updates is 166,668.3. A result takes the place of
+`DeltaAccumulator.mean()`: the outer optimizer steps with it (`outer.step(params, trimmed)`).
+`trimmed_mean` and `centered_clip` are the same rules on an [n, m] tensor already in memory.
 
 One stack holds updates of the same tensors: a round whose units train different model shards
 keeps one stack per shard, and centered clipping's norms are then norms of the shard's part.
 
 The rules, and what they promise against f Byzantine updates among n:
-- trimmed mean (Yin et al. 2018; the coordinate-wise rule of BTARD, arXiv 2106.11257): per
-  coordinate, drop the k = floor(trim·n) largest and k smallest values and average the rest.
-  With f ≤ k liars every kept value lies between two honest ones, so the result stays inside the
-  honest values' range per coordinate, whatever the liars send.
-- centered clipping (Karimireddy et al., arXiv 2012.10333; BTARD's CenteredClip): from a centre v,
-  repeat v ← v + Σ_i w_i·clip_τ(x_i − v) / Σ_i w_i, where clip_τ(z) = z·min(1, τ/‖z‖) over the
-  whole update vector. A liar moves v by at most τ·w_i/Σw per iteration; with τ at least the honest
-  updates' distance from v, T iterations end within (f/n)^T·‖v_0 − μ‖ + τ·f/(n − f) of the honest
-  mean μ (uniform weights).
+- trimmed mean (Yin et al., arXiv 1803.01498): per coordinate, drop the k = floor(trim·n) largest
+  and k smallest values and average the rest. With f ≤ k liars every kept value lies between two
+  honest ones, so the result stays inside the honest values' range per coordinate, whatever the
+  liars send.
+- centered clipping (Karimireddy et al., arXiv 2012.10333; BTARD's CenteredClip, arXiv 2106.11257):
+  from a center v, repeat v ← v + Σ_i w_i·clip_τ(x_i − v) / Σ_i w_i, where clip_τ(z) =
+  z·min(1, τ/‖z‖) over the whole update vector. A liar moves v by at most τ·w_i/Σw per
+  iteration; with τ at least the honest updates' distance from v, T iterations end within
+  (f/n)^T·‖v_0 − μ‖ + τ·f/(n − f) of the honest mean μ (uniform weights).
 """
 
 from __future__ import annotations
@@ -121,13 +122,16 @@ def centered_clip(
     Why 3 iterations: from the median start the first moves most of the way; each further one
     shrinks the start's remaining error by the liars' share f/n, at one more pass over the data.
     `tau` = inf and 1 iteration is the (weighted) mean from any start.
+
+    Cost: the median start is a sorting pass, most of the time this takes (n = 32 updates of 10M
+    parameters: about 6 s of about 9 on one core); a caller with a start of its own saves it.
     """
     source = _TensorColumns(updates)
     start = None
     if center is not None:
         if tuple(center.shape) != (source.cols,):
-            raise ValueError(f"the centre has shape {tuple(center.shape)}, but the updates have {source.cols} values")
-        start = center.to(torch.float32).clone()
+            raise ValueError(f"the center has shape {tuple(center.shape)}, but the updates have {source.cols} values")
+        start = center.detach().to(device="cpu", dtype=torch.float32).clone()
     w = _weights_or_none(weights, source.rows)
     return _centered_clip(source, start, _tau(tau), _iterations(iterations), w, _chunk(chunk, source.rows))
 
@@ -137,8 +141,9 @@ class UpdateStack:
 
     Each row is an update's tensors flattened in the order of `shapes`; `append` checks a whole
     update (names, shapes, finite values, weight) before writing any of it, so a bad one leaves
-    the stack as it was. The file is removed by `close` (or leaving the `with` block). Not safe
-    for concurrent use.
+    the stack as it was. The file is removed by `close` (or leaving the `with` block); a process
+    killed outright leaves it behind, named update-stack-*.f32, for its next start to sweep. Not
+    safe for concurrent use.
     """
 
     def __init__(self, shapes: Mapping[str, Sequence[int]], directory: str | os.PathLike[str]) -> None:
@@ -279,9 +284,9 @@ def centered_clip_chunked(
     """`centered_clip` of a stack's rows with their `append` weights, read `chunk` columns at a time.
 
     Whole-row norms need the whole row, so each iteration streams the file once to apply the
-    step to each block and, from the same block, sum the rows' squared distances to the new centre
+    step to each block and, from the same block, sum the rows' squared distances to the new center
     for the next iteration: iterations + 1 passes (+ 1 for the median start). Memory is two
-    n × chunk blocks plus the m-float centre, which becomes the result.
+    n × chunk blocks plus the m-float center, which becomes the result.
     """
     source = _StackColumns(stack)
     start = stack.flatten(center) if center is not None else None
@@ -366,6 +371,8 @@ def _centered_clip(
     chunk: int,
 ) -> torch.Tensor:
     n = source.rows
+    if start is not None and not bool(torch.isfinite(start).all()):
+        raise ValueError("the center has NaN or infinite values")
     # The start is the coordinate-wise median: the trimmed mean that keeps the middle one or two.
     v = start if start is not None else _trimmed_mean(source, (n - 1) // 2, None, chunk)
     share = torch.full((n,), 1.0 / n, dtype=torch.float64) if weights is None else weights / weights.sum()

@@ -275,7 +275,7 @@ def test_a_write_that_fails_midway_leaves_the_stack_as_it_was(tmp_path: Path) ->
         (lambda x: centered_clip(x, tau=-1.0), "tau must be a positive number"),
         (lambda x: centered_clip(x, tau=math.nan), "tau must be a positive number"),
         (lambda x: centered_clip(x, iterations=0), "at least 1 iteration"),
-        (lambda x: centered_clip(x, center=torch.zeros(5)), r"centre has shape \(5,\), but the updates have 6"),
+        (lambda x: centered_clip(x, center=torch.zeros(5)), r"center has shape \(5,\), but the updates have 6"),
         (lambda x: trimmed_mean(x[:0], 0.1), "no updates to aggregate"),
         (lambda x: centered_clip(x[:0]), "no updates to aggregate"),
         (lambda x: trimmed_mean(x[0], 0.1), r"\[n, m\] matrix"),
@@ -290,7 +290,7 @@ def test_bad_arguments_are_refused_with_a_clear_message(call: object, message: s
         call(torch.randn(4, 6))  # type: ignore[operator]
 
 
-def test_an_empty_stack_or_a_mismatched_centre_is_refused(tmp_path: Path) -> None:
+def test_an_empty_stack_or_a_mismatched_center_is_refused(tmp_path: Path) -> None:
     with UpdateStack({"w": (3,)}, tmp_path) as stack:
         with pytest.raises(ValueError, match="no updates to aggregate: the stack is empty"):
             trimmed_mean_chunked(stack, 0.1)
