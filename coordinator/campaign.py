@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 import tomllib
 import typing
 from collections.abc import Iterable
@@ -49,6 +50,7 @@ import msgspec.inspect as mi
 from msgspec import Meta
 
 from protocol.codecs import CODEC_NAMES, CodecConfig, CodecError
+from protocol.limits import MAX_GRAD_CLIP, MAX_INNER_STEPS
 from training.inner import InnerConfig
 from training.model import PRESETS
 from training.outer import OUTER_DEFAULTS
@@ -82,6 +84,16 @@ class SpecError(ValueError):
 # (`problems`) and its JSON Schema (coordinator.openapi) are both read from these declarations.
 # Beyond msgspec's own constraints, `Meta.extra_json_schema["enum"]` lists a field's choices and
 # `Meta.extra["says"]` words a pattern for the person whose value missed it.
+#
+# Every number has an upper bound and every text a longest length, since a spec comes from the
+# network: bounds far beyond any real campaign that still keep the arithmetic on them (tokens per
+# unit × units × rounds, token counts as floats, deadlines as timestamps) exact, inside 64-bit
+# integers and the protocol's limits, and what a unit asks of a volunteer's memory finite.
+
+# 60× Llama 3's 15T tokens. Under 2**53: token counts summed or divided as floats stay exact, and the
+# schedule's length in steps (at most the budget plus one unit's steps) fits the protocol's integers.
+MAX_TOKEN_BUDGET = 10**15
+DAY_S = 86_400.0
 
 
 def _one_of(names: Iterable[str], description: str) -> Meta:
@@ -91,17 +103,25 @@ def _one_of(names: Iterable[str], description: str) -> Meta:
 class InnerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Each work unit: H AdamW steps from the current version."""
 
-    steps: Annotated[int, Meta(ge=1, le=100_000, description="H: AdamW steps per work unit.")] = 50
-    batch_size: Annotated[int, Meta(ge=1, description="Sequences per micro-batch.")] = 8
+    # A unit's recipe travels in `work_unit` frames: no bound here may pass what the protocol's limits
+    # refuse. At the bounds a unit's tokens (steps × batch_size × grad_accum × seq_len) stay under 2**53.
+    steps: Annotated[int, Meta(ge=1, le=MAX_INNER_STEPS, description="H: AdamW steps per work unit.")] = 50
+    batch_size: Annotated[int, Meta(ge=1, le=1024, description="Sequences per micro-batch.")] = 8
     seq_len: Annotated[int, Meta(ge=1, le=65_536, description="At most the model preset's context length.")] = 128
-    grad_accum: Annotated[int, Meta(ge=1, description="Micro-batches accumulated into each step.")] = 1
-    lr: Annotated[float, Meta(gt=0, description="Peak AdamW learning rate.")] = 3e-3
+    grad_accum: Annotated[int, Meta(ge=1, le=1024, description="Micro-batches accumulated into each step.")] = 1
+    lr: Annotated[float, Meta(gt=0, le=1, description="Peak AdamW learning rate.")] = 3e-3
     min_lr_ratio: Annotated[
         float, Meta(ge=0, le=1, description="Where the cosine schedule ends, as a share of the peak rate.")
     ] = 0.1
-    warmup_steps: Annotated[int, Meta(ge=0, description="Steps of linear warm-up, counted over the campaign.")] = 20
-    weight_decay: Annotated[float, Meta(ge=0, description="AdamW weight decay.")] = 0.1
-    grad_clip: Annotated[float, Meta(ge=0, description="Largest gradient norm; 0 turns clipping off.")] = 1.0
+    warmup_steps: Annotated[
+        int, Meta(ge=0, le=10**9, description="Steps of linear warm-up, counted over the campaign.")
+    ] = 20
+    weight_decay: Annotated[
+        float, Meta(ge=0, le=1, description="AdamW weight decay (decoupled: lr × wd per step).")
+    ] = 0.1
+    grad_clip: Annotated[
+        float, Meta(ge=0, le=MAX_GRAD_CLIP, description="Largest gradient norm; 0 turns clipping off.")
+    ] = 1.0
     beta1: Annotated[float, Meta(ge=0, lt=1, description="AdamW's first-moment decay.")] = 0.9
     beta2: Annotated[float, Meta(ge=0, lt=1, description="AdamW's second-moment decay.")] = 0.95
 
@@ -118,7 +138,7 @@ class OuterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
     optimizer: Annotated[str, _one_of(OUTER_DEFAULTS, "Applies each round's mean update to the model.")] = "nesterov"
     lr: Annotated[
-        Annotated[float, Meta(gt=0)] | None, Meta(description="Omit (or null) for the optimizer's default.")
+        Annotated[float, Meta(gt=0, le=10)] | None, Meta(description="Omit (or null) for the optimizer's default.")
     ] = None  # None: the optimizer's default (nesterov 0.7, average 1.0, adam 3e-3)
     momentum: Annotated[
         float, Meta(ge=0, lt=1, description="Nesterov's momentum (the other optimizers have none).")
@@ -132,15 +152,19 @@ class RoundSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """When a round opens, who gets its units and when it closes."""
 
     units_per_round: Annotated[int, Meta(ge=1, le=10_000, description="Work units handed out per round.")] = 4
-    min_accepted: Annotated[int, Meta(ge=1, description="At most rounds.units_per_round.")] = 3
+    min_accepted: Annotated[int, Meta(ge=1, le=10_000, description="At most rounds.units_per_round.")] = 3
     deadline_s: Annotated[
-        float, Meta(gt=0, description="Seconds until a round closes with what it has (at least one update).")
+        float,
+        Meta(gt=0, le=30 * DAY_S, description="Seconds until a round closes with what it has (at least one update)."),
     ] = 600.0
-    lease_s: Annotated[float, Meta(gt=0, description="Seconds a volunteer holds a unit before it is reassigned.")] = (
-        180.0
-    )
+    lease_s: Annotated[
+        float, Meta(gt=0, le=7 * DAY_S, description="Seconds a volunteer holds a unit before it is reassigned.")
+    ] = 180.0
     staleness_bound: Annotated[
-        int, Meta(ge=0, description="Versions an update's base may lag the current one and still count.")
+        int, Meta(ge=0, le=1000, description="Versions an update's base may lag the current one and still count.")
+    ] = 2
+    max_leases_per_volunteer: Annotated[
+        int, Meta(ge=1, le=64, description="Units one volunteer may hold at once in this campaign.")
     ] = 2
 
     def problems(self) -> list[str]:
@@ -160,14 +184,25 @@ class ValidationSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
         0.1
     )
     replication_rtol: Annotated[
-        float, Meta(gt=0, description="Largest relative L2 distance at which two replicas agree.")
+        float, Meta(gt=0, le=100, description="Largest relative L2 distance at which two replicas agree.")
     ] = 0.05
     norm_mad_k: Annotated[
-        float, Meta(gt=0, description="k: an update's norm may be at most the cohort's median + k·MAD.")
+        float, Meta(gt=0, le=1e6, description="k: an update's norm may be at most the cohort's median + k·MAD.")
     ] = 6.0
     min_cosine: Annotated[
         float, Meta(ge=-1, le=1, description="Least cosine between an update and the cohort's direction.")
     ] = -0.2
+    holdout_check_rate: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=1,
+            description=(
+                "Share of trusted volunteers' updates measured with the model (first loss, holdout descent, "
+                "fit to the unit's data); every update of a volunteer not yet trusted is measured."
+            ),
+        ),
+    ] = 0.1
 
     def problems(self) -> list[str]:
         return _declared_problems(self, "validation.")
@@ -187,12 +222,19 @@ class CampaignSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     dataset: Annotated[
         str,
         Meta(
-            min_length=1, max_length=256, description="A prepared dataset this coordinator knows (GET /api/datasets)."
+            min_length=1,
+            max_length=256,
+            description="The name of a dataset this coordinator serves (GET /api/datasets lists them); never a path.",
         ),
     ]
     model: Annotated[str, _one_of(PRESETS, "A model preset.")] = "tiny"
     token_budget: Annotated[
-        int, Meta(ge=1, description="Training tokens the campaign may spend; it finishes when they are spent.")
+        int,
+        Meta(
+            ge=1,
+            le=MAX_TOKEN_BUDGET,
+            description="Training tokens the campaign may spend; it finishes when they are spent.",
+        ),
     ] = 2_000_000
     seed: Annotated[
         int, Meta(ge=0, le=2**63 - 1, description="Seeds the initial weights and the data each unit reads.")
@@ -204,6 +246,7 @@ class CampaignSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         str,
         Meta(
             pattern=r"^(full|groups:[1-9][0-9]{0,3})$",
+            max_length=11,
             description="full, or groups:N to split the parameter groups into N shards, one per unit.",
             extra={"says": "'full' or 'groups:N' (N from 1 to 9999)"},
         ),
@@ -268,6 +311,10 @@ class CampaignSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
             raise SpecError([f"not valid TOML: {error}"]) from None
+        except RecursionError:
+            raise SpecError(["not valid TOML: nested deeper than the parser goes"]) from None
+        except ValueError:  # the one tomllib doesn't wrap: an integer past Python's 4300 digits
+            raise SpecError(["not valid TOML: an integer with thousands of digits"]) from None
         return cls.from_dict(data)
 
     @classmethod
@@ -336,7 +383,7 @@ def _read(kind: type[S], data: dict[str, Any], prefix: str, problems: list[str])
             if _fits(value, leaf):
                 values[f.name] = float(value) if _is_float(value, leaf) else value
             else:
-                problems.append(f"{path}: expected {_expected(leaf)}, got {type(value).__name__} {value!r}")
+                problems.append(f"{path}: expected {_expected(leaf)}, got {type(value).__name__} {_shown(value)}")
     return None if problems else kind(**values)
 
 
@@ -402,6 +449,17 @@ def _finite(value: float) -> bool:
         return False
 
 
+def _shown(value: object) -> str:
+    """`value` as a problem quotes it: short and shallow, however long or deep what was sent."""
+    if isinstance(value, int) and value.bit_length() > 128:  # repr refuses ints past 4300 digits
+        return f"(an integer of about {math.floor(value.bit_length() * math.log10(2)) + 1} digits)"
+    return _SHORT.repr(value)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 2, 60, 60, 40
+
+
 def _expected(t: mi.Type) -> str:
     t, _, _ = _unwrap(t)
     if isinstance(t, mi.UnionType):
@@ -433,7 +491,7 @@ def _bound_problem(value: Any, t: mi.Type) -> str | None:
         arms = [arm for arm in t.types if not isinstance(arm, mi.NoneType)]
         return None if value is None else _bound_problem(value, arms[0])
     if "enum" in schema and value not in schema["enum"]:
-        return f"must be one of {', '.join(schema['enum'])}, got {value!r}"
+        return f"must be one of {', '.join(schema['enum'])}, got {_shown(value)}"
     if isinstance(t, mi.IntType | mi.FloatType):
         return _range_problem(value, t)
     if isinstance(t, mi.StrType):
@@ -448,7 +506,7 @@ def _range_problem(value: float, t: mi.IntType | mi.FloatType) -> str | None:
     too_high = high is not None and not (value < high if high_open else value <= high)
     if not (too_low or too_high):
         return None
-    got = f", got {value}"
+    got = f", got {_shown(value)}"
     if too_low and ((low == 0 and low_open) or (low == 1 and not low_open and isinstance(t, mi.IntType))):
         return "must be positive" + got
     if low is not None and high is not None:
@@ -462,7 +520,7 @@ def _range_problem(value: float, t: mi.IntType | mi.FloatType) -> str | None:
 
 def _text_problem(value: str, t: mi.StrType, extra: dict[str, Any]) -> str | None:
     if t.pattern is not None and re.fullmatch(t.pattern, value) is None:
-        return f"must be {extra.get('says', 'a string matching ' + t.pattern)}, got {value!r}"
+        return f"must be {extra.get('says', 'a string matching ' + t.pattern)}, got {_shown(value)}"
     shortest, longest = t.min_length or 0, t.max_length
     if shortest <= len(value) and (longest is None or len(value) <= longest):
         return None

@@ -125,3 +125,30 @@ def test_shard_plan_is_full_or_groups(plan: str, ok: bool) -> None:
 def test_a_name_with_a_trailing_newline_is_refused() -> None:
     with pytest.raises(SpecError, match="name must be"):
         CampaignSpec.from_dict({"name": "demo\n", "dataset": "d"})
+
+
+NAMED = 'name = "x"\ndataset = "d"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("a = " + "[" * 100_000, "nested deeper"),
+        ("seed = " + "1" * 5000, "thousands of digits"),
+        (
+            NAMED + "seed = " + "1" * 4000,
+            "seed must be within [0, 9223372036854775807], got (an integer of about 4000 digits)",
+        ),
+        (
+            NAMED + "description = " + "[" * 300 + "]" * 300,
+            "description: expected a string, got list [[[...]]]",
+        ),
+        ('name = "' + "n" * 5000 + '"\ndataset = "d"', "name must be 1-64 letters"),
+    ],
+    ids=["deep", "5000-digits", "4000-digits", "deep-value", "long-name"],
+)
+def test_a_hostile_spec_is_a_spec_error_quoting_only_a_little_of_it(text: str, problem: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        CampaignSpec.from_toml(text)
+    assert problem in str(caught.value)
+    assert len(str(caught.value)) < 300

@@ -130,11 +130,34 @@ def test_every_spec_field_is_described() -> None:
         assert leaf.get("description"), path
 
 
+def _types(leaf: dict[str, Any]) -> set[str]:
+    kind = leaf.get("type", [])
+    return {kind} if isinstance(kind, str) else set(kind)
+
+
+def test_every_number_in_the_spec_has_an_upper_bound_and_every_text_a_longest_length() -> None:
+    leaves = _leaves(campaign_spec_schema())
+    (codec_table,) = [arm for arm in leaves.pop("codec")["oneOf"] if arm["type"] == "object"]
+    leaves |= {f"codec.{name}": leaf for name, leaf in codec_table["properties"].items()}
+    numbers = {path for path, leaf in leaves.items() if _types(leaf) & {"integer", "number"}}
+    texts = {path for path, leaf in leaves.items() if "string" in _types(leaf)}
+    assert {"token_budget", "seed", "inner.lr", "rounds.deadline_s", "codec.block_size"} <= numbers
+    for path in numbers:
+        assert "maximum" in leaves[path] or "exclusiveMaximum" in leaves[path], path
+    for path in texts:
+        assert "maxLength" in leaves[path] or "enum" in leaves[path], path
+
+
+def test_a_budget_of_2_to_the_64_tokens_is_refused() -> None:
+    assert _problems("token_budget", 2**64) == [f"token_budget must be within [1, {10**15}], got {2**64}"]
+
+
 def _problems(path: str, value: object) -> list[str]:
     """What CampaignSpec says about one field taking `value` (cross-field rules kept satisfied)."""
     if "." in path:
         section, name = path.split(".")
-        base: dict[str, Any] = {"min_accepted": 1} if section == "rounds" else {}
+        # min_accepted <= units_per_round at either field's edges
+        base: dict[str, Any] = {"min_accepted": 1, "units_per_round": 10_000} if section == "rounds" else {}
         return list(SECTIONS[section](**{**base, name: value}).problems())
     spec = CampaignSpec(**{"name": "ok", "dataset": "d", path: value})  # type: ignore[arg-type]
     return [p for p in spec.problems() if p.startswith(path)]
