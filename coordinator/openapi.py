@@ -29,6 +29,7 @@ from protocol.version import RELEASE_VERSION
 
 __all__ = [
     "COMPONENTS",
+    "MAX_ID",
     "Handler",
     "Param",
     "Reply",
@@ -217,7 +218,10 @@ def build_document(routes: list[Route]) -> Schema:
                 "Campaigns, versions, rounds, volunteers, stats and admin actions of a Commonweights "
                 "coordinator. Reads are public; writes need `Authorization: Bearer <token>` with the "
                 "`admin` or `lead` role (see each operation's `x-roles`). Every error is "
-                '`{"error": {"code": ..., "message": ...}}`.'
+                '`{"error": {"code": ..., "message": ...}}`. A request body is UTF-8 JSON (TOML where an '
+                "operation says so) of at most 256 KiB, nested at most 16 levels deep, with integers of at "
+                "most 40 digits and text without lone surrogates; any other body is refused with 400 "
+                "`bad_request` (413 past the size)."
             ),
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
@@ -527,5 +531,8 @@ COMPONENTS: dict[str, Schema] = {
 }
 
 
+MAX_ID = 10**18 - 1  # ids and versions are SQLite integers: 18 digits always fit its int64
+
+
 def id_param(name: str, what: str) -> Param:
-    return Param(name, "path", {"type": "integer", "minimum": 0}, f"The {what}'s id.")
+    return Param(name, "path", {"type": "integer", "minimum": 0, "maximum": MAX_ID}, f"The {what}'s id.")

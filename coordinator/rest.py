@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import platform
 import re
 import shutil
 import time
-import tomllib
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -34,10 +32,12 @@ from coordinator.appkeys import EVENTS, METRICS, SERVICE
 from coordinator.campaign import CampaignSpec, SpecError
 from coordinator.engine import model_config_for
 from coordinator.metrics import UNMATCHED_ROUTE
-from coordinator.openapi import STR, Handler, Param, Reply, Route, id_param, ref, register
+from coordinator.openapi import MAX_ID, STR, Handler, Param, Reply, Route, id_param, ref, register
+from coordinator.request_body import BadBody, decode_body
 from coordinator.service import Coordinator
 from coordinator.store import CampaignRow, StoreError
 from protocol.codecs import CODEC_NAMES
+from protocol.limits import MAX_ID_LEN
 from protocol.version import RELEASE_VERSION as __version__
 from training.data import DataError, TokenDataset
 from training.model import PRESETS, build_model, count_parameters
@@ -51,7 +51,7 @@ MAX_BODY_BYTES = 256 * 1024
 THROUGHPUT_WINDOW_S = 120.0  # tokens/s is measured over accepted updates of the last two minutes
 RECENT_CREDIT_DAYS = 7.0
 CREDIT_UNIT = "TFLOP of training work (6 × trained parameters × tokens / 1e12), like BOINC's cobblestones"
-ID = re.compile(r"[0-9]{1,18}")  # integer ids that fit SQLite's int64 (fullmatch)
+ID = re.compile(r"[0-9]{1,18}")  # integer ids that fit SQLite's int64 (fullmatch): at most MAX_ID
 FIELD = re.compile(r"^([a-z_]+(?:\.[a-z_0-9]+)?)")
 
 STARTED_AT = web.AppKey("started_at", float)
@@ -138,6 +138,11 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         return error_response(500, "internal", "the coordinator hit an unexpected error; it is in the server log")
 
 
+def _quoted(text: str | None) -> str:
+    """A value from the request, as an error message repeats it: at most 40 characters of it."""
+    return str(text) if text is None or len(text) <= 40 else text[:37] + "..."
+
+
 def _int_or_none(text: str) -> int | None:
     return int(text) if ID.fullmatch(text) else None
 
@@ -163,12 +168,8 @@ async def _body(request: web.Request) -> bytes:
 
 
 async def _json_body(request: web.Request) -> object:
-    """The request's JSON body; raises ValueError with a sentence on a bad one."""
-    body = await _body(request)
-    try:
-        return json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"the body is not valid JSON: {error}") from None
+    """The request's JSON body; OverflowError past MAX_BODY_BYTES, BadBody with a sentence on a bad one."""
+    return decode_body(await _body(request), "application/json")
 
 
 # campaigns -------------------------------------------------------------------------------------
@@ -281,9 +282,7 @@ async def create_campaign(request: web.Request) -> web.Response:
         return error_response(413, "too_large", f"a campaign spec must be under {MAX_BODY_BYTES} bytes")
     service = _service(request)
     try:
-        text = body.decode("utf-8")
-        data = tomllib.loads(text) if "toml" in request.content_type else json.loads(text)
-        spec = CampaignSpec.from_dict(data)
+        spec = CampaignSpec.from_dict(decode_body(body, request.content_type))
         caller = request[CALLER]
         if service.store.campaign_by_name(spec.name) is not None:
             raise StoreError(f"a campaign named {spec.name!r} already exists; choose another name")
@@ -293,8 +292,8 @@ async def create_campaign(request: web.Request) -> web.Response:
         campaign_id = await service.workers.run(
             service.register_campaign, spec, prepared, owner=f"{caller[1]}:{caller[0]}"
         )
-    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
-        return error_response(400, "bad_request", f"the body is not valid {request.content_type}: {error}")
+    except BadBody as error:
+        return error_response(400, error.code, str(error))
     except SpecError as error:
         return error_response(
             400, error.code, str(error), problems=error.problems, field_errors=_field_errors(error.problems)
@@ -420,7 +419,7 @@ async def download_checkpoint(request: web.Request) -> web.StreamResponse:
     number = row.current_version if wanted is None else _int_or_none(wanted)
     version = store.version(row.id, number) if number is not None else None
     if version is None:
-        return error_response(404, "not_found", f"campaign {row.name} has no version {wanted}")
+        return error_response(404, "not_found", f"campaign {row.name} has no version {_quoted(wanted)}")
     path = _service(request).blobs.path(version.checkpoint_sha)
     if not path.is_file():
         return error_response(404, "not_found", f"the checkpoint of version {version.version} is missing on the server")
@@ -540,7 +539,7 @@ def _ban_action(banned: bool) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         volunteer_id = request.match_info["volunteer_id"]
         if not _service(request).store.set_banned(volunteer_id, banned):
-            return error_response(404, "not_found", f"no volunteer {volunteer_id}")
+            return error_response(404, "not_found", f"no volunteer {_quoted(volunteer_id)}")
         return web.json_response({"id": volunteer_id, "banned": banned})
 
     return handler
@@ -553,10 +552,10 @@ def _stats(app: web.Application) -> dict[str, object]:
     return {
         "campaigns": len(campaigns),
         "campaigns_active": sum(1 for c in campaigns if c.status == "active"),
-        "volunteers": len(volunteers),
+        "volunteers": volunteers,
         "volunteers_connected": app[METRICS].connected,
         "tokens_trained": sum(c.tokens_trained for c in campaigns),
-        "credit": sum(v.credit for v in volunteers),
+        "credit": credit,
     }
 
 
@@ -635,8 +634,8 @@ async def create_token(request: web.Request) -> web.Response:
         body = await _json_body(request)
     except OverflowError as error:
         return error_response(413, "too_large", str(error))
-    except ValueError as error:
-        return error_response(400, "bad_request", f"{error}; {usage}")
+    except BadBody as error:
+        return error_response(400, error.code, f"{error}; {usage}")
     if not isinstance(body, dict):
         return error_response(400, "bad_request", usage)
     unknown = sorted(set(body) - {"label", "role"})
@@ -676,7 +675,9 @@ async def metrics(request: web.Request) -> web.Response:
 LEAD = ("admin", "lead")
 ADMIN = ("admin",)
 CAMPAIGN = id_param("campaign_id", "campaign")
-VOLUNTEER = Param("volunteer_id", "path", {"type": "string", "minLength": 1}, "The volunteer's id.")
+VOLUNTEER = Param(
+    "volunteer_id", "path", {"type": "string", "minLength": 1, "maxLength": MAX_ID_LEN}, "The volunteer's id."
+)
 SUMMARY = Reply("The campaign, as listed.", ref("CampaignSummary"))
 
 
@@ -699,9 +700,12 @@ def _json(description: str, schema: str) -> Reply:
     return Reply(description, ref(schema))
 
 
-VERSION_QUERY = Param("version", "query", {"type": "integer", "minimum": 0}, "A version; default: the latest.", False)
+VERSION_QUERY = Param(
+    "version", "query", {"type": "integer", "minimum": 0, "maximum": MAX_ID}, "A version; default: the latest.", False
+)
 CREATE_NOTES = (
     "The body is a campaign spec as JSON (or the same as TOML with Content-Type application/toml). "
+    "`dataset` is one of the names GET /api/datasets lists (the datasets the admin serves), never a path. "
     "A spec with problems gets 400 listing every one; a taken name gets 409."
 )
 CHECKPOINT_NOTES = (

@@ -134,13 +134,16 @@ class Coordinator:
     # datasets and campaigns ------------------------------------------------------------------
 
     def dataset_path(self, name: str) -> Path:
-        if name in self.config.datasets:
-            return self.config.datasets[name]
-        candidate = self.config.data_dir / "datasets" / name
-        if (candidate / "manifest.json").exists():
-            return candidate
-        known = ", ".join(sorted(self.dataset_names())) or "none"
-        raise SpecError([f"dataset: {name!r} is not a dataset this coordinator knows (known: {known})"])
+        """The folder of the dataset the admin named `name` (`--dataset`, or data_dir/datasets/NAME).
+
+        Only those names: a campaign never reaches a dataset by path, or any other prepared dataset
+        on this machine would be one campaign (and its public tokenizer download) away."""
+        names = self.dataset_names()
+        if name not in names:
+            hint = "; give one of those names, never a path" if "/" in name or "\\" in name else ""
+            known = ", ".join(names) or "none"
+            raise SpecError([f"dataset: {name!r} is not a dataset this coordinator serves (known: {known}){hint}"])
+        return self.config.datasets.get(name) or self.config.data_dir / "datasets" / name
 
     def dataset_names(self) -> list[str]:
         names = set(self.config.datasets)

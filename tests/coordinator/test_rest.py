@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,27 @@ async def test_an_unknown_dataset_and_a_taken_name_point_at_their_fields(api: Ap
     status, body = await api.call("POST", "/api/campaigns", token=lead, body=SPEC)
     assert status == 409
     assert [e["field"] for e in body["error"]["field_errors"]] == ["name"]
+
+
+async def test_a_dataset_is_named_from_the_admins_list_never_reached_by_path(
+    api: Api, small_dataset: Path, tmp_path: Path
+) -> None:
+    # A prepared dataset the admin never served, on the same machine, and one under the data dir.
+    elsewhere = tmp_path / "private"
+    shutil.copytree(small_dataset, elsewhere)
+    served = tmp_path / "data" / "datasets" / "extra"
+    shutil.copytree(small_dataset, served)
+    _, lead = await api.lead()
+    for n, dataset in enumerate([str(elsewhere), str(small_dataset), "../../private", "datasets/extra", "/"]):
+        status, body = await api.call(
+            "POST", "/api/campaigns", token=lead, body={**SPEC, "name": f"p{n}", "dataset": dataset}
+        )
+        assert status == 400, (dataset, body)
+        assert [e["field"] for e in body["error"]["field_errors"]] == ["dataset"]
+        assert "known: extra, small" in body["error"]["message"]
+    assert "never a path" in body["error"]["message"]
+    assert (await api.call("GET", "/api/campaigns"))[1]["campaigns"] == []
+    assert (await api.campaign(lead, name="by-name", dataset="extra"))["dataset"] == "extra"
 
 
 async def test_a_campaign_pauses_resumes_and_stops_once(api: Api) -> None:
