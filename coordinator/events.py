@@ -10,13 +10,18 @@ queue in `app[EVENTS]` (or `publish`). A subscriber's queue is bounded and drops
 instead of blocking or raising, so a slow browser never stalls or breaks a producer; a stream that
 lost events sends `resync`, telling the page to refetch. The number of subscribers is bounded
 (`can_subscribe`), each stream removes its queue when it ends, and shutdown ends every stream.
+
+The `stats` snapshots are shared (`SharedSnapshots`): each is computed at most once per interval
+however many streams send it, since the server-wide one reads every campaign's and volunteer's
+totals, and computed per subscriber a hundred dashboards kept a core busy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Hashable, Mapping
 
 from aiohttp import web
 
@@ -26,7 +31,9 @@ __all__ = [
     "HEARTBEAT_S",
     "MAX_SUBSCRIBERS",
     "QUEUE_SIZE",
+    "SNAPSHOTS",
     "STATS_INTERVAL_S",
+    "SharedSnapshots",
     "Subscription",
     "can_subscribe",
     "end_streams",
@@ -45,17 +52,49 @@ SHUTDOWN = "shutdown"
 
 
 class Subscription(asyncio.Queue[Event]):
-    """A bounded queue that never refuses an event: when full, the oldest one goes (and is counted)."""
+    """A bounded queue that never refuses an event: when full, the oldest one goes (and is counted).
+    `on_event` is called with each event put, whoever the producer."""
 
-    def __init__(self, maxsize: int = QUEUE_SIZE) -> None:
+    def __init__(self, maxsize: int = QUEUE_SIZE, on_event: Callable[[], None] | None = None) -> None:
         super().__init__(maxsize)
         self.dropped = 0
+        self.on_event = on_event
 
     def put_nowait(self, item: Event) -> None:
+        if self.on_event is not None:
+            self.on_event()
         while self.full():
             self.get_nowait()
             self.dropped += 1
         super().put_nowait(item)
+
+
+class SharedSnapshots:
+    """Snapshots computed at most once per `max_age` seconds each, whoever asks and how often.
+
+        >>> shared.get("server", compute_totals, max_age=2.0)   # computes
+        >>> shared.get("server", compute_totals, max_age=2.0)   # the same dict, not computed again
+
+    `stale()` drops them all: streams call it on every event they are sent, so a `stats` that
+    follows an event in a stream was computed after it (after the version's loss was stored)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._taken: dict[Hashable, tuple[float, Event]] = {}
+
+    def get(self, key: Hashable, compute: Callable[[], Event], max_age: float) -> Event:
+        now = self.clock()
+        taken = self._taken.get(key)
+        if taken is None or now - taken[0] >= max_age:
+            taken = (now, compute())
+            self._taken[key] = taken
+        return taken[1]
+
+    def stale(self) -> None:
+        self._taken.clear()
+
+
+SNAPSHOTS = web.AppKey("event_snapshots", SharedSnapshots)
 
 
 def publish(app: web.Application, event: Event) -> None:
@@ -81,15 +120,22 @@ async def stream(
     request: web.Request,
     *,
     snapshot: Callable[[], Event],
+    key: Hashable,
     wants: Callable[[Event], bool],
     interval: float | None = None,
 ) -> web.StreamResponse:
     """Serve one subscriber until it hangs up or the server shuts down.
 
-    `snapshot()` is sent as a `stats` event at once and every `interval` seconds; queued events for
-    which `wants(event)` holds are sent as they come, named by their `type`. `interval` defaults to
+    `snapshot()` is sent as a `stats` event at once and every `interval` seconds, computed at most
+    once per interval for every stream of the same `key` (app[SNAPSHOTS]); queued events for which
+    `wants(event)` holds are sent as they come, named by their `type`. `interval` defaults to
     STATS_INTERVAL_S."""
     interval = STATS_INTERVAL_S if interval is None else interval
+    shared = request.app[SNAPSHOTS]
+
+    def stats() -> bytes:
+        return _frame("stats", shared.get(key, snapshot, interval))
+
     heartbeat = HEARTBEAT_S
     response = web.StreamResponse(
         headers={
@@ -100,11 +146,11 @@ async def stream(
     )
     await response.prepare(request)
     subscribers = request.app[EVENTS]
-    queue = Subscription()
+    queue = Subscription(on_event=shared.stale)
     subscribers.append(queue)
     loop = asyncio.get_running_loop()
     try:
-        await response.write(f"retry: {RETRY_MS}\n\n".encode() + _frame("stats", snapshot()))
+        await response.write(f"retry: {RETRY_MS}\n\n".encode() + stats())
         last_stats = last_write = loop.time()
         while True:
             now = loop.time()
@@ -124,7 +170,7 @@ async def stream(
                 queue.dropped = 0
             now = loop.time()
             if now - last_stats >= interval:
-                out += _frame("stats", snapshot())
+                out += stats()
                 last_stats = now
             if not out and now - last_write >= heartbeat:
                 out = b": heartbeat\n\n"

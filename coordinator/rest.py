@@ -501,14 +501,16 @@ async def campaign_events(request: web.Request) -> web.StreamResponse:
         assert current is not None
         return campaign_stats(service, metrics.connected, current)
 
-    return await events.stream(request, snapshot=snapshot, wants=lambda e: e.get("campaign_id") == campaign_id)
+    return await events.stream(
+        request, snapshot=snapshot, key=campaign_id, wants=lambda e: e.get("campaign_id") == campaign_id
+    )
 
 
 async def all_events(request: web.Request) -> web.StreamResponse:
     if not events.can_subscribe(request.app):
         return _busy()
     app = request.app
-    return await events.stream(request, snapshot=lambda: _stats(app), wants=lambda e: True)
+    return await events.stream(request, snapshot=lambda: _stats(app), key="server", wants=lambda e: True)
 
 
 # volunteers, stats, server ----------------------------------------------------------------------
@@ -547,7 +549,7 @@ def _ban_action(banned: bool) -> Handler:
 
 def _stats(app: web.Application) -> dict[str, object]:
     service = app[SERVICE]
-    volunteers = service.store.volunteers(limit=1_000_000)
+    volunteers, credit = service.store.volunteer_totals()
     campaigns = service.store.campaigns()
     return {
         "campaigns": len(campaigns),
@@ -580,7 +582,7 @@ async def server_health(request: web.Request) -> web.Response:
             "uptime_s": round(time.time() - app[STARTED_AT], 1),
             "schema_version": service.store.schema_version,
             "campaigns": by_status,
-            "volunteers": len(service.store.volunteers(limit=1_000_000)),
+            "volunteers": service.store.volunteer_totals()[0],
             "volunteers_connected": app[METRICS].connected,
             "eval_queue": len(service.eval_queue),
             "event_subscribers": len(app[EVENTS]),
@@ -881,6 +883,7 @@ ROUTES: list[Route] = [
 def add_routes(app: web.Application) -> list[Route]:
     """Wire the API into `app`; returns the route table, /api/openapi.json included."""
     app[STARTED_AT] = time.time()
+    app[events.SNAPSHOTS] = events.SharedSnapshots()
     app[METRICS].read_campaigns(lambda: app[SERVICE])
     app.middlewares.append(count_requests)
     app.middlewares.append(api_errors)

@@ -234,6 +234,10 @@ class VolunteerStore(Protocol):
         """Volunteers by credit, highest first."""
         ...
 
+    def volunteer_totals(self) -> tuple[int, float]:
+        """(volunteers registered, credit they hold together), without reading their rows out."""
+        ...
+
     def touch_volunteer(
         self, volunteer_id: str, name: str, capabilities: dict[str, Any], *, source: str | None = None
     ) -> None:

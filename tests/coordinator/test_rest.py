@@ -322,6 +322,19 @@ async def test_campaign_options_offer_every_preset_codec_and_optimizer_with_spec
     assert datasets["details"][0]["vocab_size"] == 512
 
 
+async def test_the_server_totals_count_every_volunteer_and_their_credit(api: Api) -> None:
+    store = api.service.store
+    for n in range(3):
+        volunteer, _ = api.service.register_volunteer(f"v{n}", {})
+        with store.transaction():
+            store.record_outcome(
+                volunteer.id, accepted=True, credit=1.5 * n, tokens=10, trust={"consecutive_valid": 1, "errors": 0}
+            )
+    _, stats = await api.call("GET", "/api/stats")
+    assert (stats["volunteers"], stats["credit"]) == (3, 4.5)
+    assert (await api.call("GET", "/api/server", token=api.admin))[1]["volunteers"] == 3
+
+
 async def test_server_health_shows_admins_uptime_queues_and_disk(api: Api) -> None:
     _, lead = await api.lead()
     await api.campaign(lead)

@@ -157,3 +157,61 @@ async def test_a_stream_that_lost_events_is_told_to_resync(client: TestClient[An
             subscription.put_nowait({"type": "version", "campaign_id": 1, "version": n, "holdout_loss": 1.0})
         resync = await _wait_for(response, "resync")
         assert resync["dropped"] >= 5
+
+
+def test_a_shared_snapshot_is_computed_once_per_interval_and_again_after_an_event() -> None:
+    now = [100.0]
+    shared = events.SharedSnapshots(clock=lambda: now[0])
+    computed: list[float] = []
+
+    def compute() -> dict[str, object]:
+        computed.append(now[0])
+        return {"at": now[0]}
+
+    for _ in range(100):  # a hundred subscribers asking at once
+        assert shared.get("server", compute, max_age=2.0) == {"at": 100.0}
+    now[0] = 101.9
+    assert shared.get("server", compute, max_age=2.0) == {"at": 100.0}
+    assert shared.get(7, compute, max_age=2.0) == {"at": 101.9}  # each key its own
+    now[0] = 102.0
+    assert shared.get("server", compute, max_age=2.0) == {"at": 102.0}
+    events.Subscription(on_event=shared.stale).put_nowait({"type": "version"})
+    assert shared.get("server", compute, max_age=2.0) == {"at": 102.0} and computed == [100.0, 101.9, 102.0, 102.0]
+
+
+@pytest.mark.parametrize("stream", ["server", "campaign"])
+async def test_stats_are_computed_once_per_interval_however_many_subscribers_stream_them(
+    client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch, stream: str
+) -> None:
+    interval, subscribers, wanted = 0.1, 40, 4
+    monkeypatch.setattr(events, "STATS_INTERVAL_S", interval)
+    campaign_id = await _post_campaign(client)
+    store = client.app[SERVICE].store
+    # What each snapshot reads once: the volunteer totals (server), the outcome counts (a campaign).
+    name = "volunteer_totals" if stream == "server" else "submission_counts"
+    computed = 0
+    original = getattr(store, name)
+
+    def counted(*args: Any) -> Any:
+        nonlocal computed
+        computed += 1
+        return original(*args)
+
+    monkeypatch.setattr(store, name, counted)
+    path = "/api/events" if stream == "server" else f"/api/campaigns/{campaign_id}/events"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    responses = [await client.get(path) for _ in range(subscribers)]
+    try:
+        async with asyncio.timeout(WAIT_S):
+            for response in responses:
+                for _ in range(wanted):
+                    await _wait_for(response, "stats")
+    finally:
+        for response in responses:
+            response.close()
+    elapsed = loop.time() - started
+    # Per subscriber it would be subscribers × wanted at least; shared, one per interval elapsed, plus
+    # one for each event that made them stale (the holdout evaluation of version 0, at most).
+    assert computed <= elapsed / interval + 2, (computed, elapsed)
+    assert computed < subscribers * wanted / 4

@@ -43,6 +43,11 @@ class SQLiteVolunteers(SQLiteDatabase):
         rows = self._all("SELECT * FROM volunteers ORDER BY credit DESC, created_at LIMIT ?", (limit,))
         return [_volunteer(r) for r in rows]
 
+    def volunteer_totals(self) -> tuple[int, float]:
+        row = self._one("SELECT COUNT(*) AS n, TOTAL(credit) AS credit FROM volunteers")
+        assert row is not None  # an aggregate always has a row
+        return int(row["n"]), float(row["credit"])
+
     def touch_volunteer(
         self, volunteer_id: str, name: str, capabilities: dict[str, Any], *, source: str | None = None
     ) -> None:
