@@ -70,7 +70,8 @@ def _caller(request: web.Request) -> tuple[int, str, str] | None:
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer "):
         return None
-    return _service(request).role_for_token(header.removeprefix("Bearer ").strip())
+    token = header.removeprefix("Bearer ").strip()
+    return _service(request).role_for_token(token) if token else None
 
 
 def require(roles: tuple[str, ...]) -> Callable[[Handler], Handler]:

@@ -109,15 +109,22 @@ class Coordinator:
         self.store.close()
 
     def _admin_token(self) -> str:
-        """The admin token lives in data_dir/admin_token (mode 0600), made on first start."""
+        """The admin token lives in data_dir/admin_token (mode 0600), made on first start.
+
+        If an admin revoked it (DELETE /api/tokens/ID), the next start mints a new one and writes it
+        there in its place; the revoked one stays revoked, and the log says so. Whoever can read the
+        data directory runs the server anyway, and a server no admin can reach helps nobody."""
         path = self.config.data_dir / "admin_token"
-        if path.exists():
-            token = path.read_text().strip()
-        else:
+        token = path.read_text().strip() if path.exists() else ""
+        if token and self.store.api_token_role(hash_token(token)) is not None:
+            return token
+        if token and self.store.api_token_known(hash_token(token)):
+            log.warning("the admin token in %s was revoked; a new one is written there", path)
+            token = ""
+        if not token:
             token = "cw-admin-" + secrets.token_urlsafe(24)
             write_atomically(path, token + "\n", mode=0o600)  # never readable by others, never half-written
-        if self.store.api_token_role(hash_token(token)) is None:
-            self.store.add_api_token(hash_token(token), "admin", "admin (data_dir/admin_token)")
+        self.store.add_api_token(hash_token(token), "admin", "admin (data_dir/admin_token)")
         return token
 
     def _load_runtime(self, campaign_id: int) -> CampaignRuntime:

@@ -268,6 +268,10 @@ class TokenStore(Protocol):
         """(id, role, label) of a token not revoked, or None."""
         ...
 
+    def api_token_known(self, token_hash: str) -> bool:
+        """Whether a token with this hash was ever added, revoked or not (hashes are unique)."""
+        ...
+
     def api_tokens(self) -> list[dict[str, Any]]:
         """Every token: id, role, label, created_at, revoked."""
         ...

@@ -29,6 +29,9 @@ class SQLiteTokens(SQLiteDatabase):
         row = self._one("SELECT id, role, label FROM api_tokens WHERE token_hash = ? AND revoked = 0", (token_hash,))
         return (int(row["id"]), str(row["role"]), str(row["label"])) if row else None
 
+    def api_token_known(self, token_hash: str) -> bool:
+        return self._one("SELECT 1 FROM api_tokens WHERE token_hash = ?", (token_hash,)) is not None
+
     def api_tokens(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._all("SELECT id, role, label, created_at, revoked FROM api_tokens ORDER BY id")]
 
