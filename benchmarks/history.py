@@ -1,0 +1,149 @@
+"""Replays a coordinator's whole history from its data dir and checks it is consistent.
+
+    >>> check_history(data_dir, campaign_id)  # raises HistoryError at the first inconsistency
+    9
+    >>> audit_history(data_dir, campaign_id).applied_twice
+    0
+
+Starting from θ_0, every closed round's accepted updates are decoded from the blob store, averaged
+with their recorded weights and applied with the campaign's outer optimizer; each result must match
+the checkpoint published as that round's version. An update lost, applied twice, or applied to the
+wrong round shows up as a mismatch. `audit_history` adds direct counts of updates the record holds
+twice, for `bench crash` to report instead of stopping at the first problem. Run either on a data
+dir no coordinator is writing to. The crash tests use it through tests/support/history.py.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from coordinator.blobs import BlobStore
+from coordinator.campaign import CampaignSpec
+from coordinator.store import SQLiteStore
+from protocol.codecs import decode
+from protocol.tensors import TensorSpec
+from training.accumulator import DeltaAccumulator
+from training.checkpoint import load_weights
+from training.outer import make_outer_optimizer
+
+__all__ = ["HistoryAudit", "HistoryError", "audit_history", "check_history"]
+
+ALL = 1 << 40  # the store's `limit`: every row
+
+
+class HistoryError(AssertionError):
+    """The record contradicts itself: what and where, in the message."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise HistoryError(message)
+
+
+def check_history(data_dir: Path, campaign_id: int) -> int:
+    """Raises HistoryError unless the history replays to the published versions; returns how many it checked."""
+    store = SQLiteStore.open(data_dir / "coordinator.sqlite3")
+    blobs = BlobStore(data_dir / "blobs")
+    try:
+        campaign = store.campaign(campaign_id)
+        _require(campaign is not None, f"campaign {campaign_id} is not in the store")
+        assert campaign is not None
+        spec = CampaignSpec.from_dict(campaign.spec)
+        versions = store.versions(campaign_id)
+        _require([v.version for v in versions] == list(range(len(versions))), "version numbers have gaps")
+        _require(campaign.current_version == versions[-1].version, "the campaign's version is not its last one")
+        params = load_weights(blobs.get(versions[0].checkpoint_sha))
+        shapes = {n: tuple(t.shape) for n, t in params.items()}
+        outer = make_outer_optimizer(spec.outer.optimizer, lr=spec.outer.lr, momentum=spec.outer.momentum)
+        closed = [r for r in store.rounds(campaign_id) if r.status == "closed"]
+        _require(len(closed) == len(versions) - 1, "every closed round publishes exactly one version")
+        seen: set[int] = set()
+        for round_row, version in zip(closed, versions[1:], strict=True):
+            _require(version.round_id == round_row.id, f"version {version.version} is not round {round_row.id}'s")
+            accepted = store.submissions(round_id=round_row.id, statuses=("accepted",), limit=ALL)
+            accumulator = DeltaAccumulator(shapes)
+            for sub in accepted:
+                _require(sub.id not in seen, f"submission {sub.id} counted in two rounds")
+                seen.add(sub.id)
+                _require(sub.applied, f"submission {sub.id} of a closed round is not marked applied")
+                if sub.weight == 0:
+                    continue  # a replica's twin: the update entered the average once, through its pair
+                unit = store.unit(sub.unit_id)
+                _require(unit is not None, f"submission {sub.id}'s unit {sub.unit_id} is not in the store")
+                assert unit is not None
+                specs = {n: TensorSpec(shapes[n]) for n in unit.shard}
+                accumulator.add(decode(blobs.get(sub.update_sha), specs), weight=sub.weight)
+            _require(
+                accumulator.contributions == version.updates,
+                f"version {version.version}: {accumulator.contributions} updates on record, {version.updates} applied",
+            )
+            if accumulator.contributions:
+                outer.step(params, accumulator.mean())
+            published = load_weights(blobs.get(version.checkpoint_sha))
+            for name, tensor in published.items():
+                try:
+                    torch.testing.assert_close(params[name], tensor, rtol=1e-5, atol=1e-6)
+                except AssertionError as error:
+                    raise HistoryError(
+                        f"v{version.version} {name}: the replay differs from the published\n{error}"
+                    ) from None
+            params = published  # continue from the published bits, as the coordinator does
+        for sub in store.submissions(statuses=("accepted",), applied=False, campaign_id=campaign_id, limit=ALL):
+            home = store.round(sub.round_id) if sub.round_id is not None else None
+            _require(home is None or home.status == "open", f"submission {sub.id} left out of its round")
+        return len(versions)
+    finally:
+        store.close()
+
+
+@dataclass(frozen=True)
+class HistoryAudit:
+    """What a data dir's record says, counted rather than asserted."""
+
+    versions: int  # versions the replay checked; 0 when it failed
+    replay_error: str | None  # the replay's first inconsistency, None when it passed
+    accepted: int  # accepted submissions on record
+    applied: int  # of them, applied with a weight (a replica's zero-weight twin is not)
+    extra_by_unit: int  # weighted accepted submissions beyond the first of their unit
+    extra_by_update: int  # weighted accepted submissions beyond the first of the same update blob
+    applied_minus_published: int  # weighted applied submissions minus the updates the versions say they applied
+
+    @property
+    def applied_twice(self) -> int:
+        """Updates the record counts more than once, by whichever count shows the most."""
+        return max(self.extra_by_unit, self.extra_by_update, self.applied_minus_published, 0)
+
+    @property
+    def consistent(self) -> bool:
+        return self.replay_error is None and self.applied_twice == 0 and self.applied_minus_published == 0
+
+
+def audit_history(data_dir: Path, campaign_id: int) -> HistoryAudit:
+    """The replay's verdict plus direct counts of double-counted updates."""
+    try:
+        versions, replay_error = check_history(data_dir, campaign_id), None
+    except HistoryError as error:
+        versions, replay_error = 0, str(error)
+    store = SQLiteStore.open(data_dir / "coordinator.sqlite3")
+    try:
+        accepted = store.submissions(statuses=("accepted",), campaign_id=campaign_id, limit=ALL)
+        weighted = [s for s in accepted if s.weight > 0]
+        applied = [s for s in weighted if s.applied]
+        published = sum(v.updates for v in store.versions(campaign_id))
+    finally:
+        store.close()
+    per_unit = Counter(s.unit_id for s in weighted)
+    per_update = Counter(s.update_sha for s in weighted)
+    return HistoryAudit(
+        versions=versions,
+        replay_error=replay_error,
+        accepted=len(accepted),
+        applied=len(applied),
+        extra_by_unit=sum(n - 1 for n in per_unit.values()),
+        extra_by_update=sum(n - 1 for n in per_update.values()),
+        applied_minus_published=len(applied) - published,
+    )
