@@ -131,3 +131,40 @@ def _run_bench_coordinator(args: argparse.Namespace) -> int:
     from benchmarks.coordinator import run_bench_coordinator
 
     return run_bench_coordinator(args)
+
+
+def add_bench_crash(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "crash",
+        help="coordinator SIGKILLed mid-run: acknowledged updates lost and applied twice; volunteer churn",
+        description=(
+            "SIGKILL a real coordinator process at seeded random instants of a real run with real volunteer "
+            "processes, restarting it on the same data dir each time, then audit the record: acks the volunteers "
+            "received that the store lost, and the history replay for updates applied twice. Then run one campaign "
+            "calm and again with a share of its volunteers killed and replaced mid-run, and compare the final "
+            "holdout loss. Writes docs/benchmarks.md."
+        ),
+    )
+    parser.add_argument("--kills", type=positive_int, default=100, help="coordinator SIGKILLs")
+    parser.add_argument("--volunteers", type=positive_int, default=4, help="volunteer processes during the kills")
+    parser.add_argument("--churn-volunteers", type=positive_int, default=10, help="volunteer processes for churn")
+    parser.add_argument("--churn-rounds", type=positive_int, default=16, help="rounds of the churn campaign")
+    parser.add_argument(
+        "--churn-fraction", type=float, default=0.3, help="share of the volunteers killed and replaced mid-run"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seeds the kill instants, the victims and the campaigns")
+    parser.add_argument(
+        "--dataset", type=Path, default=None, metavar="DIR", help="a prepared dataset (default: the embedded corpus)"
+    )
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--crash-only", action="store_true", help="only the coordinator kills")
+    only.add_argument("--churn-only", action="store_true", help="only the churn comparison")
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE")
+    parser.set_defaults(handler=_run_bench_crash)
+
+
+def _run_bench_crash(args: argparse.Namespace) -> int:
+    from benchmarks.crash import run_bench_crash
+
+    return run_bench_crash(args)
