@@ -168,3 +168,83 @@ def _run_bench_crash(args: argparse.Namespace) -> int:
     from benchmarks.crash import run_bench_crash
 
     return run_bench_crash(args)
+
+
+def add_bench_adversarial(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "adversarial",
+        help="a campaign clean and with 20%% Byzantine volunteers per attack kind: loss, accepted, rejected, credit",
+        description=(
+            "Run one tiny campaign to its budget on a fresh coordinator with real volunteer processes: once all "
+            "honest, then once per attack kind with a share of the volunteers replaced by attacker processes "
+            "(python -m benchmarks.adversaries), and once mixed. Per run: the final holdout loss against the clean "
+            "run's, attacker updates accepted, honest updates rejected, credit earned by attackers, rounds. "
+            "Writes docs/benchmarks.md."
+        ),
+    )
+    parser.add_argument("--volunteers", type=positive_int, default=10, help="volunteer processes per campaign")
+    parser.add_argument(
+        "--attacker-share", type=float, default=0.2, help="share of the volunteers that attack (default 0.2)"
+    )
+    parser.add_argument(
+        "--kinds",
+        default="all",
+        help="comma-separated attack kinds (sign_flip, scale_up, scale_neg, scale_down, noise, free_rider, replay, "
+        "stale, nan, forged, colluding, hog) and mixed; default: all of them",
+    )
+    parser.add_argument("--rounds", type=positive_int, default=6, help="rounds of the campaign")
+    parser.add_argument("--units-per-round", type=positive_int, default=8)
+    parser.add_argument("--min-accepted", type=positive_int, default=6, help="a round's quorum")
+    parser.add_argument("--inner-steps", type=positive_int, default=10, metavar="H")
+    parser.add_argument("--replication-rate", type=float, default=0.25, help="share of units replicated")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the campaign and the mixed run's kinds")
+    parser.add_argument(
+        "--dataset", type=Path, default=None, metavar="DIR", help="a prepared dataset (default: the embedded corpus)"
+    )
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE")
+    parser.set_defaults(handler=_run_bench_adversarial)
+
+
+def _run_bench_adversarial(args: argparse.Namespace) -> int:
+    from benchmarks.adversarial import run_bench_adversarial
+
+    return run_bench_adversarial(args)
+
+
+def add_bench_fuzz(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "fuzz",
+        help="hostile frames through the volunteer gateway's decode path, in process and over a real socket",
+        description=(
+            "Generate mutated and random control frames of every message type and decode them as the gateway "
+            "does (every one must decode or be refused with the protocol's own error); mutated updates of every "
+            "codec through the tensor decoder; then send fuzzed frames to a real coordinator process over real "
+            "WebSocket connections while a well-behaved volunteer keeps working, checking each answer against "
+            "docs/protocol.md and the coordinator's log for tracebacks. Writes docs/benchmarks.md; exits 1 if "
+            "anything broke the contract."
+        ),
+    )
+    parser.add_argument("--frames", type=positive_int, default=1_000_000, help="control frames decoded in process")
+    parser.add_argument("--codec-frames", type=positive_int, default=100_000, help="update frames decoded in process")
+    parser.add_argument(
+        "--socket-frames", type=int, default=5_000, help="fuzzed frames sent to a real coordinator (0: none)"
+    )
+    parser.add_argument("--socket-connections", type=positive_int, default=4, help="fuzzing connections at a time")
+    parser.add_argument("--seed", type=int, default=0, help="the same seed generates the same frames")
+    parser.add_argument(
+        "--dataset", type=Path, default=None, metavar="DIR", help="a prepared dataset (default: the embedded corpus)"
+    )
+    parser.add_argument(
+        "--findings", type=Path, default=None, metavar="DIR", help="where to save frames that broke the contract"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE")
+    parser.set_defaults(handler=_run_bench_fuzz)
+
+
+def _run_bench_fuzz(args: argparse.Namespace) -> int:
+    from benchmarks.fuzz import run_bench_fuzz
+
+    return run_bench_fuzz(args)
