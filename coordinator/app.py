@@ -6,7 +6,8 @@
 State lives under typed `web.AppKey`s; the background work (lease expiry and round deadlines, the
 holdout evaluator) runs in tasks owned by the app's `cleanup_ctx`, so it starts with the server and
 is cancelled before the store closes. Shutdown closes every volunteer's socket with 1001 (going
-away), which volunteers treat as "reconnect later".
+away), which volunteers treat as "reconnect later". A malformed HTTP request (a header line too long,
+broken framing) is the client's fault: it gets its 400 and the log one short line, not a traceback.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import math
+import time
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from coordinator.appkeys import EVENTS, METRICS, SERVICE, SOCKETS
 from coordinator.dashboard import add_dashboard
@@ -27,15 +31,50 @@ from coordinator.service import Coordinator, CoordinatorConfig
 from protocol.errors import CloseCode, ErrorCode
 from protocol.messages import ErrorMessage, encode
 
-__all__ = ["TICK_SECONDS", "create_app"]
+__all__ = ["BAD_REQUEST_LOG_EVERY_S", "TICK_SECONDS", "QuietBadRequests", "create_app"]
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.5
+BAD_REQUEST_LOG_EVERY_S = 10.0
+
+
+class QuietBadRequests(logging.Filter):
+    """aiohttp logs a request it could not parse with a full traceback, as if the server had failed,
+    and anyone can send thousands a second. This filter turns that into one short warning at most
+    every `BAD_REQUEST_LOG_EVERY_S`, counting the ones it held back; other records pass untouched."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.clock = clock
+        self._last = -math.inf
+        self._held_back = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        now = self.clock()
+        if now - self._last < BAD_REQUEST_LOG_EVERY_S:
+            self._held_back += 1
+            return False
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        reason = " ".join(str(error.message or type(error).__name__).split())[:200]
+        more = f" (and {self._held_back} more since the last such line)" if self._held_back else ""
+        record.msg, record.args = "refused a malformed HTTP request from %s: %s%s", (peer, reason, more)
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        self._last, self._held_back = now, 0
+        return True
+
+
+# aiohttp's connection handlers log through this logger (see create_app's handler_args).
+HTTP_LOG = logging.getLogger("coordinator.http")
+HTTP_LOG.addFilter(QuietBadRequests())
 
 
 def create_app(config: CoordinatorConfig) -> web.Application:
-    app = web.Application(client_max_size=512 * 1024)
+    app = web.Application(client_max_size=512 * 1024, handler_args={"logger": HTTP_LOG})
     app[METRICS] = Metrics()
     app[SOCKETS] = set()
     app[EVENTS] = []

@@ -42,7 +42,16 @@ def add_coordinator(commands: Subparsers) -> None:
         type=float,
         default=15.0,
         metavar="SECONDS",
-        help="how often volunteers report progress (keep it well under campaigns' lease_s)",
+        help="how often volunteers send progress, or keepalive when they have nothing else to say (keep it well "
+        "under campaigns' lease_s)",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="close a volunteer's connection that sent nothing for this long (default 120; at least twice "
+        "--heartbeat-interval)",
     )
     serve.add_argument(
         "--torch-threads",
@@ -75,6 +84,33 @@ def add_coordinator(commands: Subparsers) -> None:
         metavar="BITS",
         help="the same for IPv6 (default 48; 16-128)",
     )
+    serve.add_argument(
+        "--registration-burst",
+        type=int,
+        default=20,
+        metavar="N",
+        help="new volunteers one source (network prefix) may register at once (default 20)",
+    )
+    serve.add_argument(
+        "--registrations-per-minute",
+        type=float,
+        default=6.0,
+        metavar="RATE",
+        help="and then how many per minute (default 6)",
+    )
+    serve.add_argument(
+        "--max-connected-per-source",
+        type=int,
+        default=64,
+        metavar="N",
+        help="volunteers from one source connected at once (default 64; 0: no cap)",
+    )
+    serve.add_argument(
+        "--limit-loopback",
+        action="store_true",
+        help="apply the limits and bans per source to loopback connections too (by default they are exempt: "
+        "they are this machine's own, or a reverse proxy's that --trusted-proxy should name)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(handler=_run_serve)
 
@@ -84,6 +120,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     from aiohttp import web
 
+    from coordinator.admission import AdmissionConfig
     from coordinator.app import create_app
     from coordinator.service import CoordinatorConfig
     from coordinator.sources import SourcePolicy, parse_networks
@@ -95,9 +132,25 @@ def _run_serve(args: argparse.Namespace) -> int:
             v4_bits=args.source_prefix_v4,
             v6_bits=args.source_prefix_v6,
             trusted_proxies=parse_networks(args.trusted_proxy),
+            limit_loopback=args.limit_loopback,
+        )
+        admission = AdmissionConfig(
+            registration_burst=args.registration_burst,
+            registrations_per_minute=args.registrations_per_minute,
+            max_connected_per_source=args.max_connected_per_source,
         )
     except ValueError as error:
         print(f"commonweights coordinator serve: {error}", file=sys.stderr)
+        return 2
+    if not 1.0 <= args.heartbeat_interval <= 3600:
+        print("commonweights coordinator serve: --heartbeat-interval must be within 1 and 3600 s", file=sys.stderr)
+        return 2
+    if not 2 * args.heartbeat_interval <= args.idle_timeout <= 86400:
+        print(
+            "commonweights coordinator serve: --idle-timeout must be at least twice --heartbeat-interval "
+            f"({2 * args.heartbeat_interval:g} s) and at most 86400 s",
+            file=sys.stderr,
+        )
         return 2
     datasets: dict[str, Path] = {}
     for item in args.dataset:
@@ -118,15 +171,14 @@ def _run_serve(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.torch_threads)
-    if not 1.0 <= args.heartbeat_interval <= 3600:
-        print("commonweights coordinator serve: --heartbeat-interval must be within 1 and 3600 s", file=sys.stderr)
-        return 2
     config = CoordinatorConfig(
         data_dir=args.data_dir,
         datasets=datasets,
         public_url=public_url,
         heartbeat_interval_s=args.heartbeat_interval,
+        idle_timeout_s=args.idle_timeout,
         sources=sources,
+        admission=admission,
     )
     print(
         f"coordinator at {public_url} (volunteers: ws://{args.host}:{args.port}/ws); "

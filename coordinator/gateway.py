@@ -3,19 +3,27 @@
     app.router.add_get("/ws", volunteer_socket)
 
 A connection starts with `hello` → `welcome` (or a fatal `error` and a close code the volunteer can
-act on), then serves `request_work`, `blob_request`, `progress`, `submit`, `abandon` and `goodbye`
-in any order. A frame that breaks the protocol costs its sender an `error` frame, and after too many
-the connection; it never costs the server or any other volunteer anything.
+act on), then serves `request_work`, `blob_request`, `progress`, `submit`, `abandon`, `keepalive`
+and `goodbye` in any order. A frame that breaks the protocol costs its sender an `error` frame, and
+after too many the connection; it never costs the server or any other volunteer anything.
+
+Strangers are cheap to be, so until its `hello` succeeded a connection may send only small frames
+(coordinator.volunteer_socket), must say hello within `HELLO_TIMEOUT_S`, and must come from a source
+that is neither banned nor over its limits (coordinator.admission); after it, a connection that
+sends nothing for `idle_timeout_s` is closed.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import dataclasses
 import logging
+import math
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
 from coordinator.appkeys import METRICS, SERVICE, SOCKETS
 from coordinator.blobs import BlobNotFound, sha256_hex
@@ -24,9 +32,10 @@ from coordinator.engine import NoWork as NoWorkAnswer
 from coordinator.metrics import MALFORMED_FRAME, Metrics
 from coordinator.service import Coordinator, UnsupportedCodec
 from coordinator.store import VolunteerRow
+from coordinator.volunteer_socket import VolunteerSocket
 from protocol.codecs import CODEC_NAMES
 from protocol.errors import ErrorCode, ProtocolError, close_code_for
-from protocol.limits import MAX_BLOB_CHUNK_BYTES, MAX_FRAME_BYTES
+from protocol.limits import MAX_BLOB_CHUNK_BYTES, MAX_FRAME_BYTES, MAX_RETRY_AFTER_S
 from protocol.messages import (
     Abandon,
     BlobChunk,
@@ -36,6 +45,7 @@ from protocol.messages import (
     Goodbye,
     Hello,
     InnerRecipe,
+    Keepalive,
     LeaseExtended,
     Message,
     ModelConfig,
@@ -53,7 +63,15 @@ from protocol.messages import (
 from protocol.version import RELEASE_VERSION as SERVER_VERSION
 from protocol.version import check_version
 
-__all__ = ["HELLO_TIMEOUT_S", "MAX_PROTOCOL_ERRORS", "add_gateway", "volunteer_socket"]
+__all__ = [
+    "HELLO_TIMEOUT_S",
+    "MAX_PROTOCOL_ERRORS",
+    "SESSIONS",
+    "Session",
+    "Sessions",
+    "add_gateway",
+    "volunteer_socket",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,28 +79,13 @@ HELLO_TIMEOUT_S = 15.0
 MAX_PROTOCOL_ERRORS = 20
 # Frames at least this large are decoded on a worker thread (copying a multi-MB update is not free).
 DECODE_OFF_LOOP_BYTES = 256 * 1024
-
-
-class VolunteerSocket(web.WebSocketResponse):
-    """aiohttp refuses an over-sized frame by closing with 1009 and no reason; this socket sends the
-    documented fatal `frame_too_large` error frame first."""
-
-    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
-        if code == WSCloseCode.MESSAGE_TOO_BIG and not self.closed:
-            refusal = ProtocolError(
-                ErrorCode.FRAME_TOO_LARGE,
-                f"a frame was larger than this coordinator accepts ({MAX_FRAME_BYTES} bytes); "
-                "see welcome.max_frame_bytes and the unit's max_update_bytes",
-            )
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.send_bytes(encode(ErrorMessage.from_error(refusal, fatal=True)))
-            message = message or ErrorCode.FRAME_TOO_LARGE.value.encode()
-        return await super().close(code=code, message=message, drain=drain)
+# How long a volunteer refused for a crowded source waits before trying again.
+CROWDED_RETRY_S = 60.0
 
 
 @dataclass
 class Session:
-    ws: web.WebSocketResponse
+    ws: VolunteerSocket
     service: Coordinator
     metrics: Metrics
     volunteer: VolunteerRow | None = None
@@ -91,13 +94,55 @@ class Session:
     codecs: tuple[str, ...] = ()
     blobs: set[str] = field(default_factory=set)  # what this volunteer may download
     errors: int = 0
+    connected_at: float = field(default_factory=time.monotonic)
 
 
-SESSIONS = web.AppKey("sessions", dict[str, Session])  # the live session of each volunteer id
+class Sessions:
+    """The live, welcomed session of each volunteer (one at a time), and how many each source has."""
+
+    def __init__(self) -> None:
+        self._by_volunteer: dict[str, Session] = {}
+        self._per_source: Counter[str] = Counter()
+
+    def get(self, volunteer_id: str) -> Session | None:
+        return self._by_volunteer.get(volunteer_id)
+
+    def __len__(self) -> int:
+        return len(self._by_volunteer)
+
+    def connected_from(self, source: str, *, besides: str | None = None) -> int:
+        """Volunteers connected from `source`, not counting volunteer `besides`."""
+        count = self._per_source[source]
+        other = self._by_volunteer.get(besides) if besides is not None else None
+        return count - 1 if other is not None and other.source == source else count
+
+    def add(self, session: Session) -> Session | None:
+        """Make `session` its volunteer's live one; the one it replaces, if any."""
+        assert session.volunteer is not None
+        previous = self._by_volunteer.get(session.volunteer.id)
+        if previous is not None:
+            self._forget(previous.source)
+        self._by_volunteer[session.volunteer.id] = session
+        self._per_source[session.source] += 1
+        return previous
+
+    def remove(self, session: Session) -> None:
+        """Forget `session` if it is still its volunteer's live one."""
+        if session.volunteer is not None and self._by_volunteer.get(session.volunteer.id) is session:
+            del self._by_volunteer[session.volunteer.id]
+            self._forget(session.source)
+
+    def _forget(self, source: str) -> None:
+        self._per_source[source] -= 1
+        if self._per_source[source] <= 0:
+            del self._per_source[source]
+
+
+SESSIONS = web.AppKey("sessions", Sessions)
 
 
 def add_gateway(app: web.Application) -> None:
-    app[SESSIONS] = {}
+    app[SESSIONS] = Sessions()
     app.router.add_get("/ws", volunteer_socket)
 
 
@@ -106,7 +151,7 @@ async def volunteer_socket(request: web.Request) -> web.StreamResponse:
     metrics = request.app[METRICS]
     # No permessage-deflate: updates and checkpoints are already compact binary, and zlib over a
     # 9 MB update costs half a second of CPU on each side (measured) for almost no gain.
-    ws = VolunteerSocket(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0, compress=False)
+    ws = VolunteerSocket(heartbeat=30.0)
     await ws.prepare(request)
     forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
     session = Session(ws, service, metrics, source=service.config.sources.source(request.remote, forwarded))
@@ -122,8 +167,7 @@ async def volunteer_socket(request: web.Request) -> web.StreamResponse:
     finally:
         metrics.connection_closed()
         sockets.discard(ws)
-        if session.volunteer is not None and sessions.get(session.volunteer.id) is session:
-            del sessions[session.volunteer.id]
+        sessions.remove(session)
         if not ws.closed:
             await ws.close()
     return ws
@@ -135,23 +179,53 @@ async def _send(session: Session, message: Message) -> None:
     await session.ws.send_bytes(frame)
 
 
-async def _fail(session: Session, error: ProtocolError, *, fatal: bool, ref_id: str | None = None) -> None:
-    await _send(session, ErrorMessage.from_error(error, fatal=fatal, ref_id=ref_id))
+async def _fail(
+    session: Session,
+    error: ProtocolError,
+    *,
+    fatal: bool,
+    ref_id: str | None = None,
+    retry_after_s: float | None = None,
+) -> None:
+    await _send(session, ErrorMessage.from_error(error, fatal=fatal, ref_id=ref_id, retry_after_s=retry_after_s))
     if fatal:
         await session.ws.close(code=int(close_code_for(error.code)), message=error.code.value.encode())
 
 
-async def _receive_frame(session: Session, timeout: float | None = None) -> Message | None:
+async def _receive(session: Session, *, hello: bool) -> WSMessage | None:
+    """The next WebSocket message; None once a connection that kept silent too long is closed
+    (no hello within HELLO_TIMEOUT_S of connecting, or no data for idle_timeout_s after it)."""
+    ws, config = session.ws, session.service.config
+    while True:
+        if hello:
+            left = HELLO_TIMEOUT_S - (time.monotonic() - session.connected_at)
+        else:
+            left = config.idle_timeout_s - ws.silent_for()
+        if left <= 0:
+            break
+        try:
+            # Not receive(timeout=...): aiohttp restarts that timeout on every ping it answers, so a
+            # peer that only pings would never time out.
+            async with asyncio.timeout(left):
+                return await ws.receive()
+        except TimeoutError:
+            continue  # data may have arrived meanwhile (a large frame on its way): look again
+    if hello:
+        reason = f"no hello within {HELLO_TIMEOUT_S:.0f} s of connecting"
+    else:
+        reason = (
+            f"nothing received for {config.idle_timeout_s:.0f} s; a volunteer sends a frame at least every "
+            f"heartbeat_interval_s ({config.heartbeat_interval_s:g} s), keepalive when it has nothing else to say"
+        )
+    await _fail(session, ProtocolError(ErrorCode.IDLE_TIMEOUT, reason), fatal=True)
+    return None
+
+
+async def _receive_frame(session: Session, *, hello: bool = False) -> Message | None:
     """The next well-formed frame; None when the connection ended. Bad frames are answered here."""
     while True:
-        try:
-            raw = await session.ws.receive(timeout=timeout)
-        except TimeoutError:
-            await _fail(
-                session,
-                ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"no hello within {HELLO_TIMEOUT_S:.0f} s of connecting"),
-                fatal=True,
-            )
+        raw = await _receive(session, hello=hello)
+        if raw is None:
             return None
         if raw.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
             return None
@@ -186,8 +260,8 @@ async def _receive_frame(session: Session, timeout: float | None = None) -> Mess
             return None
 
 
-async def _handshake(session: Session, sessions: dict[str, Session]) -> bool:
-    message = await _receive_frame(session, timeout=HELLO_TIMEOUT_S)
+async def _handshake(session: Session, sessions: Sessions) -> bool:
+    message = await _receive_frame(session, hello=True)
     if message is None:
         return False
     if not isinstance(message, Hello):
@@ -207,6 +281,10 @@ async def _handshake(session: Session, sessions: dict[str, Session]) -> bool:
         await _fail(session, no_codec, fatal=True)
         return False
     service = session.service
+    limited = not service.config.sources.exempt(session.source)
+    if limited and await service.workers.run(service.source_banned, session.source):
+        await _fail(session, _network_banned(session), fatal=True)
+        return False
     capabilities = {
         "devices": [
             {"kind": d.kind, "name": d.name, "memory_bytes": d.memory_bytes} for d in message.capabilities.devices
@@ -219,6 +297,8 @@ async def _handshake(session: Session, sessions: dict[str, Session]) -> bool:
     }
     new_token: str | None = None
     if message.token is None:
+        if limited and not await _admit_registration(session, sessions):
+            return False
         volunteer, new_token = await service.workers.run(
             service.register_volunteer, message.name, capabilities, source=session.source
         )
@@ -245,11 +325,13 @@ async def _handshake(session: Session, sessions: dict[str, Session]) -> bool:
             fatal=True,
         )
         return False
+    if limited and message.token is not None and _crowded(session, sessions, volunteer.id):
+        await _fail(session, _crowd_refusal(session), fatal=True, retry_after_s=CROWDED_RETRY_S)
+        return False
     session.volunteer = volunteer
     session.memory_bytes = message.capabilities.memory_bytes
     session.codecs = tuple(message.capabilities.codecs)
-    previous = sessions.get(volunteer.id)
-    sessions[volunteer.id] = session
+    previous = sessions.add(session)
     if previous is not None and not previous.ws.closed:
         # One live connection per volunteer: two would lease units twice over under one identity.
         replaced = ProtocolError(
@@ -258,6 +340,7 @@ async def _handshake(session: Session, sessions: dict[str, Session]) -> bool:
             "is the app running twice?",
         )
         await _fail(previous, replaced, fatal=True)
+    session.ws.open_frames()  # before welcome: the volunteer may send a large frame right after it
     await _send(
         session,
         Welcome(
@@ -275,22 +358,67 @@ async def _handshake(session: Session, sessions: dict[str, Session]) -> bool:
     return True
 
 
+def _crowded(session: Session, sessions: Sessions, volunteer_id: str | None) -> bool:
+    cap = session.service.config.admission.max_connected_per_source
+    return cap > 0 and sessions.connected_from(session.source, besides=volunteer_id) >= cap
+
+
+def _crowd_refusal(session: Session) -> ProtocolError:
+    cap = session.service.config.admission.max_connected_per_source
+    return ProtocolError(
+        ErrorCode.RATE_LIMITED,
+        f"{cap} volunteers from your network ({session.source}) are connected already, the most this "
+        f"coordinator takes at once; try again in {CROWDED_RETRY_S:.0f} s",
+    )
+
+
+async def _admit_registration(session: Session, sessions: Sessions) -> bool:
+    """Whether a new identity may register from this session's source now; refuses it otherwise."""
+    if _crowded(session, sessions, None):
+        await _fail(session, _crowd_refusal(session), fatal=True, retry_after_s=CROWDED_RETRY_S)
+        return False
+    wait = session.service.registration_wait(session.source)
+    if wait <= 0:
+        return True
+    retry = min(float(math.ceil(wait)), MAX_RETRY_AFTER_S)
+    refusal = ProtocolError(
+        ErrorCode.RATE_LIMITED,
+        f"too many new volunteers registered from your network ({session.source}) lately; try again in {retry:.0f} s",
+    )
+    await _fail(session, refusal, fatal=True, retry_after_s=retry)
+    return False
+
+
+def _network_banned(session: Session) -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.BANNED,
+        f"volunteers from your network ({session.source}) are banned by the coordinator's admins; "
+        "ask them if you think this is a mistake",
+    )
+
+
+def _standing(service: Coordinator, volunteer_id: str, source: str) -> tuple[VolunteerRow | None, bool]:
+    """The volunteer's row now, and whether its source is banned."""
+    return service.store.volunteer(volunteer_id), service.source_banned(source)
+
+
 async def _serve(session: Session) -> None:
+    service = session.service
     while not session.ws.closed:
         message = await _receive_frame(session)
         if message is None:
             return
-        volunteer = (
-            await session.service.workers.run(session.service.store.volunteer, session.volunteer.id)
-            if session.volunteer
-            else None
-        )
-        if volunteer is None or volunteer.banned:
-            await _fail(
-                session,
-                ProtocolError(ErrorCode.BANNED, "this volunteer was banned by the coordinator's admins"),
-                fatal=True,
+        if isinstance(message, Keepalive):
+            continue  # it was heard, and the socket noted when; no reply, no store read
+        assert session.volunteer is not None
+        volunteer, network_banned = await service.workers.run(_standing, service, session.volunteer.id, session.source)
+        if volunteer is None or volunteer.banned or network_banned:
+            refusal = (
+                _network_banned(session)
+                if volunteer is not None and not volunteer.banned
+                else ProtocolError(ErrorCode.BANNED, "this volunteer was banned by the coordinator's admins")
             )
+            await _fail(session, refusal, fatal=True)
             return
         session.volunteer = volunteer
         try:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from coordinator.admission import AdmissionConfig, RegistrationLimiter
 from coordinator.blobs import BlobStore
 from coordinator.campaign import CampaignSpec, SpecError
 from coordinator.engine import Assignment, CampaignRuntime, NoWork, initial_version, model_config_for, shard_plan
@@ -51,10 +52,12 @@ class CoordinatorConfig:
     data_dir: Path
     datasets: dict[str, Path] = field(default_factory=dict)
     heartbeat_interval_s: float = 15.0
+    idle_timeout_s: float = 120.0  # a welcomed connection that sends nothing this long is closed
     eval_tokens: int = 32768
     eval_batch: int = 8
     public_url: str = ""
     sources: SourcePolicy = field(default_factory=SourcePolicy)  # how a connection's network prefix is told
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)  # limits per source
 
 
 class UnsupportedCodec(Exception):
@@ -89,6 +92,9 @@ class Coordinator:
         self.version_listeners: list[Callable[[int, VersionRow], None]] = []
         self.admin_token = ""
         self.workers = Workers(group=store.transaction)
+        self.registrations = RegistrationLimiter(
+            burst=config.admission.registration_burst, per_minute=config.admission.registrations_per_minute
+        )
 
     @classmethod
     def open(cls, config: CoordinatorConfig, *, clock: Callable[[], float] = time.time) -> Coordinator:
@@ -229,6 +235,17 @@ class Coordinator:
         row = self.store.volunteer(volunteer_id)
         assert row is not None
         return row, token
+
+    def registration_wait(self, source: str) -> float:
+        """0.0 when a new volunteer may register from `source` now (which spends one of its turns);
+        otherwise the seconds until it may."""
+        if self.config.sources.exempt(source):
+            return 0.0
+        return self.registrations.take(source)
+
+    def source_banned(self, source: str) -> bool:
+        """Whether volunteers from this source are refused: a banned volunteer came from it."""
+        return not self.config.sources.exempt(source) and self.store.source_banned(source)
 
     def volunteer_for_token(self, token: str) -> VolunteerRow | None:
         return self.store.volunteer_by_token(hash_token(token))

@@ -26,6 +26,7 @@ class ErrorCode(StrEnum):
     SCHEMA_VIOLATION = "schema_violation"
     VERSION_MISMATCH = "version_mismatch"
     UNEXPECTED_MESSAGE = "unexpected_message"
+    IDLE_TIMEOUT = "idle_timeout"
     # Who is asking.
     UNAUTHORIZED = "unauthorized"
     BANNED = "banned"
@@ -84,6 +85,10 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
         "A well-formed message arrived at the wrong moment, such as request_work before hello."
     ),
     ErrorCode.UNAUTHORIZED: ("The token is unknown or revoked; register again by sending hello with a null token."),
+    ErrorCode.IDLE_TIMEOUT: (
+        "The connection sent no hello in time, or nothing at all for too long; send a frame (keepalive when "
+        "there is nothing else) at least every welcome.heartbeat_interval_s, and reconnect."
+    ),
     ErrorCode.BANNED: "The coordinator's admins have banned this volunteer; it must not reconnect.",
     ErrorCode.SESSION_REPLACED: ("A newer connection presented the same token, so this older connection was closed."),
     ErrorCode.UNSUPPORTED_CODEC: "None of the codecs the volunteer offered is acceptable to the coordinator.",
@@ -161,6 +166,7 @@ _CLOSE_CODES: dict[ErrorCode, CloseCode] = {
     ErrorCode.FRAME_TOO_LARGE: CloseCode.MESSAGE_TOO_BIG,
     ErrorCode.VERSION_MISMATCH: CloseCode.VERSION_MISMATCH,
     ErrorCode.UNAUTHORIZED: CloseCode.UNAUTHORIZED,
+    IDLE_TIMEOUT = 4408
     ErrorCode.BANNED: CloseCode.BANNED,
     ErrorCode.SESSION_REPLACED: CloseCode.SESSION_REPLACED,
     ErrorCode.RATE_LIMITED: CloseCode.RATE_LIMITED,
@@ -171,6 +177,7 @@ _CLOSE_CODES: dict[ErrorCode, CloseCode] = {
 
 def close_code_for(code: ErrorCode) -> CloseCode:
     """The close code that follows a fatal `error` frame carrying `code` (1008 unless more specific)."""
+    ErrorCode.IDLE_TIMEOUT: CloseCode.IDLE_TIMEOUT,
     return _CLOSE_CODES.get(code, CloseCode.POLICY_VIOLATION)
 
 

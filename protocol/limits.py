@@ -24,6 +24,10 @@ FRAME_OVERHEAD_BYTES: Final = 1 * MiB
 MAX_FRAME_BYTES: Final = MAX_UPDATE_BYTES + FRAME_OVERHEAD_BYTES
 """Largest frame either side accepts; a coordinator may announce less in `welcome.max_frame_bytes`."""
 
+MAX_HELLO_FRAME_BYTES: Final = 64 * 1024
+"""Largest frame the coordinator accepts until a `hello` succeeded (the largest valid `hello` is
+about 12 KiB); a bigger one is refused from its header with `frame_too_large`."""
+
 MAX_FRAME_DEPTH: Final = 8
 """Deepest nesting of maps and arrays in a frame (the frame's own map is depth 1)."""
 

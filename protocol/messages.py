@@ -110,7 +110,7 @@ TokenDtype = Literal["uint16", "uint32"]
 Phase = Literal["downloading", "training", "paused"]
 AbandonReason = Literal["user_request", "out_of_memory", "diverged", "download_failed", "deadline", "error"]
 ResultStatus = Literal["accepted", "rejected", "duplicate"]
-ToServerType = Literal["hello", "request_work", "blob_request", "progress", "submit", "abandon", "goodbye"]
+ToServerType = Literal["hello", "request_work", "blob_request", "progress", "submit", "abandon", "goodbye", "keepalive"]
 
 _DTYPE_BYTES: Final = {"uint16": 2, "uint32": 4}
 
@@ -332,6 +332,13 @@ class Goodbye(Struct, frozen=True, forbid_unknown_fields=True):
     TYPE: ClassVar[str] = "goodbye"
 
     reason: Annotated[Text, Meta(description="Free text, e.g. user quit, idle period ended.")]
+
+
+class Keepalive(Struct, frozen=True, forbid_unknown_fields=True):
+    """Still here, with nothing else to say: keeps the connection open while the volunteer sends no other
+    frame (waiting for work, paused, training with no lease to report). No reply."""
+
+    TYPE: ClassVar[str] = "keepalive"
 
 
 # --- Coordinator -> volunteer -------------------------------------------------------------------
@@ -558,12 +565,12 @@ class ErrorMessage(Struct, frozen=True, forbid_unknown_fields=True):
         )
 
 
-ToServerMessage = Hello | RequestWork | BlobRequest | Progress | Submit | Abandon | Goodbye
+ToServerMessage = Hello | RequestWork | BlobRequest | Progress | Submit | Abandon | Goodbye | Keepalive
 ToClientMessage = Welcome | WorkUnit | NoWork | BlobChunk | LeaseExtended | Result | ErrorMessage
 Message = ToServerMessage | ToClientMessage
 
 _TO_SERVER: Final[dict[str, type[ToServerMessage]]] = {
-    cls.TYPE: cls for cls in (Hello, RequestWork, BlobRequest, Progress, Submit, Abandon, Goodbye)
+    cls.TYPE: cls for cls in (Hello, RequestWork, BlobRequest, Progress, Submit, Abandon, Goodbye, Keepalive)
 }
 _TO_CLIENT: Final[dict[str, type[ToClientMessage]]] = {
     cls.TYPE: cls for cls in (Welcome, WorkUnit, NoWork, BlobChunk, LeaseExtended, Result, ErrorMessage)

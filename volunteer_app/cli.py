@@ -59,6 +59,12 @@ def add_volunteer(commands: Subparsers) -> None:
         metavar="DIR",
         help="where units in progress are kept (default: under --config-dir when given)",
     )
+    run.add_argument(
+        "--bind-address",
+        default=None,
+        metavar="ADDR",
+        help="local IP address to connect from (default: the one the system picks)",
+    )
     run.add_argument("--max-units", type=positive_int, default=None, metavar="N", help="exit after N units")
     run.add_argument(
         "--max-retries",
@@ -143,6 +149,7 @@ def _run_volunteer(args: argparse.Namespace) -> int:
             max_units=args.max_units,
             max_retries=args.max_retries,
             preferred_campaign=args.campaign,
+            bind_address=args.bind_address,
             inject_fault=args.inject_fault,
             **({"name": args.name} if args.name is not None else {}),
         )

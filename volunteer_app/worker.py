@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import random
 import socket
@@ -33,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
@@ -55,6 +56,7 @@ from protocol.messages import (
     ErrorMessage,
     Goodbye,
     Hello,
+    Keepalive,
     LeaseExtended,
     Message,
     NoWork,
@@ -153,6 +155,7 @@ class WorkerConfig:
     max_units: int | None = None  # stop after this many units got a result
     max_retries: int | None = None  # give up after this many failed connects in a row
     preferred_campaign: str | None = None
+    bind_address: str | None = None  # local IP address to connect from; None: the system's choice
     inject_fault: Fault | None = None  # testing: submit a corrupted update (see unit_runner)
     checkpoint_every_s: float = 120.0
 
@@ -166,6 +169,13 @@ class WorkerConfig:
             raise WorkerError("bad_config", f"max_retries must not be negative, got {self.max_retries}")
         if not self.name or len(self.name) > 128 or not self.name.isprintable():
             raise WorkerError("bad_config", "the volunteer name must be 1-128 printable characters")
+        if self.bind_address is not None:
+            try:
+                ipaddress.ip_address(self.bind_address)
+            except ValueError:
+                raise WorkerError(
+                    "bad_config", f"the bind address must be an IP address of this machine, got {self.bind_address!r}"
+                ) from None
 
 
 class WorkerError(Exception):
@@ -238,7 +248,9 @@ class _Waiter:
 
 
 class _Connection:
-    """A live, welcomed WebSocket: sends frames and routes replies to whoever asked."""
+    """A live, welcomed WebSocket: sends frames and routes replies to whoever asked. When nothing else
+    went out for `welcome.heartbeat_interval_s` it sends a `keepalive`, or the coordinator would close
+    the connection as silent (docs/protocol.md, "Staying connected")."""
 
     def __init__(self, ws: ClientConnection, welcome: Welcome, notify: Callable[[WorkerEvent], None]) -> None:
         self.ws = ws
@@ -247,7 +259,9 @@ class _Connection:
         self.waiters: list[_Waiter] = []
         self.fatal: ErrorMessage | None = None
         self.closed = asyncio.Event()
+        self.last_sent = time.monotonic()
         self.reader = asyncio.create_task(self._read())
+        self.keepalive = asyncio.create_task(self._keep_alive())
 
     @property
     def close_code(self) -> int | None:
@@ -259,6 +273,17 @@ class _Connection:
             await self.ws.send(frame)
         except ConnectionClosed:
             raise _ConnectionLost() from None
+        self.last_sent = time.monotonic()
+
+    async def _keep_alive(self) -> None:
+        interval = self.welcome.heartbeat_interval_s
+        with contextlib.suppress(_ConnectionLost):
+            while not self.closed.is_set():
+                quiet = time.monotonic() - self.last_sent
+                if quiet >= interval:
+                    await self.send(Keepalive())
+                else:
+                    await asyncio.sleep(interval - quiet)
 
     async def request(
         self,
@@ -311,7 +336,10 @@ class _Connection:
                 self.fatal = message  # the close follows; the link decides what it means
                 return
             waiter = self._waiter_for_error(message)
-            if waiter is None:
+            if waiter is None and message.code is ErrorCode.UNKNOWN_TYPE and message.ref_type in (None, "keepalive"):
+                # A coordinator from before keepalive: it doesn't close quiet connections either.
+                self.keepalive.cancel()
+            elif waiter is None:
                 self.notify(Notice(f"the coordinator refused a frame: {message.message}", message.code.value))
             else:
                 waiter.future.set_exception(_Refused(message))
@@ -350,9 +378,10 @@ class _Connection:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.closed.wait(), GOODBYE_TIMEOUT_S)
         await self.ws.close()
-        self.reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.reader
+        for task in (self.keepalive, self.reader):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 # --- The worker ---------------------------------------------------------------------------------
@@ -588,7 +617,10 @@ class Worker:
         """Connect and shake hands; raises _Unreachable, _Unauthorized or WorkerError (final)."""
         token = self.credentials.token_for(self.url)
         try:
-            ws = await connect(self.url, max_size=MAX_FRAME_BYTES, compression=None, open_timeout=HANDSHAKE_TIMEOUT_S)
+            local: dict[str, Any] = {"local_addr": (self.config.bind_address, 0)} if self.config.bind_address else {}
+            ws = await connect(
+                self.url, max_size=MAX_FRAME_BYTES, compression=None, open_timeout=HANDSHAKE_TIMEOUT_S, **local
+            )
         except InvalidURI as error:
             raise WorkerError("bad_url", f"{self.url} is not a usable WebSocket URL: {error}") from None
         except (OSError, TimeoutError, InvalidHandshake) as error:

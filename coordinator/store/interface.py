@@ -245,7 +245,12 @@ class VolunteerStore(Protocol):
         ...
 
     def set_banned(self, volunteer_id: str, banned: bool) -> bool:
-        """False if there is no such volunteer."""
+        """Ban or unban a volunteer; False if there is no such volunteer. A ban also covers its `source`
+        and `last_source` prefixes (see `source_banned`) until this volunteer is unbanned."""
+        ...
+
+    def source_banned(self, prefix: str) -> bool:
+        """Whether a banned volunteer came from this network prefix (at registration or its last hello)."""
         ...
 
     def record_outcome(

@@ -35,6 +35,7 @@ from tests.support.live import LiveCoordinator, live_coordinator
 
 VERSION = 1  # "Protocol version the frame is written in: 1"
 MAX_FRAME_BYTES = 68157440  # limits table
+MAX_HELLO_FRAME_BYTES = 65536
 MAX_BLOB_CHUNK_BYTES = 4194304
 MAX_INFLIGHT_BLOB_REQUESTS = 8
 
@@ -42,6 +43,9 @@ CLOSE_NORMAL = 1000
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_BANNED = 4403
+CLOSE_IDLE_TIMEOUT = 4408
+CLOSE_RATE_LIMITED = 4429
 CLOSE_SESSION_REPLACED = 4409
 CLOSE_VERSION_MISMATCH = 4426
 # "Close codes": the close code after a fatal error with each code; any other code closes with 1008.
@@ -50,10 +54,11 @@ CLOSE_AFTER = {
     "frame_too_large": CLOSE_MESSAGE_TOO_BIG,
     "internal_error": 1011,
     "unauthorized": CLOSE_UNAUTHORIZED,
-    "banned": 4403,
+    "banned": CLOSE_BANNED,
+    "idle_timeout": CLOSE_IDLE_TIMEOUT,
     "session_replaced": CLOSE_SESSION_REPLACED,
     "version_mismatch": CLOSE_VERSION_MISMATCH,
-    "rate_limited": 4429,
+    "rate_limited": CLOSE_RATE_LIMITED,
 }
 
 UPDATE_VERDICTS = {
@@ -87,6 +92,7 @@ ERROR_CODES = UPDATE_VERDICTS | {
     "schema_violation",
     "version_mismatch",
     "unexpected_message",
+    "idle_timeout",
     "unauthorized",
     "banned",
     "session_replaced",
@@ -295,20 +301,22 @@ class Peer:
 
 
 @asynccontextmanager
-async def connected(url: str) -> AsyncIterator[Peer]:
+async def connected(url: str, *, local: str | None = None) -> AsyncIterator[Peer]:
+    """A WebSocket to `url`, from the local address `local` when given (127.0.0.N: a source of its own)."""
     # No permessage-deflate ("Clients should not offer it"); room for the largest frame.
+    bind: dict[str, Any] = {"local_addr": (local, 0)} if local else {}
     async with connect(
-        url, compression=None, max_size=MAX_FRAME_BYTES, open_timeout=WAIT_S, close_timeout=WAIT_S
+        url, compression=None, max_size=MAX_FRAME_BYTES, open_timeout=WAIT_S, close_timeout=WAIT_S, **bind
     ) as ws:
         yield Peer(ws)
 
 
 @asynccontextmanager
 async def volunteer(
-    url: str, *, token: str | None = None, codecs: Sequence[str] = ("int8",)
+    url: str, *, token: str | None = None, codecs: Sequence[str] = ("int8",), local: str | None = None
 ) -> AsyncIterator[tuple[Peer, dict[str, Any]]]:
     """A connection past its handshake: (peer, welcome)."""
-    async with connected(url) as peer:
+    async with connected(url, local=local) as peer:
         await peer.send(hello(token=token, codecs=codecs))
         welcome = await peer.expect("welcome")
         yield peer, welcome
@@ -976,3 +984,77 @@ async def test_a_different_update_under_the_same_lease_is_a_duplicate(server: Li
         second = await expect_result(peer, unit)
         assert second["status"] == "duplicate" and second["code"] == "duplicate_submission", second
         assert second["credit"] == 0, second
+
+
+# --- Strangers: the limits before hello, staying connected, sources -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory, small_dataset: Path) -> Iterator[LiveCoordinator]:
+    """A coordinator that wants a frame every second and closes a connection silent for two, where each
+    127.0.0.N is a source of its own, limited to 2 new identities at once and then 1 a minute."""
+    args = ["--heartbeat-interval", "1", "--idle-timeout", "2", "--limit-loopback", "--source-prefix-v4", "32",
+            "--registration-burst", "2", "--registrations-per-minute", "1"]  # fmt: skip
+    with live_coordinator(tmp_path_factory.mktemp("strict"), small_dataset, extra_args=args) as live:
+        yield live
+        log = live.log.read_text(errors="replace")
+        assert "Traceback" not in log, log[-4000:]
+
+
+async def test_a_frame_over_max_hello_frame_bytes_before_hello_is_refused_with_1009(server: LiveCoordinator) -> None:
+    async with connected(server.ws) as peer:
+        # Refused from its header, "without reading the payload": the close may come while this is sending.
+        with contextlib.suppress(ConnectionClosed):
+            await peer.send_raw(b"\x00" * (MAX_HELLO_FRAME_BYTES + 1))
+        error = await peer.fatal("frame_too_large", CLOSE_MESSAGE_TOO_BIG)
+        assert str(MAX_HELLO_FRAME_BYTES) in error["message"], error
+
+
+async def test_after_welcome_a_frame_over_max_hello_frame_bytes_is_read_and_judged(server: LiveCoordinator) -> None:
+    async with volunteer(server.ws) as (peer, _):
+        # After welcome the full limit applies: a frame over MAX_HELLO_FRAME_BYTES is read and judged.
+        await peer.send_raw(pack(frame("goodbye", reason="x" * 1025)) + b"\x00" * MAX_HELLO_FRAME_BYTES)
+        await expect_refusal(peer, "malformed_frame")
+
+
+async def test_keepalive_before_hello_is_an_unexpected_message(server: LiveCoordinator) -> None:
+    async with connected(server.ws) as peer:
+        await peer.send(frame("keepalive"))
+        error = await peer.expect_error("unexpected_message")
+        if error["fatal"]:
+            assert await peer.close_code() == CLOSE_POLICY_VIOLATION
+
+
+async def test_a_connection_that_sends_nothing_is_closed_with_idle_timeout(strict: LiveCoordinator) -> None:
+    async with volunteer(strict.ws, local="127.0.0.11") as (peer, welcome):
+        assert welcome["heartbeat_interval_s"] == 1
+        # "at least twice heartbeat_interval_s": not before two seconds; this coordinator waits two.
+        error = await peer.fatal("idle_timeout", CLOSE_IDLE_TIMEOUT)
+        assert "keepalive" in error["message"], error
+
+
+async def test_keepalive_keeps_a_quiet_connection_open_and_gets_no_reply(strict: LiveCoordinator) -> None:
+    async with volunteer(strict.ws, local="127.0.0.12") as (peer, welcome):
+        interval = welcome["heartbeat_interval_s"]
+        for _ in range(10):  # five idle deadlines of this coordinator
+            await peer.send(frame("keepalive"))
+            await asyncio.sleep(interval / 2)
+        # The next frame to arrive answers this request: the keepalives got nothing.
+        await peer.send(frame("blob_request", sha256="0" * 64, offset=0, length=1))
+        await peer.expect_error("blob_not_found")
+
+
+async def test_new_identities_past_a_sources_allowance_are_refused_with_4429(strict: LiveCoordinator) -> None:
+    async with volunteer(strict.ws, local="127.0.0.13") as (_, first):
+        pass
+    async with volunteer(strict.ws, local="127.0.0.13"):
+        pass
+    async with connected(strict.ws, local="127.0.0.13") as peer:
+        await peer.send(hello())
+        error = await peer.fatal("rate_limited", CLOSE_RATE_LIMITED)
+        assert is_number(error.get("retry_after_s")) and error["retry_after_s"] > 0, error
+    # A volunteer that kept its token is not a new identity; another source has its own allowance.
+    async with volunteer(strict.ws, token=first["token"], local="127.0.0.13") as (_, again):
+        assert again["volunteer_id"] == first["volunteer_id"]
+    async with volunteer(strict.ws, local="127.0.0.14"):
+        pass

@@ -3,7 +3,12 @@ coordinator records of them for each volunteer."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -13,10 +18,13 @@ from aiohttp.test_utils import TestServer
 from coordinator.app import create_app
 from coordinator.appkeys import SERVICE
 from coordinator.gateway import SESSIONS
+from coordinator.local import LocalCoordinator, start_coordinator, stop
 from coordinator.service import CoordinatorConfig
 from coordinator.sources import SourcePolicy, network_prefix, parse_networks
-from protocol.messages import Welcome, decode, encode
+from protocol.messages import ErrorMessage, Welcome, decode, encode
 from tests.coordinator.test_gateway import hello
+from tests.support.live import REPO, poll
+from volunteer_app.credentials import CredentialStore
 
 # --- Prefixes ----------------------------------------------------------------------------------------
 
@@ -158,3 +166,83 @@ async def test_behind_a_trusted_proxy_the_forwarded_address_is_the_source(tmp_pa
         assert row is not None and row.source == "198.51.100.0/24"
     finally:
         await server.close()
+
+
+# --- Bans that hold, with real processes --------------------------------------------------------------
+
+
+@pytest.fixture
+def per_address_process(tmp_path: Path, small_dataset: Path) -> Iterator[LocalCoordinator]:
+    """`coordinator serve` where each 127.0.0.N is its own source and loopback is limited like any other."""
+    log = tmp_path / "coordinator.log"
+    args = ["--limit-loopback", "--source-prefix-v4", "32"]
+    try:
+        coordinator = start_coordinator(tmp_path / "c", datasets={"stdlib": small_dataset}, log=log, extra_args=args)
+    except (RuntimeError, TimeoutError) as error:
+        raise AssertionError(f"{error}:\n{log.read_text(errors='replace')[-4000:]}") from error
+    try:
+        yield coordinator
+    finally:
+        stop(coordinator.process)
+        assert "Traceback" not in log.read_text(errors="replace")
+
+
+def volunteer(coordinator: LocalCoordinator, home: Path, address: str) -> subprocess.Popen[bytes]:
+    """`commonweights volunteer run` from `address`, as a fresh install under `home`."""
+    dirs = [f"--{kind}-dir={home / kind}" for kind in ("config", "cache", "data")]
+    return subprocess.Popen(
+        [sys.executable, "-m", "commonweights", "volunteer", "run", "--coordinator", coordinator.ws_url,
+         "--bind-address", address, "--threads", "1", "--quiet", *dirs],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+
+
+def registered(coordinator: LocalCoordinator, home: Path, process: subprocess.Popen[bytes]) -> str:
+    """The volunteer id a volunteer process registered under, once it has; then the process is stopped."""
+    store = CredentialStore(home / "config")
+
+    def volunteer_id() -> str | None:
+        assert process.poll() is None, "the volunteer exited before it registered"
+        found = store.get(coordinator.ws_url)
+        return found.volunteer_id if found else None
+
+    try:
+        return poll("the volunteer's registration", volunteer_id, timeout=90)
+    finally:
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=60)[0].decode(errors="replace")
+        assert process.returncode == 0, output
+
+
+def test_a_ban_holds_against_registering_again_from_the_same_source_but_not_from_another(
+    per_address_process: LocalCoordinator, tmp_path: Path
+) -> None:
+    coordinator = per_address_process
+    mallory = registered(coordinator, tmp_path / "a", volunteer(coordinator, tmp_path / "a", "127.0.0.2"))
+    coordinator.api.ban(mallory)
+
+    # A fresh install on the same network is refused for good: the app stops and says why.
+    again = volunteer(coordinator, tmp_path / "b", "127.0.0.2")
+    output = again.communicate(timeout=90)[0].decode(errors="replace")
+    assert again.returncode == 1, output
+    assert "banned" in output and "127.0.0.2/32" in output, output
+    assert CredentialStore(tmp_path / "b" / "config").get(coordinator.ws_url) is None
+
+    # Another network is not.
+    other = registered(coordinator, tmp_path / "c", volunteer(coordinator, tmp_path / "c", "127.0.0.3"))
+    assert other != mallory
+
+    # Lifting the ban lifts it for the network too.
+    coordinator.api.unban(mallory)
+    assert isinstance(asyncio.run(first_reply(coordinator.ws_url, "127.0.0.2")), Welcome)
+
+
+async def first_reply(url: str, local: str) -> object:
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(local, 0))) as client,
+        client.ws_connect(url) as ws,
+    ):
+        await ws.send_bytes(encode(hello()))
+        reply = decode((await ws.receive(timeout=30)).data, direction="to_client")
+        assert isinstance(reply, Welcome | ErrorMessage)
+        return reply

@@ -191,6 +191,24 @@ def test_a_volunteer_keeps_its_registration_source_and_each_hello_updates_its_la
     assert row is not None and (row.source, row.last_source) == ("203.0.113.0/24", "198.51.100.0/24")
 
 
+def test_a_ban_covers_the_volunteers_prefixes_until_it_is_lifted(store: Store) -> None:
+    store.add_volunteer("mallory", "hash-m", "m", {}, source="203.0.113.0/24")
+    store.touch_volunteer("mallory", "m", {}, source="198.51.100.0/24")
+    store.add_volunteer("eve", "hash-e", "e", {}, source="198.51.100.0/24")
+    store.add_volunteer("quiet", "hash-q", "q", {})  # no known source: banning it bans no prefix
+    assert not store.source_banned("203.0.113.0/24")
+
+    assert store.set_banned("mallory", True) and store.set_banned("eve", True) and store.set_banned("quiet", True)
+    assert store.source_banned("203.0.113.0/24") and store.source_banned("198.51.100.0/24")
+    assert not store.source_banned("192.0.2.0/24") and not store.source_banned("")
+    # Lifting one ban leaves the other's on the prefix they share.
+    assert store.set_banned("mallory", False)
+    assert not store.source_banned("203.0.113.0/24") and store.source_banned("198.51.100.0/24")
+    assert store.set_banned("eve", False)
+    assert not store.source_banned("198.51.100.0/24")
+    assert not store.set_banned("nobody", True)
+
+
 def test_migrating_from_schema_version_2_gives_existing_volunteers_empty_sources(tmp_path: Path) -> None:
     path = tmp_path / "coordinator.sqlite3"
     db = sqlite3.connect(path)

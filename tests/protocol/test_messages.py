@@ -44,6 +44,7 @@ from protocol import (
     Goodbye,
     Hello,
     InnerRecipe,
+    Keepalive,
     LeaseExtended,
     Message,
     ModelConfig,
@@ -174,6 +175,7 @@ EXAMPLES: dict[str, Message] = {
     ),
     "abandon": Abandon(unit_id="u-42", lease_id="l-42-1", reason="out_of_memory", detail="CUDA out of memory"),
     "goodbye": Goodbye(reason="user quit"),
+    "keepalive": Keepalive(),
     "welcome": Welcome(
         volunteer_id="v-1001",
         token="c2VjcmV0LXRva2VuLWZvci12LTEwMDE",

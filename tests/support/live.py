@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,11 +70,14 @@ class LiveCoordinator:
 
 
 @contextmanager
-def live_coordinator(tmp: Path, dataset: Path) -> Iterator[LiveCoordinator]:
+def live_coordinator(tmp: Path, dataset: Path, *, extra_args: Sequence[str] = ()) -> Iterator[LiveCoordinator]:
+    """`extra_args` go to `coordinator serve` as they are (e.g. ["--idle-timeout", "2"])."""
     data_dir = tmp / "coordinator"
     log = tmp / "coordinator.log"
     try:
-        local = start_coordinator(data_dir, datasets={"small": dataset, "stdlib": dataset}, log=log)
+        local = start_coordinator(
+            data_dir, datasets={"small": dataset, "stdlib": dataset}, log=log, extra_args=extra_args
+        )
     except (RuntimeError, TimeoutError) as error:
         raise AssertionError(f"{error}:\n{log.read_text(errors='replace')[-4000:]}") from error
     try:

@@ -63,7 +63,19 @@ class SQLiteVolunteers(SQLiteDatabase):
             changed = self.db.execute(
                 "UPDATE volunteers SET banned = ? WHERE id = ?", (int(banned), volunteer_id)
             ).rowcount
+            if changed and banned:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO source_bans (prefix, volunteer_id, banned_at) "
+                    "SELECT prefix, id, ? FROM (SELECT source AS prefix, id FROM volunteers WHERE id = ? "
+                    "UNION SELECT last_source, id FROM volunteers WHERE id = ?) WHERE prefix != ''",
+                    (self.clock(), volunteer_id, volunteer_id),
+                )
+            elif changed:
+                self.db.execute("DELETE FROM source_bans WHERE volunteer_id = ?", (volunteer_id,))
         return changed == 1
+
+    def source_banned(self, prefix: str) -> bool:
+        return self._one("SELECT 1 FROM source_bans WHERE prefix = ? LIMIT 1", (prefix,)) is not None
 
     def record_outcome(
         self, volunteer_id: str, *, accepted: bool, credit: float, tokens: int, trust: dict[str, int]
