@@ -210,3 +210,41 @@ def _run_bench_adversarial(args: argparse.Namespace) -> int:
     from benchmarks.adversarial import run_bench_adversarial
 
     return run_bench_adversarial(args)
+
+
+def add_bench_fuzz(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "fuzz",
+        help="hostile frames through the volunteer gateway's decode path, in process and over a real socket",
+        description=(
+            "Generate mutated and random control frames of every message type and decode them as the gateway "
+            "does (every one must decode or be refused with the protocol's own error); mutated updates of every "
+            "codec through the tensor decoder; then send fuzzed frames to a real coordinator process over real "
+            "WebSocket connections while a well-behaved volunteer keeps working, checking each answer against "
+            "docs/protocol.md and the coordinator's log for tracebacks. Writes docs/benchmarks.md; exits 1 if "
+            "anything broke the contract."
+        ),
+    )
+    parser.add_argument("--frames", type=positive_int, default=1_000_000, help="control frames decoded in process")
+    parser.add_argument("--codec-frames", type=positive_int, default=100_000, help="update frames decoded in process")
+    parser.add_argument(
+        "--socket-frames", type=int, default=5_000, help="fuzzed frames sent to a real coordinator (0: none)"
+    )
+    parser.add_argument("--socket-connections", type=positive_int, default=4, help="fuzzing connections at a time")
+    parser.add_argument("--seed", type=int, default=0, help="the same seed generates the same frames")
+    parser.add_argument(
+        "--dataset", type=Path, default=None, metavar="DIR", help="a prepared dataset (default: the embedded corpus)"
+    )
+    parser.add_argument(
+        "--findings", type=Path, default=None, metavar="DIR", help="where to save frames that broke the contract"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE")
+    parser.set_defaults(handler=_run_bench_fuzz)
+
+
+def _run_bench_fuzz(args: argparse.Namespace) -> int:
+    from benchmarks.fuzz import run_bench_fuzz
+
+    return run_bench_fuzz(args)

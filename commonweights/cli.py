@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     benchmarks_cli.add_bench_app(bench_commands)
     benchmarks_cli.add_bench_coordinator(bench_commands)
     benchmarks_cli.add_bench_crash(bench_commands)
+    benchmarks_cli.add_bench_fuzz(bench_commands)
     benchmarks_cli.add_bench_adversarial(bench_commands)
     return parser
 
