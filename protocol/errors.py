@@ -84,11 +84,11 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.UNEXPECTED_MESSAGE: (
         "A well-formed message arrived at the wrong moment, such as request_work before hello."
     ),
-    ErrorCode.UNAUTHORIZED: ("The token is unknown or revoked; register again by sending hello with a null token."),
     ErrorCode.IDLE_TIMEOUT: (
         "The connection sent no hello in time, or nothing at all for too long; send a frame (keepalive when "
         "there is nothing else) at least every welcome.heartbeat_interval_s, and reconnect."
     ),
+    ErrorCode.UNAUTHORIZED: ("The token is unknown or revoked; register again by sending hello with a null token."),
     ErrorCode.BANNED: "The coordinator's admins have banned this volunteer; it must not reconnect.",
     ErrorCode.SESSION_REPLACED: ("A newer connection presented the same token, so this older connection was closed."),
     ErrorCode.UNSUPPORTED_CODEC: "None of the codecs the volunteer offered is acceptable to the coordinator.",
@@ -157,6 +157,7 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 1011
     UNAUTHORIZED = 4401
     BANNED = 4403
+    IDLE_TIMEOUT = 4408
     SESSION_REPLACED = 4409
     VERSION_MISMATCH = 4426
     RATE_LIMITED = 4429
@@ -166,8 +167,8 @@ _CLOSE_CODES: dict[ErrorCode, CloseCode] = {
     ErrorCode.FRAME_TOO_LARGE: CloseCode.MESSAGE_TOO_BIG,
     ErrorCode.VERSION_MISMATCH: CloseCode.VERSION_MISMATCH,
     ErrorCode.UNAUTHORIZED: CloseCode.UNAUTHORIZED,
-    IDLE_TIMEOUT = 4408
     ErrorCode.BANNED: CloseCode.BANNED,
+    ErrorCode.IDLE_TIMEOUT: CloseCode.IDLE_TIMEOUT,
     ErrorCode.SESSION_REPLACED: CloseCode.SESSION_REPLACED,
     ErrorCode.RATE_LIMITED: CloseCode.RATE_LIMITED,
     ErrorCode.SERVER_SHUTTING_DOWN: CloseCode.GOING_AWAY,
@@ -177,7 +178,6 @@ _CLOSE_CODES: dict[ErrorCode, CloseCode] = {
 
 def close_code_for(code: ErrorCode) -> CloseCode:
     """The close code that follows a fatal `error` frame carrying `code` (1008 unless more specific)."""
-    ErrorCode.IDLE_TIMEOUT: CloseCode.IDLE_TIMEOUT,
     return _CLOSE_CODES.get(code, CloseCode.POLICY_VIOLATION)
 
 
