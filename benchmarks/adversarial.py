@@ -32,6 +32,7 @@ import functools
 import json
 import os
 import random
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -70,6 +71,7 @@ MIXED: Final = "mixed"
 TARGET_LOSS: Final = 0.02  # final holdout loss within 2 % of the clean run's
 TARGET_HONEST_REJECTED: Final = 0.02  # below 2 % of honest submissions rejected
 HEARTBEAT_S: Final = 1.0
+GRACE_S: Final = 30.0  # how long a volunteer may take to stop at a step boundary and say goodbye
 HONEST_PREFIX: Final = "honest-"
 ATTACKER_PREFIX: Final = "attacker-"
 
@@ -245,11 +247,20 @@ class Population:
         return any(e["event"] == "welcome" for e in self.events(name))
 
     def stop(self, name: str) -> None:
-        stop(self.processes[name], grace=20)
+        stop(self.processes[name], grace=GRACE_S)
 
     def stop_all(self) -> None:
-        for process in self.processes.values():
-            stop(process, grace=20)
+        """Ask every process to stop at once, then wait for them together (and kill the stragglers)."""
+        running = [p for p in self.processes.values() if p.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + GRACE_S
+        for process in running:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=GRACE_S)
 
     def died(self) -> list[str]:
         """Processes that exited on their own, with the end of their log."""
