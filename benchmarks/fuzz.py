@@ -37,13 +37,8 @@ from typing import Any, Final
 import numpy as np
 import torch
 
-from benchmarks.fuzz_frames import (
-    SHARD,
-    TENSOR_CONFIGS,
-    FrameFuzzer,
-    TensorFrameFuzzer,
-    tensor_max_bytes,
-)
+from benchmarks.fuzz_frames import FrameFuzzer
+from benchmarks.fuzz_updates import SHARD, TENSOR_CONFIGS, TensorFrameFuzzer, tensor_max_bytes
 from benchmarks.report import machine_line, markdown_table, write_section
 from protocol.codecs import CodecConfig, CodecError
 from protocol.codecs import decode as decode_update

@@ -35,7 +35,8 @@ import msgspec
 
 from benchmarks.fuzz import Finding, Tally, rss_mib
 from benchmarks.fuzz import Progress as ProgressBar
-from benchmarks.fuzz_frames import FrameFuzzer, TensorFrameFuzzer, seed_messages
+from benchmarks.fuzz_frames import FrameFuzzer, seed_messages
+from benchmarks.fuzz_updates import TensorFrameFuzzer
 from benchmarks.system import hello, spec
 from coordinator.gateway import MAX_PROTOCOL_ERRORS
 from coordinator.local import LocalCoordinator, start_coordinator, stop

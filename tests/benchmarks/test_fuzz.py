@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import benchmarks.fuzz as fuzz
-from benchmarks.fuzz_frames import SHARD, FrameFuzzer, TensorFrameFuzzer, seed_messages
+from benchmarks.fuzz_frames import FrameFuzzer, seed_messages
+from benchmarks.fuzz_updates import SHARD, TensorFrameFuzzer
 from commonweights.cli import main
 from protocol.codecs import CodecConfig
 from protocol.messages import MESSAGE_TYPES, Goodbye, encode
