@@ -150,13 +150,20 @@ def _pack(value: Any, out: bytearray, wide: bool, frozen: Mapping[int, bytes]) -
         _header(out, len(value), None, 0, (0xC4, 0xC5, 0xC6), wide=wide)
         out += value
     elif kind is F32:
-        out += b"\xca" + struct.pack(">f", value)
+        out += b"\xca" + _float32(value)
     elif kind is Wide:
         _pack(value.value, out, True, frozen)
     elif kind is tuple:
         _pack(list(value), out, wide, frozen)
     else:
         raise TypeError(f"cannot pack {kind.__name__}")
+
+
+def _float32(value: float) -> bytes:
+    try:
+        return struct.pack(">f", value)
+    except OverflowError:  # beyond float32: what rounding to float32 gives
+        return struct.pack(">f", math.copysign(math.inf, value))
 
 
 def _pack_int(value: int, out: bytearray, *, wide: bool) -> None:
