@@ -20,7 +20,8 @@ onto training.inner.InnerLoop). The kinds (`Kind`):
   later unit.
 - `stale`: trains each unit from a version STALE_BY older than the unit's (old checkpoints are
   public: their sha256 is on `/versions`, their bytes a `blob_request` away).
-- `nan`: an update with a NaN in it (a real encoder refuses to write one: the bytes are patched).
+- `nan`: an update with a NaN in it (a real encoder refuses to write one: the bytes are patched), sent
+  as often as a real training would finish.
 - `forged`: everything the protocol lets it try with ids that aren't its own: `progress` and
   `submit` under made-up lease ids for its own unit, and under its old lease (and made-up ones) for
   units it gave back that others now hold; a `hello` with another volunteer's public id as token;
@@ -553,6 +554,7 @@ class Adversary:
         elif kind is Kind.NAN:
             c = await self.calibrated(link, unit)
             update = poisoned(encode_for(unit, noise_like(c.norms, _shapes(unit), self.generator())))
+            await self.pace(link, unit, c.seconds)  # as often as a trainer would, not a flood
             await self.submit(link, unit, update, self.metrics(c.losses, c.tokens, c.seconds), "nan")
         elif kind is Kind.FORGED:
             await self.forge(link, unit)
