@@ -52,6 +52,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from benchmarks.adversaries import KINDS, Kind
 from benchmarks.report import machine_line, markdown_table, write_section
 from coordinator.local import LocalCoordinator, start_coordinator, stop
+from protocol.errors import ErrorCode
 
 __all__ = [
     "MIXED",
@@ -71,6 +72,8 @@ MIXED: Final = "mixed"
 TARGET_LOSS: Final = 0.02  # final holdout loss within 2 % of the clean run's
 TARGET_HONEST_REJECTED: Final = 0.02  # below 2 % of honest submissions rejected
 HEARTBEAT_S: Final = 1.0
+# Rejections that judge no one's work (the model moved on, the campaign ended): not false positives.
+BLAMELESS: Final = frozenset({ErrorCode.STALE_UPDATE.value, ErrorCode.CAMPAIGN_CLOSED.value})
 GRACE_S: Final = 30.0  # how long a volunteer may take to stop at a step boundary and say goodbye
 HONEST_PREFIX: Final = "honest-"
 ATTACKER_PREFIX: Final = "attacker-"
@@ -293,6 +296,17 @@ class Audit:
     def honest_rejected_rate(self) -> float:
         return self.honest_rejected / self.honest_submissions if self.honest_submissions else 0.0
 
+    @property
+    def honest_blameless(self) -> int:
+        """Honest updates rejected for reasons that judge no one's work: the model moved on, the campaign ended."""
+        return sum(n for code, n in self.honest_codes.items() if code in BLAMELESS)
+
+    @property
+    def honest_false_positive_rate(self) -> float:
+        """Honest updates that validation judged bad, of all honest submissions: the target's figure."""
+        bad = self.honest_rejected - self.honest_blameless
+        return bad / self.honest_submissions if self.honest_submissions else 0.0
+
 
 def audit(db_path: Path, campaign_id: int | None, attackers: Sequence[str]) -> Audit:
     """Who submitted what to `campaign_id` (None: to any campaign), by the names of `attackers`
@@ -338,7 +352,8 @@ def audit(db_path: Path, campaign_id: int | None, attackers: Sequence[str]) -> A
 @dataclass
 class RunResult:
     label: str  # "clean", a kind, or "mixed"
-    attackers: list[str]
+    attackers: list[str]  # their names
+    kinds: list[str]  # their kinds, in the same order
     honest: int
     finished: bool
     final_loss: float | None
@@ -401,6 +416,7 @@ def run_one(
     result = RunResult(
         label=label,
         attackers=[s.name for s in slots],
+        kinds=[s.kind.value for s in slots],
         honest=honest,
         finished=finished,
         final_loss=float(scored_versions[-1]["holdout_loss"]) if scored_versions else None,
@@ -480,11 +496,14 @@ def row_for(result: RunResult, clean: RunResult) -> list[str]:
             accepted += f"; {result.forged_through} forged attempts went through"
         accepted += f" {verdict(a.attacker_accepted + result.forged_through == 0)}"
         credit = f"{a.attacker_credit:.4g} {verdict(a.attacker_credit == 0)}"
-    honest = (
-        f"{a.honest_rejected} of {a.honest_submissions} ({100 * a.honest_rejected_rate:.1f}%) "
-        f"{verdict(a.honest_rejected_rate < TARGET_HONEST_REJECTED)}"
-    )
-    return [result.label, str(len(result.attackers)), loss, versus, accepted, honest, credit,
+    honest = f"{a.honest_rejected} of {a.honest_submissions} ({100 * a.honest_rejected_rate:.1f}%"
+    if a.honest_blameless:
+        honest += f"; by validation {100 * a.honest_false_positive_rate:.1f}%"
+    honest += f") {verdict(a.honest_false_positive_rate < TARGET_HONEST_REJECTED)}"
+    attackers = str(len(result.attackers))
+    if result.label == MIXED:
+        attackers += f" ({', '.join(result.kinds)})"
+    return [result.label, attackers, loss, versus, accepted, honest, credit,
             str(result.rounds), f"{result.seconds:.0f}"]  # fmt: skip
 
 
@@ -519,7 +538,7 @@ def section(results: Sequence[RunResult], setup: Setup, *, sources: bool) -> str
     harmful = [
         r.label for r in attacked if not r.finished or (c := loss_change(r, clean)) is None or abs(c) > TARGET_LOSS
     ]
-    false_positive = [r.label for r in results if r.audit.honest_rejected_rate >= TARGET_HONEST_REJECTED]
+    false_positive = [r.label for r in results if r.audit.honest_false_positive_rate >= TARGET_HONEST_REJECTED]
     source_note = (
         "Each volunteer connects from its own loopback address (`--bind-address 127.0.0.N`) and the coordinator "
         "runs with `--source-prefix-v4 32`, so each is its own source; a colluding pair shares one address."
@@ -530,7 +549,7 @@ def section(results: Sequence[RunResult], setup: Setup, *, sources: bool) -> str
     summary = [
         f"Attack kinds that got updates accepted or credit: {', '.join(got_through) or 'none'}.",
         f"Unfinished, or final loss outside {100 * TARGET_LOSS:.0f}% of clean: {', '.join(harmful) or 'none'}.",
-        f"Runs with {100 * TARGET_HONEST_REJECTED:.0f}% or more of honest updates rejected: "
+        f"Runs where validation rejected {100 * TARGET_HONEST_REJECTED:.0f}% or more of honest updates: "
         f"{', '.join(false_positive) or 'none'}.",
     ]
     return "\n\n".join([
@@ -545,6 +564,8 @@ def section(results: Sequence[RunResult], setup: Setup, *, sources: bool) -> str
         "client); `mixed` fills the attacker slots with different kinds in a seeded order; a colluding pair is "
         f"two identities. {source_note} Every run starts a fresh coordinator, waits until all volunteers are "
         "connected, then posts the campaign; figures come from the coordinator's store and REST API. "
+        "Honest updates rejected: all of them, and (the target's figure) those validation rejected, leaving out "
+        "`stale_update` and `campaign_closed`, which judge no one's work. "
         "Accepted counts an attacker's submissions the store marks accepted (pending: valid, waiting for a "
         "replica); forged attempts refused before anything is stored (made-up leases, another's unit) come "
         "from the attacker's own record. Final loss: the holdout loss the coordinator published for the last "
