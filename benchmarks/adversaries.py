@@ -402,6 +402,10 @@ class Adversary:
             except (ConnectionClosed, ConnectionError, OSError, TimeoutError) as error:
                 failures += 1
                 self.record("disconnected", error=str(error)[:200])
+                if self.link is not None:
+                    with contextlib.suppress(ConnectionClosed, OSError):
+                        await self.link.close("reconnecting")
+                    self.link = None
                 await asyncio.sleep(min(30.0, 0.5 * 2**failures) * self.rng.uniform(0.5, 1.0))
 
     async def next_unit(self, link: Link) -> WorkUnit:
