@@ -146,7 +146,7 @@ def add_bench_crash(commands: Subparsers) -> None:
         ),
     )
     parser.add_argument("--kills", type=positive_int, default=100, help="coordinator SIGKILLs")
-    parser.add_argument("--volunteers", type=positive_int, default=4, help="volunteer processes during the kills")
+    parser.add_argument("--volunteers", type=positive_int, default=6, help="volunteer processes during the kills")
     parser.add_argument("--churn-volunteers", type=positive_int, default=10, help="volunteer processes for churn")
     parser.add_argument("--churn-rounds", type=positive_int, default=16, help="rounds of the churn campaign")
     parser.add_argument(

@@ -25,6 +25,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -55,6 +56,9 @@ TARGET_CHURN_LOSS = 0.01  # the churned campaign's final holdout loss within 1 %
 HEARTBEAT_S = 1.0
 TRIGGER_TIMEOUT_S = 600.0  # longer than the volunteers' longest reconnect backoff (300 s)
 VERSIONS_AFTER_LAST_KILL = 2
+# A kill at "any moment" lands this long after the coordinator serves, at most: long enough for
+# volunteers in backoff to come back, so that the coordinator is not down most of the time.
+ANY_WINDOW_S = 10.0
 
 ACK = re.compile(r"unit ([0-9a-f]{32}): accepted\b")
 IDENTITY = re.compile(r"(?:registered|signed in) as ([0-9a-f]+)")
@@ -292,8 +296,10 @@ class CrashResult:
     by_phase: dict[str, int]
     stalled: int  # kills whose trigger did not come within TRIGGER_TIMEOUT_S (killed anyway)
     restart_s: list[float]
+    load: list[float]  # the machine's 1-minute load average at each kill: restarts are CPU-bound
     acks: int
     acks_lost: list[str]
+    unacknowledged: int  # accepted submissions no volunteer logged an ack for
     identities_lost: int  # volunteers the coordinator forgot after a crash and that registered again
     audit: HistoryAudit
     rounds_closed: int
@@ -309,7 +315,7 @@ class CrashResult:
 def trigger(phase: Phase, activity: Activity, rng: random.Random) -> bool:
     """Wait, the coordinator serving, for the moment `phase` names; False when it never came (a stall)."""
     if phase is Phase.ANY:
-        time.sleep(rng.uniform(0.0, 4.0))
+        time.sleep(rng.uniform(0.0, ANY_WINDOW_S))
         return True
     if phase is Phase.SUBMIT:
         came = activity.next_submit()
@@ -357,6 +363,7 @@ def run_crashes(
     )["id"]  # fmt: skip
     by_phase: Counter[str] = Counter()
     stalled = 0
+    load: list[float] = []
     task = progress.add_task("SIGKILLs", total=kills)
     try:
         for i in range(volunteers):
@@ -376,6 +383,7 @@ def run_crashes(
                     restarts.append(time.monotonic() - launched)
                 stalled += not trigger(phase, activity, rng)
             server.kill()
+            load.append(os.getloadavg()[0])
             launched = time.monotonic()
             server.launch()
             by_phase[phase.value] += 1
@@ -393,7 +401,8 @@ def run_crashes(
         server.stop()
     logs = [acks_in(path.read_text(errors="replace")) for path in crew.logs]
     acks = [ack for found, _ in logs for ack in found]
-    lost = sorted(f"{unit} (volunteer {vid})" for vid, unit in set(acks) - recorded(server.db))
+    in_store = recorded(server.db)
+    lost = sorted(f"{unit} (volunteer {vid})" for vid, unit in set(acks) - in_store)
     audit = audit_history(server.data_dir, campaign_id)
     db = sqlite3.connect(f"file:{server.db}?mode=ro", uri=True)
     try:
@@ -408,8 +417,10 @@ def run_crashes(
         by_phase=dict(by_phase),
         stalled=stalled,
         restart_s=restarts[1:],
+        load=load,
         acks=len(acks),
         acks_lost=lost,
+        unacknowledged=len(in_store - set(acks)),
         identities_lost=sum(again for _, again in logs),
         audit=audit,
         rounds_closed=int(closed),
@@ -505,6 +516,11 @@ def crash_section(result: CrashResult) -> str:
     )
     rejected = ", ".join(f"{code} {n}" for code, n in sorted(result.rejections.items())) or "none"
     lost = f"{len(result.acks_lost)} of {result.acks:,} acks"
+    if result.unacknowledged:
+        lost += (
+            f"; {result.unacknowledged} more accepted submissions have no ack in the logs (the kill came before the "
+            "answer reached the volunteer)"
+        )
     if result.acks_lost:
         lost += " (" + ", ".join(result.acks_lost[:3]) + (" …)" if len(result.acks_lost) > 3 else ")")
     stalled = f"; {result.stalled} whose moment never came" if result.stalled else ""
@@ -517,7 +533,8 @@ def crash_section(result: CrashResult) -> str:
          "versions' counts)", "0", verdict(audit.consistent)],
         ["volunteer identities lost", str(result.identities_lost), "0", verdict(result.identities_lost == 0)],
         ["restart, SIGKILL to /api/health", f"p50 {statistics.median(restarts):.1f} s, max {max(restarts):.1f} s "
-         f"({len(restarts)} restarts)", "—", "—"],
+         f"({len(restarts)} restarts; load average {statistics.mean(result.load):.1f} on {os.cpu_count()} cores)", "—",
+         "—"],
         ["rounds completed", f"{result.rounds_closed:,} ({audit.applied:,} updates applied of {audit.accepted:,} "
          f"accepted; rejected: {rejected}); {result.versions_after_last_kill} more versions after the last kill",
          "—", "—"],
@@ -529,11 +546,13 @@ def crash_section(result: CrashResult) -> str:
         "volunteer run`, one thread each) on loopback train a `tiny` campaign with small units (3 steps of 2×32 "
         f"tokens, int8; {result.volunteers} units a round, closed at {max(1, result.volunteers - 1)} so the last "
         "one arrives stale). The coordinator is SIGKILLed at seeded random instants: any moment once it serves "
-        "(0–4 s after /api/health answers), while a volunteer submits (0–250 ms after a volunteer logs "
-        "`[submitting]`), right after an ack (a volunteer logged an accepted `result`), at a round's close "
-        "(the open round holds its quorum or a new version appeared), or while it starts up (before or "
+        f"(0–{ANY_WINDOW_S:.0f} s after /api/health answers), while a volunteer submits (0–250 ms after a "
+        "volunteer logs `[submitting]`), right after an ack (a volunteer logged an accepted `result`), at a "
+        "round's close (the open round holds its quorum or a new version appeared), or while it starts up (before or "
         "during its restore). After each kill it is started again on the same data dir and port; the "
-        "volunteers reconnect with their backoff and resubmit what had no answer. After the last kill the "
+        "volunteers reconnect with their backoff (exponential with full jitter, up to 300 s: a coordinator that "
+        "keeps dying sees its volunteers come back ever later, which is what bounds the acks per kill here) and "
+        "resubmit what had no answer. After the last kill the "
         f"campaign must publish {VERSIONS_AFTER_LAST_KILL} more versions, then everything is stopped and "
         "audited. Lost: an accepted `result` a volunteer logged with no accepted submission of that volunteer "
         "and unit in the store. Applied twice: the history replay (benchmarks/history.py: every closed "
@@ -598,7 +617,7 @@ def run_bench_crash(args: argparse.Namespace) -> int:
         consistent = crash.audit.consistent and not crash.acks_lost
         section = crash_section(crash)
         write_section(args.output, "crash", section)
-        console.print(section)
+        console.print(section, markup=False)
     if not args.crash_only:
         runs: list[ChurnRun] = []
         with bar(console) as progress:
@@ -614,11 +633,12 @@ def run_bench_crash(args: argparse.Namespace) -> int:
         results["churn"] = {"calm": asdict(calm), "churned": asdict(churned)}
         section = churn_section(calm, churned, volunteers=args.churn_volunteers, rounds=args.churn_rounds)
         write_section(args.output, "churn", section)
-        console.print(section)
+        console.print(section, markup=False)
     console.print(f"wrote {args.output}")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
     if not consistent:
         console.print(f"[bold red]the coordinator lost or double-counted updates; its data dir is in {work}")
         return 1
+    shutil.rmtree(work, ignore_errors=True)
     return 0
