@@ -192,6 +192,17 @@ class ValidationSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     min_cosine: Annotated[
         float, Meta(ge=-1, le=1, description="Least cosine between an update and the cohort's direction.")
     ] = -0.2
+    holdout_check_rate: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=1,
+            description=(
+                "Share of trusted volunteers' updates measured with the model (first loss, holdout descent, "
+                "fit to the unit's data); every update of a volunteer not yet trusted is measured."
+            ),
+        ),
+    ] = 0.1
 
     def problems(self) -> list[str]:
         return _declared_problems(self, "validation.")

@@ -473,7 +473,9 @@ async def _dispatch(session: Session, message: Message) -> None:
                 f"progress.steps_total: this unit's recipe has {runtime.spec.inner.steps} steps, and step "
                 f"({message.step}) may not exceed it; got steps_total {message.steps_total}",
             )
-        extended = await service.workers.run(runtime.heartbeat, volunteer.id, message.unit_id, message.lease_id)
+        extended = await service.workers.run(
+            runtime.heartbeat, volunteer.id, message.unit_id, message.lease_id, step=message.step
+        )
         if isinstance(extended, tuple):
             raise ProtocolError(ErrorCode(extended[0]), extended[1])
         await _send(

@@ -54,6 +54,7 @@ class ErrorCode(StrEnum):
     IMPLAUSIBLE_LOSS = "implausible_loss"
     REPLICATION_MISMATCH = "replication_mismatch"
     HOLDOUT_REGRESSION = "holdout_regression"
+    NOT_FROM_UNIT = "not_from_unit"
     STALE_UPDATE = "stale_update"
     CAMPAIGN_CLOSED = "campaign_closed"
 
@@ -119,7 +120,14 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.REPLICATION_MISMATCH: (
         "Another volunteer computed the same unit and the two updates differ beyond tolerance."
     ),
-    ErrorCode.HOLDOUT_REGRESSION: "Applying this update alone made the holdout loss worse beyond tolerance.",
+    ErrorCode.HOLDOUT_REGRESSION: (
+        "A small step along the update does not lower the holdout loss as accepted updates of the same "
+        "version do: it does not point downhill (a flipped, shrunken or random update)."
+    ),
+    ErrorCode.NOT_FROM_UNIT: (
+        "The update does not lower the loss of the unit's own last batches more than the holdout loss: "
+        "it was not trained on this unit's data (a replayed or copied update, or no training at all)."
+    ),
     ErrorCode.STALE_UPDATE: "The update was computed against a model version too old to use.",
     ErrorCode.CAMPAIGN_CLOSED: "The campaign finished or was stopped before the update could be used.",
 }
@@ -136,6 +144,7 @@ UPDATE_REJECTIONS: frozenset[ErrorCode] = frozenset(
         ErrorCode.IMPLAUSIBLE_LOSS,
         ErrorCode.REPLICATION_MISMATCH,
         ErrorCode.HOLDOUT_REGRESSION,
+        ErrorCode.NOT_FROM_UNIT,
         ErrorCode.STALE_UPDATE,
         ErrorCode.CAMPAIGN_CLOSED,
     }

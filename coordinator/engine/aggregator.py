@@ -19,7 +19,7 @@ import torch
 from coordinator.campaign import CampaignSpec
 from coordinator.engine.scheduler import Scheduler
 from coordinator.engine.state import CampaignState, model_config_for
-from coordinator.engine.states import CloseReason, SubmissionStatus
+from coordinator.engine.states import CloseReason, SubmissionStatus, UnitState
 from coordinator.store import VersionRow
 from training.checkpoint import load_state, load_weights, save_state, save_weights
 from training.data import TokenDataset
@@ -84,8 +84,7 @@ class Aggregator:
             current = s.round
             if current is None or s.clock() < current.row.deadline:
                 return None
-            pending = s.store.submissions(round_id=current.row.id, statuses=(SubmissionStatus.PENDING_REPLICA,))
-            if current.accepted + len(pending) > 0:
+            if current.accepted > 0:  # an update waiting for its replica doesn't count yet
                 return self.close_round(CloseReason.DEADLINE)
             s.store.extend_round_deadline(current.row.id, s.clock() + s.spec.rounds.deadline_s)
             refreshed = s.store.round(current.row.id)
@@ -98,23 +97,7 @@ class Aggregator:
         with s.lock:
             current = s.round
             assert current is not None
-            # Replicas that never came back: their original was validated, so it counts unreplicated.
-            for sub in s.store.submissions(round_id=current.row.id, statuses=(SubmissionStatus.PENDING_REPLICA,)):
-                unit = s.store.unit(sub.unit_id)
-                assert unit is not None
-                delta = s.decode(s.blobs.get(sub.update_sha), unit.shard)
-                credit = s.credit(unit, sub.tokens)
-                with s.store.transaction():
-                    s.store.update_submission(
-                        sub.id,
-                        status=SubmissionStatus.ACCEPTED,
-                        message="accepted (replica did not return)",
-                        credit=credit,
-                    )
-                    s.judge(sub.volunteer_id, accepted=True, credit=credit, tokens=sub.tokens)
-                current.accumulator.add(delta, weight=sub.weight)
-                current.accepted += 1
-                current.tokens += sub.tokens
+            self._expire_unreplicated(current.row.version + 1)
             new_version = s.row.current_version + 1
             if current.accumulator.contributions:
                 s.outer.step(s.params, current.accumulator.mean())
@@ -137,6 +120,31 @@ class Aggregator:
             assert version is not None
             s.version_row = version
         return version
+
+    def _expire_unreplicated(self, new_version: int) -> None:
+        """Updates still waiting for their replica when the model moves past their staleness bound will
+        never count: reject them (blamelessly: nobody proved them wrong) and stop issuing their replicas."""
+        s = self.state
+        bound = s.spec.rounds.staleness_bound
+        for sub in s.store.submissions(campaign_id=s.row.id, statuses=(SubmissionStatus.PENDING_REPLICA,)):
+            unit = s.store.unit(sub.unit_id)
+            assert unit is not None
+            if new_version - unit.version <= bound:
+                continue  # its replica may still come back; the update counts once it agrees
+            replica = s.store.replica_of(unit.id) if unit.replica_of is None else s.store.unit(unit.replica_of)
+            with s.store.transaction():
+                s.store.update_submission(
+                    sub.id,
+                    status=SubmissionStatus.REJECTED,
+                    code="stale_update",
+                    message=(
+                        f"its replica did not come back before the model moved {bound} version(s) past "
+                        f"version {unit.version}; no credit, and no mark against this volunteer"
+                    ),
+                )
+                if replica is not None and replica.state == UnitState.PENDING:
+                    s.store.set_unit_state(replica.id, UnitState.CANCELLED)
+            s.count_rejection("stale_update")
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         """A copy of θ_v for readers on other threads (the holdout evaluator)."""

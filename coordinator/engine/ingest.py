@@ -122,14 +122,15 @@ class Ingest:
             )
         delta = prepared.delta
         assert delta is not None
-        candidate = s.candidate(unit, delta, report.losses, report.tokens, norm=prepared.norm)
+        evidence = s.evidence(unit) if s.wants_evidence(volunteer_id) else None
+        candidate = s.candidate(unit, delta, report.losses, report.tokens, norm=prepared.norm, evidence=evidence)
         verdict = s.pipeline.validate(candidate, s.cohort)
         if not verdict.accepted:
             return self._reject(unit, volunteer_id, prepared, report, str(verdict.code), verdict.message)
         twin_id = s.twin_id(unit)
         if twin_id is not None:
-            twin_sub = s.store.submission_for_unit(twin_id)
-            if twin_sub is None or twin_sub.status == SubmissionStatus.REJECTED:
+            twin_sub = s.live_submission(twin_id)
+            if twin_sub is None:
                 return self._hold_for_replica(unit, volunteer_id, prepared, report, candidate.norm, staleness, weight)
             if twin_sub.status == SubmissionStatus.PENDING_REPLICA:
                 twin_unit = s.store.unit(twin_id)
@@ -152,7 +153,7 @@ class Ingest:
                     return self._reject(unit, volunteer_id, prepared, report, str(comparison.code), comparison.message)
                 # Both agree: credit the twin now; the update enters the average once (this copy).
                 with s.store.transaction():
-                    credit = s.credit(unit, report.tokens)
+                    credit = s.credit(unit)
                     s.store.update_submission(
                         twin_sub.id,
                         status=SubmissionStatus.ACCEPTED,
@@ -251,7 +252,7 @@ class Ingest:
         current = s.round or self.scheduler.ensure_round()
         if current is None:
             return Outcome(REJECTED, "campaign_closed", f"campaign {s.row.name} is no longer training")
-        credit = s.credit(unit, report.tokens)
+        credit = s.credit(unit)
         with s.store.transaction():
             self._store_submission(
                 unit,

@@ -124,8 +124,10 @@ class CampaignRuntime:
     def lease(self, volunteer_id: str, *, memory_bytes: int, trust: TrustState | None = None) -> Assignment | NoWork:
         return self.scheduler.lease(volunteer_id, memory_bytes=memory_bytes, trust=trust)
 
-    def heartbeat(self, volunteer_id: str, unit_id: str, lease_id: str) -> float | tuple[str, str]:
-        return self.scheduler.heartbeat(volunteer_id, unit_id, lease_id)
+    def heartbeat(
+        self, volunteer_id: str, unit_id: str, lease_id: str, *, step: int | None = None
+    ) -> float | tuple[str, str]:
+        return self.scheduler.heartbeat(volunteer_id, unit_id, lease_id, step=step)
 
     def abandon(self, volunteer_id: str, unit_id: str, lease_id: str) -> None:
         self.scheduler.abandon(volunteer_id, unit_id, lease_id)

@@ -19,7 +19,7 @@ import numpy as np
 
 from coordinator.engine.models import Assignment, NoWork, RoundState
 from coordinator.engine.state import CampaignState
-from coordinator.engine.states import CampaignStatus, UnitState
+from coordinator.engine.states import CampaignStatus, SubmissionStatus, UnitState
 from coordinator.store import UnitRow
 from coordinator.validation import TrustState
 from protocol.codecs import encoded_size_bound
@@ -27,7 +27,14 @@ from protocol.tensors import TensorSpec
 from training.accumulator import DeltaAccumulator
 from training.model import ModelConfig
 
-__all__ = ["LEASE_EXPIRED_MESSAGE", "Scheduler", "estimate_training_bytes"]
+__all__ = ["LEASE_EXPIRED_MESSAGE", "MAX_STALLED_EXTENSIONS", "Scheduler", "estimate_training_bytes"]
+
+# Progress reports that extend a lease without a newly finished step (downloading, paused, a slow
+# first step); more than this and the lease runs out unless real steps follow.
+MAX_STALLED_EXTENSIONS = 3
+# However much progress it reports, a lease lives at most this many lease periods (or one round
+# deadline, if longer): a volunteer faking one step per lease period can't hold a unit for hours.
+MAX_LEASE_PERIODS = 4
 
 LEASE_EXPIRED_MESSAGE = (
     "the lease on this unit has ended (its deadline passed, or the unit was given back with abandon) "
@@ -46,6 +53,9 @@ def estimate_training_bytes(config: ModelConfig, shard_params: int, total_params
 class Scheduler:
     def __init__(self, state: CampaignState) -> None:
         self.state = state
+        # Per live lease: (steps reported, extensions since the last new step, when first seen). In
+        # memory: after a restart a lease starts its count again, which only ever helps the volunteer.
+        self._progress: dict[str, tuple[int, int, float]] = {}
 
     def ensure_round(self) -> RoundState | None:
         """Open the next round when none is open and the budget allows; finish the campaign when not."""
@@ -93,31 +103,78 @@ class Scheduler:
                 f"this volunteer allows {memory_bytes / 2**20:.0f} MiB",
                 retry_after_s=300,
             )
+        cap = s.spec.rounds.max_leases_per_volunteer
+        held = s.store.leases_held(row.id, volunteer_id)
+        if held >= cap:
+            return NoWork(
+                f"this volunteer already holds {held} unit(s) of campaign {row.name}, the most it may hold at "
+                "once; submit or abandon one first",
+                retry_after_s=30,
+            )
         now = s.clock()
         refused = 0  # pending units this volunteer may not take because it already answered them
         for unit in s.store.units(row.id, (UnitState.PENDING,)):
-            if unit.shard_index not in fits or unit.round_id != current.row.id:
+            if unit.shard_index not in fits:
+                continue
+            if unit.round_id != current.row.id and not self._replica_awaited(unit):
                 continue
             if s.store.submission(unit.id, volunteer_id) is not None:
                 refused += 1  # it already answered this unit (perhaps badly): someone else takes it
                 continue
             twin_id = s.twin_id(unit)
-            if twin_id is not None:
-                twin = s.store.unit(twin_id)
-                if twin is not None and twin.volunteer_id == volunteer_id:
-                    continue  # a replica must be computed by somebody else
-                if twin is not None and s.store.submission(twin.id, volunteer_id) is not None:
-                    continue
+            if twin_id is not None and self._related_to_twin(volunteer_id, twin_id):
+                continue  # a replica must be computed by somebody unrelated to its twin's volunteer
             return self._grant(unit, volunteer_id, now)
         # A unit whose update was rejected waits for another volunteer; until one comes, it doesn't
-        # count against the round's quota, or a campaign with a single volunteer would stall.
-        if current.units_created >= s.spec.rounds.units_per_round + refused:
+        # count against the round's quota, or a campaign with a single volunteer would stall. Units
+        # held by volunteers not yet trusted don't count either (up to one more round's worth): a few
+        # new identities that take units and never return them can't starve the round.
+        quota = s.spec.rounds.units_per_round
+        if current.units_created >= quota + refused + min(quota, self._held_by_untrusted(current)):
             return NoWork("every unit of the current round is out; waiting for results", retry_after_s=2)
         unit = self._new_unit(current, fits[current.units_created % len(fits)])
-        rate = s.spec.validation.replication_rate
-        if rate > 0 and s.trust.should_replicate(trust, rate, s.rng):  # rate 0: replication off
+        if s.should_replicate(trust):
             self._new_unit(current, unit.shard_index, replica_of=unit)
         return self._grant(unit, volunteer_id, now)
+
+    def _replica_awaited(self, unit: UnitRow) -> bool:
+        """Whether a pending unit of an earlier round is a replica whose original waits for it and
+        can still count (within the staleness bound)."""
+        s = self.state
+        if unit.replica_of is None or s.row.current_version - unit.version > s.spec.rounds.staleness_bound:
+            return False
+        original = s.live_submission(unit.replica_of)
+        return original is not None and original.status == SubmissionStatus.PENDING_REPLICA
+
+    def _related_to_twin(self, volunteer_id: str, twin_id: str) -> bool:
+        """Whether `volunteer_id` computed, holds, or is related to whoever computed the twin unit.
+
+        Related: the same identity, or identities seen from the same network prefix (at registration
+        or at their latest hello) — a Sybil pair run from one place can't be each other's replica.
+        """
+        s = self.state
+        twin = s.store.unit(twin_id)
+        if twin is None:
+            return False
+        if s.store.submission(twin_id, volunteer_id) is not None:
+            return True
+        others = {v for v in (twin.volunteer_id,) if v}
+        live = s.live_submission(twin_id)
+        if live is not None:
+            others.add(live.volunteer_id)
+        if volunteer_id in others:
+            return True
+        mine = s.sources_of(volunteer_id)
+        return any(mine & s.sources_of(other) for other in others)
+
+    def _held_by_untrusted(self, current: RoundState) -> int:
+        s = self.state
+        held = 0
+        for unit in s.store.units(s.row.id, (UnitState.LEASED,), round_id=current.row.id):
+            volunteer = s.store.volunteer(unit.volunteer_id) if unit.volunteer_id else None
+            if volunteer is None or not s.trust.trusted(TrustState(volunteer.consecutive_valid, volunteer.errors)):
+                held += 1
+        return held
 
     def memory_needed(self, shard_params: int) -> int:
         s = self.state
@@ -128,6 +185,16 @@ class Scheduler:
         s = self.state
         row = s.refresh()
         if replica_of is None:
+            recycled = s.store.recyclable_unit(row.id)
+            if recycled is not None:
+                # A slice handed out before and never trained (its round closed first, or every result
+                # for it was rejected) goes out again before the cursor moves on.
+                with s.store.transaction():
+                    s.store.rehome_unit(recycled.id, current.row.id, current.row.version)
+                current.units_created += 1
+                rehomed = s.store.unit(recycled.id)
+                assert rehomed is not None
+                return rehomed
             inner = s.spec.inner
             length = inner.steps * inner.grad_accum * inner.batch_size * inner.seq_len + 1
             start, epoch = row.data_cursor, row.epoch
@@ -210,8 +277,17 @@ class Scheduler:
             max_update_bytes=encoded_size_bound(specs, s.spec.codec),
         )
 
-    def heartbeat(self, volunteer_id: str, unit_id: str, lease_id: str) -> float | tuple[str, str]:
-        """Extend a lease on progress: the new deadline, or the (code, message) of why not."""
+    def heartbeat(
+        self, volunteer_id: str, unit_id: str, lease_id: str, *, step: int | None = None
+    ) -> float | tuple[str, str]:
+        """Extend a lease on progress: the deadline (new, or unchanged when the progress doesn't earn an
+        extension), or the (code, message) of why the lease is not this volunteer's.
+
+        A report extends the lease when it names a newly finished step (`step`, at most the unit's
+        steps), or while at most MAX_STALLED_EXTENSIONS reports in a row named none; and never beyond
+        MAX_LEASE_PERIODS lease periods (or a round deadline) from the first report. A volunteer that
+        only heartbeats can't hold a unit for long.
+        """
         s = self.state
         unit = s.store.unit(unit_id)
         if unit is None or unit.campaign_id != s.row.id:
@@ -219,7 +295,17 @@ class Scheduler:
         problem = self.lease_problem(unit, volunteer_id, lease_id)
         if problem is not None:
             return problem
-        deadline = s.clock() + s.spec.rounds.lease_s
+        now = s.clock()
+        done, stalls, since = self._progress.get(lease_id, (0, 0, now))
+        finished = min(step, s.spec.inner.steps) if step is not None else done
+        stalls = 0 if finished > done else stalls + 1
+        self._progress[lease_id] = (max(done, finished), stalls, since)
+        rounds = s.spec.rounds
+        limit = since + max(MAX_LEASE_PERIODS * rounds.lease_s, rounds.deadline_s)
+        current = unit.lease_deadline or now
+        if stalls > MAX_STALLED_EXTENSIONS or now + rounds.lease_s > limit:
+            return current
+        deadline = now + rounds.lease_s
         if not s.store.extend_lease(unit.id, lease_id, deadline):
             return ("lease_expired", LEASE_EXPIRED_MESSAGE)  # it expired a moment ago
         return deadline
@@ -249,4 +335,8 @@ class Scheduler:
                 s.store.release_unit(unit_id)
 
     def expire_leases(self) -> None:
-        self.state.store.expire_leases(self.state.clock())
+        for unit in self.state.store.expire_leases(self.state.clock()):
+            self._progress.pop(unit.lease_id or "", None)
+        if len(self._progress) > 4 * self.state.spec.rounds.units_per_round + 64:
+            live = {u.lease_id for u in self.state.store.units(self.state.row.id, (UnitState.LEASED,))}
+            self._progress = {k: v for k, v in self._progress.items() if k in live}

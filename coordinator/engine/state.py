@@ -11,21 +11,33 @@ import itertools
 import math
 import random
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from coordinator.blobs import BlobStore
 from coordinator.campaign import CampaignSpec
 from coordinator.engine.models import Counters, RoundState
-from coordinator.engine.states import CloseReason
-from coordinator.store import CampaignRow, Store, UnitRow, VersionRow
-from coordinator.validation import Candidate, CohortStats, TrustState, TrustTracker, ValidationPipeline
+from coordinator.engine.states import CloseReason, SubmissionStatus
+from coordinator.store import CampaignRow, Store, SubmissionRow, UnitRow, VersionRow
+from coordinator.validation import (
+    Candidate,
+    CohortStats,
+    LossProbe,
+    TrustState,
+    TrustTracker,
+    UnitEvidence,
+    ValidationPipeline,
+)
+from coordinator.validation.evidence import Batch
 from protocol.codecs import decode, encoded_size_bound
 from protocol.tensors import TensorSpec
+from training.checkpoint import load_weights
 from training.data import TokenDataset
-from training.inner import InnerConfig, learning_rate
+from training.inner import InnerConfig, learning_rate, sequence_batches
 from training.model import ModelConfig, build_model, parameter_groups, preset
 from training.outer import OuterOptimizer, make_outer_optimizer
 
@@ -33,6 +45,16 @@ if TYPE_CHECKING:
     from coordinator.engine.runtime import CampaignRuntime
 
 __all__ = ["CampaignState", "Clock", "model_config_for", "shard_plan"]
+
+# Holdout batches the evidence check measures updates on: enough to make a loss difference of a
+# hundredth of a nat meaningful, few enough to cost milliseconds on the `tiny` preset.
+HOLDOUT_BATCHES = 4
+# The unit's own micro-batches it is measured on (spread over its steps, the last one included).
+OWN_BATCHES = 8
+# Batches of the neighbouring training tokens the fit to the unit's own data is measured against.
+NEAR_BATCHES = 8
+# Judged results the campaign's error rate is measured over (adaptive replication).
+RESULT_WINDOW = 200
 
 Clock = Callable[[], float]
 
@@ -90,6 +112,11 @@ class CampaignState:
         self.version_row: VersionRow | None = None
         self.close_due: CloseReason | None = None  # why the open round should close, once a commit decided it
         self.on_version: Callable[[CampaignRuntime, VersionRow], None] | None = None
+        self._probe: LossProbe | None = None
+        self._thetas: dict[int, dict[str, torch.Tensor]] = {}  # older versions' weights, for late updates
+        self._holdout: list[Batch] | None = None
+        self._holdout_losses: dict[int, float] = {}
+        self.recent_results: deque[bool] = deque(maxlen=RESULT_WINDOW)  # True: a result judged bad
 
     def refresh(self) -> CampaignRow:
         row = self.store.campaign(self.row.id)
@@ -108,6 +135,34 @@ class CampaignState:
         replica = self.store.replica_of(unit.id)
         return replica.id if replica is not None else None
 
+    def live_submission(self, unit_id: str) -> SubmissionRow | None:
+        """The unit's submission that still counts (accepted or waiting for its replica), if any."""
+        return next(
+            (sub for sub in self.store.submissions_for_unit(unit_id) if sub.status != SubmissionStatus.REJECTED), None
+        )
+
+    def sources_of(self, volunteer_id: str) -> set[str]:
+        """The network prefixes a volunteer was seen from (at registration, at its latest hello)."""
+        volunteer = self.store.volunteer(volunteer_id)
+        return {p for p in (volunteer.source, volunteer.last_source) if p} if volunteer else set()
+
+    @property
+    def error_rate(self) -> float:
+        """Share of the campaign's recently judged results that were bad computation."""
+        return sum(self.recent_results) / len(self.recent_results) if self.recent_results else 0.0
+
+    def should_replicate(self, trust: TrustState) -> bool:
+        """Whether a new unit for a volunteer of this trust also goes to a second volunteer.
+
+        Adaptive, like BOINC's: the campaign's base rate rises to twice its measured error rate when
+        more results than that turn out bad, and the volunteer's own trust raises it further (always
+        replicated while new). A base rate of 0 turns replication off.
+        """
+        rate = self.spec.validation.replication_rate
+        if rate <= 0:
+            return False
+        return self.trust.should_replicate(trust, min(1.0, max(rate, 2 * self.error_rate)), self.rng)
+
     def data_dtype(self) -> str:
         return "uint16" if self.dataset.vocab_size <= 65536 else "uint32"
 
@@ -124,6 +179,7 @@ class CampaignState:
         tokens: int,
         *,
         norm: float | None = None,
+        evidence: UnitEvidence | None = None,
     ) -> Candidate:
         version = self.store.version(self.row.id, unit.version)
         global_step = (self.round_number(unit.round_id) - 1) * self.spec.inner.steps
@@ -140,11 +196,100 @@ class CampaignState:
             # AdamW moves weights by about lr per step: compare norms per unit of learning rate.
             norm_scale=sum(learning_rate(self.inner_config, global_step + i) for i in range(self.spec.inner.steps)),
             known_norm=norm,
+            evidence=evidence,
         )
 
-    def credit(self, unit: UnitRow, tokens: int) -> float:
-        """Credit in TFLOPs of training work (6 × trained parameters × tokens), like BOINC's cobblestones."""
-        return 6.0 * self.shard_params[unit.shard_index] * tokens / 1e12
+    def credit(self, unit: UnitRow) -> float:
+        """Credit in TFLOPs of training work (6 × trained parameters × tokens), like BOINC's cobblestones.
+
+        The tokens are the unit's, never the volunteer's report: credit pays for what the coordinator
+        handed out and has evidence was done.
+        """
+        return 6.0 * self.shard_params[unit.shard_index] * self.spec.inner.tokens_per_unit / 1e12
+
+    # -- evidence (EvidenceCheck) --------------------------------------------------------------------
+
+    def wants_evidence(self, volunteer_id: str) -> bool:
+        """Whether this volunteer's update is measured with the model: always before it is trusted,
+        a sample of `holdout_check_rate` after."""
+        volunteer = self.store.volunteer(volunteer_id)
+        trust = TrustState(volunteer.consecutive_valid, volunteer.errors) if volunteer else TrustState()
+        if not self.trust.trusted(trust):
+            return True
+        return self.rng.random() < self.spec.validation.holdout_check_rate
+
+    def evidence(self, unit: UnitRow) -> UnitEvidence | None:
+        """What the evidence check measures `unit`'s update with; None when the holdout is too small."""
+        holdout = self._holdout_batches()
+        if not holdout:
+            return None
+        if self._probe is None:
+            self._probe = LossProbe(self.model_config)
+        theta = self.theta(unit.version)
+        loss = self._holdout_losses.get(unit.version)
+        if loss is None:
+            loss = self._holdout_losses[unit.version] = self._probe.loss(theta, holdout, key=unit.version)
+            for old in sorted(self._holdout_losses)[: -(self.spec.rounds.staleness_bound + 2)]:
+                del self._holdout_losses[old]
+        inner = self.spec.inner
+        tokens = np.frombuffer(self.blobs.get(unit.data_sha), dtype=self.data_dtype())
+        micro = list(sequence_batches(tokens.astype(np.int64), inner.batch_size, inner.seq_len))
+        micro = micro[: inner.steps * inner.grad_accum]
+        count = min(OWN_BATCHES, len(micro))
+        own = [micro[round(i * (len(micro) - 1) / max(1, count - 1))] for i in range(count)]
+        return UnitEvidence(
+            self._probe,
+            unit.version,
+            theta,
+            first=micro[: inner.grad_accum],
+            own=own,
+            near=self._neighbours(unit),
+            holdout=holdout,
+            holdout_loss=loss,
+        )
+
+    def _neighbours(self, unit: UnitRow) -> list[Batch]:
+        """Up to NEAR_BATCHES batches of the training tokens right before and right after the unit's
+        slice, half on each side where the data allows."""
+        inner = self.spec.inner
+        b, t = inner.batch_size, inner.seq_len
+        span = b * t
+        end = unit.data_start + unit.data_tokens - 1  # the first token past the slice's inputs
+        room_before = unit.data_start // span
+        room_after = max(0, (self.dataset.num_train_tokens - end - 1) // span)
+        after = min(NEAR_BATCHES - min(NEAR_BATCHES // 2, room_before), room_after)
+        before = min(NEAR_BATCHES - after, room_before)
+        batches: list[Batch] = []
+        if before:
+            tokens = self.dataset.train_slice(unit.data_start - before * span, before * span + 1)
+            batches += sequence_batches(tokens, b, t)
+        if after:
+            batches += sequence_batches(self.dataset.train_slice(end, after * span + 1), b, t)
+        return batches
+
+    def theta(self, version: int) -> dict[str, torch.Tensor]:
+        """θ of a recent version: the current one in memory, older ones loaded once and kept while
+        updates against them can still count."""
+        if version == self.row.current_version and self.params:
+            return self.params
+        cached = self._thetas.get(version)
+        if cached is None:
+            row = self.store.version(self.row.id, version)
+            if row is None:
+                raise KeyError(f"campaign {self.row.name} has no version {version}")
+            cached = self._thetas[version] = load_weights(self.blobs.get(row.checkpoint_sha), self.shapes)
+            for old in sorted(self._thetas)[: -(self.spec.rounds.staleness_bound + 1)]:
+                del self._thetas[old]
+        return cached
+
+    def _holdout_batches(self) -> list[Batch]:
+        if self._holdout is None:
+            inner = self.spec.inner
+            span = inner.batch_size * inner.seq_len
+            count = min(HOLDOUT_BATCHES, (self.dataset.num_holdout_tokens - 1) // span)
+            tokens = self.dataset.holdout_slice(0, count * span + 1) if count > 0 else np.zeros(0, np.int64)
+            self._holdout = list(sequence_batches(tokens, inner.batch_size, inner.seq_len)) if count > 0 else []
+        return self._holdout
 
     def judge(
         self,
@@ -159,7 +304,10 @@ class CampaignState:
         volunteer = self.store.volunteer(volunteer_id)
         if volunteer is None:
             return
-        trust = self.trust.update(TrustState(volunteer.consecutive_valid, volunteer.errors), accepted, code)
+        before = TrustState(volunteer.consecutive_valid, volunteer.errors)
+        trust = self.trust.update(before, accepted, code)
+        if trust != before or accepted:
+            self.recent_results.append(not accepted)  # blameless rejections (stale, closed) don't count
         self.store.record_outcome(volunteer_id, accepted=accepted, credit=credit, tokens=tokens, trust=trust.to_dict())
 
     def count_rejection(self, code: str) -> None:

@@ -136,6 +136,19 @@ class WorkStore(Protocol):
         """Whether a blob is the data of a unit leased to this volunteer (held now, or done by it)."""
         ...
 
+    def recyclable_unit(self, campaign_id: int) -> UnitRow | None:
+        """A primary unit cancelled untrained (its round closed first, or every result was rejected):
+        its data slice is handed out again before the cursor moves on."""
+        ...
+
+    def rehome_unit(self, unit_id: str, round_id: int, version: int) -> None:
+        """Move a cancelled or pending unit into another round and version, pending."""
+        ...
+
+    def leases_held(self, campaign_id: int, volunteer_id: str) -> int:
+        """How many of the campaign's units the volunteer holds a lease on now."""
+        ...
+
     def replica_of(self, unit_id: str) -> UnitRow | None:
         """The unit made to check this one, if any."""
         ...
@@ -185,6 +198,10 @@ class SubmissionStore(Protocol):
 
     def submission_for_unit(self, unit_id: str) -> SubmissionRow | None:
         """A unit's first submission."""
+        ...
+
+    def submissions_for_unit(self, unit_id: str) -> list[SubmissionRow]:
+        """Every submission for the unit (each volunteer's), oldest first."""
         ...
 
     def submissions(

@@ -1,7 +1,7 @@
 """Validation of volunteers' updates: never trust a volunteer.
 
     >>> from coordinator.validation import Candidate, CohortStats, ValidationPipeline
-    >>> pipeline = ValidationPipeline.default()           # staleness, shape, finite, norm, direction, loss
+    >>> pipeline = ValidationPipeline.default()  # staleness, shape, finite, norm, direction, loss, evidence
     >>> stats = CohortStats()                              # one per campaign and model shard
     >>> candidate = Candidate(delta, unit_shapes, losses=result.losses, steps=unit.steps,
     ...                       tokens=result.tokens, expected_tokens=unit.tokens, reference_loss=4.15)
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from coordinator.validation.cohort import CohortStats, NormSpread
 from coordinator.validation.direction import DirectionCheck, cosine_similarity
+from coordinator.validation.evidence import EvidenceCheck, LossProbe, Measurements, UnitEvidence
 from coordinator.validation.finite import FiniteCheck
 from coordinator.validation.interface import Candidate, Validator, Verdict, global_norm
 from coordinator.validation.loss import LossCheck
@@ -34,14 +35,18 @@ __all__ = [
     "Candidate",
     "CohortStats",
     "DirectionCheck",
+    "EvidenceCheck",
     "FiniteCheck",
     "LossCheck",
+    "LossProbe",
+    "Measurements",
     "NormCheck",
     "NormSpread",
     "ShapeCheck",
     "StalenessCheck",
     "TrustState",
     "TrustTracker",
+    "UnitEvidence",
     "ValidationPipeline",
     "ValidationSettings",
     "Validator",

@@ -55,6 +55,7 @@ class CohortStats:
         self._direction: dict[str, torch.Tensor] = {}
         self._support: dict[str, int] = {}  # accepted updates folded into each tensor's direction
         self._first_losses: dict[int, deque[float]] = {}
+        self._evidence: dict[int, deque[tuple[float, float]]] = {}  # (holdout gain, fit) per version
 
     # -- recording ---------------------------------------------------------------------------------
 
@@ -72,10 +73,10 @@ class CohortStats:
             for name, tensor in candidate.delta.items():
                 self._fold(name, tensor, norm)
         if candidate.version is not None and candidate.losses:
-            losses = self._first_losses.setdefault(candidate.version, deque(maxlen=self.window))
-            losses.append(float(candidate.losses[0]))
-            for old in sorted(self._first_losses)[:-_LOSS_VERSIONS]:
-                del self._first_losses[old]
+            _remember(self._first_losses, candidate.version, float(candidate.losses[0]), self.window)
+        measured = candidate.measurements if candidate.evidence is not None else None
+        if candidate.version is not None and measured is not None:
+            _remember(self._evidence, candidate.version, (measured.holdout_gain, measured.fit), self.window)
 
     def _fold(self, name: str, tensor: torch.Tensor, norm: float) -> None:
         update = tensor.detach().to("cpu", torch.float32)
@@ -120,6 +121,11 @@ class CohortStats:
         """First-step losses of recent accepted units that started from model `version`."""
         return tuple(self._first_losses.get(version, ()))
 
+    def evidence(self, version: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Holdout gains and fits (EvidenceCheck) of recent measured and accepted updates from `version`."""
+        pairs = self._evidence.get(version, ())
+        return tuple(g for g, _ in pairs), tuple(f for _, f in pairs)
+
     # -- persistence -------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -130,6 +136,7 @@ class CohortStats:
             "direction": {n: t.detach().clone() for n, t in self._direction.items()},
             "support": dict(self._support),
             "first_losses": {str(v): list(losses) for v, losses in self._first_losses.items()},
+            "evidence": {str(v): [list(pair) for pair in pairs] for v, pairs in self._evidence.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -150,6 +157,10 @@ class CohortStats:
                 int(v): deque((float(x) for x in losses), maxlen=self.window)
                 for v, losses in state["first_losses"].items()
             }
+            evidence = {  # absent from states saved before the evidence check existed
+                int(v): deque(((float(g), float(f)) for g, f in pairs), maxlen=self.window)
+                for v, pairs in state.get("evidence", {}).items()
+            }
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a CohortStats state: {exc!r}") from exc
         if set(support) != set(direction) or any(k < 1 for k in support.values()):
@@ -161,3 +172,11 @@ class CohortStats:
         self._direction = direction
         self._support = support
         self._first_losses = first_losses
+        self._evidence = evidence
+
+
+def _remember(per_version: dict[int, deque[Any]], version: int, value: Any, window: int) -> None:
+    """Keep `value` among the version's recent values; forget all but the newest few versions."""
+    per_version.setdefault(version, deque(maxlen=window)).append(value)
+    for old in sorted(per_version)[:-_LOSS_VERSIONS]:
+        del per_version[old]

@@ -20,6 +20,7 @@ from protocol.errors import ErrorCode
 
 if TYPE_CHECKING:
     from coordinator.validation.cohort import CohortStats
+    from coordinator.validation.evidence import Measurements, UnitEvidence
 
 __all__ = ["Candidate", "Validator", "Verdict", "fmt", "global_norm", "listing", "times"]
 
@@ -68,6 +69,7 @@ class Candidate:
     staleness: int = 0
     norm_scale: float = 1.0
     known_norm: float | None = None  # ‖Δ‖ when the caller already computed it (off the campaign's lock)
+    evidence: UnitEvidence | None = None  # what to measure the update with, when it is checked (EvidenceCheck)
 
     def __post_init__(self) -> None:
         if not (self.norm_scale > 0 and math.isfinite(self.norm_scale)):
@@ -77,6 +79,11 @@ class Candidate:
     def norm(self) -> float:
         """Global L2 norm of the update (computed once; inf or nan if the update is not finite)."""
         return global_norm(self.delta) if self.known_norm is None else self.known_norm
+
+    @cached_property
+    def measurements(self) -> Measurements | None:
+        """The update measured with the model (computed once), or None when it is not checked."""
+        return None if self.evidence is None else self.evidence.measure(self.delta)
 
     @property
     def scaled_norm(self) -> float:

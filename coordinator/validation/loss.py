@@ -2,7 +2,9 @@
 
 A unit of H steps over `expected_tokens` tokens reports exactly H finite losses above the loss
 floor (cross-entropy is never negative), and its first loss — measured on θ_v before any step —
-lies near the known loss of θ_v: within max(abs_tol, rel_tol · reference). A volunteer who trained
+lies near the known loss of θ_v: within max(abs_tol, rel_tol · reference). That comparison is loose
+(a slice's loss differs from the holdout's), so an update that EvidenceCheck measures — which
+recomputes the first loss on the unit's own batches — skips it. A volunteer who trained
 a different model, skipped steps or made the numbers up fails here. When the holdout loss of θ_v is
 not known yet, the median first loss of at least `min_cohort` accepted units from the same version
 stands in for it.
@@ -48,6 +50,8 @@ class LossCheck:
                 f"{len(bad)} reported loss(es) are not finite numbers above {fmt(self.loss_floor)}: step "
                 f"{step} reports {fmt(value)} — a cross-entropy loss can't be that"
             )
+        if candidate.evidence is not None:
+            return None  # EvidenceCheck recomputes the first loss exactly; this estimate is looser
         reference, source = self._reference(candidate, stats)
         if reference is None:
             return None

@@ -19,6 +19,7 @@ from typing import Any
 
 from coordinator.validation.cohort import CohortStats
 from coordinator.validation.direction import DirectionCheck
+from coordinator.validation.evidence import EvidenceCheck
 from coordinator.validation.finite import FiniteCheck
 from coordinator.validation.interface import Candidate, Validator, Verdict
 from coordinator.validation.loss import LossCheck
@@ -43,6 +44,13 @@ class ValidationSettings:
     loss_abs_tol: float = 0.5  # first loss vs. reference: within max(abs_tol, rel_tol·reference)
     loss_rel_tol: float = 0.25
     loss_floor: float = 0.0  # every reported loss must exceed it
+    # EvidenceCheck, for updates measured with the model (see coordinator/validation/evidence.py)
+    evidence_loss_abs_tol: float = 0.05  # reported vs. recomputed first loss: max(abs, rel · loss)
+    evidence_loss_rel_tol: float = 0.015
+    min_gain_ratio: float = 0.25  # holdout descent, as a fraction of the version's median
+    min_fit: float = 0.03  # nats by which the unit's own batches must gain more than their neighbours
+    min_fit_ratio: float = 0.15  # ... and this fraction of the version's median
+    holdout_tolerance: float = 0.02  # nats a small step along the update may raise the holdout loss by
 
     def __post_init__(self) -> None:
         problems = []
@@ -62,6 +70,10 @@ class ValidationSettings:
             problems.append(f"min_cosine must be within [-1, 1], got {self.min_cosine}")
         if not (self.loss_abs_tol >= 0 and self.loss_rel_tol >= 0):
             problems.append("loss_abs_tol and loss_rel_tol must not be negative")
+        if not (self.evidence_loss_abs_tol >= 0 and self.evidence_loss_rel_tol >= 0):
+            problems.append("evidence_loss_abs_tol and evidence_loss_rel_tol must not be negative")
+        if not (0 <= self.min_gain_ratio < 1 and 0 <= self.min_fit_ratio < 1 and math.isfinite(self.min_fit)):
+            problems.append("min_gain_ratio and min_fit_ratio must be within [0, 1), min_fit a finite number")
         if not math.isfinite(self.loss_floor):
             problems.append(f"loss_floor must be a finite number, got {self.loss_floor}")
         if problems:
@@ -85,6 +97,15 @@ class ValidationSettings:
                 abs_tol=self.loss_abs_tol,
                 rel_tol=self.loss_rel_tol,
                 loss_floor=self.loss_floor,
+                min_cohort=self.min_cohort,
+            ),
+            EvidenceCheck(
+                loss_abs_tol=self.evidence_loss_abs_tol,
+                loss_rel_tol=self.evidence_loss_rel_tol,
+                holdout_tolerance=self.holdout_tolerance,
+                min_gain_ratio=self.min_gain_ratio,
+                min_fit=self.min_fit,
+                min_fit_ratio=self.min_fit_ratio,
                 min_cohort=self.min_cohort,
             ),
         ]

@@ -69,6 +69,11 @@ class TrustTracker:
         earned = state.consecutive_valid / (self.halving * (1 + state.errors))
         return base_rate + (1.0 - base_rate) * math.pow(2.0, -earned)
 
+    def trusted(self, state: TrustState) -> bool:
+        """Whether the volunteer has earned trust: enough valid results in a row that its extra
+        replication has halved at least once (more of them after past errors)."""
+        return state.consecutive_valid >= self.halving * (1 + state.errors)
+
     def should_replicate(self, state: TrustState, base_rate: float, rng: random.Random) -> bool:
         return rng.random() < self.replication_probability(state, base_rate)
 

@@ -82,6 +82,7 @@ VALUE_VERDICTS = {
     "implausible_loss",
     "replication_mismatch",
     "holdout_regression",
+    "not_from_unit",
     "stale_update",
     "campaign_closed",
 }

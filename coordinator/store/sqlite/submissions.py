@@ -47,6 +47,10 @@ class SQLiteSubmissions(SQLiteDatabase):
         row = self._one("SELECT * FROM submissions WHERE unit_id = ? ORDER BY id LIMIT 1", (unit_id,))
         return _submission(row) if row else None
 
+    def submissions_for_unit(self, unit_id: str) -> list[SubmissionRow]:
+        rows = self._all("SELECT * FROM submissions WHERE unit_id = ? ORDER BY id", (unit_id,))
+        return [_submission(r) for r in rows]
+
     def submissions(
         self,
         *,

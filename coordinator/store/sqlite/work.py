@@ -146,9 +146,37 @@ class SQLiteWork(SQLiteDatabase):
         self.db.execute("UPDATE units SET state = ? WHERE id = ?", (state, unit_id))
 
     def cancel_pending_units(self, round_id: int) -> int:
+        # A replica whose original waits for it stays pending: the original counts only once it is back.
         return self.db.execute(
-            "UPDATE units SET state = 'cancelled' WHERE round_id = ? AND state = 'pending'", (round_id,)
+            "UPDATE units SET state = 'cancelled' WHERE round_id = ? AND state = 'pending' AND NOT ("
+            "replica_of IS NOT NULL AND EXISTS (SELECT 1 FROM submissions s "
+            "WHERE s.unit_id = units.replica_of AND s.status = 'pending_replica'))",
+            (round_id,),
         ).rowcount
+
+    def recyclable_unit(self, campaign_id: int) -> UnitRow | None:
+        row = self._one(
+            "SELECT * FROM units u WHERE u.campaign_id = ? AND u.state = 'cancelled' AND u.replica_of IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM submissions s WHERE s.unit_id = u.id AND s.status != 'rejected') "
+            "AND NOT EXISTS (SELECT 1 FROM units r WHERE r.replica_of = u.id) "
+            "ORDER BY u.created_at, u.id LIMIT 1",
+            (campaign_id,),
+        )
+        return _unit(row) if row else None
+
+    def rehome_unit(self, unit_id: str, round_id: int, version: int) -> None:
+        self.db.execute(
+            "UPDATE units SET round_id = ?, version = ?, state = 'pending', volunteer_id = NULL, lease_id = NULL, "
+            "lease_deadline = NULL WHERE id = ? AND state IN ('cancelled', 'pending')",
+            (round_id, version, unit_id),
+        )
+
+    def leases_held(self, campaign_id: int, volunteer_id: str) -> int:
+        row = self._one(
+            "SELECT COUNT(*) AS n FROM units WHERE campaign_id = ? AND state = 'leased' AND volunteer_id = ?",
+            (campaign_id, volunteer_id),
+        )
+        return int(row["n"]) if row else 0
 
     def replica_of(self, unit_id: str) -> UnitRow | None:
         row = self._one("SELECT * FROM units WHERE replica_of = ?", (unit_id,))

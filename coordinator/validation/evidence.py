@@ -1,0 +1,190 @@
+"""EvidenceCheck: the update is measured with the model itself, on data the coordinator holds.
+
+Norms, directions and reported numbers can be imitated; what an update *does* to the model can't.
+With the model at θ_v (the version the unit trained from) the coordinator measures three things:
+
+1. **The first step's loss**, recomputed on the unit's first micro-batches. A volunteer who trained
+   reports exactly this number (up to its device's arithmetic: bf16 autocast moves it by about a
+   percent), so losses copied from public figures — the holdout losses on the versions page — fail.
+2. **Descent on holdout**: a small step along the update, θ_v − η·Δ, does not raise the holdout loss
+   by more than `holdout_tolerance`, and once a few accepted updates of the same version were measured,
+   lowers it by at least `min_gain_ratio` of their median. The step is small because a single
+   volunteer's θ_end overfits its slice (its full step often *raises* holdout loss, while the average
+   of many lowers it); to first order the small step measures whether Δ points downhill. The
+   tolerance is there because a campaign on a plateau has honest updates that don't help (measured:
+   2 % of them worse by 0.018 nats or more).
+3. **Dependence on the unit's own data**: θ_v − Δ lowers the loss of the unit's own micro-batches
+   (a sample spread over its steps, each trained on once) more than the loss of the tokens right
+   next to its slice — by at least `min_fit` nats and `min_fit_ratio` of what accepted updates of the
+   version showed. The neighbours come from the same documents, so they control for what any
+   training on nearby text gains (the holdout does not: a copy of the next unit's update gains as
+   much on this slice as an honest one, measured against holdout). An update trained on other data —
+   a replay, a copy of another unit's update, the published difference between two versions,
+   made-up numbers — lowers both alike.
+
+    >>> probe = LossProbe(model_config)                           # one per campaign, used under its lock
+    >>> evidence = UnitEvidence(probe, v, theta_v, first=first_batches, own=sampled_batches,
+    ...                         near=neighbour_batches, holdout=holdout_batches,
+    ...                         holdout_loss=probe.loss(theta_v, holdout_batches, key=v))
+    >>> candidate = Candidate(..., evidence=evidence)
+    >>> EvidenceCheck().check(candidate, stats)                   # None, or a rejecting Verdict
+
+Costs a few forward passes per checked update (the caller decides which updates to check: every
+update of a volunteer not yet trusted, a sample of the others).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from coordinator.validation.cohort import CohortStats
+from coordinator.validation.interface import Candidate, Verdict, fmt
+from protocol.errors import ErrorCode
+from training.model import ModelConfig, build_model
+
+__all__ = ["Batch", "EvidenceCheck", "LossProbe", "Measurements", "UnitEvidence"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs, targets), each (batch_size, seq_len) token ids
+
+# Descent on holdout is measured with this fraction of the update: small enough to measure the
+# direction (first order), large enough to stay above fp32 noise in the loss.
+DESCENT_STEP = 0.05
+
+
+class LossProbe:
+    """Mean next-token loss of the campaign's model at given weights, on the CPU.
+
+    One model is built once and reused: loading weights is a copy, not an allocation. Not
+    thread-safe; the campaign's lock serialises its users.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.model = build_model(config, device="cpu")
+        self.model.eval()
+        self._params = dict(self.model.named_parameters())
+        self._loaded: object = None  # the key of the weights the model holds
+
+    def loss(
+        self,
+        base: Mapping[str, torch.Tensor],
+        batches: Sequence[Batch],
+        *,
+        key: object,
+        delta: Mapping[str, torch.Tensor] | None = None,
+        scale: float = 1.0,
+    ) -> float:
+        """Loss at `base` − `scale`·`delta` (`delta` may cover a shard of the parameters).
+
+        `key` names `base` (its model version): the weights are copied in only when it changes, so
+        a caller must never pass other weights under a key it used before.
+        """
+        if not batches:
+            raise ValueError("no batches to measure a loss on")
+        with torch.no_grad():
+            if self._loaded != key:
+                self._loaded = None  # a copy that fails halfway leaves weights that are nobody's
+                for name, param in self._params.items():
+                    param.copy_(base[name])
+                self._loaded = key
+            try:
+                if delta is not None:
+                    for name, tensor in delta.items():
+                        self._params[name].sub_(tensor, alpha=scale)
+                total = sum(float(self.model.loss(x, y)) for x, y in batches)
+            finally:
+                if delta is not None:
+                    for name in delta:
+                        self._params[name].copy_(base[name])
+        return total / len(batches)
+
+
+@dataclass(frozen=True)
+class Measurements:
+    first_loss: float  # loss of θ_v on the unit's first step's micro-batches
+    holdout_gain: float  # L_holdout(θ_v) − L_holdout(θ_v − η·Δ)
+    fit: float  # how much more θ_v − Δ lowers the loss of the unit's own batches than of its neighbours'
+
+
+@dataclass(frozen=True, eq=False)
+class UnitEvidence:
+    """What the coordinator measures an update with: θ_v, the unit's own batches and holdout batches."""
+
+    probe: LossProbe
+    version: int  # of θ_v: the probe's key for it
+    theta: Mapping[str, torch.Tensor]
+    first: Sequence[Batch]  # the micro-batches of the unit's first inner step
+    own: Sequence[Batch]  # a sample of the unit's micro-batches, spread over its steps
+    near: Sequence[Batch]  # batches of the training tokens just before and after the unit's slice
+    holdout: Sequence[Batch]
+    holdout_loss: float  # L_holdout(θ_v), measured once per version by the caller
+
+    def measure(self, delta: Mapping[str, torch.Tensor]) -> Measurements:
+        theta, key = self.theta, self.version
+
+        def loss(batches: Sequence[Batch], scale: float | None = None) -> float:
+            moved = None if scale is None else delta
+            return self.probe.loss(theta, batches, key=key, delta=moved, scale=scale or 0.0)
+
+        first = loss(self.first)
+        stepped = loss(self.holdout, DESCENT_STEP)
+        # With no tokens beside the slice (a tiny dataset) there is nothing to compare with: inf passes.
+        near = (loss(self.near) - loss(self.near, 1.0)) if self.near else -math.inf
+        fit = loss(self.own) - loss(self.own, 1.0) - near
+        return Measurements(first_loss=first, holdout_gain=self.holdout_loss - stepped, fit=fit)
+
+
+@dataclass(frozen=True)
+class EvidenceCheck:
+    loss_abs_tol: float = 0.05  # reported vs. measured first loss: within max(abs, rel · loss)
+    loss_rel_tol: float = 0.015
+    holdout_tolerance: float = 0.02  # nats the small step may raise the holdout loss by
+    min_gain_ratio: float = 0.25  # of the median holdout gain of accepted updates of the version
+    min_fit: float = 0.03  # nats (measured: noise at an honest norm ≤ 0.017, honest updates ≥ 0.06)
+    min_fit_ratio: float = 0.15  # of the median fit of accepted updates of the version
+    min_cohort: int = 3
+    name = "evidence"
+
+    def check(self, candidate: Candidate, stats: CohortStats) -> Verdict | None:
+        measured = candidate.measurements
+        if measured is None:
+            return None  # not sampled for this check
+        reported = candidate.losses[0] if candidate.losses else math.nan
+        tolerance = max(self.loss_abs_tol, self.loss_rel_tol * abs(measured.first_loss))
+        if not abs(reported - measured.first_loss) <= tolerance:
+            return Verdict.reject(
+                ErrorCode.IMPLAUSIBLE_LOSS,
+                f"the first reported loss {fmt(reported)} is not the loss of the unit's first step: the "
+                f"coordinator measured {fmt(measured.first_loss)} on the same batches at version "
+                f"{candidate.version} (limit: ±{fmt(tolerance)}); report the losses the training measured",
+            )
+        gains, fits = stats.evidence(candidate.version) if candidate.version is not None else ((), ())
+        floor, source = self._floor(gains, self.min_gain_ratio, -self.holdout_tolerance)
+        if not measured.holdout_gain >= floor:
+            return Verdict.reject(
+                ErrorCode.HOLDOUT_REGRESSION,
+                f"a small step along the update changes the holdout loss by {fmt(-measured.holdout_gain)}; an "
+                f"update from training lowers it (needed: a change of at least {source}) — it does not point downhill",
+            )
+        floor, source = self._floor(fits, self.min_fit_ratio, self.min_fit)
+        if not measured.fit >= floor:
+            return Verdict.reject(
+                ErrorCode.NOT_FROM_UNIT,
+                f"the update lowers the loss of the unit's own batches {fmt(measured.fit)} nats more than that of "
+                f"the tokens next to its slice (needed: {source}); it was not trained on this unit's data (a "
+                "replayed or copied update, or one not trained at all)",
+            )
+        return None
+
+    def _floor(self, peers: Sequence[float], ratio: float, least: float) -> tuple[float, str]:
+        """The bar a measurement must clear: `least`, raised to `ratio` × the peers' median once there
+        are enough of them; and how to say it."""
+        if len(peers) >= self.min_cohort:
+            median = statistics.median(peers)
+            if ratio * median > least:
+                return ratio * median, f"{ratio:g}× the median {fmt(median)} of {len(peers)} accepted updates"
+        return least, fmt(least)

@@ -1,0 +1,213 @@
+"""Trust against volunteers who lie, driven in-process with real training and real SQLite.
+
+Each test plays one attack from issue 9 against the campaign runtime and checks it is rejected or
+made harmless, and that it earns nothing; the same attacks over real processes and sockets are in
+tests/integration/test_attacks.py and `commonweights bench adversarial`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from coordinator.engine import Assignment, NoWork, SubmissionReport
+from coordinator.engine.models import Outcome
+from coordinator.service import Coordinator, CoordinatorConfig
+from tests.coordinator.test_runtime import Clock, lease, make_spec, volunteers
+from tests.support.inprocess_volunteer import payload, train
+
+
+@pytest.fixture
+def service(tmp_path: Path, small_dataset: Path) -> Coordinator:
+    config = CoordinatorConfig(data_dir=tmp_path / "coordinator", datasets={"small": small_dataset})
+    coordinator = Coordinator.open(config, clock=Clock())
+    coordinator.version_listeners.clear()
+    return coordinator
+
+
+EVIDENCE_CODES = {"implausible_loss", "holdout_regression", "not_from_unit", "direction_outlier", "norm_outlier"}
+
+
+def _norm(tensors: dict[str, torch.Tensor]) -> float:
+    return math.sqrt(sum(float(t.norm()) ** 2 for t in tensors.values()))
+
+
+def _submit(
+    service: Coordinator, volunteer: str, unit: Assignment, delta: dict[str, torch.Tensor], report: SubmissionReport
+) -> Outcome:
+    runtime = service.runtimes[unit.campaign.id]
+    return runtime.submit(volunteer, unit.unit.id, unit.lease_id, payload(service, unit, delta), report)
+
+
+def _credit(service: Coordinator, volunteer: str) -> float:
+    row = service.store.volunteer(volunteer)
+    assert row is not None
+    return row.credit
+
+
+# Units long enough for what training does to them to show (the evidence check measures it).
+INNER = {"steps": 10, "batch_size": 4, "seq_len": 64, "warmup_steps": 0, "lr": 0.003}
+
+
+def _campaign(service: Coordinator, **changes: object) -> int:
+    settings: dict[str, object] = {
+        "codec": "fp32",
+        "inner": INNER,
+        "rounds": {"units_per_round": 3, "min_accepted": 3, "lease_s": 60, "deadline_s": 600},
+    }
+    return service.create_campaign(make_spec(**(settings | changes)), owner="admin:1")
+
+
+def test_honest_updates_of_new_volunteers_are_measured_and_accepted(service: Coordinator) -> None:
+    campaign_id = _campaign(service)
+    vols = volunteers(service, 3)
+    for _ in range(2):
+        for v in vols:
+            unit = lease(service, v)
+            outcome = _submit(service, v, unit, *train(service, unit))
+            assert outcome.status == "accepted", outcome.message
+    gains, fits = service.runtimes[campaign_id].state.cohort.evidence(1)
+    assert len(gains) == 3 and len(fits) == 3, "new volunteers' updates are all measured"
+    assert all(_credit(service, v) > 0 for v in vols)
+
+
+def test_a_free_rider_reporting_the_public_holdout_loss_is_rejected_and_earns_nothing(service: Coordinator) -> None:
+    _campaign(service)
+    honest, rider = volunteers(service, 2)
+    unit = lease(service, honest)
+    delta, report = train(service, unit)
+    assert _submit(service, honest, unit, delta, report).status == "accepted"
+    unit = lease(service, rider)
+    noise = {n: torch.randn_like(t) for n, t in delta.items()}
+    scale = _norm(delta) / _norm(noise)
+    public = service.store.version(unit.campaign.id, 0)
+    assert public is not None
+    loss = public.holdout_loss or report.losses[0]  # what the versions page shows, or a peer's number
+    fake = SubmissionReport(losses=[loss] * len(report.losses), tokens=report.tokens, seconds=1.0)
+    outcome = _submit(service, rider, unit, {n: t * scale for n, t in noise.items()}, fake)
+    assert (outcome.status, outcome.code) == ("rejected", "implausible_loss"), outcome.message
+    assert _credit(service, rider) == 0
+
+
+def test_updates_that_do_not_come_from_training_on_the_unit_are_rejected(service: Coordinator) -> None:
+    """Sign flip, noise at an honest norm and a shrunken update, each with the unit's true first loss."""
+    campaign_id = _campaign(service, rounds={"units_per_round": 6, "min_accepted": 6, "lease_s": 60, "deadline_s": 600})
+    honest = volunteers(service, 2)
+    attackers = volunteers(service, 3)
+    kept: list[dict[str, torch.Tensor]] = []
+    for v in honest:
+        unit = lease(service, v)
+        delta, report = train(service, unit)
+        kept.append(delta)
+        assert _submit(service, v, unit, delta, report).status == "accepted"
+    forgeries = {
+        "sign_flip": lambda d: {n: -t for n, t in d.items()},
+        "noise": lambda d: {n: torch.randn_like(t) * (_norm(d) / math.sqrt(t.numel() * len(d))) for n, t in d.items()},
+        "scale_down": lambda d: {n: 0.02 * t for n, t in d.items()},
+    }
+    for attacker, (kind, forge) in zip(attackers, forgeries.items(), strict=True):
+        unit = lease(service, attacker)
+        delta, report = train(service, unit)  # it trains, so its first loss is right; then it lies
+        outcome = _submit(service, attacker, unit, forge(delta), report)
+        assert outcome.status == "rejected" and outcome.code in EVIDENCE_CODES, (kind, outcome)
+        assert _credit(service, attacker) == 0, kind
+    assert service.store.campaign(campaign_id).current_version == 0  # type: ignore[union-attr]
+
+
+def test_a_replayed_update_from_an_earlier_unit_is_rejected(service: Coordinator) -> None:
+    campaign_id = _campaign(service, rounds={"units_per_round": 2, "min_accepted": 2, "lease_s": 60, "deadline_s": 600})
+    a, b = volunteers(service, 2)
+    old: dict[str, torch.Tensor] = {}
+    for v in (a, b):
+        unit = lease(service, v)
+        delta, report = train(service, unit)
+        old = old or delta
+        assert _submit(service, v, unit, delta, report).status == "accepted"
+    assert service.store.campaign(campaign_id).current_version == 1  # type: ignore[union-attr]
+    unit = lease(service, b)
+    _, report = train(service, unit)  # the true losses of the new unit, with an old update
+    outcome = _submit(service, b, unit, old, report)
+    assert outcome.status == "rejected" and outcome.code in EVIDENCE_CODES, outcome
+
+
+def test_a_replica_never_goes_to_a_volunteer_from_the_same_network(service: Coordinator) -> None:
+    campaign_id = _campaign(
+        service,
+        validation={"replication_rate": 1.0},
+        rounds={"units_per_round": 2, "min_accepted": 1, "lease_s": 3600, "deadline_s": 600},
+    )
+    runtime = service.runtimes[campaign_id]
+    sybil_a = service.register_volunteer("a", {}, source="198.51.100.0/24")[0].id
+    sybil_b = service.register_volunteer("b", {}, source="198.51.100.0/24")[0].id
+    stranger = service.register_volunteer("c", {}, source="203.0.113.0/24")[0].id
+    first = lease(service, sybil_a)
+    replica = service.store.replica_of(first.unit.id)
+    assert replica is not None
+    second = lease(service, sybil_b)
+    assert second.unit.id != replica.id and second.unit.replica_of != first.unit.id, "a Sybil got its twin's replica"
+    third = lease(service, stranger)
+    assert third.unit.id == replica.id
+    # The original waits for its replica: it is valid, but neither counted nor credited yet.
+    outcome = _submit(service, sybil_a, first, *train(service, first))
+    assert outcome.status == "accepted" and "replica" in outcome.message
+    assert _credit(service, sybil_a) == 0 and runtime.round is not None and runtime.round.accepted == 0
+    service.clock.now += 601  # type: ignore[attr-defined]  # past the round's deadline
+    runtime.tick()
+    assert service.store.campaign(campaign_id).current_version == 0, "a round closed on an unreplicated update"  # type: ignore[union-attr]
+    outcome = _submit(service, stranger, third, *train(service, third))
+    assert outcome.status == "accepted", outcome.message
+    assert _credit(service, sybil_a) > 0 and _credit(service, stranger) > 0
+
+
+def test_a_volunteer_holds_at_most_its_campaigns_number_of_leases(service: Coordinator) -> None:
+    spec = make_spec(rounds={"units_per_round": 8, "min_accepted": 2, "max_leases_per_volunteer": 2})
+    service.create_campaign(spec, owner="admin:1")
+    (hog,) = volunteers(service, 1)
+    lease(service, hog)
+    lease(service, hog)
+    row = service.store.volunteer(hog)
+    assert row is not None
+    answer = service.assign_work(row, memory_bytes=8 << 30)
+    assert isinstance(answer, NoWork) and "holds 2" in answer.reason
+
+
+def test_units_held_by_new_identities_do_not_starve_the_round(service: Coordinator) -> None:
+    spec = make_spec(rounds={"units_per_round": 2, "min_accepted": 2, "max_leases_per_volunteer": 1})
+    service.create_campaign(spec, owner="admin:1")
+    hogs = volunteers(service, 2)
+    for hog in hogs:
+        lease(service, hog)  # and never returned
+    honest = service.register_volunteer("honest", {})[0]
+    assert isinstance(service.assign_work(honest, memory_bytes=8 << 30), Assignment)
+
+
+def test_progress_without_finished_steps_stops_extending_the_lease(service: Coordinator) -> None:
+    campaign_id = service.create_campaign(make_spec(), owner="admin:1")
+    runtime = service.runtimes[campaign_id]
+    (v,) = volunteers(service, 1)
+    unit = lease(service, v)
+    clock = service.clock
+    deadlines = []
+    for _ in range(5):
+        clock.now += 10  # type: ignore[attr-defined]
+        deadlines.append(runtime.heartbeat(v, unit.unit.id, unit.lease_id, step=0))
+    assert deadlines[0] < deadlines[1] < deadlines[2], "a few reports without a step still extend"
+    assert deadlines[4] == deadlines[3], "then the lease runs out unless steps are finished"
+    clock.now += 10  # type: ignore[attr-defined]
+    assert runtime.heartbeat(v, unit.unit.id, unit.lease_id, step=1) > deadlines[4]  # type: ignore[operator]
+
+
+def test_a_slice_never_trained_is_handed_out_again_before_the_cursor_moves(service: Coordinator) -> None:
+    campaign_id = _campaign(service, rounds={"units_per_round": 2, "min_accepted": 1})
+    runtime = service.runtimes[campaign_id]
+    a, b = volunteers(service, 2)
+    unit_a, unit_b = lease(service, a), lease(service, b)
+    runtime.abandon(b, unit_b.unit.id, unit_b.lease_id)
+    assert _submit(service, a, unit_a, *train(service, unit_a)).status == "accepted"  # closes the round
+    assert service.store.unit(unit_b.unit.id).state == "cancelled"  # type: ignore[union-attr]
+    again = lease(service, a)
+    assert (again.unit.id, again.unit.data_start) == (unit_b.unit.id, unit_b.unit.data_start)
+    assert again.unit.version == 1
