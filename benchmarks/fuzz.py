@@ -423,7 +423,8 @@ def report(tallies: dict[str, Tally], costs: dict[str, float], args: argparse.Na
         rows += [
             ["tracebacks in the coordinator's log", str(socket.outcomes["server tracebacks"]), "0",
              _verdict(socket.outcomes["server tracebacks"] == 0)],
-            ["coordinator RSS growth during the socket run", f"{socket.rss_growth_mib:.1f} MiB",
+            ["coordinator peak RSS growth after the first quarter of the socket run",
+             f"{socket.rss_growth_mib:.1f} MiB ({socket.rss_warm_mib:.0f} → {socket.rss_peak_mib:.0f} MiB)",
              f"≤ {TARGET_RSS_GROWTH_MIB:.0f} MiB", _verdict(socket.rss_growth_mib <= TARGET_RSS_GROWTH_MIB)],
             ["well-behaved volunteer served meanwhile", f"{socket.outcomes['honest work units']:,} work units, "
              f"slowest answer {socket.outcomes['honest slowest ms']:,} ms", "≥ 1 unit, no error",
