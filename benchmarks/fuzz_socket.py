@@ -8,13 +8,17 @@ at a time send control frames from `benchmarks.fuzz_frames` (the `to_server` one
 (the same code the gateway runs) says about the frame:
 
 - a refused frame gets one `error` frame with the decoder's code; it is fatal, followed by its close
-  code, for `version_mismatch`, for a frame over the limit (`frame_too_large`, 1009), and for the
-  `MAX_PROTOCOL_ERRORS`-th refusal on one connection;
+  code, for `version_mismatch`, for a frame over the limit (`frame_too_large`, 1009: before `hello`
+  the limit is `MAX_HELLO_FRAME_BYTES`), and for the `MAX_PROTOCOL_ERRORS`-th refusal on one connection;
 - before `hello`, a frame that decodes to another message gets a fatal `unexpected_message` (1008);
   a `hello` gets `welcome` or a fatal refusal of the handshake;
 - after `hello`, a frame that decodes gets whatever the coordinator answers (every answer must be a
   valid frame, and none `internal_error`); a `blob_request` sent right after it, whose
   `blob_not_found` names a made-up sha256, marks the end of those answers.
+
+Connections also lease units and aim `progress`, `abandon` and `submit` frames at them; a submit
+carries a mutated update for the unit's shard, and its `result.code` must be the one docs/protocol.md
+maps the decoder's code to, or a verdict on the values of an update that decodes.
 
 Meanwhile a well-behaved volunteer asks for work, downloads a chunk of the unit's data and gives
 the unit back, again and again; and at the end the coordinator's log must hold no traceback.
@@ -40,11 +44,10 @@ from benchmarks.fuzz_updates import TensorFrameFuzzer
 from benchmarks.system import hello, spec
 from coordinator.gateway import MAX_PROTOCOL_ERRORS
 from coordinator.local import LocalCoordinator, start_coordinator, stop
-from protocol import limits
 from protocol.codecs import CodecConfig, CodecError, TensorSpec, encoded_size_bound
 from protocol.codecs import decode as decode_update
 from protocol.errors import UPDATE_REJECTIONS, CloseCode, ErrorCode, ProtocolError, close_code_for
-from protocol.limits import MAX_FRAME_BYTES
+from protocol.limits import MAX_FRAME_BYTES, MAX_HELLO_FRAME_BYTES
 from protocol.messages import (
     Abandon,
     BlobChunk,
@@ -71,8 +74,6 @@ FUZZ_CODECS: Final = ("topk", "int8")
 # The campaign's codec: top-k keeps the `tiny` preset's updates a few KB, so many can be sent.
 CAMPAIGN_CODEC: Final = {"name": "topk", "topk_fraction": 0.001}
 MAX_SOCKET_FRAME_BYTES: Final = 1 << 20  # larger generated frames are left to the in-process run
-# Until `hello` succeeds the coordinator may take only small frames (docs/protocol.md, limits).
-HELLO_FRAME_LIMIT: Final[int] = getattr(limits, "MAX_HELLO_FRAME_BYTES", MAX_FRAME_BYTES)
 HANDSHAKE_REFUSALS: Final = frozenset(
     {
         ErrorCode.UNAUTHORIZED,
@@ -254,10 +255,10 @@ class _Run:
             data, message, verdicts = self._aim(connection, message)
         if not await connection.send(data):
             return False, welcomed
-        if refusal is not None or isinstance(data, str) or (not welcomed and len(data) > HELLO_FRAME_LIMIT):
+        if refusal is not None or isinstance(data, str) or (not welcomed and len(data) > MAX_HELLO_FRAME_BYTES):
             self.tally.outcomes["frames refused by the decoder"] += 1
             code = refusal.code if refusal is not None else ErrorCode.MALFORMED_FRAME
-            if isinstance(data, bytes) and not welcomed and len(data) > HELLO_FRAME_LIMIT:
+            if isinstance(data, bytes) and not welcomed and len(data) > MAX_HELLO_FRAME_BYTES:
                 code = ErrorCode.FRAME_TOO_LARGE
             return await self._refused(connection, code, kind, data), welcomed
         assert message is not None
