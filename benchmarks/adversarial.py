@@ -69,6 +69,7 @@ __all__ = [
 ]
 
 MIXED: Final = "mixed"
+AGAIN: Final = "clean again"
 TARGET_LOSS: Final = 0.02  # final holdout loss within 2 % of the clean run's
 TARGET_HONEST_REJECTED: Final = 0.02  # below 2 % of honest submissions rejected
 HEARTBEAT_S: Final = 1.0
@@ -88,12 +89,16 @@ class Setup:
     rounds: int = 6
     units_per_round: int = 8
     min_accepted: int = 6
-    steps: int = 10
+    steps: int = 20
     batch: int = 4
     seq: int = 64
     replication_rate: float = 0.25
+    # Plain averaging: Nesterov's momentum on a few short rounds overshoots and makes the loss swing by
+    # ±10 % from version to version (measured), which would drown what an attack changes.
+    outer: str = "average"
+    aggregation: str | None = None  # the campaign's default (the token-weighted mean) unless named
     lease_s: float = 20.0
-    deadline_s: float = 60.0
+    deadline_s: float = 600.0  # rounds close at their quorum; the deadline only bounds a starved one
     seed: int = 0
     timeout_s: float = 900.0  # a run that has not finished by then is reported as stalled
 
@@ -117,6 +122,7 @@ class Setup:
                 "lease_s": self.lease_s,
                 "deadline_s": self.deadline_s,
             },
+            "outer": {"optimizer": self.outer, **({"aggregation": self.aggregation} if self.aggregation else {})},
             "validation": {"replication_rate": self.replication_rate},
         }
 
@@ -368,10 +374,10 @@ class RunResult:
 
 def run_one(
     dataset: Path, work: Path, kind: Kind | str | None, setup: Setup, *, progress: Progress | None = None,
-    task: TaskID | None = None, timeout_s: float | None = None,
+    task: TaskID | None = None, timeout_s: float | None = None, label: str | None = None,
 ) -> RunResult:  # fmt: skip
     """One campaign to its budget on a fresh coordinator: clean (kind None), one kind, or mixed."""
-    label = "clean" if kind is None else str(kind)
+    label = label or ("clean" if kind is None else str(kind))
     work.mkdir(parents=True, exist_ok=True)
     coordinator = start_coordinator(
         work / "coordinator", datasets={"bench": dataset}, log=work / "coordinator.log", extra_args=coordinator_args()
@@ -532,6 +538,8 @@ def section(results: Sequence[RunResult], setup: Setup, *, sources: bool) -> str
     clean = results[0]
     rows = [row_for(r, clean) for r in results]
     attacked = [r for r in results if r.attackers]
+    again = [r for r in results if r.label == AGAIN]
+    noise = loss_change(again[0], clean) if again else None
     got_through = [
         r.label for r in attacked if r.audit.attacker_accepted or r.audit.attacker_credit or r.forged_through
     ]
@@ -548,6 +556,11 @@ def section(results: Sequence[RunResult], setup: Setup, *, sources: bool) -> str
     )
     summary = [
         f"Attack kinds that got updates accepted or credit: {', '.join(got_through) or 'none'}.",
+        *(
+            [f"The clean campaign run twice landed {100 * abs(noise):.2f}% apart: the noise the loss target sits in."]
+            if noise is not None
+            else []
+        ),
         f"Unfinished, or final loss outside {100 * TARGET_LOSS:.0f}% of clean: {', '.join(harmful) or 'none'}.",
         f"Runs where validation rejected {100 * TARGET_HONEST_REJECTED:.0f}% or more of honest updates: "
         f"{', '.join(false_positive) or 'none'}.",
@@ -557,9 +570,11 @@ def section(results: Sequence[RunResult], setup: Setup, *, sources: bool) -> str
         machine_line(),
         f"A real coordinator process and {setup.volunteers} real volunteer processes on loopback train a `tiny` "
         f"campaign to its budget: {setup.rounds} rounds of {setup.units_per_round} units (quorum "
-        f"{setup.min_accepted}), H={setup.steps} steps of {setup.batch}×{setup.seq} tokens, int8 updates, "
-        f"replication rate {setup.replication_rate}, seed {setup.seed}. Clean: {setup.volunteers} honest volunteers "
-        f"(`commonweights volunteer run`). Each other row: {100 * setup.attacker_share:.0f}% of them replaced by "
+        f"{setup.min_accepted}), H={setup.steps} steps of {setup.batch}×{setup.seq} tokens, int8 updates, outer "
+        f"`{setup.outer}`, aggregation `{setup.aggregation or 'mean'}`, replication rate {setup.replication_rate}, "
+        f"seed {setup.seed}. Clean: {setup.volunteers} honest volunteers "
+        "(`commonweights volunteer run`); `clean again` repeats it last. Each other row: "
+        f"{100 * setup.attacker_share:.0f}% of them replaced by "
         "attackers of one kind (`python -m benchmarks.adversaries`, speaking the protocol like any third-party "
         "client); `mixed` fills the attacker slots with different kinds in a seeded order; a colluding pair is "
         f"two identities. {source_note} Every run starts a fresh coordinator, waits until all volunteers are "
@@ -605,7 +620,8 @@ def run_bench_adversarial(args: argparse.Namespace) -> int:
     setup = Setup(
         volunteers=args.volunteers, attacker_share=args.attacker_share, rounds=args.rounds,
         units_per_round=args.units_per_round, min_accepted=min(args.min_accepted, args.units_per_round),
-        steps=args.inner_steps, replication_rate=args.replication_rate, seed=args.seed,
+        steps=args.inner_steps, replication_rate=args.replication_rate, outer=args.outer, aggregation=args.aggregation,
+        seed=args.seed,
     )  # fmt: skip
     try:
         kinds = parse_kinds(args.kinds)
@@ -616,13 +632,17 @@ def run_bench_adversarial(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="commonweights-bench-adversarial-"))
     console.print(f"working in {work}; {len(kinds) + 1} campaigns of {setup.volunteers} volunteers")
     results: list[RunResult] = []
+    # The clean campaign runs again last: how far two clean runs land apart is the noise the loss target sits in.
+    runs: list[tuple[str, str | None]] = [("clean", None), *((k, k) for k in kinds), (AGAIN, None)]
     with bar(console) as progress:
-        for label in [None, *kinds]:
-            name = "clean" if label is None else label
+        for name, kind in runs:
             task = progress.add_task(name, total=setup.rounds)
             # An attack that stalls the campaign is cut off: a few times the clean run's time is enough to tell.
             timeout = setup.timeout_s if not results else max(300.0, 4 * results[0].seconds)
-            result = run_one(dataset, work / name, label, setup, progress=progress, task=task, timeout_s=timeout)
+            result = run_one(
+                dataset, work / name.replace(" ", "-"), kind, setup, progress=progress, task=task, timeout_s=timeout,
+                label=name,
+            )  # fmt: skip
             progress.update(task, completed=setup.rounds if result.finished else result.versions)
             results.append(result)
             progress.console.print(" | ".join(row_for(result, results[0])))

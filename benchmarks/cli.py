@@ -195,8 +195,12 @@ def add_bench_adversarial(commands: Subparsers) -> None:
     parser.add_argument("--rounds", type=positive_int, default=6, help="rounds of the campaign")
     parser.add_argument("--units-per-round", type=positive_int, default=8)
     parser.add_argument("--min-accepted", type=positive_int, default=6, help="a round's quorum")
-    parser.add_argument("--inner-steps", type=positive_int, default=10, metavar="H")
+    parser.add_argument("--inner-steps", type=positive_int, default=20, metavar="H")
     parser.add_argument("--replication-rate", type=float, default=0.25, help="share of units replicated")
+    parser.add_argument("--outer", default="average", help="the campaign's outer optimizer (default average)")
+    parser.add_argument(
+        "--aggregation", default=None, help="the campaign's aggregation rule (default: the campaign's, the mean)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the campaign and the mixed run's kinds")
     parser.add_argument(
         "--dataset", type=Path, default=None, metavar="DIR", help="a prepared dataset (default: the embedded corpus)"
