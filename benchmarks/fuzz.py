@@ -466,7 +466,24 @@ def report(tallies: dict[str, Tally], costs: dict[str, float], args: argparse.Na
             "data and gives the unit back, again and again.",
             _counts("Socket outcomes", socket.outcomes),
         ]
+    parts.append(_notes(control, costs))
     return "\n\n".join(parts)
+
+
+def _notes(control: Tally, costs: dict[str, float]) -> str:
+    return (
+        "What fuzzing found in the decoders, and what they still cost. Refusing a frame with `schema_violation` "
+        "took about 3 ms of CPU (0.3 s at worst) because wording the refusal asked msgspec for the schema's type "
+        "information again for every frame; it is now computed once (about 0.1 ms per refusal). The pre-scan walked "
+        "an array of 65,536 small numbers one value at a time (60 ms); a run of numbers, nils and bools now passes "
+        "in a tight loop. The pre-scan is still a Python loop of about a microsecond per map, array or string, so "
+        "the costliest frames are those with the most values per byte: the 64 KiB shapes above cost up to "
+        f"{max(costs.values()):.0f} ms, and the costliest frame of this run {control.decode_max_ms:.0f} ms of CPU "
+        "(a frame larger than 64 KiB, as a welcomed volunteer may send, holding tens of thousands of small maps "
+        "or arrays). The gateway decodes frames under 256 KiB on its event loop, so each such frame holds the loop "
+        "that long. No crash, traceback, wrong answer or leak was found in the gateway, the message decoder or the "
+        "codecs."
+    )
 
 
 def _counts(title: str, counts: Counter[str]) -> str:
