@@ -11,7 +11,9 @@ leaves a partial blob under a real name.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -48,9 +50,25 @@ class BlobStore:
         digest = digest or sha256_hex(data)
         target = self.path(digest)
         if target.exists():
-            return digest
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(target)  # stored again just now: `delete_if_older` must leave it alone
+            if target.exists():
+                return digest
         write_atomically(target, data, durable=durable)
         return digest
+
+    def delete_if_older(self, digest: str, before: float) -> int:
+        """Delete a blob last stored before `before` (Unix time); the bytes freed (0 if it was newer
+        or absent). For blobs no record needs any more (rejected updates)."""
+        target = self.path(digest)
+        try:
+            stat = target.stat()
+            if stat.st_mtime >= before:
+                return 0
+            target.unlink()
+        except FileNotFoundError:
+            return 0
+        return stat.st_size
 
     def verify(self, digest: str) -> bool:
         """Whether the blob is here with exactly the bytes its name promises."""

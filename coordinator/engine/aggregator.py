@@ -5,11 +5,17 @@
     >>> aggregator.restore()               # after a restart: θ_v, the optimizer, the open round
 
 A round closes when `min_accepted` updates are in, or at its deadline with at least one. Closing
-credits replicas' originals whose twin never came back, applies the outer optimizer to the mean of
-the accumulated updates, writes θ_{v+1} and the optimizer state as blobs, and then publishes the
-version and closes the round in one transaction. Everything in memory is derived: `restore` rebuilds
-θ_v, the outer optimizer and the open round's accumulator from the store, so a coordinator killed at
-any instant loses no acknowledged update and applies none twice.
+rejects (blamelessly) updates whose replica can no longer come back in time, applies the outer
+optimizer to the round's aggregate, writes θ_{v+1} and the optimizer state as blobs, and then
+publishes the version and closes the round in one transaction. Everything in memory is derived:
+`restore` rebuilds θ_v, the outer optimizer and the open round's accumulator from the store, so a
+coordinator killed at any instant loses no acknowledged update and applies none twice.
+
+The aggregate is the campaign's `outer.aggregation` rule (training.aggregation). The mean is the
+accumulator that ingest streamed each accepted update into. A robust rule (trimmed mean, centered
+clipping) needs the updates themselves: at close they are decoded again from the blob store, one
+at a time, into a stack file under DATA_DIR/aggregation/campaign-ID (swept at start), in the order
+the history replay reads them, so a replay applies exactly what the coordinator did.
 """
 
 from __future__ import annotations
@@ -21,11 +27,14 @@ from coordinator.engine.scheduler import Scheduler
 from coordinator.engine.state import CampaignState, model_config_for
 from coordinator.engine.states import CloseReason, SubmissionStatus, UnitState
 from coordinator.store import VersionRow
+from training.aggregation import aggregate_updates
 from training.checkpoint import load_state, load_weights, save_state, save_weights
 from training.data import TokenDataset
 from training.model import build_model
 
 __all__ = ["Aggregator", "initial_version"]
+
+ALL = 1 << 40  # the store's `limit`: every row (a round's updates, however many)
 
 
 def initial_version(spec: CampaignSpec, dataset: TokenDataset) -> tuple[bytes, bytes]:
@@ -38,10 +47,13 @@ class Aggregator:
     def __init__(self, state: CampaignState, scheduler: Scheduler) -> None:
         self.state = state
         self.scheduler = scheduler
+        # Robust rules' stack files: on the data dir's disk, one folder per campaign.
+        self.scratch = state.blobs.root.parent / "aggregation" / f"campaign-{state.row.id}"
 
     def restore(self) -> None:
         s = self.state
         row = s.refresh()
+        self._sweep_scratch()
         version = s.store.version(row.id, row.current_version)
         if version is None:
             raise RuntimeError(f"campaign {row.name} has no version {row.current_version}")
@@ -57,13 +69,16 @@ class Aggregator:
         if open_round is None:
             return
         s.round = self.scheduler.round_state(open_round.id)
-        for sub in s.store.submissions(round_id=open_round.id, statuses=(SubmissionStatus.ACCEPTED,), applied=False):
+        for sub in s.store.submissions(
+            round_id=open_round.id, statuses=(SubmissionStatus.ACCEPTED,), applied=False, limit=ALL
+        ):
             unit = s.store.unit(sub.unit_id)
             assert unit is not None
             delta = s.decode(s.blobs.get(sub.update_sha), unit.shard)
-            s.round.accumulator.add(delta, weight=sub.weight)
-            s.round.accepted += 1
-            s.round.tokens += sub.tokens
+            if sub.weight > 0:  # as ingest counts them: a zero-weight twin is in the cohort, not the round
+                s.round.accumulator.add(delta, weight=sub.weight)
+                s.round.accepted += 1
+                s.round.tokens += sub.tokens
             s.cohort.record(s.candidate(unit, delta, sub.losses, sub.tokens))
 
     def close_if_due(self) -> VersionRow | None:
@@ -99,8 +114,9 @@ class Aggregator:
             assert current is not None
             self._expire_unreplicated(current.row.version + 1)
             new_version = s.row.current_version + 1
-            if current.accumulator.contributions:
-                s.outer.step(s.params, current.accumulator.mean())
+            aggregate = self._aggregate(current.row.id)
+            if aggregate:
+                s.outer.step(s.params, aggregate)
             checkpoint = save_weights(s.params)
             checkpoint_sha = s.blobs.put(checkpoint)
             state_sha = s.blobs.put(save_state({"outer": s.outer.state_dict(), "cohort": s.cohort.state_dict()}))
@@ -120,6 +136,38 @@ class Aggregator:
             assert version is not None
             s.version_row = version
         return version
+
+    def _aggregate(self, round_id: int) -> dict[str, torch.Tensor]:
+        """The round's aggregate update by the campaign's rule ({} when nothing is to be applied)."""
+        s = self.state
+        assert s.round is not None
+        rule = s.spec.outer.aggregation_rule
+        if not rule.robust:
+            accumulator = s.round.accumulator
+            return accumulator.mean() if accumulator.contributions else {}
+        subs = [
+            sub
+            for sub in s.store.submissions(
+                round_id=round_id, statuses=(SubmissionStatus.ACCEPTED,), applied=False, limit=ALL
+            )
+            if sub.weight > 0
+        ]
+        if not subs:
+            return {}
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        # The store is the record a replay reads: the same rows, in the same order.
+        updates = ((self._decoded(sub.unit_id, sub.update_sha), sub.weight) for sub in subs)
+        return aggregate_updates(updates, s.shapes, rule, self.scratch).delta
+
+    def _decoded(self, unit_id: str, update_sha: str) -> dict[str, torch.Tensor]:
+        unit = self.state.store.unit(unit_id)
+        assert unit is not None
+        return self.state.decode(self.state.blobs.get(update_sha), unit.shard)
+
+    def _sweep_scratch(self) -> None:
+        """Stack files a killed process left behind: nothing reads them again."""
+        for stale in self.scratch.glob("update-stack-*"):
+            stale.unlink(missing_ok=True)
 
     def _expire_unreplicated(self, new_version: int) -> None:
         """Updates still waiting for their replica when the model moves past their staleness bound will

@@ -25,7 +25,10 @@ from coordinator.validation import Candidate, compare_replicas, global_norm
 from protocol.codecs import CodecError
 from training.accumulator import staleness_weight
 
-__all__ = ["CODEC_REJECTIONS", "Ingest"]
+__all__ = ["CODEC_REJECTIONS", "REJECTED_UPDATE_TTL_S", "Ingest"]
+
+# How long a rejected update's bytes are kept (for an admin to look at) before the space is freed.
+REJECTED_UPDATE_TTL_S = 3600.0
 
 # Decoding failures that are really validation verdicts: the frame was well formed but its tensors
 # don't fit the unit, or hold values no honest training produces.
@@ -46,6 +49,22 @@ class Ingest:
     def __init__(self, state: CampaignState, scheduler: Scheduler) -> None:
         self.state = state
         self.scheduler = scheduler
+        self._purged_until = 0.0  # rejected submissions recorded before this have had their blobs freed
+
+    def purge_rejected(self) -> int:
+        """Free the blobs of updates rejected more than REJECTED_UPDATE_TTL_S ago that nothing else
+        points at (their rows stay, with the digest); the bytes freed. Random bytes sent as updates
+        cost the coordinator space for an hour, not for ever."""
+        s = self.state
+        before = s.clock() - REJECTED_UPDATE_TTL_S
+        if before <= self._purged_until:
+            return 0
+        freed = sum(
+            s.blobs.delete_if_older(digest, before)
+            for digest in s.store.rejected_updates(s.row.id, self._purged_until, before)
+        )
+        self._purged_until = before
+        return freed
 
     def prepare(
         self, volunteer_id: str, unit_id: str, lease_id: str, payload: bytes, *, sha256: str | None = None

@@ -161,11 +161,13 @@ class CampaignRuntime:
         return version
 
     def tick(self) -> None:
-        """Periodic work: a quorum's close, expired leases, a round whose deadline passed."""
+        """Periodic work: a quorum's close, expired leases, a round whose deadline passed, the space of
+        long-rejected updates."""
         self.close_if_due()
         with self.state.lock:
             self.scheduler.expire_leases()
             self._published(self.aggregator.close_at_deadline())
+            self.ingest.purge_rejected()
 
     def _published(self, version: VersionRow | None) -> VersionRow | None:
         """Tell listeners about a new version, and open the next round."""

@@ -200,6 +200,11 @@ class SubmissionStore(Protocol):
         """A unit's first submission."""
         ...
 
+    def rejected_updates(self, campaign_id: int, since: float, before: float) -> list[str]:
+        """Digests of update blobs of the campaign that only rejected submissions recorded within
+        [since, before) point at (blobs the janitor may delete)."""
+        ...
+
     def submissions_for_unit(self, unit_id: str) -> list[SubmissionRow]:
         """Every submission for the unit (each volunteer's), oldest first."""
         ...

@@ -15,12 +15,14 @@ With the model at θ_v (the version the unit trained from) the coordinator measu
    2 % of them worse by 0.018 nats or more).
 3. **Dependence on the unit's own data**: θ_v − Δ lowers the loss of the unit's own micro-batches
    (a sample spread over its steps, each trained on once) more than the loss of the tokens right
-   next to its slice — by at least `min_fit` nats and `min_fit_ratio` of what accepted updates of the
-   version showed. The neighbours come from the same documents, so they control for what any
-   training on nearby text gains (the holdout does not: a copy of the next unit's update gains as
-   much on this slice as an honest one, measured against holdout). An update trained on other data —
-   a replay, a copy of another unit's update, the published difference between two versions,
-   made-up numbers — lowers both alike.
+   next to its slice (or at all, when the neighbours' loss rises) — by at least `min_fit` nats and
+   `min_fit_ratio` of what accepted updates of the version showed. The neighbours come from the same
+   documents, so they control for what any training on nearby text gains (the holdout does not: a
+   copy of the next unit's update gains as much on this slice as an honest one, measured against
+   holdout). An update trained on other data — a replay, a copy of another unit's update, the
+   published difference between two versions, made-up numbers — lowers both alike. At θ_0 a flipped
+   update can pass this (from a random model, both directions lower the loss a little); the descent
+   and direction checks catch it once a few honest updates of the version are in.
 
     >>> probe = LossProbe(model_config)                           # one per campaign, used under its lock
     >>> evidence = UnitEvidence(probe, v, theta_v, first=first_batches, own=sampled_batches,
@@ -108,6 +110,7 @@ class Measurements:
     first_loss: float  # loss of θ_v on the unit's first step's micro-batches
     holdout_gain: float  # L_holdout(θ_v) − L_holdout(θ_v − η·Δ)
     fit: float  # how much more θ_v − Δ lowers the loss of the unit's own batches than of its neighbours'
+    # (the neighbours' gain taken as 0 when negative)
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,8 +135,10 @@ class UnitEvidence:
 
         first = loss(self.first)
         stepped = loss(self.holdout, DESCENT_STEP)
-        # With no tokens beside the slice (a tiny dataset) there is nothing to compare with: inf passes.
-        near = (loss(self.near) - loss(self.near, 1.0)) if self.near else -math.inf
+        # The neighbours' gain counts only when positive: an update that makes its own batches worse
+        # (a sign flip) must not pass because it makes the neighbours even worse. With no tokens
+        # beside the slice (a tiny dataset) the own batches' gain is all there is.
+        near = max(0.0, loss(self.near) - loss(self.near, 1.0)) if self.near else 0.0
         fit = loss(self.own) - loss(self.own, 1.0) - near
         return Measurements(first_loss=first, holdout_gain=self.holdout_loss - stepped, fit=fit)
 

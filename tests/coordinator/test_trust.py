@@ -8,6 +8,7 @@ tests/integration/test_attacks.py and `commonweights bench adversarial`.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -88,14 +89,16 @@ def test_a_free_rider_reporting_the_public_holdout_loss_is_rejected_and_earns_no
     loss = public.holdout_loss or report.losses[0]  # what the versions page shows, or a peer's number
     fake = SubmissionReport(losses=[loss] * len(report.losses), tokens=report.tokens, seconds=1.0)
     outcome = _submit(service, rider, unit, {n: t * scale for n, t in noise.items()}, fake)
-    assert (outcome.status, outcome.code) == ("rejected", "implausible_loss"), outcome.message
+    # At θ_0 every batch's loss is about ln(vocabulary), so the copied loss may pass; the noise does not.
+    assert outcome.status == "rejected" and outcome.code in EVIDENCE_CODES, outcome
     assert _credit(service, rider) == 0
 
 
 def test_updates_that_do_not_come_from_training_on_the_unit_are_rejected(service: Coordinator) -> None:
-    """Sign flip, noise at an honest norm and a shrunken update, each with the unit's true first loss."""
-    campaign_id = _campaign(service, rounds={"units_per_round": 6, "min_accepted": 6, "lease_s": 60, "deadline_s": 600})
-    honest = volunteers(service, 2)
+    """Sign flip, noise at an honest norm and a shrunken update, each with the unit's true first loss,
+    once a few honest updates of the version show what training does."""
+    campaign_id = _campaign(service, rounds={"units_per_round": 7, "min_accepted": 7, "lease_s": 60, "deadline_s": 600})
+    honest = volunteers(service, 3)
     attackers = volunteers(service, 3)
     kept: list[dict[str, torch.Tensor]] = []
     for v in honest:
@@ -147,19 +150,20 @@ def test_a_replica_never_goes_to_a_volunteer_from_the_same_network(service: Coor
     replica = service.store.replica_of(first.unit.id)
     assert replica is not None
     second = lease(service, sybil_b)
-    assert second.unit.id != replica.id and second.unit.replica_of != first.unit.id, "a Sybil got its twin's replica"
+    assert second.unit.id != replica.id, "a Sybil got its twin's replica"
     third = lease(service, stranger)
-    assert third.unit.id == replica.id
+    assert third.unit.replica_of in (first.unit.id, second.unit.id)
+    original, owner = (first, sybil_a) if third.unit.replica_of == first.unit.id else (second, sybil_b)
     # The original waits for its replica: it is valid, but neither counted nor credited yet.
-    outcome = _submit(service, sybil_a, first, *train(service, first))
+    outcome = _submit(service, owner, original, *train(service, original))
     assert outcome.status == "accepted" and "replica" in outcome.message
-    assert _credit(service, sybil_a) == 0 and runtime.round is not None and runtime.round.accepted == 0
+    assert _credit(service, owner) == 0 and runtime.round is not None and runtime.round.accepted == 0
     service.clock.now += 601  # type: ignore[attr-defined]  # past the round's deadline
     runtime.tick()
     assert service.store.campaign(campaign_id).current_version == 0, "a round closed on an unreplicated update"  # type: ignore[union-attr]
     outcome = _submit(service, stranger, third, *train(service, third))
     assert outcome.status == "accepted", outcome.message
-    assert _credit(service, sybil_a) > 0 and _credit(service, stranger) > 0
+    assert _credit(service, owner) > 0 and _credit(service, stranger) > 0
 
 
 def test_a_volunteer_holds_at_most_its_campaigns_number_of_leases(service: Coordinator) -> None:
@@ -211,3 +215,32 @@ def test_a_slice_never_trained_is_handed_out_again_before_the_cursor_moves(servi
     again = lease(service, a)
     assert (again.unit.id, again.unit.data_start) == (unit_b.unit.id, unit_b.unit.data_start)
     assert again.unit.version == 1
+
+
+def test_the_bytes_of_rejected_updates_are_freed_after_an_hour_and_the_slice_is_trained_by_someone_else(
+    service: Coordinator,
+) -> None:
+    service.clock.now = time.time()  # type: ignore[attr-defined]  # blob files age in real time
+    campaign_id = _campaign(service, rounds={"units_per_round": 2, "min_accepted": 2, "lease_s": 60, "deadline_s": 600})
+    runtime = service.runtimes[campaign_id]
+    attacker, honest = volunteers(service, 2)
+    unit = lease(service, attacker)
+    junk = bytes(range(256)) * 64
+    report = SubmissionReport(losses=[5.0] * 10, tokens=10 * 4 * 64, seconds=1.0)
+    outcome = runtime.submit(attacker, unit.unit.id, unit.lease_id, junk, report)
+    assert (outcome.status, outcome.code) == ("rejected", "bad_encoding")
+    rejected = service.store.submission(unit.unit.id, attacker)
+    assert rejected is not None and service.blobs.exists(rejected.update_sha)
+    again = lease(service, honest)
+    assert again.unit.id == unit.unit.id, "the rejected unit's slice goes to the next volunteer"
+    assert _submit(service, honest, again, *train(service, again)).status == "accepted"
+    accepted = service.store.submission(unit.unit.id, honest)
+    assert accepted is not None
+    service.clock.now += 1800  # type: ignore[attr-defined]
+    runtime.tick()
+    assert service.blobs.exists(rejected.update_sha), "kept for an hour, for the admins to look at"
+    service.clock.now += 3600  # type: ignore[attr-defined]
+    runtime.tick()
+    assert not service.blobs.exists(rejected.update_sha)
+    assert service.blobs.exists(accepted.update_sha)
+    assert service.store.submission(unit.unit.id, attacker) is not None, "the record of the rejection stays"

@@ -47,6 +47,15 @@ class SQLiteSubmissions(SQLiteDatabase):
         row = self._one("SELECT * FROM submissions WHERE unit_id = ? ORDER BY id LIMIT 1", (unit_id,))
         return _submission(row) if row else None
 
+    def rejected_updates(self, campaign_id: int, since: float, before: float) -> list[str]:
+        rows = self._all(
+            "SELECT DISTINCT s.update_sha FROM submissions s JOIN units u ON u.id = s.unit_id "
+            "WHERE u.campaign_id = ? AND s.status = 'rejected' AND s.created_at >= ? AND s.created_at < ? "
+            "AND NOT EXISTS (SELECT 1 FROM submissions o WHERE o.update_sha = s.update_sha AND o.status != 'rejected')",
+            (campaign_id, since, before),
+        )
+        return [str(r["update_sha"]) for r in rows]
+
     def submissions_for_unit(self, unit_id: str) -> list[SubmissionRow]:
         rows = self._all("SELECT * FROM submissions WHERE unit_id = ? ORDER BY id", (unit_id,))
         return [_submission(r) for r in rows]
