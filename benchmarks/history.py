@@ -5,17 +5,21 @@
     >>> audit_history(data_dir, campaign_id).applied_twice
     0
 
-Starting from θ_0, every closed round's accepted updates are decoded from the blob store, averaged
-with their recorded weights and applied with the campaign's outer optimizer; each result must match
-the checkpoint published as that round's version. An update lost, applied twice, or applied to the
-wrong round shows up as a mismatch. `audit_history` adds direct counts of updates the record holds
-twice, for `bench crash` to report instead of stopping at the first problem. Run either on a data
-dir no coordinator is writing to. The crash tests use it through tests/support/history.py.
+Starting from θ_0, every closed round's accepted updates are decoded from the blob store, combined
+with their recorded weights by the campaign's aggregation rule (the weighted mean, or a robust rule:
+the coordinator's own `training.aggregation.aggregate_updates`) and applied with the campaign's outer
+optimizer; each result must match the checkpoint published as that round's version. An update lost,
+applied twice, or applied to the wrong round shows up as a mismatch. `audit_history` adds direct
+counts of updates the record holds twice, for `bench crash` to report instead of stopping at the
+first problem. Run either on a data dir no coordinator is writing to. The crash tests use it
+through tests/support/history.py.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +30,7 @@ from coordinator.campaign import CampaignSpec
 from coordinator.store import SQLiteStore
 from protocol.codecs import decode
 from protocol.tensors import TensorSpec
-from training.accumulator import DeltaAccumulator
+from training.aggregation import aggregate_updates
 from training.checkpoint import load_weights
 from training.outer import make_outer_optimizer
 
@@ -62,27 +66,32 @@ def check_history(data_dir: Path, campaign_id: int) -> int:
         closed = [r for r in store.rounds(campaign_id) if r.status == "closed"]
         _require(len(closed) == len(versions) - 1, "every closed round publishes exactly one version")
         seen: set[int] = set()
-        for round_row, version in zip(closed, versions[1:], strict=True):
-            _require(version.round_id == round_row.id, f"version {version.version} is not round {round_row.id}'s")
-            accepted = store.submissions(round_id=round_row.id, statuses=("accepted",), limit=ALL)
-            accumulator = DeltaAccumulator(shapes)
-            for sub in accepted:
+
+        def round_updates(round_id: int) -> Iterator[tuple[dict[str, torch.Tensor], float]]:
+            """The round's weighted updates as the aggregator reads them: decoded one at a time, in order."""
+            for sub in store.submissions(round_id=round_id, statuses=("accepted",), limit=ALL):
                 _require(sub.id not in seen, f"submission {sub.id} counted in two rounds")
                 seen.add(sub.id)
                 _require(sub.applied, f"submission {sub.id} of a closed round is not marked applied")
                 if sub.weight == 0:
-                    continue  # a replica's twin: the update entered the average once, through its pair
+                    continue  # a replica's twin: the update entered the aggregate once, through its pair
                 unit = store.unit(sub.unit_id)
                 _require(unit is not None, f"submission {sub.id}'s unit {sub.unit_id} is not in the store")
                 assert unit is not None
                 specs = {n: TensorSpec(shapes[n]) for n in unit.shard}
-                accumulator.add(decode(blobs.get(sub.update_sha), specs), weight=sub.weight)
+                yield decode(blobs.get(sub.update_sha), specs), sub.weight
+
+        rule = spec.outer.aggregation_rule
+        for round_row, version in zip(closed, versions[1:], strict=True):
+            _require(version.round_id == round_row.id, f"version {version.version} is not round {round_row.id}'s")
+            with tempfile.TemporaryDirectory(prefix="history-", dir=data_dir) as scratch:
+                aggregate = aggregate_updates(round_updates(round_row.id), shapes, rule, scratch)
             _require(
-                accumulator.contributions == version.updates,
-                f"version {version.version}: {accumulator.contributions} updates on record, {version.updates} applied",
+                aggregate.contributions == version.updates,
+                f"version {version.version}: {aggregate.contributions} updates on record, {version.updates} applied",
             )
-            if accumulator.contributions:
-                outer.step(params, accumulator.mean())
+            if aggregate.contributions:
+                outer.step(params, aggregate.delta)
             published = load_weights(blobs.get(version.checkpoint_sha))
             for name, tensor in published.items():
                 try:

@@ -23,6 +23,10 @@ A spec is TOML (or the same structure as JSON over the REST API):
     [outer]
     optimizer = "nesterov"      # nesterov | average | adam
     lr = 0.7
+    aggregation = "mean"        # mean | trimmed_mean | centered_clip: how the round's updates become one
+    trim = 0.2                  # trimmed_mean: the share cut from each end per coordinate
+    clip_iterations = 3         # centered_clip: iterations from the coordinate-wise median
+    # clip_tau = 0.5            # centered_clip: the clipping radius; omit for the median distance
 
     [rounds]
     units_per_round = 4
@@ -51,6 +55,7 @@ from msgspec import Meta
 
 from protocol.codecs import CODEC_NAMES, CodecConfig, CodecError
 from protocol.limits import MAX_GRAD_CLIP, MAX_INNER_STEPS
+from training.aggregation import AGGREGATION_RULES, AggregationRule
 from training.inner import InnerConfig
 from training.model import PRESETS
 from training.outer import OUTER_DEFAULTS
@@ -136,16 +141,51 @@ class InnerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 class OuterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Each round: how the accepted updates move the model."""
 
-    optimizer: Annotated[str, _one_of(OUTER_DEFAULTS, "Applies each round's mean update to the model.")] = "nesterov"
+    optimizer: Annotated[str, _one_of(OUTER_DEFAULTS, "Applies each round's aggregate update to the model.")] = (
+        "nesterov"
+    )
     lr: Annotated[
         Annotated[float, Meta(gt=0, le=10)] | None, Meta(description="Omit (or null) for the optimizer's default.")
     ] = None  # None: the optimizer's default (nesterov 0.7, average 1.0, adam 3e-3)
     momentum: Annotated[
         float, Meta(ge=0, lt=1, description="Nesterov's momentum (the other optimizers have none).")
     ] = 0.9
+    aggregation: Annotated[
+        str,
+        _one_of(
+            AGGREGATION_RULES,
+            "How the round's accepted updates become one: their token-weighted mean, or a robust rule that a "
+            "few outlying updates can't steer (coordinate-wise trimmed mean, centered clipping).",
+        ),
+    ] = "mean"
+    trim: Annotated[
+        float,
+        Meta(
+            ge=0,
+            lt=0.5,
+            description="trimmed_mean: the share of updates cut from each end, per coordinate (floor(trim × n)).",
+        ),
+    ] = 0.2
+    clip_iterations: Annotated[
+        int, Meta(ge=1, le=10, description="centered_clip: clipping iterations from the coordinate-wise median.")
+    ] = 3
+    clip_tau: Annotated[
+        Annotated[float, Meta(gt=0, le=1e6)] | None,
+        Meta(
+            description=(
+                "centered_clip: the clipping radius (an L2 norm of one shard's update); omit (or null) for the "
+                "median of the updates' distances to the start."
+            )
+        ),
+    ] = None
 
     def problems(self) -> list[str]:
         return _declared_problems(self, "outer.")
+
+    @property
+    def aggregation_rule(self) -> AggregationRule:
+        """The training core's rule for combining a round's updates (the one mapping from these settings)."""
+        return AggregationRule(self.aggregation, self.trim, self.clip_iterations, self.clip_tau)
 
 
 class RoundSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -345,12 +385,45 @@ class CampaignSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
                 f"inner.seq_len ({self.inner.seq_len}) exceeds the {self.model} preset's context "
                 f"({PRESETS[self.model].max_seq_len})"
             )
+        out += self._aggregation_problems()
         return out
+
+    def _aggregation_problems(self) -> list[str]:
+        """A robust rule that a round closing at its quorum could never use: it would be the mean.
+        Units go to the shards in turn, so each shard's updates are aggregated apart, about
+        min_accepted / shards of them."""
+        outer, quorum = self.outer, self.rounds.min_accepted
+        if outer.aggregation == "mean" or not 0 <= outer.trim < 0.5:
+            return []
+        try:
+            shards = self.shard_count
+        except (IndexError, ValueError):  # a malformed shard_plan, a problem of its own
+            return []
+        each = quorum // shards
+        round_of = f"a round of rounds.min_accepted ({quorum}) updates"
+        if shards > 1:
+            round_of += f" over {shards} shards ({each} per shard)"
+        if outer.aggregation == "trimmed_mean" and math.floor(outer.trim * each + 1e-9) == 0:  # as robust.py counts
+            fixes = [f"outer.trim to at least {math.ceil(1000 / each) / 1000:g}"] if each >= 3 else []
+            if outer.trim > 0:
+                fixes.append(f"rounds.min_accepted to at least {math.ceil(1 / outer.trim - 1e-9) * shards}")
+            return [
+                f"outer.trim ({outer.trim}) cuts nothing from {round_of}: floor(trim × {each}) is 0, so "
+                "trimmed_mean would be the plain mean; "
+                + (f"raise {' or '.join(fixes)}" if fixes else "raise outer.trim")
+            ]
+        if outer.aggregation == "centered_clip" and each < 3:
+            return [
+                f"outer.aggregation centered_clip needs at least 3 updates per shard to outvote one, but {round_of} "
+                f"gives {each}: raise rounds.min_accepted to at least {3 * shards}"
+            ]
+        return []
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = msgspec.to_builtins(self)  # the codec, a dataclass, as its dict too
-        if self.outer.lr is None:
-            del out["outer"]["lr"]
+        for optional in ("lr", "clip_tau"):  # TOML has no null: an omitted key is the default
+            if out["outer"][optional] is None:
+                del out["outer"][optional]
         return out
 
 

@@ -152,3 +152,82 @@ def test_a_hostile_spec_is_a_spec_error_quoting_only_a_little_of_it(text: str, p
         CampaignSpec.from_toml(text)
     assert problem in str(caught.value)
     assert len(str(caught.value)) < 300
+
+
+def test_aggregation_is_the_mean_unless_a_robust_rule_is_asked_for() -> None:
+    outer = CampaignSpec.from_toml(GOOD).outer
+    assert (outer.aggregation, outer.trim, outer.clip_iterations, outer.clip_tau) == ("mean", 0.2, 3, None)
+    assert not outer.aggregation_rule.robust
+    robust = GOOD.replace(
+        "lr = 0.7\n", 'lr = 0.7\naggregation = "centered_clip"\nclip_iterations = 5\nclip_tau = 0.25\n'
+    )
+    spec = CampaignSpec.from_toml(robust.replace("min_accepted = 2", "min_accepted = 3"))
+    rule = spec.outer.aggregation_rule
+    assert (rule.name, rule.clip_iterations, rule.clip_tau) == ("centered_clip", 5, 0.25)
+    assert CampaignSpec.from_dict(spec.to_dict()) == spec
+    assert "clip_tau" not in CampaignSpec.from_toml(GOOD).to_dict()["outer"]  # TOML has no null: omitted
+
+
+@pytest.mark.parametrize(
+    ("outer", "problem"),
+    [
+        ({"aggregation": "median"}, "outer.aggregation must be one of mean, trimmed_mean, centered_clip, got 'median'"),
+        ({"aggregation": "trimmed_mean", "trim": 0.5}, "outer.trim must be within [0, 0.5), got 0.5"),
+        ({"trim": -0.1}, "outer.trim must be within [0, 0.5), got -0.1"),
+        ({"clip_iterations": 0}, "outer.clip_iterations must be positive, got 0"),
+        ({"clip_iterations": 11}, "outer.clip_iterations must be within [1, 10], got 11"),
+        ({"clip_tau": 0}, "outer.clip_tau must be positive, got 0.0"),
+        ({"clip_tau": 1e7}, "outer.clip_tau must be within (0, 1000000.0], got 10000000.0"),
+    ],
+)
+def test_aggregation_settings_out_of_bounds_are_refused_by_name(outer: dict[str, object], problem: str) -> None:
+    rounds = {"units_per_round": 10, "min_accepted": 10}
+    with pytest.raises(SpecError) as caught:
+        CampaignSpec.from_dict({"name": "x", "dataset": "d", "outer": outer, "rounds": rounds})
+    assert caught.value.problems == [problem]
+
+
+@pytest.mark.parametrize(
+    ("outer", "rounds", "shard_plan", "problem"),
+    [
+        (
+            {"aggregation": "trimmed_mean", "trim": 0.2},
+            3,
+            "full",
+            "outer.trim (0.2) cuts nothing from a round of rounds.min_accepted (3) updates: floor(trim × 3) is 0, "
+            "so trimmed_mean would be the plain mean; raise outer.trim to at least 0.334 or rounds.min_accepted "
+            "to at least 5",
+        ),
+        (
+            {"aggregation": "trimmed_mean", "trim": 0.34},
+            4,
+            "groups:2",
+            "outer.trim (0.34) cuts nothing from a round of rounds.min_accepted (4) updates over 2 shards (2 per "
+            "shard): floor(trim × 2) is 0, so trimmed_mean would be the plain mean; raise rounds.min_accepted to "
+            "at least 6",
+        ),
+        (
+            {"aggregation": "centered_clip"},
+            2,
+            "full",
+            "outer.aggregation centered_clip needs at least 3 updates per shard to outvote one, but a round of "
+            "rounds.min_accepted (2) updates gives 2: raise rounds.min_accepted to at least 3",
+        ),
+    ],
+)
+def test_a_robust_rule_that_quorum_rounds_would_make_the_mean_is_refused(
+    outer: dict[str, object], rounds: int, shard_plan: str, problem: str
+) -> None:
+    data = {
+        "name": "x",
+        "dataset": "d",
+        "shard_plan": shard_plan,
+        "outer": outer,
+        "rounds": {"units_per_round": 10, "min_accepted": rounds},
+    }
+    with pytest.raises(SpecError) as caught:
+        CampaignSpec.from_dict(data)
+    assert caught.value.problems == [problem]
+    # Enough updates per shard, and the same rule is fine.
+    data["rounds"] = {"units_per_round": 10, "min_accepted": 6 if shard_plan == "full" else 10}
+    assert CampaignSpec.from_dict(data).outer.aggregation == outer["aggregation"]
