@@ -170,7 +170,7 @@ def _campaign(coordinator: LocalCoordinator, dataset: Path, steps: int, batch: i
             "token_budget": 1000 * steps * batch * seq,
             "inner": {"steps": steps, "batch_size": batch, "seq_len": seq, "warmup_steps": 0},
             "rounds": {"units_per_round": 1, "min_accepted": 1, "deadline_s": 86_400, "lease_s": 600},
-            "validation": {"replication_rate": 0.0},
+            "validation": {"replication_rate": 0.0, "holdout_check_rate": 0.0},
         }
     )
 

@@ -98,7 +98,7 @@ def campaign_spec(
             "lease_s": lease_s,
             "deadline_s": deadline_s,
         },
-        "validation": {"replication_rate": 0.0},
+        "validation": {"replication_rate": 0.0, "holdout_check_rate": 0.0},
     }
 
 

@@ -60,7 +60,7 @@ def spec(name: str, *, model: str, units: int, rounds: int, steps: int, batch: i
         "token_budget": rounds * units * steps * batch * seq,
         "inner": {"steps": steps, "batch_size": batch, "seq_len": seq, "warmup_steps": 0},
         "rounds": {"units_per_round": units, "min_accepted": units, "deadline_s": 3600, "lease_s": 600},
-        "validation": {"replication_rate": 0.0},
+        "validation": {"replication_rate": 0.0, "holdout_check_rate": 0.0},
     }
 
 

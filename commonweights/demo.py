@@ -64,8 +64,9 @@ def demo_spec(args: argparse.Namespace) -> dict[str, Any]:
         # Plain averaging: over a handful of rounds it beats DiLoCo's Nesterov momentum (docs/benchmarks.md).
         "outer": {"optimizer": "average"},
         "rounds": {"units_per_round": units, "min_accepted": units, "deadline_s": 300, "lease_s": 120},
-        # The demo's volunteers are this machine's own processes: replicate only as a spot check.
-        "validation": {"replication_rate": 0.0},
+        # The demo's volunteers are this machine's own processes: no replication, and no measuring of
+        # their updates with the model (tests/integration/test_attacks.py shows those at work).
+        "validation": {"replication_rate": 0.0, "holdout_check_rate": 0.0},
     }
 
 

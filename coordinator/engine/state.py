@@ -211,12 +211,13 @@ class CampaignState:
 
     def wants_evidence(self, volunteer_id: str) -> bool:
         """Whether this volunteer's update is measured with the model: always before it is trusted,
-        a sample of `holdout_check_rate` after."""
+        a sample of `holdout_check_rate` after; never when that rate is 0."""
+        rate = self.spec.validation.holdout_check_rate
+        if rate <= 0:
+            return False  # turned off: a campaign of vetted volunteers, or a throughput benchmark
         volunteer = self.store.volunteer(volunteer_id)
         trust = TrustState(volunteer.consecutive_valid, volunteer.errors) if volunteer else TrustState()
-        if not self.trust.trusted(trust):
-            return True
-        return self.rng.random() < self.spec.validation.holdout_check_rate
+        return not self.trust.trusted(trust) or self.rng.random() < rate
 
     def evidence(self, unit: UnitRow) -> UnitEvidence | None:
         """What the evidence check measures `unit`'s update with; None when the holdout is too small."""

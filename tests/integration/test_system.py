@@ -36,7 +36,7 @@ def campaign_spec(name: str, **rounds: Any) -> dict[str, Any]:
         "token_budget": 10_000_000,
         "inner": {"steps": 3, "batch_size": 2, "seq_len": 32, "warmup_steps": 0},
         "rounds": {"units_per_round": 2, "min_accepted": 2, "lease_s": 6, "deadline_s": 120, **rounds},
-        "validation": {"replication_rate": 0.0},
+        "validation": {"replication_rate": 0.0, "holdout_check_rate": 0.0},
     }
 
 

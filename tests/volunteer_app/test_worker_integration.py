@@ -64,7 +64,7 @@ class Coordinator:
             "codec": "int8",
             "inner": {"steps": steps, "batch_size": 2, "seq_len": 32, "warmup_steps": 0},
             "rounds": {"units_per_round": units, "min_accepted": units},
-            "validation": {"replication_rate": 0.0},
+            "validation": {"replication_rate": 0.0, "holdout_check_rate": 0.0},
         }
         return str(self.local.api.post_campaign(spec)["id"])
 

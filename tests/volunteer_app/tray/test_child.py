@@ -51,7 +51,7 @@ def test_the_child_trains_pauses_with_a_checkpoint_resumes_and_stops(
             "token_budget": steps * 2 * 32,
             "inner": {"steps": steps, "batch_size": 2, "seq_len": 32, "warmup_steps": 0},
             "rounds": {"units_per_round": 1, "min_accepted": 1},
-            "validation": {"replication_rate": 0.0},
+            "validation": {"replication_rate": 0.0, "holdout_check_rate": 0.0},
         }
     )
     messages: queue.Queue[ChildMessage] = queue.Queue()
