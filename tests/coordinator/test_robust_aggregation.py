@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from coordinator.engine.state import CampaignState
 from coordinator.service import Coordinator, CoordinatorConfig
 from coordinator.validation import ValidationPipeline
 from tests.coordinator.test_runtime import Clock, lease, make_spec, submit_honest, volunteers
@@ -27,6 +26,9 @@ ROBUST: dict[str, dict[str, object]] = {
     "centered_clip": {"aggregation": "centered_clip"},
 }
 ROUNDS_OF_THREE = {"units_per_round": 3, "min_accepted": 3, "lease_s": 60, "deadline_s": 600}
+# No update measured by the evidence check where validation isn't the subject: its forward passes
+# are most of what a submit costs.
+UNMEASURED = {"replication_rate": 0.0, "holdout_check_rate": 0.0}
 
 
 @pytest.fixture
@@ -35,13 +37,6 @@ def service(tmp_path: Path, small_dataset: Path) -> Coordinator:
     coordinator = Coordinator.open(config, clock=Clock())
     coordinator.version_listeners.clear()
     return coordinator
-
-
-@pytest.fixture
-def unmeasured(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No update is measured by the evidence check: its forward passes are most of what a submit
-    costs, and these tests are about what aggregation does with updates once they are accepted."""
-    monkeypatch.setattr(CampaignState, "wants_evidence", lambda self, volunteer_id: False)
 
 
 def _weights(service: Coordinator, campaign_id: int, version: int) -> dict[str, torch.Tensor]:
@@ -88,6 +83,7 @@ def _round_with_a_liar(
         codec="fp32",
         outer=outer,
         rounds={"units_per_round": 5, "min_accepted": 5, "lease_s": 60, "deadline_s": 600},
+        validation=UNMEASURED,
     )
     campaign_id = service.create_campaign(spec, owner="admin:1")
     runtime = service.runtimes[campaign_id]
@@ -109,7 +105,6 @@ def _round_with_a_liar(
     return {n: v0[n] - v1[n] for n in v0}, honest
 
 
-@pytest.mark.usefixtures("unmeasured")
 def test_a_huge_liar_moves_a_robust_campaign_far_less_than_the_mean(service: Coordinator) -> None:
     applied = {}
     for rule in ("mean", "trimmed_mean", "centered_clip"):
@@ -128,7 +123,6 @@ def test_a_huge_liar_moves_a_robust_campaign_far_less_than_the_mean(service: Coo
         assert bool((value >= low - 1e-5).all() and (value <= high + 1e-5).all()), name
 
 
-@pytest.mark.usefixtures("unmeasured")
 @pytest.mark.parametrize("rule", sorted(ROBUST))
 def test_restart_mid_round_reaches_the_same_robust_version(tmp_path: Path, small_dataset: Path, rule: str) -> None:
     """Two of three updates, a new Coordinator on the same data dir (with a stack file a killed
@@ -137,7 +131,7 @@ def test_restart_mid_round_reaches_the_same_robust_version(tmp_path: Path, small
     def run(data_dir: Path, restart: bool) -> dict[str, torch.Tensor]:
         config = CoordinatorConfig(data_dir=data_dir, datasets={"small": small_dataset})
         service = Coordinator.open(config, clock=Clock())
-        spec = make_spec(outer={"optimizer": "nesterov", **ROBUST[rule]}, rounds=ROUNDS_OF_THREE)
+        spec = make_spec(outer={"optimizer": "nesterov", **ROBUST[rule]}, rounds=ROUNDS_OF_THREE, validation=UNMEASURED)
         campaign_id = service.create_campaign(spec, owner="admin:1")
         a, b, c = volunteers(service, 3)
         submit_honest(service, a)
@@ -164,7 +158,6 @@ def test_restart_mid_round_reaches_the_same_robust_version(tmp_path: Path, small
         assert torch.equal(straight[name], restarted[name]), name
 
 
-@pytest.mark.usefixtures("unmeasured")
 @pytest.mark.parametrize(
     ("outer", "shards"),
     [
@@ -185,6 +178,7 @@ def test_the_history_replay_applies_the_campaigns_robust_rule(
         outer={"optimizer": "nesterov", **outer},
         rounds={**ROUNDS_OF_THREE, "units_per_round": per_round, "min_accepted": per_round},
         shard_plan="full" if shards == 1 else f"groups:{shards}",
+        validation=UNMEASURED,
     )
     campaign_id = service.create_campaign(spec, owner="admin:1")
     vols = volunteers(service, per_round)
