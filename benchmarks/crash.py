@@ -517,9 +517,10 @@ def crash_section(result: CrashResult) -> str:
     rejected = ", ".join(f"{code} {n}" for code, n in sorted(result.rejections.items())) or "none"
     lost = f"{len(result.acks_lost)} of {result.acks:,} acks"
     if result.unacknowledged:
+        have = "submission has" if result.unacknowledged == 1 else "submissions have"
         lost += (
-            f"; {result.unacknowledged} more accepted submissions have no ack in the logs (the kill came before the "
-            "answer reached the volunteer)"
+            f"; {result.unacknowledged} more accepted {have} no ack in the logs (the kill came before the answer "
+            "reached the volunteer)"
         )
     if result.acks_lost:
         lost += " (" + ", ".join(result.acks_lost[:3]) + (" …)" if len(result.acks_lost) > 3 else ")")
