@@ -579,7 +579,9 @@ def churn_section(calm: ChurnRun, churned: ChurnRun, *, volunteers: int, rounds:
         "when all its units are in, leases of 8 s; same seed, so the same units. In the churned run "
         f"{len(churned.killed)} volunteers are SIGKILLed, each at a seeded version in the middle half of the "
         "run, and replaced at once by a fresh process with a new identity; a dead volunteer's unit is issued "
-        "again when its lease runs out. Loss: the holdout loss the coordinator published for the last version.",
+        "again when its lease runs out. Units issued again: units leased more than once (a killed volunteer's, or one "
+        "whose lease ran out while its volunteer, short of CPU, trained it). Loss: the holdout loss the coordinator "
+        "published for the last version.",
         markdown_table(
             ["run", "final holdout loss", "versions", "killed", "units issued again", "seconds"], rows
         ),
