@@ -630,7 +630,7 @@ def run_bench_adversarial(args: argparse.Namespace) -> int:
         return 2
     dataset = args.dataset or ensure_default_dataset(progress=True)
     work = Path(tempfile.mkdtemp(prefix="commonweights-bench-adversarial-"))
-    console.print(f"working in {work}; {len(kinds) + 1} campaigns of {setup.volunteers} volunteers")
+    console.print(f"working in {work}; {len(kinds) + 2} campaigns of {setup.volunteers} volunteers")
     results: list[RunResult] = []
     # The clean campaign runs again last: how far two clean runs land apart is the noise the loss target sits in.
     runs: list[tuple[str, str | None]] = [("clean", None), *((k, k) for k in kinds), (AGAIN, None)]
