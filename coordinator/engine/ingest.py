@@ -23,6 +23,7 @@ from coordinator.engine.states import CloseReason, OutcomeStatus, SubmissionStat
 from coordinator.store import UnitRow
 from coordinator.validation import Candidate, compare_replicas, global_norm
 from protocol.codecs import CodecError
+from protocol.errors import ErrorCode
 from training.accumulator import staleness_weight
 
 __all__ = ["CODEC_REJECTIONS", "REJECTED_UPDATE_TTL_S", "Ingest"]
@@ -144,13 +145,39 @@ class Ingest:
         evidence = s.evidence(unit) if s.wants_evidence(volunteer_id) else None
         candidate = s.candidate(unit, delta, report.losses, report.tokens, norm=prepared.norm, evidence=evidence)
         verdict = s.pipeline.validate(candidate, s.cohort)
-        if not verdict.accepted:
+        # An update whose only failing is a weak fit to its unit's data may be honest work on text so
+        # uniform that training on it helps the text next to it as much (seen: a slice of ast.py's
+        # unparser, −0.07 nats for every volunteer who trained it). Two unrelated volunteers who
+        # computed the same update settle it: it waits for a replica instead of being rejected.
+        weak_fit = verdict.code == ErrorCode.NOT_FROM_UNIT
+        if not verdict.accepted and not weak_fit:
             return self._reject(unit, volunteer_id, prepared, report, str(verdict.code), verdict.message)
         twin_id = s.twin_id(unit)
-        if twin_id is not None:
+        if twin_id is None and weak_fit and unit.replica_of is None:
+            replica = self.scheduler.replicate(unit)
+            twin_id = replica.id if replica is not None else None
+        if twin_id is None:
+            if weak_fit:
+                return self._reject(unit, volunteer_id, prepared, report, str(verdict.code), verdict.message)
+        else:
             twin_sub = s.live_submission(twin_id)
             if twin_sub is None:
-                return self._hold_for_replica(unit, volunteer_id, prepared, report, candidate.norm, staleness, weight)
+                held = (
+                    ErrorCode.NOT_FROM_UNIT.value,
+                    f"{verdict.message}. Held until a replica from an unrelated volunteer agrees",
+                )
+                return self._hold_for_replica(
+                    unit,
+                    volunteer_id,
+                    prepared,
+                    report,
+                    candidate.norm,
+                    staleness,
+                    weight,
+                    weak=held if weak_fit else None,
+                )
+            if twin_sub.status != SubmissionStatus.PENDING_REPLICA and weak_fit:
+                return self._reject(unit, volunteer_id, prepared, report, str(verdict.code), verdict.message)
             if twin_sub.status == SubmissionStatus.PENDING_REPLICA:
                 twin_unit = s.store.unit(twin_id)
                 assert twin_unit is not None
@@ -159,6 +186,18 @@ class Ingest:
                     s.decode(s.blobs.get(twin_sub.update_sha), twin_unit.shard),
                     rtol=s.spec.validation.replication_rtol,
                 )
+                if not comparison.accepted and twin_sub.code == ErrorCode.NOT_FROM_UNIT and not weak_fit:
+                    # The twin was held for a weak fit; this update passed every check and disagrees.
+                    with s.store.transaction():
+                        s.store.update_submission(
+                            twin_sub.id,
+                            status=SubmissionStatus.REJECTED,
+                            code=ErrorCode.NOT_FROM_UNIT,
+                            message=f"{twin_sub.message}; its replica, which passed every check, disagrees",
+                        )
+                        s.judge(twin_sub.volunteer_id, accepted=False, code=ErrorCode.NOT_FROM_UNIT)
+                    s.count_rejection(ErrorCode.NOT_FROM_UNIT)
+                    return self._accept(unit, volunteer_id, prepared, report, candidate, staleness, weight)
                 if not comparison.accepted:
                     with s.store.transaction():
                         s.store.update_submission(
@@ -238,9 +277,16 @@ class Ingest:
         norm: float,
         staleness: int,
         weight: float,
+        *,
+        weak: tuple[str, str] | None = None,
     ) -> Outcome:
+        """Keep a valid update out of the average until its replica is compared. `weak`: the (code,
+        message) of an update held for a weak fit to its data, which the comparison alone settles."""
         s = self.state
-        assert s.round is not None
+        current = s.round or self.scheduler.ensure_round()
+        if current is None:  # the campaign reached its budget while this unit was out
+            return Outcome(REJECTED, "campaign_closed", f"campaign {s.row.name} is no longer training")
+        code, message = weak or (None, "valid; waiting for its replica to be compared")
         with s.store.transaction():
             self._store_submission(
                 unit,
@@ -248,13 +294,16 @@ class Ingest:
                 prepared,
                 report,
                 status=SubmissionStatus.PENDING_REPLICA,
-                message="valid; waiting for its replica to be compared",
-                round_id=s.round.row.id,
+                code=code,
+                message=message,
+                round_id=current.row.id,
                 norm=norm,
                 staleness=staleness,
                 weight=weight,
             )
             s.store.set_unit_state(unit.id, UnitState.DONE)
+        if weak is not None:
+            return Outcome(ACCEPTED, None, f"{message}; credit follows only if it does")
         return Outcome(ACCEPTED, None, "valid; credit follows once its replica agrees (or the round closes)")
 
     def _accept(

@@ -137,6 +137,12 @@ class Scheduler:
             self._new_unit(current, unit.shard_index, replica_of=unit)
         return self._grant(unit, volunteer_id, now)
 
+    def replicate(self, unit: UnitRow) -> UnitRow | None:
+        """A replica of `unit` in the current round, for a volunteer unrelated to whoever computed it;
+        None once the campaign has no round to put it in."""
+        current = self.ensure_round()
+        return None if current is None else self._new_unit(current, unit.shard_index, replica_of=unit)
+
     def _replica_awaited(self, unit: UnitRow) -> bool:
         """Whether a pending unit of an earlier round is a replica whose original waits for it and
         can still count (within the staleness bound)."""

@@ -51,6 +51,7 @@ __all__ = ["CampaignState", "Clock", "model_config_for", "shard_plan"]
 HOLDOUT_BATCHES = 4
 # The unit's own micro-batches it is measured on (spread over its steps, the last one included).
 OWN_BATCHES = 8
+SPARSE_CODECS = frozenset({"topk", "dct"})
 # Batches of the neighbouring training tokens the fit to the unit's own data is measured against.
 NEAR_BATCHES = 8
 # Judged results the campaign's error rate is measured over (adaptive replication).
@@ -237,13 +238,16 @@ class CampaignState:
         micro = list(sequence_batches(tokens.astype(np.int64), inner.batch_size, inner.seq_len))
         micro = micro[: inner.steps * inner.grad_accum]
         count = min(OWN_BATCHES, len(micro))
-        own = [micro[round(i * (len(micro) - 1) / max(1, count - 1))] for i in range(count)]
+        picks = [round(i * (len(micro) - 1) / max(1, count - 1)) for i in range(count)]
+        # A sparse codec's decoded update is far from θ_end − θ_v: the losses it gives aren't comparable.
+        dense = self.spec.codec.name not in SPARSE_CODECS
         return UnitEvidence(
             self._probe,
             unit.version,
             theta,
             first=micro[: inner.grad_accum],
-            own=own,
+            own=[micro[i] for i in picks],
+            own_steps=[i // inner.grad_accum for i in picks] if dense else [],
             near=self._neighbours(unit),
             holdout=holdout,
             holdout_loss=loss,

@@ -56,6 +56,10 @@ class CohortStats:
         self._support: dict[str, int] = {}  # accepted updates folded into each tensor's direction
         self._first_losses: dict[int, deque[float]] = {}
         self._evidence: dict[int, deque[tuple[float, float]]] = {}  # (holdout gain, fit) per version
+        # (shard, scaled norm) per version: updates from the same θ are far more alike than the window's
+        # (honest ones within 0.87–1.16× of their version's median in bench adversarial, while the
+        # window's norms shrink several-fold over a campaign as Adam's steps get noisier).
+        self._version_norms: dict[int, deque[tuple[tuple[str, ...], float]]] = {}
 
     # -- recording ---------------------------------------------------------------------------------
 
@@ -69,6 +73,10 @@ class CohortStats:
         self.count += 1
         norms = self._norms.setdefault(candidate.shard, deque(maxlen=self.window))
         norms.append(norm / candidate.norm_scale)
+        if candidate.version is not None:
+            _remember(
+                self._version_norms, candidate.version, (candidate.shard, norm / candidate.norm_scale), self.window
+            )
         if norm > 0:
             for name, tensor in candidate.delta.items():
                 self._fold(name, tensor, norm)
@@ -102,6 +110,11 @@ class CohortStats:
         median = statistics.median(norms)
         mad = statistics.median(abs(x - median) for x in norms)
         return NormSpread(median=median, mad=mad, n=len(norms))
+
+    def version_norms(self, version: int, shard: Iterable[str]) -> tuple[float, ...]:
+        """A shard's accepted (scaled) norms of updates trained from model `version`."""
+        key = tuple(sorted(shard))
+        return tuple(norm for names, norm in self._version_norms.get(version, ()) if names == key)
 
     def direction(self, names: Iterable[str] | None = None) -> dict[str, torch.Tensor] | None:
         """The running direction of `names` (all tensors when None), or None if some has none yet.
@@ -137,6 +150,9 @@ class CohortStats:
             "support": dict(self._support),
             "first_losses": {str(v): list(losses) for v, losses in self._first_losses.items()},
             "evidence": {str(v): [list(pair) for pair in pairs] for v, pairs in self._evidence.items()},
+            "version_norms": {
+                str(v): [[list(names), norm] for names, norm in entries] for v, entries in self._version_norms.items()
+            },
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -161,11 +177,20 @@ class CohortStats:
                 int(v): deque(((float(g), float(f)) for g, f in pairs), maxlen=self.window)
                 for v, pairs in state.get("evidence", {}).items()
             }
+            version_norms = {  # absent from states saved before per-version norms were kept
+                int(v): deque(
+                    ((tuple(sorted(str(n) for n in names)), float(norm)) for names, norm in entries),
+                    maxlen=self.window,
+                )
+                for v, entries in state.get("version_norms", {}).items()
+            }
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a CohortStats state: {exc!r}") from exc
         if set(support) != set(direction) or any(k < 1 for k in support.values()):
             raise ValueError("not a CohortStats state: direction and support name different tensors")
-        if any(x < 0 for shard in norms.values() for x in shard):
+        if any(x < 0 for shard in norms.values() for x in shard) or any(
+            x < 0 for entries in version_norms.values() for _, x in entries
+        ):
             raise ValueError("not a CohortStats state: a negative norm")
         self.count = count
         self._norms = norms
@@ -173,6 +198,7 @@ class CohortStats:
         self._support = support
         self._first_losses = first_losses
         self._evidence = evidence
+        self._version_norms = version_norms
 
 
 def _remember(per_version: dict[int, deque[Any]], version: int, value: Any, window: int) -> None:

@@ -7,16 +7,21 @@ of `Candidate.norm_scale`, so learning-rate warmup and decay don't read as outli
     lower = min_ratio · m                             a "did nothing" update
 
 The MAD floor keeps a very uniform cohort from rejecting ordinary jitter; the MAD ceiling keeps a
-few wild accepted norms from opening the gate to anything. An all-zero update is rejected even
+few wild accepted norms from opening the gate to anything. The window spans versions, and honest
+norms shrink several-fold over a campaign, so it can't tell an update scaled ×2 from an honest one.
+Updates trained from the *same* version can: once `min_cohort` of them were accepted, the norm must
+also lie within [version_low, version_high] × their median (honest ones: 0.87–1.16× in bench
+adversarial, 883 updates). An all-zero update is rejected even
 before a cohort exists, and `max_norm`, when set, is a hard cap that always applies.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
-from coordinator.validation.cohort import CohortStats
+from coordinator.validation.cohort import CohortStats, NormSpread
 from coordinator.validation.interface import Candidate, Verdict, fmt, times
 from protocol.errors import ErrorCode
 
@@ -32,6 +37,8 @@ class NormCheck:
     mad_floor: float = 0.25
     min_ratio: float = 0.01
     min_cohort: int = 3
+    version_high: float = 1.6
+    version_low: float = 0.4
     name = "norm"
 
     def check(self, candidate: Candidate, stats: CohortStats) -> Verdict | None:
@@ -52,6 +59,29 @@ class NormCheck:
         spread = stats.norm_spread(candidate.shard)
         if spread is None or spread.n < self.min_cohort or spread.median <= 0:
             return None
+        return self._window_bounds(candidate, spread) or self._version_bounds(candidate, stats)
+
+    def _version_bounds(self, candidate: Candidate, stats: CohortStats) -> Verdict | None:
+        if candidate.version is None:
+            return None
+        peers = stats.version_norms(candidate.version, candidate.shard)
+        if len(peers) < self.min_cohort:
+            return None
+        median = statistics.median(peers) * candidate.norm_scale
+        if median <= 0:
+            return None
+        ratio = candidate.norm / median
+        if self.version_low <= ratio <= self.version_high:
+            return None
+        return Verdict.reject(
+            ErrorCode.NORM_OUTLIER,
+            f"update norm {fmt(candidate.norm)} is {times(ratio)} the median {fmt(median)} of {len(peers)} accepted "
+            f"updates trained from the same version {candidate.version} (limits: {fmt(self.version_low)}× to "
+            f"{fmt(self.version_high)}×); an update scaled after training, or trained with other settings, does this",
+        )
+
+    def _window_bounds(self, candidate: Candidate, spread: NormSpread) -> Verdict | None:
+        norm = candidate.norm
         # Compared per unit of norm_scale, reported in this unit's terms.
         scale = candidate.norm_scale
         median = spread.median * scale

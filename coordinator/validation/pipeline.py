@@ -47,7 +47,7 @@ class ValidationSettings:
     # EvidenceCheck, for updates measured with the model (see coordinator/validation/evidence.py)
     evidence_loss_abs_tol: float = 0.05  # reported vs. recomputed first loss: max(abs, rel · loss)
     evidence_loss_rel_tol: float = 0.015
-    min_gain_ratio: float = 0.25  # holdout descent, as a fraction of the version's median
+    min_gain_ratio: float = 0.0  # holdout descent, as a fraction of the version's median (0: off)
     min_fit: float = 0.03  # nats by which the unit's own batches must gain more than their neighbours
     min_fit_ratio: float = 0.15  # ... and this fraction of the version's median
     holdout_tolerance: float = 0.02  # nats a small step along the update may raise the holdout loss by
