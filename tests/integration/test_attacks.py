@@ -144,20 +144,10 @@ def outcome(crowd: Population, slots: list[Slot], theirs: Audit) -> str:
     return f"{theirs}\nattackers were told:\n" + "\n".join(told[-12:])
 
 
-# Attacks known to get through, with why (named in issue 9's closing note): an honest update ×2 still
-# points downhill, fits its own data, and stays under the norm bound (median + 6·MAD, at least 2.5×
-# the median); it is caught only when its unit is replicated. Not strict: replication catches it in
-# some runs.
-GETS_THROUGH = {
-    Kind.SCALE_UP: "×2 passes the evidence and norm checks unless its unit is replicated (norm bound ≥ 2.5×)",
-}
-KINDS = [
-    pytest.param(k, marks=pytest.mark.xfail(reason=GETS_THROUGH[k], strict=False)) if k in GETS_THROUGH else k
-    for k in Kind
-]
+KINDS = list(Kind)
 
 
-@pytest.mark.parametrize("kind", KINDS, ids=[k.value for k in Kind])
+@pytest.mark.parametrize("kind", KINDS, ids=[k.value for k in KINDS])
 def test_an_attack_is_rejected_or_harmless_and_honest_work_still_counts(arena: Arena, kind: Kind) -> None:
     slots, theirs, honest = attack(arena, kind)
     crowd = arena.crowd
