@@ -114,19 +114,25 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.BAD_ENCODING: "The update bytes do not decode with the unit's codec.",
     ErrorCode.SHAPE_MISMATCH: "The decoded update's tensors do not match the unit's shard and shard_shapes.",
     ErrorCode.NON_FINITE: "The update contains NaN or infinite values.",
-    ErrorCode.NORM_OUTLIER: "The update's norm lies outside the bounds of the round's robust statistics.",
+    ErrorCode.NORM_OUTLIER: (
+        "The update's norm lies outside the robust bounds of accepted updates (of the campaign's recent "
+        "ones, and of those trained from the same model version)."
+    ),
     ErrorCode.DIRECTION_OUTLIER: "The update's direction disagrees with the cohort of updates for the round.",
-    ErrorCode.IMPLAUSIBLE_LOSS: "The reported loss trajectory is not plausible for this unit.",
+    ErrorCode.IMPLAUSIBLE_LOSS: (
+        "The reported losses don't fit this unit and update: the first differs from the coordinator's "
+        "own measurement, or the trained model does worse on the unit's batches than reported."
+    ),
     ErrorCode.REPLICATION_MISMATCH: (
         "Another volunteer computed the same unit and the two updates differ beyond tolerance."
     ),
     ErrorCode.HOLDOUT_REGRESSION: (
-        "A small step along the update does not lower the holdout loss as accepted updates of the same "
-        "version do: it does not point downhill (a flipped, shrunken or random update)."
+        "A small step along the update raises the holdout loss by more than the tolerance: it does not "
+        "point downhill (a flipped or random update)."
     ),
     ErrorCode.NOT_FROM_UNIT: (
-        "The update does not lower the loss of the unit's own last batches more than the holdout loss: "
-        "it was not trained on this unit's data (a replayed or copied update, or no training at all)."
+        "The update helps the unit's own batches no more than the tokens beside them, and an unrelated "
+        "volunteer's replica disagrees: not trained on this unit (replayed, copied, or untrained)."
     ),
     ErrorCode.STALE_UPDATE: "The update was computed against a model version too old to use.",
     ErrorCode.CAMPAIGN_CLOSED: "The campaign finished or was stopped before the update could be used.",

@@ -114,8 +114,9 @@ class Ingest:
                     "duplicate_submission",
                     f"a different update for this unit was already received: {previous.message}",
                 )
-            status = REJECTED if previous.status == SubmissionStatus.REJECTED else ACCEPTED
-            return Outcome(status, previous.code, previous.message, previous.credit)
+            if previous.status == SubmissionStatus.REJECTED:
+                return Outcome(REJECTED, previous.code, previous.message, previous.credit)
+            return Outcome(ACCEPTED, None, previous.message, previous.credit)  # a held one carries its reason
         problem = self.scheduler.lease_problem(unit, volunteer_id, lease_id)
         if problem is not None:
             return Outcome(REJECTED, problem[0], problem[1])
@@ -164,7 +165,8 @@ class Ingest:
             if twin_sub is None:
                 held = (
                     ErrorCode.NOT_FROM_UNIT.value,
-                    f"{verdict.message}. Held until a replica from an unrelated volunteer agrees",
+                    f"{verdict.message}. Held until a replica from an unrelated volunteer agrees; credit follows "
+                    "only if it does",
                 )
                 return self._hold_for_replica(
                     unit,
@@ -303,7 +305,7 @@ class Ingest:
             )
             s.store.set_unit_state(unit.id, UnitState.DONE)
         if weak is not None:
-            return Outcome(ACCEPTED, None, f"{message}; credit follows only if it does")
+            return Outcome(ACCEPTED, None, message)
         return Outcome(ACCEPTED, None, "valid; credit follows once its replica agrees (or the round closes)")
 
     def _accept(
