@@ -233,8 +233,10 @@ class Scheduler:
                 "seed": replica_of.seed,
                 "replica_of": replica_of.id,
             }
+            # From the same version as its twin, or the two could never agree (a unit held for a weak fit
+            # may be a version behind when its replica is made).
             with s.store.transaction():
-                s.store.insert_unit(row.id, current.row.id, current.row.version, values, s.clock())
+                s.store.insert_unit(row.id, current.row.id, replica_of.version, values, s.clock())
         unit = s.store.unit(str(values["id"]))
         assert unit is not None
         return unit
@@ -278,7 +280,7 @@ class Scheduler:
             data_size=s.blobs.size(unit.data_sha),
             data_dtype=s.data_dtype(),
             shard_shapes=shapes,
-            global_step=(s.round_number(unit.round_id) - 1) * s.spec.inner.steps,
+            global_step=s.global_step(unit),
             inner=s.inner_config,
             max_update_bytes=encoded_size_bound(specs, s.spec.codec),
         )

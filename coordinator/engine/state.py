@@ -129,6 +129,12 @@ class CampaignState:
         row = self.store.round(round_id)
         return row.number if row else 1
 
+    def global_step(self, unit: UnitRow) -> int:
+        """The inner step the unit's learning-rate schedule starts at: its round's, or for a replica its
+        original's (made in a later round, it must still train exactly as its twin did)."""
+        original = self.store.unit(unit.replica_of) if unit.replica_of is not None else None
+        return (self.round_number((original or unit).round_id) - 1) * self.spec.inner.steps
+
     def twin_id(self, unit: UnitRow) -> str | None:
         """The other unit of a replicated pair, if `unit` is one."""
         if unit.replica_of is not None:
@@ -183,7 +189,7 @@ class CampaignState:
         evidence: UnitEvidence | None = None,
     ) -> Candidate:
         version = self.store.version(self.row.id, unit.version)
-        global_step = (self.round_number(unit.round_id) - 1) * self.spec.inner.steps
+        global_step = self.global_step(unit)
         return Candidate(
             delta=delta,
             expected_shapes={n: self.shapes[n] for n in unit.shard},

@@ -306,3 +306,23 @@ def test_two_unrelated_volunteers_who_computed_the_same_weakly_fitting_update_ar
     held = service.store.submission(unit.unit.id, a)
     assert held is not None and held.status == "accepted", held
     assert _credit(service, a) > 0 and _credit(service, b) > 0
+
+
+def test_the_replica_of_an_update_held_a_version_late_trains_exactly_as_its_twin_did(service: Coordinator) -> None:
+    campaign_id = _campaign(
+        service, rounds={"units_per_round": 2, "min_accepted": 1, "lease_s": 600, "deadline_s": 600}
+    )
+    runtime = service.runtimes[campaign_id]
+    late, prompt, replicator = volunteers(service, 3)
+    unit = lease(service, late)
+    other = lease(service, prompt)
+    assert _submit(service, prompt, other, *train(service, other)).status == "accepted"
+    assert service.store.campaign(campaign_id).current_version == 1  # type: ignore[union-attr]
+    runtime.state.pipeline = ValidationPipeline.default(min_fit=50.0)  # every fit is too weak to tell now
+    outcome = _submit(service, late, unit, *train(service, unit))
+    assert outcome.status == "accepted" and "Held until a replica" in outcome.message, outcome
+    replica = lease(service, replicator)
+    assert replica.unit.replica_of == unit.unit.id
+    assert (replica.checkpoint.version, replica.global_step) == (unit.checkpoint.version, unit.global_step)
+    assert _submit(service, replicator, replica, *train(service, replica)).status == "accepted"
+    assert _credit(service, late) > 0 and _credit(service, replicator) > 0
