@@ -74,7 +74,9 @@ TARGET_LOSS: Final = 0.02  # final holdout loss within 2 % of the clean run's
 TARGET_HONEST_REJECTED: Final = 0.02  # below 2 % of honest submissions rejected
 HEARTBEAT_S: Final = 1.0
 # Rejections that judge no one's work (the model moved on, the campaign ended): not false positives.
-BLAMELESS: Final = frozenset({ErrorCode.STALE_UPDATE.value, ErrorCode.CAMPAIGN_CLOSED.value})
+BLAMELESS: Final = frozenset(
+    {ErrorCode.STALE_UPDATE.value, ErrorCode.CAMPAIGN_CLOSED.value, ErrorCode.INCONCLUSIVE.value}
+)
 GRACE_S: Final = 30.0  # how long a volunteer may take to stop at a step boundary and say goodbye
 HONEST_PREFIX: Final = "honest-"
 ATTACKER_PREFIX: Final = "attacker-"
@@ -580,7 +582,7 @@ def section(results: Sequence[RunResult], setup: Setup, *, sources: bool) -> str
         f"two identities. {source_note} Every run starts a fresh coordinator, waits until all volunteers are "
         "connected, then posts the campaign; figures come from the coordinator's store and REST API. "
         "Honest updates rejected: all of them, and (the target's figure) those validation rejected, leaving out "
-        "`stale_update` and `campaign_closed`, which judge no one's work. "
+        "`stale_update`, `campaign_closed` and `inconclusive`, which judge no one's work. "
         "Accepted counts an attacker's submissions the store marks accepted (pending: valid, waiting for a "
         "replica); forged attempts refused before anything is stored (made-up leases, another's unit) come "
         "from the attacker's own record. Final loss: the holdout loss the coordinator published for the last "

@@ -57,6 +57,7 @@ class ErrorCode(StrEnum):
     NOT_FROM_UNIT = "not_from_unit"
     STALE_UPDATE = "stale_update"
     CAMPAIGN_CLOSED = "campaign_closed"
+    INCONCLUSIVE = "inconclusive"
 
     @property
     def description(self) -> str:
@@ -136,6 +137,10 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ),
     ErrorCode.STALE_UPDATE: "The update was computed against a model version too old to use.",
     ErrorCode.CAMPAIGN_CLOSED: "The campaign finished or was stopped before the update could be used.",
+    ErrorCode.INCONCLUSIVE: (
+        "The update and its replica agree, but neither shows it was trained on this unit's data: no "
+        "credit, and no mark against the volunteer."
+    ),
 }
 
 UPDATE_REJECTIONS: frozenset[ErrorCode] = frozenset(
@@ -153,6 +158,7 @@ UPDATE_REJECTIONS: frozenset[ErrorCode] = frozenset(
         ErrorCode.NOT_FROM_UNIT,
         ErrorCode.STALE_UPDATE,
         ErrorCode.CAMPAIGN_CLOSED,
+        ErrorCode.INCONCLUSIVE,
     }
 )
 """The verdicts of update validation. A `result` may also carry a lease or unit code (lease_expired, ...)."""

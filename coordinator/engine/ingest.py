@@ -20,7 +20,7 @@ from coordinator.engine.models import Outcome, PreparedUpdate, SubmissionReport
 from coordinator.engine.scheduler import LEASE_EXPIRED_MESSAGE, Scheduler
 from coordinator.engine.state import CampaignState
 from coordinator.engine.states import CloseReason, OutcomeStatus, SubmissionStatus, UnitState
-from coordinator.store import UnitRow
+from coordinator.store import SubmissionRow, UnitRow
 from coordinator.validation import Candidate, compare_replicas, global_norm
 from protocol.codecs import CodecError
 from protocol.errors import ErrorCode
@@ -211,6 +211,8 @@ class Ingest:
                         s.judge(twin_sub.volunteer_id, accepted=False, code=comparison.code)
                     s.count_rejection(str(comparison.code))
                     return self._reject(unit, volunteer_id, prepared, report, str(comparison.code), comparison.message)
+                if weak_fit and twin_sub.code == ErrorCode.NOT_FROM_UNIT:
+                    return self._inconclusive(unit, volunteer_id, prepared, report, twin_sub)
                 # Both agree: credit the twin now; the update enters the average once (this copy).
                 with s.store.transaction():
                     credit = s.credit(unit)
@@ -227,6 +229,30 @@ class Ingest:
             else:
                 weight = 0.0  # the twin was accepted unreplicated at a round close: don't count it twice
         return self._accept(unit, volunteer_id, prepared, report, candidate, staleness, weight)
+
+    def _inconclusive(
+        self, unit: UnitRow, volunteer_id: str, prepared: PreparedUpdate, report: SubmissionReport, twin: SubmissionRow
+    ) -> Outcome:
+        """Two updates that agree but both fit their data weakly: honest work on uniform text, or a pair
+        of colluders on different networks sending the same forgery. Nothing tells them apart, so
+        neither counts, and neither is held against its volunteer."""
+        s = self.state
+        code = ErrorCode.INCONCLUSIVE.value
+        message = (
+            "inconclusive: this update and its replica agree, but neither lowers the loss of the unit's own "
+            "batches more than that of the text beside them, so nothing shows they were trained on this "
+            "unit; no credit, and no mark against either volunteer"
+        )
+        with s.store.transaction():
+            s.store.update_submission(twin.id, status=SubmissionStatus.REJECTED, code=code, message=message)
+            s.judge(twin.volunteer_id, accepted=False, code=code)
+            self._store_submission(
+                unit, volunteer_id, prepared, report, status=SubmissionStatus.REJECTED, code=code, message=message
+            )
+            s.judge(volunteer_id, accepted=False, code=code)
+        s.count_rejection(code)
+        s.count_rejection(code)
+        return Outcome(REJECTED, code, message)
 
     def _store_submission(
         self, unit: UnitRow, volunteer_id: str, prepared: PreparedUpdate, report: SubmissionReport, **values: Any

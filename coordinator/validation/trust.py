@@ -28,7 +28,7 @@ __all__ = ["TrustState", "TrustTracker"]
 
 # Rejections that say nothing about the volunteer's computation: the model moved on, or the
 # campaign ended, while it worked.
-_BLAMELESS = frozenset({ErrorCode.STALE_UPDATE, ErrorCode.CAMPAIGN_CLOSED})
+_BLAMELESS = frozenset({ErrorCode.STALE_UPDATE, ErrorCode.CAMPAIGN_CLOSED, ErrorCode.INCONCLUSIVE})
 
 
 @dataclass(frozen=True)
