@@ -211,7 +211,7 @@ async def test_stats_are_computed_once_per_interval_however_many_subscribers_str
         for response in responses:
             response.close()
     elapsed = loop.time() - started
-    # Per subscriber it would be subscribers × wanted at least; shared, one per interval elapsed, plus
-    # one for each event that made them stale (the holdout evaluation of version 0, at most).
-    assert computed <= elapsed / interval + 2, (computed, elapsed)
-    assert computed < subscribers * wanted / 4
+    # Per subscriber it would be about subscribers × elapsed / interval; shared, one per interval
+    # elapsed, plus one for each event that made them stale (the holdout evaluation of version 0, at
+    # most). Bounded by the elapsed time, not a fixed count: on a loaded machine the streams take longer.
+    assert wanted <= computed <= elapsed / interval + 2, (computed, elapsed)
