@@ -121,11 +121,6 @@ class Scheduler:
             if s.store.submission(unit.id, volunteer_id) is not None:
                 refused += 1  # it already answered this unit (perhaps badly): someone else takes it
                 continue
-            if unit.replica_of is not None and trust.errors and not trust.consecutive_valid:
-                # A replica decides whether someone else's work counts: not for a volunteer whose last
-                # result was rejected (fast attackers grabbing replicas and returning junk left honest
-                # updates waiting until they went stale: 28 of 111 in one bench run).
-                continue
             twin_id = s.twin_id(unit)
             if twin_id is not None and self._related_to_twin(volunteer_id, twin_id):
                 continue  # a replica must be computed by somebody unrelated to its twin's volunteer

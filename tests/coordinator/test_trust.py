@@ -332,24 +332,3 @@ def test_the_replica_of_an_update_held_a_version_late_trains_exactly_as_its_twin
     assert (replica.checkpoint.version, replica.global_step) == (unit.checkpoint.version, unit.global_step)
     outcome = _submit(service, replicator, replica, *train(service, replica))
     assert outcome.code == "inconclusive", "the two agree (they would not from different versions)"
-
-
-def test_a_volunteer_whose_last_result_was_rejected_is_not_given_anyone_elses_replica(service: Coordinator) -> None:
-    campaign_id = _campaign(
-        service,
-        validation={"replication_rate": 1.0},
-        rounds={"units_per_round": 8, "min_accepted": 8, "lease_s": 600, "deadline_s": 600},
-    )
-    runtime = service.runtimes[campaign_id]
-    x, a, b = volunteers(service, 3)
-    mine = lease(service, x)
-    assert lease(service, a).unit.replica_of == mine.unit.id
-    junk = SubmissionReport(losses=[5.0] * 10, tokens=10 * 4 * 64, seconds=1.0)
-    outcome = runtime.submit(x, mine.unit.id, mine.lease_id, bytes(range(256)) * 64, junk)
-    assert (outcome.status, outcome.code) == ("rejected", "bad_encoding")
-    assert lease(service, b).unit.id == mine.unit.id, "the rejected unit goes out again"
-    theirs = lease(service, a)  # a new unit of a's own, whose replica now waits
-    waiting = service.store.replica_of(theirs.unit.id)
-    assert waiting is not None and waiting.state == "pending"
-    again = lease(service, x)
-    assert again.unit.id != waiting.id and again.unit.replica_of is None, again.unit
