@@ -374,6 +374,11 @@ class RunResult:
     most_leases: int = 0  # the most leases one hog held at once
 
 
+def campaign_name(label: str) -> str:
+    """The campaign's name for a run's label ("clean again" has a space, which names may not)."""
+    return "adversarial-" + label.replace(" ", "-")
+
+
 def run_one(
     dataset: Path, work: Path, kind: Kind | str | None, setup: Setup, *, progress: Progress | None = None,
     task: TaskID | None = None, timeout_s: float | None = None, label: str | None = None,
@@ -397,7 +402,7 @@ def run_one(
         # Everyone connected before the campaign opens, so no one gets a head start.
         wait(lambda: len(api.volunteers()) >= honest + len(slots), 600, "every volunteer to connect", crowd)
         began = time.monotonic()
-        campaign_id: int = api.post_campaign(setup.spec(f"adversarial-{label}"))["id"]
+        campaign_id: int = api.post_campaign(setup.spec(campaign_name(label)))["id"]
         finished = False
         while time.monotonic() - began < timeout:
             row = api.campaign(campaign_id)

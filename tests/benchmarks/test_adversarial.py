@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.adversarial import MIXED, lineup, parse_kinds
+from benchmarks.adversarial import AGAIN, MIXED, Setup, campaign_name, lineup, parse_kinds
 from benchmarks.adversaries import KINDS, Kind, poisoned, rest_base
+from coordinator.campaign import CampaignSpec
 from protocol.codecs import CodecConfig, CodecError, TensorSpec, decode, encode
 
 
@@ -55,3 +56,9 @@ def test_kinds_are_parsed_from_the_command_line_and_unknown_ones_named() -> None
 def test_the_rest_base_comes_from_the_websocket_url() -> None:
     assert rest_base("ws://127.0.0.1:8470/ws") == "http://127.0.0.1:8470"
     assert rest_base("wss://example.org/ws") == "https://example.org"
+
+
+def test_every_run_posts_a_campaign_the_coordinator_accepts() -> None:
+    """The last run ("clean again") once crashed the whole benchmark with a name containing a space."""
+    for label in ["clean", *(k.value for k in Kind), MIXED, AGAIN]:
+        CampaignSpec.from_dict(Setup().spec(campaign_name(label)))
