@@ -157,11 +157,11 @@ class Ingest:
         if twin_id is None and weak_fit and unit.replica_of is None:
             replica = self.scheduler.replicate(unit)
             twin_id = replica.id if replica is not None else None
-        if twin_id is None:
-            if weak_fit:
-                return self._reject(unit, volunteer_id, prepared, report, str(verdict.code), verdict.message)
-        else:
-            twin_sub = s.live_submission(twin_id)
+        twin_sub = s.live_submission(twin_id) if twin_id is not None else None
+        settled = twin_sub is not None and twin_sub.status != SubmissionStatus.PENDING_REPLICA
+        if weak_fit and (twin_id is None or settled):  # no replica can settle it
+            return self._reject(unit, volunteer_id, prepared, report, str(verdict.code), verdict.message)
+        if twin_id is not None:
             if twin_sub is None:
                 held = (
                     ErrorCode.NOT_FROM_UNIT.value,
@@ -178,9 +178,7 @@ class Ingest:
                     weight,
                     weak=held if weak_fit else None,
                 )
-            if twin_sub.status != SubmissionStatus.PENDING_REPLICA and weak_fit:
-                return self._reject(unit, volunteer_id, prepared, report, str(verdict.code), verdict.message)
-            if twin_sub.status == SubmissionStatus.PENDING_REPLICA:
+            if not settled:
                 twin_unit = s.store.unit(twin_id)
                 assert twin_unit is not None
                 comparison = compare_replicas(
@@ -229,6 +227,9 @@ class Ingest:
             else:
                 weight = 0.0  # the twin was accepted unreplicated at a round close: don't count it twice
         return self._accept(unit, volunteer_id, prepared, report, candidate, staleness, weight)
+
+    def _closed(self) -> Outcome:
+        return Outcome(REJECTED, "campaign_closed", f"campaign {self.state.row.name} is no longer training")
 
     def _inconclusive(
         self, unit: UnitRow, volunteer_id: str, prepared: PreparedUpdate, report: SubmissionReport, twin: SubmissionRow
@@ -313,7 +314,7 @@ class Ingest:
         s = self.state
         current = s.round or self.scheduler.ensure_round()
         if current is None:  # the campaign reached its budget while this unit was out
-            return Outcome(REJECTED, "campaign_closed", f"campaign {s.row.name} is no longer training")
+            return self._closed()
         code, message = weak or (None, "valid; waiting for its replica to be compared")
         with s.store.transaction():
             self._store_submission(
@@ -347,7 +348,7 @@ class Ingest:
         s = self.state
         current = s.round or self.scheduler.ensure_round()
         if current is None:
-            return Outcome(REJECTED, "campaign_closed", f"campaign {s.row.name} is no longer training")
+            return self._closed()
         credit = s.credit(unit)
         with s.store.transaction():
             self._store_submission(
