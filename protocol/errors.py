@@ -125,7 +125,8 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
         "own measurement, or the trained model does worse on the unit's batches than reported."
     ),
     ErrorCode.REPLICATION_MISMATCH: (
-        "Another volunteer computed the same unit and the two updates differ beyond tolerance."
+        "Another volunteer computed the same unit, the two updates differ beyond tolerance, and the "
+        "coordinator's own measurements can't tell which is right."
     ),
     ErrorCode.HOLDOUT_REGRESSION: (
         "A small step along the update raises the holdout loss by more than the tolerance: it does not "

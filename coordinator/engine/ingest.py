@@ -13,15 +13,18 @@ write is derived state that `Aggregator.restore` rebuilds.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+import torch
+
 from coordinator.blobs import sha256_hex
-from coordinator.engine.models import Outcome, PreparedUpdate, SubmissionReport
+from coordinator.engine.models import Outcome, PreparedUpdate, RoundState, SubmissionReport
 from coordinator.engine.scheduler import LEASE_EXPIRED_MESSAGE, Scheduler
 from coordinator.engine.state import CampaignState
 from coordinator.engine.states import CloseReason, OutcomeStatus, SubmissionStatus, UnitState
 from coordinator.store import SubmissionRow, UnitRow
-from coordinator.validation import Candidate, compare_replicas, global_norm
+from coordinator.validation import Candidate, Verdict, compare_replicas, global_norm
 from protocol.codecs import CodecError
 from protocol.errors import ErrorCode
 from training.accumulator import staleness_weight
@@ -181,34 +184,12 @@ class Ingest:
             if not settled:
                 twin_unit = s.store.unit(twin_id)
                 assert twin_unit is not None
-                comparison = compare_replicas(
-                    delta,
-                    s.decode(s.blobs.get(twin_sub.update_sha), twin_unit.shard),
-                    rtol=s.spec.validation.replication_rtol,
-                )
-                if not comparison.accepted and twin_sub.code == ErrorCode.NOT_FROM_UNIT and not weak_fit:
-                    # The twin was held for a weak fit; this update passed every check and disagrees.
-                    with s.store.transaction():
-                        s.store.update_submission(
-                            twin_sub.id,
-                            status=SubmissionStatus.REJECTED,
-                            code=ErrorCode.NOT_FROM_UNIT,
-                            message=f"{twin_sub.message}; its replica, which passed every check, disagrees",
-                        )
-                        s.judge(twin_sub.volunteer_id, accepted=False, code=ErrorCode.NOT_FROM_UNIT)
-                    s.count_rejection(ErrorCode.NOT_FROM_UNIT)
-                    return self._accept(unit, volunteer_id, prepared, report, candidate, staleness, weight)
+                twin_delta = s.decode(s.blobs.get(twin_sub.update_sha), twin_unit.shard)
+                comparison = compare_replicas(delta, twin_delta, rtol=s.spec.validation.replication_rtol)
                 if not comparison.accepted:
-                    with s.store.transaction():
-                        s.store.update_submission(
-                            twin_sub.id,
-                            status=SubmissionStatus.REJECTED,
-                            code=comparison.code,
-                            message=comparison.message,
-                        )
-                        s.judge(twin_sub.volunteer_id, accepted=False, code=comparison.code)
-                    s.count_rejection(str(comparison.code))
-                    return self._reject(unit, volunteer_id, prepared, report, str(comparison.code), comparison.message)
+                    return self._settle_mismatch(
+                        unit, volunteer_id, prepared, report, candidate, verdict, twin_sub, twin_delta, comparison
+                    )
                 if weak_fit and twin_sub.code == ErrorCode.NOT_FROM_UNIT:
                     return self._inconclusive(unit, volunteer_id, prepared, report, twin_sub)
                 # Both agree: credit the twin now; the update enters the average once (this copy).
@@ -367,18 +348,94 @@ class Ingest:
             s.store.set_unit_state(unit.id, UnitState.DONE)
             s.judge(volunteer_id, accepted=True, credit=credit, tokens=report.tokens)
         # Durable from here: what follows is derived state that `restore` rebuilds.
-        if weight > 0:
-            current.accumulator.add(candidate.delta, weight=weight)
-            current.accepted += 1
-            current.tokens += report.tokens
-        s.cohort.record(candidate)
-        s.counters.accepted += 1
-        closes = current.accepted >= s.spec.rounds.min_accepted
-        if closes:
-            s.close_due = CloseReason.QUORUM  # closed by the aggregator, outside the commit's transaction
+        closes = self._count(current, candidate, weight)
         message = (
             "accepted"
             if staleness == 0
             else f"accepted, {staleness} version(s) late (weight ×{weight / report.tokens:.2f})"
         )
         return Outcome(ACCEPTED, None, message, credit, closed_round=closes)
+
+    def _count(self, current: RoundState, candidate: Candidate, weight: float) -> bool:
+        """An accepted update into the round's average and the cohort; whether it completes the quorum
+        (the aggregator then closes the round)."""
+        s = self.state
+        if weight > 0:
+            current.accumulator.add(candidate.delta, weight=weight)
+            current.accepted += 1
+            current.tokens += candidate.tokens
+        s.cohort.record(candidate)
+        s.counters.accepted += 1
+        closes = current.accepted >= s.spec.rounds.min_accepted
+        if closes:
+            s.close_due = CloseReason.QUORUM  # closed by the aggregator, outside the commit's transaction
+        return closes
+
+    def _settle_mismatch(
+        self,
+        unit: UnitRow,
+        volunteer_id: str,
+        prepared: PreparedUpdate,
+        report: SubmissionReport,
+        candidate: Candidate,
+        verdict: Verdict,
+        twin_sub: SubmissionRow,
+        twin_delta: dict[str, torch.Tensor],
+        comparison: Verdict,
+    ) -> Outcome:
+        """Two replicas disagree, so at least one is wrong. Both are measured with the model against
+        the unit's own data (a trusted volunteer's update may not have been): when exactly one passes,
+        it counts and the other is rejected for what it failed — a trusted attacker's sign flip no
+        longer costs its honest twin its credit. When both pass or both fail, neither counts."""
+        s = self.state
+        twin_unit = s.store.unit(twin_sub.unit_id)
+        assert twin_unit is not None
+        evidence = s.evidence(unit)
+        mine = verdict
+        if candidate.evidence is None and evidence is not None and verdict.accepted:
+            mine = s.pipeline.validate(replace(candidate, evidence=evidence), s.cohort)
+        twin = s.candidate(
+            twin_unit, twin_delta, twin_sub.losses, twin_sub.tokens, norm=twin_sub.norm, evidence=evidence
+        )
+        theirs = s.pipeline.validate(twin, s.cohort)
+        if mine.accepted and not theirs.accepted:
+            self._overrule(
+                twin_sub, str(theirs.code), f"{theirs.message}; its replica, which passed every check, disagrees"
+            )
+            staleness = s.row.current_version - unit.version
+            weight = staleness_weight(staleness, s.spec.rounds.staleness_bound) * report.tokens
+            return self._accept(unit, volunteer_id, prepared, report, candidate, staleness, weight)
+        if theirs.accepted and not mine.accepted:
+            current = s.round or self.scheduler.ensure_round()
+            if current is None:
+                return self._closed()
+            code, message = str(mine.code), f"{mine.message}; its replica, which passed every check, disagrees"
+            with s.store.transaction():
+                credit = s.credit(twin_unit)
+                s.store.update_submission(
+                    twin_sub.id,
+                    status=SubmissionStatus.ACCEPTED,
+                    code=None,
+                    message="accepted: its replica disagreed and failed the checks",
+                    credit=credit,
+                    round_id=current.row.id,
+                )
+                s.judge(twin_sub.volunteer_id, accepted=True, credit=credit, tokens=twin_sub.tokens)
+                self._store_submission(
+                    unit, volunteer_id, prepared, report, status=SubmissionStatus.REJECTED, code=code, message=message
+                )
+                s.judge(volunteer_id, accepted=False, code=code)
+                s.store.set_unit_state(unit.id, UnitState.DONE)  # its twin trained the slice
+            s.count_rejection(code)
+            closes = self._count(current, twin, twin_sub.weight)
+            return Outcome(REJECTED, code, message, closed_round=closes)
+        self._overrule(twin_sub, str(comparison.code), comparison.message)
+        return self._reject(unit, volunteer_id, prepared, report, str(comparison.code), comparison.message)
+
+    def _overrule(self, held: SubmissionRow, code: str, message: str) -> None:
+        """Reject an update that was waiting for its replica, and hold it against its volunteer."""
+        s = self.state
+        with s.store.transaction():
+            s.store.update_submission(held.id, status=SubmissionStatus.REJECTED, code=code, message=message)
+            s.judge(held.volunteer_id, accepted=False, code=code)
+        s.count_rejection(code)

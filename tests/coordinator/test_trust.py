@@ -332,3 +332,38 @@ def test_the_replica_of_an_update_held_a_version_late_trains_exactly_as_its_twin
     assert (replica.checkpoint.version, replica.global_step) == (unit.checkpoint.version, unit.global_step)
     outcome = _submit(service, replicator, replica, *train(service, replica))
     assert outcome.code == "inconclusive", "the two agree (they would not from different versions)"
+
+
+@pytest.mark.parametrize("attacker_first", [False, True], ids=["honest-first", "attacker-first"])
+def test_when_replicas_disagree_the_one_that_fails_the_measured_checks_loses_alone(
+    service: Coordinator, attacker_first: bool
+) -> None:
+    """An attacker whose updates go unmeasured (trusted, or a campaign that samples none) sends a sign
+    flip as the replica of an honest unit. Both are measured once they disagree: the honest one counts
+    and is credited, the flip is rejected for what it fails — not both for the mismatch."""
+    campaign_id = _campaign(
+        service,
+        validation={"replication_rate": 1.0, "holdout_check_rate": 0.0},
+        rounds={"units_per_round": 2, "min_accepted": 1, "lease_s": 600, "deadline_s": 600},
+    )
+    honest, attacker = volunteers(service, 2)
+    first, second = (attacker, honest) if attacker_first else (honest, attacker)
+    unit = lease(service, first)
+    replica = lease(service, second)
+    assert replica.unit.replica_of == unit.unit.id
+    units = {first: unit, second: replica}
+    outcomes = {}
+    for v in (first, second):
+        delta, report = train(service, units[v])
+        if v == attacker:
+            delta = {n: -t for n, t in delta.items()}
+        outcomes[v] = _submit(service, v, units[v], delta, report)
+    settled = {v: service.store.submission(units[v].unit.id, v) for v in (honest, attacker)}
+    assert settled[honest] is not None and settled[honest].status == "accepted", settled[honest]
+    assert settled[attacker] is not None and settled[attacker].status == "rejected"
+    assert settled[attacker].code in EVIDENCE_CODES, settled[attacker]
+    assert "its replica, which passed every check, disagrees" in settled[attacker].message
+    assert _credit(service, honest) > 0 and _credit(service, attacker) == 0
+    assert service.store.campaign(campaign_id).current_version == 1, "the honest update closed the round"  # type: ignore[union-attr]
+    row = service.store.volunteer(honest)
+    assert row is not None and row.errors == 0
