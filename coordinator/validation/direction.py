@@ -3,6 +3,11 @@
 Honest pseudo-gradients from the same model share a common component, so their cosine with the
 cohort's running direction is positive or, for noisy ones, near zero. A sign-flipped update
 (θ_end − θ_start), one trained on other data or random garbage of the right norm lands well below.
+
+An update measured with the model (one carrying evidence) is left to EvidenceCheck, which judges what
+it does rather than how it points: the running direction is only as good as the updates folded into
+it, and early in a campaign those may be an attacker's (seen: two sign-flipping Sybils replicated
+each other's first units, set the direction, and 27 % of honest updates were then rejected here).
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ class DirectionCheck:
     name = "direction"
 
     def check(self, candidate: Candidate, stats: CohortStats) -> Verdict | None:
+        if candidate.evidence is not None:
+            return None  # measured: EvidenceCheck decides
         support = stats.support(candidate.delta)
         direction = stats.direction(candidate.delta)
         if direction is None or support < self.min_cohort:

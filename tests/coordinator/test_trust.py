@@ -367,3 +367,26 @@ def test_when_replicas_disagree_the_one_that_fails_the_measured_checks_loses_alo
     assert service.store.campaign(campaign_id).current_version == 1, "the honest update closed the round"  # type: ignore[union-attr]
     row = service.store.volunteer(honest)
     assert row is not None and row.errors == 0
+
+
+def test_a_direction_set_by_early_attackers_does_not_reject_measured_honest_work(service: Coordinator) -> None:
+    """Sign flips that slipped in first (at θ_0 with tied embeddings −Δ also lowers the loss, so they
+    can pass the evidence check) set the cohort's running direction against honest work; honest
+    updates are measured with the model and accepted all the same. Unmeasured ones still face the
+    direction check."""
+    campaign_id = _campaign(service)
+    state = service.runtimes[campaign_id].state
+    (honest,) = volunteers(service, 1)
+    unit = lease(service, honest)
+    row = state.store.unit(unit.unit.id)
+    assert row is not None
+    delta, report = train(service, unit)
+    flipped = {n: -t for n, t in delta.items()}
+    for _ in range(3):  # what Sybils replicating each other's flipped units leave in the cohort
+        state.cohort.record(state.candidate(row, flipped, report.losses, report.tokens))
+    unmeasured = state.candidate(row, delta, report.losses, report.tokens)
+    verdict = state.pipeline.validate(unmeasured, state.cohort)
+    assert verdict.code == "direction_outlier", "the poisoned direction rejects what it can't measure"
+    outcome = _submit(service, honest, unit, delta, report)
+    assert outcome.status == "accepted", outcome.message
+    assert _credit(service, honest) > 0
