@@ -54,6 +54,14 @@ def add_coordinator(commands: Subparsers) -> None:
         "--heartbeat-interval)",
     )
     serve.add_argument(
+        "--work-hold",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="while no campaign trains, hold a volunteer's request for work this long and answer it the moment "
+        "one starts (default 30, at most 30; 0 answers 'no work' at once)",
+    )
+    serve.add_argument(
         "--torch-threads",
         type=int,
         default=1,
@@ -152,6 +160,9 @@ def _run_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if not 0 <= args.work_hold <= 30:
+        print("commonweights coordinator serve: --work-hold must be within 0 and 30 s", file=sys.stderr)
+        return 2
     datasets: dict[str, Path] = {}
     for item in args.dataset:
         name, sep, path = item.partition("=")
@@ -177,6 +188,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         public_url=public_url,
         heartbeat_interval_s=args.heartbeat_interval,
         idle_timeout_s=args.idle_timeout,
+        work_hold_s=args.work_hold,
         sources=sources,
         admission=admission,
     )

@@ -95,6 +95,9 @@ class Session:
     blobs: set[str] = field(default_factory=set)  # what this volunteer may download
     errors: int = 0
     connected_at: float = field(default_factory=time.monotonic)
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # a held request_work answers from its own task
+    held: asyncio.Task[None] | None = None  # the request_work waiting for a campaign to open, if any
+    campaigns: CampaignSignal | None = None
 
 
 class Sessions:
@@ -138,12 +141,54 @@ class Sessions:
             del self._per_source[source]
 
 
+class CampaignSignal:
+    """Wakes the `request_work`s held while no campaign is training, the moment one starts or resumes.
+
+    Without it every volunteer sleeps out its `retry_after_s` while a client that ignores it polls,
+    and takes all of a new campaign's first units (seen in bench adversarial: attackers polling every
+    5 s submitted the first 20 updates, and their norms set the cohort). Held requests wake in the
+    order they arrived.
+    """
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, service: Coordinator) -> None:
+        """Listen to `service` from the running loop (its listeners are called from any thread)."""
+        self._loop = asyncio.get_running_loop()
+        service.campaign_listeners.append(self.notify)
+
+    def notify(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._fire)
+
+    def _fire(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> bool:
+        """Whether a campaign opened within `timeout` seconds."""
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
 SESSIONS = web.AppKey("sessions", Sessions)
+CAMPAIGN_SIGNAL = web.AppKey("campaign_signal", CampaignSignal)
 
 
 def add_gateway(app: web.Application) -> None:
     app[SESSIONS] = Sessions()
+    app[CAMPAIGN_SIGNAL] = CampaignSignal()
     app.router.add_get("/ws", volunteer_socket)
+    app.on_startup.append(_bind_signal)
+
+
+async def _bind_signal(app: web.Application) -> None:
+    app[CAMPAIGN_SIGNAL].bind(app[SERVICE])
 
 
 async def volunteer_socket(request: web.Request) -> web.StreamResponse:
@@ -154,7 +199,13 @@ async def volunteer_socket(request: web.Request) -> web.StreamResponse:
     ws = VolunteerSocket(heartbeat=30.0)
     await ws.prepare(request)
     forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
-    session = Session(ws, service, metrics, source=service.config.sources.source(request.remote, forwarded))
+    session = Session(
+        ws,
+        service,
+        metrics,
+        source=service.config.sources.source(request.remote, forwarded),
+        campaigns=request.app[CAMPAIGN_SIGNAL],
+    )
     sockets = request.app[SOCKETS]
     sessions = request.app[SESSIONS]
     sockets.add(ws)
@@ -165,6 +216,8 @@ async def volunteer_socket(request: web.Request) -> web.StreamResponse:
     except ConnectionResetError:
         pass
     finally:
+        if session.held is not None:
+            session.held.cancel()
         metrics.connection_closed()
         sockets.discard(ws)
         sessions.remove(session)
@@ -176,7 +229,8 @@ async def volunteer_socket(request: web.Request) -> web.StreamResponse:
 async def _send(session: Session, message: Message) -> None:
     frame = encode(message)
     session.metrics.frame_sent(len(frame))
-    await session.ws.send_bytes(frame)
+    async with session.send_lock:
+        await session.ws.send_bytes(frame)
 
 
 async def _fail(
@@ -448,21 +502,13 @@ async def _dispatch(session: Session, message: Message) -> None:
         try:
             answer = await _assign_work(session, message)
         except UnsupportedCodec as refusal:
-            await _send(
-                session,
-                ErrorMessage.from_error(
-                    ProtocolError(ErrorCode.UNSUPPORTED_CODEC, str(refusal), ref_type=message.TYPE),
-                    fatal=False,
-                    retry_after_s=refusal.retry_after_s,
-                ),
-            )
+            await _refuse_codec(session, refusal)
             return
-        if isinstance(answer, Assignment):
-            unit = work_unit_message(answer)
-            session.blobs |= {unit.checkpoint.sha256, unit.data.sha256}
-            await _send(session, unit)
-        else:
-            await _send(session, NoWork(retry_after_s=answer.retry_after_s, reason=answer.reason))
+        held = session.held is not None and not session.held.done()
+        if isinstance(answer, NoWorkAnswer) and answer.no_campaign and service.config.work_hold_s > 0 and not held:
+            session.held = asyncio.create_task(_hold(session, message, answer))
+            return
+        await _answer_request(session, answer)
     elif isinstance(message, BlobRequest):
         await _send(session, await service.workers.run(_blob_chunk, session, message))
     elif isinstance(message, Progress):
@@ -491,6 +537,39 @@ async def _dispatch(session: Session, message: Message) -> None:
         )
     else:
         raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"{type(message).__name__} is not expected here")
+
+
+async def _refuse_codec(session: Session, refusal: UnsupportedCodec) -> None:
+    error = ProtocolError(ErrorCode.UNSUPPORTED_CODEC, str(refusal), ref_type=RequestWork.TYPE)
+    await _send(session, ErrorMessage.from_error(error, fatal=False, retry_after_s=refusal.retry_after_s))
+
+
+async def _answer_request(session: Session, answer: Assignment | NoWorkAnswer) -> None:
+    if isinstance(answer, Assignment):
+        unit = work_unit_message(answer)
+        session.blobs |= {unit.checkpoint.sha256, unit.data.sha256}
+        await _send(session, unit)
+    else:
+        await _send(session, NoWork(retry_after_s=answer.retry_after_s, reason=answer.reason))
+
+
+async def _hold(session: Session, message: RequestWork, idle: NoWorkAnswer) -> None:
+    """Answer a request_work made while no campaign is training when one opens, or after the
+    coordinator's `work_hold_s` with `no_work` saying how much of its usual wait is left — none, by
+    default (the session reads frames meanwhile)."""
+    began = time.monotonic()
+    try:
+        assert session.campaigns is not None
+        answer: Assignment | NoWorkAnswer
+        if await session.campaigns.wait(min(session.service.config.work_hold_s, idle.retry_after_s)):
+            answer = await _assign_work(session, message)
+        else:
+            answer = NoWorkAnswer(idle.reason, retry_after_s=max(0.0, idle.retry_after_s - (time.monotonic() - began)))
+        await _answer_request(session, answer)
+    except UnsupportedCodec as refusal:
+        await _refuse_codec(session, refusal)
+    except (ConnectionError, RuntimeError):
+        pass  # the socket closed while the request was held
 
 
 async def _assign_work(session: Session, message: RequestWork) -> Assignment | NoWorkAnswer:

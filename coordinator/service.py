@@ -53,6 +53,8 @@ class CoordinatorConfig:
     datasets: dict[str, Path] = field(default_factory=dict)
     heartbeat_interval_s: float = 15.0
     idle_timeout_s: float = 120.0  # a welcomed connection that sends nothing this long is closed
+    # How long a request_work made while no campaign trains waits for one to start (0: answered at once).
+    work_hold_s: float = 30.0
     eval_tokens: int = 32768
     eval_batch: int = 8
     public_url: str = ""
@@ -90,6 +92,8 @@ class Coordinator:
         self.runtimes: dict[int, CampaignRuntime] = {}
         self.eval_queue: list[tuple[int, int]] = []  # (campaign id, version) awaiting holdout loss
         self.version_listeners: list[Callable[[int, VersionRow], None]] = []
+        # Called, from any thread, when a campaign starts or resumes training (volunteers waiting for one).
+        self.campaign_listeners: list[Callable[[], None]] = []
         self.admin_token = ""
         self.workers = Workers(group=store.transaction)
         self.registrations = RegistrationLimiter(
@@ -196,7 +200,12 @@ class Coordinator:
         campaign_id = self.store.create_campaign(spec.name, spec.to_dict(), str(prepared.dataset_path), owner, version0)
         self._load_runtime(campaign_id)
         self.eval_queue.append((campaign_id, 0))
+        self._campaign_opened()
         return campaign_id
+
+    def _campaign_opened(self) -> None:
+        for listener in self.campaign_listeners:
+            listener()
 
     @staticmethod
     def _check_update_size(spec: CampaignSpec, dataset: TokenDataset) -> None:
@@ -222,6 +231,8 @@ class Coordinator:
             runtime.refresh()
             if status == "stopped":
                 del self.runtimes[campaign_id]
+        if status == "active":
+            self._campaign_opened()
 
     # volunteers ------------------------------------------------------------------------------
 
@@ -294,7 +305,7 @@ class Coordinator:
         if preferred:
             candidates.sort(key=lambda r: r.row.name != preferred and str(r.row.id) != preferred)
         if not candidates:
-            return NoWork("no campaign is training right now", retry_after_s=30)
+            return NoWork("no campaign is training right now", retry_after_s=30, no_campaign=True)
         if codecs is not None:
             usable = [r for r in candidates if r.spec.codec.name in codecs]
             if not usable:

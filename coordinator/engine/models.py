@@ -41,6 +41,7 @@ class Assignment:
 class NoWork:
     reason: str
     retry_after_s: float = 5.0
+    no_campaign: bool = False  # no campaign is training at all: the gateway holds the request for one
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,9 @@ def hello(token: str | None = None, version: int = PROTOCOL_VERSION) -> Hello:
 
 @pytest.fixture
 async def server(tmp_path: Path, small_dataset: Path) -> AsyncIterator[TestServer]:
-    app = create_app(CoordinatorConfig(data_dir=tmp_path / "c", datasets={"small": small_dataset}))
+    # work_hold_s 0: with no campaign, request_work is answered no_work at once (these tests use it as the
+    # reply that shows a session still works); the hold itself is tested below.
+    app = create_app(CoordinatorConfig(data_dir=tmp_path / "c", datasets={"small": small_dataset}, work_hold_s=0.0))
     test_server = TestServer(app, host="127.0.0.1")
     await test_server.start_server()
     yield test_server
@@ -195,6 +197,53 @@ async def test_a_volunteer_gets_a_unit_and_downloads_its_blobs_in_verified_chunk
         assert (error.ref_type, error.ref_id) == ("blob_request", "0" * 64)
         past = await exchange(ws, BlobRequest(sha256=unit.data.sha256, offset=unit.data.size + 1, length=10))
         assert isinstance(past, ErrorMessage) and past.code == ErrorCode.BAD_RANGE
+
+
+@pytest.fixture
+async def holding(tmp_path: Path, small_dataset: Path) -> AsyncIterator[TestServer]:
+    """A coordinator with its default hold of request_work while no campaign trains."""
+    test_server = TestServer(create_app(CoordinatorConfig(data_dir=tmp_path / "c", datasets={"small": small_dataset})))
+    await test_server.start_server()
+    yield test_server
+    await test_server.close()
+
+
+async def test_a_request_for_work_made_before_any_campaign_is_answered_with_a_unit_when_one_opens(
+    holding: TestServer,
+) -> None:
+    """Nobody sleeps out a 30 s retry while a client that ignores it polls and takes a new campaign's
+    first units: the coordinator holds the request and answers it the moment a campaign starts."""
+    service = holding.app[SERVICE]
+    async with aiohttp.ClientSession() as session, session.ws_connect(holding.make_url("/ws")) as ws:
+        assert isinstance(await exchange(ws, hello()), Welcome)
+        await ws.send_bytes(encode(RequestWork()))
+        # The session keeps reading while the request is held: a second one is answered at once.
+        second = await exchange(ws, RequestWork())
+        assert isinstance(second, NoWork) and second.retry_after_s == 30, second
+        spec = CampaignSpec.from_dict(
+            {"name": "late", "dataset": "small", "inner": {"steps": 2, "batch_size": 2, "seq_len": 32}}
+        )
+        service.create_campaign(spec, owner="admin:1")
+        unit = await receive(ws)
+        assert isinstance(unit, WorkUnit) and unit.campaign_name == "late", unit
+
+
+async def test_a_held_request_for_work_is_answered_no_work_after_the_hold_with_the_rest_of_the_wait(
+    tmp_path: Path, small_dataset: Path
+) -> None:
+    config = CoordinatorConfig(data_dir=tmp_path / "c", datasets={"small": small_dataset}, work_hold_s=0.5)
+    server = TestServer(create_app(config))
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session, session.ws_connect(server.make_url("/ws")) as ws:
+            assert isinstance(await exchange(ws, hello()), Welcome)
+            began = time.monotonic()
+            answer = await exchange(ws, RequestWork())
+            waited = time.monotonic() - began
+            assert isinstance(answer, NoWork) and "no campaign" in answer.reason
+            assert waited >= 0.5 and answer.retry_after_s <= 29.5, (waited, answer)
+    finally:
+        await server.close()
 
 
 async def test_a_banned_volunteer_is_refused(server: TestServer) -> None:
@@ -357,7 +406,11 @@ async def test_no_hello_in_time_is_an_idle_timeout(server: TestServer, monkeypat
 async def quick(tmp_path: Path, small_dataset: Path) -> AsyncIterator[TestServer]:
     """A coordinator that wants a frame every second and closes a connection silent for two."""
     config = CoordinatorConfig(
-        data_dir=tmp_path / "c", datasets={"small": small_dataset}, heartbeat_interval_s=1.0, idle_timeout_s=2.0
+        data_dir=tmp_path / "c",
+        datasets={"small": small_dataset},
+        heartbeat_interval_s=1.0,
+        idle_timeout_s=2.0,
+        work_hold_s=0.0,
     )
     test_server = TestServer(create_app(config), host="127.0.0.1")
     await test_server.start_server()

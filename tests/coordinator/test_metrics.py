@@ -47,7 +47,8 @@ FAMILIES = {
 
 @pytest.fixture
 async def server(tmp_path: Path, small_dataset: Path) -> AsyncIterator[TestServer]:
-    app = create_app(CoordinatorConfig(data_dir=tmp_path / "c", datasets={"small": small_dataset}))
+    config = CoordinatorConfig(data_dir=tmp_path / "c", datasets={"small": small_dataset}, work_hold_s=0.0)
+    app = create_app(config)  # work_hold_s 0: request_work is answered no_work at once
     test_server = TestServer(app, host="127.0.0.1")
     await test_server.start_server()
     yield test_server
