@@ -216,11 +216,16 @@ class CampaignState:
 
     # -- evidence (EvidenceCheck) --------------------------------------------------------------------
 
+    @property
+    def measures_updates(self) -> bool:
+        """Whether updates are ever measured with the model (`holdout_check_rate` above 0)."""
+        return self.spec.validation.holdout_check_rate > 0
+
     def wants_evidence(self, volunteer_id: str) -> bool:
         """Whether this volunteer's update is measured with the model: always before it is trusted,
         a sample of `holdout_check_rate` after; never when that rate is 0."""
         rate = self.spec.validation.holdout_check_rate
-        if rate <= 0:
+        if not self.measures_updates:
             return False  # turned off: a campaign of vetted volunteers, or a throughput benchmark
         volunteer = self.store.volunteer(volunteer_id)
         trust = TrustState(volunteer.consecutive_valid, volunteer.errors) if volunteer else TrustState()

@@ -17,7 +17,7 @@ import torch
 from coordinator.engine import Assignment, NoWork, SubmissionReport
 from coordinator.engine.models import Outcome
 from coordinator.service import Coordinator, CoordinatorConfig
-from coordinator.validation import ValidationPipeline
+from coordinator.validation import Candidate, ValidationPipeline
 from tests.coordinator.test_runtime import Clock, lease, make_spec, volunteers
 from tests.support.inprocess_volunteer import payload, train
 
@@ -390,3 +390,50 @@ def test_a_direction_set_by_early_attackers_does_not_reject_measured_honest_work
     outcome = _submit(service, honest, unit, delta, report)
     assert outcome.status == "accepted", outcome.message
     assert _credit(service, honest) > 0
+
+
+def test_an_unmeasured_update_a_cohort_heuristic_flags_is_measured_before_it_is_rejected(
+    service: Coordinator,
+) -> None:
+    """A trusted volunteer's unsampled update whose first loss is far from the version's (honest work
+    on unusual text) is measured with the model, and the measurement accepts it."""
+    campaign_id = _campaign(service)
+    state = service.runtimes[campaign_id].state
+    state.wants_evidence = lambda volunteer_id: False  # type: ignore[method-assign]  # trusted, not sampled
+    (honest,) = volunteers(service, 1)
+    unit = lease(service, honest)
+    row = state.store.unit(unit.unit.id)
+    assert row is not None
+    delta, report = train(service, unit)
+    for _ in range(3):  # units of the same version whose text was far easier
+        state.cohort.record(state.candidate(row, delta, [x - 3.0 for x in report.losses], report.tokens))
+    unmeasured = state.candidate(row, delta, report.losses, report.tokens)
+    assert state.pipeline.validate(unmeasured, state.cohort).code == "implausible_loss"
+    outcome = _submit(service, honest, unit, delta, report)
+    assert outcome.status == "accepted", outcome.message
+    assert _credit(service, honest) > 0
+
+
+@pytest.mark.parametrize(("gains", "loser"), [((0.03, -0.01), "b"), ((-0.01, 0.03), "a"), ((0.03, 0.01), None)])
+def test_of_two_disagreeing_replicas_that_pass_the_one_whose_step_raises_the_holdout_loss_loses(
+    gains: tuple[float, float], loser: str | None
+) -> None:
+    from coordinator.engine.ingest import _tie_break
+    from coordinator.validation import Verdict
+    from coordinator.validation.evidence import Measurements
+
+    def measured(gain: float) -> Candidate:
+        candidate = Candidate(
+            delta={"w": torch.ones(2)}, expected_shapes={"w": (2,)}, losses=[1.0], steps=1, tokens=1, expected_tokens=1
+        )
+        candidate.__dict__["measurements"] = Measurements(first_loss=1.0, holdout_gain=gain, fit=0.5)
+        return candidate
+
+    passed = Verdict(True, None, "accepted")
+    a, b = _tie_break(measured(gains[0]), passed, measured(gains[1]), passed)
+    lost = {"a": a, "b": b}
+    for name, verdict in lost.items():
+        if name == loser:
+            assert (verdict.accepted, verdict.code) == (False, "holdout_regression") and "replica" in verdict.message
+        else:
+            assert verdict.accepted
