@@ -1,0 +1,132 @@
+"""The ONNX graphs of training/onnx_graphs.py, run with ONNX Runtime against the training core.
+
+Graphs are exported once per module (about a minute each on two cores) for a model small enough to
+export quickly but with every part of the real one: two blocks, RoPE, RMSNorm, SwiGLU, tied embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from training.inner import InnerConfig, InnerLoop, InnerResult
+from training.model import ModelConfig, build_model
+from training.onnx_graphs import (
+    GRAPH_OPSET,
+    MAX_DELTA_ERROR,
+    MAX_LOSS_ERROR,
+    OrtInnerLoop,
+    build_loss_graph,
+    build_step_graph,
+    check_loss_graph,
+    check_step_graph,
+    ort_session,
+    step_graph_names,
+)
+
+CONFIG = ModelConfig(vocab_size=256, d_model=32, n_layer=2, n_head=2, d_ff=64, max_seq_len=64)
+NAMES = [n for n, _ in build_model(CONFIG).named_parameters()]
+SHARD = [n for n in NAMES if n.startswith(("blocks.1.", "norm."))]
+
+
+@pytest.fixture(scope="module")
+def step_graph() -> bytes:
+    return build_step_graph(CONFIG)  # checked against torch as it is built
+
+
+@pytest.fixture(scope="module")
+def shard_graph() -> bytes:
+    return build_step_graph(CONFIG, trainable=SHARD)
+
+
+def _relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    num = math.sqrt(sum(float((a[n] - b[n]).double().norm()) ** 2 for n in b))
+    return num / math.sqrt(sum(float(b[n].double().norm()) ** 2 for n in b))
+
+
+def _both(
+    graph: bytes, inner: InnerConfig, *, trainable: list[str], global_step: int
+) -> tuple[InnerResult, InnerResult]:
+    model = build_model(CONFIG, seed=3)
+    params = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+    # A random phrase repeated: text a few steps of training visibly learn.
+    phrase = torch.randint(0, CONFIG.vocab_size, (29,), generator=torch.Generator().manual_seed(7))
+    tokens = phrase.repeat(inner.tokens_needed // 29 + 1)[: inner.tokens_needed]
+    ort = OrtInnerLoop(graph, inner, params, trainable=trainable, global_step=global_step).run(tokens)
+    ref = InnerLoop(model, inner, global_step=global_step, trainable=trainable).run(tokens)
+    return ort, ref
+
+
+def test_the_step_graph_is_standard_onnx_with_the_documented_inputs_and_outputs(step_graph: bytes) -> None:
+    model = onnx.load_from_string(step_graph)
+    onnx.checker.check_model(model)
+    assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [GRAPH_OPSET]
+    inputs, outputs = step_graph_names(NAMES, NAMES)
+    assert [i.name for i in model.graph.input] == inputs
+    assert [o.name for o in model.graph.output] == outputs
+    # Weights are inputs, not part of the graph: only the rotary table is a constant.
+    assert sum(t.size for t in (numpy_helper.to_array(i) for i in model.graph.initializer)) < 4 * 64 * 16
+
+
+def test_onnx_runtime_trains_as_the_training_core_does(step_graph: bytes) -> None:
+    """Warmup then cosine decay, gradient accumulation, clipping that bites and weight decay: every
+    step's loss and the pseudo-gradient match InnerLoop's."""
+    inner = InnerConfig(
+        steps=5, batch_size=2, seq_len=32, grad_accum=2, lr=1e-2, warmup_steps=3, total_steps=20, grad_clip=0.5
+    )
+    ort, ref = _both(step_graph, inner, trainable=NAMES, global_step=1)
+    assert ort.tokens == ref.tokens and len(ort.losses) == 5
+    assert max(abs(a - b) / b for a, b in zip(ort.losses, ref.losses, strict=True)) < MAX_LOSS_ERROR
+    assert ort.losses[-1] < ort.losses[0], "it trains"
+    assert _relative(ort.delta, ref.delta) < MAX_DELTA_ERROR
+    # Not trivially: the update is far from zero and from its sign flip.
+    assert _relative({n: -t for n, t in ort.delta.items()}, ref.delta) > 1.9
+
+
+def test_a_shard_graph_trains_only_its_parameters_and_takes_the_rest_as_frozen_inputs(shard_graph: bytes) -> None:
+    inputs, _ = step_graph_names(NAMES, SHARD)
+    session = ort_session(shard_graph)
+    assert [i.name for i in session.get_inputs()] == inputs
+    assert sum(name.startswith("frozen.") for name in inputs) == len(NAMES) - len(SHARD)
+    inner = InnerConfig(steps=3, batch_size=2, seq_len=16, lr=3e-3)
+    ort, ref = _both(shard_graph, inner, trainable=SHARD, global_step=0)
+    assert sorted(ort.delta) == sorted(SHARD)
+    assert _relative(ort.delta, ref.delta) < MAX_DELTA_ERROR
+
+
+def test_a_step_graph_is_refused_for_weights_of_another_shard(shard_graph: bytes) -> None:
+    params = {n: p.detach().numpy() for n, p in build_model(CONFIG).named_parameters()}
+    with pytest.raises(ValueError, match="another model or shard"):
+        OrtInnerLoop(shard_graph, InnerConfig(steps=1, batch_size=1, seq_len=8), params, trainable=NAMES, global_step=0)
+
+
+def test_a_graph_that_computes_something_else_fails_the_check(step_graph: bytes) -> None:
+    """The check is what stands between an exporter's mistake and volunteers' wasted work: a graph
+    whose rotary table is off by 1 % compiles and runs, and is caught."""
+    assert check_step_graph(step_graph, CONFIG).passed
+    model = onnx.load_from_string(step_graph)
+    (table,) = model.graph.initializer
+    table.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(table) * np.float32(1.01), table.name))
+    check = check_step_graph(model.SerializeToString(), CONFIG)
+    assert not check.passed and check.delta_error > MAX_DELTA_ERROR, check
+
+
+def test_the_loss_graph_gives_the_models_loss_for_any_weights() -> None:
+    graph = build_loss_graph(CONFIG)
+    for seed in (0, 1):
+        check = check_loss_graph(graph, CONFIG, seed=seed)
+        assert check.passed, check
+    session = ort_session(graph)
+    model = build_model(CONFIG, seed=5)
+    ids = torch.randint(0, CONFIG.vocab_size, (4, 48))
+    targets = torch.roll(ids, -1, dims=1)
+    feed = {f"param.{n}": p.detach().numpy() for n, p in model.named_parameters()}
+    (loss,) = session.run(None, feed | {"input_ids": ids.numpy(), "targets": targets.numpy()})
+    with torch.no_grad():
+        assert abs(float(loss) - float(model.loss(ids, targets))) < 1e-5
