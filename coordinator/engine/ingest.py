@@ -25,6 +25,7 @@ from coordinator.engine.state import CampaignState
 from coordinator.engine.states import CloseReason, OutcomeStatus, SubmissionStatus, UnitState
 from coordinator.store import SubmissionRow, UnitRow
 from coordinator.validation import Candidate, Verdict, compare_replicas, global_norm
+from coordinator.validation.direction import cosine_similarity
 from coordinator.validation.interface import fmt
 from protocol.codecs import CodecError
 from protocol.errors import ErrorCode
@@ -52,6 +53,9 @@ CODEC_REJECTIONS = {
 # clean bench run: 3 of 85 honest updates, first losses 7.3 where the version's median was 5.5), so an
 # update they flag is measured with the model before it is rejected, and the measurement decides.
 SCREENED = frozenset({ErrorCode.IMPLAUSIBLE_LOSS, ErrorCode.DIRECTION_OUTLIER})
+
+# Two disagreeing replicas this aligned (cosine) differ only in size: arbitration can't tell which is right.
+SAME_DIRECTION = 0.9
 
 ACCEPTED, REJECTED, DUPLICATE = OutcomeStatus.ACCEPTED, OutcomeStatus.REJECTED, OutcomeStatus.DUPLICATE
 
@@ -417,6 +421,13 @@ class Ingest:
         theirs = s.pipeline.validate(twin, s.cohort)
         if mine.accepted and theirs.accepted:
             mine, theirs = _tie_break(measured, mine, twin, theirs)
+        elif (
+            mine.accepted != theirs.accepted
+            and (cosine_similarity(candidate.delta, twin_delta) or 0.0) > SAME_DIRECTION
+        ):
+            # One is a rescaled copy of the other (an update ×2 beside its honest replica): the checks
+            # don't fix an update's size, so the one that failed may be the honest one. Neither counts.
+            mine = theirs = comparison
         if mine.accepted and not theirs.accepted:
             self._overrule(
                 twin_sub, str(theirs.code), f"{theirs.message}; its replica, which passed every check, disagrees"

@@ -118,8 +118,11 @@ class Scheduler:
                 continue
             if unit.round_id != current.row.id and not self._replica_awaited(unit):
                 continue
-            if s.store.submission(unit.id, volunteer_id) is not None:
-                refused += 1  # it already answered this unit (perhaps badly): someone else takes it
+            if s.store.ever_leased(unit.id, volunteer_id):
+                # It answered this unit (perhaps badly) or gave it back, or let its lease lapse: someone
+                # else takes it. (A volunteer that trains a unit, abandons it and gets it back can submit
+                # the kept update as fresh work — what bench adversarial's replay attacker did.)
+                refused += 1
                 continue
             twin_id = s.twin_id(unit)
             if twin_id is not None and self._related_to_twin(volunteer_id, twin_id):

@@ -171,6 +171,10 @@ class WorkStore(Protocol):
         """The volunteer a lease on this unit was ever granted to, or None for a lease never granted."""
         ...
 
+    def ever_leased(self, unit_id: str, volunteer_id: str) -> bool:
+        """Whether this volunteer was ever granted a lease on this unit."""
+        ...
+
     def extend_lease(self, unit_id: str, lease_id: str, deadline: float) -> bool:
         """Push a live lease's deadline out (never in); False if the lease is no longer live."""
         ...

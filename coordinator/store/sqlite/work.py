@@ -114,6 +114,10 @@ class SQLiteWork(SQLiteDatabase):
         row = self._one("SELECT volunteer_id FROM leases WHERE unit_id = ? AND lease_id = ?", (unit_id, lease_id))
         return str(row["volunteer_id"]) if row else None
 
+    def ever_leased(self, unit_id: str, volunteer_id: str) -> bool:
+        row = self._one("SELECT 1 FROM leases WHERE unit_id = ? AND volunteer_id = ? LIMIT 1", (unit_id, volunteer_id))
+        return row is not None
+
     def extend_lease(self, unit_id: str, lease_id: str, deadline: float) -> bool:
         with self.transaction():
             changed = self.db.execute(
