@@ -34,6 +34,7 @@ __all__ = [
     "learning_rate",
     "pick_device",
     "sequence_batches",
+    "unit_batches",
 ]
 
 
@@ -131,6 +132,13 @@ def sequence_batches(
         yield window[:-1].view(batch_size, seq_len), window[1:].view(batch_size, seq_len)
 
 
+def unit_batches(tokens: np.ndarray | torch.Tensor, config: InnerConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A unit's `steps * grad_accum` micro-batches, step-major, from a slice of at least `tokens_needed` ids."""
+    if len(tokens) < config.tokens_needed:
+        raise ValueError(f"the data slice has {len(tokens)} tokens; the unit needs {config.tokens_needed}")
+    return list(sequence_batches(tokens[: config.tokens_needed], config.batch_size, config.seq_len))
+
+
 @dataclass(frozen=True)
 class StepReport:
     step: int  # steps done in this unit, 1-based
@@ -198,11 +206,7 @@ class InnerLoop:
         should_stop: Callable[[], bool] | None = None,
     ) -> InnerResult:
         """Train on a contiguous data slice of at least `config.tokens_needed` token ids."""
-        config = self.config
-        if len(tokens) < config.tokens_needed:
-            raise ValueError(f"the data slice has {len(tokens)} tokens; the unit needs {config.tokens_needed}")
-        micro = list(sequence_batches(tokens[: config.tokens_needed], config.batch_size, config.seq_len))
-        return self.run_batches(micro, on_step=on_step, should_stop=should_stop)
+        return self.run_batches(unit_batches(tokens, self.config), on_step=on_step, should_stop=should_stop)
 
     def run_batches(
         self,

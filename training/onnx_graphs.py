@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.inner import InnerConfig, InnerLoop, InnerResult, StepReport, learning_rate, sequence_batches
+from training.inner import InnerConfig, InnerLoop, InnerResult, StepReport, learning_rate, unit_batches
 from training.model import GPT, ModelConfig, build_model
 
 __all__ = [
@@ -117,10 +117,22 @@ class _Loss(torch.nn.Module):
         return self.model.loss(ids, targets)
 
 
-def _step_function(model: GPT, trainable: Sequence[str], frozen: Sequence[str]) -> Callable[..., tuple[Any, ...]]:
-    """θ, m, v and a batch → loss, ‖g‖, θ', m', v' — InnerLoop's step: clip_grad_norm_ then AdamW."""
+def _functional_loss(model: GPT) -> Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]:
+    """GPT.loss with the weights passed in by parameter name (the rotary table stays the model's)."""
     wrapper = _Loss(model)
     buffers = {f"model.{n}": b for n, b in model.named_buffers()}
+
+    def loss(weights: dict[str, torch.Tensor], ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        named = {f"model.{n}": p for n, p in weights.items()}
+        value: torch.Tensor = torch.func.functional_call(wrapper, named | buffers, (ids, targets))
+        return value
+
+    return loss
+
+
+def _step_function(model: GPT, trainable: Sequence[str], frozen: Sequence[str]) -> Callable[..., tuple[Any, ...]]:
+    """θ, m, v and a batch → loss, ‖g‖, θ', m', v' — InnerLoop's step: clip_grad_norm_ then AdamW."""
+    model_loss = _functional_loss(model)
 
     def step(
         params: list[torch.Tensor],
@@ -134,10 +146,8 @@ def _step_function(model: GPT, trainable: Sequence[str], frozen: Sequence[str]) 
         count, lr, beta1, beta2, eps, decay, clip = (hyper[i] for i in range(len(HYPER_FIELDS)))
 
         def loss_of(ps: list[torch.Tensor]) -> torch.Tensor:
-            weights = {f"model.{n}": p for n, p in zip(trainable, ps, strict=True)}
-            weights |= {f"model.{n}": p for n, p in zip(frozen, fixed, strict=True)}
-            loss: torch.Tensor = torch.func.functional_call(wrapper, weights | buffers, (ids, targets))
-            return loss
+            weights = dict(zip(trainable, ps, strict=True)) | dict(zip(frozen, fixed, strict=True))
+            return model_loss(weights, ids, targets)
 
         grads, loss = torch.func.grad_and_value(loss_of)(list(params))
         norm = torch.stack([(g * g).sum() for g in grads]).sum().sqrt()
@@ -309,14 +319,11 @@ def build_loss_graph(config: ModelConfig, *, check: bool = True) -> bytes:
     """The ONNX forward/loss graph of `config`: every parameter an input, the mean loss the output."""
     model = build_model(config, seed=0)
     names = [n for n, _ in model.named_parameters()]
-    wrapper = _Loss(model)
-    buffers = {f"model.{n}": b for n, b in model.named_buffers()}
+    model_loss = _functional_loss(model)
 
     class Loss(torch.nn.Module):
         def forward(self, params: list[torch.Tensor], ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            weights = {f"model.{n}": p for n, p in zip(names, params, strict=True)}
-            loss: torch.Tensor = torch.func.functional_call(wrapper, weights | buffers, (ids, targets))
-            return loss
+            return model_loss(dict(zip(names, params, strict=True)), ids, targets)
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -400,9 +407,7 @@ class OrtInnerLoop:
         should_stop: Callable[[], bool] | None = None,
     ) -> InnerResult:
         config = self.config
-        if len(tokens) < config.tokens_needed:
-            raise ValueError(f"the data slice has {len(tokens)} tokens; the unit needs {config.tokens_needed}")
-        micro = list(sequence_batches(tokens[: config.tokens_needed], config.batch_size, config.seq_len))
+        micro = unit_batches(tokens, config)
         while self.step < config.steps:
             if should_stop is not None and should_stop():
                 return self.result(finished=False)
