@@ -211,17 +211,7 @@ class Ingest:
                     return self._inconclusive(unit, volunteer_id, prepared, report, twin_sub)
                 # Both agree: credit the twin now; the update enters the average once (this copy).
                 with s.store.transaction():
-                    credit = s.credit(unit)
-                    s.store.update_submission(
-                        twin_sub.id,
-                        status=SubmissionStatus.ACCEPTED,
-                        code=None,
-                        message="accepted: matched its replica",
-                        credit=credit,
-                        weight=0.0,
-                        round_id=None,
-                    )
-                    s.judge(twin_sub.volunteer_id, accepted=True, credit=credit, tokens=twin_sub.tokens)
+                    self._credit_held(twin_sub, unit, "accepted: matched its replica", weight=0.0, round_id=None)
             else:
                 weight = 0.0  # the twin was accepted unreplicated at a round close: don't count it twice
         return self._accept(unit, volunteer_id, prepared, report, candidate, staleness, weight)
@@ -441,16 +431,12 @@ class Ingest:
                 return self._closed()
             code, message = str(mine.code), f"{mine.message}; its replica, which passed every check, disagrees"
             with s.store.transaction():
-                credit = s.credit(twin_unit)
-                s.store.update_submission(
-                    twin_sub.id,
-                    status=SubmissionStatus.ACCEPTED,
-                    code=None,
-                    message="accepted: its replica disagreed and failed the checks",
-                    credit=credit,
+                self._credit_held(
+                    twin_sub,
+                    twin_unit,
+                    "accepted: its replica disagreed and failed the checks",
                     round_id=current.row.id,
                 )
-                s.judge(twin_sub.volunteer_id, accepted=True, credit=credit, tokens=twin_sub.tokens)
                 self._store_submission(
                     unit, volunteer_id, prepared, report, status=SubmissionStatus.REJECTED, code=code, message=message
                 )
@@ -461,6 +447,16 @@ class Ingest:
             return Outcome(REJECTED, code, message, closed_round=closes)
         self._overrule(twin_sub, str(comparison.code), comparison.message)
         return self._reject(unit, volunteer_id, prepared, report, str(comparison.code), comparison.message)
+
+    def _credit_held(self, held: SubmissionRow, unit: UnitRow, message: str, **values: Any) -> None:
+        """Accept an update that waited for its replica and credit its volunteer, inside the caller's
+        transaction; `values`: what else the submission's row changes (its weight, its round)."""
+        s = self.state
+        credit = s.credit(unit)
+        s.store.update_submission(
+            held.id, status=SubmissionStatus.ACCEPTED, code=None, message=message, credit=credit, **values
+        )
+        s.judge(held.volunteer_id, accepted=True, credit=credit, tokens=held.tokens)
 
     def _overrule(self, held: SubmissionRow, code: str, message: str) -> None:
         """Reject an update that was waiting for its replica, and hold it against its volunteer."""
