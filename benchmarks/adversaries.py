@@ -374,6 +374,8 @@ class Adversary:
                 threads=self.options.threads,
                 codecs=tuple(CODEC_NAMES),
                 platform=sys.platform,
+                runtimes=("torch",),
+                unit_kinds=("train",),
             ),
         )
 
@@ -534,7 +536,7 @@ class Adversary:
     def metrics(self, losses: list[float], tokens: int, seconds: float) -> TrainMetrics:
         return TrainMetrics(
             losses=tuple(min(max(0.0, x), 1e6) for x in losses), tokens=tokens, seconds=min(seconds, 1e7),
-            device="cpu", device_name="cpu",
+            device="cpu", device_name="cpu", runtime="torch",
         )  # fmt: skip
 
     # --- the attacks ----------------------------------------------------------------------------------

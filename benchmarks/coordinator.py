@@ -153,7 +153,12 @@ async def cycles(coordinator: LocalCoordinator, dataset: Path, clients: int, sec
     delta, losses = await asyncio.to_thread(honest_update, dataset, coordinator, first, preset_name="tiny")
     payloads = noisy_copies(delta, CodecConfig.from_dict(dict(first.codec)), 8, seed=1)
     metrics = TrainMetrics(
-        losses=tuple(losses), tokens=first.recipe.tokens_needed - 1, seconds=0.1, device="cpu", device_name="bench"
+        losses=tuple(losses),
+        tokens=first.recipe.tokens_needed - 1,
+        seconds=0.1,
+        device="cpu",
+        device_name="bench",
+        runtime="torch",
     )
     counts = {"cycles": 0, "accepted": 0, "no_work": 0}
     deadline = time.perf_counter() + seconds

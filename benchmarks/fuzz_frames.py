@@ -237,11 +237,22 @@ def seed_messages() -> list[tuple[Message, Direction]]:
     cpu = Device(kind="cpu", name="AMD Ryzen 5 5600X", memory_bytes=16 << 30)
     gpu = Device(kind="cuda", name="NVIDIA GeForce RTX 3060", memory_bytes=12 << 30)
     capabilities = Capabilities(
-        devices=(gpu, cpu), memory_bytes=8 << 30, threads=6, codecs=("fp32", "int8", "topk", "dct"), platform="linux"
+        devices=(gpu, cpu),
+        memory_bytes=8 << 30,
+        threads=6,
+        codecs=("fp32", "int8", "topk", "dct"),
+        platform="linux",
+        runtimes=("torch", "onnxruntime"),
+        unit_kinds=("train",),
     )
     update = encode_tensors({"w": torch.linspace(-1, 1, 12).reshape(3, 4)}, CodecConfig("int8"))
     metrics = TrainMetrics(
-        losses=(3.5, 3.25, 3.0, 2.875), tokens=4096, seconds=12.5, device="cuda", device_name=gpu.name
+        losses=(3.5, 3.25, 3.0, 2.875),
+        tokens=4096,
+        seconds=12.5,
+        device="cuda",
+        device_name=gpu.name,
+        runtime="torch",
     )
     recipe = InnerRecipe(
         steps=2, batch_size=1, seq_len=32, grad_accum=1, lr=0.0005, min_lr_ratio=0.125, warmup_steps=0,
@@ -255,6 +266,7 @@ def seed_messages() -> list[tuple[Message, Direction]]:
         ),
     )  # fmt: skip
     unit = WorkUnit(
+        kind="train", runtime="torch",
         unit_id="u-17", lease_id="l-17.2", lease_deadline=1.75e9, campaign_id="c1", campaign_name="Tiny stories",
         model_version=3, model=model, checkpoint=BlobRef(sha256=SHA_A, size=123456), checkpoint_format="safetensors",
         data=BlobRef(sha256=SHA_B, size=200), data_dtype="uint16", data_tokens=100,
@@ -267,7 +279,8 @@ def seed_messages() -> list[tuple[Message, Direction]]:
               capabilities=capabilities),
         Hello(protocol_version=PROTOCOL_VERSION, client_version="1.0.0rc1+local", token="tok.abc-123_~+/=",
               name="box", capabilities=Capabilities(devices=(cpu,), memory_bytes=1 << 30, threads=1, codecs=("dct",),
-                                                    platform="darwin-arm64")),
+                                                    platform="darwin-arm64", runtimes=("onnxruntime",),
+                                                    unit_kinds=("train",))),
         RequestWork(),
         RequestWork(preferred_campaign="c1"),
         BlobRequest(sha256=SHA_A, offset=0, length=MAX_BLOB_CHUNK_BYTES),
@@ -278,7 +291,7 @@ def seed_messages() -> list[tuple[Message, Direction]]:
                metrics=metrics),
         Submit(unit_id="u-1", lease_id="l-1", update=b"\x00", update_sha256=SHA_A,
                metrics=TrainMetrics(losses=(0.0,), tokens=0, seconds=0.0, device="cpu", device_name="cpu",
-                                    peak_memory_bytes=1 << 30)),
+                                    runtime="onnxruntime", peak_memory_bytes=1 << 30)),
         Abandon(unit_id="u-17", lease_id="l-17.2", reason="out_of_memory", detail="CUDA out of memory"),
         Goodbye(reason="user quit"),
         Goodbye(reason=""),
@@ -478,7 +491,7 @@ _KIND_WEIGHTS: Final = (3, 8, 40, 14, 22, 10, 3)
 # First bytes that change what follows: container and string headers, extension types, 0xc1.
 _HEADER_BYTES: Final = bytes.fromhex("00ff7f808f909fa0bfc0c1c4c6c7cacbcfd3d4d8d9dbdcdddedf")
 _BAD_TAGS: Final = ("", "HELLO", "hello ", "hello\x00", "héllo", "launch", "error", None, 1, True, b"hello")
-_BAD_V: Final = (0, 2, -1, 99, 1 << 53, (1 << 64) - 1, -(1 << 63), 1.0, "1", True, None, b"\x01", [1], Pairs())
+_BAD_V: Final = (0, 1, 3, -1, 99, 1 << 53, (1 << 64) - 1, -(1 << 63), 1.0, "1", True, None, b"\x01", [1], Pairs())
 _SMALL_LIMITS: Final = (0, 1, 2, MAX_TENSOR_RANK, MAX_TENSOR_RANK + 1, MAX_DEVICES, MAX_DEVICES + 1, MAX_CODECS,
                         MAX_CODECS + 1, MAX_CODEC_PARAMS + 1)  # fmt: skip
 _LARGE_LIMITS: Final = (MAX_SHARD_PARAMS, MAX_SHARD_PARAMS + 1, MAX_INNER_STEPS, MAX_INNER_STEPS + 1, MAX_FRAME_VALUES)

@@ -192,7 +192,7 @@ def hello(name: str, *, codecs: tuple[str, ...] = ("int8",)) -> Hello:
         protocol_version=PROTOCOL_VERSION, client_version="bench", token=None, name=name,
         capabilities=Capabilities(
             devices=(Device(kind="cpu", name="bench", memory_bytes=16 << 30),), memory_bytes=16 << 30, threads=1,
-            codecs=codecs, platform="bench",
+            codecs=codecs, platform="bench", runtimes=("torch",), unit_kinds=("train",),
         ),
     )  # fmt: skip
 
@@ -223,7 +223,12 @@ async def ingest(coordinator: LocalCoordinator, dataset: Path, clients: int, upd
     delta, losses = await asyncio.to_thread(honest_update, dataset, coordinator, first)
     payloads = noisy_copies(delta, CodecConfig.from_dict(dict(first.codec)), min(8, updates), seed=0)
     metrics = TrainMetrics(
-        losses=tuple(losses), tokens=first.recipe.tokens_needed - 1, seconds=1.0, device="cpu", device_name="bench"
+        losses=tuple(losses),
+        tokens=first.recipe.tokens_needed - 1,
+        seconds=1.0,
+        device="cpu",
+        device_name="bench",
+        runtime="torch",
     )
     accepted = rejected = 0
     sent_bytes = 0

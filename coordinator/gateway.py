@@ -92,6 +92,7 @@ class Session:
     source: str = ""  # the client's network prefix (coordinator.sources); "" when unknown
     memory_bytes: int = 0
     codecs: tuple[str, ...] = ()
+    runtimes: tuple[str, ...] = ("torch",)  # preferred first, as hello listed them
     blobs: set[str] = field(default_factory=set)  # what this volunteer may download
     errors: int = 0
     connected_at: float = field(default_factory=time.monotonic)
@@ -347,6 +348,7 @@ async def _handshake(session: Session, sessions: Sessions) -> bool:
         "threads": message.capabilities.threads,
         "codecs": list(message.capabilities.codecs),
         "platform": message.capabilities.platform,
+        "runtimes": list(message.capabilities.runtimes),
         "client_version": message.client_version,
     }
     new_token: str | None = None
@@ -385,6 +387,7 @@ async def _handshake(session: Session, sessions: Sessions) -> bool:
     session.volunteer = volunteer
     session.memory_bytes = message.capabilities.memory_bytes
     session.codecs = tuple(message.capabilities.codecs)
+    session.runtimes = tuple(message.capabilities.runtimes)
     previous = sessions.add(session)
     if previous is not None and not previous.ws.closed:
         # One live connection per volunteer: two would lease units twice over under one identity.
@@ -548,6 +551,8 @@ async def _answer_request(session: Session, answer: Assignment | NoWorkAnswer) -
     if isinstance(answer, Assignment):
         unit = work_unit_message(answer)
         session.blobs |= {unit.checkpoint.sha256, unit.data.sha256}
+        if unit.graph is not None:
+            session.blobs.add(unit.graph.sha256)
         await _send(session, unit)
     else:
         await _send(session, NoWork(retry_after_s=answer.retry_after_s, reason=answer.reason))
@@ -584,6 +589,10 @@ async def _assign_work(session: Session, message: RequestWork) -> Assignment | N
         return candidates
     reasons = []
     for runtime in candidates:
+        choice = await service.workers.run(service.runtime_choice, runtime, session.runtimes)
+        if isinstance(choice, NoWorkAnswer):
+            reasons.append(choice)
+            continue
         answer = await service.workers.commit_in_order(
             runtime.row.id,
             runtime.lease,
@@ -592,7 +601,10 @@ async def _assign_work(session: Session, message: RequestWork) -> Assignment | N
             trust=service.trust_of(volunteer),
         )
         if isinstance(answer, Assignment):
-            return answer
+            if not choice.graphs:
+                return answer
+            graph = choice.graphs[answer.unit.shard_index]
+            return dataclasses.replace(answer, runtime=choice.name, graph=(graph.sha256, graph.size))
         reasons.append(answer)
     return min(reasons, key=lambda r: r.retry_after_s)
 
@@ -681,6 +693,8 @@ def _blob_chunk(session: Session, request: BlobRequest) -> BlobChunk:
 
 def work_unit_message(a: Assignment) -> WorkUnit:
     return WorkUnit(
+        kind="train",
+        runtime=a.runtime,  # type: ignore[arg-type]  # "torch" or "onnxruntime", chosen by runtime_choice
         unit_id=a.unit.id,
         lease_id=a.lease_id,
         lease_deadline=a.lease_deadline,
@@ -699,4 +713,5 @@ def work_unit_message(a: Assignment) -> WorkUnit:
         seed=a.unit.seed,
         codec=a.spec.codec.to_dict(),  # type: ignore[arg-type]
         max_update_bytes=a.max_update_bytes,
+        graph=BlobRef(sha256=a.graph[0], size=a.graph[1]) if a.graph is not None else None,
     )

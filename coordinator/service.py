@@ -25,6 +25,7 @@ from coordinator.admission import AdmissionConfig, RegistrationLimiter
 from coordinator.blobs import BlobStore
 from coordinator.campaign import CampaignSpec, SpecError
 from coordinator.engine import Assignment, CampaignRuntime, NoWork, initial_version, model_config_for, shard_plan
+from coordinator.graphs import GraphBlob, GraphBuilds
 from coordinator.sources import SourcePolicy
 from coordinator.store import SQLiteStore, Store, VersionRow, VolunteerRow
 from coordinator.validation import TrustState
@@ -38,7 +39,7 @@ from training.data import DataError, TokenDataset
 from training.evaluate import evaluate
 from training.model import build_model, parameter_groups
 
-__all__ = ["Coordinator", "CoordinatorConfig", "UnsupportedCodec", "hash_token"]
+__all__ = ["Coordinator", "CoordinatorConfig", "RuntimeChoice", "UnsupportedCodec", "hash_token"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,14 @@ class UnsupportedCodec(Exception):
 
 
 @dataclass(frozen=True)
+class RuntimeChoice:
+    """The runtime a volunteer trains a campaign's units with, and for onnxruntime each shard's graph."""
+
+    name: str
+    graphs: tuple[GraphBlob, ...] = ()  # by shard index; empty for torch
+
+
+@dataclass(frozen=True)
 class PreparedCampaign:
     dataset_path: Path
     weights: bytes  # θ_0, safetensors
@@ -96,6 +105,7 @@ class Coordinator:
         self.campaign_listeners: list[Callable[[], None]] = []
         self.admin_token = ""
         self.workers = Workers(group=store.transaction)
+        self.graphs = GraphBuilds(store, blobs)
         self.registrations = RegistrationLimiter(
             burst=config.admission.registration_burst, per_minute=config.admission.registrations_per_minute
         )
@@ -115,6 +125,7 @@ class Coordinator:
         return service
 
     def close(self) -> None:
+        self.graphs.close()
         self.workers.shutdown()
         self.store.close()
 
@@ -314,6 +325,26 @@ class Coordinator:
             candidates = usable
         return candidates
 
+    def runtime_choice(self, campaign: CampaignRuntime, runtimes: tuple[str, ...]) -> RuntimeChoice | NoWork:
+        """The first of the volunteer's `runtimes` (its order of preference) this coordinator can serve
+        `campaign` with now. onnxruntime needs every shard's step graph built; asking starts the builds."""
+        waiting: list[str] = []
+        failed = True
+        for name in runtimes:
+            if name == "torch":
+                return RuntimeChoice("torch")
+            if name != "onnxruntime":
+                continue
+            graphs = [self.graphs.step_graph(campaign.model_config, shard) for shard in campaign.shards]
+            built = [g for g in graphs if isinstance(g, GraphBlob)]
+            if len(built) == len(graphs):
+                return RuntimeChoice("onnxruntime", tuple(built))
+            pending = next(g for g in graphs if not isinstance(g, GraphBlob))
+            waiting.append(f"campaign {campaign.row.name}: {pending.reason}")
+            failed = failed and pending.failed
+        reason = "; ".join(waiting) or "none of the runtimes this app offers trains here"
+        return NoWork(reason, retry_after_s=600 if failed else 15)
+
     @staticmethod
     def trust_of(volunteer: VolunteerRow) -> TrustState:
         return TrustState(volunteer.consecutive_valid, volunteer.errors)
@@ -324,8 +355,12 @@ class Coordinator:
         return self.runtimes.get(unit.campaign_id) if unit else None
 
     def volunteer_may_read(self, volunteer_id: str, digest: str) -> bool:
-        """Blobs a volunteer may download: published checkpoints and its own units' data."""
-        return self.store.is_checkpoint(digest) or self.store.is_unit_data_of(digest, volunteer_id)
+        """Blobs a volunteer may download: published checkpoints, ONNX graphs and its own units' data."""
+        return (
+            self.store.is_checkpoint(digest)
+            or self.graphs.is_graph(digest)
+            or self.store.is_unit_data_of(digest, volunteer_id)
+        )
 
     def tick(self) -> None:
         for runtime in list(self.runtimes.values()):

@@ -108,6 +108,9 @@ CodecValue = (
 DeviceKind = Literal["cpu", "cuda", "mps"]
 TokenDtype = Literal["uint16", "uint32"]
 Phase = Literal["downloading", "training", "paused"]
+Runtime = Literal["torch", "onnxruntime"]
+RUNTIMES: Final[tuple[Runtime, ...]] = ("torch", "onnxruntime")
+UnitKind = Literal["train"]
 AbandonReason = Literal["user_request", "out_of_memory", "diverged", "download_failed", "deadline", "error"]
 ResultStatus = Literal["accepted", "rejected", "duplicate"]
 ToServerType = Literal["hello", "request_work", "blob_request", "progress", "submit", "abandon", "goodbye", "keepalive"]
@@ -153,6 +156,23 @@ class Capabilities(Struct, frozen=True, forbid_unknown_fields=True):
         UNIQUE,
     ]
     platform: Annotated[Name, Meta(description="Operating system and architecture, e.g. linux-x86_64.")]
+    runtimes: Annotated[
+        tuple[Runtime, ...],
+        Meta(
+            min_length=1,
+            max_length=2,
+            description=(
+                "Runtimes the client trains with, preferred first: torch (the reference training core) or "
+                "onnxruntime (runs the ONNX step graph the unit names)."
+            ),
+        ),
+        UNIQUE,
+    ]
+    unit_kinds: Annotated[
+        tuple[UnitKind, ...],
+        Meta(min_length=1, max_length=1, description="Kinds of work unit the client can do."),
+        UNIQUE,
+    ]
 
 
 class BlobRef(Struct, frozen=True, forbid_unknown_fields=True):
@@ -225,6 +245,7 @@ class TrainMetrics(Struct, frozen=True, forbid_unknown_fields=True):
     seconds: Annotated[float, Meta(ge=0.0, le=MAX_DURATION_S, description="Wall-clock training time.")]
     device: Annotated[DeviceKind, Meta(description="Device family the unit trained on.")]
     device_name: Annotated[Name, Meta(description="Device model, as in hello.capabilities.devices.")]
+    runtime: Annotated[Runtime, Meta(description="Runtime the unit trained with, as in work_unit.runtime.")]
     peak_memory_bytes: Annotated[
         Annotated[int, Meta(ge=0, le=MAX_MEMORY_BYTES)] | None,
         Meta(description="Peak device memory used, when the device reports it."),
@@ -378,6 +399,10 @@ class WorkUnit(Struct, frozen=True, forbid_unknown_fields=True):
 
     TYPE: ClassVar[str] = "work_unit"
 
+    kind: Annotated[UnitKind, Meta(description="What to do: train (the only kind in this version).")]
+    runtime: Annotated[
+        Runtime, Meta(description="Runtime to train with: one the client listed in hello.capabilities.runtimes.")
+    ]
     unit_id: Annotated[Id, Meta(description="The unit.")]
     lease_id: Annotated[Id, Meta(description="This lease of the unit; a reissued unit gets a new one.")]
     lease_deadline: Annotated[Deadline, Meta(description="Unix time the lease ends unless progress extends it.")]
@@ -421,8 +446,18 @@ class WorkUnit(Struct, frozen=True, forbid_unknown_fields=True):
     max_update_bytes: Annotated[
         int, Meta(ge=1, le=MAX_UPDATE_BYTES, description="Largest update the coordinator accepts.")
     ]
+    graph: Annotated[
+        BlobRef | None,
+        Meta(
+            description=(
+                "The ONNX training-step graph of this model and shard when runtime is onnxruntime; null for torch."
+            )
+        ),
+    ] = None
 
     def __post_init__(self) -> None:
+        if (self.graph is None) != (self.runtime == "torch"):
+            raise FieldError("graph", "must be a blob when runtime is onnxruntime and null when it is torch")
         if set(self.shard) != set(self.shard_shapes):
             missing = sorted(set(self.shard) - set(self.shard_shapes))
             extra = sorted(set(self.shard_shapes) - set(self.shard))

@@ -439,6 +439,40 @@ class OrtInnerLoop:
                 on_step(StepReport(self.step, config.steps, loss, lr, self.step * config.tokens_per_step))
         return self.result(finished=True)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a local checkpoint needs to resume the unit (as InnerLoop.state_dict, for this loop)."""
+
+        def tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+            return {n: torch.from_numpy(np.array(a, dtype=np.float32)) for n, a in arrays.items()}
+
+        return {
+            "runtime": "onnxruntime",
+            "step": self.step,
+            "losses": list(self.losses),
+            "grad_norms": list(self.grad_norms),
+            "seconds": self.seconds,
+            "start": tensors(self.start),
+            "params": tensors(self.params),
+            "m": tensors(self.m),
+            "v": tensors(self.v),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()`'s output; raises ValueError (or KeyError) for another unit's."""
+        if state.get("runtime") != "onnxruntime":
+            raise ValueError("the checkpoint was written by another runtime")
+        for part in ("start", "params", "m", "v"):
+            arrays = {n: np.asarray(t.numpy(), dtype=np.float32) for n, t in state[part].items()}
+            if sorted(arrays) != sorted(self.trainable) or any(
+                arrays[n].shape != self.start[n].shape for n in self.trainable
+            ):
+                raise ValueError("the checkpoint is for a different model shard")
+            setattr(self, part, arrays)
+        self.step = int(state["step"])
+        self.losses = [float(x) for x in state["losses"]]
+        self.grad_norms = [float(x) for x in state["grad_norms"]]
+        self.seconds = float(state["seconds"])
+
     def result(self, *, finished: bool) -> InnerResult:
         delta = {n: torch.from_numpy(self.start[n] - self.params[n]) for n in self.trainable}
         return InnerResult(

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from protocol.messages import RUNTIMES
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
@@ -41,6 +43,15 @@ def add_volunteer(commands: Subparsers) -> None:
     run.add_argument("--coordinator", required=True, metavar="URL", help="e.g. ws://127.0.0.1:8470/ws")
     run.add_argument("--device", default="auto", metavar="DEVICE", help="auto (default), cpu, cuda, cuda:N or mps")
     run.add_argument("--threads", type=positive_int, default=None, metavar="N", help="CPU threads for training")
+    run.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="torch",
+        help=(
+            "train with PyTorch (default) or with ONNX Runtime and the step graph the coordinator builds "
+            "(needs commonweights[onnx])"
+        ),
+    )
     run.add_argument(
         "--memory-limit",
         type=_memory_size,
@@ -142,6 +153,7 @@ def _run_volunteer(args: argparse.Namespace) -> int:
             coordinator_url=args.coordinator,
             device=args.device,
             threads=args.threads,
+            runtime=args.runtime,
             memory_limit=args.memory_limit,
             config_dir=args.config_dir,
             cache_dir=args.cache_dir,

@@ -44,6 +44,7 @@ from training.checkpoint import CheckpointError, load_state, load_weights, save_
 from training.error_feedback import ErrorFeedback
 from training.inner import InnerConfig, InnerLoop, StepReport
 from training.model import GPT, ModelConfig
+from training.onnx_graphs import OrtInnerLoop
 from volunteer_app.devices import DeviceInfo
 
 __all__ = [
@@ -233,6 +234,7 @@ class UnitRunner:
         self.fault = fault
         self.checkpoint_every_s = checkpoint_every_s
         self.config = inner_config_of(unit.recipe)
+        self.graph: bytes | None = None  # the step graph, for a unit of the onnxruntime runtime
 
     @property
     def resumable(self) -> bool:
@@ -244,13 +246,18 @@ class UnitRunner:
         checkpoint: bytes,
         data: bytes,
         *,
+        graph: bytes | None = None,
         on_step: Callable[[StepReport], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> TrainedUnit | None:
         """Train to the end (the encoded update) or until `should_stop()` at a step boundary (None).
 
-        Runs on the calling thread; the worker calls it through `asyncio.to_thread`.
+        A unit for the onnxruntime runtime trains with its step graph, `graph` (the blob the unit
+        names). Runs on the calling thread; the worker calls it through `asyncio.to_thread`.
         """
+        if (graph is None) != (self.unit.runtime == "torch"):
+            raise RunnerError("error", f"a unit for {self.unit.runtime} needs its graph blob, and only that one")
+        self.graph = graph
         tokens = tokens_of(self.unit, data)
         if self.device.kind == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device.torch_device)
@@ -313,18 +320,36 @@ class UnitRunner:
             seconds=min(result.seconds, 1e7),
             device=self.device.kind,
             device_name=self.device.name,
+            runtime=self.unit.runtime,
             peak_memory_bytes=peak,
         )
         return {name: result.delta[name] for name in unit.shard}, metrics
 
-    def _new_loop(self, checkpoint: bytes) -> InnerLoop:
-        model = self._build_model(checkpoint)
+    def _new_loop(self, checkpoint: bytes) -> InnerLoop | OrtInnerLoop:
         try:
+            if self.graph is not None:
+                params = {n: w.numpy() for n, w in self._weights(checkpoint).items()}
+                return OrtInnerLoop(
+                    self.graph,
+                    self.config,
+                    params,
+                    trainable=self.unit.shard,
+                    global_step=self.unit.recipe.global_step,
+                    threads=torch.get_num_threads(),
+                )
+            model = self._build_model(checkpoint)
             return InnerLoop(model, self.config, global_step=self.unit.recipe.global_step, trainable=self.unit.shard)
         except ValueError as error:
             raise RunnerError("error", f"the unit's shard doesn't fit its model: {error}") from None
 
     def _build_model(self, checkpoint: bytes) -> GPT:
+        weights = self._weights(checkpoint)
+        model = GPT(model_config_of(self.unit.model.config))
+        model.load_state_dict(weights, strict=True)
+        return model.to(self.device.torch_device)
+
+    def _weights(self, checkpoint: bytes) -> dict[str, torch.Tensor]:
+        """The checkpoint's tensors, checked against the unit's model and shard."""
         unit = self.unit
         try:
             config = model_config_of(unit.model.config)
@@ -336,12 +361,9 @@ class UnitRunner:
         if wrong:
             raise RunnerError("error", f"the unit's shard shapes don't match its model: {', '.join(wrong[:3])}")
         try:
-            weights = load_weights(checkpoint, shapes)
+            return load_weights(checkpoint, shapes)
         except CheckpointError as error:
             raise RunnerError("error", f"the unit's checkpoint is unusable: {error}") from None
-        model = GPT(config)
-        model.load_state_dict(weights, strict=True)
-        return model.to(self.device.torch_device)
 
     def _encode(self, delta: dict[str, torch.Tensor], metrics: TrainMetrics) -> TrainedUnit:
         unit = self.unit
@@ -411,7 +433,7 @@ def _poison_first_value(frame: bytes, codec: CodecConfig) -> bytes:
     return frame[:position] + nan + frame[position + len(nan) :]
 
 
-def _load_loop_state(loop: InnerLoop, state: dict[str, Any]) -> bool:
+def _load_loop_state(loop: InnerLoop | OrtInnerLoop, state: dict[str, Any]) -> bool:
     """Whether `state` was loaded; on False the loop may be half-loaded and must be rebuilt."""
     try:
         loop.load_state_dict(state)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib.util
 import ipaddress
 import logging
 import random
@@ -46,6 +47,7 @@ from protocol.codecs import CODEC_NAMES
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.limits import MAX_FRAME_BYTES, MAX_LOSS, RECONNECT_BASE_DELAY_S, RECONNECT_MAX_DELAY_S
 from protocol.messages import (
+    RUNTIMES,
     Abandon,
     AbandonReason,
     BlobChunk,
@@ -64,6 +66,7 @@ from protocol.messages import (
     Progress,
     RequestWork,
     Result,
+    Runtime,
     Submit,
     ToClientMessage,
     ToServerType,
@@ -147,6 +150,7 @@ class WorkerConfig:
     name: str = field(default_factory=_default_name)
     device: str = "auto"
     threads: int | None = None
+    runtime: Runtime = "torch"  # or onnxruntime: train with the step graph the coordinator serves
     memory_limit: int | None = None  # bytes training may use; default: half the RAM, 90 % of a GPU
     config_dir: Path | None = None  # credentials.toml
     cache_dir: Path | None = None  # blobs
@@ -161,6 +165,12 @@ class WorkerConfig:
 
     def __post_init__(self) -> None:
         websocket_url(self.coordinator_url)  # raises WorkerError for a URL we can't use
+        if self.runtime not in RUNTIMES:
+            raise WorkerError("bad_runtime", f"unknown runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        if self.runtime == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
+            raise WorkerError(
+                "bad_runtime", "--runtime onnxruntime needs ONNX Runtime: pip install 'commonweights[onnx]'"
+            )
         if self.threads is not None and self.threads < 1:
             raise WorkerError("bad_config", f"threads must be at least 1, got {self.threads}")
         if self.max_units is not None and self.max_units < 1:
@@ -551,6 +561,8 @@ class Worker:
                 threads=max(1, min(self.config.threads or torch.get_num_threads(), 4096)),
                 codecs=CODEC_NAMES,
                 platform=platform_tag(),
+                runtimes=(self.config.runtime,),
+                unit_kinds=("train",),
             ),
         )
 
@@ -784,9 +796,9 @@ class Worker:
                         self._lease_lost(unit, progress.lease_lost or "lease lost")
                         return
                 heartbeat = asyncio.create_task(self._heartbeats(progress))
-                checkpoint, data = await self._download(unit)
+                checkpoint, data, graph = await self._download(unit)
                 try:
-                    trained = await self._train(unit, progress, checkpoint, data)
+                    trained = await self._train(unit, progress, checkpoint, data, graph)
                 except (RunnerError, _Stopping):
                     raise
                 except Exception as error:  # a bug or a broken unit: give it back rather than crash
@@ -822,13 +834,13 @@ class Worker:
         if trained is not None and trained.alternate_update is not None:
             await self._replay(unit, frame, trained)
 
-    async def _download(self, unit: WorkUnit) -> tuple[bytes, bytes]:
+    async def _download(self, unit: WorkUnit) -> tuple[bytes, bytes, bytes | None]:
+        """The unit's checkpoint, data and (for onnxruntime) step graph, from the cache or the coordinator."""
         self._set_activity(WorkerState.DOWNLOADING, unit.campaign_name)
-        blobs = []
-        for ref in (unit.checkpoint, unit.data):
-            blobs.append(await self._fetch(ref))
-        self.cache.evict(keep={unit.checkpoint.sha256, unit.data.sha256})
-        return blobs[0], blobs[1]
+        refs = [unit.checkpoint, unit.data, *([unit.graph] if unit.graph is not None else [])]
+        blobs = [await self._fetch(ref) for ref in refs]
+        self.cache.evict(keep={ref.sha256 for ref in refs})
+        return blobs[0], blobs[1], blobs[2] if unit.graph is not None else None
 
     async def _fetch(self, ref: BlobRef) -> bytes:
         began = time.monotonic()
@@ -849,7 +861,7 @@ class Worker:
         return await self.cache.fetch(ref, chunk, on_progress=report)
 
     async def _train(
-        self, unit: WorkUnit, progress: _UnitProgress, checkpoint: bytes, data: bytes
+        self, unit: WorkUnit, progress: _UnitProgress, checkpoint: bytes, data: bytes, graph: bytes | None
     ) -> TrainedUnit | None:
         device = self.device
         assert device is not None and self._loop is not None
@@ -871,7 +883,9 @@ class Worker:
                 await self._first(self._unpaused.wait())
             progress.phase = "training"
             self._set_activity(WorkerState.TRAINING, unit.campaign_name)
-            trained = await asyncio.to_thread(runner.run, checkpoint, data, on_step=on_step, should_stop=should_stop)
+            trained = await asyncio.to_thread(
+                runner.run, checkpoint, data, graph=graph, on_step=on_step, should_stop=should_stop
+            )
             if trained is not None or self._stopping.is_set() or progress.lease_lost is not None:
                 return trained
 

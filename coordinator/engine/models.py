@@ -35,6 +35,8 @@ class Assignment:
     global_step: int
     inner: InnerConfig  # the recipe; its schedule spans the whole campaign
     max_update_bytes: int
+    runtime: str = "torch"  # what the volunteer trains with (the gateway decides)
+    graph: tuple[str, int] | None = None  # the ONNX step graph's blob (sha256, size) for onnxruntime
 
 
 @dataclass(frozen=True)

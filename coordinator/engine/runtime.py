@@ -95,6 +95,11 @@ class CampaignRuntime:
         return self.state.inner_config
 
     @property
+    def shards(self) -> list[list[str]]:
+        """The parameter names of each shard, by shard index."""
+        return self.state.shards
+
+    @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return self.state.shapes
 

@@ -83,6 +83,18 @@ class CampaignStore(Protocol):
         """Whether a blob is one of the versions' published checkpoints."""
         ...
 
+    def graph(self, key: str) -> tuple[str, int] | None:
+        """The blob (sha256, size) of the ONNX graph built for `key` (coordinator.graphs), if any."""
+        ...
+
+    def add_graph(self, key: str, sha256: str, size: int) -> None:
+        """Record the blob of the graph built for `key`; a later one for the same key replaces it."""
+        ...
+
+    def is_graph(self, digest: str) -> bool:
+        """Whether a blob is a built ONNX graph (any volunteer may download those)."""
+        ...
+
     def close_round(
         self,
         round_id: int,

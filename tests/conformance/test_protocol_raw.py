@@ -33,7 +33,7 @@ from tests.support.live import LiveCoordinator, live_coordinator
 
 # --- Constants, from docs/protocol.md ----------------------------------------------------------
 
-VERSION = 1  # "Protocol version the frame is written in: 1"
+VERSION = 2  # "Protocol version the frame is written in: 2"
 MAX_FRAME_BYTES = 68157440  # limits table
 MAX_HELLO_FRAME_BYTES = 65536
 MAX_BLOB_CHUNK_BYTES = 4194304
@@ -125,6 +125,8 @@ RECEIVED: dict[str, tuple[set[str], set[str]]] = {
     ),
     "work_unit": (
         {
+            "kind",
+            "runtime",
             "unit_id",
             "lease_id",
             "lease_deadline",
@@ -144,7 +146,7 @@ RECEIVED: dict[str, tuple[set[str], set[str]]] = {
             "codec",
             "max_update_bytes",
         },
-        set(),
+        {"graph"},
     ),
     "no_work": ({"retry_after_s", "reason"}, set()),
     "blob_chunk": ({"sha256", "offset", "total_size", "data"}, set()),
@@ -216,6 +218,8 @@ def hello(*, token: str | None = None, codecs: Sequence[str] = ("int8",), name: 
             "threads": 1,
             "codecs": list(codecs),
             "platform": "linux-x86_64",
+            "runtimes": ["torch"],
+            "unit_kinds": ["train"],
         },
     )
 
@@ -417,6 +421,7 @@ def metrics(unit: Mapping[str, Any]) -> dict[str, Any]:
         "seconds": 1.5,
         "device": "cpu",
         "device_name": "Conformance CPU",
+        "runtime": "torch",
         "peak_memory_bytes": None,
     }
 
@@ -488,7 +493,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, small_dataset: Path) -> Ite
 
 def test_the_progress_frame_is_the_documented_bytes() -> None:
     documented = bytes.fromhex(
-        "89 a4 74 79 70 65 a8 70 72 6f 67 72 65 73 73 a1 76 01 a7 75 6e 69 74 5f 69 64 a4 75 2d 34 32 a8"
+        "89 a4 74 79 70 65 a8 70 72 6f 67 72 65 73 73 a1 76 02 a7 75 6e 69 74 5f 69 64 a4 75 2d 34 32 a8"
         "6c 65 61 73 65 5f 69 64 a6 6c 2d 34 32 2d 31 a4 73 74 65 70 02 ab 73 74 65 70 73 5f 74 6f 74 61"
         "6c 04 a4 6c 6f 73 73 cb 40 21 70 a3 d7 0a 3d 71 a6 74 6f 6b 65 6e 73 cd 01 00 a5 70 68 61 73 65"
         "a8 74 72 61 69 6e 69 6e 67"
@@ -627,15 +632,15 @@ async def test_a_text_frame_is_a_malformed_frame(server: LiveCoordinator) -> Non
         pytest.param(pack(frame("goodbye", reason="")) + b"\x00", id="trailing-byte"),
         pytest.param(pack(["goodbye", 1]), id="not-a-map"),
         pytest.param(pack({"type": "goodbye", "reason": ""}), id="no-v"),
-        pytest.param(b"\x83\xa4type\xa7goodbye\xa1v\x01\xa1v\x01", id="duplicate-key"),
+        pytest.param(b"\x83\xa4type\xa7goodbye\xa1v\x02\xa1v\x02", id="duplicate-key"),
         pytest.param(
-            msgpack.packb({"type": "goodbye", "v": 1, "reason": msgpack.ExtType(1, b"x")}), id="extension-type"
+            msgpack.packb({"type": "goodbye", "v": 2, "reason": msgpack.ExtType(1, b"x")}), id="extension-type"
         ),
         pytest.param(pack(frame("goodbye", reason=""))[:-3], id="truncated"),
-        pytest.param(b"\x83\xa4type\xa7goodbye\xa1v\x01\xa6reason\xc1", id="byte-0xc1"),
+        pytest.param(b"\x83\xa4type\xa7goodbye\xa1v\x02\xa6reason\xc1", id="byte-0xc1"),
         pytest.param(pack({"type": "goodbye", "v": "1", "reason": ""}), id="v-not-an-integer"),
-        pytest.param(pack({"type": 7, "v": 1, "reason": ""}), id="type-not-a-string"),
-        pytest.param(pack({"type": "goodbye", "v": 1, "reason": "", 1: "x"}), id="integer-map-key"),
+        pytest.param(pack({"type": 7, "v": 2, "reason": ""}), id="type-not-a-string"),
+        pytest.param(pack({"type": "goodbye", "v": 2, "reason": "", 1: "x"}), id="integer-map-key"),
         pytest.param(pack(frame("goodbye", reason=[[[[[[[[""]]]]]]]])), id="nesting-deeper-than-8"),
         pytest.param(pack(frame("goodbye", reason=[0] * 70_000)), id="more-than-65536-values"),
     ],

@@ -67,6 +67,8 @@ def hello(token: str | None = None, version: int = PROTOCOL_VERSION) -> Hello:
             threads=1,
             codecs=("fp32", "int8"),
             platform="linux-x86_64",
+            runtimes=("torch",),
+            unit_kinds=("train",),
         ),
     )
 
@@ -286,6 +288,8 @@ def test_the_largest_valid_hello_fits_the_limit_before_hello() -> None:
             threads=MAX_THREADS,
             codecs=tuple(f"{i:02d}".ljust(MAX_KEY_LEN, "c") for i in range(MAX_CODECS)),
             platform=wide * MAX_NAME_LEN,
+            runtimes=("torch", "onnxruntime"),
+            unit_kinds=("train",),
         ),
     )
     assert len(encode(largest)) <= MAX_HELLO_FRAME_BYTES // 4

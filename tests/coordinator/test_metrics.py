@@ -58,7 +58,13 @@ async def server(tmp_path: Path, small_dataset: Path) -> AsyncIterator[TestServe
 def _hello() -> Hello:
     device = Device(kind="cpu", name="test cpu", memory_bytes=8 << 30)
     capabilities = Capabilities(
-        devices=(device,), memory_bytes=8 << 30, threads=1, codecs=("fp32",), platform="linux-x86_64"
+        devices=(device,),
+        memory_bytes=8 << 30,
+        threads=1,
+        codecs=("fp32",),
+        platform="linux-x86_64",
+        runtimes=("torch",),
+        unit_kinds=("train",),
     )
     return Hello(
         protocol_version=PROTOCOL_VERSION, client_version="0.1.0", token=None, name="v", capabilities=capabilities

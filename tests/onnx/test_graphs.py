@@ -14,6 +14,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from coordinator.validation.replication import compare_replicas
+from protocol.codecs import CodecConfig, TensorSpec, decode, encode
+from protocol.errors import ErrorCode
+from training.checkpoint import load_state, save_state
 from training.inner import InnerConfig, InnerLoop, InnerResult
 from training.model import ModelConfig, build_model
 from training.onnx_graphs import (
@@ -130,3 +134,44 @@ def test_the_loss_graph_gives_the_models_loss_for_any_weights() -> None:
     (loss,) = session.run(None, feed | {"input_ids": ids.numpy(), "targets": targets.numpy()})
     with torch.no_grad():
         assert abs(float(loss) - float(model.loss(ids, targets))) < 1e-5
+
+
+def test_an_onnx_unit_stopped_midway_resumes_from_its_saved_state_to_the_same_update(step_graph: bytes) -> None:
+    """What the volunteer saves when paused or shut down (safetensors via training.checkpoint) brings a
+    fresh loop to the update of a run that never stopped."""
+    inner = InnerConfig(steps=4, batch_size=2, seq_len=16, lr=3e-3, warmup_steps=1)
+    params = {n: p.detach().numpy().copy() for n, p in build_model(CONFIG, seed=2).named_parameters()}
+    tokens = torch.randint(0, CONFIG.vocab_size, (inner.tokens_needed,), generator=torch.Generator().manual_seed(1))
+    whole = OrtInnerLoop(step_graph, inner, params, trainable=NAMES, global_step=0).run(tokens)
+
+    first = OrtInnerLoop(step_graph, inner, params, trainable=NAMES, global_step=0)
+    stopped = first.run(tokens, should_stop=lambda: first.step >= 2)
+    assert not stopped.finished and first.step == 2
+    saved = save_state(first.state_dict())
+    second = OrtInnerLoop(step_graph, inner, params, trainable=NAMES, global_step=0)
+    second.load_state_dict(load_state(saved))
+    resumed = second.run(tokens)
+    assert resumed.finished and resumed.losses == whole.losses
+    assert all(torch.equal(resumed.delta[n], whole.delta[n]) for n in NAMES)
+    # A torch loop's checkpoint is not mistaken for one of these.
+    torch_state = InnerLoop(build_model(CONFIG), inner, global_step=0).state_dict()
+    with pytest.raises(ValueError, match="another runtime"):
+        OrtInnerLoop(step_graph, inner, params, trainable=NAMES, global_step=0).load_state_dict(torch_state)
+
+
+def test_replicas_trained_with_onnx_runtime_and_with_torch_agree_and_a_sign_flip_does_not(step_graph: bytes) -> None:
+    """The coordinator's replica comparison, on one unit trained by each runtime and sent through the
+    int8 codec as volunteers send it: the runtimes' difference is far inside its tolerance, a
+    sign-flipped update far outside."""
+    inner = InnerConfig(steps=4, batch_size=2, seq_len=32, grad_accum=2, lr=1e-2, warmup_steps=2, total_steps=40)
+    ort, ref = _both(step_graph, inner, trainable=NAMES, global_step=0)
+    codec = CodecConfig("int8")
+    specs = {n: TensorSpec(tuple(ref.delta[n].shape)) for n in NAMES}
+
+    def wire(delta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return decode(encode(delta, codec), specs, config=codec)
+
+    agreed = compare_replicas(wire(ort.delta), wire(ref.delta))
+    assert agreed.accepted, agreed.message
+    flipped = compare_replicas(wire({n: -t for n, t in ort.delta.items()}), wire(ref.delta))
+    assert not flipped.accepted and flipped.code is ErrorCode.REPLICATION_MISMATCH

@@ -99,6 +99,7 @@ METRICS = TrainMetrics(
     seconds=3.5,
     device="cuda",
     device_name="NVIDIA GeForce RTX 3060",
+    runtime="torch",
     peak_memory_bytes=1_500_000_000,
 )
 CONFIG = ModelConfig(
@@ -128,6 +129,8 @@ RECIPE = InnerRecipe(
     eps=1e-8,
 )
 WORK_UNIT = WorkUnit(
+    kind="train",
+    runtime="torch",
     unit_id="u-42",
     lease_id="l-42-1",
     lease_deadline=1_767_225_600.0,
@@ -162,6 +165,8 @@ EXAMPLES: dict[str, Message] = {
             threads=8,
             codecs=("fp32", "fp16", "bf16", "int8", "topk", "dct"),
             platform="linux-x86_64",
+            runtimes=("torch", "onnxruntime"),
+            unit_kinds=("train",),
         ),
     ),
     "request_work": RequestWork(preferred_campaign="tinystories"),
@@ -374,6 +379,7 @@ def work_units(draw: st.DrawFn) -> WorkUnit:
             "data": BlobRef(kwargs["data"].sha256, tokens * (2 if dtype == "uint16" else 4)),
             "shard_shapes": {param: draw(shape) for param in kwargs["shard"]},
             "codec": kwargs["codec"] | {"name": draw(name)},
+            "graph": (kwargs["graph"] or BlobRef("0" * 64, 1)) if kwargs["runtime"] == "onnxruntime" else None,
         }
     )
 
@@ -497,30 +503,30 @@ def test_more_values_than_the_limit_is_malformed_before_unpacking() -> None:
 
 
 def test_a_duplicate_key_is_malformed() -> None:
-    frame = b"\x83\xa4type\xa7goodbye\xa1v\x01\xa4type\xa5hello"
+    frame = b"\x83\xa4type\xa7goodbye\xa1v\x02\xa4type\xa5hello"
     err = refusal(frame)
     assert (err.code, err.message) == (ErrorCode.MALFORMED_FRAME, "The key 'type' appears twice in one map.")
 
 
 def test_a_duplicate_key_in_a_nested_map_is_malformed_however_it_is_spelled() -> None:
     # The second "n" is a str8: the same key in a longer encoding; msgspec alone would let it win.
-    frame = b"\x83\xa4type\xa7goodbye\xa1v\x01\xa6reason\x82\xa1n\x01\xd9\x01n\x02"
+    frame = b"\x83\xa4type\xa7goodbye\xa1v\x02\xa6reason\x82\xa1n\x01\xd9\x01n\x02"
     err = refusal(frame)
     assert (err.code, err.message) == (ErrorCode.MALFORMED_FRAME, "The key 'n' appears twice in one map.")
 
 
 def test_a_bin_key_is_not_the_str_key_with_the_same_bytes() -> None:
-    frame = b"\x83\xa4type\xa7goodbye\xa1v\x01\xa6reason\x82\xa1n\x01\xc4\x01n\x02"
+    frame = b"\x83\xa4type\xa7goodbye\xa1v\x02\xa6reason\x82\xa1n\x01\xc4\x01n\x02"
     assert refusal(frame).code is ErrorCode.SCHEMA_VIOLATION
 
 
 def test_the_envelope_is_read_from_the_frame_map_only() -> None:
-    err = refusal({"reason": {"type": "goodbye", "v": 1}})
+    err = refusal({"reason": {"type": "goodbye", "v": 2}})
     assert (err.code, err.message) == (ErrorCode.MALFORMED_FRAME, "The frame has no 'type' string naming its message.")
 
 
 def test_invalid_utf8_is_malformed() -> None:
-    frame = b"\x83\xa4type\xa7goodbye\xa1v\x01\xa6reason\xa2\xff\xfe"
+    frame = b"\x83\xa4type\xa7goodbye\xa1v\x02\xa6reason\xa2\xff\xfe"
     assert refusal(frame).code is ErrorCode.MALFORMED_FRAME
 
 
@@ -539,8 +545,8 @@ def test_a_frame_over_max_bytes_is_refused_before_unpacking() -> None:
 @pytest.mark.parametrize(
     ("frame", "expected"),
     [
-        ({"v": 1, "reason": "x"}, "no 'type' string"),
-        ({"type": 7, "v": 1}, "no 'type' string"),
+        ({"v": 2, "reason": "x"}, "no 'type' string"),
+        ({"type": 7, "v": 2}, "no 'type' string"),
         ({"type": "goodbye", "reason": "x"}, "no integer 'v'"),
         ({"type": "goodbye", "v": "1", "reason": "x"}, "no integer 'v'"),
         ({"type": "goodbye", "v": True, "reason": "x"}, "no integer 'v'"),
@@ -554,7 +560,7 @@ def test_a_missing_or_mistyped_envelope_is_malformed(frame: dict[str, Any], expe
 
 
 def test_an_unknown_type_is_refused_with_the_accepted_ones() -> None:
-    err = refusal({"type": "hack", "v": 1})
+    err = refusal({"type": "hack", "v": 2})
     assert err.code is ErrorCode.UNKNOWN_TYPE
     assert "'hack'" in err.message and "hello, request_work" in err.message
     assert err.ref_type is None
@@ -1069,7 +1075,7 @@ def render_type(t: mi.Type, literal: tuple[Any, ...] = ()) -> str:
     if isinstance(t, mi.EnumType):
         return "[ErrorCode](#error-codes)"
     if isinstance(t, mi.VarTupleType):
-        return f"array of {render_type(t.item_type)}"
+        return f"array of {render_type(t.item_type, literal)}"
     if isinstance(t, mi.DictType):
         return f"map of str to {render_type(t.value_type)}"
     assert isinstance(t, mi.StructType)

@@ -36,6 +36,8 @@ def make_unit(*, shard: tuple[str, ...] | None = None, max_update_bytes: int | N
     shard = shard or tuple(SHAPES)
     specs = {n: TensorSpec(SHAPES[n]) for n in shard}
     return WorkUnit(
+        kind="train",
+        runtime="torch",
         unit_id="u-1",
         lease_id="l-1",
         lease_deadline=2e9,

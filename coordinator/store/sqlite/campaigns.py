@@ -97,6 +97,20 @@ class SQLiteCampaigns(SQLiteWork):
     def is_checkpoint(self, digest: str) -> bool:
         return self._one("SELECT 1 FROM versions WHERE checkpoint_sha = ? LIMIT 1", (digest,)) is not None
 
+    def graph(self, key: str) -> tuple[str, int] | None:
+        row = self._one("SELECT sha256, size FROM graphs WHERE key = ?", (key,))
+        return (str(row[0]), int(row[1])) if row is not None else None
+
+    def add_graph(self, key: str, sha256: str, size: int) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO graphs (key, sha256, size, created_at) VALUES (?, ?, ?, ?)",
+                (key, sha256, size, self.clock()),
+            )
+
+    def is_graph(self, digest: str) -> bool:
+        return self._one("SELECT 1 FROM graphs WHERE sha256 = ? LIMIT 1", (digest,)) is not None
+
     def close_round(
         self,
         round_id: int,

@@ -143,6 +143,17 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (prefix, volunteer_id)
     );
     """,
+    # 3 -> 4: ONNX graphs built for a model config and shard (coordinator.graphs), by a key naming what
+    # they were built from, so a restart serves them again instead of exporting for minutes
+    """
+    CREATE TABLE graphs (
+        key TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX graphs_by_sha ON graphs (sha256);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

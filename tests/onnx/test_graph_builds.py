@@ -1,0 +1,82 @@
+"""The coordinator's step graphs (coordinator/graphs.py): built on demand in a process of their own,
+served as blobs, remembered across restarts, and chosen per volunteer by its list of runtimes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import onnx
+
+from coordinator.campaign import CampaignSpec
+from coordinator.engine import NoWork
+from coordinator.graphs import GraphBlob, GraphPending
+from coordinator.service import Coordinator, CoordinatorConfig, RuntimeChoice
+from training.model import ModelConfig
+
+T = TypeVar("T")
+
+
+def poll(what: str, check: Callable[[], T | None], *, timeout: float = 300) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found is not None:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_a_campaigns_graph_is_built_once_served_as_a_blob_and_kept_across_a_restart(
+    tmp_path: Path, small_dataset: Path
+) -> None:
+    config = CoordinatorConfig(data_dir=tmp_path, datasets={"small": small_dataset})
+    spec = CampaignSpec.from_dict(
+        {"name": "graphs", "dataset": "small", "model": "tiny", "inner": {"steps": 2, "batch_size": 2, "seq_len": 32}}
+    )
+    service = Coordinator.open(config)
+    try:
+        campaign = service.runtimes[service.create_campaign(spec, owner="test")]
+        # Torch first, or torch as the fallback while the graph is built: no waiting.
+        assert service.runtime_choice(campaign, ("torch", "onnxruntime")) == RuntimeChoice("torch")
+        assert service.runtime_choice(campaign, ("onnxruntime", "torch")) == RuntimeChoice("torch")
+        waiting = service.runtime_choice(campaign, ("onnxruntime",))
+        assert isinstance(waiting, NoWork) and "building" in waiting.reason and waiting.retry_after_s == 15
+
+        def built() -> RuntimeChoice | None:
+            choice = service.runtime_choice(campaign, ("onnxruntime",))
+            return choice if isinstance(choice, RuntimeChoice) else None
+
+        choice = poll("the step graph", built)
+        (graph,) = choice.graphs  # one shard
+        data = service.blobs.get(graph.sha256)
+        assert len(data) == graph.size and service.volunteer_may_read("anyone", graph.sha256)
+        model = onnx.load_from_string(data)
+        assert [i.name for i in model.graph.input][:1] == ["param.embed.weight"]
+        assert service.runtime_choice(campaign, ("onnxruntime", "torch")) == choice
+    finally:
+        service.close()
+    again = Coordinator.open(config)
+    try:
+        campaign = next(iter(again.runtimes.values()))
+        assert again.runtime_choice(campaign, ("onnxruntime",)) == choice, "served at once, not exported again"
+    finally:
+        again.close()
+
+
+def test_a_graph_that_cannot_be_built_is_reported_and_not_retried(tmp_path: Path, small_dataset: Path) -> None:
+    service = Coordinator.open(CoordinatorConfig(data_dir=tmp_path, datasets={"small": small_dataset}))
+    try:
+        config = ModelConfig(vocab_size=64, d_model=16, n_layer=1, n_head=2, d_ff=32, max_seq_len=16)
+
+        def failed() -> GraphPending | None:
+            answer = service.graphs.step_graph(config, ["no.such.parameter"])
+            assert not isinstance(answer, GraphBlob)
+            return answer if answer.failed else None
+
+        refused = poll("the failed build", failed, timeout=120)
+        assert "doesn't export to ONNX" in refused.reason and "no.such.parameter" in refused.reason
+    finally:
+        service.close()
