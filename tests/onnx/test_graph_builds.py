@@ -3,10 +3,7 @@ served as blobs, remembered across restarts, and chosen per volunteer by its lis
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import onnx
 
@@ -14,19 +11,8 @@ from coordinator.campaign import CampaignSpec
 from coordinator.engine import NoWork
 from coordinator.graphs import GraphBlob, GraphPending
 from coordinator.service import Coordinator, CoordinatorConfig, RuntimeChoice
+from tests.support.live import poll
 from training.model import ModelConfig
-
-T = TypeVar("T")
-
-
-def poll(what: str, check: Callable[[], T | None], *, timeout: float = 300) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found is not None:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def test_a_campaigns_graph_is_built_once_served_as_a_blob_and_kept_across_a_restart(
@@ -49,7 +35,7 @@ def test_a_campaigns_graph_is_built_once_served_as_a_blob_and_kept_across_a_rest
             choice = service.runtime_choice(campaign, ("onnxruntime",))
             return choice if isinstance(choice, RuntimeChoice) else None
 
-        choice = poll("the step graph", built)
+        choice = poll("the step graph", built, timeout=300)
         (graph,) = choice.graphs  # one shard
         data = service.blobs.get(graph.sha256)
         assert len(data) == graph.size and service.volunteer_may_read("anyone", graph.sha256)

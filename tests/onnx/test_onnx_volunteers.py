@@ -10,8 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,9 @@ import pytest
 
 from coordinator.blobs import BlobStore
 from coordinator.local import LocalCoordinator, start_coordinator, stop
+from tests.support.live import poll
 
 pytestmark = pytest.mark.slow
-
-
-def poll(condition: Callable[[], Any], *, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture
@@ -82,7 +72,7 @@ def test_an_onnx_runtime_volunteer_trains_with_the_served_graph_and_its_replicas
     db = sqlite3.connect(f"file:{coordinator.data_dir / 'coordinator.sqlite3'}?mode=ro", uri=True)
     try:
         # The first request from the ONNX volunteer starts the graph build (a minute or two here).
-        poll(lambda: db.execute("SELECT 1 FROM graphs").fetchone(), timeout=400, what="the step graph")
+        poll("the step graph", lambda: db.execute("SELECT 1 FROM graphs").fetchone(), timeout=400)
         (graph_sha, graph_size) = db.execute("SELECT sha256, size FROM graphs").fetchone()
         assert BlobStore(coordinator.data_dir / "blobs").size(graph_sha) == graph_size > 100_000
 
@@ -96,9 +86,9 @@ def test_an_onnx_runtime_volunteer_trains_with_the_served_graph_and_its_replicas
             ).fetchall()
             return [(str(x), str(y)) for x, y in rows]
 
-        poll(lambda: {"ort", "pt"} <= {name for pair in pairs() for name in pair}, timeout=400, what="agreed replicas")
+        poll("agreed replicas", lambda: {"ort", "pt"} <= {name for pair in pairs() for name in pair}, timeout=400)
         assert all(x != y for x, y in pairs()), "each replica was computed by the other runtime"
-        poll(lambda: coordinator.api.campaign(campaign_id)["version"] >= 2, timeout=300, what="two versions")
+        poll("two versions", lambda: coordinator.api.campaign(campaign_id)["version"] >= 2, timeout=300)
     finally:
         for process in processes:
             stop(process, grace=15)

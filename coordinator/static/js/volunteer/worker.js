@@ -1,0 +1,424 @@
+// The browser volunteer: a module Web Worker that speaks the volunteer protocol over a WebSocket and
+// trains units with ONNX Runtime Web (wasm). Written from docs/protocol.md.
+//
+// The page sends: {type: "start", url, token, name, threads, cpuShare, clientVersion, platform,
+// leftover}, {type: "pause"}, {type: "resume"}, {type: "cpu", share}, {type: "stop"}. The worker
+// posts: status, token, welcome, unit, download, step, result, unit-done, error (see post() calls).
+import * as ort from "../../vendor/onnxruntime-web-1.30.0/ort.wasm.min.mjs";
+import * as F from "./frames.js";
+import { encodeUpdate, readSafetensors } from "./tensors.js";
+import { learningRate, stepBatch, tokenIds, tokensNeeded } from "./recipe.js";
+
+ort.env.wasm.wasmPaths = new URL("../../vendor/onnxruntime-web-1.30.0/", import.meta.url).href;
+ort.env.wasm.proxy = false;
+ort.env.logLevel = "error";
+
+const CACHE = "commonweights-blobs-v1";
+const LOST = new Set(["lease_expired", "not_your_lease", "unknown_unit"]);
+const NO_RECONNECT = new Set([4426, 4403, 4409]);
+const MAX_BLOB_BYTES = 2 ** 31;
+
+let settings = null;
+let paused = false;
+let stopping = false;
+let wake = () => {};
+const sessions = new Map(); // graph sha256 -> InferenceSession
+
+const post = (message) => self.postMessage(message);
+const status = (state, detail = "") => post({ type: "status", state, detail });
+
+class Fatal extends Error {
+  constructor(message, code) {
+    super(message);
+    this.code = code;
+  }
+}
+
+/** The WebSocket, with replies matched to requests (protocol.md: "a reply is matched by the ids it carries"). */
+class Link {
+  constructor(url) {
+    this.url = url;
+    this.waiters = [];
+    this.closed = null;
+    this.lastSent = 0;
+    this.welcome = null;
+  }
+
+  open(helloFrame) {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(this.url);
+      ws.binaryType = "arraybuffer";
+      this.ws = ws;
+      ws.onopen = () => this.send(helloFrame);
+      ws.onmessage = (event) => {
+        let message;
+        try {
+          message = F.readFrame(new Uint8Array(event.data));
+        } catch (error) {
+          post({ type: "error", message: `unreadable frame: ${error.message}` });
+          return;
+        }
+        if (!this.welcome) {
+          if (message.type === "welcome") {
+            this.welcome = message;
+            this.timer = setInterval(() => this.keepalive(), 1000);
+            resolve(message);
+          } else if (message.type === "error") {
+            reject(new Fatal(message.message, message.code));
+          }
+          return;
+        }
+        this.route(message);
+      };
+      ws.onclose = (event) => {
+        clearInterval(this.timer);
+        this.closed = event.code || 1006;
+        const error = new Fatal(`the connection closed (${this.closed})`, this.closed);
+        reject(error);
+        for (const waiter of this.waiters.splice(0)) waiter.reject(error);
+      };
+    });
+  }
+
+  send(bytes) {
+    if (this.ws.readyState !== WebSocket.OPEN) throw new Fatal("not connected", 1006);
+    this.ws.send(bytes);
+    this.lastSent = performance.now();
+  }
+
+  keepalive() {
+    const every = (this.welcome?.heartbeat_interval_s ?? 15) * 1000;
+    if (this.ws.readyState === WebSocket.OPEN && performance.now() - this.lastSent > every / 2) this.send(F.keepalive());
+  }
+
+  route(message) {
+    if (message.type === "error") {
+      if (message.fatal) {
+        for (const waiter of this.waiters.splice(0)) waiter.reject(new Fatal(message.message, message.code));
+        post({ type: "error", message: message.message, code: message.code });
+        return;
+      }
+      const waiter = this.waiters.find((w) => w.refType === message.ref_type && (!w.refId || w.refId === message.ref_id));
+      if (waiter) {
+        this.waiters.splice(this.waiters.indexOf(waiter), 1);
+        waiter.reject(Object.assign(new Error(message.message), { code: message.code, retryAfter: message.retry_after_s }));
+      }
+      return;
+    }
+    const waiter = this.waiters.find((w) => w.matches(message));
+    if (waiter) {
+      this.waiters.splice(this.waiters.indexOf(waiter), 1);
+      waiter.resolve(message);
+    }
+  }
+
+  /** Send `bytes` and wait for the message `matches` accepts (or the error frame about it). */
+  request(bytes, matches, refType, refId = null) {
+    return new Promise((resolve, reject) => {
+      this.waiters.push({ matches, resolve, reject, refType, refId });
+      try {
+        this.send(bytes);
+      } catch (error) {
+        reject(error);
+      }
+    });
+  }
+
+  close(reason) {
+    try {
+      if (this.ws.readyState === WebSocket.OPEN) this.send(F.goodbye(reason));
+      this.ws.close(1000, reason.slice(0, 100));
+    } catch {
+      // already closed
+    }
+  }
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    wake = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+  });
+}
+
+async function whileRunning(detail = "") {
+  if (paused && !stopping) status("paused", detail);
+  while (paused && !stopping) await sleep(60_000);
+}
+
+async function sha256Hex(bytes) {
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** A blob by its BlobRef: from Cache Storage when there and intact, else in chunks from the coordinator. */
+async function fetchBlob(link, ref, onBytes) {
+  if (!(ref.size >= 0 && ref.size <= MAX_BLOB_BYTES)) throw new Error(`a blob of ${ref.size} bytes`);
+  const key = `/blobs/${ref.sha256}`;
+  const cache = self.caches ? await self.caches.open(CACHE) : null;
+  const cached = cache ? await cache.match(key) : null;
+  if (cached) {
+    const bytes = new Uint8Array(await cached.arrayBuffer());
+    if (bytes.length === ref.size && (await sha256Hex(bytes)) === ref.sha256) return bytes;
+    await cache.delete(key);
+  }
+  const bytes = new Uint8Array(ref.size);
+  let offset = 0;
+  while (offset < ref.size) {
+    const length = Math.min(F.MAX_BLOB_CHUNK_BYTES, ref.size - offset);
+    const at = offset;
+    const chunk = await link.request(
+      F.blobRequest(ref.sha256, at, length),
+      (m) => m.type === "blob_chunk" && m.sha256 === ref.sha256 && m.offset === at,
+      "blob_request",
+      ref.sha256,
+    );
+    if (chunk.total_size !== ref.size || chunk.data.length === 0 || at + chunk.data.length > ref.size) {
+      throw new Error("the coordinator sent a chunk that doesn't fit the blob");
+    }
+    bytes.set(chunk.data, at);
+    offset += chunk.data.length;
+    onBytes(offset, ref.size);
+  }
+  if ((await sha256Hex(bytes)) !== ref.sha256) throw new Error(`blob ${ref.sha256.slice(0, 12)} failed its SHA-256 check`);
+  if (cache) await cache.put(key, new Response(bytes));
+  return bytes;
+}
+
+async function sessionFor(sha256, graph) {
+  if (!sessions.has(sha256)) {
+    ort.env.wasm.numThreads = settings.threads;
+    sessions.set(sha256, await ort.InferenceSession.create(graph, { executionProviders: ["wasm"] }));
+  }
+  return sessions.get(sha256);
+}
+
+/** Trains `unit` (protocol.md, "Training a unit") and submits it; resolves when the result is in. */
+async function doUnit(link, unit) {
+  post({ type: "unit", unitId: unit.unit_id, leaseId: unit.lease_id, campaign: unit.campaign_name, steps: unit.recipe.steps });
+  const progress = { step: 0, loss: null, tokens: 0, phase: "downloading", lost: null };
+  const every = link.welcome.heartbeat_interval_s * 1000;
+  const beat = async () => {
+    try {
+      await link.request(
+        F.progress(unit, progress),
+        (m) => m.type === "lease_extended" && m.unit_id === unit.unit_id,
+        "progress",
+        unit.unit_id,
+      );
+    } catch (error) {
+      if (LOST.has(error.code)) progress.lost = error.message;
+    }
+  };
+  const heartbeat = setInterval(beat, Math.max(1000, every * 0.8));
+  try {
+    if (unit.runtime !== "onnxruntime" || !unit.graph) throw Object.assign(new Error("a unit for another runtime"), { reason: "error" });
+    if (!F.CODECS.includes(unit.codec.name)) throw Object.assign(new Error(`codec ${unit.codec.name}`), { reason: "error" });
+    status("downloading", unit.campaign_name);
+    const refs = [unit.graph, unit.checkpoint, unit.data];
+    const total = refs.reduce((sum, r) => sum + r.size, 0);
+    let before = 0;
+    const blobs = [];
+    for (const ref of refs) {
+      blobs.push(await fetchBlob(link, ref, (done) => post({ type: "download", done: before + done, total })));
+      before += ref.size;
+    }
+    const [graph, checkpoint, data] = blobs;
+    const recipe = unit.recipe;
+    const ids = tokenIds(data, unit.data_dtype, unit.data_tokens);
+    if (ids.length < tokensNeeded(recipe)) throw new Error("the data slice is shorter than the recipe needs");
+    const weights = readSafetensors(checkpoint);
+    const session = await sessionFor(unit.graph.sha256, graph);
+    const shard = unit.shard;
+    const params = {};
+    const start = {};
+    const m = {};
+    const v = {};
+    const feeds = {};
+    for (const [name, { shape, data: values }] of weights) {
+      if (shard.includes(name)) {
+        const wanted = unit.shard_shapes[name];
+        if (wanted.length !== shape.length || wanted.some((d, i) => d !== shape[i])) throw new Error(`${name} has the wrong shape`);
+        start[name] = values;
+        params[name] = values;
+        m[name] = new Float32Array(values.length);
+        v[name] = new Float32Array(values.length);
+      } else {
+        feeds[`frozen.${name}`] = new ort.Tensor("float32", values, shape);
+      }
+    }
+    const shapes = Object.fromEntries(shard.map((n) => [n, unit.shard_shapes[n]]));
+    const losses = [];
+    let seconds = 0;
+    for (let s = 0; s < recipe.steps; s++) {
+      if (paused) {
+        progress.phase = "paused";
+        await whileRunning(`step ${s} of ${recipe.steps}`);
+      }
+      if (stopping) throw Object.assign(new Error("the page was closed"), { reason: "user_request" });
+      if (progress.lost) throw Object.assign(new Error(progress.lost), { lost: true });
+      progress.phase = "training";
+      status("training", unit.campaign_name);
+      const began = performance.now();
+      const { inputs, targets, rows } = stepBatch(ids, recipe, s);
+      const lr = learningRate(recipe, recipe.global_step + s);
+      for (const n of shard) {
+        feeds[`param.${n}`] = new ort.Tensor("float32", params[n], shapes[n]);
+        feeds[`m.${n}`] = new ort.Tensor("float32", m[n], shapes[n]);
+        feeds[`v.${n}`] = new ort.Tensor("float32", v[n], shapes[n]);
+      }
+      feeds.input_ids = new ort.Tensor("int64", inputs, [rows, recipe.seq_len]);
+      feeds.targets = new ort.Tensor("int64", targets, [rows, recipe.seq_len]);
+      feeds.hyper = new ort.Tensor(
+        "float32",
+        new Float32Array([s + 1, lr, recipe.beta1, recipe.beta2, recipe.eps, recipe.weight_decay, recipe.grad_clip]),
+        [7],
+      );
+      const out = await session.run(feeds);
+      const loss = out.loss.data[0];
+      if (!Number.isFinite(loss) || loss > 1e6) throw Object.assign(new Error(`training diverged: loss ${loss}`), { reason: "diverged" });
+      for (const n of shard) {
+        params[n] = out[`new_param.${n}`].data;
+        m[n] = out[`new_m.${n}`].data;
+        v[n] = out[`new_v.${n}`].data;
+      }
+      const elapsed = (performance.now() - began) / 1000;
+      seconds += elapsed;
+      losses.push(loss);
+      progress.step = s + 1;
+      progress.loss = loss;
+      progress.tokens = (s + 1) * rows * recipe.seq_len;
+      post({ type: "step", step: s + 1, steps: recipe.steps, loss, tokensPerSecond: (rows * recipe.seq_len) / elapsed });
+      if (settings.cpuShare < 1) await sleep(elapsed * 1000 * (1 / settings.cpuShare - 1));
+    }
+    const delta = {};
+    for (const n of shard) {
+      const d = new Float32Array(start[n].length);
+      for (let i = 0; i < d.length; i++) d[i] = start[n][i] - params[n][i];
+      delta[n] = d;
+    }
+    const update = encodeUpdate(unit.codec, shard, shapes, delta);
+    if (update.length > unit.max_update_bytes) throw new Error(`the update is ${update.length} bytes, over the unit's limit`);
+    const metrics = { losses, tokens: progress.tokens, seconds: Math.min(seconds, 1e7), deviceName: settings.deviceName };
+    clearInterval(heartbeat);
+    status("submitting", unit.campaign_name);
+    const result = await link.request(
+      F.submit(unit, update, await sha256Hex(update), metrics),
+      (message) => message.type === "result" && message.unit_id === unit.unit_id,
+      "submit",
+      unit.unit_id,
+    );
+    post({ type: "result", status: result.status, code: result.code, message: result.message, credit: result.credit });
+  } catch (error) {
+    if (error instanceof Fatal) throw error;
+    if (!error.lost) {
+      const reason = error.reason ?? "error";
+      try {
+        link.send(F.abandon(unit, reason, String(error.message)));
+      } catch {
+        // the connection is gone; the lease runs out
+      }
+    }
+    post({ type: "error", message: `unit ${unit.unit_id.slice(0, 8)}: ${error.message}` });
+  } finally {
+    clearInterval(heartbeat);
+    post({ type: "unit-done", unitId: unit.unit_id });
+  }
+}
+
+async function work(link) {
+  if (settings.leftover) {
+    // A unit held before a reload: its progress is gone with the page, so give it back at once.
+    link.send(F.abandon(settings.leftover, "user_request", "the page was reloaded"));
+    post({ type: "unit-done", unitId: settings.leftover.unit_id });
+    settings.leftover = null;
+  }
+  while (!stopping) {
+    await whileRunning();
+    if (stopping) return;
+    status("waiting", "asking for work");
+    let reply;
+    try {
+      reply = await link.request(F.requestWork(), (m) => m.type === "work_unit" || m.type === "no_work", "request_work");
+    } catch (error) {
+      if (error instanceof Fatal) throw error;
+      status("waiting", error.message);
+      await sleep((error.retryAfter ?? 30) * 1000);
+      continue;
+    }
+    if (reply.type === "no_work") {
+      status("waiting", reply.reason);
+      await sleep(Math.max(1, reply.retry_after_s) * 1000);
+      continue;
+    }
+    await doUnit(link, reply);
+  }
+}
+
+async function run() {
+  let attempt = 0;
+  while (!stopping) {
+    const link = new Link(settings.url);
+    try {
+      status("connecting", settings.url);
+      const welcome = await link.open(
+        F.hello({
+          token: settings.token,
+          name: settings.name,
+          clientVersion: settings.clientVersion,
+          memoryBytes: settings.memoryBytes,
+          threads: settings.threads,
+          platform: settings.platform,
+          deviceName: settings.deviceName,
+        }),
+      );
+      attempt = 0;
+      if (welcome.token) {
+        settings.token = welcome.token;
+        post({ type: "token", token: welcome.token });
+      }
+      post({ type: "welcome", volunteerId: welcome.volunteer_id, credit: welcome.credit_total });
+      self.currentLink = link;
+      await work(link);
+      link.close("the volunteer stopped");
+      return;
+    } catch (error) {
+      link.close("error");
+      if (error.code === "unauthorized") {
+        settings.token = null;
+        post({ type: "token", token: null });
+        continue;
+      }
+      if (NO_RECONNECT.has(link.closed) || ["version_mismatch", "banned", "session_replaced"].includes(error.code)) {
+        status("stopped", error.message);
+        return;
+      }
+      attempt += 1;
+      const delay = Math.min(300, 2 ** attempt) * (0.5 + Math.random() / 2);
+      status("reconnecting", `${error.message}; again in ${delay.toFixed(0)} s`);
+      await sleep(delay * 1000);
+    }
+  }
+}
+
+self.onmessage = (event) => {
+  const message = event.data;
+  if (message.type === "start" && settings === null) {
+    settings = { ...message, threads: self.crossOriginIsolated ? Math.max(1, message.threads) : 1 };
+    run().then(() => status("stopped", "stopped"));
+  } else if (message.type === "pause") {
+    paused = true;
+  } else if (message.type === "resume") {
+    paused = false;
+    wake();
+  } else if (message.type === "cpu") {
+    if (settings) settings.cpuShare = Math.min(1, Math.max(0.1, message.share));
+  } else if (message.type === "stop") {
+    stopping = true;
+    wake();
+    self.currentLink?.close("the page was closed");
+  }
+};

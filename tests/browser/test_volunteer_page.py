@@ -1,0 +1,189 @@
+"""The browser volunteer (/volunteer) in Debian's Chromium, driven by Playwright, against a live
+coordinator process: a tab trains units with onnxruntime-web that the coordinator accepts, pauses
+while hidden, loads nothing from another origin, and a tab closed mid-unit leaves its unit to others.
+
+Skipped, saying why, where /usr/bin/chromium or the playwright package is missing (`.ci/run`
+installs both). COMMONWEIGHTS_SCREENSHOTS=docs/screenshots refreshes the committed screenshots.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.support.live import REPO, LiveCoordinator, live_coordinator, poll, stop
+
+CHROMIUM = Path(os.environ.get("COMMONWEIGHTS_CHROMIUM", "/usr/bin/chromium"))
+if not CHROMIUM.exists():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+pytest.importorskip("onnxscript", reason="the coordinator needs commonweights[onnx] to build step graphs")
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync", "--disable-component-update"]
+TRAINING_S = 420.0  # a bound (the graph is built on the first request), not a sleep
+LEASE_S = 10
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, small_dataset: Path) -> Iterator[LiveCoordinator]:
+    with live_coordinator(
+        tmp_path_factory.mktemp("volunteer-page"), small_dataset, extra_args=["--heartbeat-interval", "2"]
+    ) as live:
+        live.api.post_campaign(
+            {
+                "name": "browser",
+                "dataset": "small",
+                "model": "tiny",
+                "codec": "int8",
+                "token_budget": 50_000_000,
+                "inner": {"steps": 48, "batch_size": 4, "seq_len": 64, "warmup_steps": 2},
+                "rounds": {"units_per_round": 1, "min_accepted": 1, "lease_s": LEASE_S, "deadline_s": 600},
+                "validation": {"replication_rate": 0.0},
+            }
+        )
+        yield live
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+class Tab:
+    """A /volunteer tab in a context of its own (its own localStorage: its own volunteer), recording
+    every request's origin and every script error."""
+
+    def __init__(self, browser: Any, server: LiveCoordinator, viewport: dict[str, int]) -> None:
+        self.context = browser.new_context(viewport=viewport, base_url=server.url)
+        self.context.set_default_timeout(20_000)
+        self.page = self.context.new_page()
+        self.origins: set[str] = set()
+        self.errors: list[str] = []
+        self.context.on("request", lambda request: self.origins.add(_origin(request.url)))
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.goto("/volunteer")
+
+    def text(self, element_id: str) -> str:
+        return str(self.page.locator(f"#{element_id}").inner_text())
+
+    def worker_state(self) -> str:
+        return str(self.page.evaluate("document.body.dataset.workerState || ''"))
+
+    def set_hidden(self, hidden: bool) -> None:
+        """What the browser does when the tab goes to the background (headless tabs never do)."""
+        self.page.evaluate(
+            """hidden => {
+                Object.defineProperty(document, 'hidden', {configurable: true, get: () => hidden});
+                Object.defineProperty(document, 'visibilityState', {configurable: true,
+                    get: () => hidden ? 'hidden' : 'visible'});
+                document.dispatchEvent(new Event('visibilitychange'));
+            }""",
+            hidden,
+        )
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https", "ws", "wss") else parts.scheme
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("COMMONWEIGHTS_SCREENSHOTS", tmp_path))
+    folder = folder if folder.is_absolute() else REPO / folder
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _db(server: LiveCoordinator) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{server.data_dir / 'coordinator.sqlite3'}?mode=ro", uri=True)
+
+
+def test_a_tab_trains_accepted_units_that_move_the_model_pauses_while_hidden_and_loads_only_this_origin(
+    browser: Any, server: LiveCoordinator, shots: Path
+) -> None:
+    tab = Tab(browser, server, {"width": 1280, "height": 900})
+    assert tab.page.evaluate("crossOriginIsolated"), "COOP/COEP: wasm threads need an isolated page"
+    tab.page.get_by_role("button", name="Start").click()
+    poll("a unit in training", lambda: tab.worker_state() == "training", timeout=TRAINING_S)
+
+    # Hidden: the worker stops at the next step boundary and stays there until the tab is visible.
+    tab.set_hidden(True)
+    poll("the worker to pause", lambda: tab.worker_state() == "paused", timeout=60)
+    assert "hidden" in tab.text("state")
+    paused_at = tab.text("step")
+    assert tab.worker_state() == "paused" and tab.text("step") == paused_at
+    tab.set_hidden(False)
+    poll("training to resume", lambda: tab.text("step") != paused_at, timeout=60)
+
+    poll("an accepted unit", lambda: int(tab.text("accepted")) >= 1, timeout=TRAINING_S)
+    poll("a new model version", lambda: server.api.campaigns()[0]["version"] >= 1, timeout=60)
+    tab.page.screenshot(path=str(shots / "volunteer-desktop.png"), full_page=True)
+    with _db(server) as db:
+        rows = db.execute(
+            "SELECT v.capabilities_json, s.status FROM submissions s JOIN volunteers v ON v.id = s.volunteer_id"
+        ).fetchall()
+    # Every update came from the browser (the only volunteer) and none was rejected; one that fit its
+    # own slice weakly waits for a replica from somebody else ("pending_replica").
+    assert all('"onnxruntime"' in caps for caps, _ in rows), rows
+    statuses = [status for _, status in rows]
+    assert "accepted" in statuses and "rejected" not in statuses, statuses
+    assert float(tab.text("credit")) > 0
+    assert tab.origins == {server.url}, f"requests left this origin: {tab.origins}"
+    assert tab.errors == [], tab.errors
+    tab.context.close()
+
+
+def test_a_tab_closed_mid_unit_lets_its_lease_expire_and_another_volunteer_completes_the_unit(
+    browser: Any, server: LiveCoordinator, tmp_path: Path, shots: Path
+) -> None:
+    tab = Tab(browser, server, {"width": 390, "height": 844})
+    tab.page.get_by_role("button", name="Start").click()
+    poll("a unit in training", lambda: tab.worker_state() == "training", timeout=TRAINING_S)
+    tab.page.screenshot(path=str(shots / "volunteer-phone.png"), full_page=True)
+    volunteer_id = tab.page.evaluate("document.body.dataset.volunteerId")
+    with _db(server) as db:
+        (unit_id,) = poll(
+            "the tab's leased unit",
+            lambda: db.execute(
+                "SELECT id FROM units WHERE state = 'leased' AND volunteer_id = ?", (volunteer_id,)
+            ).fetchone(),
+            timeout=30,
+        )
+    tab.context.close()  # no abandon: the worker dies with the tab
+
+    home = tmp_path / "rescuer"
+    home.mkdir()
+    command = [
+        sys.executable, "-m", "commonweights", "volunteer", "run", "--coordinator", server.ws, "--threads", "1",
+        "--name", "rescuer", "--config-dir", str(home / "config"), "--cache-dir", str(home / "cache"), "--quiet",
+    ]  # fmt: skip
+    with (home / "log.txt").open("wb") as log:
+        rescuer = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with _db(server) as db:
+            poll(
+                "the closed tab's unit to be completed by the rescuer",
+                lambda: db.execute(
+                    "SELECT 1 FROM submissions s JOIN volunteers v ON v.id = s.volunteer_id "
+                    "WHERE s.unit_id = ? AND v.name = 'rescuer' AND s.status = 'accepted'",
+                    (unit_id,),
+                ).fetchone(),
+                timeout=TRAINING_S,
+            )
+    finally:
+        stop(rescuer)
