@@ -1,4 +1,4 @@
-"""The `commonweights bench …` subcommands: `bench diloco`, `bench system`, `bench app`.
+"""The `commonweights bench …` subcommands: `bench diloco`, `bench system`, `bench app`, `bench browser`, ….
 
 Cheap to import: each handler imports its benchmark (and torch, the server, Qt) only when it runs.
 """
@@ -104,6 +104,33 @@ def _run_bench_app(args: argparse.Namespace) -> int:
     from benchmarks.app import run_bench_app
 
     return run_bench_app(args)
+
+
+def add_bench_browser(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "browser",
+        help="tokens/s of a browser tab (onnxruntime-web) next to ONNX Runtime and PyTorch on this machine",
+        description=(
+            "Train one tiny unit on the real /volunteer page in headless Chromium against a real coordinator "
+            "(wasm, each thread count), and the same steps with ONNX Runtime and PyTorch from Python, in one run; "
+            "save screenshots of the page. Needs Chromium and commonweights[onnx]. Writes docs/benchmarks.md."
+        ),
+    )
+    parser.add_argument("--threads", default="1,2", help="thread counts, e.g. 1,2")
+    parser.add_argument("--steps", type=positive_int, default=20, metavar="H", help="inner steps in the unit")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--seq-len", type=positive_int, default=128)
+    parser.add_argument("--chromium", type=Path, default=Path("/usr/bin/chromium"), metavar="PATH")
+    parser.add_argument("--screenshots", type=Path, default=Path("docs/screenshots"), metavar="DIR")
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE")
+    parser.set_defaults(handler=_run_bench_browser)
+
+
+def _run_bench_browser(args: argparse.Namespace) -> int:
+    from benchmarks.browser import run_bench_browser
+
+    return run_bench_browser(args)
 
 
 def add_bench_coordinator(commands: Subparsers) -> None:

@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -187,3 +188,33 @@ def test_a_tab_closed_mid_unit_lets_its_lease_expire_and_another_volunteer_compl
             )
     finally:
         stop(rescuer)
+
+
+def test_a_reloaded_tab_gives_its_unit_back_at_once_instead_of_letting_the_lease_run_out(
+    browser: Any, server: LiveCoordinator
+) -> None:
+    tab = Tab(browser, server, {"width": 1280, "height": 900})
+    tab.page.get_by_role("button", name="Start").click()
+    poll("a unit in training", lambda: tab.worker_state() == "training", timeout=TRAINING_S)
+    volunteer_id = tab.page.evaluate("document.body.dataset.volunteerId")
+    with _db(server) as db:
+        unit_id, lease_id = poll(
+            "the tab's leased unit",
+            lambda: db.execute(
+                "SELECT id, lease_id FROM units WHERE state = 'leased' AND volunteer_id = ?", (volunteer_id,)
+            ).fetchone(),
+            timeout=30,
+        )
+        tab.page.reload()  # the worker dies with the old page; the new one finds the unit in localStorage
+        (deadline,) = db.execute("SELECT lease_deadline FROM units WHERE id = ?", (unit_id,)).fetchone()
+        tab.page.get_by_role("button", name="Start").click()
+        poll(
+            "the unit to be given back",
+            lambda: db.execute(
+                "SELECT 1 FROM units WHERE id = ? AND NOT (state = 'leased' AND lease_id = ?)", (unit_id, lease_id)
+            ).fetchone(),
+            timeout=LEASE_S * 3,
+        )
+    assert time.time() < deadline, "released by abandon, before its lease would have run out"
+    assert tab.page.evaluate("document.body.dataset.volunteerId") == volunteer_id, "the same volunteer, by its token"
+    tab.context.close()

@@ -95,6 +95,7 @@ function handle(message) {
       $("step").textContent = `downloading ${((100 * message.done) / message.total).toFixed(0)} %`;
       break;
     case "step":
+      window.dispatchEvent(new CustomEvent("volunteer-step", { detail: message })); // for benchmarks and embedders
       $("unit-progress").value = message.step / message.steps;
       $("step").textContent = `${message.step} / ${message.steps}`;
       $("loss").textContent = message.loss.toFixed(4);
