@@ -19,16 +19,19 @@ A coordinator upgraded to another torch builds its graphs again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
 import logging
 import multiprocessing
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from multiprocessing.pool import Pool
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 
 from coordinator.blobs import BlobStore
 from coordinator.store import Store
@@ -43,6 +46,8 @@ GRAPH_FORMAT = 1
 coordinator then builds its graphs again."""
 
 _ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+FAILED_RETRY_S = 600.0  # a failed build is reported for this long, then tried again
+MAX_REASON = 300  # characters of a build's error kept for volunteers (no_work.reason holds 1024)
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class GraphPending:
     failed: bool = False
 
 
+@functools.cache
 def onnx_missing() -> str | None:
     """Why this coordinator can't build graphs (packages missing), or None when it can."""
     missing = [name for name in _ONNX_PACKAGES if importlib.util.find_spec(name) is None]
@@ -69,6 +75,7 @@ def onnx_missing() -> str | None:
     return f"this coordinator can't build ONNX graphs ({', '.join(missing)} missing: install commonweights[onnx])"
 
 
+@functools.cache
 def _package_version(name: str) -> str:
     try:
         return version(name)
@@ -99,63 +106,121 @@ def _build_step_graph(config: dict[str, object], shard: list[str]) -> bytes:
     return build_step_graph(ModelConfig(**config), trainable=shard)  # type: ignore[arg-type]
 
 
+def _build_into(out: Connection, config: dict[str, object], shard: list[str]) -> None:
+    """The build process's body: the graph's bytes, or why not, back through `out`."""
+    try:
+        out.send(("built", _build_step_graph(config, shard)))
+    except Exception as error:  # GraphError, or anything the exporter raises
+        out.send(("failed", f"{type(error).__name__}: {error}"))
+    finally:
+        out.close()
+
+
+@dataclass
+class _Build:
+    key: str
+    config: ModelConfig
+    shard: list[str]
+
+
 class GraphBuilds:
-    """Builds step graphs on demand, one at a time in a child process, and serves the built ones."""
+    """Builds step graphs on demand, one at a time, each in a fresh child process, and serves the built ones.
+
+    A build that fails — the exporter's error, a numeric check the graph fails, a build process that
+    dies (killed for memory) — is reported to volunteers as such for FAILED_RETRY_S, then tried again.
+    """
 
     def __init__(self, store: Store, blobs: BlobStore) -> None:
         self.store = store
         self.blobs = blobs
         self._lock = threading.Lock()
-        self._pool: Pool | None = None
-        self._building: set[str] = set()
-        self._failed: dict[str, str] = {}
+        self._queue: list[_Build] = []
+        self._building: set[str] = set()  # queued or under way
+        self._failed: dict[str, tuple[str, float]] = {}  # key -> (why, when)
+        self._process: BaseProcess | None = None
+        self._worker: threading.Thread | None = None
         self._closed = False
 
     def step_graph(self, config: ModelConfig, shard: Sequence[str]) -> GraphBlob | GraphPending:
         """The step graph of `config` training `shard`, or why there is none yet (its build then starts)."""
         key = graph_key("step", config, shard)
-        built = self.store.graph(key)
-        if built is not None and self.blobs.exists(built[0]):
-            return GraphBlob(*built)
+        built = self._built_graph(key)
+        if built is not None:
+            return built
         missing = onnx_missing()
         if missing is not None:
             return GraphPending(missing, failed=True)
         with self._lock:
-            if key in self._failed:
-                return GraphPending(f"this model doesn't export to ONNX here: {self._failed[key]}", failed=True)
+            failed = self._failed.get(key)
+            if failed is not None and time.monotonic() - failed[1] < FAILED_RETRY_S:
+                return GraphPending(f"this model doesn't export to ONNX here: {failed[0]}", failed=True)
             if self._closed:
                 return GraphPending("the coordinator is shutting down")
-            if key not in self._building:
-                if self._pool is None:
-                    # spawn, not fork: the coordinator runs threads (torch's among them)
-                    self._pool = multiprocessing.get_context("spawn").Pool(1)
+            if key not in self._building and self._built_graph(key) is None:  # again: one may have just finished
                 log.info("building the ONNX step graph of a %d-parameter shard (key %s)", len(shard), key[:12])
                 self._building.add(key)
-                self._pool.apply_async(
-                    _build_step_graph,
-                    (dataclasses.asdict(config), list(shard)),
-                    callback=lambda data: self._built(key, data),
-                    error_callback=lambda error: self._failed_build(key, error),
-                )
+                self._queue.append(_Build(key, config, list(shard)))
+                if self._worker is None or not self._worker.is_alive():
+                    self._worker = threading.Thread(target=self._work, name="graph-builds", daemon=True)
+                    self._worker.start()
         return GraphPending("building the ONNX step graph of this campaign's model; this takes a minute or two")
 
-    def _built(self, key: str, data: bytes) -> None:
-        try:
-            digest = self.blobs.put(data)
-            self.store.add_graph(key, digest, len(data))
-        except Exception as error:  # a full disk, a closed store
-            self._failed_build(key, error)
-            return
-        log.info("ONNX step graph %s built: %d bytes, blob %s", key[:12], len(data), digest[:12])
+    def build_pid(self) -> int | None:
+        """The process id of the build under way, if any (for operators, and tests that kill it)."""
         with self._lock:
-            self._building.discard(key)
+            process = self._process
+        return process.pid if process is not None and process.is_alive() else None
 
-    def _failed_build(self, key: str, error: BaseException) -> None:
-        """A GraphError, a crashed build process, a full disk: the same to a caller."""
-        log.error("the ONNX step graph %s could not be built: %s", key[:12], error)
+    def _built_graph(self, key: str) -> GraphBlob | None:
+        built = self.store.graph(key)
+        return GraphBlob(*built) if built is not None and self.blobs.exists(built[0]) else None
+
+    def _work(self) -> None:
+        """The builder thread: one build process at a time, until the queue is empty."""
+        while True:
+            with self._lock:
+                if not self._queue or self._closed:
+                    return
+                build = self._queue.pop(0)
+            outcome, detail = self._run(build)
+            if outcome == "built":
+                assert isinstance(detail, bytes)
+                try:
+                    digest = self.blobs.put(detail)
+                    self.store.add_graph(build.key, digest, len(detail))
+                    log.info("ONNX step graph %s built: %d bytes, blob %s", build.key[:12], len(detail), digest[:12])
+                except Exception as error:  # a full disk, a closed store
+                    outcome, detail = "failed", f"it could not be stored: {error}"
+            if outcome != "built":
+                log.error("the ONNX step graph %s could not be built: %s", build.key[:12], detail)
+                with self._lock:
+                    self._failed[build.key] = (str(detail)[:MAX_REASON], time.monotonic())
+            with self._lock:
+                self._building.discard(build.key)
+
+    def _run(self, build: _Build) -> tuple[str, bytes | str]:
+        """("built", the graph) or ("failed", why), from a fresh spawned process (not forked: the
+        coordinator runs threads, torch's among them)."""
+        context = multiprocessing.get_context("spawn")
+        receive, send = context.Pipe(duplex=False)
+        process = context.Process(
+            target=_build_into, args=(send, dataclasses.asdict(build.config), build.shard), daemon=True
+        )
         with self._lock:
-            self._failed[key] = str(error) or type(error).__name__
-            self._building.discard(key)
+            if self._closed:
+                return "failed", "the coordinator is shutting down"
+            process.start()
+            self._process = process
+        send.close()
+        try:
+            outcome, detail = receive.recv()  # the bytes are our own child's, pickled over a pipe
+        except EOFError:  # it died without a word: killed for memory, a native crash
+            process.join()
+            return "failed", f"the build process died (exit code {process.exitcode})"
+        finally:
+            receive.close()
+        process.join()
+        return str(outcome), detail
 
     def is_graph(self, digest: str) -> bool:
         """Whether a blob is a built graph (any volunteer may download those: they hold no weights)."""
@@ -164,6 +229,6 @@ class GraphBuilds:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.terminate()  # a build under way is lost: it starts again on the next start
+            process = self._process
+        if process is not None and process.is_alive():
+            process.terminate()  # a build under way is lost: it starts again on the next start

@@ -50,6 +50,7 @@ __all__ = [
     "build_loss_graph",
     "build_step_graph",
     "check_loss_graph",
+    "check_served_graph",
     "check_step_graph",
     "ort_session",
     "step_graph_names",
@@ -61,6 +62,7 @@ HYPER_FIELDS = ("step", "lr", "beta1", "beta2", "eps", "weight_decay", "grad_cli
 # the pseudo-gradient after CHECK_STEPS steps, and of each step's loss. Measured on `tiny`: ~2e-5 and
 # ~1e-7 (the level of torch's own math-vs-fused attention difference).
 MAX_DELTA_ERROR = 1e-3
+MAX_GRAPH_BYTES = 1 << 30  # a served graph holds no weights: a few MB for the presets trained on CPUs
 MAX_LOSS_ERROR = 1e-4
 CHECK_STEPS = 3
 
@@ -240,6 +242,30 @@ def _check_domains(data: bytes) -> None:
     foreign = sorted(d for d in domains if d not in ("ai.onnx", ""))
     if foreign or model.functions:
         raise GraphError(f"the graph uses operators outside ai.onnx: {', '.join(foreign) or 'local functions'}")
+    # Tensors stored outside the model make ONNX Runtime read files named by the graph.
+    external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    external += [
+        a.t.name
+        for node in model.graph.node
+        for a in node.attribute
+        if a.HasField("t") and a.t.data_location == onnx.TensorProto.EXTERNAL
+    ]
+    if external:
+        raise GraphError(f"the graph keeps tensors in external files: {', '.join(external[:3])}")
+
+
+def check_served_graph(data: bytes, max_bytes: int = MAX_GRAPH_BYTES) -> None:
+    """Refuse a step graph received from a coordinator unless it is a plain ONNX model of `ai.onnx`
+    operators with every tensor inside it (GraphError). The graph's inputs and outputs are checked
+    against the unit's shard when `OrtInnerLoop` opens it."""
+    if len(data) > max_bytes:
+        raise GraphError(f"the graph is {len(data)} bytes; at most {max_bytes} are taken")
+    try:
+        _check_domains(data)
+    except GraphError:
+        raise
+    except Exception as error:  # onnx's parser raises its own kinds for bytes that are no model
+        raise GraphError(f"the graph is not a readable ONNX model: {error}") from None
 
 
 def _example(names: Sequence[str], shapes: dict[str, torch.Size]) -> list[torch.Tensor]:
@@ -390,9 +416,10 @@ class OrtInnerLoop:
         self.params = {n: self.start[n].copy() for n in self.trainable}
         self.m = {n: np.zeros_like(self.start[n]) for n in self.trainable}
         self.v = {n: np.zeros_like(self.start[n]) for n in self.trainable}
-        inputs, _ = step_graph_names([*self.trainable, *self.frozen], self.trainable)
-        expected = [i.name for i in self.session.get_inputs()]
-        if sorted(expected) != sorted(inputs):
+        inputs, self.outputs = step_graph_names([*self.trainable, *self.frozen], self.trainable)
+        if sorted(i.name for i in self.session.get_inputs()) != sorted(inputs) or sorted(
+            o.name for o in self.session.get_outputs()
+        ) != sorted(self.outputs):
             raise ValueError("the step graph is for another model or shard than these weights")
         self.step = 0
         self.losses: list[float] = []
@@ -424,16 +451,18 @@ class OrtInnerLoop:
             feed |= {f"frozen.{n}": p for n, p in self.frozen.items()}
             feed |= {f"m.{n}": x for n, x in self.m.items()} | {f"v.{n}": x for n, x in self.v.items()}
             feed |= {"input_ids": ids, "targets": targets, "hyper": hyper}
-            out = self.session.run(None, feed)
-            loss = float(out[0])
+            out = dict(zip(self.outputs, self.session.run(self.outputs, feed), strict=True))
+            loss = float(out["loss"])
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training diverged: loss {loss} at step {self.step + 1}")
-            k = len(self.trainable)
-            for i, name in enumerate(self.trainable):
-                self.params[name], self.m[name], self.v[name] = out[2 + i], out[2 + k + i], out[2 + 2 * k + i]
+            for name in self.trainable:
+                new = (out[f"new_param.{name}"], out[f"new_m.{name}"], out[f"new_v.{name}"])
+                if any(t.shape != self.start[name].shape or t.dtype != np.float32 for t in new):
+                    raise ValueError(f"the step graph returned {name} in another shape or type than it was given")
+                self.params[name], self.m[name], self.v[name] = new
             self.step += 1
             self.losses.append(loss)
-            self.grad_norms.append(float(out[1]))
+            self.grad_norms.append(float(out["grad_norm"]))
             self.seconds += time.perf_counter() - began
             if on_step is not None:
                 on_step(StepReport(self.step, config.steps, loss, lr, self.step * config.tokens_per_step))

@@ -44,7 +44,7 @@ from training.checkpoint import CheckpointError, load_state, load_weights, save_
 from training.error_feedback import ErrorFeedback
 from training.inner import InnerConfig, InnerLoop, StepReport
 from training.model import GPT, ModelConfig
-from training.onnx_graphs import OrtInnerLoop
+from training.onnx_graphs import GraphError, OrtInnerLoop, check_served_graph
 from volunteer_app.devices import DeviceInfo
 
 __all__ = [
@@ -328,6 +328,7 @@ class UnitRunner:
     def _new_loop(self, checkpoint: bytes) -> InnerLoop | OrtInnerLoop:
         try:
             if self.graph is not None:
+                check_served_graph(self.graph)
                 params = {n: w.numpy() for n, w in self._weights(checkpoint).items()}
                 return OrtInnerLoop(
                     self.graph,
@@ -341,6 +342,8 @@ class UnitRunner:
             return InnerLoop(model, self.config, global_step=self.unit.recipe.global_step, trainable=self.unit.shard)
         except ValueError as error:
             raise RunnerError("error", f"the unit's shard doesn't fit its model: {error}") from None
+        except GraphError as error:
+            raise RunnerError("error", f"the unit's graph is refused: {error}") from None
 
     def _build_model(self, checkpoint: bytes) -> GPT:
         weights = self._weights(checkpoint)

@@ -785,6 +785,9 @@ class Worker:
         )
         frame = self.store.load_submit(unit.unit_id)
         trained: TrainedUnit | None = None
+        if frame is None and unit.runtime != self.config.runtime:
+            await self._abandon(unit, "error", f"a unit for {unit.runtime}, which this volunteer did not offer")
+            return
         if frame is None:
             progress = _UnitProgress(unit)
             heartbeat: asyncio.Task[None] | None = None

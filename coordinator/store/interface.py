@@ -218,7 +218,8 @@ class SubmissionStore(Protocol):
 
     def rejected_updates(self, campaign_id: int, since: float, before: float) -> list[str]:
         """Digests of update blobs of the campaign that only rejected submissions recorded within
-        [since, before) point at (blobs the janitor may delete)."""
+        [since, before) point at, and that are no graph, checkpoint, optimizer state or data slice
+        (blobs the janitor may delete)."""
         ...
 
     def submissions_for_unit(self, unit_id: str) -> list[SubmissionRow]:

@@ -18,21 +18,11 @@ from typing import Any
 
 import pytest
 
+from tests.browser.conftest import needs_chromium
 from tests.support.live import REPO, LiveCoordinator, live_coordinator, poll, stop
 
-CHROMIUM = Path(os.environ.get("COMMONWEIGHTS_CHROMIUM", "/usr/bin/chromium"))
-if not CHROMIUM.exists():
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+needs_chromium()
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 TRAINING_S = 240.0  # a bound on waiting for volunteers, not a sleep
@@ -43,14 +33,6 @@ UI_MS = 15_000
 def server(tmp_path_factory: pytest.TempPathFactory, small_dataset: Path) -> Iterator[LiveCoordinator]:
     with live_coordinator(tmp_path_factory.mktemp("browser"), small_dataset) as live:
         yield live
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
@@ -72,14 +54,6 @@ def page(browser: Any, server: LiveCoordinator) -> Iterator[Any]:
     yield tab
     context.close()
     assert errors == [], "script errors in the page"
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("COMMONWEIGHTS_SCREENSHOTS", tmp_path))
-    folder = folder if folder.is_absolute() else REPO / folder
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def sign_in(page: Any, token: str, lands_on: str) -> None:

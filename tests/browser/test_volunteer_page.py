@@ -8,7 +8,6 @@ installs both). COMMONWEIGHTS_SCREENSHOTS=docs/screenshots refreshes the committ
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -20,17 +19,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.browser.conftest import needs_chromium
 from tests.support.live import REPO, LiveCoordinator, live_coordinator, poll, stop
 
-CHROMIUM = Path(os.environ.get("COMMONWEIGHTS_CHROMIUM", "/usr/bin/chromium"))
-if not CHROMIUM.exists():
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+needs_chromium()
 pytest.importorskip("onnxscript", reason="the coordinator needs commonweights[onnx] to build step graphs")
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync", "--disable-component-update"]
 TRAINING_S = 420.0  # a bound (the graph is built on the first request), not a sleep
 LEASE_S = 10
 
@@ -53,14 +49,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, small_dataset: Path) -> Ite
             }
         )
         yield live
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 class Tab:
@@ -100,14 +88,6 @@ class Tab:
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https", "ws", "wss") else parts.scheme
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("COMMONWEIGHTS_SCREENSHOTS", tmp_path))
-    folder = folder if folder.is_absolute() else REPO / folder
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def _db(server: LiveCoordinator) -> sqlite3.Connection:

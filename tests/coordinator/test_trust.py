@@ -263,6 +263,28 @@ def test_the_bytes_of_rejected_updates_are_freed_after_an_hour_and_the_slice_is_
     assert service.store.submission(unit.unit.id, attacker) is not None, "the record of the rejection stays"
 
 
+def test_an_update_that_copies_a_blob_the_coordinator_keeps_is_rejected_and_the_blob_is_not_freed(
+    service: Coordinator,
+) -> None:
+    """A volunteer may download checkpoints, its data slices and ONNX graphs: sending one of them back
+    as an "update" must not get it deleted with the rejected updates an hour later."""
+    service.clock.now = time.time()  # type: ignore[attr-defined]  # blob files age in real time
+    campaign_id = _campaign(service, rounds={"units_per_round": 2, "min_accepted": 2, "lease_s": 60, "deadline_s": 600})
+    runtime = service.runtimes[campaign_id]
+    (attacker,) = volunteers(service, 1)
+    report = SubmissionReport(losses=[5.0] * 10, tokens=10 * 4 * 64, seconds=1.0)
+    kept = []
+    for blob in ("checkpoint", "data"):
+        unit = lease(service, attacker)
+        digest = unit.checkpoint.checkpoint_sha if blob == "checkpoint" else unit.unit.data_sha
+        outcome = runtime.submit(attacker, unit.unit.id, unit.lease_id, service.blobs.get(digest), report)
+        assert outcome.status == "rejected", (blob, outcome)
+        kept.append(digest)
+    service.clock.now += 2 * 3600  # type: ignore[attr-defined]
+    runtime.tick()
+    assert all(service.blobs.exists(digest) for digest in kept)
+
+
 def test_an_update_scaled_after_training_is_rejected_even_before_any_honest_update_is_in(service: Coordinator) -> None:
     """×0.05 and ×−0.5 leave the unit's own batches where the reported losses say they weren't, with
     nothing to compare against yet (the first updates of a campaign decide what its norms look like);

@@ -3,6 +3,8 @@ served as blobs, remembered across restarts, and chosen per volunteer by its lis
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import onnx
@@ -64,5 +66,27 @@ def test_a_graph_that_cannot_be_built_is_reported_and_not_retried(tmp_path: Path
 
         refused = poll("the failed build", failed, timeout=120)
         assert "doesn't export to ONNX" in refused.reason and "no.such.parameter" in refused.reason
+    finally:
+        service.close()
+
+
+def test_a_build_process_that_dies_is_reported_as_a_failure_not_as_building_forever(
+    tmp_path: Path, small_dataset: Path
+) -> None:
+    """Killed for memory, or a native crash: the process says nothing; the builder sees it end."""
+    service = Coordinator.open(CoordinatorConfig(data_dir=tmp_path, datasets={"small": small_dataset}))
+    try:
+        config = ModelConfig(vocab_size=64, d_model=16, n_layer=1, n_head=2, d_ff=32, max_seq_len=16)
+        shard = ["embed.weight"]
+        assert isinstance(service.graphs.step_graph(config, shard), GraphPending)
+        os.kill(poll("the build process", service.graphs.build_pid, timeout=60), signal.SIGKILL)
+
+        def failed() -> GraphPending | None:
+            answer = service.graphs.step_graph(config, shard)
+            assert not isinstance(answer, GraphBlob)
+            return answer if answer.failed else None
+
+        refused = poll("the failure", failed, timeout=60)
+        assert "the build process died (exit code -9)" in refused.reason
     finally:
         service.close()

@@ -24,10 +24,12 @@ from training.onnx_graphs import (
     GRAPH_OPSET,
     MAX_DELTA_ERROR,
     MAX_LOSS_ERROR,
+    GraphError,
     OrtInnerLoop,
     build_loss_graph,
     build_step_graph,
     check_loss_graph,
+    check_served_graph,
     check_step_graph,
     ort_session,
     step_graph_names,
@@ -175,3 +177,26 @@ def test_replicas_trained_with_onnx_runtime_and_with_torch_agree_and_a_sign_flip
     assert agreed.accepted, agreed.message
     flipped = compare_replicas(wire({n: -t for n, t in ort.delta.items()}), wire(ref.delta))
     assert not flipped.accepted and flipped.code is ErrorCode.REPLICATION_MISMATCH
+
+
+def test_a_volunteer_refuses_a_served_graph_with_foreign_operators_external_files_or_no_model(
+    step_graph: bytes,
+) -> None:
+    """The graph comes from the network: before ONNX Runtime opens it, it must be plain ai.onnx with
+    every tensor inside it (an external-data initializer makes ONNX Runtime read a file it names)."""
+    check_served_graph(step_graph)
+    foreign = onnx.load_from_string(step_graph)
+    foreign.graph.node[0].domain = "com.example.evil"
+    with pytest.raises(GraphError, match=r"outside ai\.onnx"):
+        check_served_graph(foreign.SerializeToString())
+    external = onnx.load_from_string(step_graph)
+    (table,) = external.graph.initializer
+    table.ClearField("raw_data")
+    table.data_location = onnx.TensorProto.EXTERNAL
+    table.external_data.add(key="location", value="/etc/passwd")
+    with pytest.raises(GraphError, match="external files"):
+        check_served_graph(external.SerializeToString())
+    with pytest.raises(GraphError, match="not a readable ONNX model"):
+        check_served_graph(b"\x00not a model" * 10)
+    with pytest.raises(GraphError, match="at most"):
+        check_served_graph(step_graph, max_bytes=1000)

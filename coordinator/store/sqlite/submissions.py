@@ -51,7 +51,12 @@ class SQLiteSubmissions(SQLiteDatabase):
         rows = self._all(
             "SELECT DISTINCT s.update_sha FROM submissions s JOIN units u ON u.id = s.unit_id "
             "WHERE u.campaign_id = ? AND s.status = 'rejected' AND s.created_at >= ? AND s.created_at < ? "
-            "AND NOT EXISTS (SELECT 1 FROM submissions o WHERE o.update_sha = s.update_sha AND o.status != 'rejected')",
+            "AND NOT EXISTS (SELECT 1 FROM submissions o WHERE o.update_sha = s.update_sha AND o.status != 'rejected') "
+            # An "update" may be a copy of a blob the coordinator keeps for its own use: a graph, a
+            # checkpoint, an optimizer state or a data slice. Those bytes stay.
+            "AND NOT EXISTS (SELECT 1 FROM graphs g WHERE g.sha256 = s.update_sha) "
+            "AND NOT EXISTS (SELECT 1 FROM versions v WHERE s.update_sha IN (v.checkpoint_sha, v.state_sha)) "
+            "AND NOT EXISTS (SELECT 1 FROM units d WHERE d.data_sha = s.update_sha)",
             (campaign_id, since, before),
         )
         return [str(r["update_sha"]) for r in rows]

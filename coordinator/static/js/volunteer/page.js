@@ -131,6 +131,8 @@ $("pause").addEventListener("click", () => {
 });
 $("cpu-share").addEventListener("change", () => worker?.postMessage({ type: "cpu", share: Number($("cpu-share").value) }));
 document.addEventListener("visibilitychange", applyPause);
+// Leaving the page: the worker stops at the next step and gives its unit back, if it has the time.
+window.addEventListener("pagehide", () => worker?.postMessage({ type: "stop" }));
 navigator.getBattery?.().then((battery) => {
   const check = () => {
     onBattery = !battery.charging;

@@ -16,12 +16,15 @@ ort.env.logLevel = "error";
 const CACHE = "commonweights-blobs-v1";
 const LOST = new Set(["lease_expired", "not_your_lease", "unknown_unit"]);
 const NO_RECONNECT = new Set([4426, 4403, 4409]);
-const MAX_BLOB_BYTES = 2 ** 31;
+const MAX_BLOB_BYTES = 2 ** 30; // what a tab may hold of one blob (wasm32 memory is 4 GiB in all)
+const REPLY_S = { request_work: 90, blob_request: 120, progress: 60, submit: 300 }; // work_hold_s is at most 30
+const PAUSE_HEARTBEATS = 3; // paused longer than this many heartbeats: give the unit back
 
 let settings = null;
 let paused = false;
 let stopping = false;
-let wake = () => {};
+let wake = () => {}; // ends the current sleep()
+let unpause = () => {}; // ends the current wait in whileRunning()
 const sessions = new Map(); // graph sha256 -> InferenceSession
 
 const post = (message) => self.postMessage(message);
@@ -98,7 +101,11 @@ class Link {
         post({ type: "error", message: message.message, code: message.code });
         return;
       }
-      const waiter = this.waiters.find((w) => w.refType === message.ref_type && (!w.refId || w.refId === message.ref_id));
+      // An error about a request names it in ref_type (and ref_id); one that names nothing (an internal
+      // error, a reply the coordinator could not encode) answers the oldest request still waiting.
+      const waiter = message.ref_type
+        ? this.waiters.find((w) => w.refType === message.ref_type && (!w.refId || w.refId === message.ref_id))
+        : this.waiters[0];
       if (waiter) {
         this.waiters.splice(this.waiters.indexOf(waiter), 1);
         waiter.reject(Object.assign(new Error(message.message), { code: message.code, retryAfter: message.retry_after_s }));
@@ -115,11 +122,25 @@ class Link {
   /** Send `bytes` and wait for the message `matches` accepts (or the error frame about it). */
   request(bytes, matches, refType, refId = null) {
     return new Promise((resolve, reject) => {
-      this.waiters.push({ matches, resolve, reject, refType, refId });
+      const waiter = { matches, refType, refId };
+      const timer = setTimeout(() => {
+        this.waiters.splice(this.waiters.indexOf(waiter), 1);
+        reject(new Fatal(`no reply to ${refType} within ${REPLY_S[refType]} s`, "timeout"));
+        this.ws.close(4000, "no reply"); // start over on a fresh connection
+      }, REPLY_S[refType] * 1000);
+      waiter.resolve = (message) => {
+        clearTimeout(timer);
+        resolve(message);
+      };
+      waiter.reject = (error) => {
+        clearTimeout(timer);
+        reject(error);
+      };
+      this.waiters.push(waiter);
       try {
         this.send(bytes);
       } catch (error) {
-        reject(error);
+        waiter.reject(error);
       }
     });
   }
@@ -144,9 +165,21 @@ function sleep(ms) {
   });
 }
 
-async function whileRunning(detail = "") {
-  if (paused && !stopping) status("paused", detail);
-  while (paused && !stopping) await sleep(60_000);
+/** Waits while the volunteer is paused; resolves true at once when not, false when `limitMs` ran out first. */
+async function whileRunning(detail = "", limitMs = Infinity) {
+  if (!paused || stopping) return true;
+  status("paused", detail);
+  const until = performance.now() + limitMs;
+  while (paused && !stopping && performance.now() < until) {
+    await new Promise((resolve) => {
+      const timer = setTimeout(resolve, Math.min(60_000, until - performance.now()));
+      unpause = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+  return !paused || stopping;
 }
 
 async function sha256Hex(bytes) {
@@ -155,10 +188,15 @@ async function sha256Hex(bytes) {
 }
 
 /** A blob by its BlobRef: from Cache Storage when there and intact, else in chunks from the coordinator. */
-async function fetchBlob(link, ref, onBytes) {
-  if (!(ref.size >= 0 && ref.size <= MAX_BLOB_BYTES)) throw new Error(`a blob of ${ref.size} bytes`);
+async function fetchBlob(link, ref, onBytes, { keep = false } = {}) {
+  if (!(Number.isInteger(ref.size) && ref.size >= 0 && ref.size <= MAX_BLOB_BYTES)) {
+    throw Object.assign(new Error(`a blob of ${ref.size} bytes is more than this tab takes`), { reason: "download_failed" });
+  }
+  if (!/^[0-9a-f]{64}$/.test(ref.sha256)) throw Object.assign(new Error("a blob without a SHA-256"), { reason: "error" });
   const key = `/blobs/${ref.sha256}`;
-  const cache = self.caches ? await self.caches.open(CACHE) : null;
+  // Only graphs are kept (one per campaign and shard, for its whole life): checkpoints change every
+  // version and data slices every unit, and would fill the volunteer's disk.
+  const cache = keep && self.caches ? await self.caches.open(CACHE) : null;
   const cached = cache ? await cache.match(key) : null;
   if (cached) {
     const bytes = new Uint8Array(await cached.arrayBuffer());
@@ -177,13 +215,15 @@ async function fetchBlob(link, ref, onBytes) {
       ref.sha256,
     );
     if (chunk.total_size !== ref.size || chunk.data.length === 0 || at + chunk.data.length > ref.size) {
-      throw new Error("the coordinator sent a chunk that doesn't fit the blob");
+      throw Object.assign(new Error("the coordinator sent a chunk that doesn't fit the blob"), { reason: "download_failed" });
     }
     bytes.set(chunk.data, at);
     offset += chunk.data.length;
     onBytes(offset, ref.size);
   }
-  if ((await sha256Hex(bytes)) !== ref.sha256) throw new Error(`blob ${ref.sha256.slice(0, 12)} failed its SHA-256 check`);
+  if ((await sha256Hex(bytes)) !== ref.sha256) {
+    throw Object.assign(new Error(`blob ${ref.sha256.slice(0, 12)} failed its SHA-256 check`), { reason: "download_failed" });
+  }
   if (cache) await cache.put(key, new Response(bytes));
   return bytes;
 }
@@ -223,7 +263,8 @@ async function doUnit(link, unit) {
     let before = 0;
     const blobs = [];
     for (const ref of refs) {
-      blobs.push(await fetchBlob(link, ref, (done) => post({ type: "download", done: before + done, total })));
+      const keep = ref === unit.graph;
+      blobs.push(await fetchBlob(link, ref, (done) => post({ type: "download", done: before + done, total }), { keep }));
       before += ref.size;
     }
     const [graph, checkpoint, data] = blobs;
@@ -256,9 +297,13 @@ async function doUnit(link, unit) {
     for (let s = 0; s < recipe.steps; s++) {
       if (paused) {
         progress.phase = "paused";
-        await whileRunning(`step ${s} of ${recipe.steps}`);
+        if (!(await whileRunning(`step ${s} of ${recipe.steps}`, PAUSE_HEARTBEATS * every))) {
+          // Paused for long (tab hidden, on battery): the lease would run out; let someone else train it.
+          throw Object.assign(new Error("paused too long; the unit was given back"), { reason: "user_request" });
+        }
       }
       if (stopping) throw Object.assign(new Error("the page was closed"), { reason: "user_request" });
+      if (link.closed) throw new Fatal(`the connection closed (${link.closed})`, link.closed);
       if (progress.lost) throw Object.assign(new Error(progress.lost), { lost: true });
       progress.phase = "training";
       status("training", unit.campaign_name);
@@ -313,7 +358,10 @@ async function doUnit(link, unit) {
     );
     post({ type: "result", status: result.status, code: result.code, message: result.message, credit: result.credit });
   } catch (error) {
-    if (error instanceof Fatal) throw error;
+    if (error instanceof Fatal) {
+      settings.leftover = { unit_id: unit.unit_id, lease_id: unit.lease_id }; // given back after reconnecting
+      throw error;
+    }
     if (!error.lost) {
       const reason = error.reason ?? "error";
       try {
@@ -331,8 +379,8 @@ async function doUnit(link, unit) {
 
 async function work(link) {
   if (settings.leftover) {
-    // A unit held before a reload: its progress is gone with the page, so give it back at once.
-    link.send(F.abandon(settings.leftover, "user_request", "the page was reloaded"));
+    // A unit held before a reload or a lost connection: its progress is gone, so give it back at once.
+    link.send(F.abandon(settings.leftover, "user_request", "its progress was lost (a reload or a lost connection)"));
     post({ type: "unit-done", unitId: settings.leftover.unit_id });
     settings.leftover = null;
   }
@@ -413,12 +461,13 @@ self.onmessage = (event) => {
     paused = true;
   } else if (message.type === "resume") {
     paused = false;
-    wake();
+    unpause();
   } else if (message.type === "cpu") {
     if (settings) settings.cpuShare = Math.min(1, Math.max(0.1, message.share));
   } else if (message.type === "stop") {
     stopping = true;
     wake();
+    unpause();
     self.currentLink?.close("the page was closed");
   }
 };
