@@ -36,7 +36,9 @@ TARGET_RATIO = 0.5
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync", "--disable-component-update"]
 RECORD_STEPS = """() => {
     window.__steps = [];
-    window.addEventListener('volunteer-step', (event) => window.__steps.push(event.detail));
+    window.addEventListener('volunteer-step', (event) => {
+        if (event.detail.kind === 'train') window.__steps.push(event.detail);
+    });
 }"""
 
 

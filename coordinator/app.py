@@ -132,12 +132,20 @@ async def _evaluator(app: web.Application) -> None:
             await asyncio.sleep(TICK_SECONDS)
             continue
         campaign_id, version = service.eval_queue.pop(0)
+        if service.evaluations.pending(campaign_id, version):
+            service.eval_queue.append((campaign_id, version))  # volunteers are measuring it
+            await asyncio.sleep(TICK_SECONDS)
+            continue
         try:
-            job = await service.workers.run(service.eval_job, campaign_id, version)
-            if job is None:
-                continue
-            loss = await loop.run_in_executor(None, job)
-            await service.workers.run(service.store.set_holdout_loss, campaign_id, version, loss)
+            settled = service.evaluations.settled_loss(campaign_id, version)
+            if settled is not None:  # two volunteers agreed on it (already stored)
+                loss = settled
+            else:
+                job = await service.workers.run(service.eval_job, campaign_id, version)
+                if job is None:
+                    continue
+                loss = await loop.run_in_executor(None, job)
+                await service.workers.run(service.store.set_holdout_loss, campaign_id, version, loss)
             for queue in app[EVENTS]:
                 queue.put_nowait(
                     {"type": "version", "campaign_id": campaign_id, "version": version, "holdout_loss": loss}

@@ -62,6 +62,14 @@ def add_coordinator(commands: Subparsers) -> None:
         "one starts (default 30, at most 30; 0 answers 'no work' at once)",
     )
     serve.add_argument(
+        "--eval-grace",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="while volunteers that evaluate are connected, give them this long to measure a new version's "
+        "holdout loss (two that agree settle it) before measuring it here (default 60; 0: always here)",
+    )
+    serve.add_argument(
         "--torch-threads",
         type=int,
         default=1,
@@ -189,6 +197,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         heartbeat_interval_s=args.heartbeat_interval,
         idle_timeout_s=args.idle_timeout,
         work_hold_s=args.work_hold,
+        eval_grace_s=max(0.0, args.eval_grace),
         sources=sources,
         admission=admission,
     )

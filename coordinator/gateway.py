@@ -29,6 +29,8 @@ from coordinator.appkeys import METRICS, SERVICE, SOCKETS
 from coordinator.blobs import BlobNotFound, sha256_hex
 from coordinator.engine import Assignment, CampaignRuntime, Outcome, OutcomeStatus, SubmissionReport
 from coordinator.engine import NoWork as NoWorkAnswer
+from coordinator.evaluations import EvalLease
+from coordinator.graphs import GraphBlob
 from coordinator.metrics import MALFORMED_FRAME, Metrics
 from coordinator.service import Coordinator, UnsupportedCodec
 from coordinator.store import VolunteerRow
@@ -52,6 +54,7 @@ from protocol.messages import (
     ModelSpec,
     NoWork,
     Progress,
+    Report,
     RequestWork,
     Result,
     Submit,
@@ -93,6 +96,7 @@ class Session:
     memory_bytes: int = 0
     codecs: tuple[str, ...] = ()
     runtimes: tuple[str, ...] = ("torch",)  # preferred first, as hello listed them
+    unit_kinds: tuple[str, ...] = ("train",)
     blobs: set[str] = field(default_factory=set)  # what this volunteer may download
     errors: int = 0
     connected_at: float = field(default_factory=time.monotonic)
@@ -222,6 +226,8 @@ async def volunteer_socket(request: web.Request) -> web.StreamResponse:
         metrics.connection_closed()
         sockets.discard(ws)
         sessions.remove(session)
+        if session.volunteer is not None and "evaluate" in session.unit_kinds:
+            service.evaluations.evaluator_left()
         if not ws.closed:
             await ws.close()
     return ws
@@ -349,6 +355,7 @@ async def _handshake(session: Session, sessions: Sessions) -> bool:
         "codecs": list(message.capabilities.codecs),
         "platform": message.capabilities.platform,
         "runtimes": list(message.capabilities.runtimes),
+        "unit_kinds": list(message.capabilities.unit_kinds),
         "client_version": message.client_version,
     }
     new_token: str | None = None
@@ -388,6 +395,9 @@ async def _handshake(session: Session, sessions: Sessions) -> bool:
     session.memory_bytes = message.capabilities.memory_bytes
     session.codecs = tuple(message.capabilities.codecs)
     session.runtimes = tuple(message.capabilities.runtimes)
+    session.unit_kinds = tuple(message.capabilities.unit_kinds)
+    if "evaluate" in session.unit_kinds:
+        service.evaluations.evaluator_joined()
     previous = sessions.add(session)
     if previous is not None and not previous.ws.closed:
         # One live connection per volunteer: two would lease units twice over under one identity.
@@ -514,6 +524,20 @@ async def _dispatch(session: Session, message: Message) -> None:
         await _answer_request(session, answer)
     elif isinstance(message, BlobRequest):
         await _send(session, await service.workers.run(_blob_chunk, session, message))
+    elif isinstance(message, Progress) and service.evaluations.is_unit(message.unit_id):
+        deadline = await service.workers.run(
+            service.evaluations.heartbeat, volunteer.id, message.unit_id, message.lease_id
+        )
+        if isinstance(deadline, tuple):
+            raise ProtocolError(ErrorCode(deadline[0]), deadline[1])
+        await _send(session, LeaseExtended(unit_id=message.unit_id, lease_id=message.lease_id, lease_deadline=deadline))
+    elif isinstance(message, Report):
+        outcome = await service.workers.run(
+            service.evaluations.report, volunteer.id, message.unit_id, message.lease_id, message.losses
+        )
+        await _send(session, _result(message.unit_id, message.lease_id, outcome))
+    elif isinstance(message, Abandon) and service.evaluations.is_unit(message.unit_id):
+        await service.workers.run(service.evaluations.abandon, volunteer.id, message.unit_id, message.lease_id)
     elif isinstance(message, Progress):
         runtime = await _runtime_for_unit(service, message.unit_id)
         if message.steps_total != runtime.spec.inner.steps or message.step > message.steps_total:
@@ -547,8 +571,12 @@ async def _refuse_codec(session: Session, refusal: UnsupportedCodec) -> None:
     await _send(session, ErrorMessage.from_error(error, fatal=False, retry_after_s=refusal.retry_after_s))
 
 
-async def _answer_request(session: Session, answer: Assignment | NoWorkAnswer) -> None:
-    if isinstance(answer, Assignment):
+async def _answer_request(session: Session, answer: Assignment | Evaluation | NoWorkAnswer) -> None:
+    if isinstance(answer, Evaluation):
+        unit = evaluate_unit_message(answer, session.service.config.eval_batch)
+        session.blobs |= {unit.checkpoint.sha256, unit.data.sha256} | ({unit.graph.sha256} if unit.graph else set())
+        await _send(session, unit)
+    elif isinstance(answer, Assignment):
         unit = work_unit_message(answer)
         session.blobs |= {unit.checkpoint.sha256, unit.data.sha256}
         if unit.graph is not None:
@@ -565,7 +593,7 @@ async def _hold(session: Session, message: RequestWork, idle: NoWorkAnswer) -> N
     began = time.monotonic()
     try:
         assert session.campaigns is not None
-        answer: Assignment | NoWorkAnswer
+        answer: Assignment | Evaluation | NoWorkAnswer
         if await session.campaigns.wait(min(session.service.config.work_hold_s, idle.retry_after_s)):
             answer = await _assign_work(session, message)
         else:
@@ -577,9 +605,10 @@ async def _hold(session: Session, message: RequestWork, idle: NoWorkAnswer) -> N
         pass  # the socket closed while the request was held
 
 
-async def _assign_work(session: Session, message: RequestWork) -> Assignment | NoWorkAnswer:
-    """A unit from the first active campaign with one for this volunteer; each campaign leases in its
-    own lane, where the lease is committed together with that campaign's other commits."""
+async def _assign_work(session: Session, message: RequestWork) -> Assignment | Evaluation | NoWorkAnswer:
+    """An evaluate unit, for a volunteer that offers them and a version that waits for one; else a unit
+    from the first active campaign with one for this volunteer. Each campaign leases training units in
+    its own lane, where the lease is committed together with that campaign's other commits."""
     service, volunteer = session.service, session.volunteer
     assert volunteer is not None
     candidates = await service.workers.run(
@@ -588,6 +617,20 @@ async def _assign_work(session: Session, message: RequestWork) -> Assignment | N
     if isinstance(candidates, NoWorkAnswer):
         return candidates
     reasons = []
+    if "evaluate" in session.unit_kinds:
+        for runtime in candidates:
+            if not service.evaluations.offers(runtime.row.id):
+                continue
+            choice = await service.workers.run(service.evaluation_choice, runtime, session.runtimes)
+            if isinstance(choice, NoWorkAnswer):
+                reasons.append(choice)
+                continue
+            lease = await service.workers.run(service.evaluations.lease, volunteer.id, session.source, [runtime.row.id])
+            if lease is not None:
+                return Evaluation(lease, runtime, choice.name, choice.graphs[0] if choice.graphs else None)
+    if "train" not in session.unit_kinds:
+        waiting = NoWorkAnswer("no version is waiting for its holdout loss to be measured", retry_after_s=10)
+        return min([*reasons, waiting], key=lambda r: r.retry_after_s)
     for runtime in candidates:
         choice = await service.workers.run(service.runtime_choice, runtime, session.runtimes)
         if isinstance(choice, NoWorkAnswer):
@@ -658,19 +701,20 @@ async def _submit(session: Session, message: Submit) -> None:
         )
         if runtime.close_due is not None:
             await service.workers.run_in_order(runtime.row.id, runtime.close_if_due)
+    await _send(session, _result(message.unit_id, message.lease_id, outcome))
+
+
+def _result(unit_id: str, lease_id: str, outcome: Outcome) -> Result:
     code = ErrorCode(outcome.code) if outcome.code else None
     if outcome.status == OutcomeStatus.DUPLICATE:
         code = ErrorCode.DUPLICATE_SUBMISSION
-    await _send(
-        session,
-        Result(
-            unit_id=message.unit_id,
-            lease_id=message.lease_id,
-            status=outcome.status.value,
-            code=code,
-            message=outcome.message,
-            credit=outcome.credit,
-        ),
+    return Result(
+        unit_id=unit_id,
+        lease_id=lease_id,
+        status=outcome.status.value,
+        code=code,
+        message=outcome.message,
+        credit=outcome.credit,
     )
 
 
@@ -689,6 +733,45 @@ def _blob_chunk(session: Session, request: BlobRequest) -> BlobChunk:
     length = min(request.length, MAX_BLOB_CHUNK_BYTES, size - request.offset)
     data = service.blobs.read(request.sha256, request.offset, length)
     return BlobChunk(sha256=request.sha256, offset=request.offset, total_size=size, data=data)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """An evaluate unit leased to a volunteer, with the runtime (and loss graph) it runs with."""
+
+    lease: EvalLease
+    campaign: CampaignRuntime
+    runtime: str
+    graph: GraphBlob | None
+
+
+def evaluate_unit_message(e: Evaluation, batch: int) -> WorkUnit:
+    """The work_unit of an evaluate unit: every parameter, `lease.batches` batches of `batch` sequences."""
+    campaign, lease = e.campaign, e.lease
+    recipe = dataclasses.asdict(campaign.inner_config) | {"steps": lease.batches, "batch_size": batch, "grad_accum": 1}
+    return WorkUnit(
+        kind="evaluate",
+        runtime=e.runtime,  # type: ignore[arg-type]  # "torch" or "onnxruntime", chosen by evaluation_choice
+        unit_id=lease.unit_id,
+        lease_id=lease.lease_id,
+        lease_deadline=lease.deadline,
+        campaign_id=str(lease.campaign_id),
+        campaign_name=campaign.row.name,
+        model_version=lease.version,
+        model=ModelSpec(preset=campaign.spec.model, config=ModelConfig(**dataclasses.asdict(campaign.model_config))),
+        checkpoint=BlobRef(sha256=lease.checkpoint[0], size=lease.checkpoint[1]),
+        checkpoint_format="safetensors",
+        data=BlobRef(sha256=lease.data[0], size=lease.data[1]),
+        data_dtype=campaign.state.data_dtype(),  # type: ignore[arg-type]
+        data_tokens=lease.data[2],
+        shard=tuple(campaign.shapes),
+        shard_shapes=campaign.shapes,
+        recipe=InnerRecipe(**recipe, global_step=0),
+        seed=0,
+        codec=campaign.spec.codec.to_dict(),  # type: ignore[arg-type]
+        max_update_bytes=1,
+        graph=BlobRef(sha256=e.graph.sha256, size=e.graph.size) if e.graph is not None else None,
+    )
 
 
 def work_unit_message(a: Assignment) -> WorkUnit:

@@ -96,20 +96,21 @@ def graph_key(kind: str, config: ModelConfig, shard: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
-def _build_step_graph(config: dict[str, object], shard: list[str]) -> bytes:
-    """In the build process: export and check one step graph."""
+def _build_graph(kind: str, config: dict[str, object], shard: list[str]) -> bytes:
+    """In the build process: export and check one graph, a step graph or the loss graph."""
     import torch
 
-    from training.onnx_graphs import build_step_graph
+    from training.onnx_graphs import build_loss_graph, build_step_graph
 
     torch.set_num_threads(1)  # leave the coordinator's own threads their cores
-    return build_step_graph(ModelConfig(**config), trainable=shard)  # type: ignore[arg-type]
+    model = ModelConfig(**config)  # type: ignore[arg-type]
+    return build_loss_graph(model) if kind == "loss" else build_step_graph(model, trainable=shard)
 
 
-def _build_into(out: Connection, config: dict[str, object], shard: list[str]) -> None:
+def _build_into(out: Connection, kind: str, config: dict[str, object], shard: list[str]) -> None:
     """The build process's body: the graph's bytes, or why not, back through `out`."""
     try:
-        out.send(("built", _build_step_graph(config, shard)))
+        out.send(("built", _build_graph(kind, config, shard)))
     except Exception as error:  # GraphError, or anything the exporter raises
         out.send(("failed", f"{type(error).__name__}: {error}"))
     finally:
@@ -119,6 +120,7 @@ def _build_into(out: Connection, config: dict[str, object], shard: list[str]) ->
 @dataclass
 class _Build:
     key: str
+    kind: str
     config: ModelConfig
     shard: list[str]
 
@@ -143,7 +145,14 @@ class GraphBuilds:
 
     def step_graph(self, config: ModelConfig, shard: Sequence[str]) -> GraphBlob | GraphPending:
         """The step graph of `config` training `shard`, or why there is none yet (its build then starts)."""
-        key = graph_key("step", config, shard)
+        return self._graph("step", config, shard)
+
+    def loss_graph(self, config: ModelConfig, names: Sequence[str]) -> GraphBlob | GraphPending:
+        """The loss graph of `config` (every parameter, `names`, an input), or why there is none yet."""
+        return self._graph("loss", config, names)
+
+    def _graph(self, kind: str, config: ModelConfig, shard: Sequence[str]) -> GraphBlob | GraphPending:
+        key = graph_key(kind, config, shard)
         built = self._built_graph(key)
         if built is not None:
             return built
@@ -157,13 +166,13 @@ class GraphBuilds:
             if self._closed:
                 return GraphPending("the coordinator is shutting down")
             if key not in self._building and self._built_graph(key) is None:  # again: one may have just finished
-                log.info("building the ONNX step graph of a %d-parameter shard (key %s)", len(shard), key[:12])
+                log.info("building the ONNX %s graph of %d parameters (key %s)", kind, len(shard), key[:12])
                 self._building.add(key)
-                self._queue.append(_Build(key, config, list(shard)))
+                self._queue.append(_Build(key, kind, config, list(shard)))
                 if self._worker is None or not self._worker.is_alive():
                     self._worker = threading.Thread(target=self._work, name="graph-builds", daemon=True)
                     self._worker.start()
-        return GraphPending("building the ONNX step graph of this campaign's model; this takes a minute or two")
+        return GraphPending(f"building the ONNX {kind} graph of this campaign's model; this takes a minute or two")
 
     def build_pid(self) -> int | None:
         """The process id of the build under way, if any (for operators, and tests that kill it)."""
@@ -188,11 +197,17 @@ class GraphBuilds:
                 try:
                     digest = self.blobs.put(detail)
                     self.store.add_graph(build.key, digest, len(detail))
-                    log.info("ONNX step graph %s built: %d bytes, blob %s", build.key[:12], len(detail), digest[:12])
+                    log.info(
+                        "ONNX %s graph %s built: %d bytes, blob %s",
+                        build.kind,
+                        build.key[:12],
+                        len(detail),
+                        digest[:12],
+                    )
                 except Exception as error:  # a full disk, a closed store
                     outcome, detail = "failed", f"it could not be stored: {error}"
             if outcome != "built":
-                log.error("the ONNX step graph %s could not be built: %s", build.key[:12], detail)
+                log.error("the ONNX %s graph %s could not be built: %s", build.kind, build.key[:12], detail)
                 with self._lock:
                     self._failed[build.key] = (str(detail)[:MAX_REASON], time.monotonic())
             with self._lock:
@@ -204,7 +219,7 @@ class GraphBuilds:
         context = multiprocessing.get_context("spawn")
         receive, send = context.Pipe(duplex=False)
         process = context.Process(
-            target=_build_into, args=(send, dataclasses.asdict(build.config), build.shard), daemon=True
+            target=_build_into, args=(send, build.kind, dataclasses.asdict(build.config), build.shard), daemon=True
         )
         with self._lock:
             if self._closed:

@@ -25,6 +25,7 @@ from coordinator.admission import AdmissionConfig, RegistrationLimiter
 from coordinator.blobs import BlobStore
 from coordinator.campaign import CampaignSpec, SpecError
 from coordinator.engine import Assignment, CampaignRuntime, NoWork, initial_version, model_config_for, shard_plan
+from coordinator.evaluations import EvaluationDesk
 from coordinator.graphs import GraphBlob, GraphBuilds
 from coordinator.sources import SourcePolicy
 from coordinator.store import SQLiteStore, Store, VersionRow, VolunteerRow
@@ -58,6 +59,8 @@ class CoordinatorConfig:
     work_hold_s: float = 30.0
     eval_tokens: int = 32768
     eval_batch: int = 8
+    # How long volunteers that evaluate get to settle a new version's holdout loss (coordinator.evaluations).
+    eval_grace_s: float = 60.0
     public_url: str = ""
     sources: SourcePolicy = field(default_factory=SourcePolicy)  # how a connection's network prefix is told
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)  # limits per source
@@ -106,6 +109,9 @@ class Coordinator:
         self.admin_token = ""
         self.workers = Workers(group=store.transaction)
         self.graphs = GraphBuilds(store, blobs)
+        self.evaluations = EvaluationDesk(
+            store, clock=clock, grace_s=config.eval_grace_s, batch=config.eval_batch, eval_tokens=config.eval_tokens
+        )
         self.registrations = RegistrationLimiter(
             burst=config.admission.registration_burst, per_minute=config.admission.registrations_per_minute
         )
@@ -155,6 +161,7 @@ class Coordinator:
         return runtime
 
     def _version_published(self, runtime: CampaignRuntime, version: VersionRow) -> None:
+        self.evaluations.open(runtime, version)
         self.eval_queue.append((runtime.row.id, version.version))
         for listener in self.version_listeners:
             listener(runtime.row.id, version)
@@ -345,6 +352,18 @@ class Coordinator:
         reason = "; ".join(waiting) or "none of the runtimes this app offers trains here"
         return NoWork(reason, retry_after_s=600 if failed else 15)
 
+    def evaluation_choice(self, campaign: CampaignRuntime, runtimes: tuple[str, ...]) -> RuntimeChoice | NoWork:
+        """As `runtime_choice`, for an evaluate unit: onnxruntime needs the model's loss graph."""
+        for name in runtimes:
+            if name == "torch":
+                return RuntimeChoice("torch")
+            if name == "onnxruntime":
+                graph = self.graphs.loss_graph(campaign.model_config, list(campaign.shapes))
+                if isinstance(graph, GraphBlob):
+                    return RuntimeChoice("onnxruntime", (graph,))
+                return NoWork(f"campaign {campaign.row.name}: {graph.reason}", retry_after_s=15)
+        return NoWork("none of the runtimes this app offers evaluates here", retry_after_s=600)
+
     @staticmethod
     def trust_of(volunteer: VolunteerRow) -> TrustState:
         return TrustState(volunteer.consecutive_valid, volunteer.errors)
@@ -359,6 +378,7 @@ class Coordinator:
         return (
             self.store.is_checkpoint(digest)
             or self.graphs.is_graph(digest)
+            or self.evaluations.is_blob(digest)
             or self.store.is_unit_data_of(digest, volunteer_id)
         )
 

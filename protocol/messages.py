@@ -110,10 +110,13 @@ TokenDtype = Literal["uint16", "uint32"]
 Phase = Literal["downloading", "training", "paused"]
 Runtime = Literal["torch", "onnxruntime"]
 RUNTIMES: Final[tuple[Runtime, ...]] = ("torch", "onnxruntime")
-UnitKind = Literal["train"]
+UnitKind = Literal["train", "evaluate"]
+UNIT_KINDS: Final[tuple[UnitKind, ...]] = ("train", "evaluate")
 AbandonReason = Literal["user_request", "out_of_memory", "diverged", "download_failed", "deadline", "error"]
 ResultStatus = Literal["accepted", "rejected", "duplicate"]
-ToServerType = Literal["hello", "request_work", "blob_request", "progress", "submit", "abandon", "goodbye", "keepalive"]
+ToServerType = Literal[
+    "hello", "request_work", "blob_request", "progress", "submit", "report", "abandon", "goodbye", "keepalive"
+]
 
 _DTYPE_BYTES: Final = {"uint16": 2, "uint32": 4}
 
@@ -170,7 +173,11 @@ class Capabilities(Struct, frozen=True, forbid_unknown_fields=True):
     ]
     unit_kinds: Annotated[
         tuple[UnitKind, ...],
-        Meta(min_length=1, max_length=1, description="Kinds of work unit the client can do."),
+        Meta(
+            min_length=1,
+            max_length=2,
+            description="Kinds of work unit the client does: train, evaluate (forward only, answered with report).",
+        ),
         UNIQUE,
     ]
 
@@ -336,6 +343,27 @@ class Submit(Struct, frozen=True, forbid_unknown_fields=True):
     metrics: Annotated[TrainMetrics, Meta(description="Losses, tokens, time and device.")]
 
 
+class Report(Struct, frozen=True, forbid_unknown_fields=True):
+    """The finished evaluate unit's losses. Reply: result."""
+
+    TYPE: ClassVar[str] = "report"
+
+    unit_id: Annotated[Id, Meta(description="The unit, as in work_unit.")]
+    lease_id: Annotated[Id, Meta(description="The lease, as in work_unit.")]
+    losses: Annotated[
+        tuple[Annotated[float, Meta(ge=0.0, le=MAX_LOSS)], ...],
+        Meta(
+            min_length=1,
+            max_length=MAX_INNER_STEPS,
+            description="Mean loss of each batch, in order: recipe.steps of them.",
+        ),
+    ]
+    seconds: Annotated[float, Meta(ge=0.0, le=MAX_DURATION_S, description="Wall-clock time of the evaluation.")]
+    device: Annotated[DeviceKind, Meta(description="Device family it ran on.")]
+    device_name: Annotated[Name, Meta(description="Device model, as in hello.capabilities.devices.")]
+    runtime: Annotated[Runtime, Meta(description="Runtime it ran with, as in work_unit.runtime.")]
+
+
 class Abandon(Struct, frozen=True, forbid_unknown_fields=True):
     """Give a leased unit back early so it is reissued now rather than when the lease expires."""
 
@@ -399,7 +427,15 @@ class WorkUnit(Struct, frozen=True, forbid_unknown_fields=True):
 
     TYPE: ClassVar[str] = "work_unit"
 
-    kind: Annotated[UnitKind, Meta(description="What to do: train (the only kind in this version).")]
+    kind: Annotated[
+        UnitKind,
+        Meta(
+            description=(
+                "train: train the shard and submit the update; evaluate: the loss of the checkpoint on each of "
+                "recipe.steps batches of data (forward only), answered with report."
+            )
+        ),
+    ]
     runtime: Annotated[
         Runtime, Meta(description="Runtime to train with: one the client listed in hello.capabilities.runtimes.")
     ]
@@ -450,7 +486,8 @@ class WorkUnit(Struct, frozen=True, forbid_unknown_fields=True):
         BlobRef | None,
         Meta(
             description=(
-                "The ONNX training-step graph of this model and shard when runtime is onnxruntime; null for torch."
+                "When runtime is onnxruntime: the ONNX step graph of this model and shard (train), or the loss "
+                "graph of the model (evaluate); null for torch."
             )
         ),
     ] = None
@@ -600,12 +637,12 @@ class ErrorMessage(Struct, frozen=True, forbid_unknown_fields=True):
         )
 
 
-ToServerMessage = Hello | RequestWork | BlobRequest | Progress | Submit | Abandon | Goodbye | Keepalive
+ToServerMessage = Hello | RequestWork | BlobRequest | Progress | Submit | Report | Abandon | Goodbye | Keepalive
 ToClientMessage = Welcome | WorkUnit | NoWork | BlobChunk | LeaseExtended | Result | ErrorMessage
 Message = ToServerMessage | ToClientMessage
 
 _TO_SERVER: Final[dict[str, type[ToServerMessage]]] = {
-    cls.TYPE: cls for cls in (Hello, RequestWork, BlobRequest, Progress, Submit, Abandon, Goodbye, Keepalive)
+    cls.TYPE: cls for cls in (Hello, RequestWork, BlobRequest, Progress, Submit, Report, Abandon, Goodbye, Keepalive)
 }
 _TO_CLIENT: Final[dict[str, type[ToClientMessage]]] = {
     cls.TYPE: cls for cls in (Welcome, WorkUnit, NoWork, BlobChunk, LeaseExtended, Result, ErrorMessage)

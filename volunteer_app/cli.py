@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from protocol.messages import RUNTIMES
+from protocol.messages import RUNTIMES, UNIT_KINDS
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -51,6 +51,14 @@ def add_volunteer(commands: Subparsers) -> None:
             "train with PyTorch (default) or with ONNX Runtime and the step graph the coordinator builds "
             "(needs commonweights[onnx])"
         ),
+    )
+    run.add_argument(
+        "--unit-kinds",
+        type=_unit_kinds,
+        default=("train",),
+        metavar="KINDS",
+        help="what to do, comma-separated: train (default), evaluate (measure new versions' holdout loss, "
+        "forward only), or both",
     )
     run.add_argument(
         "--memory-limit",
@@ -120,6 +128,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _unit_kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    if not kinds or not set(kinds) <= set(UNIT_KINDS):
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(UNIT_KINDS)}, comma-separated")
+    return kinds
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -154,6 +169,7 @@ def _run_volunteer(args: argparse.Namespace) -> int:
             device=args.device,
             threads=args.threads,
             runtime=args.runtime,
+            unit_kinds=args.unit_kinds,
             memory_limit=args.memory_limit,
             config_dir=args.config_dir,
             cache_dir=args.cache_dir,

@@ -42,9 +42,9 @@ from protocol.messages import decode as decode_frame
 from training.atomic_write import write_atomically
 from training.checkpoint import CheckpointError, load_state, load_weights, save_state
 from training.error_feedback import ErrorFeedback
-from training.inner import InnerConfig, InnerLoop, StepReport
+from training.inner import InnerConfig, InnerLoop, StepReport, unit_batches
 from training.model import GPT, ModelConfig
-from training.onnx_graphs import GraphError, OrtInnerLoop, check_served_graph
+from training.onnx_graphs import GraphError, OrtInnerLoop, check_served_graph, ort_session
 from volunteer_app.devices import DeviceInfo
 
 __all__ = [
@@ -367,6 +367,40 @@ class UnitRunner:
             return load_weights(checkpoint, shapes)
         except CheckpointError as error:
             raise RunnerError("error", f"the unit's checkpoint is unusable: {error}") from None
+
+    def evaluate(self, checkpoint: bytes, data: bytes, *, graph: bytes | None = None) -> tuple[list[float], float]:
+        """An evaluate unit: the loss of each of its batches (forward only) and the seconds it took.
+
+        With `graph` (the unit names the onnxruntime runtime) the loss graph computes them."""
+        if (graph is None) != (self.unit.runtime == "torch"):
+            raise RunnerError("error", f"a unit for {self.unit.runtime} needs its graph blob, and only that one")
+        batches = unit_batches(tokens_of(self.unit, data), self.config)
+        began = time.perf_counter()
+        losses: list[float] = []
+        if graph is not None:
+            try:
+                check_served_graph(graph)
+                session = ort_session(graph, threads=torch.get_num_threads())
+            except GraphError as error:
+                raise RunnerError("error", f"the unit's graph is refused: {error}") from None
+            weights = self._weights(checkpoint)
+            feed = {f"param.{n}": w.numpy() for n, w in weights.items()}
+            wanted = sorted([*feed, "input_ids", "targets"])
+            if sorted(i.name for i in session.get_inputs()) != wanted or [o.name for o in session.get_outputs()] != [
+                "loss"
+            ]:
+                raise RunnerError("error", "the unit's loss graph is for another model")
+            for inputs, targets in batches:
+                (loss,) = session.run(["loss"], feed | {"input_ids": inputs.numpy(), "targets": targets.numpy()})
+                losses.append(float(loss))
+        else:
+            model = self._build_model(checkpoint).eval()
+            device = self.device.torch_device
+            with torch.inference_mode():
+                losses = [float(model.loss(x.to(device), y.to(device))) for x, y in batches]
+        if not all(math.isfinite(x) and 0 <= x <= MAX_LOSS for x in losses):
+            raise RunnerError("diverged", "the model's loss on the unit's batches is not a finite number")
+        return losses, time.perf_counter() - began
 
     def _encode(self, delta: dict[str, torch.Tensor], metrics: TrainMetrics) -> TrainedUnit:
         unit = self.unit

@@ -48,6 +48,7 @@ from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.limits import MAX_FRAME_BYTES, MAX_LOSS, RECONNECT_BASE_DELAY_S, RECONNECT_MAX_DELAY_S
 from protocol.messages import (
     RUNTIMES,
+    UNIT_KINDS,
     Abandon,
     AbandonReason,
     BlobChunk,
@@ -64,12 +65,14 @@ from protocol.messages import (
     NoWork,
     Phase,
     Progress,
+    Report,
     RequestWork,
     Result,
     Runtime,
     Submit,
     ToClientMessage,
     ToServerType,
+    UnitKind,
     Welcome,
     WorkUnit,
     decode,
@@ -151,6 +154,7 @@ class WorkerConfig:
     device: str = "auto"
     threads: int | None = None
     runtime: Runtime = "torch"  # or onnxruntime: train with the step graph the coordinator serves
+    unit_kinds: tuple[UnitKind, ...] = ("train",)  # add "evaluate" to also measure versions' holdout loss
     memory_limit: int | None = None  # bytes training may use; default: half the RAM, 90 % of a GPU
     config_dir: Path | None = None  # credentials.toml
     cache_dir: Path | None = None  # blobs
@@ -167,6 +171,8 @@ class WorkerConfig:
         websocket_url(self.coordinator_url)  # raises WorkerError for a URL we can't use
         if self.runtime not in RUNTIMES:
             raise WorkerError("bad_runtime", f"unknown runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        if not self.unit_kinds or not set(self.unit_kinds) <= set(UNIT_KINDS):
+            raise WorkerError("bad_config", f"unit kinds must be some of {', '.join(UNIT_KINDS)}")
         if self.runtime == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
             raise WorkerError(
                 "bad_runtime", "--runtime onnxruntime needs ONNX Runtime: pip install 'commonweights[onnx]'"
@@ -562,7 +568,7 @@ class Worker:
                 codecs=CODEC_NAMES,
                 platform=platform_tag(),
                 runtimes=(self.config.runtime,),
-                unit_kinds=("train",),
+                unit_kinds=self.config.unit_kinds,
             ),
         )
 
@@ -772,6 +778,9 @@ class Worker:
                     await self._sleep(wait)
                     continue
                 assert isinstance(reply, WorkUnit)
+                if reply.kind == "evaluate":
+                    await self._evaluate(reply)  # minutes at most: not kept on disk to resume
+                    continue
                 self.store.save_unit(raw)
                 await self._do_unit(reply, resumed=False)
         except _Stopping:
@@ -836,6 +845,56 @@ class Worker:
         await self._submit(unit, frame)
         if trained is not None and trained.alternate_update is not None:
             await self._replay(unit, frame, trained)
+
+    async def _evaluate(self, unit: WorkUnit) -> None:
+        """An evaluate unit: its batches' losses (forward only), reported; given back on any failure."""
+        self._notify(
+            UnitStarted(
+                unit.unit_id, unit.campaign_id, unit.campaign_name, unit.model_version, unit.recipe.steps, False
+            )
+        )
+        if unit.runtime != self.config.runtime:
+            await self._abandon(unit, "error", f"a unit for {unit.runtime}, which this volunteer did not offer")
+            return
+        device = self.device
+        assert device is not None
+        progress = _UnitProgress(unit)
+        heartbeat = asyncio.create_task(self._heartbeats(progress))
+        try:
+            checkpoint, data, graph = await self._download(unit)
+            progress.phase = "training"
+            self._set_activity(WorkerState.TRAINING, f"{unit.campaign_name}: evaluating version {unit.model_version}")
+            runner = UnitRunner(unit, self.store, device)
+            losses, seconds = await asyncio.to_thread(runner.evaluate, checkpoint, data, graph=graph)
+        except RunnerError as error:
+            await self._abandon(unit, error.reason, error.message)
+            return
+        except (BlobError, _Refused) as error:
+            await self._abandon(unit, "download_failed", getattr(error, "message", None) or str(error))
+            return
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, _Stopping):
+                await heartbeat
+        if progress.lease_lost is not None:
+            self._lease_lost(unit, progress.lease_lost)
+            return
+        report = Report(unit.unit_id, unit.lease_id, tuple(losses), min(seconds, 1e7), device.kind, device.name,
+                        unit.runtime)  # fmt: skip
+        self._set_activity(WorkerState.SUBMITTING, unit.campaign_name)
+        try:
+            reply, _ = await self._request(
+                report,
+                "report",
+                unit.unit_id,
+                lambda m: isinstance(m, Result) and m.unit_id == unit.unit_id and m.lease_id == unit.lease_id,
+            )
+        except _Refused as refusal:
+            self._count(UnitResult(unit.unit_id, "rejected", refusal.error.code.value, refusal.error.message, 0.0))
+            return
+        assert isinstance(reply, Result)
+        code = reply.code.value if reply.code is not None else None
+        self._count(UnitResult(unit.unit_id, reply.status, code, reply.message, reply.credit))
 
     async def _download(self, unit: WorkUnit) -> tuple[bytes, bytes, bytes | None]:
         """The unit's checkpoint, data and (for onnxruntime) step graph, from the cache or the coordinator."""

@@ -39,6 +39,7 @@ from protocol.messages import (
     ModelSpec,
     NoWork,
     Progress,
+    Report,
     RequestWork,
     Result,
     Submit,
@@ -79,7 +80,7 @@ def _hello() -> dict[str, Any]:
             codecs=("fp32", "int8"),
             platform=args["platform"],
             runtimes=("onnxruntime",),
-            unit_kinds=("train",),
+            unit_kinds=("train", "evaluate"),
         ),
     )
     return {"args": args, "hex": encode(message).hex()}
@@ -114,6 +115,12 @@ def _sent() -> dict[str, Any]:
             "hex": encode(Submit("u-42", "l-42-1", update, sha, wire)).hex(),
         },
         "abandon": {"hex": encode(Abandon("u-42", "l-42-1", "user_request", "tab closed")).hex()},
+        "report": {
+            "args": {"losses": [5.25, 5.125, 4.875], "seconds": 1.5, "deviceName": "browser (wasm)"},
+            "hex": encode(
+                Report("u-42", "l-42-1", (5.25, 5.125, 4.875), 1.5, "cpu", "browser (wasm)", "onnxruntime")
+            ).hex(),
+        },
         "goodbye": {"hex": encode(Goodbye("tab closed")).hex()},
         "keepalive": {"hex": encode(Keepalive()).hex()},
     }

@@ -198,3 +198,40 @@ def test_a_reloaded_tab_gives_its_unit_back_at_once_instead_of_letting_the_lease
     assert time.time() < deadline, "released by abandon, before its lease would have run out"
     assert tab.page.evaluate("document.body.dataset.volunteerId") == volunteer_id, "the same volunteer, by its token"
     tab.context.close()
+
+
+def test_a_tab_and_a_forward_only_volunteer_on_another_network_agree_on_a_versions_holdout_loss(
+    browser: Any, server: LiveCoordinator, tmp_path: Path
+) -> None:
+    """evaluate units: the tab (ONNX Runtime Web, loss graph) and a volunteer that only evaluates
+    (PyTorch) measure a new version; their losses agree batch by batch, which settles it and credits both."""
+    home = tmp_path / "evaluator"
+    home.mkdir()
+    command = [
+        sys.executable, "-m", "commonweights", "volunteer", "run", "--coordinator", server.ws, "--threads", "1",
+        "--name", "evaluator", "--unit-kinds", "evaluate", "--bind-address", "127.0.4.1",
+        "--config-dir", str(home / "config"), "--cache-dir", str(home / "cache"), "--quiet",
+    ]  # fmt: skip
+    with (home / "log.txt").open("wb") as log:
+        evaluator = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    tab = Tab(browser, server, {"width": 1280, "height": 900})
+    try:
+        tab.page.get_by_role("button", name="Start").click()
+        poll("an evaluation by the tab", lambda: int(tab.text("evaluations")) >= 1, timeout=TRAINING_S)
+
+        def credited() -> dict[str, Any] | None:
+            row = next((v for v in server.api.volunteers() if v["name"] == "evaluator"), None)
+            return row if row is not None and row["credit"] > 0 else None
+
+        row = poll("the forward-only volunteer's result to agree with another", credited, timeout=TRAINING_S)
+        assert row["units_accepted"] >= 1 and row["units_rejected"] == 0
+        with _db(server) as db:
+            trained = db.execute(
+                "SELECT COUNT(*) FROM submissions s JOIN volunteers v ON v.id = s.volunteer_id WHERE v.name = ?",
+                ("evaluator",),
+            ).fetchone()[0]
+        assert trained == 0, "it only evaluates"
+        assert tab.errors == [], tab.errors
+    finally:
+        stop(evaluator)
+        tab.context.close()

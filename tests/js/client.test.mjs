@@ -24,6 +24,8 @@ test("every frame the page sends is the reference's bytes", () => {
   const s = f.submit.args;
   assert.equal(hex(frames.submit(unit, bytesOf(s.update), s.update_sha256, s.metrics)), f.submit.hex);
   assert.equal(hex(frames.abandon(unit, "user_request", "tab closed")), f.abandon.hex);
+  const r = f.report.args;
+  assert.equal(hex(frames.report(unit, r.losses, r.seconds, r.deviceName)), f.report.hex);
   assert.equal(hex(frames.goodbye("tab closed")), f.goodbye.hex);
   assert.equal(hex(frames.keepalive()), f.keepalive.hex);
 });

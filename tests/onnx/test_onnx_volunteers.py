@@ -66,8 +66,29 @@ def test_an_onnx_runtime_volunteer_trains_with_the_served_graph_and_its_replicas
     campaign_id = coordinator.api.post_campaign(spec)["id"]
     processes = [
         # Different /24s of loopback: a replica goes only to a volunteer on another network than its twin's.
-        volunteer(tmp_path, coordinator, "ort", "--runtime", "onnxruntime", "--bind-address", "127.0.1.1"),
-        volunteer(tmp_path, coordinator, "pt", "--runtime", "torch", "--bind-address", "127.0.2.1"),
+        # Both also evaluate: ONNX Runtime's loss graph and PyTorch measure new versions side by side.
+        volunteer(
+            tmp_path,
+            coordinator,
+            "ort",
+            "--runtime",
+            "onnxruntime",
+            "--bind-address",
+            "127.0.1.1",
+            "--unit-kinds",
+            "train,evaluate",
+        ),
+        volunteer(
+            tmp_path,
+            coordinator,
+            "pt",
+            "--runtime",
+            "torch",
+            "--bind-address",
+            "127.0.2.1",
+            "--unit-kinds",
+            "train,evaluate",
+        ),
     ]
     db = sqlite3.connect(f"file:{coordinator.data_dir / 'coordinator.sqlite3'}?mode=ro", uri=True)
     try:
@@ -89,6 +110,8 @@ def test_an_onnx_runtime_volunteer_trains_with_the_served_graph_and_its_replicas
         poll("agreed replicas", lambda: {"ort", "pt"} <= {name for pair in pairs() for name in pair}, timeout=400)
         assert all(x != y for x, y in pairs()), "each replica was computed by the other runtime"
         poll("two versions", lambda: coordinator.api.campaign(campaign_id)["version"] >= 2, timeout=300)
+        log = tmp_path / "coordinator.log"
+        poll("a version's holdout loss settled by the two", lambda: "settled by two" in log.read_text(), timeout=300)
     finally:
         for process in processes:
             stop(process, grace=15)

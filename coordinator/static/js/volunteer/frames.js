@@ -50,7 +50,7 @@ export function hello({ token, name, clientVersion, memoryBytes, threads, platfo
       codecs: CODECS,
       platform,
       runtimes: ["onnxruntime"],
-      unit_kinds: ["train"],
+      unit_kinds: ["train", "evaluate"],
     },
   });
 }
@@ -87,6 +87,19 @@ export function submit(unit, update, updateSha256, metrics) {
       runtime: "onnxruntime",
       peak_memory_bytes: null,
     },
+  });
+}
+
+/** The losses of a finished evaluate unit, one per batch. */
+export function report(unit, losses, seconds, deviceName) {
+  return frame("report", {
+    unit_id: unit.unit_id,
+    lease_id: unit.lease_id,
+    losses,
+    seconds,
+    device: "cpu",
+    device_name: deviceName,
+    runtime: "onnxruntime",
   });
 }
 

@@ -12,6 +12,7 @@ let worker = null;
 let userPaused = false;
 let onBattery = false;
 let accepted = 0;
+let evaluations = 0;
 let credit = null;
 
 function log(text) {
@@ -88,7 +89,7 @@ function handle(message) {
       $("campaign").textContent = message.campaign;
       $("step").textContent = `0 / ${message.steps}`;
       $("unit-progress").value = 0;
-      log(`unit ${message.unitId.slice(0, 8)} of ${message.campaign}: ${message.steps} steps`);
+      log(`${message.kind === "evaluate" ? "evaluate" : "train"} unit ${message.unitId.slice(0, 8)} of ${message.campaign}: ${message.steps} ${message.kind === "evaluate" ? "batches" : "steps"}`);
       break;
     case "download":
       $("unit-progress").value = 0;
@@ -99,14 +100,16 @@ function handle(message) {
       $("unit-progress").value = message.step / message.steps;
       $("step").textContent = `${message.step} / ${message.steps}`;
       $("loss").textContent = message.loss.toFixed(4);
-      $("rate").textContent = message.tokensPerSecond.toFixed(0);
+      if (message.kind === "train") $("rate").textContent = message.tokensPerSecond.toFixed(0);
       break;
     case "result":
-      if (message.status === "accepted") accepted += 1;
+      if (message.status === "accepted" && message.kind === "evaluate") evaluations += 1;
+      else if (message.status === "accepted") accepted += 1;
       credit = (credit ?? 0) + message.credit;
       $("accepted").textContent = String(accepted);
+      $("evaluations").textContent = String(evaluations);
       $("credit").textContent = credit.toFixed(2);
-      log(`result: ${message.status}${message.code ? ` (${message.code})` : ""}, credit ${message.credit.toFixed(3)}`);
+      log(`${message.kind === "evaluate" ? "evaluation" : "update"} ${message.status}${message.code ? ` (${message.code})` : ""}, credit ${message.credit.toFixed(3)}`);
       break;
     case "unit-done":
       localStorage.removeItem(UNIT);

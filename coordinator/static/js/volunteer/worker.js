@@ -17,7 +17,7 @@ const CACHE = "commonweights-blobs-v1";
 const LOST = new Set(["lease_expired", "not_your_lease", "unknown_unit"]);
 const NO_RECONNECT = new Set([4426, 4403, 4409]);
 const MAX_BLOB_BYTES = 2 ** 30; // what a tab may hold of one blob (wasm32 memory is 4 GiB in all)
-const REPLY_S = { request_work: 90, blob_request: 120, progress: 60, submit: 300 }; // work_hold_s is at most 30
+const REPLY_S = { request_work: 90, blob_request: 120, progress: 60, submit: 300, report: 60 }; // work_hold_s is at most 30
 const PAUSE_HEARTBEATS = 3; // paused longer than this many heartbeats: give the unit back
 
 let settings = null;
@@ -238,7 +238,7 @@ async function sessionFor(sha256, graph) {
 
 /** Trains `unit` (protocol.md, "Training a unit") and submits it; resolves when the result is in. */
 async function doUnit(link, unit) {
-  post({ type: "unit", unitId: unit.unit_id, leaseId: unit.lease_id, campaign: unit.campaign_name, steps: unit.recipe.steps });
+  post({ type: "unit", kind: unit.kind, unitId: unit.unit_id, leaseId: unit.lease_id, campaign: unit.campaign_name, steps: unit.recipe.steps });
   const progress = { step: 0, loss: null, tokens: 0, phase: "downloading", lost: null };
   const every = link.welcome.heartbeat_interval_s * 1000;
   const beat = async () => {
@@ -273,6 +273,11 @@ async function doUnit(link, unit) {
     if (ids.length < tokensNeeded(recipe)) throw new Error("the data slice is shorter than the recipe needs");
     const weights = readSafetensors(checkpoint);
     const session = await sessionFor(unit.graph.sha256, graph);
+    if (unit.kind === "evaluate") {
+      clearInterval(heartbeat);
+      await evaluate(link, unit, session, weights, ids, progress);
+      return;
+    }
     const shard = unit.shard;
     const params = {};
     const start = {};
@@ -336,7 +341,7 @@ async function doUnit(link, unit) {
       progress.step = s + 1;
       progress.loss = loss;
       progress.tokens = (s + 1) * rows * recipe.seq_len;
-      post({ type: "step", step: s + 1, steps: recipe.steps, loss, tokensPerSecond: (rows * recipe.seq_len) / elapsed });
+      post({ type: "step", kind: "train", step: s + 1, steps: recipe.steps, loss, tokensPerSecond: (rows * recipe.seq_len) / elapsed });
       if (settings.cpuShare < 1) await sleep(elapsed * 1000 * (1 / settings.cpuShare - 1));
     }
     const delta = {};
@@ -356,7 +361,7 @@ async function doUnit(link, unit) {
       "submit",
       unit.unit_id,
     );
-    post({ type: "result", status: result.status, code: result.code, message: result.message, credit: result.credit });
+    post({ type: "result", kind: "train", status: result.status, code: result.code, message: result.message, credit: result.credit });
   } catch (error) {
     if (error instanceof Fatal) {
       settings.leftover = { unit_id: unit.unit_id, lease_id: unit.lease_id }; // given back after reconnecting
@@ -375,6 +380,40 @@ async function doUnit(link, unit) {
     clearInterval(heartbeat);
     post({ type: "unit-done", unitId: unit.unit_id });
   }
+}
+
+/** An evaluate unit: the loss graph over the unit's batches (protocol.md, "Training a unit": the batches). */
+async function evaluate(link, unit, session, weights, ids, progress) {
+  const recipe = unit.recipe;
+  const feeds = {};
+  for (const [name, { shape, data }] of weights) feeds[`param.${name}`] = new ort.Tensor("float32", data, shape);
+  const missing = session.inputNames.filter((name) => name.startsWith("param.") && !(name in feeds));
+  if (missing.length) throw new Error(`the checkpoint lacks ${missing.slice(0, 3).join(", ")}`);
+  status("evaluating", `${unit.campaign_name}, version ${unit.model_version}`);
+  const losses = [];
+  const began = performance.now();
+  for (let s = 0; s < recipe.steps; s++) {
+    if (stopping) throw Object.assign(new Error("the page was closed"), { reason: "user_request" });
+    if (link.closed) throw new Fatal(`the connection closed (${link.closed})`, link.closed);
+    const { inputs, targets, rows } = stepBatch(ids, recipe, s);
+    feeds.input_ids = new ort.Tensor("int64", inputs, [rows, recipe.seq_len]);
+    feeds.targets = new ort.Tensor("int64", targets, [rows, recipe.seq_len]);
+    const out = await session.run(feeds);
+    const loss = out.loss.data[0];
+    if (!Number.isFinite(loss) || loss < 0 || loss > 1e6) throw Object.assign(new Error(`loss ${loss}`), { reason: "diverged" });
+    losses.push(loss);
+    progress.step = s + 1;
+    post({ type: "step", kind: "evaluate", step: s + 1, steps: recipe.steps, loss, tokensPerSecond: 0 });
+  }
+  const seconds = (performance.now() - began) / 1000;
+  status("submitting", unit.campaign_name);
+  const result = await link.request(
+    F.report(unit, losses, seconds, settings.deviceName),
+    (message) => message.type === "result" && message.unit_id === unit.unit_id,
+    "report",
+    unit.unit_id,
+  );
+  post({ type: "result", kind: "evaluate", status: result.status, code: result.code, message: result.message, credit: result.credit });
 }
 
 async function work(link) {
