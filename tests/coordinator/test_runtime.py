@@ -203,6 +203,24 @@ def test_an_expired_lease_is_issued_again_and_the_late_result_is_refused(service
     assert (late.status, late.code) == ("rejected", "not_your_lease")
 
 
+def test_a_unit_whose_lease_ends_after_its_round_closed_is_issued_again_in_a_later_round(
+    service: Coordinator,
+) -> None:
+    """A volunteer killed mid-unit while others close the round: when its lease ends, the slice goes
+    out again (it was left 'pending' in the closed round, where nothing ever issues units)."""
+    service.create_campaign(make_spec(rounds={"units_per_round": 1, "min_accepted": 1, "lease_s": 60}), owner="a:1")
+    killed, rescuer = volunteers(service, 2)
+    doomed = lease(service, killed)  # held by an identity not yet trusted: it doesn't hold up the round
+    first, _ = submit_honest(service, rescuer)
+    assert first.unit.id != doomed.unit.id and service.store.round(doomed.unit.round_id).status == "closed"  # type: ignore[union-attr]
+    clock: Clock = service.clock  # type: ignore[assignment]
+    clock.now += 61
+    service.tick()
+    again = lease(service, rescuer)
+    assert again.unit.id == doomed.unit.id and again.unit.round_id != doomed.unit.round_id
+    assert again.unit.data_sha == doomed.unit.data_sha
+
+
 def test_progress_heartbeats_extend_the_lease(service: Coordinator) -> None:
     campaign_id = service.create_campaign(make_spec(), owner="admin:1")
     (v,) = volunteers(service, 1)

@@ -19,6 +19,16 @@ from coordinator.store.sqlite.database import SQLiteDatabase
 __all__ = ["SQLiteWork"]
 
 
+# A unit whose lease ends goes back to the pool: 'pending' in its round while that round is open
+# (and a replica always, its twin waits for it), 'cancelled' once the round closed, so that the next
+# new unit recycles its slice. Left 'pending' in a closed round it would never be issued again.
+_RELEASED = (
+    "state = CASE WHEN replica_of IS NULL AND EXISTS (SELECT 1 FROM rounds r WHERE r.id = units.round_id "
+    "AND r.status = 'closed') THEN 'cancelled' ELSE 'pending' END, volunteer_id = NULL, lease_id = NULL, "
+    "lease_deadline = NULL"
+)
+
+
 class SQLiteWork(SQLiteDatabase):
     """`WorkStore` over the rounds, units and leases tables (leases keeps every lease ever granted)."""
 
@@ -128,23 +138,18 @@ class SQLiteWork(SQLiteDatabase):
         return changed == 1
 
     def expire_leases(self, now: float) -> list[UnitRow]:
-        """Return leased units whose deadline passed to 'pending' so they are issued again."""
+        """Return leased units whose deadline passed to the pool (see `_RELEASED`) so they are issued again."""
         with self.transaction():
             rows = self._all("SELECT * FROM units WHERE state = 'leased' AND lease_deadline < ?", (now,))
             self.db.execute(
-                "UPDATE units SET state = 'pending', volunteer_id = NULL, lease_id = NULL, lease_deadline = NULL "
-                "WHERE state = 'leased' AND lease_deadline < ?",
+                f"UPDATE units SET {_RELEASED} WHERE state = 'leased' AND lease_deadline < ?",
                 (now,),
             )
         return [_unit(r) for r in rows]
 
     def release_unit(self, unit_id: str) -> None:
         """Return a leased unit to the pool (its result was rejected; the slice still needs work)."""
-        self.db.execute(
-            "UPDATE units SET state = 'pending', volunteer_id = NULL, lease_id = NULL, lease_deadline = NULL "
-            "WHERE id = ? AND state = 'leased'",
-            (unit_id,),
-        )
+        self.db.execute(f"UPDATE units SET {_RELEASED} WHERE id = ? AND state = 'leased'", (unit_id,))
 
     def set_unit_state(self, unit_id: str, state: str) -> None:
         self.db.execute("UPDATE units SET state = ? WHERE id = ?", (state, unit_id))
