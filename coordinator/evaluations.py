@@ -116,6 +116,7 @@ class EvaluationDesk:
         self.batch = batch
         self.eval_tokens = eval_tokens
         self._jobs: dict[tuple[int, int], _Job] = {}
+        self._slices: dict[int, tuple[tuple[str, int, int], int, int]] = {}  # campaign -> (data, batches, params)
         self._lock = threading.Lock()
         self._evaluators = 0  # connected volunteers that offer evaluate
 
@@ -133,20 +134,14 @@ class EvaluationDesk:
         """A job for `version`'s holdout loss (nothing when volunteers don't evaluate: grace 0)."""
         if self.grace_s <= 0:
             return
-        dataset, seq_len = runtime.dataset, runtime.spec.inner.seq_len
-        tokens = dataset.holdout_slice(0, min(self.eval_tokens + 1, dataset.num_holdout_tokens))
-        batches = sum(1 for _ in sequence_batches(tokens, self.batch, seq_len))
+        data, batches, params = self._holdout(runtime)
         if batches == 0:
             return
-        dtype = runtime.state.data_dtype()
-        data = np.ascontiguousarray(tokens[: batches * self.batch * seq_len + 1].astype(dtype)).tobytes()
-        digest = runtime.state.blobs.put(data, durable=False)  # cut again from the dataset if lost
-        params = sum(math.prod(shape) for shape in runtime.shapes.values())
         job = _Job(
             campaign_id=runtime.row.id,
             version=version.version,
             checkpoint=(version.checkpoint_sha, version.checkpoint_size),
-            data=(digest, len(data), len(data) // np.dtype(dtype).itemsize),
+            data=data,
             batches=batches,
             params=params,
             opened_at=self.clock(),
@@ -155,6 +150,23 @@ class EvaluationDesk:
             self._jobs[(job.campaign_id, job.version)] = job
             for key in [k for k in self._jobs if k[0] == job.campaign_id and k[1] < job.version - 4]:
                 del self._jobs[key]  # old versions: the coordinator has long measured them
+
+    def _holdout(self, runtime: CampaignRuntime) -> tuple[tuple[str, int, int], int, int]:
+        """The campaign's holdout slice blob (sha256, size, tokens), its batch count and the model's
+        parameter count: the same for every version, so cut once per campaign."""
+        known = self._slices.get(runtime.row.id)
+        if known is not None and runtime.state.blobs.exists(known[0][0]):
+            return known
+        dataset, seq_len = runtime.dataset, runtime.spec.inner.seq_len
+        tokens = dataset.holdout_slice(0, min(self.eval_tokens + 1, dataset.num_holdout_tokens))
+        batches = sum(1 for _ in sequence_batches(tokens, self.batch, seq_len))
+        dtype = runtime.state.data_dtype()
+        data = np.ascontiguousarray(tokens[: batches * self.batch * seq_len + 1].astype(dtype)).tobytes()
+        digest = runtime.state.blobs.put(data, durable=False)  # cut again from the dataset if lost
+        params = sum(math.prod(shape) for shape in runtime.shapes.values())
+        found = ((digest, len(data), len(data) // np.dtype(dtype).itemsize), batches, params)
+        self._slices[runtime.row.id] = found
+        return found
 
     def pending(self, campaign_id: int, version: int) -> bool:
         """Whether volunteers may still settle this version's loss, so the coordinator waits for them:

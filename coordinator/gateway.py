@@ -572,18 +572,15 @@ async def _refuse_codec(session: Session, refusal: UnsupportedCodec) -> None:
 
 
 async def _answer_request(session: Session, answer: Assignment | Evaluation | NoWorkAnswer) -> None:
+    if isinstance(answer, NoWorkAnswer):
+        await _send(session, NoWork(retry_after_s=answer.retry_after_s, reason=answer.reason))
+        return
     if isinstance(answer, Evaluation):
         unit = evaluate_unit_message(answer, session.service.config.eval_batch)
-        session.blobs |= {unit.checkpoint.sha256, unit.data.sha256} | ({unit.graph.sha256} if unit.graph else set())
-        await _send(session, unit)
-    elif isinstance(answer, Assignment):
-        unit = work_unit_message(answer)
-        session.blobs |= {unit.checkpoint.sha256, unit.data.sha256}
-        if unit.graph is not None:
-            session.blobs.add(unit.graph.sha256)
-        await _send(session, unit)
     else:
-        await _send(session, NoWork(retry_after_s=answer.retry_after_s, reason=answer.reason))
+        unit = work_unit_message(answer)
+    session.blobs |= {ref.sha256 for ref in (unit.checkpoint, unit.data, unit.graph) if ref is not None}
+    await _send(session, unit)
 
 
 async def _hold(session: Session, message: RequestWork, idle: NoWorkAnswer) -> None:

@@ -26,7 +26,7 @@ from coordinator.blobs import BlobStore
 from coordinator.campaign import CampaignSpec, SpecError
 from coordinator.engine import Assignment, CampaignRuntime, NoWork, initial_version, model_config_for, shard_plan
 from coordinator.evaluations import EvaluationDesk
-from coordinator.graphs import GraphBlob, GraphBuilds
+from coordinator.graphs import GraphBlob, GraphBuilds, GraphPending
 from coordinator.sources import SourcePolicy
 from coordinator.store import SQLiteStore, Store, VersionRow, VolunteerRow
 from coordinator.validation import TrustState
@@ -334,7 +334,22 @@ class Coordinator:
 
     def runtime_choice(self, campaign: CampaignRuntime, runtimes: tuple[str, ...]) -> RuntimeChoice | NoWork:
         """The first of the volunteer's `runtimes` (its order of preference) this coordinator can serve
-        `campaign` with now. onnxruntime needs every shard's step graph built; asking starts the builds."""
+        `campaign`'s training units with now. onnxruntime needs every shard's step graph built; asking
+        starts the builds."""
+        return self._choice(
+            campaign, runtimes, lambda: [self.graphs.step_graph(campaign.model_config, s) for s in campaign.shards]
+        )
+
+    def evaluation_choice(self, campaign: CampaignRuntime, runtimes: tuple[str, ...]) -> RuntimeChoice | NoWork:
+        """As `runtime_choice`, for an evaluate unit: onnxruntime needs the model's loss graph."""
+        return self._choice(
+            campaign, runtimes, lambda: [self.graphs.loss_graph(campaign.model_config, list(campaign.shapes))]
+        )
+
+    @staticmethod
+    def _choice(
+        campaign: CampaignRuntime, runtimes: tuple[str, ...], graphs: Callable[[], list[GraphBlob | GraphPending]]
+    ) -> RuntimeChoice | NoWork:
         waiting: list[str] = []
         failed = True
         for name in runtimes:
@@ -342,27 +357,15 @@ class Coordinator:
                 return RuntimeChoice("torch")
             if name != "onnxruntime":
                 continue
-            graphs = [self.graphs.step_graph(campaign.model_config, shard) for shard in campaign.shards]
-            built = [g for g in graphs if isinstance(g, GraphBlob)]
-            if len(built) == len(graphs):
+            found = graphs()
+            built = [g for g in found if isinstance(g, GraphBlob)]
+            if len(built) == len(found):
                 return RuntimeChoice("onnxruntime", tuple(built))
-            pending = next(g for g in graphs if not isinstance(g, GraphBlob))
+            pending = next(g for g in found if not isinstance(g, GraphBlob))
             waiting.append(f"campaign {campaign.row.name}: {pending.reason}")
             failed = failed and pending.failed
-        reason = "; ".join(waiting) or "none of the runtimes this app offers trains here"
+        reason = "; ".join(waiting) or "none of the runtimes this app offers works here"
         return NoWork(reason, retry_after_s=600 if failed else 15)
-
-    def evaluation_choice(self, campaign: CampaignRuntime, runtimes: tuple[str, ...]) -> RuntimeChoice | NoWork:
-        """As `runtime_choice`, for an evaluate unit: onnxruntime needs the model's loss graph."""
-        for name in runtimes:
-            if name == "torch":
-                return RuntimeChoice("torch")
-            if name == "onnxruntime":
-                graph = self.graphs.loss_graph(campaign.model_config, list(campaign.shapes))
-                if isinstance(graph, GraphBlob):
-                    return RuntimeChoice("onnxruntime", (graph,))
-                return NoWork(f"campaign {campaign.row.name}: {graph.reason}", retry_after_s=15)
-        return NoWork("none of the runtimes this app offers evaluates here", retry_after_s=600)
 
     @staticmethod
     def trust_of(volunteer: VolunteerRow) -> TrustState:

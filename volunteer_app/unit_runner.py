@@ -255,9 +255,7 @@ class UnitRunner:
         A unit for the onnxruntime runtime trains with its step graph, `graph` (the blob the unit
         names). Runs on the calling thread; the worker calls it through `asyncio.to_thread`.
         """
-        if (graph is None) != (self.unit.runtime == "torch"):
-            raise RunnerError("error", f"a unit for {self.unit.runtime} needs its graph blob, and only that one")
-        self.graph = graph
+        self.graph = self._checked_graph(graph)
         tokens = tokens_of(self.unit, data)
         if self.device.kind == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device.torch_device)
@@ -328,7 +326,6 @@ class UnitRunner:
     def _new_loop(self, checkpoint: bytes) -> InnerLoop | OrtInnerLoop:
         try:
             if self.graph is not None:
-                check_served_graph(self.graph)
                 params = {n: w.numpy() for n, w in self._weights(checkpoint).items()}
                 return OrtInnerLoop(
                     self.graph,
@@ -342,8 +339,17 @@ class UnitRunner:
             return InnerLoop(model, self.config, global_step=self.unit.recipe.global_step, trainable=self.unit.shard)
         except ValueError as error:
             raise RunnerError("error", f"the unit's shard doesn't fit its model: {error}") from None
-        except GraphError as error:
-            raise RunnerError("error", f"the unit's graph is refused: {error}") from None
+
+    def _checked_graph(self, graph: bytes | None) -> bytes | None:
+        """The unit's graph blob: there exactly when the unit names onnxruntime, and a plain ONNX model."""
+        if (graph is None) != (self.unit.runtime == "torch"):
+            raise RunnerError("error", f"a unit for {self.unit.runtime} needs its graph blob, and only that one")
+        if graph is not None:
+            try:
+                check_served_graph(graph)
+            except GraphError as error:
+                raise RunnerError("error", f"the unit's graph is refused: {error}") from None
+        return graph
 
     def _build_model(self, checkpoint: bytes) -> GPT:
         weights = self._weights(checkpoint)
@@ -372,17 +378,12 @@ class UnitRunner:
         """An evaluate unit: the loss of each of its batches (forward only) and the seconds it took.
 
         With `graph` (the unit names the onnxruntime runtime) the loss graph computes them."""
-        if (graph is None) != (self.unit.runtime == "torch"):
-            raise RunnerError("error", f"a unit for {self.unit.runtime} needs its graph blob, and only that one")
+        graph = self._checked_graph(graph)
         batches = unit_batches(tokens_of(self.unit, data), self.config)
         began = time.perf_counter()
         losses: list[float] = []
         if graph is not None:
-            try:
-                check_served_graph(graph)
-                session = ort_session(graph, threads=torch.get_num_threads())
-            except GraphError as error:
-                raise RunnerError("error", f"the unit's graph is refused: {error}") from None
+            session = ort_session(graph, threads=torch.get_num_threads())
             weights = self._weights(checkpoint)
             feed = {f"param.{n}": w.numpy() for n, w in weights.items()}
             wanted = sorted([*feed, "input_ids", "targets"])
