@@ -274,7 +274,7 @@ async function doUnit(link, unit) {
     const weights = readSafetensors(checkpoint);
     const session = await sessionFor(unit.graph.sha256, graph);
     if (unit.kind === "evaluate") {
-      clearInterval(heartbeat);
+      progress.phase = "training";
       await evaluate(link, unit, session, weights, ids, progress);
       return;
     }
