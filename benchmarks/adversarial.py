@@ -342,7 +342,7 @@ def audit(db_path: Path, campaign_id: int | None, attackers: Sequence[str]) -> A
         if volunteer_id in result.attacker_ids:
             result.attacker_submissions += 1
             result.attacker_accepted += status == "accepted"
-            result.attacker_pending += status == "pending_replica"
+            result.attacker_pending += status in ("pending_replica", "pending_check")
             if status == "rejected":
                 attacker_codes[str(code)] += 1
         else:

@@ -244,6 +244,19 @@ class ValidationSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
             ),
         ),
     ] = 0.1
+    check_rate: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=1,
+            description=(
+                "Share of the updates the coordinator does not measure itself that wait for a holdout check by "
+                "forward-only volunteers (check units: the holdout loss of the model with a small step along "
+                "the update, from two unrelated volunteers who agree), while volunteers who check are "
+                "connected. 0 turns check units off."
+            ),
+        ),
+    ] = 0.25
 
     def problems(self) -> list[str]:
         return _declared_problems(self, "validation.")

@@ -84,6 +84,7 @@ MAX_PROTOCOL_ERRORS = 20
 DECODE_OFF_LOOP_BYTES = 256 * 1024
 # How long a volunteer refused for a crowded source waits before trying again.
 CROWDED_RETRY_S = 60.0
+FORWARD_KINDS = ("evaluate", "check")  # unit kinds the evaluation desk serves (forward passes only)
 
 
 @dataclass
@@ -228,6 +229,8 @@ async def volunteer_socket(request: web.Request) -> web.StreamResponse:
         sessions.remove(session)
         if session.volunteer is not None and "evaluate" in session.unit_kinds:
             service.evaluations.evaluator_left()
+        if session.volunteer is not None and "check" in session.unit_kinds:
+            service.evaluations.checker_left(session.source)
         if not ws.closed:
             await ws.close()
     return ws
@@ -398,6 +401,8 @@ async def _handshake(session: Session, sessions: Sessions) -> bool:
     session.unit_kinds = tuple(message.capabilities.unit_kinds)
     if "evaluate" in session.unit_kinds:
         service.evaluations.evaluator_joined()
+    if "check" in session.unit_kinds:
+        service.evaluations.checker_joined(session.source)
     previous = sessions.add(session)
     if previous is not None and not previous.ws.closed:
         # One live connection per volunteer: two would lease units twice over under one identity.
@@ -614,19 +619,22 @@ async def _assign_work(session: Session, message: RequestWork) -> Assignment | E
     if isinstance(candidates, NoWorkAnswer):
         return candidates
     reasons = []
-    if "evaluate" in session.unit_kinds:
+    forward = [kind for kind in session.unit_kinds if kind in FORWARD_KINDS]
+    if forward:
         for runtime in candidates:
-            if not service.evaluations.offers(runtime.row.id):
+            if not service.evaluations.offers(runtime.row.id, forward):
                 continue
             choice = await service.workers.run(service.evaluation_choice, runtime, session.runtimes)
             if isinstance(choice, NoWorkAnswer):
                 reasons.append(choice)
                 continue
-            lease = await service.workers.run(service.evaluations.lease, volunteer.id, session.source, [runtime.row.id])
+            lease = await service.workers.run(
+                service.evaluations.lease, volunteer.id, session.source, [runtime.row.id], forward
+            )
             if lease is not None:
                 return Evaluation(lease, runtime, choice.name, choice.graphs[0] if choice.graphs else None)
     if "train" not in session.unit_kinds:
-        waiting = NoWorkAnswer("no version is waiting for its holdout loss to be measured", retry_after_s=10)
+        waiting = NoWorkAnswer("no version or update is waiting for a holdout loss to be measured", retry_after_s=10)
         return min([*reasons, waiting], key=lambda r: r.retry_after_s)
     for runtime in candidates:
         choice = await service.workers.run(service.runtime_choice, runtime, session.runtimes)
@@ -734,7 +742,7 @@ def _blob_chunk(session: Session, request: BlobRequest) -> BlobChunk:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """An evaluate unit leased to a volunteer, with the runtime (and loss graph) it runs with."""
+    """An evaluate or check unit leased to a volunteer, with the runtime (and loss graph) it runs with."""
 
     lease: EvalLease
     campaign: CampaignRuntime
@@ -743,11 +751,12 @@ class Evaluation:
 
 
 def evaluate_unit_message(e: Evaluation, batch: int) -> WorkUnit:
-    """The work_unit of an evaluate unit: every parameter, `lease.batches` batches of `batch` sequences."""
+    """The work_unit of an evaluate or check unit: every parameter, `lease.batches` batches of `batch`
+    sequences; a check unit's checkpoint is θ_v − η·Δ, its model_version θ_v's."""
     campaign, lease = e.campaign, e.lease
     recipe = dataclasses.asdict(campaign.inner_config) | {"steps": lease.batches, "batch_size": batch, "grad_accum": 1}
     return WorkUnit(
-        kind="evaluate",
+        kind=lease.kind,  # type: ignore[arg-type]  # "evaluate" or "check"
         runtime=e.runtime,  # type: ignore[arg-type]  # "torch" or "onnxruntime", chosen by evaluation_choice
         unit_id=lease.unit_id,
         lease_id=lease.lease_id,

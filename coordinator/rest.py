@@ -229,7 +229,7 @@ def campaign_stats(service: Coordinator, connected: int, row: CampaignRow) -> di
         },
         "accepted": counts.get("accepted", 0),
         "rejected": counts.get("rejected", 0),
-        "pending": counts.get("pending_replica", 0),
+        "pending": counts.get("pending_replica", 0) + counts.get("pending_check", 0),
         "rejections": service.store.rejection_counts(row.id),
         "open_round": runtime.round.row.number if runtime and runtime.round else None,
         "volunteers_online": connected,

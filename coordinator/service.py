@@ -157,6 +157,7 @@ class Coordinator:
     def _load_runtime(self, campaign_id: int) -> CampaignRuntime:
         runtime = CampaignRuntime.load(self.store, self.blobs, campaign_id, clock=self.clock)
         runtime.on_version = self._version_published
+        runtime.state.checks = self.evaluations.farm(runtime)
         self.runtimes[campaign_id] = runtime
         return runtime
 

@@ -110,8 +110,8 @@ TokenDtype = Literal["uint16", "uint32"]
 Phase = Literal["downloading", "training", "paused"]
 Runtime = Literal["torch", "onnxruntime"]
 RUNTIMES: Final[tuple[Runtime, ...]] = ("torch", "onnxruntime")
-UnitKind = Literal["train", "evaluate"]
-UNIT_KINDS: Final[tuple[UnitKind, ...]] = ("train", "evaluate")
+UnitKind = Literal["train", "evaluate", "check"]
+UNIT_KINDS: Final[tuple[UnitKind, ...]] = ("train", "evaluate", "check")
 AbandonReason = Literal["user_request", "out_of_memory", "diverged", "download_failed", "deadline", "error"]
 ResultStatus = Literal["accepted", "rejected", "duplicate"]
 ToServerType = Literal[
@@ -175,8 +175,11 @@ class Capabilities(Struct, frozen=True, forbid_unknown_fields=True):
         tuple[UnitKind, ...],
         Meta(
             min_length=1,
-            max_length=2,
-            description="Kinds of work unit the client does: train, evaluate (forward only, answered with report).",
+            max_length=3,
+            description=(
+                "Kinds of work unit the client does: train, evaluate and check (both forward only, answered "
+                "with report)."
+            ),
         ),
         UNIQUE,
     ]
@@ -344,7 +347,7 @@ class Submit(Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Report(Struct, frozen=True, forbid_unknown_fields=True):
-    """The finished evaluate unit's losses. Reply: result."""
+    """The finished evaluate or check unit's losses. Reply: result."""
 
     TYPE: ClassVar[str] = "report"
 
@@ -431,8 +434,9 @@ class WorkUnit(Struct, frozen=True, forbid_unknown_fields=True):
         UnitKind,
         Meta(
             description=(
-                "train: train the shard and submit the update; evaluate: the loss of the checkpoint on each of "
-                "recipe.steps batches of data (forward only), answered with report."
+                "train: train the shard and submit the update; evaluate and check: the loss of the checkpoint "
+                "on each of recipe.steps batches of data (forward only), answered with report (a check unit's "
+                "checkpoint is another volunteer's update applied to a version, to test it)."
             )
         ),
     ]
@@ -487,7 +491,7 @@ class WorkUnit(Struct, frozen=True, forbid_unknown_fields=True):
         Meta(
             description=(
                 "When runtime is onnxruntime: the ONNX step graph of this model and shard (train), or the loss "
-                "graph of the model (evaluate); null for torch."
+                "graph of the model (evaluate, check); null for torch."
             )
         ),
     ] = None

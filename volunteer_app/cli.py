@@ -57,8 +57,8 @@ def add_volunteer(commands: Subparsers) -> None:
         type=_unit_kinds,
         default=("train",),
         metavar="KINDS",
-        help="what to do, comma-separated: train (default), evaluate (measure new versions' holdout loss, "
-        "forward only), or both",
+        help="what to do, comma-separated: train (default), evaluate (measure new versions' holdout loss), "
+        "check (measure other volunteers' updates on the holdout); evaluate and check are forward only",
     )
     run.add_argument(
         "--memory-limit",

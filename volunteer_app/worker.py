@@ -154,7 +154,8 @@ class WorkerConfig:
     device: str = "auto"
     threads: int | None = None
     runtime: Runtime = "torch"  # or onnxruntime: train with the step graph the coordinator serves
-    unit_kinds: tuple[UnitKind, ...] = ("train",)  # add "evaluate" to also measure versions' holdout loss
+    # add "evaluate" to also measure versions' holdout loss, "check" other volunteers' updates' (forward only)
+    unit_kinds: tuple[UnitKind, ...] = ("train",)
     memory_limit: int | None = None  # bytes training may use; default: half the RAM, 90 % of a GPU
     config_dir: Path | None = None  # credentials.toml
     cache_dir: Path | None = None  # blobs
@@ -778,7 +779,7 @@ class Worker:
                     await self._sleep(wait)
                     continue
                 assert isinstance(reply, WorkUnit)
-                if reply.kind == "evaluate":
+                if reply.kind in ("evaluate", "check"):
                     await self._evaluate(reply)  # minutes at most: not kept on disk to resume
                     continue
                 self.store.save_unit(raw)
@@ -847,7 +848,8 @@ class Worker:
             await self._replay(unit, frame, trained)
 
     async def _evaluate(self, unit: WorkUnit) -> None:
-        """An evaluate unit: its batches' losses (forward only), reported; given back on any failure."""
+        """An evaluate or check unit: its batches' losses (forward only), reported; given back on any
+        failure. A check unit's checkpoint is another volunteer's update applied to the version."""
         self._notify(
             UnitStarted(
                 unit.unit_id, unit.campaign_id, unit.campaign_name, unit.model_version, unit.recipe.steps, False
@@ -863,7 +865,8 @@ class Worker:
         try:
             checkpoint, data, graph = await self._download(unit)
             progress.phase = "training"
-            self._set_activity(WorkerState.TRAINING, f"{unit.campaign_name}: evaluating version {unit.model_version}")
+            doing = "evaluating version" if unit.kind == "evaluate" else "checking an update to version"
+            self._set_activity(WorkerState.TRAINING, f"{unit.campaign_name}: {doing} {unit.model_version}")
             runner = UnitRunner(unit, self.store, device)
             losses, seconds = await asyncio.to_thread(runner.evaluate, checkpoint, data, graph=graph)
         except RunnerError as error:

@@ -65,6 +65,10 @@ class Aggregator:
         if saved.get("cohort"):
             s.cohort.load_state_dict(saved["cohort"])
         self.scheduler.repair_data_slices()
+        # Held for a holdout check: the volunteers' check died with the old process; the coordinator
+        # measures them itself at the next tick.
+        pending = s.store.submissions(campaign_id=row.id, statuses=(SubmissionStatus.PENDING_CHECK,))
+        s.held_checks = dict.fromkeys((sub.unit_id for sub in pending), None)
         open_round = s.store.open_round_of(row.id)
         if open_round is None:
             return

@@ -13,6 +13,7 @@ write is derived state that `Aggregator.restore` rebuilds.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -26,10 +27,12 @@ from coordinator.engine.states import CloseReason, OutcomeStatus, SubmissionStat
 from coordinator.store import SubmissionRow, UnitRow
 from coordinator.validation import Candidate, Verdict, compare_replicas, global_norm
 from coordinator.validation.direction import cosine_similarity
+from coordinator.validation.evidence import DESCENT_STEP
 from coordinator.validation.interface import fmt
 from protocol.codecs import CodecError
 from protocol.errors import ErrorCode
 from training.accumulator import staleness_weight
+from training.checkpoint import save_weights
 
 __all__ = ["CODEC_REJECTIONS", "REJECTED_UPDATE_TTL_S", "Ingest"]
 
@@ -214,6 +217,8 @@ class Ingest:
                     self._credit_held(twin_sub, unit, "accepted: matched its replica", weight=0.0, round_id=None)
             else:
                 weight = 0.0  # the twin was accepted unreplicated at a round close: don't count it twice
+        elif candidate.evidence is None and s.wants_check(volunteer_id):
+            return self._hold_for_check(unit, volunteer_id, prepared, report, candidate, staleness, weight)
         return self._accept(unit, volunteer_id, prepared, report, candidate, staleness, weight)
 
     def _closed(self) -> Outcome:
@@ -322,6 +327,136 @@ class Ingest:
         if weak is not None:
             return Outcome(ACCEPTED, None, message)
         return Outcome(ACCEPTED, None, "valid; credit follows once its replica agrees (or the round closes)")
+
+    def _hold_for_check(
+        self,
+        unit: UnitRow,
+        volunteer_id: str,
+        prepared: PreparedUpdate,
+        report: SubmissionReport,
+        candidate: Candidate,
+        staleness: int,
+        weight: float,
+    ) -> Outcome:
+        """Keep an update nobody measured out of the average until forward-only volunteers have
+        measured the holdout loss of θ_v − η·Δ (a `check` unit), the descent test EvidenceCheck makes
+        on the coordinator. The stepped weights are made here, so a checker needs no codec."""
+        s = self.state
+        assert s.checks is not None
+        current = s.round or self.scheduler.ensure_round()
+        if current is None:
+            return self._closed()
+        theta = s.theta(unit.version)
+        with torch.no_grad():
+            stepped = {
+                name: tensor - DESCENT_STEP * candidate.delta[name] if name in candidate.delta else tensor
+                for name, tensor in theta.items()
+            }
+        checkpoint = save_weights(stepped)
+        digest = s.blobs.put(checkpoint, durable=False)  # made again from the update if lost
+        with s.store.transaction():
+            self._store_submission(
+                unit,
+                volunteer_id,
+                prepared,
+                report,
+                status=SubmissionStatus.PENDING_CHECK,
+                message="valid; waiting for its holdout check",
+                round_id=current.row.id,
+                norm=candidate.norm,
+                staleness=staleness,
+                weight=weight,
+            )
+            s.store.set_unit_state(unit.id, UnitState.DONE)
+        s.held_checks[unit.id] = digest
+        s.checks.open(s.row.id, unit.id, unit.version, (digest, len(checkpoint)), volunteer_id)
+        return Outcome(ACCEPTED, None, "valid; credit follows once volunteers' holdout check of it passes")
+
+    def settle_checks(self) -> None:
+        """Settle the updates held for a holdout check (under the campaign's lock): by the loss two
+        volunteers agreed on, compared with the version's holdout loss on the same batches; or, when
+        volunteers won't settle it (none took it in time, they disagreed, a restart forgot it), by the
+        coordinator measuring the update itself, as EvidenceCheck does. An accepted one joins the open
+        round; a quorum it completes is noted in `state.close_due`."""
+        s = self.state
+        with s.lock:
+            for unit_id in list(s.held_checks):
+                farmed = s.checks.result(s.row.id, unit_id) if s.checks is not None else False
+                if farmed is True:
+                    continue
+                unit = s.store.unit(unit_id)
+                assert unit is not None
+                version = s.store.version(s.row.id, unit.version)
+                base = version.holdout_loss if version is not None else None
+                if farmed is not False and base is None:
+                    continue  # the version's own holdout loss is still being measured
+                self._settle_check(unit, None if farmed is False else (float(farmed), base))
+
+    def _settle_check(self, unit: UnitRow, losses: tuple[float, float | None] | None) -> None:
+        """`losses`: (holdout loss of θ_v − η·Δ from the checkers, that of θ_v), or None: measure here."""
+        s = self.state
+        digest = s.held_checks.pop(unit.id)
+        if s.checks is not None:
+            s.checks.close(s.row.id, unit.id)
+        if digest is not None:
+            s.blobs.delete_if_older(digest, math.inf)
+        held = next(
+            (x for x in s.store.submissions_for_unit(unit.id) if x.status == SubmissionStatus.PENDING_CHECK), None
+        )
+        if held is None:
+            return
+        staleness = s.row.current_version - unit.version
+        bound = s.spec.rounds.staleness_bound
+        current = s.round or self.scheduler.ensure_round()
+        if staleness > bound or current is None:
+            code = "stale_update" if current is not None else "campaign_closed"
+            with s.store.transaction():
+                s.store.update_submission(
+                    held.id,
+                    status=SubmissionStatus.REJECTED,
+                    code=code,
+                    message="the model moved on (or the campaign ended) before its holdout check; no mark against you",
+                )
+            s.count_rejection(code)
+            return
+        delta = s.decode(s.blobs.get(held.update_sha), unit.shard)
+        candidate = s.candidate(unit, delta, held.losses, held.tokens, norm=held.norm)
+        if losses is not None:
+            stepped, base = losses
+            assert base is not None
+            gain = base - stepped
+            tolerance = s.pipeline.holdout_tolerance
+            verdict = (
+                Verdict.accept()
+                if gain >= -tolerance
+                else Verdict.reject(
+                    ErrorCode.HOLDOUT_REGRESSION,
+                    f"two volunteers measured that a small step along the update changes the holdout loss by "
+                    f"{fmt(-gain)} (limit: +{fmt(tolerance)}); an update from training lowers it",
+                )
+            )
+            how = "its holdout check by two volunteers passed"
+        else:
+            evidence = s.evidence(unit)
+            if evidence is not None:
+                candidate = replace(candidate, evidence=evidence)
+            verdict = s.pipeline.validate(candidate, s.cohort)
+            how = "measured by the coordinator (volunteers did not settle its holdout check)"
+        if not verdict.accepted:
+            code = str(verdict.code)
+            with s.store.transaction():
+                s.store.update_submission(held.id, status=SubmissionStatus.REJECTED, code=code, message=verdict.message)
+                s.judge(held.volunteer_id, accepted=False, code=code)
+                if unit.replica_of is None:
+                    s.store.set_unit_state(unit.id, UnitState.CANCELLED)  # its slice goes out again
+            s.count_rejection(code)
+            return
+        weight = staleness_weight(staleness, bound) * held.tokens
+        with s.store.transaction():
+            self._credit_held(
+                held, unit, f"accepted: {how}", round_id=current.row.id, staleness=staleness, weight=weight
+            )
+        self._count(current, candidate, weight)
 
     def _accept(
         self,

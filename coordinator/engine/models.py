@@ -4,6 +4,7 @@ volunteer's report and update, the verdict on it, and the open round's running s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -15,7 +16,16 @@ from training.accumulator import DeltaAccumulator
 from training.inner import InnerConfig
 from training.model import ModelConfig
 
-__all__ = ["Assignment", "Counters", "NoWork", "Outcome", "PreparedUpdate", "RoundState", "SubmissionReport"]
+__all__ = [
+    "Assignment",
+    "CheckFarm",
+    "Counters",
+    "NoWork",
+    "Outcome",
+    "PreparedUpdate",
+    "RoundState",
+    "SubmissionReport",
+]
 
 
 @dataclass(frozen=True)
@@ -102,3 +112,28 @@ class Counters:
     rejected: dict[str, int] = field(default_factory=dict)
     bytes_in: int = 0
     round_seconds: list[float] = field(default_factory=list)
+
+
+class CheckFarm(Protocol):
+    """Where the engine sends an update's holdout check (`check` units: the loss of θ_v − η·Δ on the
+    holdout, measured forward-only by volunteers); the service's EvaluationDesk does it. Keyed by the
+    unit whose update is checked."""
+
+    def wants(self, campaign_id: int, volunteer_id: str) -> bool:
+        """Whether volunteers who could check an update of `volunteer_id` are connected now."""
+        ...
+
+    def open(
+        self, campaign_id: int, unit_id: str, version: int, checkpoint: tuple[str, int], volunteer_id: str
+    ) -> None:
+        """Farm out the holdout loss of the weights in `checkpoint` (a blob: sha256, size)."""
+        ...
+
+    def result(self, campaign_id: int, unit_id: str) -> float | bool:
+        """The holdout loss two volunteers agreed on; True while they may still; False when they won't
+        (nobody took it in time, they disagreed, or the check is unknown)."""
+        ...
+
+    def close(self, campaign_id: int, unit_id: str) -> None:
+        """Forget the check (settled)."""
+        ...

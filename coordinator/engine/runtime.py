@@ -166,11 +166,13 @@ class CampaignRuntime:
         return version
 
     def tick(self) -> None:
-        """Periodic work: a quorum's close, expired leases, a round whose deadline passed, the space of
-        long-rejected updates."""
+        """Periodic work: a quorum's close, expired leases, updates whose holdout check is settled, a
+        round whose deadline passed, the space of long-rejected updates."""
         self.close_if_due()
         with self.state.lock:
             self.scheduler.expire_leases()
+            self.ingest.settle_checks()
+            self.close_if_due()
             self._published(self.aggregator.close_at_deadline())
             self.ingest.purge_rejected()
 

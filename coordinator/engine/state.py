@@ -20,7 +20,7 @@ import torch
 
 from coordinator.blobs import BlobStore
 from coordinator.campaign import CampaignSpec
-from coordinator.engine.models import Counters, RoundState
+from coordinator.engine.models import CheckFarm, Counters, RoundState
 from coordinator.engine.states import CloseReason, SubmissionStatus
 from coordinator.store import CampaignRow, Store, SubmissionRow, UnitRow, VersionRow
 from coordinator.validation import (
@@ -118,6 +118,8 @@ class CampaignState:
         self._holdout: list[Batch] | None = None
         self._holdout_losses: dict[int, float] = {}
         self.recent_results: deque[bool] = deque(maxlen=RESULT_WINDOW)  # True: a result judged bad
+        self.checks: CheckFarm | None = None  # forward-only volunteers' holdout checks (set by the service)
+        self.held_checks: dict[str, str | None] = {}  # unit id -> digest of θ_v − η·Δ, updates awaiting a check
 
     def refresh(self) -> CampaignRow:
         row = self.store.campaign(self.row.id)
@@ -230,6 +232,14 @@ class CampaignState:
         volunteer = self.store.volunteer(volunteer_id)
         trust = TrustState(volunteer.consecutive_valid, volunteer.errors) if volunteer else TrustState()
         return not self.trust.trusted(trust) or self.rng.random() < rate
+
+    def wants_check(self, volunteer_id: str) -> bool:
+        """Whether an update the coordinator did not measure waits for volunteers' holdout check
+        (`check_rate` of them, while volunteers who can check it are connected)."""
+        rate = self.spec.validation.check_rate
+        if self.checks is None or rate <= 0 or not self.checks.wants(self.row.id, volunteer_id):
+            return False
+        return self.rng.random() < rate
 
     def evidence(self, unit: UnitRow) -> UnitEvidence | None:
         """What the evidence check measures `unit`'s update with; None when the holdout is too small."""

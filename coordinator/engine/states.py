@@ -29,6 +29,7 @@ class SubmissionStatus(StrEnum):
     ACCEPTED = "accepted"
     REJECTED = "rejected"
     PENDING_REPLICA = "pending_replica"  # valid; waiting for its replica to be compared
+    PENDING_CHECK = "pending_check"  # valid; waiting for forward-only volunteers' holdout check (check units)
 
 
 class OutcomeStatus(StrEnum):

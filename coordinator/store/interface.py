@@ -243,7 +243,7 @@ class SubmissionStore(Protocol):
         ...
 
     def submission_counts(self, campaign_id: int) -> dict[str, int]:
-        """A campaign's submissions by status (accepted, rejected, pending_replica)."""
+        """A campaign's submissions by status (accepted, rejected, pending_replica, pending_check)."""
         ...
 
     def tokens_accepted_since(self, campaign_id: int, since: float) -> int:

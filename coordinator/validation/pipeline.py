@@ -133,6 +133,12 @@ class ValidationPipeline:
         return cls(settings.validators())
 
     @property
+    def holdout_tolerance(self) -> float:
+        """Nats a small step along an update may raise the holdout loss by (EvidenceCheck's setting)."""
+        checks = [v.holdout_tolerance for v in self.validators if isinstance(v, EvidenceCheck)]
+        return checks[0] if checks else ValidationSettings.holdout_tolerance
+
+    @property
     def names(self) -> tuple[str, ...]:
         return tuple(v.name for v in self.validators)
 

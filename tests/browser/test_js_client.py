@@ -80,7 +80,7 @@ def _hello() -> dict[str, Any]:
             codecs=("fp32", "int8"),
             platform=args["platform"],
             runtimes=("onnxruntime",),
-            unit_kinds=("train", "evaluate"),
+            unit_kinds=("train", "evaluate", "check"),
         ),
     )
     return {"args": args, "hex": encode(message).hex()}

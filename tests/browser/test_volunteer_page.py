@@ -44,8 +44,18 @@ def server(tmp_path_factory: pytest.TempPathFactory, small_dataset: Path) -> Ite
                 "codec": "int8",
                 "token_budget": 50_000_000,
                 "inner": {"steps": 48, "batch_size": 4, "seq_len": 64, "warmup_steps": 2},
-                "rounds": {"units_per_round": 1, "min_accepted": 1, "lease_s": LEASE_S, "deadline_s": 600},
-                "validation": {"replication_rate": 0.0},
+                # Every update a version (a tab trains a unit in seconds): a checked update waits tens of
+                # versions' time, so the bound on staleness is loose.
+                "rounds": {
+                    "units_per_round": 1,
+                    "min_accepted": 1,
+                    "lease_s": LEASE_S,
+                    "deadline_s": 600,
+                    "staleness_bound": 200,
+                },
+                # Nothing measured by the coordinator: an update waits for a check while two volunteers
+                # from other networks than its own offer check units (the last test), else it counts at once.
+                "validation": {"replication_rate": 0.0, "holdout_check_rate": 0.0, "check_rate": 1.0},
             }
         )
         yield live
@@ -200,24 +210,42 @@ def test_a_reloaded_tab_gives_its_unit_back_at_once_instead_of_letting_the_lease
     tab.context.close()
 
 
-def test_a_tab_and_a_forward_only_volunteer_on_another_network_agree_on_a_versions_holdout_loss(
+def test_a_tab_and_a_forward_only_volunteer_on_another_network_evaluate_versions_and_check_a_third_ones_update(
     browser: Any, server: LiveCoordinator, tmp_path: Path
 ) -> None:
-    """evaluate units: the tab (ONNX Runtime Web, loss graph) and a volunteer that only evaluates
-    (PyTorch) measure a new version; their losses agree batch by batch, which settles it and credits both."""
-    home = tmp_path / "evaluator"
-    home.mkdir()
-    command = [
-        sys.executable, "-m", "commonweights", "volunteer", "run", "--coordinator", server.ws, "--threads", "1",
-        "--name", "evaluator", "--unit-kinds", "evaluate", "--bind-address", "127.0.4.1",
-        "--config-dir", str(home / "config"), "--cache-dir", str(home / "cache"), "--quiet",
-    ]  # fmt: skip
-    with (home / "log.txt").open("wb") as log:
-        evaluator = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    """evaluate and check units: the tab (ONNX Runtime Web, loss graph) and a volunteer that only
+    evaluates and checks (PyTorch) measure new versions, and the update of a volunteer on a third
+    network, which waits for them; their losses agree batch by batch, which settles each and credits both."""
+
+    def volunteer(name: str, address: str, kinds: str) -> subprocess.Popen[bytes]:
+        home = tmp_path / name
+        home.mkdir()
+        command = [
+            sys.executable, "-m", "commonweights", "volunteer", "run", "--coordinator", server.ws, "--threads", "1",
+            "--name", name, "--unit-kinds", kinds, "--bind-address", address,
+            "--config-dir", str(home / "config"), "--cache-dir", str(home / "cache"), "--quiet",
+        ]  # fmt: skip
+        with (home / "log.txt").open("wb") as log:
+            return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+    evaluator = volunteer("evaluator", "127.0.4.1", "evaluate,check")
     tab = Tab(browser, server, {"width": 1280, "height": 900})
+    trainer = None
     try:
         tab.page.get_by_role("button", name="Start").click()
-        poll("an evaluation by the tab", lambda: int(tab.text("evaluations")) >= 1, timeout=TRAINING_S)
+        poll("the tab to connect", lambda: tab.page.evaluate("document.body.dataset.volunteerId"), timeout=60)
+        trainer = volunteer("trainer", "127.0.5.1", "train")
+
+        def checked() -> tuple[str, str] | None:
+            with _db(server) as db:
+                return db.execute(
+                    "SELECT s.status, s.message FROM submissions s JOIN volunteers v ON v.id = s.volunteer_id "
+                    "WHERE v.name = 'trainer' AND s.status != 'pending_check' ORDER BY s.id LIMIT 1"
+                ).fetchone()
+
+        status, message = poll("the trainer's first update to be checked", checked, timeout=TRAINING_S)
+        assert status == "accepted" and "two volunteers" in message, message
+        poll("an evaluation or check by the tab", lambda: int(tab.text("evaluations")) >= 1, timeout=TRAINING_S)
 
         def credited() -> dict[str, Any] | None:
             row = next((v for v in server.api.volunteers() if v["name"] == "evaluator"), None)
@@ -230,8 +258,10 @@ def test_a_tab_and_a_forward_only_volunteer_on_another_network_agree_on_a_versio
                 "SELECT COUNT(*) FROM submissions s JOIN volunteers v ON v.id = s.volunteer_id WHERE v.name = ?",
                 ("evaluator",),
             ).fetchone()[0]
-        assert trained == 0, "it only evaluates"
+        assert trained == 0, "it only evaluates and checks"
         assert tab.errors == [], tab.errors
     finally:
         stop(evaluator)
+        if trainer is not None:
+            stop(trainer)
         tab.context.close()

@@ -154,6 +154,35 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX graphs_by_sha ON graphs (sha256);
     """,
+    # 4 -> 5: a submission may wait for its holdout check by forward-only volunteers ('pending_check');
+    # SQLite changes a CHECK constraint only by copying the table
+    """
+    CREATE TABLE submissions_v5 (
+        id INTEGER PRIMARY KEY,
+        unit_id TEXT NOT NULL REFERENCES units(id),
+        volunteer_id TEXT NOT NULL,
+        update_sha TEXT NOT NULL,
+        update_size INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('accepted', 'rejected', 'pending_replica', 'pending_check')),
+        code TEXT,
+        message TEXT NOT NULL,
+        round_id INTEGER,
+        staleness INTEGER NOT NULL DEFAULT 0,
+        weight REAL NOT NULL DEFAULT 0,
+        norm REAL,
+        tokens INTEGER NOT NULL,
+        seconds REAL NOT NULL,
+        losses_json TEXT NOT NULL,
+        credit REAL NOT NULL DEFAULT 0,
+        applied INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        UNIQUE (unit_id, volunteer_id)
+    );
+    INSERT INTO submissions_v5 SELECT * FROM submissions;
+    DROP TABLE submissions;
+    ALTER TABLE submissions_v5 RENAME TO submissions;
+    CREATE INDEX submissions_by_round ON submissions (round_id, status, applied);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -98,7 +98,7 @@ class SQLiteSubmissions(SQLiteDatabase):
         return {str(r["code"]): int(r["n"]) for r in rows}
 
     def submission_counts(self, campaign_id: int) -> dict[str, int]:
-        """A campaign's submissions by status (accepted, rejected, pending_replica)."""
+        """A campaign's submissions by status (accepted, rejected, pending_replica, pending_check)."""
         rows = self._all(
             "SELECT s.status, COUNT(*) AS n FROM submissions s JOIN units u ON u.id = s.unit_id "
             "WHERE u.campaign_id = ? GROUP BY s.status",

@@ -50,7 +50,7 @@ export function hello({ token, name, clientVersion, memoryBytes, threads, platfo
       codecs: CODECS,
       platform,
       runtimes: ["onnxruntime"],
-      unit_kinds: ["train", "evaluate"],
+      unit_kinds: ["train", "evaluate", "check"],
     },
   });
 }

@@ -89,7 +89,7 @@ function handle(message) {
       $("campaign").textContent = message.campaign;
       $("step").textContent = `0 / ${message.steps}`;
       $("unit-progress").value = 0;
-      log(`${message.kind === "evaluate" ? "evaluate" : "train"} unit ${message.unitId.slice(0, 8)} of ${message.campaign}: ${message.steps} ${message.kind === "evaluate" ? "batches" : "steps"}`);
+      log(`${message.kind} unit ${message.unitId.slice(0, 8)} of ${message.campaign}: ${message.steps} ${message.kind === "train" ? "steps" : "batches"}`);
       break;
     case "download":
       $("unit-progress").value = 0;
@@ -103,13 +103,13 @@ function handle(message) {
       if (message.kind === "train") $("rate").textContent = message.tokensPerSecond.toFixed(0);
       break;
     case "result":
-      if (message.status === "accepted" && message.kind === "evaluate") evaluations += 1;
+      if (message.status === "accepted" && message.kind !== "train") evaluations += 1;
       else if (message.status === "accepted") accepted += 1;
       credit = (credit ?? 0) + message.credit;
       $("accepted").textContent = String(accepted);
       $("evaluations").textContent = String(evaluations);
       $("credit").textContent = credit.toFixed(2);
-      log(`${message.kind === "evaluate" ? "evaluation" : "update"} ${message.status}${message.code ? ` (${message.code})` : ""}, credit ${message.credit.toFixed(3)}`);
+      log(`${{ train: "update", evaluate: "evaluation", check: "check" }[message.kind]} ${message.status}${message.code ? ` (${message.code})` : ""}, credit ${message.credit.toFixed(3)}`);
       break;
     case "unit-done":
       localStorage.removeItem(UNIT);

@@ -273,7 +273,7 @@ async function doUnit(link, unit) {
     if (ids.length < tokensNeeded(recipe)) throw new Error("the data slice is shorter than the recipe needs");
     const weights = readSafetensors(checkpoint);
     const session = await sessionFor(unit.graph.sha256, graph);
-    if (unit.kind === "evaluate") {
+    if (unit.kind === "evaluate" || unit.kind === "check") {
       progress.phase = "training";
       await evaluate(link, unit, session, weights, ids, progress);
       return;
@@ -382,14 +382,17 @@ async function doUnit(link, unit) {
   }
 }
 
-/** An evaluate unit: the loss graph over the unit's batches (protocol.md, "Training a unit": the batches). */
+/**
+ * An evaluate or check unit: the loss graph over the unit's batches (protocol.md, "Training a unit": the
+ * batches). A check unit's checkpoint is another volunteer's update applied to a version; the work is the same.
+ */
 async function evaluate(link, unit, session, weights, ids, progress) {
   const recipe = unit.recipe;
   const feeds = {};
   for (const [name, { shape, data }] of weights) feeds[`param.${name}`] = new ort.Tensor("float32", data, shape);
   const missing = session.inputNames.filter((name) => name.startsWith("param.") && !(name in feeds));
   if (missing.length) throw new Error(`the checkpoint lacks ${missing.slice(0, 3).join(", ")}`);
-  status("evaluating", `${unit.campaign_name}, version ${unit.model_version}`);
+  status(unit.kind === "check" ? "checking" : "evaluating", `${unit.campaign_name}, version ${unit.model_version}`);
   const losses = [];
   const began = performance.now();
   for (let s = 0; s < recipe.steps; s++) {
@@ -403,7 +406,7 @@ async function evaluate(link, unit, session, weights, ids, progress) {
     if (!Number.isFinite(loss) || loss < 0 || loss > 1e6) throw Object.assign(new Error(`loss ${loss}`), { reason: "diverged" });
     losses.push(loss);
     progress.step = s + 1;
-    post({ type: "step", kind: "evaluate", step: s + 1, steps: recipe.steps, loss, tokensPerSecond: 0 });
+    post({ type: "step", kind: unit.kind, step: s + 1, steps: recipe.steps, loss, tokensPerSecond: 0 });
   }
   const seconds = (performance.now() - began) / 1000;
   status("submitting", unit.campaign_name);
@@ -413,7 +416,7 @@ async function evaluate(link, unit, session, weights, ids, progress) {
     "report",
     unit.unit_id,
   );
-  post({ type: "result", kind: "evaluate", status: result.status, code: result.code, message: result.message, credit: result.credit });
+  post({ type: "result", kind: unit.kind, status: result.status, code: result.code, message: result.message, credit: result.credit });
 }
 
 async function work(link) {
