@@ -134,6 +134,19 @@ def test_a_tab_trains_accepted_units_that_move_the_model_pauses_while_hidden_and
     statuses = [status for _, status in rows]
     assert "accepted" in statuses and "rejected" not in statuses, statuses
     assert float(tab.text("credit")) > 0
+
+    # Graphs are kept for good, the weights of the latest two versions (every unit here is a new one).
+    poll("three accepted units", lambda: int(tab.text("accepted")) >= 3, timeout=TRAINING_S)
+    kept = tab.page.evaluate(
+        """async () => Object.fromEntries(await Promise.all(
+            ["commonweights-blobs-v1", "commonweights-checkpoints-v1"].map(async (name) =>
+                [name, (await (await caches.open(name)).keys()).map((r) => new URL(r.url).pathname.slice(7))])))"""
+    )
+    with _db(server) as db:
+        checkpoints = {sha for (sha,) in db.execute("SELECT checkpoint_sha FROM versions")}
+    assert len(kept["commonweights-blobs-v1"]) == 1, kept
+    assert 1 <= len(kept["commonweights-checkpoints-v1"]) <= 2, kept
+    assert set(kept["commonweights-checkpoints-v1"]) <= checkpoints, kept
     assert tab.origins == {server.url}, f"requests left this origin: {tab.origins}"
     assert tab.errors == [], tab.errors
     tab.context.close()

@@ -13,7 +13,9 @@ ort.env.wasm.wasmPaths = new URL("../../vendor/onnxruntime-web-1.30.0/", import.
 ort.env.wasm.proxy = false;
 ort.env.logLevel = "error";
 
-const CACHE = "commonweights-blobs-v1";
+const CACHE = "commonweights-blobs-v1"; // graphs: one per campaign and shard, for its whole life
+const CHECKPOINTS = "commonweights-checkpoints-v1"; // the latest versions' weights
+const KEEP_CHECKPOINTS = 2;
 const LOST = new Set(["lease_expired", "not_your_lease", "unknown_unit"]);
 const NO_RECONNECT = new Set([4426, 4403, 4409]);
 const MAX_BLOB_BYTES = 2 ** 30; // what a tab may hold of one blob (wasm32 memory is 4 GiB in all)
@@ -188,15 +190,15 @@ async function sha256Hex(bytes) {
 }
 
 /** A blob by its BlobRef: from Cache Storage when there and intact, else in chunks from the coordinator. */
-async function fetchBlob(link, ref, onBytes, { keep = false } = {}) {
+async function fetchBlob(link, ref, onBytes, { keep = null } = {}) {
   if (!(Number.isInteger(ref.size) && ref.size >= 0 && ref.size <= MAX_BLOB_BYTES)) {
     throw Object.assign(new Error(`a blob of ${ref.size} bytes is more than this tab takes`), { reason: "download_failed" });
   }
   if (!/^[0-9a-f]{64}$/.test(ref.sha256)) throw Object.assign(new Error("a blob without a SHA-256"), { reason: "error" });
   const key = `/blobs/${ref.sha256}`;
-  // Only graphs are kept (one per campaign and shard, for its whole life): checkpoints change every
-  // version and data slices every unit, and would fill the volunteer's disk.
-  const cache = keep && self.caches ? await self.caches.open(CACHE) : null;
+  // Graphs are kept for good, the weights of the latest KEEP_CHECKPOINTS versions (the next unit or
+  // evaluation is often of the same version); data slices change every unit and are never kept.
+  const cache = keep && self.caches ? await self.caches.open(keep === "graph" ? CACHE : CHECKPOINTS) : null;
   const cached = cache ? await cache.match(key) : null;
   if (cached) {
     const bytes = new Uint8Array(await cached.arrayBuffer());
@@ -224,7 +226,10 @@ async function fetchBlob(link, ref, onBytes, { keep = false } = {}) {
   if ((await sha256Hex(bytes)) !== ref.sha256) {
     throw Object.assign(new Error(`blob ${ref.sha256.slice(0, 12)} failed its SHA-256 check`), { reason: "download_failed" });
   }
-  if (cache) await cache.put(key, new Response(bytes));
+  if (cache) {
+    await cache.put(key, new Response(bytes));
+    if (keep === "checkpoint") for (const stale of (await cache.keys()).slice(0, -KEEP_CHECKPOINTS)) await cache.delete(stale);
+  }
   return bytes;
 }
 
@@ -263,7 +268,8 @@ async function doUnit(link, unit) {
     let before = 0;
     const blobs = [];
     for (const ref of refs) {
-      const keep = ref === unit.graph;
+      // A check unit's weights are one update's step: nobody asks for them again.
+      const keep = ref === unit.graph ? "graph" : ref === unit.checkpoint && unit.kind !== "check" ? "checkpoint" : null;
       blobs.push(await fetchBlob(link, ref, (done) => post({ type: "download", done: before + done, total }), { keep }));
       before += ref.size;
     }
