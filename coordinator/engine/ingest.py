@@ -271,6 +271,24 @@ class Ingest:
             }
         )
 
+    def _record_trained(
+        self,
+        unit: UnitRow,
+        volunteer_id: str,
+        prepared: PreparedUpdate,
+        report: SubmissionReport,
+        current: RoundState,
+        status: SubmissionStatus,
+        message: str,
+        **values: Any,
+    ) -> None:
+        """Record a valid update (accepted, or held for a replica or a check) in the open round; its
+        unit's slice is trained. Inside the caller's transaction."""
+        self._store_submission(
+            unit, volunteer_id, prepared, report, status=status, message=message, round_id=current.row.id, **values
+        )
+        self.state.store.set_unit_state(unit.id, UnitState.DONE)
+
     def _reject(
         self,
         unit: UnitRow,
@@ -310,20 +328,10 @@ class Ingest:
             return self._closed()
         code, message = weak or (None, "valid; waiting for its replica to be compared")
         with s.store.transaction():
-            self._store_submission(
-                unit,
-                volunteer_id,
-                prepared,
-                report,
-                status=SubmissionStatus.PENDING_REPLICA,
-                code=code,
-                message=message,
-                round_id=current.row.id,
-                norm=norm,
-                staleness=staleness,
-                weight=weight,
-            )
-            s.store.set_unit_state(unit.id, UnitState.DONE)
+            self._record_trained(
+                unit, volunteer_id, prepared, report, current, SubmissionStatus.PENDING_REPLICA, message,
+                norm=norm, staleness=staleness, weight=weight, code=code,
+            )  # fmt: skip
         if weak is not None:
             return Outcome(ACCEPTED, None, message)
         return Outcome(ACCEPTED, None, "valid; credit follows once its replica agrees (or the round closes)")
@@ -355,19 +363,10 @@ class Ingest:
         checkpoint = save_weights(stepped)
         digest = s.blobs.put(checkpoint, durable=False)  # made again from the update if lost
         with s.store.transaction():
-            self._store_submission(
-                unit,
-                volunteer_id,
-                prepared,
-                report,
-                status=SubmissionStatus.PENDING_CHECK,
-                message="valid; waiting for its holdout check",
-                round_id=current.row.id,
-                norm=candidate.norm,
-                staleness=staleness,
-                weight=weight,
-            )
-            s.store.set_unit_state(unit.id, UnitState.DONE)
+            self._record_trained(
+                unit, volunteer_id, prepared, report, current, SubmissionStatus.PENDING_CHECK,
+                "valid; waiting for its holdout check", norm=candidate.norm, staleness=staleness, weight=weight,
+            )  # fmt: skip
         s.held_checks[unit.id] = digest
         s.checks.open(s.row.id, unit.id, unit.version, (digest, len(checkpoint)), volunteer_id)
         return Outcome(ACCEPTED, None, "valid; credit follows once volunteers' holdout check of it passes")
@@ -474,20 +473,10 @@ class Ingest:
             return self._closed()
         credit = s.credit(unit)
         with s.store.transaction():
-            self._store_submission(
-                unit,
-                volunteer_id,
-                prepared,
-                report,
-                status=SubmissionStatus.ACCEPTED,
-                message="accepted",
-                round_id=current.row.id,
-                norm=candidate.norm,
-                staleness=staleness,
-                weight=weight,
-                credit=credit,
-            )
-            s.store.set_unit_state(unit.id, UnitState.DONE)
+            self._record_trained(
+                unit, volunteer_id, prepared, report, current, SubmissionStatus.ACCEPTED, "accepted",
+                norm=candidate.norm, staleness=staleness, weight=weight, credit=credit,
+            )  # fmt: skip
             s.judge(volunteer_id, accepted=True, credit=credit, tokens=report.tokens)
         # Durable from here: what follows is derived state that `restore` rebuilds.
         closes = self._count(current, candidate, weight)
