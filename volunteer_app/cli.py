@@ -110,6 +110,87 @@ def add_volunteer(commands: Subparsers) -> None:
     add_arguments(app)
     app.set_defaults(handler=_run_app)
 
+    setup = sub.add_parser(
+        "setup",
+        help="build the training environment: the PyTorch build this machine's device needs",
+        description=(
+            "Detect the device (NVIDIA GPU and driver, AMD ROCm on Linux, Apple silicon, or CPU only) and build "
+            "the environment the training process runs in, with uv: a Python, the matching PyTorch build and "
+            "this release of commonweights. The desktop app does this on first run; run it again to resume an "
+            "interrupted setup or to repair one. Downloads are kept, so a retry fetches only what is missing."
+        ),
+    )
+    setup.add_argument(
+        "--device", choices=("auto", "cpu", "cuda", "rocm", "mps"), default="auto", help="build for this device"
+    )
+    setup.add_argument("--env", type=Path, default=None, metavar="DIR", help="where (default: the user data dir)")
+    setup.add_argument(
+        "--find-links", type=Path, action="append", default=[], metavar="DIR", help="a folder of wheels to use"
+    )
+    setup.add_argument("--offline", action="store_true", help="only the --find-links folders, no package index")
+    setup.add_argument("--python", default=None, metavar="SPEC", help="uv's --python (default: this Python's version)")
+    setup.add_argument(
+        "--app", default=None, metavar="REQUIREMENT", help="what to install as the app (default: this release)"
+    )
+    setup.add_argument("--dry-run", action="store_true", help="only show the device and the plan")
+    setup.set_defaults(handler=_run_setup)
+
+
+def _run_setup(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from protocol.version import RELEASE_VERSION
+    from volunteer_app.environment import (
+        STEPS,
+        Device,
+        SetupError,
+        TrainingEnvironment,
+        default_root,
+        detect_device,
+        find_uv,
+        plan_for,
+    )
+
+    console = Console(stderr=True)
+    device = detect_device()
+    if args.device != "auto" and args.device != device.kind:
+        device = Device(args.device, f"{args.device} (chosen)", device.driver)
+    plan = plan_for(device)
+    console.print(f"device: {device.kind} — {device.name}" + (f", driver {device.driver}" if device.driver else ""))
+    console.print(f"PyTorch: {plan.torch}, {plan.variant} build" + (f" ({plan.note})" if plan.note else ""))
+    if args.dry_run:
+        return 0
+    env = TrainingEnvironment(args.env or default_root())
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[line]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("setup", total=len(STEPS), line="")
+
+        def report(index: int, step: str, line: str) -> None:
+            bar.update(task, completed=index, description=f"{step} ({index + 1}/{len(STEPS)})", line=line[-60:])
+
+        try:
+            installed = env.build(
+                plan,
+                uv=find_uv(),
+                app_version=RELEASE_VERSION,
+                app_requirement=args.app,
+                python=args.python,
+                find_links=args.find_links,
+                offline=args.offline,
+                progress=report,
+            )
+        except SetupError as error:
+            bar.stop()
+            console.print(f"[red]setup stopped at {error.step}:[/red] {error.message}")
+            console.print("Run the same command again to resume.")
+            return 2 if error.offline else 1
+        bar.update(task, completed=len(STEPS), description="ready", line="")
+    if installed != plan:
+        console.print(f"[yellow]installed the {installed.variant} build instead:[/yellow] {installed.note}")
+    console.print(f"training environment ready: {env.interpreter}")
+    return 0
+
 
 def _run_app(args: argparse.Namespace) -> int:
     from volunteer_app.tray.main import run

@@ -19,10 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hmac
 import logging
 import multiprocessing
 import os
+import secrets
 import signal
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -53,11 +57,13 @@ if TYPE_CHECKING:
 
     from volunteer_app.worker import Worker
 
-__all__ = ["TrainingChild"]
+__all__ = ["ChildStartError", "TrainingChild"]
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 30.0  # a step, a checkpoint and a goodbye; then the process is killed
+CONNECT_TIMEOUT_S = 60.0  # an interpreter's start and a few imports, on a slow disk
+ADDRESS_ENV, TOKEN_ENV = "COMMONWEIGHTS_CHILD_ADDRESS", "COMMONWEIGHTS_CHILD_TOKEN"
 
 
 class TrainingChild:
@@ -70,7 +76,7 @@ class TrainingChild:
         self.config = config
         self._deliver = deliver
         self._stop_grace_s = stop_grace_s
-        self._process: SpawnProcess | None = None
+        self._process: SpawnProcess | _Subprocess | None = None
         self._conn: Connection | None = None
         self._reader: threading.Thread | None = None
         self._killer: threading.Timer | None = None
@@ -86,16 +92,20 @@ class TrainingChild:
         return self._process is not None and self._process.is_alive()
 
     def start(self) -> None:
+        """Start the process; raises ChildStartError when another interpreter's never connects."""
         if self._process is not None:
             raise RuntimeError("a TrainingChild starts once; make a new one to restart")
-        context = multiprocessing.get_context("spawn")
-        ours, theirs = context.Pipe(duplex=True)
-        process = context.Process(
-            target=child_main, args=(theirs, encode(self.config)), name="commonweights-training", daemon=True
-        )
-        process.start()
-        theirs.close()  # so the reader sees EOF when the child's end goes away
-        self._process, self._conn = process, ours
+        if self.config.python:
+            self._process, self._conn = _launch(self.config.python, encode(self.config))
+        else:
+            context = multiprocessing.get_context("spawn")
+            ours, theirs = context.Pipe(duplex=True)
+            process = context.Process(
+                target=child_main, args=(theirs, encode(self.config)), name="commonweights-training", daemon=True
+            )
+            process.start()
+            theirs.close()  # so the reader sees EOF when the child's end goes away
+            self._process, self._conn = process, ours
         self._reader = threading.Thread(target=self._read, name="commonweights-child-reader", daemon=True)
         self._reader.start()
 
@@ -162,6 +172,72 @@ class TrainingChild:
         with contextlib.suppress(OSError):
             conn.close()
         self._deliver(ChildExited(process.exitcode, expected=self._stop_requested, finished=finished))
+
+
+class ChildStartError(OSError):
+    """The training environment's interpreter could not be started or did not connect."""
+
+
+class _Subprocess:
+    """A child started with subprocess, as the app's side sees a multiprocessing one."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self._process = process
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._process.poll()
+
+    def is_alive(self) -> bool:
+        return self._process.poll() is None
+
+    def join(self, timeout: float | None = None) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(timeout)
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self._process.kill()
+
+
+def _launch(python: str, config: bytes) -> tuple[_Subprocess, Connection]:
+    """Start `python -m volunteer_app.tray.child` (the training environment's interpreter) and connect
+    to it over loopback: the child dials the port it is given and proves itself with a one-time
+    token before anything else is read, so no other local process can take its place. Then the
+    config goes out, as through the multiprocessing pipe."""
+    token = secrets.token_bytes(32)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(0.2)
+        env = {**os.environ, ADDRESS_ENV: f"127.0.0.1:{server.getsockname()[1]}", TOKEN_ENV: token.hex()}
+        try:
+            process = subprocess.Popen([python, "-m", "volunteer_app.tray.child"], env=env, stdin=subprocess.DEVNULL)
+        except OSError as error:
+            raise ChildStartError(f"could not start the training environment's Python {python}: {error}") from None
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                raise ChildStartError(f"the training process exited with code {process.returncode} before it was up")
+            if time.monotonic() > deadline:
+                process.kill()
+                raise ChildStartError(f"the training process did not connect within {CONNECT_TIMEOUT_S:.0f} s")
+            try:
+                sock, _ = server.accept()
+            except TimeoutError:
+                continue
+            sock.settimeout(None)
+            conn = Connection(sock.detach())
+            try:
+                if conn.poll(5.0) and hmac.compare_digest(conn.recv_bytes(64), token):
+                    break
+            except (OSError, EOFError):
+                pass
+            conn.close()  # not our child
+    conn.send_bytes(config)
+    return _Subprocess(process), conn
 
 
 # --- In the child process -------------------------------------------------------------------
@@ -290,3 +366,20 @@ class _Commands:
                         os._exit(0)  # still loading: nothing to checkpoint, no reason to wait for torch
                     worker.stop()
                     return
+
+
+def _connect_and_run() -> None:
+    """`python -m volunteer_app.tray.child`: the training environment's side of `_launch`."""
+    address, token = os.environ.pop(ADDRESS_ENV, ""), os.environ.pop(TOKEN_ENV, "")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not token:
+        raise SystemExit("started by the Commonweights app only (it passes the address to connect to)")
+    sock = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S)
+    sock.settimeout(None)
+    conn = Connection(sock.detach())
+    conn.send_bytes(bytes.fromhex(token))
+    child_main(conn, conn.recv_bytes(MAX_MESSAGE_BYTES))
+
+
+if __name__ == "__main__":
+    _connect_and_run()

@@ -130,6 +130,7 @@ class AppPaths:
     config_dir: Path | None = None
     cache_dir: Path | None = None
     data_dir: Path | None = None
+    python: Path | None = None  # the training environment's interpreter (None: this process's, with torch)
 
 
 class ChildHandle(Protocol):
@@ -461,6 +462,7 @@ class AppController:
             cache_dir=str(self.paths.cache_dir) if self.paths.cache_dir else None,
             data_dir=str(self.paths.data_dir) if self.paths.data_dir else None,
             start_paused=False,
+            python=str(self.paths.python) if self.paths.python else None,
         )
 
         def deliver(message: ChildMessage) -> None:  # on the child's reader thread
@@ -472,7 +474,7 @@ class AppController:
         self._suspended_since = None
         try:
             handle.start()
-        except OSError as error:  # could not even spawn: treat like a crash
+        except OSError as error:  # could not even spawn (or never connected): treat like a crash
             self._child = None
             self._crashed(f"the training process could not start: {error}", mono, started_at=mono)
             return

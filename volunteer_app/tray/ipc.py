@@ -94,6 +94,9 @@ class ChildConfig:
     start_paused: bool = True
     progress_interval_s: float = 0.2  # at most this often a TrainingProgress; the last step always goes
     nice: int = 19  # lower the CPU priority by this much (POSIX); 19: only CPU time nobody else wants
+    # The training environment's interpreter (volunteer_app.environment); None: this process's, via
+    # multiprocessing (a development install, where the app's environment has torch).
+    python: str | None = None
 
 
 # --- child → app ----------------------------------------------------------------------------

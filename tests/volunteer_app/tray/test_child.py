@@ -4,6 +4,7 @@ the unit checkpointed, resumes, finishes the unit, and stops cleanly, all over t
 from __future__ import annotations
 
 import queue
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from coordinator.local import LocalCoordinator, start_coordinator, stop
 from volunteer_app.events import StateChanged, TrainingProgress, UnitResult, WorkerState
-from volunteer_app.tray.child import TrainingChild
+from volunteer_app.tray.child import ChildStartError, TrainingChild
 from volunteer_app.tray.ipc import ChildConfig, ChildExited, ChildMessage, ChildReady, DeviceChosen
 
 TIMEOUT_S = 120.0  # a spawned Python importing torch, on a busy runner
@@ -38,13 +39,17 @@ def _next(messages: queue.Queue[ChildMessage], kind: type, test: object = None) 
             return message
 
 
+@pytest.mark.parametrize("launch", ["multiprocessing", "interpreter"])
 def test_the_child_trains_pauses_with_a_checkpoint_resumes_and_stops(
-    coordinator: LocalCoordinator, tmp_path: Path
+    coordinator: LocalCoordinator, tmp_path: Path, launch: str
 ) -> None:
+    """`multiprocessing`: a development install, where the app's Python has torch. `interpreter`: an
+    installed app, whose training child runs from the training environment's Python (here another
+    process of this one's) and reaches the app over loopback."""
     steps = 200  # long enough that the pause lands mid-unit
     coordinator.api.post_campaign(
         {
-            "name": "child-test",
+            "name": f"child-test-{launch}",
             "model": "tiny",
             "dataset": "stdlib",
             "codec": "int8",
@@ -65,6 +70,7 @@ def test_the_child_trains_pauses_with_a_checkpoint_resumes_and_stops(
         start_paused=False,
         progress_interval_s=0.0,
         nice=0,  # this test is about the pipe, not the priority: don't starve on a busy runner
+        python=sys.executable if launch == "interpreter" else None,
     )
     child = TrainingChild(config, messages.put)
     child.start()
@@ -76,7 +82,7 @@ def test_the_child_trains_pauses_with_a_checkpoint_resumes_and_stops(
         _next(messages, TrainingProgress)
         child.pause()
         paused = _next(messages, StateChanged, lambda m: m.state is WorkerState.PAUSED)
-        assert isinstance(paused, StateChanged) and "child-test: paused at step" in paused.detail
+        assert isinstance(paused, StateChanged) and f"child-test-{launch}: paused at step" in paused.detail
         assert list((tmp_path / "data").glob("*/units/*/state.safetensors")), "paused without a checkpoint"
         child.resume()
         _next(messages, StateChanged, lambda m: m.state is WorkerState.TRAINING)
@@ -90,3 +96,12 @@ def test_the_child_trains_pauses_with_a_checkpoint_resumes_and_stops(
     finally:
         child.kill()
         child.join(10.0)
+
+
+def test_an_interpreter_that_cannot_run_the_child_is_reported_at_start(tmp_path: Path) -> None:
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'No module named volunteer_app' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    child = TrainingChild(ChildConfig("ws://127.0.0.1:9/ws", python=str(broken)), lambda message: None)
+    with pytest.raises(ChildStartError, match="exited with code 1 before it was up"):
+        child.start()
