@@ -1,4 +1,4 @@
-"""The `commonweights bench …` subcommands: `bench diloco`, `bench system`, `bench app`, `bench browser`, ….
+"""The `commonweights bench …` subcommands: `bench diloco`, `bench system`, `bench app`, `bench installers`, ….
 
 Cheap to import: each handler imports its benchmark (and torch, the server, Qt) only when it runs.
 """
@@ -131,6 +131,26 @@ def _run_bench_browser(args: argparse.Namespace) -> int:
     from benchmarks.browser import run_bench_browser
 
     return run_bench_browser(args)
+
+
+def add_bench_installers(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "installers",
+        help="installer sizes (Linux .deb, Windows NSIS) and the first-run download and setup time",
+        description=(
+            "Build the Linux and Windows installers with installers/build.py, then time first-run setup of the "
+            "training environment (CPU PyTorch, offline from a local wheel folder) and sum what it downloads. "
+            "Needs dpkg-deb, makensis and PyInstaller. Writes docs/benchmarks.md."
+        ),
+    )
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.set_defaults(handler=_run_bench_installers)
+
+
+def _run_bench_installers(args: argparse.Namespace) -> int:
+    from benchmarks.installers import run_bench_installers
+
+    return run_bench_installers(args)
 
 
 def add_bench_coordinator(commands: Subparsers) -> None:

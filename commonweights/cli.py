@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     benchmarks_cli.add_bench_system(bench_commands)
     benchmarks_cli.add_bench_app(bench_commands)
     benchmarks_cli.add_bench_browser(bench_commands)
+    benchmarks_cli.add_bench_installers(bench_commands)
     benchmarks_cli.add_bench_coordinator(bench_commands)
     benchmarks_cli.add_bench_crash(bench_commands)
     benchmarks_cli.add_bench_fuzz(bench_commands)

@@ -44,8 +44,14 @@ class AutostartError(OSError):
 
 
 def default_command() -> list[str]:
-    """`commonweights-app` by absolute path when it is on PATH (a login session's PATH may be
-    shorter than a terminal's), else by name."""
+    """The installed app's executable; else `commonweights-app` by absolute path when it is on PATH
+    (a login session's PATH may be shorter than a terminal's), else by name."""
+    if getattr(sys, "frozen", False):  # an installed app (PyInstaller): itself
+        return [sys.executable]
+    # An app environment an installer made: its launcher, beside the interpreter running us.
+    beside = Path(sys.executable).with_name(DEFAULT_EXECUTABLE + (".exe" if os.name == "nt" else ""))
+    if beside.is_file():
+        return [str(beside)]
     found = shutil.which(DEFAULT_EXECUTABLE)
     return [found or DEFAULT_EXECUTABLE]
 

@@ -37,12 +37,14 @@ __all__ = [
     "STEPS",
     "TORCH_VERSION",
     "Device",
+    "Installation",
     "Plan",
     "SetupError",
     "TrainingEnvironment",
     "default_root",
     "detect_device",
     "find_uv",
+    "installation",
     "plan_for",
 ]
 
@@ -55,6 +57,7 @@ CUDA_BUILDS: Final = (("cu130", 580.0), ("cu128", 570.0), ("cu126", 525.6))
 ROCM_BUILD: Final = "rocm6.4"
 STEPS: Final = ("python", "torch", "app", "verify")
 STATE_FILE: Final = "setup.json"
+INSTALL_FILE: Final = "install.json"
 _CALL_TIMEOUT_S: Final = 10.0
 # What uv says when it could not reach an index: told apart so the message says "offline".
 _NETWORK = re.compile(
@@ -181,6 +184,47 @@ def find_uv() -> Path:
     if found is None:
         raise SetupError("python", "uv is missing: reinstall the app (it ships uv), or install uv")
     return Path(found)
+
+
+@dataclass(frozen=True)
+class Installation:
+    """What an installer wrote beside the app (`install.json`): that this is an installed app, whose
+    training runs from a training environment, and where first-run setup finds this release's wheel.
+
+    `COMMONWEIGHTS_SETUP_FIND_LINKS` (folders, os.pathsep-separated) and `COMMONWEIGHTS_SETUP_OFFLINE=1`
+    add wheel folders and keep setup off the package indexes: for sites without internet access, and
+    for tests."""
+
+    path: Path
+    wheels: Path
+    coordinator_url: str | None = None
+
+    @property
+    def find_links(self) -> list[Path]:
+        extra = os.environ.get("COMMONWEIGHTS_SETUP_FIND_LINKS", "")
+        return [self.wheels, *(Path(p) for p in extra.split(os.pathsep) if p)]
+
+    @property
+    def offline(self) -> bool:
+        return os.environ.get("COMMONWEIGHTS_SETUP_OFFLINE") == "1"
+
+
+def installation() -> Installation | None:
+    """The installer's record, from COMMONWEIGHTS_INSTALL or beside the app's executable; None for a
+    development install (`pip install commonweights[gui]`), which trains in its own Python."""
+    given = os.environ.get("COMMONWEIGHTS_INSTALL")
+    executable = Path(sys.executable).resolve().parent
+    candidates = [Path(given)] if given else [executable / INSTALL_FILE, executable.parent / INSTALL_FILE]
+    for path in candidates:
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(raw, dict):
+            continue
+        url = raw.get("coordinator_url")
+        return Installation(path, path.parent / str(raw.get("wheels", "wheels")), url if isinstance(url, str) else None)
+    return None
 
 
 @dataclass

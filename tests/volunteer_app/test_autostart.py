@@ -93,11 +93,23 @@ def test_xdg_enable_writes_a_desktop_entry(tmp_path: Path) -> None:
 
 
 def test_xdg_default_command_is_commonweights_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.executable", str(tmp_path / "python"))  # no launcher beside the interpreter
     monkeypatch.setattr("shutil.which", lambda name: None)
     XdgAutostart(tmp_path).enable()
     assert "Exec=commonweights-app\n" in (tmp_path / "autostart" / "commonweights.desktop").read_text()
     monkeypatch.setattr("shutil.which", lambda name: f"/home/v/.local/bin/{name}")
     assert autostart.default_command() == ["/home/v/.local/bin/commonweights-app"]
+
+
+def test_an_installed_apps_autostart_starts_the_installed_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    launcher = tmp_path / "bin" / "commonweights-app"
+    launcher.parent.mkdir()
+    launcher.write_text("")
+    monkeypatch.setattr("sys.executable", str(tmp_path / "bin" / "python"))
+    assert autostart.default_command() == [str(launcher)], "an app environment's own launcher"
+    monkeypatch.setattr("sys.frozen", True, raising=False)
+    monkeypatch.setattr("sys.executable", "/opt/commonweights/commonweights-app")
+    assert autostart.default_command() == ["/opt/commonweights/commonweights-app"], "a frozen app: itself"
 
 
 @pytest.mark.parametrize(

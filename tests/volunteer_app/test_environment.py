@@ -97,24 +97,6 @@ def test_each_device_gets_the_pytorch_build_it_can_use(device: Device, system: s
         assert "update it" in plan.note
 
 
-@pytest.fixture(scope="session")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with this release's wheel and every wheel its environment needs (CPU torch), as an
-    installer or an offline machine has them; made from the package registries once per run."""
-    folder = tmp_path_factory.mktemp("wheels")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(folder), str(REPO)],
-        check=True,
-        cwd=REPO,
-    )
-    (wheel,) = folder.glob("commonweights-*.whl")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "-d", str(folder), f"torch=={TORCH_VERSION}", str(wheel)],
-        check=True,
-    )
-    return folder
-
-
 def _cpu_plan() -> Plan:
     return plan_for(Device("cpu", "test CPU"), system="Linux")
 

@@ -82,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
+    from protocol.version import RELEASE_VERSION
     from volunteer_app.autostart import autostart_for
+    from volunteer_app.environment import TrainingEnvironment, default_root, installation
     from volunteer_app.idle import OtherCpuLoad, detect_idle_source, detect_power_source
     from volunteer_app.preferences import (
         Preferences,
@@ -113,11 +115,26 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     problem: str | None = None
+    first_run = not prefs_path.exists()
     try:
         prefs = load_preferences(prefs_path)
     except PreferencesError as error:
         prefs = Preferences()
         problem = f"{error} — using the defaults until you save the settings."
+    install = installation()
+    if install is not None and first_run and install.coordinator_url and args.coordinator is None:
+        args.coordinator = install.coordinator_url  # chosen in the installer
+    python: Path | None = None
+    if install is not None:  # an installed app trains in the environment first-run setup builds
+        env = TrainingEnvironment(default_root())
+        python = env.python(RELEASE_VERSION)
+        if python is None:
+            from volunteer_app.tray.setup_window import SetupWindow
+
+            python = SetupWindow(env, install).run()
+            if python is None:
+                instance.release()
+                return fail("setup did not finish; start the app again to go on where it stopped")
     if args.coordinator is not None and args.coordinator != prefs.coordinator_url:
         try:
             prefs = dataclasses.replace(prefs, coordinator_url=args.coordinator)
@@ -140,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         idle_source=detect_idle_source(),
         power_source=detect_power_source(),
         load_meter=OtherCpuLoad() if sys.platform.startswith("linux") else None,
-        paths=AppPaths(args.config_dir, args.cache_dir, args.data_dir),
+        paths=AppPaths(args.config_dir, args.cache_dir, args.data_dir, python),
         stats=StatsBook(data_dir / "app-stats.json"),
         save_preferences=lambda p: save_preferences(p, prefs_path),
         autostart=autostart_for(),
