@@ -11,7 +11,6 @@ Target: each installer < 80 MB. Writes docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -76,7 +75,6 @@ def run_bench_installers(args: argparse.Namespace) -> int:
         _wheelhouse(wheels, console)
         env = TrainingEnvironment(work / "training-env")
         plan = plan_for(Device("cpu", "bench"), system="Linux")
-        os.environ["UV_CACHE_DIR"] = str(work / "uv-cache")  # cold, as on a volunteer's machine
         began = time.monotonic()
         with console.status("first-run setup: the training environment, offline from the local wheels") as status:
             env.build(
@@ -106,8 +104,9 @@ def run_bench_installers(args: argparse.Namespace) -> int:
             "environment (PyTorch for the device) is built on first run. Target: each installer < 80 MB.",
             markdown_table(["installer", "size", "besides", "target < 80 MB"], rows),
             "First run: the training environment, built as the app does it (uv, offline from a local folder of "
-            "the wheels a CPU machine downloads, uv's cache empty). Download = the wheels installed; time = the whole "
-            "setup here without the download (unpacking torch dominates), the Python found on the machine.",
+            "the wheels a CPU machine downloads; uv's cache, inside the environment's folder, starts empty). "
+            "Download = the wheels installed; time = the whole setup here without the download (unpacking torch "
+            "dominates), the Python found on the machine.",
             markdown_table(["device", "first-run download", "of which", "installed", "setup time"], first_run),
         ]
     )

@@ -141,11 +141,13 @@ def build_linux(out: Path, coordinator_url: str | None) -> Path:
         shutil.copy(ICON, icons / "commonweights.png")
         debian = root / "DEBIAN"
         debian.mkdir()
+        # The frozen Python and Qt need at least the C library they were built against: this machine's.
+        glibc = platform.libc_ver()[1] or "2.28"
         size_kib = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) // 1024
         (debian / "control").write_text(
             f"Package: commonweights\nVersion: {release}\nArchitecture: amd64\nMaintainer: Commonweights\n"
             f"Installed-Size: {size_kib}\nSection: science\nPriority: optional\n"
-            "Depends: libc6 (>= 2.28), libxcb-cursor0, libxkbcommon-x11-0, libegl1, libfontconfig1, libdbus-1-3\n"
+            f"Depends: libc6 (>= {glibc}), libxcb-cursor0, libxkbcommon-x11-0, libegl1, libfontconfig1, libdbus-1-3\n"
             "Homepage: https://github.com/commonweights\n"
             "Description: Volunteer computing for training language models\n"
             " A tray app that trains small work units of a language model while the computer is idle.\n"
@@ -196,10 +198,13 @@ def build_macos(out: Path, coordinator_url: str | None) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         bundle = freeze(work)
-        contents = bundle / "Contents" / "MacOS"
-        uv_binary("macosx_11_0_arm64" if platform.machine() == "arm64" else "macosx_10_12_x86_64", contents)
-        build_wheel(contents / "wheels")
-        (contents / "install.json").write_text(install_record("wheels", coordinator_url))
+        # Code in Contents/MacOS (uv beside the app, where find_uv looks); data in Contents/Resources,
+        # as codesign and notarization expect (volunteer_app.environment.installation looks there).
+        uv_binary("macosx_11_0_arm64" if platform.machine() == "arm64" else "macosx_10_12_x86_64",
+                  bundle / "Contents" / "MacOS")  # fmt: skip
+        resources = bundle / "Contents" / "Resources"
+        build_wheel(resources / "wheels")
+        (resources / "install.json").write_text(install_record("wheels", coordinator_url))
         final = work / "Commonweights.app"
         bundle.rename(final)
         identity = os.environ.get("APPLE_SIGNING_IDENTITY")

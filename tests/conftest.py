@@ -21,8 +21,9 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with this release's wheel and every wheel its training environment needs (CPU torch),
-    as an offline site has them; made from the package registries once per run."""
+    """A folder with this release's wheel and every wheel its training environment needs, as an
+    offline site has them; made once per run. torch comes from pip's configuration: on these machines
+    a local CPU wheel (pip.conf's find-links); elsewhere, point PIP_INDEX_URL at a CPU wheel index."""
     from volunteer_app.environment import TORCH_VERSION
 
     folder = tmp_path_factory.mktemp("wheels")

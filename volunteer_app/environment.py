@@ -6,7 +6,7 @@ from this environment, which `uv` builds the first time (and again when the app 
     >>> device = detect_device()                         # NVIDIA + driver, ROCm, Apple silicon, or CPU
     >>> plan = plan_for(device)                          # which torch build, from which index
     >>> env = TrainingEnvironment(default_root())
-    >>> env.build(plan, uv=find_uv(), progress=print)    # resumable: done steps are skipped
+    >>> env.build(plan, uv=find_uv(), app_version="0.1.0")  # resumable: done steps are skipped
     >>> env.python()                                     # the interpreter the training child runs
 
 Steps: `python` (a virtual environment of a uv-managed or given Python), `torch` (the planned build),
@@ -41,6 +41,7 @@ __all__ = [
     "Plan",
     "SetupError",
     "TrainingEnvironment",
+    "child_environment",
     "default_root",
     "detect_device",
     "find_uv",
@@ -53,7 +54,7 @@ TORCH_VERSION: Final = "2.13.0"  # the build this release is tested with
 PYTORCH_INDEX: Final = "https://download.pytorch.org/whl"
 # CUDA builds of TORCH_VERSION, newest first, with the least NVIDIA driver each needs (Linux; Windows
 # drivers are numbered alike). A driver older than the last gets the CPU build and a message.
-CUDA_BUILDS: Final = (("cu130", 580.0), ("cu128", 570.0), ("cu126", 525.6))
+CUDA_BUILDS: Final = (("cu130", (580, 0)), ("cu128", (570, 0)), ("cu126", (525, 60)))
 ROCM_BUILD: Final = "rocm6.4"
 STEPS: Final = ("python", "torch", "app", "verify")
 STATE_FILE: Final = "setup.json"
@@ -96,13 +97,42 @@ class Plan:
         """The build's name: cpu, cu128, rocm6.4, or default (PyPI's, which on macOS has MPS)."""
         return self.index.rsplit("/", 1)[-1] if self.index else "default"
 
+    @property
+    def for_gpu(self) -> bool:
+        """Whether this build drives a GPU through torch.cuda (CUDA and ROCm builds)."""
+        return self.variant.startswith(("cu", "rocm"))
+
 
 Runner = Callable[[Sequence[str]], str | None]  # a command's stdout, None when it could not run
 
 
+# Console programs (uv, nvidia-smi, the training Python) started by a windowed app open no console window.
+NO_WINDOW: Final = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+
+
+def child_environment() -> dict[str, str]:
+    """The environment for programs this app starts: a frozen app's own libraries (PyInstaller puts
+    them on LD_LIBRARY_PATH) must not shadow the system's or the training environment's."""
+    env = dict(os.environ)
+    if getattr(sys, "frozen", False):
+        original = env.pop("LD_LIBRARY_PATH_ORIG", None)
+        env.pop("LD_LIBRARY_PATH", None)
+        if original:
+            env["LD_LIBRARY_PATH"] = original
+    return env
+
+
 def _run(argv: Sequence[str]) -> str | None:
     try:
-        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=_CALL_TIMEOUT_S, check=False)
+        done = subprocess.run(
+            list(argv),
+            capture_output=True,
+            text=True,
+            timeout=_CALL_TIMEOUT_S,
+            check=False,
+            env=child_environment(),
+            creationflags=NO_WINDOW,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout if done.returncode == 0 else None
@@ -130,11 +160,12 @@ def detect_device(*, run: Runner = _run, system: str | None = None, machine: str
     return Device("cpu", platform.processor() or machine or "CPU")
 
 
-def _driver(version: str | None) -> float | None:
+def _driver(version: str | None) -> tuple[int, int] | None:
+    """(major, minor) of a driver version: "525.105.17" is (525, 105), newer than "525.60.13"."""
     match = re.match(r"(\d+)(?:\.(\d+))?", version or "")
     if match is None:
         return None
-    return float(f"{match.group(1)}.{match.group(2) or 0}")
+    return int(match.group(1)), int(match.group(2) or 0)
 
 
 def plan_for(device: Device, *, system: str | None = None) -> Plan:
@@ -146,8 +177,13 @@ def plan_for(device: Device, *, system: str | None = None) -> Plan:
         for build, least in CUDA_BUILDS:
             if driver is not None and driver >= least:
                 return Plan(device, torch, f"{PYTORCH_INDEX}/{build}")
-        least = CUDA_BUILDS[-1][1]
-        note = f"the NVIDIA driver {device.driver} is older than {least:g}, which PyTorch's CUDA builds need: update it"
+        oldest = ".".join(map(str, CUDA_BUILDS[-1][1]))
+        if driver is None:
+            note = "no NVIDIA driver answered, and PyTorch's CUDA builds need one: install it"
+        else:
+            note = (
+                f"the NVIDIA driver {device.driver} is older than {oldest}, which PyTorch's CUDA builds need: update it"
+            )
         return _cpu_plan(device, system, note)
     if device.kind == "rocm" and system == "Linux":
         return Plan(device, torch, f"{PYTORCH_INDEX}/{ROCM_BUILD}")
@@ -214,7 +250,13 @@ def installation() -> Installation | None:
     development install (`pip install commonweights[gui]`), which trains in its own Python."""
     given = os.environ.get("COMMONWEIGHTS_INSTALL")
     executable = Path(sys.executable).resolve().parent
-    candidates = [Path(given)] if given else [executable / INSTALL_FILE, executable.parent / INSTALL_FILE]
+    # Beside a frozen app or an app environment's Scripts folder; a macOS bundle's Contents/Resources.
+    beside = [
+        executable / INSTALL_FILE,
+        executable.parent / INSTALL_FILE,
+        executable.parent / "Resources" / INSTALL_FILE,
+    ]
+    candidates = [Path(given)] if given else beside
     for path in candidates:
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
@@ -301,7 +343,7 @@ class TrainingEnvironment:
         state.plan, state.app_version = _plan_dict(plan), app_version
         self._save(state)
         report = progress or (lambda index, step, line: None)
-        uv_call = _Uv(uv, report, find_links, offline)
+        uv_call = _Uv(uv, report, find_links, offline, self.root / "uv-cache")
         for index, step in enumerate(STEPS):
             if step in state.done:
                 report(index, step, "done before")
@@ -313,13 +355,16 @@ class TrainingEnvironment:
                     shutil.rmtree(self.venv)  # half made: start it again
                 uv_call(index, step, ["venv", "--python", spec, str(self.venv)])
             elif step == "torch":
-                uv_call(index, step, ["pip", "install", "--python", str(self.interpreter), *_index(plan), plan.torch])
+                # Reinstalled: torch==X is satisfied by any local build of X (+cpu, +cu128), so a
+                # changed plan would otherwise keep the build it had.
+                uv_call(index, step, ["pip", "install", "--reinstall-package", "torch", "--python",
+                                      str(self.interpreter), *_index(plan), plan.torch])  # fmt: skip
             elif step == "app":
                 requirement = app_requirement or f"commonweights=={app_version}"
                 uv_call(index, step, ["pip", "install", "--python", str(self.interpreter), requirement])
             else:
                 found = self._verify(plan)
-                if found is None and plan.device.kind in ("cuda", "rocm"):
+                if found is None and plan.for_gpu:
                     reason = f"the {plan.variant} build of PyTorch does not see the {plan.device.name}"
                     plan = Plan(plan.device, plan.torch, _cpu_plan(plan.device, platform.system(), "").index, reason)
                     report(index, step, f"{reason}; installing the CPU build instead")
@@ -348,7 +393,14 @@ class TrainingEnvironment:
         )
         try:
             done = subprocess.run(
-                [str(self.interpreter), "-c", script], capture_output=True, text=True, timeout=300, check=False
+                [str(self.interpreter), "-I", "-c", script],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+                env=child_environment(),
+                cwd=self.root,
+                creationflags=NO_WINDOW,
             )
         except (OSError, subprocess.TimeoutExpired):
             return None
@@ -358,7 +410,7 @@ class TrainingEnvironment:
             found = dict(json.loads(done.stdout.strip().splitlines()[-1]))
         except (ValueError, IndexError, TypeError):
             return None
-        if plan.device.kind in ("cuda", "rocm") and plan.index and not found.get("cuda"):
+        if plan.for_gpu and not found.get("cuda"):
             return None  # ROCm builds answer through torch.cuda too
         return found
 
@@ -380,22 +432,31 @@ def _index(plan: Plan) -> list[str]:
 class _Uv:
     """Runs uv, passing its output line by line to `report`, and turns its failures into SetupError."""
 
-    def __init__(self, uv: Path, report: Progress, find_links: Sequence[Path], offline: bool) -> None:
-        self.uv, self.report = uv, report
+    def __init__(self, uv: Path, report: Progress, find_links: Sequence[Path], offline: bool, cache: Path) -> None:
+        self.uv, self.report, self.cache = uv, report, cache
         self.sources = [arg for folder in find_links for arg in ("--find-links", str(folder))]
         if offline:
             self.sources += ["--no-index", "--offline"]
 
     def __call__(self, index: int, step: str, args: list[str]) -> None:
-        command = [str(self.uv), *args]
+        command = [str(self.uv), "--no-config", *args]  # a user's uv.toml has no say here
         if args[0] == "pip":
             command += self.sources
         elif "--offline" in self.sources:
             command.append("--offline")
-        env = {**os.environ, "UV_NO_PROGRESS": "1", "NO_COLOR": "1"}
+        # uv's cache lives in the environment's folder: removing the environment frees the gigabytes
+        # (uv installs by hard links from its cache), and a resumed setup still finds its downloads.
+        env = {**child_environment(), "UV_NO_PROGRESS": "1", "NO_COLOR": "1", "UV_CACHE_DIR": str(self.cache)}
         try:
             process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, errors="replace"
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                errors="replace",
+                cwd=self.cache.parent,
+                creationflags=NO_WINDOW,
             )
         except OSError as error:
             raise SetupError(step, f"could not run uv ({self.uv}): {error}") from error

@@ -96,21 +96,38 @@ Function CoordinatorLeave
   Call CheckUrl
 FunctionEnd
 
-; The address goes into install.json as a JSON string: no quotes, backslashes or spaces.
+; The address goes into install.json as a JSON string (written in the ANSI code page): empty, or an
+; http(s):// or ws(s):// URL of the characters URLs are made of, nothing else.
+!define URL_CHARS "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:/?#[]@!$$&'()*+,;=%"
 Function CheckUrl
+  StrCmp $CoordinatorUrl "" ok
+  StrCpy $R3 $CoordinatorUrl 7
+  StrCmp $R3 "http://" chars
+  StrCpy $R3 $CoordinatorUrl 8
+  StrCmp $R3 "https://" chars
+  StrCpy $R3 $CoordinatorUrl 5
+  StrCmp $R3 "ws://" chars
+  StrCpy $R3 $CoordinatorUrl 6
+  StrCmp $R3 "wss://" chars bad
+  chars:
   StrCpy $R1 0
-  loop:
+  next:
     StrCpy $R2 $CoordinatorUrl 1 $R1
-    StrCmp $R2 "" done
-    StrCmp $R2 '"' bad
-    StrCmp $R2 "\" bad
-    StrCmp $R2 " " bad
+    StrCmp $R2 "" ok
+    StrCpy $R4 0
+    find:
+      StrCpy $R5 "${URL_CHARS}" 1 $R4
+      StrCmp $R5 "" bad
+      StrCmpS $R5 $R2 found
+      IntOp $R4 $R4 + 1
+      Goto find
+    found:
     IntOp $R1 $R1 + 1
-    Goto loop
+    Goto next
   bad:
-    MessageBox MB_ICONEXCLAMATION "The coordinator's address can't contain spaces, quotes or backslashes."
+    MessageBox MB_ICONEXCLAMATION "The coordinator's address must start with http://, https://, ws:// or wss:// and hold only the characters of a URL." /SD IDOK
     Abort
-  done:
+  ok:
 FunctionEnd
 
 Section "Commonweights" SecApp
@@ -118,6 +135,9 @@ Section "Commonweights" SecApp
   ${If} ${Silent}
     Call CheckUrl
   ${EndIf}
+  ; An upgrade over a running app: stop it (and its training child) so its files can be replaced.
+  nsExec::Exec 'taskkill /F /T /IM commonweights-app.exe'
+  Pop $0
   File "uv.exe"
   SetOutPath "$INSTDIR\wheels"
   File "wheels\*.whl"
@@ -138,6 +158,7 @@ Section "Commonweights" SecApp
   Pop $0
   ${If} $0 != 0
     MessageBox MB_RETRYCANCEL|MB_ICONEXCLAMATION "Could not download Qt: is this computer offline? Check the connection and retry." /SD IDCANCEL IDRETRY qt
+    Abort "Qt could not be downloaded"
   ${EndIf}
   nsExec::ExecToLog '"$INSTDIR\uv.exe" pip install --python "$INSTDIR\app\Scripts\python.exe" --no-index --no-deps --reinstall-package commonweights --find-links "$INSTDIR\wheels" commonweights==${VERSION}'
   Pop $1
@@ -200,7 +221,7 @@ Function un.ForgetLeave
 FunctionEnd
 
 Section "Uninstall"
-  nsExec::Exec 'taskkill /F /IM commonweights-app.exe'
+  nsExec::Exec 'taskkill /F /T /IM commonweights-app.exe'
   Pop $0
   Delete "$SMPROGRAMS\Commonweights.lnk"
   Delete "$DESKTOP\Commonweights.lnk"

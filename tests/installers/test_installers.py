@@ -54,6 +54,13 @@ def test_the_installer_workflow_passes_actionlint() -> None:
         assert f"installers/build.py {target}" in text, f"the workflow does not build {target}"
 
 
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is missing (apt-get install shellcheck)")
+def test_the_debian_maintainer_scripts_pass_shellcheck() -> None:
+    scripts = [REPO / "installers" / "linux" / name for name in ("postinst", "postrm")]
+    done = subprocess.run(["shellcheck", "--shell=sh", *map(str, scripts)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("makensis") is None, reason="makensis is missing (apt-get install nsis)")
 def test_the_windows_installer_is_built_with_makensis_and_carries_what_first_run_needs(tmp_path: Path) -> None:

@@ -80,6 +80,8 @@ def test_the_device_is_what_the_driver_tools_report(
         (Device("cuda", "RTX 5090", "580.65.06"), "Linux", "cu130", False),
         (Device("cuda", "RTX 4070", "572.16"), "Windows", "cu128", False),
         (Device("cuda", "RTX 3060", "535.183.01"), "Linux", "cu126", False),
+        (Device("cuda", "RTX 3060", "525.105.17"), "Linux", "cu126", False),  # 525.105 is newer than 525.60
+        (Device("cuda", "RTX 3060", "525.53"), "Linux", "cpu", True),
         (Device("cuda", "GTX 1080", "470.256.02"), "Linux", "cpu", True),  # too old for any CUDA build
         (Device("cuda", "GTX 1080", "470.256.02"), "Windows", "default", True),
         (Device("rocm", "RX 7900 XTX"), "Linux", "rocm6.4", False),
@@ -95,6 +97,7 @@ def test_each_device_gets_the_pytorch_build_it_can_use(device: Device, system: s
     assert bool(plan.note) == noted
     if noted:
         assert "update it" in plan.note
+    assert plan.for_gpu == variant.startswith(("cu", "rocm"))
 
 
 def _uv() -> Path:
@@ -169,7 +172,6 @@ def test_an_index_that_cannot_be_reached_is_reported_as_offline(
     env = TrainingEnvironment(tmp_path / "training-env")
     nowhere = Plan(Device("cpu", "test CPU"), f"torch=={TORCH_VERSION}", "http://127.0.0.1:9/simple")
     monkeypatch.setenv("UV_DEFAULT_INDEX", "http://127.0.0.1:9/simple")
-    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))  # nothing cached to fall back on
     with pytest.raises(SetupError) as stopped:
         env.build(nowhere, uv=_uv(), app_version=RELEASE_VERSION, python=_python_spec())
     assert stopped.value.offline and stopped.value.step == "torch"
@@ -188,3 +190,28 @@ def test_setup_dry_run_names_the_device_and_the_build() -> None:
     )
     assert "device: cpu" in done.stderr
     assert f"torch=={TORCH_VERSION}" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_gpu_build_that_does_not_see_its_gpu_is_replaced_by_the_cpu_build(tmp_path: Path, wheelhouse: Path) -> None:
+    """The planned CUDA build is installed (here the folder's only torch, which sees no GPU on this
+    machine, as a CUDA build does with a broken driver): verify finds no GPU and setup falls back."""
+    env = TrainingEnvironment(tmp_path / "training-env")
+    planned = plan_for(Device("cuda", "RTX 4070", "570.86.10"), system="Linux")
+    assert planned.variant == "cu128"
+    seen: list[str] = []
+    installed = env.build(
+        planned,
+        uv=_uv(),
+        app_version=RELEASE_VERSION,
+        python=_python_spec(),
+        find_links=[wheelhouse],
+        offline=True,
+        progress=lambda index, step, line: seen.append(line),
+    )
+    assert installed.variant == "cpu" and not installed.for_gpu
+    assert "does not see the RTX 4070" in installed.note
+    assert any("installing the CPU build instead" in line for line in seen)
+    assert env.python(RELEASE_VERSION) == env.interpreter
+    assert env.status()["plan"] == {"device": {"kind": "cuda", "name": "RTX 4070", "driver": "570.86.10"},
+                                    "torch": f"torch=={TORCH_VERSION}", "index": installed.index}  # fmt: skip

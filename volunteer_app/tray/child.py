@@ -34,6 +34,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from volunteer_app.environment import child_environment
 from volunteer_app.events import Downloading, StateChanged, TrainingProgress, WorkerEvent
 from volunteer_app.tray.ipc import (
     MAX_MESSAGE_BYTES,
@@ -63,6 +64,10 @@ log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 30.0  # a step, a checkpoint and a goodbye; then the process is killed
 CONNECT_TIMEOUT_S = 60.0  # an interpreter's start and a few imports, on a slow disk
+HANDSHAKE_TIMEOUT_S = 5.0  # for a connection to show the token
+TOKEN_BYTES = 32
+# Windows: no console window for the training Python, and the idle priority class (POSIX uses nice).
+_CREATION_FLAGS = getattr(subprocess, "CREATE_NO_WINDOW", 0) | getattr(subprocess, "IDLE_PRIORITY_CLASS", 0)
 ADDRESS_ENV, TOKEN_ENV = "COMMONWEIGHTS_CHILD_ADDRESS", "COMMONWEIGHTS_CHILD_TOKEN"
 
 
@@ -209,12 +214,14 @@ def _launch(python: str, config: bytes) -> tuple[_Subprocess, Connection]:
     to it over loopback: the child dials the port it is given and proves itself with a one-time
     token before anything else is read, so no other local process can take its place. Then the
     config goes out, as through the multiprocessing pipe."""
-    token = secrets.token_bytes(32)
+    token = secrets.token_bytes(TOKEN_BYTES)
     with socket.create_server(("127.0.0.1", 0)) as server:
         server.settimeout(0.2)
-        env = {**os.environ, ADDRESS_ENV: f"127.0.0.1:{server.getsockname()[1]}", TOKEN_ENV: token.hex()}
+        env = {**child_environment(), ADDRESS_ENV: f"127.0.0.1:{server.getsockname()[1]}", TOKEN_ENV: token.hex()}
+        # -I: neither the working folder nor PYTHONPATH nor the user's site-packages shadow the environment.
+        argv = [python, "-I", "-m", "volunteer_app.tray.child"]
         try:
-            process = subprocess.Popen([python, "-m", "volunteer_app.tray.child"], env=env, stdin=subprocess.DEVNULL)
+            process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, creationflags=_CREATION_FLAGS)
         except OSError as error:
             raise ChildStartError(f"could not start the training environment's Python {python}: {error}") from None
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
@@ -223,21 +230,40 @@ def _launch(python: str, config: bytes) -> tuple[_Subprocess, Connection]:
                 raise ChildStartError(f"the training process exited with code {process.returncode} before it was up")
             if time.monotonic() > deadline:
                 process.kill()
+                process.wait()
                 raise ChildStartError(f"the training process did not connect within {CONNECT_TIMEOUT_S:.0f} s")
             try:
                 sock, _ = server.accept()
             except TimeoutError:
                 continue
-            sock.settimeout(None)
-            conn = Connection(sock.detach())
-            try:
-                if conn.poll(5.0) and hmac.compare_digest(conn.recv_bytes(64), token):
-                    break
-            except (OSError, EOFError):
-                pass
-            conn.close()  # not our child
-    conn.send_bytes(config)
+            if _proves(sock, token):
+                break
+            sock.close()  # not our child
+    sock.settimeout(None)
+    conn = Connection(sock.detach())
+    try:
+        conn.send_bytes(config)
+    except OSError as error:
+        conn.close()
+        process.kill()
+        process.wait()
+        raise ChildStartError(f"the training process went away while starting: {error}") from None
     return _Subprocess(process), conn
+
+
+def _proves(sock: socket.socket, token: bytes) -> bool:
+    """Whether the connection's first TOKEN_BYTES bytes, within a few seconds, are the token."""
+    sock.settimeout(HANDSHAKE_TIMEOUT_S)
+    received = b""
+    try:
+        while len(received) < len(token):
+            chunk = sock.recv(len(token) - len(received))
+            if not chunk:
+                return False
+            received += chunk
+    except OSError:  # the timeout included
+        return False
+    return hmac.compare_digest(received, token)
 
 
 # --- In the child process -------------------------------------------------------------------
@@ -375,9 +401,9 @@ def _connect_and_run() -> None:
     if not host or not port.isdigit() or not token:
         raise SystemExit("started by the Commonweights app only (it passes the address to connect to)")
     sock = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S)
+    sock.sendall(bytes.fromhex(token))  # raw, before any framing: the app checks it first
     sock.settimeout(None)
     conn = Connection(sock.detach())
-    conn.send_bytes(bytes.fromhex(token))
     child_main(conn, conn.recv_bytes(MAX_MESSAGE_BYTES))
 
 

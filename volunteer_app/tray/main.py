@@ -174,7 +174,10 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    desktop.start(show=args.show)
+    show = args.show
+    if install is not None and first_run and args.coordinator is None and show is None:
+        show = "settings"  # an installed app's first run with no coordinator chosen: ask for one
+    desktop.start(show=show)
     if problem is not None:
         controller.notify("preferences", "Settings not loaded", problem)
     code = qt_app.exec()

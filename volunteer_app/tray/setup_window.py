@@ -76,7 +76,7 @@ class SetupWindow(QDialog):
         self.cpu_only = QCheckBox("Use the CPU only (a smaller download)")
         self.cpu_only.setVisible(self.device.kind != "cpu")
         self.cpu_only.toggled.connect(self._describe)
-        self.retry = QPushButton("Retry")
+        self.retry = QPushButton("Start")  # "Retry" once a try stopped
         self.retry.setObjectName("retry")
         self.retry.clicked.connect(self.start)
         self.quit = QPushButton("Quit")
@@ -112,8 +112,10 @@ class SetupWindow(QDialog):
         self.summary.setText(text)
 
     def run(self) -> Path | None:
-        """Show the window and build; the training environment's interpreter, or None if the user quit."""
-        self.start()
+        """Show the window and build; the training environment's interpreter, or None if the user quit.
+        With a GPU it waits for Start, so that "CPU only" can be chosen first."""
+        if self.device.kind == "cpu":
+            self.start()
         self.exec()
         return self.python
 
@@ -153,6 +155,7 @@ class SetupWindow(QDialog):
 
     def _on_done(self, installed: Plan | None, error: str) -> None:
         if installed is None:
+            self.retry.setText("Retry")
             self.step.setText("Setup stopped")
             self.line.setText(error)
             self.retry.setEnabled(True)

@@ -33,7 +33,7 @@ def test_setup_stops_with_a_reason_and_a_retry_then_finishes_from_the_wheels(
     # No PyTorch among the wheels: it stops at that step and says what uv said.
     qtbot.waitUntil(lambda: window.retry.isEnabled(), timeout=BUILD_MS)
     assert window.step.text() == "Setup stopped"
-    assert "torch" in window.line.text() and "Retry" in window.line.text()
+    assert "torch" in window.line.text() and "Retry" in window.line.text() and window.retry.text() == "Retry"
     assert window.python is None and window.isVisible()
     # The wheels arrive (the connection is back): Retry goes on from the Python it made.
     window.install = Installation(tmp_path / "install.json", wheelhouse)
