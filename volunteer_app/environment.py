@@ -414,6 +414,13 @@ class TrainingEnvironment:
             return None  # ROCm builds answer through torch.cuda too
         return found
 
+    def request_rebuild(self) -> None:
+        """Have the next start build PyTorch and the app again (the Python is kept): after a driver
+        update, or to choose another build. Nothing changes while the app runs."""
+        state = self._load()
+        state.done = [step for step in state.done if step == "python"]
+        self._save(state)
+
     def remove(self) -> None:
         """Delete the environment (uninstall, or a clean rebuild)."""
         shutil.rmtree(self.root, ignore_errors=True)

@@ -42,10 +42,14 @@ class DesktopApp(QObject):
         poll_interval_s: float = 0.25,
         use_tray: bool = True,
         open_url: Callable[[QUrl], object] = QDesktopServices.openUrl,
+        rebuild_environment: Callable[[], None] | None = None,
         parent: QObject | None = None,
     ) -> None:
+        """`rebuild_environment`: an installed app's way to have its training environment built again
+        at the next start (a button in the settings); None in a development install."""
         super().__init__(parent)
         self.controller = controller
+        self._rebuild_environment = rebuild_environment
         self.instance = instance
         self._open_url = open_url
         self._use_tray = use_tray
@@ -140,6 +144,7 @@ class DesktopApp(QObject):
                 self.controller.preferences,
                 apply=self.controller.apply_preferences,
                 idle_description=self.controller.idle_source.description,
+                rebuild=self._rebuild_environment,
             )
             self.settings_dialog = dialog
         elif not dialog.isVisible():

@@ -165,7 +165,14 @@ def run(args: argparse.Namespace) -> int:
         trace=trace,
         volunteer_name=args.name,
     )
-    desktop = DesktopApp(controller, instance=instance, poll_interval_s=args.poll_interval, use_tray=not args.no_tray)
+    rebuild = TrainingEnvironment(default_root()).request_rebuild if install is not None else None
+    desktop = DesktopApp(
+        controller,
+        instance=instance,
+        poll_interval_s=args.poll_interval,
+        use_tray=not args.no_tray,
+        rebuild_environment=rebuild,
+    )
     if trace is not None:
         _trace_app(desktop, trace)
 

@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QLabel,
     QLineEdit,
+    QPushButton,
     QSizePolicy,
     QSpinBox,
     QVBoxLayout,
@@ -73,6 +74,7 @@ class SettingsDialog(QDialog):
         *,
         apply: Callable[[Preferences], None],
         idle_description: str = "",
+        rebuild: Callable[[], None] | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -127,6 +129,22 @@ class SettingsDialog(QDialog):
         general.addRow("Coordinator URL:", self.coordinator_url)
         general.addRow("Device:", self.device)
         general.addRow("", self.autostart)
+        # An installed app's training environment (PyTorch for the device): built again at the next
+        # start, e.g. after a driver update, or to switch to the CPU build.
+        self.rebuild: QPushButton | None = None
+        if rebuild is not None:
+            self.rebuild = QPushButton("Set up PyTorch again at the next start")
+            self.rebuild.setObjectName("rebuild")
+            self.rebuild.setToolTip("After a GPU driver update, or to choose the CPU build: quit and start the app")
+
+            def request() -> None:
+                rebuild()
+                assert self.rebuild is not None
+                self.rebuild.setEnabled(False)
+                self.rebuild.setText("PyTorch is set up again when the app next starts")
+
+            self.rebuild.clicked.connect(request)
+            general.addRow("PyTorch:", self.rebuild)
         when = QFormLayout()
         when.addRow("Start after idle for:", self.idle_minutes)
         when.addRow("", self.suspend_on_input)

@@ -86,3 +86,27 @@ def test_an_invalid_value_is_shown_next_to_its_field_and_nothing_is_saved(
 def test_time_windows_are_written_start_dash_end() -> None:
     assert parse_windows(" 22:00 - 07:00 ,, 12:00–13:00") == [("22:00", "07:00"), ("12:00", "13:00")]
     assert parse_windows("") == []
+
+
+def test_an_installed_apps_settings_set_up_pytorch_again_at_the_next_start(
+    qtbot: Any, qapp: Any, tmp_path: Path
+) -> None:
+    from volunteer_app.environment import STEPS, TrainingEnvironment
+    from volunteer_app.tray.settings_dialog import SettingsDialog
+
+    env = TrainingEnvironment(tmp_path / "training-env")
+    env.interpreter.parent.mkdir(parents=True)
+    env.interpreter.write_text("")  # what setup made, as far as the app can tell
+    (env.root / "setup.json").write_text('{"app_version": "1", "done": ' + str(list(STEPS)).replace("'", '"') + "}")
+    assert env.python() == env.interpreter
+    dialog = SettingsDialog(Preferences(), apply=lambda prefs: None, rebuild=env.request_rebuild)
+    qtbot.addWidget(dialog)
+    assert dialog.rebuild is not None
+    dialog.rebuild.click()
+    assert env.python() is None, "the next start sets PyTorch up again"
+    assert env.status()["done"] == ["python"], "the Python itself is kept"
+    assert not dialog.rebuild.isEnabled() and "next starts" in dialog.rebuild.text()
+    # A development install has no such button: it trains in its own Python.
+    plain = SettingsDialog(Preferences(), apply=lambda prefs: None)
+    qtbot.addWidget(plain)
+    assert plain.rebuild is None
