@@ -377,16 +377,18 @@ class EvaluationDesk:
                     f"another volunteer's losses for {subject} differ from these by up to {100 * worst:.2f}% "
                     f"(the limit is 0.1%); the coordinator measures {measured} itself, and neither result counts",
                 )
-            job.loss = (float(np.mean(losses)) + float(np.mean(theirs))) / 2
-            if job.kind == "evaluate":
-                self.store.set_holdout_loss(job.campaign_id, job.version, job.loss)
-            log.info(
-                "campaign %d: %s %s, holdout loss %.4f settled by two volunteers (differing by %.1e at most)",
-                job.campaign_id, job.kind, job.checked or f"version {job.version}", job.loss, worst,
-            )  # fmt: skip
-            self._credit(first, credit)
-            self._credit(volunteer_id, credit)
-            return Outcome(OutcomeStatus.ACCEPTED, None, "accepted: it agrees with another volunteer's", credit=credit)
+            job.loss = loss = (float(np.mean(losses)) + float(np.mean(theirs))) / 2
+        # The store is written outside the desk's lock: a grouped commit holds the store's write lock
+        # while the engine asks this desk (wants_check, open_check), so the other order would deadlock.
+        if job.kind == "evaluate":
+            self.store.set_holdout_loss(job.campaign_id, job.version, loss)
+        log.info(
+            "campaign %d: %s %s, holdout loss %.4f settled by two volunteers (differing by %.1e at most)",
+            job.campaign_id, job.kind, job.checked or f"version {job.version}", loss, worst,
+        )  # fmt: skip
+        self._credit(first, credit)
+        self._credit(volunteer_id, credit)
+        return Outcome(OutcomeStatus.ACCEPTED, None, "accepted: it agrees with another volunteer's", credit=credit)
 
     def _reject(self, code: ErrorCode, message: str) -> Outcome:
         return Outcome(OutcomeStatus.REJECTED, code.value, message)

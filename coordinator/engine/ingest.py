@@ -13,6 +13,7 @@ write is derived state that `Aggregator.restore` rebuilds.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
 from typing import Any
@@ -35,6 +36,8 @@ from training.accumulator import staleness_weight
 from training.checkpoint import save_weights
 
 __all__ = ["CODEC_REJECTIONS", "REJECTED_UPDATE_TTL_S", "Ingest"]
+
+log = logging.getLogger(__name__)
 
 # How long a rejected update's bytes are kept (for an admin to look at) before the space is freed.
 REJECTED_UPDATE_TTL_S = 3600.0
@@ -387,9 +390,14 @@ class Ingest:
                 assert unit is not None
                 version = s.store.version(s.row.id, unit.version)
                 base = version.holdout_loss if version is not None else None
-                if farmed is not False and base is None:
+                stale = s.row.current_version - unit.version > s.spec.rounds.staleness_bound
+                if farmed is not False and base is None and not stale:
                     continue  # the version's own holdout loss is still being measured
-                self._settle_check(unit, None if farmed is False else (float(farmed), base))
+                try:
+                    self._settle_check(unit, None if farmed is False or base is None else (float(farmed), base))
+                except Exception:  # e.g. a data slice a power cut lost: never stall the campaign's tick
+                    log.exception("settling the held update of unit %s failed; it is dropped without blame", unit_id)
+                    self._drop_held(unit, "internal_error", "the coordinator could not check this update")
 
     def _settle_check(self, unit: UnitRow, losses: tuple[float, float | None] | None) -> None:
         """`losses`: (holdout loss of θ_v − η·Δ from the checkers, that of θ_v), or None: measure here."""
@@ -409,14 +417,7 @@ class Ingest:
         current = s.round or self.scheduler.ensure_round()
         if staleness > bound or current is None:
             code = "stale_update" if current is not None else "campaign_closed"
-            with s.store.transaction():
-                s.store.update_submission(
-                    held.id,
-                    status=SubmissionStatus.REJECTED,
-                    code=code,
-                    message="the model moved on (or the campaign ended) before its holdout check; no mark against you",
-                )
-            s.count_rejection(code)
+            self._drop_held(unit, code, "the model moved on (or the campaign ended) before its holdout check")
             return
         delta = s.decode(s.blobs.get(held.update_sha), unit.shard)
         candidate = s.candidate(unit, delta, held.losses, held.tokens, norm=held.norm)
@@ -441,6 +442,10 @@ class Ingest:
                 candidate = replace(candidate, evidence=evidence)
             verdict = s.pipeline.validate(candidate, s.cohort)
             how = "measured by the coordinator (volunteers did not settle its holdout check)"
+        if not verdict.accepted and verdict.code == ErrorCode.NOT_FROM_UNIT:
+            # At commit this would wait for a replica (honest work on uniform text fails only this).
+            self._drop_held(unit, ErrorCode.INCONCLUSIVE.value, f"{verdict.message}; nothing shows it either way")
+            return
         if not verdict.accepted:
             code = str(verdict.code)
             with s.store.transaction():
@@ -456,6 +461,24 @@ class Ingest:
                 held, unit, f"accepted: {how}", round_id=current.row.id, staleness=staleness, weight=weight
             )
         self._count(current, candidate, weight)
+
+    def _drop_held(self, unit: UnitRow, code: str, why: str) -> None:
+        """Reject an update held for its check without blame (the model moved on, the campaign ended,
+        nothing could tell), and send its slice out again; inside the campaign's lock."""
+        s = self.state
+        s.held_checks.pop(unit.id, None)
+        held = next(
+            (x for x in s.store.submissions_for_unit(unit.id) if x.status == SubmissionStatus.PENDING_CHECK), None
+        )
+        if held is None:
+            return
+        with s.store.transaction():
+            s.store.update_submission(
+                held.id, status=SubmissionStatus.REJECTED, code=code, message=f"{why}; no mark against you"
+            )
+            if unit.replica_of is None:
+                s.store.set_unit_state(unit.id, UnitState.CANCELLED)  # its slice goes out again
+        s.count_rejection(code)
 
     def _accept(
         self,
