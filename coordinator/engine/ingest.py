@@ -407,9 +407,7 @@ class Ingest:
             s.checks.close(s.row.id, unit.id)
         if digest is not None:
             s.blobs.delete_if_older(digest, math.inf)
-        held = next(
-            (x for x in s.store.submissions_for_unit(unit.id) if x.status == SubmissionStatus.PENDING_CHECK), None
-        )
+        held = self._held(unit)
         if held is None:
             return
         staleness = s.row.current_version - unit.version
@@ -447,13 +445,7 @@ class Ingest:
             self._drop_held(unit, ErrorCode.INCONCLUSIVE.value, f"{verdict.message}; nothing shows it either way")
             return
         if not verdict.accepted:
-            code = str(verdict.code)
-            with s.store.transaction():
-                s.store.update_submission(held.id, status=SubmissionStatus.REJECTED, code=code, message=verdict.message)
-                s.judge(held.volunteer_id, accepted=False, code=code)
-                if unit.replica_of is None:
-                    s.store.set_unit_state(unit.id, UnitState.CANCELLED)  # its slice goes out again
-            s.count_rejection(code)
+            self._reject_held(unit, held, str(verdict.code), verdict.message, blame=True)
             return
         weight = staleness_weight(staleness, bound) * held.tokens
         with s.store.transaction():
@@ -465,19 +457,26 @@ class Ingest:
     def _drop_held(self, unit: UnitRow, code: str, why: str) -> None:
         """Reject an update held for its check without blame (the model moved on, the campaign ended,
         nothing could tell), and send its slice out again; inside the campaign's lock."""
+        self.state.held_checks.pop(unit.id, None)
+        held = self._held(unit)
+        if held is not None:
+            self._reject_held(unit, held, code, f"{why}; no mark against you", blame=False)
+
+    def _held(self, unit: UnitRow) -> SubmissionRow | None:
+        """The unit's submission waiting for its check, if it still is."""
+        subs = self.state.store.submissions_for_unit(unit.id)
+        return next((sub for sub in subs if sub.status == SubmissionStatus.PENDING_CHECK), None)
+
+    def _reject_held(self, unit: UnitRow, held: SubmissionRow, code: str, message: str, *, blame: bool) -> None:
+        """Reject an update that waited for its check (held against its volunteer only with `blame`);
+        its slice goes out again."""
         s = self.state
-        s.held_checks.pop(unit.id, None)
-        held = next(
-            (x for x in s.store.submissions_for_unit(unit.id) if x.status == SubmissionStatus.PENDING_CHECK), None
-        )
-        if held is None:
-            return
         with s.store.transaction():
-            s.store.update_submission(
-                held.id, status=SubmissionStatus.REJECTED, code=code, message=f"{why}; no mark against you"
-            )
+            s.store.update_submission(held.id, status=SubmissionStatus.REJECTED, code=code, message=message)
+            if blame:
+                s.judge(held.volunteer_id, accepted=False, code=code)
             if unit.replica_of is None:
-                s.store.set_unit_state(unit.id, UnitState.CANCELLED)  # its slice goes out again
+                s.store.set_unit_state(unit.id, UnitState.CANCELLED)
         s.count_rejection(code)
 
     def _accept(
