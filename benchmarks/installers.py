@@ -21,7 +21,7 @@ from rich.console import Console
 
 from benchmarks.report import machine_line, markdown_table, write_section
 from protocol.version import RELEASE_VERSION
-from volunteer_app.environment import STEPS, TORCH_VERSION, Device, TrainingEnvironment, find_uv, plan_for
+from volunteer_app.environment import STEPS, Device, TrainingEnvironment, find_uv, plan_for
 
 __all__ = ["run_bench_installers"]
 
@@ -33,10 +33,14 @@ def _mb(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
-def _build(target: str, out: Path, console: Console) -> Path:
-    with console.status(f"building the {target} installer (installers/build.py {target})"):
+def _build_py(target: str, out: Path, console: Console, doing: str) -> None:
+    with console.status(f"{doing} (installers/build.py {target})"):
         subprocess.run([sys.executable, str(REPO / "installers" / "build.py"), target, "--out", str(out)],
                        check=True, capture_output=True)  # fmt: skip
+
+
+def _build(target: str, out: Path, console: Console) -> Path:
+    _build_py(target, out, console, f"building the {target} installer")
     pattern = "commonweights_*_amd64.deb" if target == "linux" else "Commonweights-Setup-*.exe"
     (artifact,) = out.glob(pattern)
     return artifact
@@ -45,15 +49,6 @@ def _build(target: str, out: Path, console: Console) -> Path:
 def _unpacked(deb: Path) -> int:
     listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True).stdout
     return sum(int(line.split()[2]) for line in listing.splitlines() if line.split() and line[0] == "-")
-
-
-def _wheelhouse(folder: Path, console: Console) -> None:
-    with console.status("fetching CPU PyTorch and the training environment's wheels into a local folder"):
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                        str(folder), str(REPO)], check=True, capture_output=True)  # fmt: skip
-        (wheel,) = folder.glob("commonweights-*.whl")
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(folder), f"torch=={TORCH_VERSION}",
-                        str(wheel)], check=True, capture_output=True)  # fmt: skip
 
 
 def run_bench_installers(args: argparse.Namespace) -> int:
@@ -72,7 +67,7 @@ def run_bench_installers(args: argparse.Namespace) -> int:
 
         wheels = work / "wheels"
         wheels.mkdir()
-        _wheelhouse(wheels, console)
+        _build_py("wheels", wheels, console, "fetching CPU PyTorch and the training environment's wheels")
         env = TrainingEnvironment(work / "training-env")
         plan = plan_for(Device("cpu", "bench"), system="Linux")
         began = time.monotonic()

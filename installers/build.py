@@ -3,6 +3,7 @@
     python installers/build.py linux     # dist/commonweights_VERSION_amd64.deb (needs dpkg-deb)
     python installers/build.py windows   # dist/Commonweights-Setup-VERSION.exe (needs makensis)
     python installers/build.py macos     # dist/Commonweights-VERSION.dmg (on macOS only; see installers/README.md)
+    python installers/build.py wheels --out DIR   # the wheels first-run setup needs, for an offline site
 
 Every installer is small: it carries the tray app (which never imports torch), uv, and this release's
 wheel. On first run the app builds its training environment with the PyTorch build the machine's
@@ -70,6 +71,18 @@ def build_wheel(out: Path) -> Path:
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", out, REPO)
     (wheel,) = out.glob("commonweights-*.whl")
     return wheel
+
+
+def training_wheels(folder: Path) -> None:
+    """Into `folder`: this release's wheel and every wheel its training environment needs, as an
+    offline site keeps them for first-run setup (COMMONWEIGHTS_SETUP_FIND_LINKS). torch comes from
+    pip's configuration: on this project's machines a local CPU wheel; elsewhere, point
+    PIP_INDEX_URL at a CPU wheel index."""
+    sys.path.insert(0, str(REPO))
+    from volunteer_app.environment import TORCH_VERSION
+
+    wheel = build_wheel(folder)
+    run(sys.executable, "-m", "pip", "download", "-q", "-d", folder, f"torch=={TORCH_VERSION}", wheel)
 
 
 def uv_binary(platform_tag: str, into: Path) -> Path:
@@ -230,10 +243,13 @@ def write_sums(out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("target", choices=("linux", "windows", "macos"))
+    parser.add_argument("target", choices=("linux", "windows", "macos", "wheels"))
     parser.add_argument("--out", type=Path, default=REPO / "dist", help="where the installer goes (default: dist/)")
     parser.add_argument("--coordinator", default=None, metavar="URL", help="the coordinator the app uses at first")
     args = parser.parse_args(argv)
+    if args.target == "wheels":  # what an offline site keeps for first-run setup: no installer, no SHA256SUMS
+        training_wheels(args.out)
+        return 0
     builders = {"linux": build_linux, "windows": build_windows, "macos": build_macos}
     target = builders[args.target](args.out, args.coordinator)
     write_sums(args.out)
