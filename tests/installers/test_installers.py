@@ -204,8 +204,9 @@ def test_the_installed_app_shows_its_tray_icon_sets_up_pytorch_on_first_run_and_
         assert children, "training ran in a child process"
         python = training_env / "venv" / "bin" / "python"
         assert python.exists()
-        try:  # the training child runs from the training environment's Python (unless it finished already)
-            argv = Path(f"/proc/{children[-1]['pid']}/cmdline").read_bytes().split(b"\0")
+        try:  # the training child runs from the training environment's Python (unless it finished already:
+            # an exited child not yet reaped has an empty command line)
+            argv = [arg for arg in Path(f"/proc/{children[-1]['pid']}/cmdline").read_bytes().split(b"\0") if arg]
         except OSError:
             argv = []
         assert not argv or argv[0].decode() == str(python), argv
