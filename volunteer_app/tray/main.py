@@ -10,6 +10,7 @@ Cheap to import: Qt, torch and the controller load inside `run`.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import multiprocessing
 import os
@@ -57,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """The `commonweights-app` entry point."""
     multiprocessing.freeze_support()  # a frozen (PyInstaller) app starts its training child through here
+    if sys.stderr is not None:  # a crash (Qt, a driver) leaves every thread's Python stack in the log
+        faulthandler.enable(all_threads=True)
     parser = argparse.ArgumentParser(prog="commonweights-app", description="The Commonweights desktop tray app.")
     add_arguments(parser)
     return run(parser.parse_args(argv))
@@ -129,9 +132,15 @@ def run(args: argparse.Namespace) -> int:
         env = TrainingEnvironment(default_root())
         python = env.python(RELEASE_VERSION)
         if python is None:
+            import shiboken6
+
             from volunteer_app.tray.setup_window import SetupWindow
 
-            python = SetupWindow(env, install).run()
+            window = SetupWindow(env, install)
+            python = window.run()
+            # Freed here, on the GUI thread: Python's cycle collector may run on any thread, and a Qt
+            # widget destroyed off the GUI thread crashes the app.
+            shiboken6.delete(window)
             if python is None:
                 instance.release()
                 return fail("setup did not finish; start the app again to go on where it stopped")

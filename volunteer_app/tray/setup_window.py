@@ -117,6 +117,8 @@ class SetupWindow(QDialog):
         if self.device.kind == "cpu":
             self.start()
         self.exec()
+        if self.python is not None and self._thread is not None:
+            self._thread.join()  # it ends right after its last report; see `_build`
         return self.python
 
     def start(self) -> None:
@@ -126,26 +128,10 @@ class SetupWindow(QDialog):
         self.cpu_only.setEnabled(False)
         self.line.setText("")
         plan = self._chosen()
-        self._thread = threading.Thread(target=self._build, args=(plan,), name="commonweights-setup", daemon=True)
+        self._thread = threading.Thread(
+            target=_build, args=(self.env, self.install, plan, self._relay), name="commonweights-setup", daemon=True
+        )
         self._thread.start()
-
-    def _build(self, plan: Plan) -> None:  # on the build thread
-        try:
-            installed = self.env.build(
-                plan,
-                uv=find_uv(),
-                app_version=RELEASE_VERSION,
-                find_links=self.install.find_links,
-                offline=self.install.offline,
-                progress=lambda index, step, line: self._relay.step.emit(index, step, line),
-            )
-        except SetupError as error:
-            self._relay.done.emit(None, error.message + "\nWhat was downloaded is kept: Retry goes on from there.")
-            return
-        except Exception as error:  # a bug or an OS error: say it, keep the window usable
-            self._relay.done.emit(None, f"setup failed: {error}")
-            return
-        self._relay.done.emit(installed, "")
 
     def _on_step(self, index: int, step: str, line: str) -> None:
         self.step.setText(f"{STEP_TITLES.get(step, step)} ({index + 1} of {len(STEPS)})")
@@ -164,3 +150,25 @@ class SetupWindow(QDialog):
         self.bar.setValue(len(STEPS))
         self.python = self.env.python(RELEASE_VERSION)
         self.accept()
+
+
+def _build(env: TrainingEnvironment, install: Installation, plan: Plan, relay: _Relay) -> None:
+    """The build thread. It holds no reference to the window: the last reference to a Qt widget,
+    dropped on this thread, would destroy the widget here, off the GUI thread, and crash the app
+    (seen: a segfault while the GUI thread went on)."""
+    try:
+        installed = env.build(
+            plan,
+            uv=find_uv(),
+            app_version=RELEASE_VERSION,
+            find_links=install.find_links,
+            offline=install.offline,
+            progress=lambda index, step, line: relay.step.emit(index, step, line),
+        )
+    except SetupError as error:
+        relay.done.emit(None, error.message + "\nWhat was downloaded is kept: Retry goes on from there.")
+        return
+    except Exception as error:  # a bug or an OS error: say it, keep the window usable
+        relay.done.emit(None, f"setup failed: {error}")
+        return
+    relay.done.emit(installed, "")
