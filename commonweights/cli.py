@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from benchmarks import cli as benchmarks_cli
-from commonweights import demo
+from commonweights import demo, export
 from coordinator import cli as coordinator_cli
 from protocol.version import RELEASE_VERSION
 from training import cli as training_cli
@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     coordinator_cli.add_campaign(commands)
     volunteer_cli.add_volunteer(commands)
     demo.add_demo(commands)
+    export.add_export(commands)
+    training_cli.add_generate(commands)
 
     bench = commands.add_parser("bench", help="run a benchmark and write docs/benchmarks.md")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")

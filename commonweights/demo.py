@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from commonweights.export import export_from_coordinator
 from coordinator.client import ApiError, CoordinatorClient
 from coordinator.local import free_port, start_coordinator, stop
 
@@ -184,6 +185,15 @@ def run_demo(args: argparse.Namespace) -> int:
                 if coordinator.poll() is not None or len(dead) == len(running) - 1:
                     console.print(f"[red]processes exited early; see {logs}[/red]")
                     return 1
+        model = data_dir / "model"
+        try:
+            export_from_coordinator(api, campaign_id, "hf", model, console=console)
+            console.print(
+                f"the trained model: {model} (a Hugging Face folder with its model card); try it with "
+                f"[bold]commonweights generate --checkpoint {model} --prompt 'def '[/bold]"
+            )
+        except (ApiError, OSError, ValueError) as error:  # the demo trained; the export is a bonus
+            console.print(f"[yellow]the model could not be exported: {error}[/yellow]")
         if args.keep_running:
             console.print(f"coordinator still running at {base} (pid {coordinator.pid}); Ctrl-C to stop")
             with contextlib.suppress(KeyboardInterrupt):

@@ -309,6 +309,15 @@ class CampaignSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     description: Annotated[
         str, Meta(max_length=2000, description="What the model is for, shown on the public page.")
     ] = ""
+    license: Annotated[
+        str,
+        Meta(
+            pattern=r"^([A-Za-z0-9][A-Za-z0-9.+-]{0,63})?$",
+            max_length=64,
+            description="The trained model's license (an SPDX or Hugging Face id, e.g. apache-2.0); on the model card.",
+            extra={"says": "a license id such as apache-2.0 or cc-by-4.0 (letters, digits, '.', '+', '-')"},
+        ),
+    ] = ""
     inner: InnerSettings = msgspec.field(default_factory=InnerSettings)
     outer: OuterSettings = msgspec.field(default_factory=OuterSettings)
     rounds: RoundSettings = msgspec.field(default_factory=RoundSettings)

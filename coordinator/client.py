@@ -161,6 +161,26 @@ class CoordinatorClient:
         answer = self._get(f"/api/campaigns/{campaign_id}/checkpoint{query}")
         return answer if isinstance(answer, bytes) else b""
 
+    def tokenizer(self, campaign_id: int) -> str:
+        """The campaign dataset's tokenizer file, as text."""
+        answer = self._get(f"/api/campaigns/{campaign_id}/tokenizer")
+        return answer if isinstance(answer, str) else json.dumps(answer)
+
+    def card(self, campaign_id: int, version: int | None = None) -> JSON:
+        """The records a model card is made of, for the latest version (or `version`)."""
+        query = "" if version is None else f"?version={version}"
+        return dict(self._get(f"/api/campaigns/{campaign_id}/card{query}"))
+
+    def export(self, campaign_id: int, fmt: str, version: int | None = None) -> bytes:
+        """An export the coordinator builds (hf: a zip; gguf-f16, gguf-q8_0, gguf-f32, onnx: the file)."""
+        query = "" if version is None else f"?version={version}"
+        answer = self._get(f"/api/campaigns/{campaign_id}/exports/{quote(fmt, safe='')}{query}")
+        return answer if isinstance(answer, bytes) else b""
+
+    def generate(self, campaign_id: int, prompt: str, **options: Any) -> JSON:
+        """The campaign's latest model continuing `prompt` (max_new_tokens, temperature, seed)."""
+        return dict(self._post(f"/api/campaigns/{campaign_id}/generate", {"prompt": prompt, **options}))
+
     def pause(self, campaign_id: int) -> JSON:
         return dict(self._post(f"/api/campaigns/{campaign_id}/pause"))
 

@@ -57,6 +57,7 @@ ERROR_TEXT = {
     404: "No such resource.",
     409: "The resource is in a state that doesn't allow this.",
     413: "The body is too large.",
+    429: "Too many requests from this client, or the server is busy with one; retry after `Retry-After` seconds.",
     503: "The server is at capacity for this; retry later.",
 }
 
@@ -414,6 +415,54 @@ COMPONENTS: dict[str, Schema] = {
                     }
                 )
             )
+        }
+    ),
+    "ModelRecord": obj(
+        {
+            "name": STR,
+            "model": STR,
+            "config": {"type": "object"},
+            "parameters": INT,
+            "version": INT,
+            "tokenizer": STR,
+            "tokens_trained": INT,
+            "rounds_closed": INT,
+            "codec": STR,
+            "outer_optimizer": STR,
+            "inner": STR,
+            "data_source": STR,
+            "dataset": STR,
+            "license": STR,
+            "description": STR,
+            "coordinator": STR,
+            "campaign_id": NULLABLE_INT,
+            "volunteers": INT,
+            "total_credit": NUM,
+            "contributors": array(obj({"name": STR, "credit": NUM, "tokens": INT})),
+            "losses": array(obj({"version": INT, "tokens": INT, "holdout_loss": NUM})),
+            "created_at": STR,
+        }
+    ),
+    "GenerateRequest": {
+        "type": "object",
+        "properties": {
+            "prompt": {"type": "string", "minLength": 1, "maxLength": 500},
+            "max_new_tokens": {"type": "integer", "minimum": 1, "maximum": 64, "default": 48},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 2, "default": 0},
+            "seed": {"type": "integer", "minimum": 0, "maximum": 2147483647, "default": 0},
+        },
+        "required": ["prompt"],
+        "additionalProperties": False,
+    },
+    "Generation": obj(
+        {
+            "version": INT,
+            "prompt": STR,
+            "text": STR,
+            "new_tokens": INT,
+            "prompt_tokens": INT,
+            "seconds": NUM,
+            "stopped": {"type": "string", "enum": ["length", "eos", "time"]},
         }
     ),
     "Leaderboard": obj(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import platform
 import re
 import shutil
@@ -31,16 +32,18 @@ from coordinator import events
 from coordinator.appkeys import EVENTS, METRICS, SERVICE
 from coordinator.campaign import CampaignSpec, SpecError
 from coordinator.engine import model_config_for
+from coordinator.exports import EXPORT_FORMATS, ExportJob, TryItRefused, campaign_record
 from coordinator.metrics import UNMATCHED_ROUTE
 from coordinator.openapi import MAX_ID, STR, Handler, Param, Reply, Route, id_param, ref, register
 from coordinator.request_body import BadBody, decode_body
 from coordinator.service import Coordinator
-from coordinator.store import CampaignRow, StoreError
+from coordinator.store import CampaignRow, StoreError, VersionRow
 from protocol.codecs import CODEC_NAMES
 from protocol.limits import MAX_ID_LEN
 from protocol.version import RELEASE_VERSION as __version__
 from training.data import DataError, TokenDataset
-from training.model import PRESETS, build_model, count_parameters
+from training.export.card import CampaignRecord
+from training.model import PRESETS, ModelConfig, build_model, count_parameters
 from training.outer import OUTER_DEFAULTS
 
 __all__ = ["MAX_BODY_BYTES", "ROUTES", "add_routes", "campaign_stats", "campaign_summary"]
@@ -412,15 +415,10 @@ async def leaderboard(request: web.Request) -> web.Response:
 
 
 async def download_checkpoint(request: web.Request) -> web.StreamResponse:
-    row = _campaign_or_404(request)
-    if isinstance(row, web.Response):
-        return row
-    store = _service(request).store
-    wanted = request.query.get("version")
-    number = row.current_version if wanted is None else _int_or_none(wanted)
-    version = store.version(row.id, number) if number is not None else None
-    if version is None:
-        return error_response(404, "not_found", f"campaign {row.name} has no version {_quoted(wanted)}")
+    found = _campaign_version(request)
+    if isinstance(found, web.Response):
+        return found
+    row, version = found
     path = _service(request).blobs.path(version.checkpoint_sha)
     if not path.is_file():
         return error_response(404, "not_found", f"the checkpoint of version {version.version} is missing on the server")
@@ -449,6 +447,137 @@ async def download_tokenizer(request: web.Request) -> web.StreamResponse:
             "Content-Disposition": f'attachment; filename="{row.name}-tokenizer.json"',
         },
     )
+
+
+def _campaign_version(request: web.Request) -> tuple[CampaignRow, VersionRow] | web.Response:
+    """The campaign in the path and the version `?version=` names (default: its latest), or a 404 answer."""
+    row = _campaign_or_404(request)
+    if isinstance(row, web.Response):
+        return row
+    wanted = request.query.get("version")
+    number = row.current_version if wanted is None else _int_or_none(wanted)
+    version = _service(request).store.version(row.id, number) if number is not None else None
+    if version is None:
+        return error_response(404, "not_found", f"campaign {row.name} has no version {_quoted(wanted)}")
+    return row, version
+
+
+def _record(service: Coordinator, row: CampaignRow, version: int) -> CampaignRecord | None:
+    config = _model_config(service, row)
+    if config is None:
+        return None
+    return campaign_record(
+        service.store, row, ModelConfig.from_dict(config), version=version, coordinator=service.config.public_url
+    )
+
+
+async def campaign_card(request: web.Request) -> web.Response:
+    found = _campaign_version(request)
+    if isinstance(found, web.Response):
+        return found
+    row, version = found
+    service = _service(request)
+    record = await service.workers.run(_record, service, row, version.version)
+    if record is None:
+        return error_response(404, "not_found", f"the dataset of campaign {row.name} is missing on the server")
+    return web.json_response(record.to_dict())
+
+
+async def download_export(request: web.Request) -> web.StreamResponse:
+    fmt = request.match_info["format"]
+    if fmt not in EXPORT_FORMATS:
+        return error_response(
+            404, "not_found", f"no export format {_quoted(fmt)}; choose one of {', '.join(EXPORT_FORMATS)}"
+        )
+    found = _campaign_version(request)
+    if isinstance(found, web.Response):
+        return found
+    row, version = found
+    service = _service(request)
+    checkpoint = service.blobs.path(version.checkpoint_sha)
+    tokenizer = Path(row.dataset_path) / "tokenizer.json"
+    if not (checkpoint.is_file() and tokenizer.is_file()):
+        return error_response(404, "not_found", f"the weights or tokenizer of version {version.version} are missing")
+    record = await service.workers.run(_record, service, row, version.version)
+    if record is None:
+        return error_response(404, "not_found", f"the dataset of campaign {row.name} is missing on the server")
+    job = ExportJob(row.id, version.version, fmt, checkpoint, tokenizer, record.to_dict())
+    try:
+        path = await service.exports.get(job)
+    except RuntimeError as error:
+        return error_response(503, "export_failed", f"the {fmt} export of version {version.version} failed: {error}")
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": "application/octet-stream",  # hf: a zip
+            "Content-Disposition": f'attachment; filename="{job.filename}"',
+            "X-Model-Version": str(version.version),
+        },
+    )
+
+
+GENERATE_USAGE = 'send JSON like {"prompt": "def main(", "max_new_tokens": 48, "temperature": 0}'
+
+
+async def try_generate(request: web.Request) -> web.Response:
+    row = _campaign_or_404(request)
+    if isinstance(row, web.Response):
+        return row
+    service = _service(request)
+    limits = service.try_it.limits
+    try:
+        body = await _json_body(request)
+    except OverflowError as error:
+        return error_response(413, "too_large", str(error))
+    except BadBody as error:
+        return error_response(400, error.code, f"{error}; {GENERATE_USAGE}")
+    if not isinstance(body, dict) or set(body) - {"prompt", "max_new_tokens", "temperature", "seed"}:
+        return error_response(
+            400, "bad_request", f"fields are prompt, max_new_tokens, temperature, seed; {GENERATE_USAGE}"
+        )
+    prompt, new_tokens = body.get("prompt"), body.get("max_new_tokens", 48)
+    temperature, seed = body.get("temperature", 0.0), body.get("seed", 0)
+    problems = []
+    if not isinstance(prompt, str) or not prompt or len(prompt) > limits.max_prompt_chars:
+        problems.append(f"prompt: 1 to {limits.max_prompt_chars} characters of text")
+    if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or not 1 <= new_tokens <= limits.max_new_tokens:
+        problems.append(f"max_new_tokens: an integer from 1 to {limits.max_new_tokens}")
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
+        problems.append("temperature: a number from 0 (greedy) to 2")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        problems.append("seed: an integer from 0 to 2^31 - 1")
+    if problems:
+        return error_response(400, "bad_request", "; ".join(problems), problems=problems)
+    assert isinstance(prompt, str) and isinstance(new_tokens, int) and isinstance(seed, int)
+    version = service.store.version(row.id, row.current_version)
+    checkpoint = service.blobs.path(version.checkpoint_sha) if version is not None else None
+    config = _model_config(service, row)
+    tokenizer = Path(row.dataset_path) / "tokenizer.json"
+    if version is None or checkpoint is None or config is None or not checkpoint.is_file() or not tokenizer.is_file():
+        return error_response(404, "not_found", f"the model of campaign {row.name} is missing on the server")
+    forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
+    client = service.config.sources.client_ip(request.remote, forwarded) or "unknown"
+    try:
+        service.try_it.admit(client)
+    except TryItRefused as refused:
+        busy = error_response(429, "too_many_requests", str(refused))
+        busy.headers["Retry-After"] = str(math.ceil(refused.retry_after_s))
+        return busy
+    try:
+        answer = await service.workers.run(
+            service.try_it.generate,
+            (row.id, version.version),
+            checkpoint,
+            tokenizer,
+            ModelConfig.from_dict(config),
+            prompt,
+            max_new_tokens=new_tokens,
+            temperature=float(temperature),
+            seed=seed,
+        )
+    finally:
+        service.try_it.release()
+    return web.json_response(answer)
 
 
 @cache
@@ -732,6 +861,27 @@ WEIGHTS = Reply(
     "application/octet-stream",
 )
 TOKENIZER = Reply("The campaign dataset's tokenizer (Hugging Face tokenizers format).", {"type": "object"})
+EXPORT_FILE = Reply(
+    "The file: a zip of the Hugging Face folder (hf), a GGUF file, or an ONNX model.",
+    {"type": "string", "format": "binary"},
+    "application/octet-stream",
+)
+EXPORT_FORMAT = Param(
+    "format",
+    "path",
+    {"type": "string", "enum": list(EXPORT_FORMATS)},
+    "; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items()),
+)
+EXPORT_NOTES = (
+    "Public, like the checkpoint. Built on the first request for a version and format (seconds for small "
+    "models; the request waits), then served from the coordinator's disk. 503 export_failed says why a "
+    "build failed; it is not retried for 5 minutes."
+)
+GENERATE_NOTES = (
+    "Public and rate-limited: one generation at a time on the server and 10 per minute per client address "
+    "(429 with Retry-After otherwise). The prompt is at most 500 characters; at most 64 new tokens and 5 "
+    "seconds. temperature 0 is greedy; above it, sampling from the 40 likeliest tokens with `seed`."
+)
 METRICS_TEXT = Reply("The Prometheus text exposition format.", STR, "text/plain")
 C = "/api/campaigns/{campaign_id}"
 
@@ -796,6 +946,40 @@ ROUTES: list[Route] = [
         description=CHECKPOINT_NOTES,
     ),
     Route("GET", C + "/tokenizer", download_tokenizer, "Download the tokenizer", TOKENIZER, params=(CAMPAIGN,)),
+    Route(
+        "GET",
+        C + "/card",
+        campaign_card,
+        "The records a model card is made of",
+        _json(
+            "Preset, shape, tokens, rounds, optimizers, data source, license, credit and holdout losses.", "ModelRecord"
+        ),
+        params=(CAMPAIGN, VERSION_QUERY),
+        tag="models",
+    ),
+    Route(
+        "GET",
+        C + "/exports/{format}",
+        download_export,
+        "Download the model as Hugging Face, GGUF or ONNX",
+        EXPORT_FILE,
+        params=(CAMPAIGN, EXPORT_FORMAT, VERSION_QUERY),
+        errors=(503,),
+        description=EXPORT_NOTES,
+        tag="models",
+    ),
+    Route(
+        "POST",
+        C + "/generate",
+        try_generate,
+        "Try the model: continue a prompt",
+        _json("The continuation from the latest version.", "Generation"),
+        params=(CAMPAIGN,),
+        body=ref("GenerateRequest"),
+        errors=(429,),
+        description=GENERATE_NOTES,
+        tag="models",
+    ),
     Route(
         "GET",
         C + "/events",

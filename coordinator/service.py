@@ -26,6 +26,7 @@ from coordinator.blobs import BlobStore
 from coordinator.campaign import CampaignSpec, SpecError
 from coordinator.engine import Assignment, CampaignRuntime, NoWork, initial_version, model_config_for, shard_plan
 from coordinator.evaluations import EvaluationDesk
+from coordinator.exports import ExportShelf, TryIt
 from coordinator.graphs import GraphBlob, GraphBuilds, GraphPending
 from coordinator.sources import SourcePolicy
 from coordinator.store import SQLiteStore, Store, VersionRow, VolunteerRow
@@ -109,6 +110,8 @@ class Coordinator:
         self.admin_token = ""
         self.workers = Workers(group=store.transaction)
         self.graphs = GraphBuilds(store, blobs)
+        self.exports = ExportShelf(config.data_dir / "exports")
+        self.try_it = TryIt()
         self.evaluations = EvaluationDesk(
             store, clock=clock, grace_s=config.eval_grace_s, batch=config.eval_batch, eval_tokens=config.eval_tokens
         )
@@ -132,6 +135,7 @@ class Coordinator:
 
     def close(self) -> None:
         self.graphs.close()
+        self.exports.close()
         self.workers.shutdown()
         self.store.close()
 

@@ -84,3 +84,63 @@ def _run_simulate(args: argparse.Namespace) -> int:
     from training.simulate import run_simulate_command
 
     return run_simulate_command(args)
+
+
+def add_generate(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "generate",
+        help="continue a prompt with a trained checkpoint",
+        description="Load a checkpoint and its tokenizer and print the model's continuation of a prompt.",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="the weights (.safetensors), or a Hugging Face folder `commonweights export` wrote",
+    )
+    parser.add_argument(
+        "--tokenizer", type=Path, default=None, metavar="FILE", help="tokenizer.json (default: the folder's)"
+    )
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--model", default=None, help="the model preset (default: the one of the weights' shape)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="new tokens at most")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above: sample")
+    parser.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest tokens only")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    import sys
+
+    from training.checkpoint import CheckpointError
+    from training.data import DataError
+    from training.data.tokenizer import load_tokenizer
+    from training.generate import generate, load_model
+
+    tokenizer_path = args.tokenizer or args.checkpoint / "tokenizer.json"
+    if args.tokenizer is None and not args.checkpoint.is_dir():
+        print("commonweights generate: a checkpoint file needs --tokenizer FILE", file=sys.stderr)
+        return 2
+    try:
+        model = load_model(args.checkpoint, preset=args.model)
+        tokenizer = load_tokenizer(tokenizer_path)
+        result = generate(
+            model,
+            tokenizer,
+            args.prompt,
+            max_new_tokens=args.max_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            seed=args.seed,
+        )
+    except (OSError, CheckpointError, DataError, ValueError) as error:
+        print(f"commonweights generate: {error}", file=sys.stderr)
+        return 2
+    print(args.prompt + result.text)
+    print(
+        f"({len(result.ids)} tokens in {result.seconds:.2f} s, stopped: {result.stopped})",
+        file=sys.stderr,
+    )
+    return 0

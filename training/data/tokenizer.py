@@ -115,8 +115,13 @@ class BpeTokenizer:
         text: str = self._inner.decode([int(i) for i in ids], skip_special_tokens=True)
         return text
 
+    def to_json(self) -> str:
+        """The `tokenizers` JSON document (what `save` writes)."""
+        text: str = self._inner.to_str(pretty=False)
+        return text
+
     def save(self, path: Path) -> None:
-        path.write_text(self._inner.to_str(pretty=False), encoding="utf-8")
+        path.write_text(self.to_json(), encoding="utf-8")
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> BpeTokenizer:

@@ -147,6 +147,46 @@ function showModel(c) {
   document.getElementById("download-tokenizer").href = `/api/campaigns/${id}/tokenizer`;
   setText("model-text", `Preset ${c.model} on dataset ${c.dataset}, updates compressed with ${c.codec}. Latest weights: version ${c.checkpoint.version}, sha256 ${c.checkpoint.sha256.slice(0, 16)}…`);
   setText("model-config", JSON.stringify({ model_config: c.model_config, spec: c.spec }, null, 2));
+  const v = c.checkpoint.version;
+  document.getElementById("exports").replaceChildren(
+    ...EXPORTS.map(([format, label]) =>
+      el("li", {}, el("a", { class: "button secondary", href: `/api/campaigns/${id}/exports/${format}?version=${v}`, download: "", "data-format": format }, `${label} (v${v})`)),
+    ),
+  );
+}
+
+const EXPORTS = [
+  ["hf", "Hugging Face (zip)"],
+  ["gguf-q8_0", "GGUF Q8_0"],
+  ["gguf-f16", "GGUF f16"],
+  ["onnx", "ONNX"],
+];
+
+async function tryIt(event) {
+  event.preventDefault();
+  const output = document.getElementById("try-output");
+  const note = document.getElementById("try-note");
+  const button = document.getElementById("try-go");
+  const prompt = document.getElementById("try-prompt").value;
+  button.disabled = true;
+  note.textContent = "Generating…";
+  try {
+    const answer = await api(`/api/campaigns/${id}/generate`, {
+      method: "POST",
+      body: {
+        prompt,
+        max_new_tokens: Number(document.getElementById("try-tokens").value),
+        temperature: Number(document.getElementById("try-temperature").value),
+      },
+    });
+    output.replaceChildren(el("span", { class: "prompt" }, answer.prompt), el("span", { class: "continuation" }, answer.text));
+    const why = { length: "reached the length", eos: "the model ended the text", time: "reached the time limit" }[answer.stopped];
+    note.textContent = `Version ${answer.version}: ${answer.new_tokens} tokens in ${answer.seconds.toFixed(2)} s (${why}).`;
+  } catch (error) {
+    note.textContent = `Couldn't generate: ${error.message}`;
+  } finally {
+    button.disabled = false;
+  }
 }
 
 async function load() {
@@ -182,6 +222,7 @@ async function act(action) {
 me = await initChrome();
 if (await load()) {
   for (const action of ["pause", "resume", "stop"]) document.getElementById(action).addEventListener("click", () => act(action));
+  document.getElementById("try-form").addEventListener("submit", tryIt);
   const refreshAll = () => Promise.all([showVersions(), showLeaderboard(), showRounds()]).catch(() => {});
   liveStream(
     `/api/campaigns/${id}/events`,
