@@ -1,6 +1,6 @@
 """A campaign's model as downloads (Hugging Face, GGUF, ONNX) and as text ("Try it").
 
-    >>> record = campaign_record(service, row, version=3, coordinator="https://cw.example.org")
+    >>> record = campaign_record(store, row, config, version=3, coordinator="https://cw.example.org")
     >>> shelf = ExportShelf(data_dir / "exports")
     >>> path = await shelf.get(ExportJob(...))       # built once per (campaign, version, format), then kept
     >>> desk = TryIt(); await desk.generate(...)      # bounded, rate-limited text from the latest version
@@ -15,17 +15,19 @@ waits for it, at most `MAX_PARALLEL_BUILDS` at once. The result is kept under
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import multiprocessing
+import os
 import shutil
 import tempfile
 import threading
 import time
 import zipfile
 from collections import OrderedDict, deque
-from concurrent.futures import Future
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ from training.outer import OUTER_DEFAULTS
 
 __all__ = [
     "EXPORT_FORMATS",
+    "ExportBusy",
     "ExportJob",
     "ExportShelf",
     "TryIt",
@@ -56,6 +59,10 @@ EXPORT_FORMATS = {  # the name in the URL -> what the file is
     "onnx": "ONNX: input_ids → logits, no KV cache (onnxruntime)",
 }
 MAX_PARALLEL_BUILDS = 1
+MAX_QUEUED_BUILDS = 4  # distinct builds waiting or under way; more are refused (503, retry later)
+BUILD_TIMEOUT_S = 3600.0
+WAIT_S = 120.0  # how long a download waits for its build before it is told to come back
+KEPT_VERSIONS = 3  # per campaign: the versions whose exports were used last keep their files
 FAILED_RETRY_S = 300.0
 CARD_CONTRIBUTORS = 20
 
@@ -147,18 +154,27 @@ class ExportJob:
     campaign_id: int
     version: int
     format: str
+    name: str  # the campaign's
     checkpoint: Path  # the version's weights (a blob)
     tokenizer: Path  # the dataset's tokenizer.json
-    record: dict[str, Any]  # CampaignRecord.to_dict()
+    record: dict[str, Any] = field(default_factory=dict)  # CampaignRecord.to_dict(); needed to build
 
     @property
     def filename(self) -> str:
-        name = f"{self.record['name']}-v{self.version}"
+        stem = f"{self.name}-v{self.version}"
         if self.format == "hf":
-            return f"{name}-hf.zip"
+            return f"{stem}-hf.zip"
         if self.format.startswith("gguf-"):
-            return f"{name}-{self.format.removeprefix('gguf-')}.gguf"
-        return f"{name}.onnx"
+            return f"{stem}-{self.format.removeprefix('gguf-')}.gguf"
+        return f"{stem}.onnx"
+
+
+class ExportBusy(RuntimeError):
+    """Not now: too many builds waiting, or this one still under way; retry after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 def build_export(job: ExportJob, out: Path) -> None:
@@ -176,7 +192,8 @@ def build_export(job: ExportJob, out: Path) -> None:
     weights = load_weights(job.checkpoint.read_bytes())
     tokenizer = load_tokenizer(job.tokenizer)
     if job.format == "hf":
-        with tempfile.TemporaryDirectory() as scratch:
+        # Scratch beside the result: a killed build leaves it where the next start sweeps (SCRATCH).
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=SCRATCH) as scratch:
             folder = Path(scratch) / job.filename.removesuffix("-hf.zip")
             write_hf(folder, weights, record.config, tokenizer, card=record)
             with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
@@ -192,6 +209,9 @@ def build_export(job: ExportJob, out: Path) -> None:
 
 
 def _build_into(conn: Any, job: ExportJob, out: str) -> None:
+    # If memory runs out, the kernel should kill this process, not the coordinator (Linux only).
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text("1000")
     try:
         build_export(job, Path(out))
         conn.send(("built", ""))
@@ -201,8 +221,18 @@ def _build_into(conn: Any, job: ExportJob, out: str) -> None:
         conn.close()
 
 
+SCRATCH = ".scratch-"
+PARTIAL = ".partial"
+
+
 class ExportShelf:
-    """Builds exports on demand, each in a fresh process, and keeps them by (campaign, version, format)."""
+    """Builds exports on demand, each in a fresh process, and keeps them by (campaign, version, format).
+
+    Bounded: at most MAX_QUEUED_BUILDS distinct builds wait or run (more are refused with ExportBusy),
+    a build that runs past BUILD_TIMEOUT_S is killed, and per campaign only the KEPT_VERSIONS versions
+    used last keep their files. A failed build is reported as such for FAILED_RETRY_S, then tried
+    again. What a killed coordinator left half-written is swept at the next start.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -212,19 +242,41 @@ class ExportShelf:
         self._slots = threading.Semaphore(MAX_PARALLEL_BUILDS)
         self._closed = False
         self._processes: set[Any] = set()
+        self._sweep()
+
+    def _sweep(self) -> None:
+        if not self.folder.is_dir():
+            return
+        for leftover in [*self.folder.rglob(f"*{PARTIAL}"), *self.folder.rglob(f"{SCRATCH}*")]:
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
     def path(self, job: ExportJob) -> Path:
         return self.folder / str(job.campaign_id) / str(job.version) / job.filename
 
     def built(self, job: ExportJob) -> Path | None:
+        """The export's file if it is built (and marks its version as used now)."""
         path = self.path(job)
-        return path if path.is_file() else None
+        if not path.is_file():
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path.parent)
+        return path
 
-    async def get(self, job: ExportJob) -> Path:
-        """The export's file, building it first if needed (RuntimeError with the reason if that fails)."""
-        return await asyncio.wrap_future(self.start(job))
+    async def get(self, job: ExportJob, *, wait_s: float = WAIT_S) -> Path:
+        """The export's file, building it first if needed. RuntimeError with the reason if the build
+        failed; ExportBusy if it can't start now or is still running after `wait_s` (it goes on)."""
+        future = self.start(job)
+        try:  # shielded: one request giving up must not cancel the build others wait for
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), wait_s)
+        except TimeoutError:
+            raise ExportBusy(f"{job.filename} is still being built; retry in a minute", 60.0) from None
 
     def start(self, job: ExportJob) -> Future[Path]:
+        if not job.record:
+            raise ValueError("an export is built from the campaign's records: the job has none")
         path = self.path(job)
         with self._lock:
             if path.is_file():
@@ -238,28 +290,46 @@ class ExportShelf:
                 return refused
             future = self._builds.get(path)
             if future is None:
+                if len(self._builds) >= MAX_QUEUED_BUILDS:
+                    raise ExportBusy(f"{len(self._builds)} exports are being built; retry in a minute", 60.0)
                 future = Future()
+                future.set_running_or_notify_cancel()  # running: no waiter can cancel it
                 self._builds[path] = future
                 threading.Thread(target=self._build, args=(job, path, future), name="export", daemon=True).start()
             return future
 
     def _build(self, job: ExportJob, path: Path, future: Future[Path]) -> None:
-        with self._slots:
-            outcome, detail = self._run(job, path)
+        try:
+            with self._slots:
+                outcome, detail = self._run(job, path)
+        except BaseException as error:  # a full disk, no process to spare: the waiters hear why
+            outcome, detail = "failed", f"{type(error).__name__}: {error}"
         with self._lock:
             self._builds.pop(path, None)
             if outcome != "built":
                 self._failed[path] = (detail, time.monotonic())
+            busy = {p.parent for p in self._builds}
         if outcome == "built":
-            log.info("export %s built: %d bytes", path.name, path.stat().st_size)
+            log.info("export %s built", path.name)
+            self._evict(path.parent.parent, keep={path.parent, *busy})
             future.set_result(path)
         else:
             log.error("export %s failed: %s", path.name, detail)
             future.set_exception(RuntimeError(detail))
 
+    def _evict(self, campaign: Path, keep: set[Path]) -> None:
+        """Delete the exports of this campaign's versions used longest ago, beyond KEPT_VERSIONS."""
+        try:
+            versions = sorted((d for d in campaign.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
+        except OSError:
+            return
+        for old in versions[: max(0, len(versions) - KEPT_VERSIONS)]:
+            if old not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+
     def _run(self, job: ExportJob, path: Path) -> tuple[str, str]:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
+        partial = path.with_name(path.name + PARTIAL)
         context = multiprocessing.get_context("spawn")  # never fork a threaded server
         receive, send = context.Pipe(duplex=False)
         process = context.Process(target=_build_into, args=(send, job, str(partial)), daemon=True)
@@ -270,7 +340,11 @@ class ExportShelf:
             self._processes.add(process)
         send.close()
         try:
-            outcome, detail = receive.recv()  # our own child's answer, over a pipe
+            if receive.poll(BUILD_TIMEOUT_S):
+                outcome, detail = receive.recv()  # our own child's answer, over a pipe
+            else:
+                process.terminate()
+                outcome, detail = "failed", f"the export took longer than {BUILD_TIMEOUT_S:.0f} s and was stopped"
         except EOFError:
             outcome, detail = "failed", "the export process died (out of memory?)"
         finally:
@@ -282,7 +356,6 @@ class ExportShelf:
             partial.replace(path)
         else:
             partial.unlink(missing_ok=True)
-            shutil.rmtree(partial, ignore_errors=True)
         return str(outcome), str(detail)
 
     def close(self) -> None:
@@ -292,10 +365,11 @@ class ExportShelf:
         for process in processes:
             if process.is_alive():
                 process.terminate()
+                process.join(timeout=5)
 
 
 class TryItRefused(Exception):
-    """A generation request turned away: `status` 429 (too many, or busy) with a reason."""
+    """A generation request turned away (too many from this network, or one is running), and when to retry."""
 
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
@@ -310,15 +384,19 @@ class TryItLimits:
     per_client: int = 10  # requests per client per window
     window_s: float = 60.0
     models_kept: int = 2
+    max_parameters: int = 200_000_000  # larger models are downloaded, not run on the coordinator
+    min_temperature: float = 0.05  # below it (but above 0) the softmax overflows; 0 is greedy
 
 
 class TryIt:
-    """Server-side text generation for the dashboard's "Try it": one generation at a time, a budget
-    of requests per client address, bounded prompt, length and time; models kept for the last versions."""
+    """Server-side text generation for the dashboard's "Try it": one generation at a time on a thread
+    of its own (never the pool that answers volunteers), a budget of requests per client network,
+    bounded prompt, length and time; models kept for the last versions asked for."""
 
     def __init__(self, limits: TryItLimits | None = None, clock: Any = time.monotonic) -> None:
         self.limits = limits or TryItLimits()
         self.clock = clock
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="try-it")
         self._lock = threading.Lock()
         self._busy = False
         self._recent: dict[str, deque[float]] = {}
@@ -347,6 +425,15 @@ class TryIt:
     def release(self) -> None:
         with self._lock:
             self._busy = False
+
+    async def run(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """`generate` on the desk's own thread."""
+        loop = asyncio.get_running_loop()
+        answer: dict[str, Any] = await loop.run_in_executor(self._executor, lambda: self.generate(*args, **kwargs))
+        return answer
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def generate(
         self,

@@ -448,7 +448,13 @@ COMPONENTS: dict[str, Schema] = {
         "properties": {
             "prompt": {"type": "string", "minLength": 1, "maxLength": 500},
             "max_new_tokens": {"type": "integer", "minimum": 1, "maximum": 64, "default": 48},
-            "temperature": {"type": "number", "minimum": 0, "maximum": 2, "default": 0},
+            "temperature": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 2,
+                "default": 0,
+                "description": "0 (greedy), or 0.05 to 2",
+            },
             "seed": {"type": "integer", "minimum": 0, "maximum": 2147483647, "default": 0},
         },
         "required": ["prompt"],

@@ -32,7 +32,7 @@ from coordinator import events
 from coordinator.appkeys import EVENTS, METRICS, SERVICE
 from coordinator.campaign import CampaignSpec, SpecError
 from coordinator.engine import model_config_for
-from coordinator.exports import EXPORT_FORMATS, ExportJob, TryItRefused, campaign_record
+from coordinator.exports import EXPORT_FORMATS, ExportBusy, ExportJob, TryItLimits, TryItRefused, campaign_record
 from coordinator.metrics import UNMATCHED_ROUTE
 from coordinator.openapi import MAX_ID, STR, Handler, Param, Reply, Route, id_param, ref, register
 from coordinator.request_body import BadBody, decode_body
@@ -41,6 +41,7 @@ from coordinator.store import CampaignRow, StoreError, VersionRow
 from protocol.codecs import CODEC_NAMES
 from protocol.limits import MAX_ID_LEN
 from protocol.version import RELEASE_VERSION as __version__
+from training.checkpoint import CheckpointError
 from training.data import DataError, TokenDataset
 from training.export.card import CampaignRecord
 from training.model import PRESETS, ModelConfig, build_model, count_parameters
@@ -496,16 +497,33 @@ async def download_export(request: web.Request) -> web.StreamResponse:
     service = _service(request)
     checkpoint = service.blobs.path(version.checkpoint_sha)
     tokenizer = Path(row.dataset_path) / "tokenizer.json"
-    if not (checkpoint.is_file() and tokenizer.is_file()):
-        return error_response(404, "not_found", f"the weights or tokenizer of version {version.version} are missing")
-    record = await service.workers.run(_record, service, row, version.version)
-    if record is None:
-        return error_response(404, "not_found", f"the dataset of campaign {row.name} is missing on the server")
-    job = ExportJob(row.id, version.version, fmt, checkpoint, tokenizer, record.to_dict())
-    try:
-        path = await service.exports.get(job)
-    except RuntimeError as error:
-        return error_response(503, "export_failed", f"the {fmt} export of version {version.version} failed: {error}")
+    job = ExportJob(row.id, version.version, fmt, row.name, checkpoint, tokenizer)
+    path = service.exports.built(job)
+    if path is None:
+        if version.version != row.current_version and _caller(request) is None:
+            return error_response(
+                403,
+                "forbidden",
+                f"anyone may export the latest version ({row.current_version}); earlier ones are built for "
+                "project leads and admins (send a token), or download that version's checkpoint",
+            )
+        if not (checkpoint.is_file() and tokenizer.is_file()):
+            return error_response(
+                404, "not_found", f"the weights or tokenizer of version {version.version} are missing"
+            )
+        record = await service.workers.run(_record, service, row, version.version)
+        if record is None:
+            return error_response(404, "not_found", f"the dataset of campaign {row.name} is missing on the server")
+        try:
+            path = await service.exports.get(dataclasses.replace(job, record=record.to_dict()))
+        except ExportBusy as busy:
+            answer = error_response(503, "busy", str(busy))
+            answer.headers["Retry-After"] = str(math.ceil(busy.retry_after_s))
+            return answer
+        except RuntimeError as error:
+            return error_response(
+                503, "export_failed", f"the {fmt} export of version {version.version} failed: {error}"
+            )
     return web.FileResponse(
         path,
         headers={
@@ -519,12 +537,31 @@ async def download_export(request: web.Request) -> web.StreamResponse:
 GENERATE_USAGE = 'send JSON like {"prompt": "def main(", "max_new_tokens": 48, "temperature": 0}'
 
 
+def _generate_problems(body: dict[str, Any], limits: TryItLimits) -> list[str]:
+    prompt, new_tokens = body.get("prompt"), body.get("max_new_tokens", 48)
+    temperature, seed = body.get("temperature", 0.0), body.get("seed", 0)
+    problems = []
+    if not isinstance(prompt, str) or not prompt or len(prompt) > limits.max_prompt_chars:
+        problems.append(f"prompt: 1 to {limits.max_prompt_chars} characters of text")
+    if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or not 1 <= new_tokens <= limits.max_new_tokens:
+        problems.append(f"max_new_tokens: an integer from 1 to {limits.max_new_tokens}")
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not (temperature == 0 or limits.min_temperature <= temperature <= 2)
+    ):
+        problems.append(f"temperature: 0 (greedy), or a number from {limits.min_temperature:g} to 2")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        problems.append("seed: an integer from 0 to 2^31 - 1")
+    return problems
+
+
 async def try_generate(request: web.Request) -> web.Response:
     row = _campaign_or_404(request)
     if isinstance(row, web.Response):
         return row
     service = _service(request)
-    limits = service.try_it.limits
+    desk = service.try_it
     try:
         body = await _json_body(request)
     except OverflowError as error:
@@ -535,48 +572,44 @@ async def try_generate(request: web.Request) -> web.Response:
         return error_response(
             400, "bad_request", f"fields are prompt, max_new_tokens, temperature, seed; {GENERATE_USAGE}"
         )
-    prompt, new_tokens = body.get("prompt"), body.get("max_new_tokens", 48)
-    temperature, seed = body.get("temperature", 0.0), body.get("seed", 0)
-    problems = []
-    if not isinstance(prompt, str) or not prompt or len(prompt) > limits.max_prompt_chars:
-        problems.append(f"prompt: 1 to {limits.max_prompt_chars} characters of text")
-    if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or not 1 <= new_tokens <= limits.max_new_tokens:
-        problems.append(f"max_new_tokens: an integer from 1 to {limits.max_new_tokens}")
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
-        problems.append("temperature: a number from 0 (greedy) to 2")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
-        problems.append("seed: an integer from 0 to 2^31 - 1")
+    problems = _generate_problems(body, desk.limits)
     if problems:
         return error_response(400, "bad_request", "; ".join(problems), problems=problems)
-    assert isinstance(prompt, str) and isinstance(new_tokens, int) and isinstance(seed, int)
     version = service.store.version(row.id, row.current_version)
     checkpoint = service.blobs.path(version.checkpoint_sha) if version is not None else None
     config = _model_config(service, row)
     tokenizer = Path(row.dataset_path) / "tokenizer.json"
     if version is None or checkpoint is None or config is None or not checkpoint.is_file() or not tokenizer.is_file():
         return error_response(404, "not_found", f"the model of campaign {row.name} is missing on the server")
+    model_config = ModelConfig.from_dict(config)
+    if count_parameters(build_model(model_config, device="meta")) > desk.limits.max_parameters:
+        return error_response(
+            409, "conflict", "this model is too large to run on the coordinator; download it instead (Model, above)"
+        )
     forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
-    client = service.config.sources.client_ip(request.remote, forwarded) or "unknown"
+    network = service.config.sources.source(request.remote, forwarded) or "unknown"  # a prefix: IPv6 hosts have many
     try:
-        service.try_it.admit(client)
+        desk.admit(network)
     except TryItRefused as refused:
         busy = error_response(429, "too_many_requests", str(refused))
         busy.headers["Retry-After"] = str(math.ceil(refused.retry_after_s))
         return busy
     try:
-        answer = await service.workers.run(
-            service.try_it.generate,
+        answer = await desk.run(
             (row.id, version.version),
             checkpoint,
             tokenizer,
-            ModelConfig.from_dict(config),
-            prompt,
-            max_new_tokens=new_tokens,
-            temperature=float(temperature),
-            seed=seed,
+            model_config,
+            str(body["prompt"]),
+            max_new_tokens=int(body.get("max_new_tokens", 48)),
+            temperature=float(body.get("temperature", 0.0)),
+            seed=int(body.get("seed", 0)),
         )
+    except (CheckpointError, DataError, OSError) as error:
+        log.error("Try it could not load version %d of campaign %s: %s", version.version, row.name, error)
+        return error_response(503, "model_unavailable", f"the model of version {version.version} could not be loaded")
     finally:
-        service.try_it.release()
+        desk.release()
     return web.json_response(answer)
 
 
@@ -873,14 +906,17 @@ EXPORT_FORMAT = Param(
     "; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items()),
 )
 EXPORT_NOTES = (
-    "Public, like the checkpoint. Built on the first request for a version and format (seconds for small "
-    "models; the request waits), then served from the coordinator's disk. 503 export_failed says why a "
-    "build failed; it is not retried for 5 minutes."
+    "Public for the latest version, like the checkpoint; earlier versions need a token (403 otherwise). "
+    "Built on the first request for a version and format (seconds for small models; the request waits up "
+    "to two minutes), then served from the coordinator's disk, where each campaign keeps its last three "
+    "versions' exports. 503 busy (with Retry-After): the build is still running or too many are queued. "
+    "503 export_failed says why a build failed; it is not retried for 5 minutes."
 )
 GENERATE_NOTES = (
-    "Public and rate-limited: one generation at a time on the server and 10 per minute per client address "
+    "Public and rate-limited: one generation at a time on the server and 10 per minute per client network "
     "(429 with Retry-After otherwise). The prompt is at most 500 characters; at most 64 new tokens and 5 "
-    "seconds. temperature 0 is greedy; above it, sampling from the 40 likeliest tokens with `seed`."
+    "seconds. temperature 0 is greedy; from 0.05 to 2, sampling from the 40 likeliest tokens with `seed`. "
+    "Models over 200M parameters are not run on the coordinator (409)."
 )
 METRICS_TEXT = Reply("The Prometheus text exposition format.", STR, "text/plain")
 C = "/api/campaigns/{campaign_id}"
@@ -964,7 +1000,7 @@ ROUTES: list[Route] = [
         "Download the model as Hugging Face, GGUF or ONNX",
         EXPORT_FILE,
         params=(CAMPAIGN, EXPORT_FORMAT, VERSION_QUERY),
-        errors=(503,),
+        errors=(403, 503),
         description=EXPORT_NOTES,
         tag="models",
     ),
@@ -976,7 +1012,7 @@ ROUTES: list[Route] = [
         _json("The continuation from the latest version.", "Generation"),
         params=(CAMPAIGN,),
         body=ref("GenerateRequest"),
-        errors=(429,),
+        errors=(409, 429, 503),
         description=GENERATE_NOTES,
         tag="models",
     ),

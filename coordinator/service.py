@@ -136,6 +136,7 @@ class Coordinator:
     def close(self) -> None:
         self.graphs.close()
         self.exports.close()
+        self.try_it.close()
         self.workers.shutdown()
         self.store.close()
 

@@ -133,8 +133,10 @@ def generate(
     """Continue `prompt`. temperature 0 is greedy (argmax); otherwise sample from the softmax at
     that temperature, over the `top_k` likeliest tokens if given. Stops after `max_new_tokens`, at
     end-of-document, or once `time_limit_s` has passed."""
-    if max_new_tokens < 0 or temperature < 0:
-        raise ValueError("max_new_tokens and temperature must not be negative")
+    if max_new_tokens < 0 or not 0 <= temperature <= 100:
+        raise ValueError("max_new_tokens must not be negative, and temperature must be from 0 to 100")
+    if top_k is not None and top_k < 1:
+        raise ValueError("top_k must be at least 1")
     start = clock()
     context = tokenizer.encode(prompt) or [tokenizer.eos_id]
     prompt_tokens = len(context)
@@ -154,7 +156,9 @@ def generate(
             if top_k is not None and top_k < logits.shape[0]:
                 cutoff = torch.topk(logits, top_k).values[-1]
                 logits = logits.masked_fill(logits < cutoff, float("-inf"))
-            token = int(torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator))
+            # In float64 a temperature near 0 can't overflow the softmax into NaN: it just turns greedy.
+            probabilities = torch.softmax(logits.double() / temperature, dim=-1)
+            token = int(torch.multinomial(probabilities, 1, generator=generator))
         if token == tokenizer.eos_id:
             stopped = "eos"
             break

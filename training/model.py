@@ -69,12 +69,21 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, int | float]) -> ModelConfig:
+        """Parse the JSON form; ValueError for anything else (it may come from a file or a server)."""
+        if not isinstance(values, dict):
+            raise ValueError(f"a model config is a JSON object, not {type(values).__name__}")
         fields = {f.name: f.type for f in dataclasses.fields(cls)}
         unknown = set(values) - set(fields)
         if unknown:
             raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
-        ints = {k: int(v) for k, v in values.items() if k not in ("rope_theta", "norm_eps")}
-        floats = {k: float(v) for k, v in values.items() if k in ("rope_theta", "norm_eps")}
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        if required - set(values):
+            raise ValueError(f"the model config lacks {', '.join(sorted(required - set(values)))}")
+        try:
+            ints = {k: int(v) for k, v in values.items() if k not in ("rope_theta", "norm_eps")}
+            floats = {k: float(v) for k, v in values.items() if k in ("rope_theta", "norm_eps")}
+        except (TypeError, ValueError):
+            raise ValueError("model config values are numbers") from None
         return cls(**ints, **floats)  # type: ignore[arg-type]
 
 

@@ -49,7 +49,7 @@ def test_a_failed_build_says_why_and_is_not_retried_at_once(tmp_path: Path) -> N
     tokenizer = tmp_path / "tokenizer.json"
     ByteTokenizer().save(tokenizer)
     shelf = ExportShelf(tmp_path / "exports")
-    job = ExportJob(1, 1, "gguf-f16", checkpoint, tokenizer, _record())
+    job = ExportJob(1, 1, "gguf-f16", "broken", checkpoint, tokenizer, _record())
     try:
         with pytest.raises(RuntimeError, match="not a valid safetensors checkpoint"):
             asyncio.run(shelf.get(job))
@@ -60,3 +60,12 @@ def test_a_failed_build_says_why_and_is_not_retried_at_once(tmp_path: Path) -> N
             again.result()
     finally:
         shelf.close()
+
+
+def test_what_a_killed_coordinator_left_half_written_is_swept_at_the_next_start(tmp_path: Path) -> None:
+    version = tmp_path / "exports" / "1" / "2"
+    (version / ".scratch-abc" / "x").mkdir(parents=True)
+    (version / "c-v2-hf.zip.partial").write_bytes(b"half")
+    (version / "c-v2-f16.gguf").write_bytes(b"GGUF")
+    ExportShelf(tmp_path / "exports").close()
+    assert sorted(p.name for p in version.iterdir()) == ["c-v2-f16.gguf"]

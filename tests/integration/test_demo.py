@@ -22,7 +22,9 @@ def test_the_demo_trains_with_real_processes_and_reports_a_falling_loss(tmp_path
     assert "3 versions" in result.stdout and "0 rejected" in result.stdout
     # It ends with the model exported as a Hugging Face folder with its card.
     assert "the trained model:" in result.stdout
-    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in (tmp_path / "demo" / "model").iterdir()}
+    assert {"config.json", "model.safetensors", "README.md"} <= {
+        p.name for p in (tmp_path / "demo" / "model").iterdir()
+    }
     # Everything it started has stopped: the coordinator's port is free for the next run.
     assert (tmp_path / "demo" / "logs" / "coordinator.log").exists()
     assert len(list((tmp_path / "demo" / "logs").glob("volunteer-*.log"))) == 2

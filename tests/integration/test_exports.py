@@ -166,6 +166,10 @@ def test_the_dashboard_download_is_built_once_per_version_and_loads(
     assert status == 404 and "hf" in body["error"]["message"]
     status, body = anonymous.call("GET", f"/api/campaigns/{campaign_id}/exports/hf?version=999")
     assert status == 404
+    # Earlier versions are built for leads and admins only: anyone could otherwise fill the disk.
+    status, body = anonymous.call("GET", f"/api/campaigns/{campaign_id}/exports/gguf-f16?version=1")
+    assert status == 403 and "latest version" in body["error"]["message"]
+    assert live.api.export(campaign_id, "gguf-f16", 1)[:4] == b"GGUF"
 
 
 def test_the_campaign_page_offers_the_downloads_and_a_try_it_box(

@@ -43,6 +43,16 @@ def test_sampling_repeats_for_a_seed_and_varies_across_seeds(model: torch.nn.Mod
     assert top1.ids == generate(model, tokenizer, "ab", max_new_tokens=5).ids[: len(top1.ids)]
 
 
+def test_odd_sampling_settings_are_refused_or_safe(model: torch.nn.Module) -> None:
+    tokenizer = ByteTokenizer()
+    with pytest.raises(ValueError, match="top_k"):
+        generate(model, tokenizer, "ab", temperature=1.0, top_k=0)
+    with pytest.raises(ValueError, match="temperature"):
+        generate(model, tokenizer, "ab", temperature=-1.0)
+    tiny = generate(model, tokenizer, "ab", max_new_tokens=4, temperature=1e-30)
+    assert tiny.ids == generate(model, tokenizer, "ab", max_new_tokens=4).ids, "a temperature near 0 is greedy"
+
+
 def test_generation_stops_at_its_time_limit(model: torch.nn.Module) -> None:
     ticks = itertools.count()
     result = generate(

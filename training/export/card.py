@@ -87,18 +87,51 @@ class CampaignRecord:
         for name, kind in (("name", str), ("model", str), ("version", int), ("tokens_trained", int)):
             if not isinstance(getattr(record, name), kind):
                 raise ExportError(f"the campaign's records are malformed: {name} is not a {kind.__name__}")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", record.name):  # it names files
+            raise ExportError("the campaign's records are malformed: the name is not a campaign name")
         return record
 
 
-def _hf_license(value: str) -> str:
+# Licenses Hugging Face knows by id; any other goes in as `other` with its name (the Hub checks the id).
+HF_LICENSES = frozenset(
+    [
+        "apache-2.0",
+        "mit",
+        "bsd-2-clause",
+        "bsd-3-clause",
+        "cc0-1.0",
+        "cc-by-4.0",
+        "cc-by-sa-4.0",
+        "cc-by-nc-4.0",
+        "cc-by-nc-sa-4.0",
+        "gpl-3.0",
+        "lgpl-3.0",
+        "agpl-3.0",
+        "mpl-2.0",
+        "openrail",
+        "unlicense",
+        "odc-by",
+    ]
+)
+
+
+def _front_license(value: str) -> dict[str, str]:
     value = value.strip().lower()
-    return value if re.fullmatch(r"[a-z0-9][a-z0-9.+-]{0,63}", value) else "unknown"
+    if not value:
+        return {"license": "unknown"}
+    if value in HF_LICENSES:
+        return {"license": value}
+    name = value if re.fullmatch(r"[a-z0-9][a-z0-9.+-]{0,63}", value) else "unknown"
+    return {"license": "other", "license_name": name}
 
 
 def _md(text: str) -> str:
-    """Text from the records as Markdown that renders as the text (no markup, no HTML)."""
+    """Text from the records as Markdown that renders as the text: no HTML, no markup, no links."""
     flat = " ".join(text.split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return re.sub(r"([\\`*_{}\[\]()#+!|])", r"\\\1", flat)
+    escaped = re.sub(r"([\\`*_{}\[\]()#+!|~-])", r"\\\1", flat)
+    escaped = re.sub(r"^(\d+)\.", r"\1\\.", escaped)  # "1." would start a list
+    # A zero-width space keeps URLs, www. names and e-mail addresses from turning into links.
+    return re.sub(r"(://|www\.|@)", lambda m: m.group(1)[0] + "\u200b" + m.group(1)[1:], escaped)
 
 
 def _count(n: float) -> str:
@@ -112,7 +145,7 @@ def render_card(record: CampaignRecord, *, chart: bool, formats: str = "hf") -> 
     """The card's Markdown; `chart`: whether CHART_FILE sits beside it."""
     c = record.config
     front = {
-        "license": _hf_license(record.license),
+        **_front_license(record.license),
         "library_name": "transformers",
         "pipeline_tag": "text-generation",
         "tags": ["commonweights", "diloco", "volunteer-computing", "llama"],
@@ -123,7 +156,7 @@ def render_card(record: CampaignRecord, *, chart: bool, formats: str = "hf") -> 
         lines += [_md(record.description), ""]
     where = f" on {_md(record.coordinator)}" if record.coordinator else ""
     lines += [
-        f"Trained by volunteers with [Commonweights](https://github.com/commonweights) (DiLoCo){where}: "
+        f"Trained by volunteers with Commonweights (DiLoCo){where}: "
         f"{record.volunteers} volunteer(s), {record.rounds_closed} round(s), {_count(record.tokens_trained)} tokens.",
         "",
         "## Model",

@@ -101,6 +101,9 @@ def write_gguf(
         raise ExportError(f"unknown GGUF kind {kind!r}; choose one of {', '.join(GGUF_KINDS)}")
     if tokenizer.vocab_size != config.vocab_size:
         raise ExportError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model {config.vocab_size}")
+    tokens, kinds, merges = _tokenizer_fields(tokenizer)
+    if not merges:  # llama.cpp's gpt2 vocabulary refuses a file without merges
+        raise ExportError("GGUF needs a BPE tokenizer with merges; this campaign's is bytes: export hf or onnx")
     tensors = llama_tensors(weights, config)
     for i in range(config.n_layer):
         for part in ("q_proj", "k_proj"):
@@ -128,13 +131,11 @@ def write_gguf(
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_layer_norm_rms_eps(config.norm_eps)
 
-    tokens, kinds, merges = _tokenizer_fields(tokenizer)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2")
     writer.add_token_list(tokens)
     writer.add_token_types(kinds)
-    if merges:
-        writer.add_token_merges(merges)
+    writer.add_token_merges(merges)
     writer.add_bos_token_id(tokenizer.eos_id)
     writer.add_eos_token_id(tokenizer.eos_id)
     writer.add_pad_token_id(tokenizer.eos_id)

@@ -6,9 +6,10 @@
 Input `input_ids` (int64, batch × seq, seq ≤ the model's context), output `logits` (float32,
 batch × seq × vocab). There is no KV cache: each call runs the whole sequence, so generating n tokens
 costs n full forward passes — simple and exact, and fine for the sizes volunteers train; a cached
-graph is left for later. The weights are stored inside the file, or beside it (`<name>.data`) when
-the model is over 2 GB, ONNX's limit for one file. Like every graph in this project, it is run with
-ONNX Runtime against torch on the same tokens before it is written (`MAX_LOGITS_ERROR`).
+graph is left for later. The weights are stored inside the one file, so models over 2 GB of fp32
+weights (ONNX's limit for one file) are refused: export those as hf or gguf. Like every graph in
+this project, it is run with ONNX Runtime against torch on the same tokens before it is written
+(`MAX_LOGITS_ERROR`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from training.model import GPT, ModelConfig
 __all__ = ["MAX_LOGITS_ERROR", "check_onnx_logits", "write_onnx"]
 
 MAX_LOGITS_ERROR = 1e-4  # largest |torch − onnxruntime| logit difference accepted (fp32)
+MAX_ONNX_BYTES = 1_900_000_000  # protobuf's 2 GB limit, less room for the graph itself
 OPSET = 18
 
 
@@ -69,6 +71,12 @@ def write_onnx(path: Path, weights: Mapping[str, torch.Tensor], config: ModelCon
         raise ExportError("ONNX export needs onnx and onnxscript (pip install 'commonweights[onnx]')") from error
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    size = sum(t.numel() for t in weights.values()) * 4
+    if size > MAX_ONNX_BYTES:
+        raise ExportError(
+            f"the model's fp32 weights are {size / 1e9:.1f} GB; one ONNX file holds at most 2 GB: "
+            "export hf or gguf instead"
+        )
     model = _model(weights, config)
     example = torch.zeros(1, min(8, config.max_seq_len), dtype=torch.long)
     dims = {0: torch.export.Dim("batch", min=1, max=4096), 1: torch.export.Dim("seq", min=1, max=config.max_seq_len)}

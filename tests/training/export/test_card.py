@@ -56,7 +56,18 @@ def test_names_from_volunteers_cannot_inject_markup_into_the_card() -> None:
                        chart=False)  # fmt: skip
     assert "<img" not in card and "](javascript" not in card
     assert "&lt;img src=x onerror=alert\\(1\\)&gt;\\|\\[x\\]\\(javascript:1\\)" in card
-    assert 'license: "unknown"' in render_card(_record(license="not a license\nid"), chart=False)
+    linked = render_card(_record(description="1. see https://evil.example or www.evil.example, mail a@b.c ~~x~~"),
+                         chart=False)  # fmt: skip
+    for link in ("https://", "www.", "a@b"):
+        assert link not in linked, f"{link} would turn into a link"
+    assert "1\\. see" in linked and "\\~\\~x\\~\\~" in linked
+
+
+def test_the_license_is_one_hugging_face_knows_or_other_with_its_name() -> None:
+    assert 'license: "apache-2.0"' in render_card(_record(license="Apache-2.0"), chart=False)
+    custom = render_card(_record(license="BigScience-OpenRAIL-M"), chart=False)
+    assert 'license: "other"\nlicense_name: "bigscience-openrail-m"' in custom
+    assert 'license: "unknown"' in render_card(_record(license=""), chart=False)
 
 
 def test_the_chart_is_a_png_beside_the_card(tmp_path: Path) -> None:
@@ -80,3 +91,5 @@ def test_records_round_trip_as_json_and_malformed_ones_are_refused() -> None:
         CampaignRecord.from_dict(record.to_dict() | {"unexpected": 1})
     with pytest.raises(ExportError, match="version is not a int"):
         CampaignRecord.from_dict(record.to_dict() | {"version": "3"})
+    with pytest.raises(ExportError, match="not a campaign name"):  # it names the files written
+        CampaignRecord.from_dict(record.to_dict() | {"name": "../../etc/x"})

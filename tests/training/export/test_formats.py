@@ -88,6 +88,16 @@ def test_a_byte_tokenizer_becomes_a_tokenizer_json_with_the_same_ids(tmp_path: P
     assert theirs.eos_token_id == tokenizer.eos_id
 
 
+def test_gguf_needs_a_bpe_tokenizer_and_says_so(tmp_path: Path) -> None:
+    pytest.importorskip("gguf", reason="gguf is not installed (the export extra has it)")
+    tokenizer = ByteTokenizer()
+    config = preset("tiny", vocab_size=tokenizer.vocab_size)
+    weights = dict(build_model(config, seed=1).named_parameters())
+    with pytest.raises(ExportError, match="needs a BPE tokenizer"):
+        write_gguf(tmp_path / "m.gguf", weights, config, tokenizer)
+    assert not (tmp_path / "m.gguf").exists()
+
+
 def test_onnxruntime_runs_the_onnx_model_to_our_logits(trained: Trained, tmp_path: Path) -> None:
     pytest.importorskip("onnxscript", reason="onnx export needs the onnx extra")
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
