@@ -13,6 +13,8 @@ A spec is TOML (or the same structure as JSON over the REST API):
     seed = 0
     codec = "int8"              # or a table: codec = { name = "topk", topk_fraction = 0.01 }
     shard_plan = "full"         # or "groups:N": split the parameter groups into N shards
+    license = "apache-2.0"      # the trained model's license, on its model card (exports)
+    data_description = "..."    # the data in the lead's words, on the model card
 
     [inner]                     # per work unit: H AdamW steps
     steps = 50
@@ -308,6 +310,13 @@ class CampaignSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     ] = "full"
     description: Annotated[
         str, Meta(max_length=2000, description="What the model is for, shown on the public page.")
+    ] = ""
+    data_description: Annotated[
+        str,
+        Meta(
+            max_length=2000,
+            description="The training data in the lead's words (sources, licenses, filtering); on the model card.",
+        ),
     ] = ""
     license: Annotated[
         str,

@@ -128,6 +128,7 @@ def campaign_record(
         outer_optimizer=describe_outer(spec),
         inner=describe_inner(spec),
         data_source=str(manifest.get("source", "")),
+        data_description=spec.data_description,
         dataset=spec.dataset,
         license=spec.license,
         description=spec.description,

@@ -431,6 +431,7 @@ COMPONENTS: dict[str, Schema] = {
             "outer_optimizer": STR,
             "inner": STR,
             "data_source": STR,
+            "data_description": STR,
             "dataset": STR,
             "license": STR,
             "description": STR,

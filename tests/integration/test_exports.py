@@ -34,6 +34,7 @@ SPEC = {
     "name": "exported",
     "description": "A tiny model of Python source, trained for the export tests.",
     "license": "apache-2.0",
+    "data_description": "Python's standard library sources, as this Python ships them (PSF license).",
     "dataset": "stdlib",
     "model": "tiny",
     "codec": "int8",
@@ -109,6 +110,7 @@ def test_export_from_the_coordinator_makes_a_folder_transformers_runs_with_a_car
     assert f"| Rounds (outer steps) | {detail['version']} |" in card
     assert all(name.replace("-", "\\-") in card or name in card for name in VOLUNTEERS), "the volunteers and credit"
     assert "% |" in card and "Python 3" in card, "credit shares, and the data source as the dataset describes it"
+    assert "as this Python ships them \\(PSF license\\)" in card, "the data as the lead described it"
     assert f"![Holdout loss by tokens trained]({CHART_FILE})" in card
     from matplotlib.image import imread
 

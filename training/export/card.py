@@ -60,6 +60,7 @@ class CampaignRecord:
     dataset: str
     license: str = ""
     description: str = ""
+    data_description: str = ""  # the lead's words about the data
     coordinator: str = ""
     campaign_id: int | None = None
     volunteers: int = 0
@@ -181,8 +182,12 @@ def render_card(record: CampaignRecord, *, chart: bool, formats: str = "hf") -> 
         f"| Outer optimizer | {_md(record.outer_optimizer)} |",
         f"| Update codec | {_md(record.codec)} |",
         f"| Dataset | {_md(record.dataset)} |",
-        f"| Data source | {_md(record.data_source) or 'not described'} |",
+        f"| Data source | {_md(record.data_source) or 'not recorded'} |",
         "",
+    ]
+    if record.data_description:
+        lines += ["### Data, as the campaign describes it", "", _md(record.data_description), ""]
+    lines += [
         "## Holdout loss",
         "",
     ]

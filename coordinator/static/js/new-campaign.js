@@ -11,6 +11,8 @@ const SECTIONS = [
     ["dataset", "Dataset", "select", { hint: "Prepared on this server with commonweights data prepare." }],
     ["token_budget", "Token budget", "int"],
     ["seed", "Seed", "int"],
+    ["license", "Model license", "text", { hint: "e.g. apache-2.0; it goes on the exported model's card." }],
+    ["data_description", "The data, in your words", "textarea", { wide: true, hint: "Sources, their licenses, filtering: for the model card." }],
   ]],
   ["Inner loop (each work unit)", [
     ["inner.steps", "Inner steps (H)", "int"],

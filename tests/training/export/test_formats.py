@@ -181,6 +181,7 @@ def _llama_cpp_logits(tensors: dict[str, np.ndarray], fields: dict[str, object],
 def test_the_gguf_file_reads_back_with_ggufs_reader_and_computes_our_logits_the_llama_cpp_way(
     trained: Trained, tmp_path: Path
 ) -> None:
+    pytest.importorskip("gguf", reason="gguf is not installed (the export extra has it)")
     path = write_gguf(tmp_path / "m-f32.gguf", trained.weights, trained.config, trained.tokenizer, kind="f32")
     tensors, fields, kinds = _read_gguf(path)
     c = trained.config
@@ -219,6 +220,7 @@ def test_the_gguf_file_reads_back_with_ggufs_reader_and_computes_our_logits_the_
 
 @pytest.mark.parametrize("kind", ["f16", "q8_0"])
 def test_smaller_gguf_kinds_hold_the_weights_within_their_rounding(trained: Trained, tmp_path: Path, kind: str) -> None:
+    pytest.importorskip("gguf", reason="gguf is not installed (the export extra has it)")
     path = write_gguf(tmp_path / f"m-{kind}.gguf", trained.weights, trained.config, trained.tokenizer, kind=kind)  # type: ignore[arg-type]
     tensors, fields, kinds = _read_gguf(path)
     source = llama_tensors(trained.weights, trained.config)
