@@ -21,7 +21,7 @@ from benchmarks.report import machine_line, markdown_table, write_section
 from protocol.codecs import CodecConfig
 from training.inner import pick_device
 from training.progress import progress_bar
-from training.simulate import SimConfig, SimResult, config_from_args, load_dataset, simulate
+from training.simulate import SimConfig, SimResult, config_from_args, load_dataset, require_holdout, simulate
 
 __all__ = ["bench_configs", "format_diloco_table", "run_bench_command"]
 
@@ -104,6 +104,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
         configs = bench_configs(base, parse_configs(args.configs))
         device = pick_device(args.device)
         dataset = load_dataset(args.data, quiet=args.quiet)
+        for config in configs:
+            require_holdout(dataset, config)
     except (ValueError, OSError) as error:
         print(f"commonweights bench diloco: {error}", file=sys.stderr)
         return 2

@@ -214,6 +214,16 @@ class Coordinator:
                     f"{spec.inner.tokens_per_unit}; shrink inner.steps, batch_size or seq_len"
                 ]
             )
+        batch = max(self.config.eval_batch, spec.inner.batch_size)
+        needed = batch * spec.inner.seq_len + 1
+        if dataset.num_holdout_tokens < needed:
+            raise SpecError(
+                [
+                    f"dataset: {spec.dataset} has {dataset.num_holdout_tokens} holdout tokens; measuring holdout loss "
+                    f"needs at least {needed} (one batch of {batch} × {spec.inner.seq_len}): prepare it again with a "
+                    "holdout fraction above 0 or more text, or shrink inner.seq_len"
+                ]
+            )
         self._check_update_size(spec, dataset)
         weights, state = initial_version(spec, dataset)
         return PreparedCampaign(path, weights, state)

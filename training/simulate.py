@@ -34,7 +34,7 @@ import torch
 from protocol.codecs import CodecConfig, decode, encode
 from protocol.tensors import TensorSpec
 from training.accumulator import DeltaAccumulator
-from training.data import TokenDataset, ensure_default_dataset
+from training.data import DataError, TokenDataset, ensure_default_dataset
 from training.error_feedback import ErrorFeedback
 from training.evaluate import evaluate
 from training.inner import InnerConfig, InnerLoop, StepReport, pick_device, sequence_batches
@@ -165,6 +165,7 @@ def simulate(
     on_progress: Callable[[int, int, str], None] | None = None,
 ) -> SimResult:
     """Run one configuration to the end; `on_progress(done, total, status)` after each inner step."""
+    require_holdout(dataset, config)
     device = device or torch.device("cpu")
     model_config = preset(config.model, vocab_size=dataset.vocab_size, max_seq_len=config.seq_len)
     model = build_model(model_config, seed=config.seed, device=device)
@@ -176,6 +177,18 @@ def simulate(
     result.seconds = time.perf_counter() - began
     result.epochs = streams.epochs
     return result
+
+
+def require_holdout(dataset: TokenDataset, config: SimConfig) -> None:
+    """DataError("no_holdout") unless the dataset has holdout tokens for one evaluation batch."""
+    needed = config.batch_size * config.seq_len + 1
+    if dataset.num_holdout_tokens < needed:
+        raise DataError(
+            "no_holdout",
+            f"the dataset has {dataset.num_holdout_tokens} holdout tokens; measuring holdout loss needs at least "
+            f"{needed} (one batch of {config.batch_size} × {config.seq_len}). Prepare it again with a holdout "
+            "fraction above 0 or more text, or lower --batch-size or --seq-len.",
+        )
 
 
 def _blank_result(config: SimConfig, model: GPT) -> SimResult:
@@ -360,6 +373,7 @@ def run_simulate_command(args: argparse.Namespace) -> int:
         CodecConfig.from_name(config.codec)
         device = pick_device(args.device)
         dataset = load_dataset(args.data, quiet=args.quiet)
+        require_holdout(dataset, config)
     except (ValueError, OSError) as error:
         print(f"commonweights simulate: {error}", file=sys.stderr)
         return 2

@@ -208,6 +208,19 @@ async def test_a_dataset_is_named_from_the_admins_list_never_reached_by_path(
     assert (await api.campaign(lead, name="by-name", dataset="extra"))["dataset"] == "extra"
 
 
+async def test_a_dataset_without_holdout_tokens_is_refused_with_what_to_do(api: Api, tmp_path: Path) -> None:
+    from training.data import prepare_dataset
+
+    text = tmp_path / "flat.txt"
+    text.write_text("".join(f"line {i} of a corpus with no holdout\n" for i in range(3000)))
+    prepare_dataset([text], tmp_path / "data" / "datasets" / "flat", tokenizer="bytes", holdout_fraction=0,
+                    progress=False)  # fmt: skip
+    _, lead = await api.lead()
+    status, body = await api.call("POST", "/api/campaigns", token=lead, body={**SPEC, "dataset": "flat"})
+    assert status == 400, body
+    assert "0 holdout tokens" in body["error"]["message"] and "holdout fraction above 0" in body["error"]["message"]
+
+
 async def test_a_campaign_pauses_resumes_and_stops_once(api: Api) -> None:
     _, lead = await api.lead()
     campaign = await api.campaign(lead)

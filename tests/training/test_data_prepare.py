@@ -170,10 +170,35 @@ def test_a_file_larger_than_a_read_piece_is_still_one_document(tmp_path: Path, m
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "big.txt").write_text(big, encoding="utf-8")
     (tmp_path / "c" / "small.txt").write_text("small\n", encoding="utf-8")
-    manifest = prepare_dataset([tmp_path / "c"], tmp_path / "out", tokenizer="bytes", progress=False)
-    assert manifest.documents == 2
+    # Half of two documents is a whole one: the split is by document (with fewer, by section: below).
+    manifest = prepare_dataset(
+        [tmp_path / "c"], tmp_path / "out", tokenizer="bytes", holdout_fraction=0.5, progress=False
+    )
+    assert manifest.documents == 2 and manifest.holdout_unit == "document"
     train, holdout = split_documents(tmp_path / "out")
     assert sorted(train + holdout) == sorted([big, "small\n"])
+
+
+def test_too_few_documents_for_the_fraction_are_held_out_by_section_without_leaking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sources_module, "PIECE_BYTES", 256)
+    rng = random.Random(2)
+    book = "".join(f"{i}: " + sentence(rng, rng.randint(3, 20)) for i in range(2000))  # unique lines
+    (tmp_path / "book.txt").write_text(book, encoding="utf-8")
+    manifest = prepare_dataset([tmp_path / "book.txt"], tmp_path / "out", tokenizer="bytes", progress=False)
+    assert manifest.documents == 1 and manifest.holdout_unit == "section"
+    assert 0 < manifest.holdout_tokens < 0.1 * (manifest.train_tokens + manifest.holdout_tokens)
+    assert any("sections of about 64 KiB were held out" in w for w in manifest.warnings)
+    train, holdout = split_documents(tmp_path / "out")
+    # Every held-out run of text is the book's, none of it is in training, and nothing is lost.
+    for run in holdout:
+        assert run in book
+        assert all(line not in "".join(train) for line in run.splitlines() if line)
+    assert sum(map(len, train)) + sum(map(len, holdout)) == len(book)
+    again = prepare_dataset([tmp_path / "book.txt"], tmp_path / "again", tokenizer="bytes", progress=False)
+    assert shard_bytes(tmp_path / "out") == shard_bytes(tmp_path / "again"), "the same sections, every time"
+    assert again.holdout_tokens == manifest.holdout_tokens
 
 
 def test_max_bytes_stops_reading_after_that_much_text(corpus: tuple[Path, list[str]], tmp_path: Path) -> None:
@@ -252,7 +277,7 @@ def test_a_single_document_trains_and_the_empty_holdout_is_reported(tmp_path: Pa
     (tmp_path / "only.txt").write_text("the one document\n")
     manifest = prepare_dataset([tmp_path / "only.txt"], tmp_path / "out", tokenizer="bytes", progress=False)
     assert (manifest.documents, manifest.holdout_documents, manifest.holdout_tokens) == (1, 0, 0)
-    assert any("no document was held out" in w for w in manifest.warnings)
+    assert any("nothing was held out" in w for w in manifest.warnings)
 
 
 def test_holdout_fraction_zero_holds_out_nothing(corpus: tuple[Path, list[str]], tmp_path: Path) -> None:

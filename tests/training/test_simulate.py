@@ -77,3 +77,16 @@ def test_simulate_refuses_an_unknown_codec_with_a_clear_message(
 ) -> None:
     assert main(["simulate", "--data", str(small_dataset), "--codec", "zip", "--quiet"]) == 2
     assert "zip" in capsys.readouterr().err
+
+
+def test_simulate_refuses_a_dataset_without_holdout_tokens_with_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.data import prepare_dataset
+
+    text = tmp_path / "flat.txt"
+    text.write_text("".join(f"line {i}\n" for i in range(2000)))
+    prepare_dataset([text], tmp_path / "flat", tokenizer="bytes", holdout_fraction=0, progress=False)
+    assert main(["simulate", "--data", str(tmp_path / "flat"), "--quiet", "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "0 holdout tokens" in err and "holdout fraction above 0" in err and "Traceback" not in err

@@ -44,12 +44,15 @@ def summary(manifest: DatasetManifest, out_dir: Path) -> str:
     """A few lines saying what a prepared dataset holds."""
     train_shards = len(manifest.shards_of("train"))
     holdout_shards = len(manifest.shards_of("holdout"))
+    if manifest.holdout_unit == "section":
+        held = "sections of documents held out: too few documents to hold out whole ones"
+    else:
+        held = f"{_count(manifest.holdout_documents, 'document')} held out"
     return "\n".join(
         [
             f"prepared {_count(manifest.documents, 'document')} ({_size(manifest.corpus_bytes)} of text) "
             f"from {manifest.source}",
-            f"  tokens     {manifest.train_tokens:,} train, {manifest.holdout_tokens:,} holdout "
-            f"({_count(manifest.holdout_documents, 'document')} held out)",
+            f"  tokens     {manifest.train_tokens:,} train, {manifest.holdout_tokens:,} holdout ({held})",
             f"  tokenizer  {manifest.tokenizer}, vocab {manifest.vocab_size:,}, {manifest.dtype} shards",
             f"  shards     {train_shards} train, {holdout_shards} holdout",
             f"  out        {out_dir}",

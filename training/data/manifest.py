@@ -64,6 +64,7 @@ class DatasetManifest:
     corpus_bytes: int = 0
     holdout_fraction: float = 0.0
     warnings: tuple[str, ...] = field(default=())
+    holdout_unit: Literal["document", "section"] = "document"  # what was held out (training.data.split)
 
     def shards_of(self, split: Split) -> tuple[ShardInfo, ...]:
         return tuple(s for s in self.shards if s.split == split)
@@ -100,6 +101,7 @@ class DatasetManifest:
             corpus_bytes=_count(raw, "corpus_bytes", 0),
             holdout_fraction=_fraction(raw),
             warnings=tuple(_strings(raw.get("warnings", []))),
+            holdout_unit=_choice(raw, "holdout_unit", ("document", "section")) if "holdout_unit" in raw else "document",
         )
         manifest._check()
         return manifest

@@ -108,8 +108,13 @@ def prepare_dataset(
         warnings = list(first.warnings)
         if holdout_fraction > 0 and split.cut == 0:
             warnings.append(
-                "no document was held out: the corpus has a single distinct document, so holdout "
-                "loss cannot be measured on this dataset"
+                "nothing was held out: the corpus is a single section of text (under 64 KiB), so holdout "
+                "loss cannot be measured on this dataset; add text"
+            )
+        elif split.unit == "section":
+            warnings.append(
+                f"too few documents ({first.documents}) to hold out {holdout_fraction:g} of them: sections "
+                "of about 64 KiB were held out instead"
             )
 
         staging = _make_staging(out_dir)
@@ -219,6 +224,7 @@ def _first_pass(reader: CorpusReader, planner: HoldoutPlanner, advance: Callable
     for piece in reader.pieces(advance):
         if piece.first:
             planner.add(piece.key)
+        planner.add_section(piece.section_key)
         yield piece.text
 
 
@@ -244,13 +250,19 @@ def _write_dataset(
     batch: list[Piece] = []
     batch_bytes = 0
 
+    by_section = split.unit == "section"
+    previous: list[Split] = ["train"]  # the side of the last piece written
+
     def flush() -> None:
         parts: dict[Split, list[npt.NDArray[np.uint32]]] = {"train": [], "holdout": []}
         for piece, ids in zip(batch, tok.encode_batch([p.text for p in batch]), strict=True):
-            side: Split = "holdout" if split.is_holdout(piece.key) else "train"
+            side: Split = "holdout" if split.is_holdout(piece.section_key if by_section else piece.key) else "train"
+            if not piece.first and side != previous[0]:
+                parts[previous[0]].append(eos)  # the document goes on elsewhere: its text here ends
             parts[side].append(ids)
             if piece.last:
                 parts[side].append(eos)
+            previous[0] = side
         for side, arrays in parts.items():
             if arrays:
                 writers[side].write(np.concatenate(arrays))
@@ -260,7 +272,7 @@ def _write_dataset(
         for piece in reader.pieces(advance):
             if piece.first:
                 documents += 1
-                holdout_documents += split.is_holdout(piece.key)
+                holdout_documents += split.is_holdout(piece.key)  # by section: documents that start held out
             batch.append(piece)
             batch_bytes += len(piece.data)
             if batch_bytes >= _BATCH_BYTES or len(batch) >= _BATCH_PIECES:
@@ -288,6 +300,7 @@ def _write_dataset(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         corpus_bytes=reader.stats.text_bytes,
         holdout_fraction=float(holdout_fraction),
+        holdout_unit=split.unit,
         warnings=warnings,
     )
     (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")

@@ -106,9 +106,10 @@ class Piece:
 
     text: str
     data: bytes
-    key: int
+    key: int  # the document's
     first: bool
     last: bool
+    section_key: int = 0  # this piece's own (a holdout split by section; training.data.split)
 
 
 @dataclass
@@ -188,7 +189,7 @@ class CorpusReader:
                     key = document_key(data)
                     stats.documents += 1
                 stats.text_bytes += len(data)
-                yield Piece(text, data, key, first, last)
+                yield Piece(text, data, key, first, last, key if first else document_key(data))
                 if stats.truncated:
                     return
 
