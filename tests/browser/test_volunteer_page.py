@@ -249,15 +249,21 @@ def test_a_tab_and_a_forward_only_volunteer_on_another_network_evaluate_versions
         poll("the tab to connect", lambda: tab.page.evaluate("document.body.dataset.volunteerId"), timeout=60)
         trainer = volunteer("trainer", "127.0.5.1", "train")
 
-        def checked() -> tuple[str, str] | None:
+        def checked() -> list[tuple[str, str, str]]:
             with _db(server) as db:
-                return db.execute(
-                    "SELECT s.status, s.message FROM submissions s JOIN volunteers v ON v.id = s.volunteer_id "
-                    "WHERE v.name = 'trainer' AND s.status != 'pending_check' ORDER BY s.id LIMIT 1"
-                ).fetchone()
+                rows = db.execute(
+                    "SELECT s.status, s.code, s.message FROM submissions s JOIN volunteers v ON v.id = s.volunteer_id "
+                    "WHERE v.name = 'trainer' AND s.status != 'pending_check' ORDER BY s.id"
+                ).fetchall()
+            return rows if any(status == "accepted" for status, _, _ in rows) else []
 
-        status, message = poll("the trainer's first update to be checked", checked, timeout=TRAINING_S)
-        assert status == "accepted" and "two volunteers" in message, message
+        # The first update the check settles is accepted on the word of two volunteers. Before it, the
+        # loose first-loss check may turn one away: with 256-token batches early in training a slice's
+        # loss can sit more than 25 % from the holdout loss it is compared with (seen once in CI).
+        outcomes = poll("an update of the trainer's to be checked and accepted", checked, timeout=TRAINING_S)
+        first = next(message for status, _, message in outcomes if status == "accepted")
+        assert "two volunteers" in first, first
+        assert all(code == "implausible_loss" for status, code, _ in outcomes if status == "rejected"), outcomes
         poll("an evaluation or check by the tab", lambda: int(tab.text("evaluations")) >= 1, timeout=TRAINING_S)
 
         def credited() -> dict[str, Any] | None:
