@@ -288,13 +288,13 @@ def encode_for(unit: WorkUnit, delta: dict[str, torch.Tensor]) -> bytes:
 
 
 # Codec parameter bytes by codec id (protocol/codecs/frame.py): fp32, fp16, bf16, int8, topk, dct.
-_PARAM_BYTES: Final = {1: 0, 2: 0, 3: 0, 4: 4, 5: 8, 6: 4}
+_PARAM_BYTES: Final = {1: 0, 2: 0, 3: 0, 4: 4, 5: 8, 6: 4, 7: 4, 8: 4, 9: 4}
 _NAN: Final = {1: struct.pack("<f", math.nan), 2: b"\x00\x7e", 3: b"\xc0\x7f"}
 
 
 def poisoned(frame: bytes) -> bytes:
     """`frame` with a NaN as its first tensor's first float: the first value (fp32/fp16/bf16) or the
-    first block scale (int8, topk, dct), found by walking the tensor-frame layout."""
+    first block scale (the other codecs), found by walking the tensor-frame layout."""
     codec = frame[6]
     position = 8 + _PARAM_BYTES[codec] + 4
     (name_length,) = struct.unpack_from("<H", frame, position)

@@ -2,7 +2,7 @@
 
     >>> rows = measure_codecs(numel=20_000, repeats=1)
     >>> [row.codec for row in rows]
-    ['fp32', 'fp16', 'bf16', 'int8', 'topk', 'dct']
+    ['fp32', 'fp16', 'bf16', 'int8', 'topk', 'dct', 'int4', 'int2', 'sign1']
     >>> print(format_codec_table(rows).splitlines()[0])
     | codec | bytes/param | vs fp32 | encode MB/s | decode MB/s | max abs err | rel L2 err | bound |
 

@@ -452,7 +452,7 @@ def _corrupt(delta: dict[str, torch.Tensor], fault: Fault) -> dict[str, torch.Te
     return delta
 
 
-_CODEC_PARAM_BYTES: Final = {"int8": 4, "topk": 8, "dct": 4}
+_CODEC_PARAM_BYTES: Final = {"int8": 4, "topk": 8, "dct": 4, "int4": 4, "int2": 4, "sign1": 4}
 _NAN_BYTES: Final = {"fp16": b"\x00\x7e", "bf16": b"\xc0\x7f"}
 
 

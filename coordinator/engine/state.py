@@ -51,7 +51,8 @@ __all__ = ["CampaignState", "Clock", "model_config_for", "shard_plan"]
 HOLDOUT_BATCHES = 4
 # The unit's own micro-batches it is measured on (spread over its steps, the last one included).
 OWN_BATCHES = 8
-SPARSE_CODECS = frozenset({"topk", "dct"})
+# Codecs whose decoded update is far from θ_end − θ_v (sparse, or two levels or fewer per sign).
+SPARSE_CODECS = frozenset({"topk", "dct", "int2", "sign1"})
 # Batches of the neighbouring training tokens the fit to the unit's own data is measured against.
 NEAR_BATCHES = 8
 # Judged results the campaign's error rate is measured over (adaptive replication).

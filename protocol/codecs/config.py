@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 
 from protocol.codecs.errors import CodecError
 
-CODEC_NAMES: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8", "topk", "dct")
+CODEC_NAMES: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8", "topk", "dct", "int4", "int2", "sign1")
 
 # Upper limits on parameters. The DCT chunk is small because decode builds a chunk x chunk matrix
 # from the (untrusted) frame header; 1024 keeps that at 4 MiB.
@@ -29,6 +29,9 @@ CODEC_PARAMS: dict[str, tuple[str, ...]] = {
     "int8": ("block_size",),
     "topk": ("topk_fraction",),
     "dct": ("dct_chunk", "dct_topk"),
+    "int4": ("block_size",),
+    "int2": ("block_size",),
+    "sign1": ("block_size",),
 }
 
 
@@ -36,9 +39,10 @@ CODEC_PARAMS: dict[str, tuple[str, ...]] = {
 class CodecConfig:
     """One codec and its parameters.
 
-    ``block_size``: int8, elements per absmax block. ``topk_fraction``: topk, share of each tensor's
-    elements kept (at least one). ``dct_chunk`` / ``dct_topk``: dct, chunk length of the 1-D DCT over
-    the flattened tensor and coefficients kept per chunk.
+    ``block_size``: int8, int4, int2 and sign1, elements per block (one scale each).
+    ``topk_fraction``: topk, share of each tensor's elements kept (at least one).
+    ``dct_chunk`` / ``dct_topk``: dct, chunk length of the 1-D DCT over the flattened tensor and
+    coefficients kept per chunk.
     """
 
     name: str = "fp32"

@@ -21,11 +21,11 @@ Frame header::
     offset  size  field
     0       4     magic             the ASCII bytes "CWTF"
     4       2     u16 version       1
-    6       1     u8 codec id       1 fp32, 2 fp16, 3 bf16, 4 int8, 5 topk, 6 dct
+    6       1     u8 codec id       1 fp32, 2 fp16, 3 bf16, 4 int8, 5 topk, 6 dct, 7 int4, 8 int2, 9 sign1
     7       1     u8 flags          0 (reserved; any other value is rejected)
     8       P     codec params      by codec id, P bytes:
                                       fp32, fp16, bf16: none (P = 0)
-                                      int8: u32 block_size                   (P = 4)
+                                      int8, int4, int2, sign1: u32 block_size (P = 4)
                                       topk: f64 topk_fraction                (P = 8)
                                       dct:  u16 dct_chunk, u16 dct_topk      (P = 4)
     8+P     4     u32 tensor count
@@ -56,8 +56,14 @@ the payloads are (their lengths are exact; see each codec's module for its error
   (others 0); its values are ``x = D^T c`` with ``D`` the orthonormal DCT-II matrix
   ``D[k][i] = s_k cos(pi (2i+1) k / (2C))``, ``s_0 = sqrt(1/C)``, ``s_k = sqrt(2/C)``; the
   concatenated chunks are cropped to ``n`` elements.
+- **int4**, **int2**, **sign1** with ``B = block_size``, ``nb = ceil(n / B)`` blocks and ``b`` = 4, 2, 1
+  bits per value: ``nb`` f32 scales, then ``ceil(n*b / 8)`` bytes of codes packed least-significant
+  bits first (element ``j`` in bits ``b*(j % (8/b))`` of byte ``j // (8/b)``; unused bits 0).
+  Element ``j`` with code ``c`` and ``s = scale[j // B]`` decodes to ``(c - 8) * s`` (int4, ``c`` in
+  1..15), ``(2c - 3) * s`` (int2) or ``(2c - 1) * s`` (sign1). See ``lowbit.py``.
 
-Every scale is finite and >= 0; every i8 value is in [-127, 127]; every decoded value is finite
+Every scale is finite and >= 0; every i8 value is in [-127, 127]; no int4 code is 0; unused bits of
+the last packed byte are 0; every decoded value is finite
 after conversion to the record's dtype. A decoder rejects any frame that breaks one of these rules.
 
 Decoding against a declaration
@@ -90,6 +96,7 @@ from protocol.codecs.dct import DCT
 from protocol.codecs.errors import CodecError
 from protocol.codecs.finite import all_finite
 from protocol.codecs.int8_block import INT8
+from protocol.codecs.lowbit import INT2, INT4, SIGN1
 from protocol.codecs.payload import PayloadCodec
 from protocol.codecs.raw import BF16, FP16, FP32
 from protocol.codecs.topk import TOPK
@@ -100,8 +107,9 @@ FORMAT_VERSION = 1
 MAX_NAME_BYTES = 1024
 MAX_NDIM = 16
 
-CODECS: dict[str, PayloadCodec] = {c.name: c for c in (FP32, FP16, BF16, INT8, TOPK, DCT)}
+CODECS: dict[str, PayloadCodec] = {c.name: c for c in (FP32, FP16, BF16, INT8, TOPK, DCT, INT4, INT2, SIGN1)}
 _CODECS_BY_ID: dict[int, PayloadCodec] = {c.codec_id: c for c in CODECS.values()}
+BLOCK_CODECS = frozenset({"int8", "int4", "int2", "sign1"})  # one u32 parameter: block_size
 _DTYPE_IDS: dict[str, int] = {name: i for i, name in enumerate(DTYPES, start=1)}
 _DTYPES_BY_ID: dict[int, str] = {i: name for name, i in _DTYPE_IDS.items()}
 
@@ -295,7 +303,7 @@ def _read_header(reader: _Reader) -> tuple[CodecConfig, PayloadCodec]:
         raise CodecError("bad_header", f"The frame's reserved flags byte is {flags}, not 0.")
     what = f"the {codec.name} parameters"
     params: dict[str, int | float] = {}
-    if codec.name == "int8":
+    if codec.name in BLOCK_CODECS:
         (params["block_size"],) = reader.ints(_U32, what)
     elif codec.name == "topk":
         params["topk_fraction"] = reader.float64(what)
@@ -365,7 +373,7 @@ def _some(names: Mapping[str, object], shown: int = 5) -> str:
 
 
 def _params_layout(codec_name: str) -> struct.Struct | None:
-    return {"int8": _U32, "topk": _F64, "dct": _DCT_PARAMS}.get(codec_name)
+    return {"topk": _F64, "dct": _DCT_PARAMS}.get(codec_name, _U32 if codec_name in BLOCK_CODECS else None)
 
 
 def _params_size(codec_name: str) -> int:

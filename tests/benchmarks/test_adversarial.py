@@ -8,10 +8,10 @@ import torch
 from benchmarks.adversarial import AGAIN, MIXED, Setup, campaign_name, lineup, parse_kinds
 from benchmarks.adversaries import KINDS, Kind, poisoned, rest_base
 from coordinator.campaign import CampaignSpec
-from protocol.codecs import CodecConfig, CodecError, TensorSpec, decode, encode
+from protocol.codecs import CODEC_NAMES, CodecConfig, CodecError, TensorSpec, decode, encode
 
 
-@pytest.mark.parametrize("codec", ["fp32", "fp16", "bf16", "int8", "topk", "dct"])
+@pytest.mark.parametrize("codec", CODEC_NAMES)
 def test_a_poisoned_update_is_well_formed_but_holds_a_nan_the_decoder_refuses(codec: str) -> None:
     update = {"blocks.0.w": torch.randn(4, 8) + 2.0, "head.b": torch.randn(8)}
     specs = {name: TensorSpec(tuple(t.shape)) for name, t in update.items()}

@@ -28,6 +28,7 @@ from protocol.codecs import (
     frame,
     frame_config,
     int8_block,
+    lowbit,
     quantize,
     raw,
     topk,
@@ -46,6 +47,7 @@ CONFIGS = st.one_of(
     st.sampled_from([(1, 1), (4, 2), (8, 3), (64, 4), (300, 5)]).map(
         lambda ck: CodecConfig("dct", dct_chunk=ck[0], dct_topk=ck[1])
     ),
+    st.builds(CodecConfig, st.sampled_from(["int4", "int2", "sign1"]), block_size=st.sampled_from([1, 3, 16, 256])),
 )
 NAMES = st.text(st.characters(codec="utf-8"), min_size=1, max_size=10)
 SHAPES = st.lists(st.integers(0, 11), max_size=3).map(tuple)
@@ -182,6 +184,35 @@ def test_compression_ratios_match_the_codec_arithmetic() -> None:
     assert 3.8 < ratio["int8"] < 4.0  # one float32 scale per 256 values
     assert ratio["topk"] > 70  # 1% kept at 5 bytes each
     assert ratio["dct"] > 20  # 4 of 64 coefficients at 2 bytes, plus a scale per chunk
+    assert 7.7 < ratio["int4"] < 8.0 and 15.0 < ratio["int2"] < 16.0 and 28.0 < ratio["sign1"] < 32.0
+
+
+def test_low_bit_codecs_land_on_their_levels_with_the_stated_errors() -> None:
+    x = torch.tensor([-7.0, -3.4, 0.0, 0.2, 3.6, 7.0])  # one block: max|x| = 7
+    four = _round_trip({"x": x}, CodecConfig("int4"))["x"]
+    assert four.tolist() == [-7.0, -3.0, 0.0, 0.0, 4.0, 7.0]  # steps of 7/7 = 1
+    two = _round_trip({"x": x}, CodecConfig("int2"))["x"]
+    third = 7 / 3
+    assert two.tolist() == pytest.approx([-7.0, -third, third, third, third, 7.0])  # no zero level
+    sign = _round_trip({"x": x}, CodecConfig("sign1"))["x"]
+    mean = float(x.abs().mean())
+    assert sign.tolist() == pytest.approx([-mean, -mean, mean, mean, mean, mean])
+    assert error_bound(x, CodecConfig("sign1")) >= 7.0 - mean  # the largest value is far from the mean
+
+
+def test_sign1_with_error_feedback_carries_what_it_drops_so_the_sum_converges() -> None:
+    from training.error_feedback import ErrorFeedback
+
+    generator = torch.Generator().manual_seed(3)
+    target = torch.randn(4096, generator=generator)
+    feedback, sent_total = ErrorFeedback(), torch.zeros(4096)
+    for _ in range(64):  # the same update each time: the decoded ones must add up to it
+        to_send = feedback.compensate({"x": target})
+        decoded = _round_trip(to_send, CodecConfig("sign1"))
+        feedback.remember(to_send, decoded)
+        sent_total += decoded["x"]
+    drift = float((sent_total / 64 - target).norm() / target.norm())
+    assert drift < 0.1, f"the averaged decoded updates are {drift:.2f} away from the true one"
 
 
 def test_empty_and_scalar_tensors_round_trip_with_every_codec() -> None:
@@ -289,7 +320,7 @@ def test_tensor_spec_validates_shape_and_dtype() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", [protocol.codecs, frame, bounds, raw, int8_block, topk, dct, quantize], ids=lambda m: m.__name__
+    "module", [protocol.codecs, frame, bounds, raw, int8_block, topk, dct, quantize, lowbit], ids=lambda m: m.__name__
 )
 def test_docstring_examples_run(module: object) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]

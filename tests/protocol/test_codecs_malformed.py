@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from protocol.codecs import CODEC_NAMES, CodecConfig, CodecError, TensorSpec, decode, encode
 
-FP32, FP16, BF16, INT8, TOPK, DCT = 1, 2, 3, 4, 5, 6
+FP32, FP16, BF16, INT8, TOPK, DCT, INT4, INT2, SIGN1 = 1, 2, 3, 4, 5, 6, 7, 8, 9
 F32, F16 = 1, 2
 
 
@@ -114,7 +114,7 @@ def test_a_frame_over_max_bytes_is_rejected_before_it_is_parsed() -> None:
         (b"PK\x03\x04" + bytes(40), "bad_magic"),
         (header(version=2) + record(payload=f32(1, 2)), "unsupported_version"),
         (header(codec=0) + record(payload=f32(1, 2)), "unknown_codec"),
-        (header(codec=7) + record(payload=f32(1, 2)), "unknown_codec"),
+        (header(codec=10) + record(payload=f32(1, 2)), "unknown_codec"),
         (header(flags=1) + record(payload=f32(1, 2)), "bad_header"),
         (header(INT8, struct.pack("<I", 0)) + record(payload=bytes(10)), "bad_header"),
         (header(TOPK, struct.pack("<d", math.nan)) + record(payload=bytes(13)), "bad_header"),
@@ -237,6 +237,12 @@ def test_a_huge_expected_shape_with_a_short_frame_is_truncated_not_allocated() -
             header(DCT, struct.pack("<HH", 2, 1)) + record(payload=f32(3e38) + bytes([0, 127])),
             "non_finite_value",
         ),
+        (header(INT4, struct.pack("<I", 2)) + record(payload=f32(1.0) + bytes([0x08])), "value_out_of_range"),
+        (header(INT4, struct.pack("<I", 2)) + record(payload=f32(-1.0) + bytes([0x88])), "negative_scale"),
+        (header(INT2, struct.pack("<I", 2)) + record(payload=f32(math.nan) + bytes([0x0F])), "non_finite_scale"),
+        (header(INT2, struct.pack("<I", 2)) + record(payload=f32(1.0) + bytes([0x4F])), "bad_payload"),
+        (header(SIGN1, struct.pack("<I", 2)) + record(payload=f32(1.0) + bytes([0x07])), "bad_payload"),
+        (header(INT4, struct.pack("<I", 2)) + record(payload=f32(3e38) + bytes([0xFF])), "non_finite_value"),
         (header() + record(payload=f32(1.0, math.nan)), "non_finite_value"),
         (header(FP16) + record(payload=struct.pack("<2H", 0x3C00, 0x7C00)), "non_finite_value"),
         (header(BF16) + record(payload=struct.pack("<2H", 0x3F80, 0x7FC0)), "non_finite_value"),
