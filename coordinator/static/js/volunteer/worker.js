@@ -227,8 +227,12 @@ async function fetchBlob(link, ref, onBytes, { keep = null } = {}) {
     throw Object.assign(new Error(`blob ${ref.sha256.slice(0, 12)} failed its SHA-256 check`), { reason: "download_failed" });
   }
   if (cache) {
+    if (keep === "checkpoint") {
+      // Make room first, so the cache never holds more than KEEP_CHECKPOINTS versions, even for a moment.
+      const held = await cache.keys();
+      for (const stale of held.slice(0, Math.max(0, held.length - (KEEP_CHECKPOINTS - 1)))) await cache.delete(stale);
+    }
     await cache.put(key, new Response(bytes));
-    if (keep === "checkpoint") for (const stale of (await cache.keys()).slice(0, -KEEP_CHECKPOINTS)) await cache.delete(stale);
   }
   return bytes;
 }
