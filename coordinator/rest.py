@@ -66,6 +66,13 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> web.Re
     return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status)
 
 
+def _retry_later(status: int, code: str, message: str, seconds: float) -> web.Response:
+    """An error answer with a Retry-After header of `seconds`, rounded up."""
+    response = error_response(status, code, message)
+    response.headers["Retry-After"] = str(math.ceil(seconds))
+    return response
+
+
 def _service(request: web.Request) -> Coordinator:
     return request.app[SERVICE]
 
@@ -517,9 +524,7 @@ async def download_export(request: web.Request) -> web.StreamResponse:
         try:
             path = await service.exports.get(dataclasses.replace(job, record=record.to_dict()))
         except ExportBusy as busy:
-            answer = error_response(503, "busy", str(busy))
-            answer.headers["Retry-After"] = str(math.ceil(busy.retry_after_s))
-            return answer
+            return _retry_later(503, "busy", str(busy), busy.retry_after_s)
         except RuntimeError as error:
             return error_response(
                 503, "export_failed", f"the {fmt} export of version {version.version} failed: {error}"
@@ -591,9 +596,7 @@ async def try_generate(request: web.Request) -> web.Response:
     try:
         desk.admit(network)
     except TryItRefused as refused:
-        busy = error_response(429, "too_many_requests", str(refused))
-        busy.headers["Retry-After"] = str(math.ceil(refused.retry_after_s))
-        return busy
+        return _retry_later(429, "too_many_requests", str(refused), refused.retry_after_s)
     try:
         answer = await desk.run(
             (row.id, version.version),
@@ -646,9 +649,7 @@ async def campaign_options(request: web.Request) -> web.Response:
 
 
 def _busy() -> web.Response:
-    response = error_response(503, "busy", "too many live dashboards are open; try again in a minute")
-    response.headers["Retry-After"] = "60"
-    return response
+    return _retry_later(503, "busy", "too many live dashboards are open; try again in a minute", 60)
 
 
 async def campaign_events(request: web.Request) -> web.StreamResponse:
