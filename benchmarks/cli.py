@@ -18,26 +18,54 @@ Subparsers = Any  # argparse's _SubParsersAction is private
 # momentum that Nesterov would add on top (measured: Nesterov + top-k/DCT trains markedly worse).
 DEFAULT_DILOCO_CONFIGS = "50:fp32,50:int8,50:dct:average,100:dct:average,50:topk:average"
 
+# `bench diloco --horizon long`: 4 workers × 2,500 steps of 4×64 tokens (10,000 inner steps, 2.56M tokens)
+# on a 24 MB corpus the benchmark prepares; about 7 minutes a configuration on 2 CPU cores. Options the
+# command line leaves out take these values; the short horizon keeps the simulator's defaults.
+LONG_HORIZON: dict[str, object] = {
+    "workers": 4,
+    "steps": 2500,
+    "batch_size": 4,
+    "seq_len": 64,
+    "warmup": 100,
+    "eval_tokens": 32768,
+    "corpus_bytes": 24_000_000,
+    "configs": (
+        # DiLoCo as published (each worker keeps its AdamW), then as deployed, then the candidate fix;
+        # then the ≥ 1000× and ≥ 2000× candidates.
+        "50:int8:persistent:volunteers=4:late=0,50:int8,50:int8:volunteer,"
+        "100:dct:average,150:int2:average,100:sign1:average"
+    ),
+}
+# Flags whose default depends on the horizon.
+_HORIZON_FLAGS = ("workers", "steps", "batch_size", "seq_len", "warmup", "eval_tokens", "configs")
+
 
 def add_bench_diloco(commands: Subparsers) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
         "diloco",
-        help="DiLoCo vs data-parallel at equal tokens, plus codec throughput",
+        help="DiLoCo vs data-parallel at equal tokens",
         description=(
             "Compare synchronous data-parallel, a single worker and DiLoCo at several H with each "
-            "codec, at equal tokens and worker count; measure codec throughput and worst-case error. "
-            "Writes the tables into docs/benchmarks.md."
+            "codec, at equal tokens and worker count. Writes the table into docs/benchmarks.md."
         ),
     )
     add_run_arguments(parser)
     parser.add_argument(
         "--configs",
         default=DEFAULT_DILOCO_CONFIGS,
-        help="comma-separated DiLoCo configurations H:codec[:outer], e.g. 50:int8,100:dct:average",
+        help="comma-separated DiLoCo configurations H:codec[:option…], options being an outer optimizer, an "
+        "inner state (fresh, persistent, volunteer) or outer_lr=, momentum=, lr=, late=, volunteers=; "
+        "e.g. 50:int8,100:dct:average,50:int8:persistent:lr=0.002",
     )
     parser.add_argument(
-        "--codec-params", type=int, default=2_000_000, help="size of the synthetic update for codec throughput"
+        "--horizon",
+        choices=["short", "long"],
+        default="short",
+        help="long: 10,000 inner steps in all on a 24 MB corpus it prepares, for DiLoCo to converge (about an "
+        "hour on 2 CPU cores; add --device cuda on a GPU); flags given explicitly still win",
     )
+    short = {flag: parser.get_default(flag) for flag in _HORIZON_FLAGS}
+    parser.set_defaults(**{flag: None for flag in _HORIZON_FLAGS}, horizon_defaults=short)
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"), help="markdown file to update")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write results as JSON")
     parser.set_defaults(handler=_run_bench_diloco)
@@ -45,6 +73,38 @@ def add_bench_diloco(commands: Subparsers) -> None:
 
 def _run_bench_diloco(args: argparse.Namespace) -> int:
     from benchmarks.diloco import run_bench_command
+
+    return run_bench_command(args)
+
+
+def add_bench_codecs(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "codecs",
+        help="codec size, speed and error; int8 against hivemind's Uniform8Bit",
+        description=(
+            "Encode and decode a synthetic pseudo-gradient with every codec (bytes, MB/s, error against the "
+            "stated bound), and time the int8 encoder against a re-implementation of hivemind's "
+            "Uniform8BitQuantization on the same 16M-element tensors. Writes docs/benchmarks.md."
+        ),
+    )
+    parser.add_argument(
+        "--params", type=positive_int, default=2_000_000, help="size of the synthetic update for the codec table"
+    )
+    parser.add_argument(
+        "--compare-elements",
+        type=positive_int,
+        default=16 * 2**20,
+        help="elements of each tensor in the int8-vs-hivemind comparison",
+    )
+    parser.add_argument("--repeats", type=positive_int, default=3, help="best of this many runs per figure")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"), help="markdown file to update")
+    parser.add_argument("--quiet", action="store_true", help="print only the tables")
+    parser.set_defaults(handler=_run_bench_codecs)
+
+
+def _run_bench_codecs(args: argparse.Namespace) -> int:
+    from benchmarks.codecs import run_bench_command
 
     return run_bench_command(args)
 

@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
     # One line per benchmark; each owns its flags in benchmarks/ (benchmarks/cli.py keeps them cheap to import).
     benchmarks_cli.add_bench_diloco(bench_commands)
+    benchmarks_cli.add_bench_codecs(bench_commands)
     benchmarks_cli.add_bench_system(bench_commands)
     benchmarks_cli.add_bench_app(bench_commands)
     benchmarks_cli.add_bench_browser(bench_commands)

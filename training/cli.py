@@ -75,6 +75,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=20, help="inner warmup steps")
     parser.add_argument("--eval-tokens", type=int, default=65536, help="holdout tokens per evaluation")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--inner-state",
+        default="fresh",
+        choices=["fresh", "persistent", "volunteer"],
+        help="DiLoCo inner AdamW state: fresh per unit (as deployed), persistent per worker (DiLoCo's paper), "
+        "or kept by each volunteer across its units",
+    )
+    parser.add_argument(
+        "--volunteers", type=int, default=0, help="volunteers the units are spread over (default: 2 × workers)"
+    )
+    parser.add_argument("--late-fraction", type=float, default=0.1, help="share of units that arrive one version late")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -7,6 +7,12 @@ Three ways to spend the same tokens on the same K data streams:
 
 - `diloco`: each worker runs H inner AdamW steps from θ_v on its own slice, its pseudo-gradient is
   compressed (with error feedback), decoded, averaged by tokens, and the outer optimizer makes θ_{v+1}.
+  By default it runs what the deployed system runs (`inner_state="fresh"`): each round's K units go to
+  K of a pool of volunteers drawn at random, every unit starts a fresh AdamW (a volunteer builds a new
+  `InnerLoop` per unit), error feedback stays with the volunteer, and a fraction of units arrive a
+  version late and are down-weighted as the coordinator does. `inner_state="persistent"` is DiLoCo as
+  published: worker k keeps its AdamW moments across rounds. `inner_state="volunteer"`: each volunteer
+  keeps its AdamW moments across the units it happens to train (stale if it skipped rounds).
 - `data_parallel`: synchronous data-parallel, the fair baseline: every step the K workers' gradients
   on the same per-worker batches are averaged and one AdamW step is taken with the same schedule.
   Each worker uploads an fp32 gradient every step.
@@ -33,7 +39,7 @@ import torch
 
 from protocol.codecs import CodecConfig, decode, encode
 from protocol.tensors import TensorSpec
-from training.accumulator import DeltaAccumulator
+from training.accumulator import DeltaAccumulator, staleness_weight
 from training.data import DataError, TokenDataset, ensure_default_dataset
 from training.error_feedback import ErrorFeedback
 from training.evaluate import evaluate
@@ -41,9 +47,12 @@ from training.inner import InnerConfig, InnerLoop, StepReport, pick_device, sequ
 from training.model import GPT, build_model, count_parameters, preset
 from training.outer import make_outer_optimizer
 
-__all__ = ["MODES", "SimConfig", "SimResult", "evaluate", "simulate"]
+__all__ = ["INNER_STATES", "MODES", "SimConfig", "SimResult", "evaluate", "simulate"]
 
 MODES = ("diloco", "data_parallel", "single")
+INNER_STATES = ("fresh", "persistent", "volunteer")
+# A late unit is one version behind; at that staleness the coordinator's weight does not depend on its bound.
+_LATE_WEIGHT = staleness_weight(1, 1)
 FP32_BYTES = 4
 
 
@@ -65,6 +74,9 @@ class SimConfig:
     eval_tokens: int = 65536
     eval_every: int = 0  # steps between evaluations outside DiLoCo; 0: ten points over the run
     seed: int = 0
+    inner_state: str = "fresh"  # see the module docstring
+    volunteers: int = 0  # pool the units are spread over; 0: twice the workers
+    late_fraction: float = 0.1  # units trained on the previous version, applied one round late
 
     def __post_init__(self) -> None:
         problems = []
@@ -73,13 +85,27 @@ class SimConfig:
         for name in ("workers", "inner_steps", "steps", "batch_size", "seq_len", "eval_tokens"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if self.inner_state not in INNER_STATES:
+            problems.append(f"inner_state must be one of {', '.join(INNER_STATES)}, got {self.inner_state!r}")
+        if self.volunteers and self.volunteers < self.workers:
+            problems.append(f"volunteers ({self.volunteers}) can't be fewer than workers ({self.workers})")
+        if not 0.0 <= self.late_fraction < 1.0:
+            problems.append(f"late_fraction must be in [0, 1), got {self.late_fraction}")
         if problems:
             raise ValueError("invalid simulation: " + "; ".join(problems))
 
     @property
+    def pool(self) -> int:
+        """Volunteers the units are spread over."""
+        return self.volunteers or 2 * self.workers
+
+    @property
     def label(self) -> str:
         if self.mode == "diloco":
-            return f"DiLoCo H={self.inner_steps} {self.codec} ({self.outer})"
+            extra = "" if self.inner_state == "fresh" else f", {self.inner_state} AdamW"
+            if (self.pool, self.late_fraction) != (2 * self.workers, 0.1):
+                extra += f", {self.pool} volunteers, {self.late_fraction:.0%} late"
+            return f"DiLoCo H={self.inner_steps} {self.codec} ({self.outer}{extra})"
         return {"data_parallel": "data-parallel", "single": "single worker"}[self.mode]
 
     def inner_config(self, *, steps: int, schedule_steps: int, warmup: int) -> InnerConfig:
@@ -228,46 +254,69 @@ def _run_diloco(
     global_params: dict[str, torch.Tensor] = dict(model.named_parameters())
     specs = {name: TensorSpec(tuple(p.shape)) for name, p in global_params.items()}
     accumulator = DeltaAccumulator({name: spec.shape for name, spec in specs.items()})
-    # DiLoCo workers keep their own inner AdamW state across rounds (arXiv 2311.08105, §2).
     device = next(model.parameters()).device
-    replicas = [build_model(model.config, seed=config.seed, device=device) for _ in range(config.workers)]
-    optimizers: list[torch.optim.AdamW | None] = [None] * config.workers
-    feedback = [ErrorFeedback() for _ in range(config.workers)]
-    uploaded = [0] * config.workers
+    # Who trains what: slot k of every round reads worker k's stream; the volunteer doing it is drawn
+    # from the pool each round (a pool as large as the workers keeps volunteer k on slot k).
+    draw = np.random.default_rng(config.seed + 7919)
+    replicas: dict[int, GPT] = {}
+    optimizers: dict[int, torch.optim.AdamW] = {}
+    feedback: dict[int, ErrorFeedback] = {}
+    uploaded: dict[int, int] = {}
+    previous: dict[str, torch.Tensor] | None = None  # θ_{v-1}, which late units started from
     _eval_point(result, config, model, holdout)
     total = config.steps * config.workers
     done, step = 0, 0
     while step < config.steps:
         steps = min(config.inner_steps, config.steps - step)
         inner = config.inner_config(steps=steps, schedule_steps=config.steps, warmup=config.warmup)
+        volunteers = (
+            list(range(config.workers))
+            if config.pool == config.workers
+            else [int(v) for v in draw.choice(config.pool, size=config.workers, replace=False)]
+        )
+        late = [previous is not None and draw.random() < config.late_fraction for _ in volunteers]
+        current = {name: value.detach().clone() for name, value in model.state_dict().items()}
         round_losses: list[list[float]] = []
-        for k, replica in enumerate(replicas):
-            replica.load_state_dict(model.state_dict())
-            loop = InnerLoop(replica, inner, global_step=step, optimizer=optimizers[k])
-            optimizers[k] = loop.optimizer
+        for k, volunteer in enumerate(volunteers):
+            # DiLoCo's worker k keeps its state; otherwise a model (and its AdamW) follows the volunteer.
+            owner = k if config.inner_state == "persistent" else volunteer
+            replica = replicas.get(owner)
+            if replica is None:
+                replica = replicas[owner] = build_model(model.config, seed=config.seed, device=device)
+            start = previous if late[k] and previous is not None else current
+            replica.load_state_dict(start)
+            kept = optimizers.get(owner) if config.inner_state != "fresh" else None
+            # A late unit trained a round ago, on the schedule of its own version.
+            first = step - steps if late[k] else step
+            loop = InnerLoop(replica, inner, global_step=max(0, first), optimizer=kept)
+            if config.inner_state != "fresh":
+                optimizers[owner] = loop.optimizer
 
             def report(_: object, k: int = k) -> None:
                 nonlocal done
                 done += 1
-                progress(done, total, f"round {result.outer_steps + 1} worker {k + 1}")
+                progress(done, total, f"round {result.outer_steps + 1} unit {k + 1}")
 
             unit = loop.run_batches(streams.batches(k, step, steps), on_step=report)
-            to_send = feedback[k].compensate(unit.delta)
+            residual = feedback.setdefault(volunteer, ErrorFeedback())
+            to_send = residual.compensate(unit.delta)
             payload = encode(to_send, codec)
-            uploaded[k] += len(payload)
+            uploaded[volunteer] = uploaded.get(volunteer, 0) + len(payload)
             received = decode(payload, specs)
-            feedback[k].remember(to_send, received)
-            accumulator.add(received, weight=unit.tokens)
+            residual.remember(to_send, received)
+            accumulator.add(received, weight=unit.tokens * (_LATE_WEIGHT if late[k] else 1.0))
             round_losses.append(unit.losses)
             result.tokens += unit.tokens
         outer.step(global_params, accumulator.mean())
         accumulator.reset()
+        previous = current
         result.outer_steps += 1
         result.train_losses.extend(float(np.mean(col)) for col in zip(*round_losses, strict=True))
         step += steps
         loss = _eval_point(result, config, model, holdout)
         progress(done, total, f"outer step {result.outer_steps}: holdout loss {loss:.3f}")
-    result.bytes_per_worker = max(uploaded)
+    # Bytes per worker slot: what all volunteers sent, over the K slots (a pool spreads it unevenly).
+    result.bytes_per_worker = math.ceil(sum(uploaded.values()) / config.workers)
     return result
 
 
@@ -354,6 +403,9 @@ def config_from_args(args: argparse.Namespace, **overrides: object) -> SimConfig
         "warmup": args.warmup,
         "eval_tokens": args.eval_tokens,
         "seed": args.seed,
+        "inner_state": args.inner_state,
+        "volunteers": args.volunteers,
+        "late_fraction": args.late_fraction,
     }
     values.update(overrides)
     return SimConfig(**values)  # type: ignore[arg-type]

@@ -85,7 +85,7 @@ class DctCodec:
         q, scale = absmax_quantize(coefficients.gather(1, indices))
         return chunks, coefficients, indices, q, scale
 
-    def encode(self, flat: torch.Tensor, config: CodecConfig) -> list[bytes]:
+    def encode(self, flat: torch.Tensor, config: CodecConfig) -> list[bytes | memoryview]:
         _, _, indices, q, scale = self._forward(flat, config)
         index_bytes = indices.cpu().numpy().astype(_index_dtype(config.dct_chunk)).tobytes()
         return [float32_bytes(scale), index_bytes, int8_bytes(q)]

@@ -132,7 +132,7 @@ def encode(tensors: Mapping[str, torch.Tensor], config: CodecConfig) -> bytes:
     if not isinstance(config, CodecConfig):
         raise CodecError("bad_input", f"encode() needs a CodecConfig, not {type(config).__name__}.")
     codec = CODECS[config.name]
-    parts = [_HEADER.pack(MAGIC, FORMAT_VERSION, codec.codec_id, 0), _pack_params(config)]
+    parts: list[bytes | memoryview] = [_HEADER.pack(MAGIC, FORMAT_VERSION, codec.codec_id, 0), _pack_params(config)]
     parts.append(_COUNT.pack(len(tensors)))
     for name, tensor in tensors.items():
         name_bytes = _name_bytes(name)
@@ -411,7 +411,8 @@ def _float32_values(name: str, tensor: object) -> torch.Tensor:
             f"Tensor {name!r} contains NaN or infinite values; training diverged, so it is not sent.",
         )
     flat = tensor.to(torch.float32).reshape(-1).contiguous()
-    if not all_finite(flat):
+    # Only float64 can overflow float32; half types convert exactly.
+    if tensor.dtype == torch.float64 and not all_finite(flat):
         raise CodecError("out_of_range", f"Tensor {name!r} has values beyond the float32 range.")
     return flat
 

@@ -36,12 +36,15 @@ class Int8BlockCodec:
     def payload_size(self, numel: int, config: CodecConfig) -> int:
         return 4 * _blocks(numel, config.block_size) + numel
 
-    def encode(self, flat: torch.Tensor, config: CodecConfig) -> list[bytes]:
+    def encode(self, flat: torch.Tensor, config: CodecConfig) -> list[bytes | memoryview]:
         n, size = flat.numel(), config.block_size
-        blocks = _blocks(n, size)
-        padded = flat if n == blocks * size else torch.nn.functional.pad(flat, (0, blocks * size - n))
-        q, scale = absmax_quantize(padded.view(blocks, size))
-        return [float32_bytes(scale), int8_bytes(q.view(-1)[:n])]
+        full = n // size
+        q, scale = absmax_quantize(flat[: full * size].view(full, size))
+        if full * size == n:
+            return [float32_bytes(scale), int8_bytes(q)]
+        # The short last block on its own, so the full ones are quantized in place, not copied.
+        tail_q, tail_scale = absmax_quantize(flat[full * size :].view(1, -1))
+        return [float32_bytes(scale), float32_bytes(tail_scale), int8_bytes(q), int8_bytes(tail_q)]
 
     def decode(self, payload: memoryview, numel: int, config: CodecConfig, tensor: str) -> torch.Tensor:
         size = config.block_size

@@ -51,7 +51,7 @@ class LowBitCodec:
     def payload_size(self, numel: int, config: CodecConfig) -> int:
         return 4 * _blocks(numel, config.block_size) + -(-numel // self.per_byte)
 
-    def encode(self, flat: torch.Tensor, config: CodecConfig) -> list[bytes]:
+    def encode(self, flat: torch.Tensor, config: CodecConfig) -> list[bytes | memoryview]:
         n, size = flat.numel(), config.block_size
         blocks = _blocks(n, size)
         rows = _padded(flat, blocks, size)

@@ -29,7 +29,7 @@ class PayloadCodec(Protocol):
         """Exact payload length in bytes for a tensor of ``numel`` elements."""
         ...
 
-    def encode(self, flat: torch.Tensor, config: CodecConfig) -> list[bytes]:
+    def encode(self, flat: torch.Tensor, config: CodecConfig) -> list[bytes | memoryview]:
         """Encode a flat, finite float32 tensor; the parts concatenate to the payload."""
         ...
 

@@ -41,7 +41,7 @@ class RawCodec:
     def payload_size(self, numel: int, config: CodecConfig) -> int:
         return numel * self.bytes_per_element
 
-    def encode(self, flat: torch.Tensor, config: CodecConfig) -> list[bytes]:
+    def encode(self, flat: torch.Tensor, config: CodecConfig) -> list[bytes | memoryview]:
         wire = flat.to(self.wire_dtype)
         # Rounding is monotonic: if the extremes fit the wire dtype, every value does.
         if self.wire_dtype != torch.float32 and flat.numel() and not _fits(extremes(flat), self.wire_dtype):

@@ -68,7 +68,7 @@ class TopKCodec:
     def payload_size(self, numel: int, config: CodecConfig) -> int:
         return 8 + 5 * kept_count(numel, config.topk_fraction)
 
-    def encode(self, flat: torch.Tensor, config: CodecConfig) -> list[bytes]:
+    def encode(self, flat: torch.Tensor, config: CodecConfig) -> list[bytes | memoryview]:
         k = kept_count(flat.numel(), config.topk_fraction)
         indices = top_indices(flat, k)
         q, scale = absmax_quantize(flat[indices][None, :])

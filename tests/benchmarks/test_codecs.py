@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
-from benchmarks.codecs import format_codec_table, measure_codecs, synthetic_update
+from benchmarks.codecs import (
+    compare_int8_with_hivemind,
+    format_codec_table,
+    format_int8_comparison,
+    hivemind_uniform8bit_decode,
+    hivemind_uniform8bit_encode,
+    measure_codecs,
+    pseudo_gradient,
+    synthetic_update,
+)
+from commonweights.cli import main
 from protocol.codecs import CODEC_NAMES, CodecConfig
 
 
@@ -32,3 +43,39 @@ def test_format_codec_table_is_a_markdown_table_with_one_row_per_codec() -> None
     table = format_codec_table(rows).splitlines()
     assert len(table) == 4 and all(line.startswith("|") and line.endswith("|") for line in table)
     assert table[2].startswith("| int8 |") and table[3].startswith("| dct |")
+
+
+def test_hivemind_uniform8bit_reimplementation_round_trips_within_its_bins() -> None:
+    tensor = pseudo_gradient(50_000, outliers=False, seed=1)
+    data = hivemind_uniform8bit_encode(tensor)
+    assert len(data) == 8 + 4 * 256 + tensor.numel()
+    decoded = hivemind_uniform8bit_decode(data, tensor.numel())
+    # Inside ±3σ each value sits in a bin 6σ/256 wide and decodes to that bin's mean.
+    std = float(tensor.std())
+    inside = (tensor - tensor.mean()).abs() < 2.9 * std
+    assert float((decoded - tensor)[inside].abs().max()) <= 6 * std / 256
+
+
+def test_int8_comparison_times_both_encoders_and_reports_our_lower_error() -> None:
+    rows = compare_int8_with_hivemind(numel=100_000, repeats=1, threads=1)
+    assert [r.tensor for r in rows] == ["Gaussian rows", "with 0.1% outliers ×10"]
+    for row in rows:
+        assert row.ours_encode_mb_s > 0 and row.hivemind_encode_mb_s > 0
+        assert row.ours_rel_l2_error < row.hivemind_rel_l2_error
+    table = format_int8_comparison(rows).splitlines()
+    assert len(table) == 4 and "target ≥ 2×" in table[0]
+    assert all(("(met)" in line) or ("(missed)" in line) for line in table[2:])
+
+
+def test_bench_codecs_writes_its_section(tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks.md"
+    out.write_text("# Benchmarks\n\n<!-- bench:codecs -->\nOLD\n<!-- /bench:codecs -->\n")
+    code = main([
+        "bench", "codecs", "--params", "20000", "--compare-elements", "50000", "--repeats", "1", "--threads", "1",
+        "--output", str(out), "--quiet",
+    ])  # fmt: skip
+    assert code == 0
+    text = out.read_text()
+    assert "OLD" not in text and text.count("<!-- bench:codecs -->") == 1
+    for expected in ("| sign1 |", "| int4 |", "hivemind Uniform8Bit MB/s", "| with 0.1% outliers ×10 |"):
+        assert expected in text, expected

@@ -140,6 +140,26 @@ def test_int8_bound_is_half_the_largest_block_scale() -> None:
     assert error_bound(x, CodecConfig("int8")) == pytest.approx(0.5, rel=1e-3)
 
 
+def test_int8_chunked_encoder_matches_division_across_chunks_and_zeroes_subnormal_blocks() -> None:
+    # 2,100 blocks of 256 span three of the encoder's 1 MiB chunks and end in a short block.
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2_100 * 256 - 17, generator=gen) * torch.exp(torch.randn(1, generator=gen))
+    x[256:512] = 1e-40  # a block whose scale is subnormal: its reciprocal overflows
+    x[512:768] = 0.0
+    config = CodecConfig("int8")
+    spec = {"w": TensorSpec.of(x)}
+    data = encode({"w": x}, config)
+    out = decode(data, spec, max_bytes=len(data))["w"]
+    assert float((out - x).abs().max()) <= error_bound(x, config)
+    assert float(out[256:768].abs().max()) == 0.0
+    # Against plain division by the block scale, values differ by at most one step, and rarely.
+    blocks = torch.nn.functional.pad(x, (0, 17)).view(-1, 256)
+    scale = blocks.abs().amax(dim=1, keepdim=True) / 127
+    reference = (torch.round(blocks / torch.where(scale > 0, scale, 1.0)) * scale).view(-1)[: x.numel()]
+    steps = ((out - reference).abs() / scale.expand(-1, 256).reshape(-1)[: x.numel()].clamp_min(1e-30))[1024:]
+    assert float(steps.max()) <= 1.0 + 1e-3 and float((steps > 0.5).float().mean()) < 1e-4
+
+
 def test_topk_keeps_exactly_the_largest_magnitudes() -> None:
     x = torch.arange(200, dtype=torch.float32) * torch.tensor([1.0, -1.0]).repeat(100)
     y = _round_trip({"x": x}, CodecConfig("topk", topk_fraction=0.05))["x"]

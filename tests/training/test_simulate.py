@@ -90,3 +90,34 @@ def test_simulate_refuses_a_dataset_without_holdout_tokens_with_what_to_do(
     assert main(["simulate", "--data", str(tmp_path / "flat"), "--quiet", "--steps", "2"]) == 2
     err = capsys.readouterr().err
     assert "0 holdout tokens" in err and "holdout fraction above 0" in err and "Traceback" not in err
+
+
+def test_diloco_defaults_to_the_deployed_algorithm_and_offers_the_papers(dataset: TokenDataset) -> None:
+    deployed = SimConfig(**{**BASE.__dict__, "steps": 15})
+    assert (deployed.inner_state, deployed.pool, deployed.late_fraction) == ("fresh", 4, 0.1)
+    paper = SimConfig(**{**deployed.__dict__, "inner_state": "persistent", "volunteers": 2, "late_fraction": 0.0})
+    assert paper.label == "DiLoCo H=5 fp32 (nesterov, persistent AdamW, 2 volunteers, 0% late)"
+    # With as many volunteers as workers and none late, a volunteer's own AdamW is DiLoCo's worker's.
+    same = simulate(SimConfig(**{**paper.__dict__, "inner_state": "volunteer"}), dataset)
+    persistent = simulate(paper, dataset)
+    fresh = simulate(SimConfig(**{**paper.__dict__, "inner_state": "fresh"}), dataset)
+    assert same.train_losses == persistent.train_losses
+    # A fresh AdamW per unit restarts its moments: the second round trains differently from the start.
+    assert fresh.train_losses[:5] == persistent.train_losses[:5]
+    assert fresh.train_losses[5:] != persistent.train_losses[5:]
+    spread = simulate(deployed, dataset)
+    assert spread.tokens == persistent.tokens and spread.outer_steps == persistent.outer_steps == 3
+    assert spread.bytes_per_worker == persistent.bytes_per_worker
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"inner_state": "forgetful"}, "inner_state must be one of"),
+        ({"volunteers": 1}, "can't be fewer than workers"),
+        ({"late_fraction": 1.0}, "late_fraction must be in"),
+    ],
+)
+def test_simulator_refuses_impossible_deployments(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SimConfig(**{**BASE.__dict__, **changes})
