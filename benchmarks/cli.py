@@ -124,6 +124,9 @@ def add_bench_system(commands: Subparsers) -> None:
     parser.add_argument("--inner-steps", type=int, default=200, metavar="H")
     parser.add_argument("--ingest-clients", type=int, default=16, help="simulated volunteers for ingestion")
     parser.add_argument("--ingest-updates", type=int, default=64, help="updates submitted during ingestion")
+    parser.add_argument(
+        "--download-codec", default="int8", help="the campaign's download_codec: how volunteers get new versions"
+    )
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--json", type=Path, default=None, metavar="FILE")
     parser.set_defaults(handler=_run_bench_system)

@@ -42,6 +42,7 @@ _OPTIONS = {
     "lr": ("lr", float),
     "late": ("late_fraction", float),
     "volunteers": ("volunteers", int),
+    "download": ("download_codec", str),
 }
 _CONFIG_SYNTAX = (
     "a configuration is H:codec[:option…], options being an outer optimizer (nesterov, average, adam), an inner "
@@ -98,6 +99,16 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def _download(result: SimResult) -> str:
+    """What a unit downloads of the model: a delta's bytes, or the fp32 weights."""
+    if result.config["mode"] != "diloco":
+        return "—"
+    delta = result.extra.get("download_bytes_per_unit")
+    if delta is None:
+        return f"{_human_bytes(result.parameters * 4)} (fp32 weights)"
+    return f"{_human_bytes(delta)} ({result.parameters * 4 / delta:.0f}× less)"
+
+
 def format_diloco_table(results: Sequence[SimResult]) -> str:
     reference = results[0].final_holdout_loss
     rows = []
@@ -115,6 +126,7 @@ def format_diloco_table(results: Sequence[SimResult]) -> str:
                 f"{100 * (r.final_holdout_loss / reference - 1):+.2f}%",
                 _human_bytes(r.bytes_per_worker),
                 "∞ (no upload)" if math.isinf(r.reduction) else f"{r.reduction:,.0f}×",
+                _download(r),
                 f"{r.seconds:.0f}",
             ]
         )
@@ -127,6 +139,7 @@ def format_diloco_table(results: Sequence[SimResult]) -> str:
         "vs data-parallel",
         "uploaded / worker",
         "reduction",
+        "download / unit",
         "seconds",
     ]
     return markdown_table(header, rows)

@@ -51,12 +51,19 @@ def start(dataset: Path, work: Path, name: str) -> LocalCoordinator:
     return start_coordinator(work / name, datasets={"stdlib": dataset}, log=work / f"{name}.log")
 
 
-def spec(name: str, *, model: str, units: int, rounds: int, steps: int, batch: int, seq: int) -> dict[str, Any]:
+# Model bytes per unit (the new version's delta down, the update up) against the update alone.
+WIRE_TARGET = 1.25
+
+
+def spec(
+    name: str, *, model: str, units: int, rounds: int, steps: int, batch: int, seq: int, download_codec: str = "int8"
+) -> dict[str, Any]:
     return {
         "name": name,
         "model": model,
         "dataset": "stdlib",
         "codec": "int8",
+        "download_codec": download_codec,
         "token_budget": rounds * units * steps * batch * seq,
         "inner": {"steps": steps, "batch_size": batch, "seq_len": seq, "warmup_steps": 0},
         "rounds": {"units_per_round": units, "min_accepted": units, "deadline_s": 3600, "lease_s": 600},
@@ -67,15 +74,20 @@ def spec(name: str, *, model: str, units: int, rounds: int, steps: int, batch: i
 # 1 + 2: end to end -------------------------------------------------------------------------------
 
 
-def end_to_end(dataset: Path, work: Path, volunteers: int, rounds: int, steps: int) -> dict[str, float]:
+def end_to_end(
+    dataset: Path, work: Path, volunteers: int, rounds: int, steps: int, download_codec: str = "int8"
+) -> dict[str, float]:
     threads = max(1, (os.cpu_count() or 2) // volunteers)
     coordinator = start(dataset, work, f"e2e-{volunteers}")
     running = [coordinator.process]
     try:
         api = coordinator.api
         campaign = api.post_campaign(
-            spec(f"e2e{volunteers}", model="tiny", units=volunteers, rounds=rounds, steps=steps, batch=8, seq=128)
-        )
+            spec(
+                f"e2e{volunteers}", model="tiny", units=volunteers, rounds=rounds, steps=steps, batch=8, seq=128,
+                download_codec=download_codec,
+            )
+        )  # fmt: skip
         port = coordinator.base.rsplit(":", 1)[1]
         for i in range(volunteers):
             home = work / f"e2e-{volunteers}-v{i}"
@@ -98,7 +110,13 @@ def end_to_end(dataset: Path, work: Path, volunteers: int, rounds: int, steps: i
         elapsed = history[-1]["closed_at"] - history[0]["opened_at"]
         units = rounds * volunteers
         wire = api.metric("commonweights_ws_bytes_received_total") + api.metric("commonweights_ws_bytes_sent_total")
+        versions = api.request("GET", f"/api/campaigns/{campaign['id']}/versions")["versions"]
+        deltas = [v["delta_bytes"] for v in versions if v["delta_bytes"] is not None]
         return {
+            "checkpoint_bytes": versions[-1]["checkpoint_bytes"],
+            "delta_bytes": sum(deltas) / max(1, len(deltas)),
+            # A unit's data slice: H steps of 8×128 tokens plus one, as uint16.
+            "data_bytes_per_unit": 2 * (steps * 8 * 128 + 1),
             "volunteers": volunteers,
             "threads": threads,
             "tokens": row["tokens_trained"],
@@ -292,14 +310,20 @@ def run_bench_system(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {"end_to_end": [], "ingestion": None}
     for n in counts:
         console.print(f"end to end with {n} volunteer(s), {args.rounds} rounds of H={args.inner_steps} …")
-        system = end_to_end(dataset, work, n, args.rounds, args.inner_steps)
+        system = end_to_end(dataset, work, n, args.rounds, args.inner_steps, args.download_codec)
         local = in_process(dataset, n * args.rounds, args.inner_steps, threads=os.cpu_count() or 2)
         ratio = local["tokens_per_s"] / system["tokens_per_s"]
         results["end_to_end"].append({"system": system, "in_process": local, "overhead": ratio})
+        update = system["update_bytes_per_unit"]
+        # Once a volunteer holds a version, a unit moves one delta down and one update up.
+        steady = (update + system["delta_bytes"]) / update
         rows.append([
             str(n), str(int(system["threads"])), f"{system['tokens']:,}", f"{system['tokens_per_s']:,.0f}",
             f"{local['tokens_per_s']:,.0f}", f"{100 * (ratio - 1):+.1f}%",
-            f"{system['wire_bytes_per_unit'] / 1e6:.2f} MB", f"{system['update_bytes_per_unit'] / 1e6:.3f} MB",
+            f"{system['wire_bytes_per_unit'] / 1e6:.2f} MB", f"{update / 1e6:.3f} MB",
+            f"{system['data_bytes_per_unit'] / 1e6:.3f} MB",
+            f"{system['delta_bytes'] / 1e6:.3f} MB of {system['checkpoint_bytes'] / 1e6:.2f} MB",
+            f"{steady:.2f}× ({'met' if steady <= WIRE_TARGET else 'missed'})",
         ])  # fmt: skip
         console.print(rows[-1])
     console.print(f"ingestion: {args.ingest_clients} clients, {args.ingest_updates} updates of the small preset …")
@@ -309,7 +333,8 @@ def run_bench_system(args: argparse.Namespace) -> int:
     console.print(ingestion)
     e2e_table = markdown_table(
         ["volunteers", "threads each", "tokens", "system tokens/s", "in-process tokens/s", "overhead",
-         "wire bytes / unit", "update bytes / unit"],
+         "wire bytes / unit", "update bytes / unit", "data slice / unit", "delta / version",
+         f"(update + delta) ÷ update, target ≤ {WIRE_TARGET}×"],
         rows,
     )  # fmt: skip
     ingest_table = markdown_table(
@@ -328,7 +353,10 @@ def run_bench_system(args: argparse.Namespace) -> int:
         f"for {args.rounds} rounds of H={args.inner_steps} steps of 8×128 tokens (int8 updates); tokens/s is measured "
         "from the first round's opening to the last round's close. In-process: the same number of units back to back "
         "in one process with all CPU threads. Overhead = in-process tokens/s ÷ system tokens/s − 1. Wire bytes count "
-        "every WebSocket frame both ways (the checkpoint download of each new version dominates).",
+        "every WebSocket frame both ways, averaged over all units: each volunteer's first unit downloads the whole "
+        f"checkpoint, each later one the {args.download_codec} delta of the new version (protocol.md, checkpoint "
+        "deltas), plus the unit's data slice. The last column is the model's traffic per unit once a volunteer holds "
+        "a version: one delta down, one update up, against the update alone.",
         e2e_table,
         f"Ingestion: {ingestion['clients']} simulated volunteers on loopback submit int8 updates of the `small` preset "
         f"({ingestion['parameters'] / 1e6:.1f}M parameters) to a coordinator process, each waiting for its ack; the "

@@ -12,6 +12,7 @@ A spec is TOML (or the same structure as JSON over the REST API):
     token_budget = 2_000_000
     seed = 0
     codec = "int8"              # or a table: codec = { name = "topk", topk_fraction = 0.01 }
+    download_codec = "int8"     # how each new version reaches volunteers that hold the previous one
     shard_plan = "full"         # or "groups:N": split the parameter groups into N shards
     license = "apache-2.0"      # the trained model's license, on its model card (exports)
     data_description = "..."    # the data in the lead's words, on the model card
@@ -73,6 +74,7 @@ __all__ = [
 ]
 
 DEFAULT_CODEC = "int8"
+DEFAULT_DOWNLOAD_CODEC = "int8"
 
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -299,6 +301,15 @@ class CampaignSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     codec: Annotated[CodecConfig, Meta(description="A codec name, or a table with its name and parameters.")] = (
         msgspec.field(default_factory=lambda: CodecConfig.from_name(DEFAULT_CODEC))
     )
+    download_codec: Annotated[
+        CodecConfig,
+        Meta(
+            description=(
+                "Codec of the deltas that bring volunteers from one version to the next (protocol.md, checkpoint "
+                "deltas); what a lossy one leaves out goes out with the next delta."
+            )
+        ),
+    ] = msgspec.field(default_factory=lambda: CodecConfig.from_name(DEFAULT_DOWNLOAD_CODEC))
     shard_plan: Annotated[
         str,
         Meta(

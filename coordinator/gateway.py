@@ -43,6 +43,7 @@ from protocol.messages import (
     BlobChunk,
     BlobRef,
     BlobRequest,
+    CheckpointDelta,
     ErrorMessage,
     Goodbye,
     Hello,
@@ -585,6 +586,7 @@ async def _answer_request(session: Session, answer: Assignment | Evaluation | No
     else:
         unit = work_unit_message(answer)
     session.blobs |= {ref.sha256 for ref in (unit.checkpoint, unit.data, unit.graph) if ref is not None}
+    session.blobs |= {step.delta.sha256 for step in unit.deltas}
     await _send(session, unit)
 
 
@@ -803,4 +805,8 @@ def work_unit_message(a: Assignment) -> WorkUnit:
         codec=a.spec.codec.to_dict(),  # type: ignore[arg-type]
         max_update_bytes=a.max_update_bytes,
         graph=BlobRef(sha256=a.graph[0], size=a.graph[1]) if a.graph is not None else None,
+        deltas=tuple(
+            CheckpointDelta(base=d.base, delta=BlobRef(sha256=d.delta_sha, size=d.delta_size), result=d.result)
+            for d in a.deltas
+        ),
     )

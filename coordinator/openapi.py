@@ -272,13 +272,18 @@ def codec_schema() -> Schema:
     }
 
 
+# Spec fields that take a codec: a name or a table.
+CODEC_FIELDS = ("codec", "download_codec")
+
+
 def campaign_spec_schema() -> Schema:
     """The JSON Schema of a campaign spec: msgspec's, from the declarations in coordinator.campaign,
     with the sections inlined, `T | None` as a type list, and the codec as a name or a table."""
     (top,), definitions = msgspec.json.schema_components([CampaignSpec], ref_template="{name}")
     schema = _inline(top, definitions)
-    codec = schema["properties"]["codec"]
-    schema["properties"]["codec"] = {"description": codec["description"], **codec_schema()}
+    for name in CODEC_FIELDS:
+        codec = schema["properties"][name]
+        schema["properties"][name] = {"description": codec["description"], **codec_schema()}
     return schema
 
 
@@ -394,6 +399,9 @@ COMPONENTS: dict[str, Schema] = {
                         "tokens": INT,
                         "updates": INT,
                         "checkpoint_sha256": STR,
+                        "checkpoint_bytes": INT,
+                        "delta_sha256": NULLABLE_STR,
+                        "delta_bytes": NULLABLE_INT,
                         "created_at": NUM,
                     }
                 )

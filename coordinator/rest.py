@@ -370,6 +370,9 @@ async def list_versions(request: web.Request) -> web.Response:
                     "tokens": v.tokens_total,
                     "updates": v.updates,
                     "checkpoint_sha256": v.checkpoint_sha,
+                    "checkpoint_bytes": v.checkpoint_size,
+                    "delta_sha256": v.delta_sha,
+                    "delta_bytes": v.delta_size,
                     "created_at": v.created_at,
                 }
                 for v in versions

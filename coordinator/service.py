@@ -393,9 +393,11 @@ class Coordinator:
         return self.runtimes.get(unit.campaign_id) if unit else None
 
     def volunteer_may_read(self, volunteer_id: str, digest: str) -> bool:
-        """Blobs a volunteer may download: published checkpoints, ONNX graphs and its own units' data."""
+        """Blobs a volunteer may download: published checkpoints and their deltas, ONNX graphs and its own
+        units' data."""
         return (
             self.store.is_checkpoint(digest)
+            or self.store.is_delta(digest)
             or self.graphs.is_graph(digest)
             or self.evaluations.is_blob(digest)
             or self.store.is_unit_data_of(digest, volunteer_id)

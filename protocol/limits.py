@@ -45,6 +45,9 @@ MAX_BLOB_BYTES: Final = 1 << 40
 MAX_INFLIGHT_BLOB_REQUESTS: Final = 8
 """Most `blob_request` frames a volunteer may have unanswered at once."""
 
+MAX_CHECKPOINT_DELTAS: Final = 16
+"""Most entries in `work_unit.deltas`: a client this many versions behind can still skip the checkpoint."""
+
 # --- Collections --------------------------------------------------------------------------------
 
 MAX_INNER_STEPS: Final = 10_000

@@ -33,6 +33,7 @@ from protocol.limits import (
     MAX_BATCH,
     MAX_BLOB_BYTES,
     MAX_BLOB_CHUNK_BYTES,
+    MAX_CHECKPOINT_DELTAS,
     MAX_CODEC_PARAMS,
     MAX_CODECS,
     MAX_CREDIT,
@@ -190,6 +191,14 @@ class BlobRef(Struct, frozen=True, forbid_unknown_fields=True):
 
     sha256: Annotated[Sha256, Meta(description="SHA-256 of the blob's bytes; verify it before use.")]
     size: Annotated[int, Meta(ge=0, le=MAX_BLOB_BYTES, description="Size of the blob in bytes.")]
+
+
+class CheckpointDelta(Struct, frozen=True, forbid_unknown_fields=True):
+    """One step of a checkpoint's delta chain: the blob that turns checkpoint `base` into checkpoint `result`."""
+
+    base: Annotated[Sha256, Meta(description="SHA-256 of the checkpoint the delta applies to.")]
+    delta: Annotated[BlobRef, Meta(description="A tensor frame of one tensor per checkpoint tensor, added in float32.")]
+    result: Annotated[Sha256, Meta(description="SHA-256 of the checkpoint the sum makes, byte for byte.")]
 
 
 class ModelConfig(Struct, frozen=True, forbid_unknown_fields=True):
@@ -495,10 +504,27 @@ class WorkUnit(Struct, frozen=True, forbid_unknown_fields=True):
             )
         ),
     ] = None
+    deltas: Annotated[
+        tuple[CheckpointDelta, ...],
+        Meta(
+            max_length=MAX_CHECKPOINT_DELTAS,
+            description=(
+                "Deltas from earlier checkpoints to this one, oldest first, each result the next one's base and "
+                "the last result the checkpoint: a client holding a base rebuilds the checkpoint from the deltas "
+                "after it instead of downloading it. Empty when there are none."
+            ),
+        ),
+    ] = ()
 
     def __post_init__(self) -> None:
         if (self.graph is None) != (self.runtime == "torch"):
             raise FieldError("graph", "must be a blob when runtime is onnxruntime and null when it is torch")
+        for i, step in enumerate(self.deltas):
+            following = self.deltas[i + 1].base if i + 1 < len(self.deltas) else self.checkpoint.sha256
+            if step.result != following:
+                raise FieldError(
+                    "deltas", f"entry {i}'s result must be the base of the next entry, or the last one the checkpoint"
+                )
         if set(self.shard) != set(self.shard_shapes):
             missing = sorted(set(self.shard) - set(self.shard_shapes))
             extra = sorted(set(self.shard_shapes) - set(self.shard))

@@ -77,6 +77,7 @@ class SimConfig:
     inner_state: str = "fresh"  # see the module docstring
     volunteers: int = 0  # pool the units are spread over; 0: twice the workers
     late_fraction: float = 0.1  # units trained on the previous version, applied one round late
+    download_codec: str = ""  # volunteers fetch each version as a delta in this codec; "": exact weights
 
     def __post_init__(self) -> None:
         problems = []
@@ -91,6 +92,11 @@ class SimConfig:
             problems.append(f"volunteers ({self.volunteers}) can't be fewer than workers ({self.workers})")
         if not 0.0 <= self.late_fraction < 1.0:
             problems.append(f"late_fraction must be in [0, 1), got {self.late_fraction}")
+        if self.download_codec:
+            try:
+                CodecConfig.from_name(self.download_codec)
+            except ValueError as error:
+                problems.append(f"download_codec: {error}")
         if problems:
             raise ValueError("invalid simulation: " + "; ".join(problems))
 
@@ -105,6 +111,8 @@ class SimConfig:
             extra = "" if self.inner_state == "fresh" else f", {self.inner_state} AdamW"
             if (self.pool, self.late_fraction) != (2 * self.workers, 0.1):
                 extra += f", {self.pool} volunteers, {self.late_fraction:.0%} late"
+            if self.download_codec:
+                extra += f", {self.download_codec} downloads"
             return f"DiLoCo H={self.inner_steps} {self.codec} ({self.outer}{extra})"
         return {"data_parallel": "data-parallel", "single": "single worker"}[self.mode]
 
@@ -263,9 +271,14 @@ def _run_diloco(
     feedback: dict[int, ErrorFeedback] = {}
     uploaded: dict[int, int] = {}
     previous: dict[str, torch.Tensor] | None = None  # θ_{v-1}, which late units started from
-    _eval_point(result, config, model, holdout)
+    # Compressed downloads: volunteers hold θ'_v, rebuilt from deltas; the coordinator keeps the exact θ_v
+    # and sends θ_{v+1} − θ'_v, so what a delta loses is sent again with the next one (error feedback).
+    download = CodecConfig.from_name(config.download_codec) if config.download_codec else None
+    published = {name: p.detach().clone() for name, p in global_params.items()}
+    served = build_model(model.config, seed=config.seed, device=device) if download else model
+    _eval_point(result, config, served, holdout)
     total = config.steps * config.workers
-    done, step = 0, 0
+    done, step, downloaded = 0, 0, 0
     while step < config.steps:
         steps = min(config.inner_steps, config.steps - step)
         inner = config.inner_config(steps=steps, schedule_steps=config.steps, warmup=config.warmup)
@@ -275,7 +288,7 @@ def _run_diloco(
             else [int(v) for v in draw.choice(config.pool, size=config.workers, replace=False)]
         )
         late = [previous is not None and draw.random() < config.late_fraction for _ in volunteers]
-        current = {name: value.detach().clone() for name, value in model.state_dict().items()}
+        current = {name: published.get(name, value).detach().clone() for name, value in model.state_dict().items()}
         round_losses: list[list[float]] = []
         for k, volunteer in enumerate(volunteers):
             # DiLoCo's worker k keeps its state; otherwise a model (and its AdamW) follows the volunteer.
@@ -309,14 +322,25 @@ def _run_diloco(
             result.tokens += unit.tokens
         outer.step(global_params, accumulator.mean())
         accumulator.reset()
+        if download is None:
+            published = {name: p.detach().clone() for name, p in global_params.items()}
+        else:
+            payload = encode({name: p.detach() - published[name] for name, p in global_params.items()}, download)
+            for name, value in decode(payload, specs).items():
+                published[name] += value
+            downloaded += len(payload) * config.workers
+            served.load_state_dict(published, strict=False)
         previous = current
         result.outer_steps += 1
         result.train_losses.extend(float(np.mean(col)) for col in zip(*round_losses, strict=True))
         step += steps
-        loss = _eval_point(result, config, model, holdout)
+        loss = _eval_point(result, config, served, holdout)
         progress(done, total, f"outer step {result.outer_steps}: holdout loss {loss:.3f}")
     # Bytes per worker slot: what all volunteers sent, over the K slots (a pool spreads it unevenly).
     result.bytes_per_worker = math.ceil(sum(uploaded.values()) / config.workers)
+    if download is not None:
+        # A unit fetches one delta: that of the version it starts from.
+        result.extra["download_bytes_per_unit"] = downloaded / max(1, config.workers * result.outer_steps)
     return result
 
 
@@ -406,6 +430,7 @@ def config_from_args(args: argparse.Namespace, **overrides: object) -> SimConfig
         "inner_state": args.inner_state,
         "volunteers": args.volunteers,
         "late_fraction": args.late_fraction,
+        "download_codec": args.download_codec,
     }
     values.update(overrides)
     return SimConfig(**values)  # type: ignore[arg-type]

@@ -43,6 +43,7 @@ import torch
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from protocol.checkpoints import CheckpointFormatError, apply_delta
 from protocol.codecs import CODEC_NAMES
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.limits import MAX_FRAME_BYTES, MAX_LOSS, RECONNECT_BASE_DELAY_S, RECONNECT_MAX_DELAY_S
@@ -903,9 +904,35 @@ class Worker:
         """The unit's checkpoint, data and (for onnxruntime) step graph, from the cache or the coordinator."""
         self._set_activity(WorkerState.DOWNLOADING, unit.campaign_name)
         refs = [unit.checkpoint, unit.data, *([unit.graph] if unit.graph is not None else [])]
-        blobs = [await self._fetch(ref) for ref in refs]
+        blobs = [await self._checkpoint(unit), *[await self._fetch(ref) for ref in refs[1:]]]
         self.cache.evict(keep={ref.sha256 for ref in refs})
         return blobs[0], blobs[1], blobs[2] if unit.graph is not None else None
+
+    async def _checkpoint(self, unit: WorkUnit) -> bytes:
+        """The unit's checkpoint: cached, rebuilt from a cached earlier one and the deltas after it when
+        they are smaller, or downloaded (protocol.md, checkpoint deltas)."""
+        target = unit.checkpoint
+        held = [i for i, step in enumerate(unit.deltas) if self.cache.contains(step.base)]
+        if self.cache.contains(target.sha256) or not held:
+            return await self._fetch(target)
+        steps = unit.deltas[held[-1] :]
+        if sum(step.delta.size for step in steps) >= target.size:
+            return await self._fetch(target)
+        try:
+            current = self.cache.read(steps[0].base)
+            for step in steps:
+                if current is None:  # evicted or rotten since contains(): no base to build on
+                    raise BlobError("missing_base", f"checkpoint {step.base[:12]}… left the cache")
+                delta = await self._fetch(step.delta)
+                current = await asyncio.to_thread(apply_delta, current, delta)
+                if hashlib.sha256(current).hexdigest() != step.result:
+                    raise BlobError("delta_mismatch", f"the delta to {step.result[:12]}… rebuilt other bytes")
+                self.cache.put(current)
+            assert current is not None
+            return current
+        except (BlobError, CheckpointFormatError, _Refused) as error:
+            log.warning("rebuilding checkpoint %s from deltas failed (%s); downloading it", target.sha256[:12], error)
+            return await self._fetch(target)
 
     async def _fetch(self, ref: BlobRef) -> bytes:
         began = time.monotonic()

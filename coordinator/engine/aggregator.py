@@ -27,8 +27,9 @@ from coordinator.engine.scheduler import Scheduler
 from coordinator.engine.state import CampaignState, model_config_for
 from coordinator.engine.states import CloseReason, SubmissionStatus, UnitState
 from coordinator.store import VersionRow
+from protocol.checkpoints import checkpoint_bytes, make_delta
 from training.aggregation import aggregate_updates
-from training.checkpoint import load_state, load_weights, save_state, save_weights
+from training.checkpoint import load_state, load_weights, save_state
 from training.data import TokenDataset
 from training.model import build_model
 
@@ -40,7 +41,7 @@ ALL = 1 << 40  # the store's `limit`: every row (a round's updates, however many
 def initial_version(spec: CampaignSpec, dataset: TokenDataset) -> tuple[bytes, bytes]:
     """θ_0 and the empty optimizer state for a new campaign, as blobs."""
     model = build_model(model_config_for(spec, dataset), seed=spec.seed)
-    return save_weights(dict(model.named_parameters())), save_state({"outer": {}, "cohort": {}})
+    return checkpoint_bytes(dict(model.named_parameters())), save_state({"outer": {}, "cohort": {}})
 
 
 class Aggregator:
@@ -58,8 +59,11 @@ class Aggregator:
         if version is None:
             raise RuntimeError(f"campaign {row.name} has no version {row.current_version}")
         s.version_row = version
-        s.params = load_weights(s.blobs.get(version.checkpoint_sha), s.shapes)
+        s.published = load_weights(s.blobs.get(version.checkpoint_sha), s.shapes)
         saved = load_state(s.blobs.get(version.state_sha))
+        # The exact weights, where lossy deltas made the published ones differ (versions before deltas: equal).
+        master = saved.get("master") or {}
+        s.params = {name: (master.get(name, value)).clone() for name, value in s.published.items()}
         if saved.get("outer"):
             s.outer.load_state_dict(saved["outer"])
         if saved.get("cohort"):
@@ -121,9 +125,14 @@ class Aggregator:
             aggregate = self._aggregate(current.row.id)
             if aggregate:
                 s.outer.step(s.params, aggregate)
-            checkpoint = save_weights(s.params)
+            # Volunteers holding θ'_v rebuild θ'_{v+1} from the delta bit for bit; it is the checkpoint.
+            delta, s.published = make_delta(s.params, s.published, s.spec.download_codec)
+            checkpoint = checkpoint_bytes(s.published)
             checkpoint_sha = s.blobs.put(checkpoint)
-            state_sha = s.blobs.put(save_state({"outer": s.outer.state_dict(), "cohort": s.cohort.state_dict()}))
+            delta_sha = s.blobs.put(delta)
+            state_sha = s.blobs.put(
+                save_state({"outer": s.outer.state_dict(), "cohort": s.cohort.state_dict(), "master": s.params})
+            )
             s.store.close_round(
                 current.row.id,
                 reason=reason,
@@ -132,6 +141,7 @@ class Aggregator:
                 state_sha=state_sha,
                 updates=current.accepted,
                 tokens=current.tokens,
+                delta=(delta_sha, len(delta)),
             )
             s.counters.round_seconds.append(s.clock() - current.row.opened_at)
             s.round = None
@@ -199,6 +209,6 @@ class Aggregator:
             s.count_rejection("stale_update")
 
     def snapshot(self) -> dict[str, torch.Tensor]:
-        """A copy of θ_v for readers on other threads (the holdout evaluator)."""
+        """A copy of θ'_v, the published weights, for readers on other threads (the holdout evaluator)."""
         with self.state.lock:
-            return {n: t.clone() for n, t in self.state.params.items()}
+            return {n: t.clone() for n, t in self.state.published.items()}

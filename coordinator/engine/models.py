@@ -47,6 +47,17 @@ class Assignment:
     max_update_bytes: int
     runtime: str = "torch"  # what the volunteer trains with (the gateway decides)
     graph: tuple[str, int] | None = None  # the ONNX step graph's blob (sha256, size) for onnxruntime
+    deltas: tuple[DeltaStep, ...] = ()  # the checkpoint's delta chain, oldest first
+
+
+@dataclass(frozen=True)
+class DeltaStep:
+    """The delta blob from checkpoint `base` to checkpoint `result` (protocol.md, checkpoint deltas)."""
+
+    base: str
+    delta_sha: str
+    delta_size: int
+    result: str
 
 
 @dataclass(frozen=True)

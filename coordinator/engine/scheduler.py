@@ -12,17 +12,19 @@ pool. Every lease ever granted is remembered, so a stale lease is told apart fro
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import uuid
 
 import numpy as np
 
-from coordinator.engine.models import Assignment, NoWork, RoundState
+from coordinator.engine.models import Assignment, DeltaStep, NoWork, RoundState
 from coordinator.engine.state import CampaignState
 from coordinator.engine.states import CampaignStatus, SubmissionStatus, UnitState
-from coordinator.store import UnitRow
+from coordinator.store import UnitRow, VersionRow
 from coordinator.validation import TrustState
 from protocol.codecs import encoded_size_bound
+from protocol.limits import MAX_CHECKPOINT_DELTAS
 from protocol.tensors import TensorSpec
 from training.accumulator import DeltaAccumulator
 from training.model import ModelConfig
@@ -286,7 +288,25 @@ class Scheduler:
             global_step=s.global_step(unit),
             inner=s.inner_config,
             max_update_bytes=encoded_size_bound(specs, s.spec.codec),
+            deltas=self.delta_chain(version),
         )
+
+    def delta_chain(self, version: VersionRow) -> tuple[DeltaStep, ...]:
+        """The deltas up to `version`'s checkpoint, oldest first: as many as add up to less than the
+        checkpoint (past that a client downloads the checkpoint) and at most MAX_CHECKPOINT_DELTAS."""
+        s = self.state
+        first = max(0, version.version - MAX_CHECKPOINT_DELTAS)
+        rows = s.store.versions_between(s.row.id, first, version.version)
+        chain: list[DeltaStep] = []
+        total = 0
+        for earlier, later in reversed(list(itertools.pairwise(rows))):
+            if later.delta_sha is None or later.delta_size is None or later.version != earlier.version + 1:
+                break
+            total += later.delta_size
+            if total >= version.checkpoint_size:
+                break
+            chain.append(DeltaStep(earlier.checkpoint_sha, later.delta_sha, later.delta_size, later.checkpoint_sha))
+        return tuple(reversed(chain))
 
     def heartbeat(
         self, volunteer_id: str, unit_id: str, lease_id: str, *, step: int | None = None

@@ -105,7 +105,10 @@ class CampaignState:
         self.trust = TrustTracker()
         self.counters = Counters()
         self.lock = threading.RLock()  # the holdout evaluator reads θ_v from another thread
+        # θ_v as the outer optimizer keeps it, and θ'_v as published: the checkpoint volunteers rebuild
+        # from deltas (protocol.md, checkpoint deltas). They differ by what the lossy deltas left out.
         self.params: dict[str, torch.Tensor] = {}
+        self.published: dict[str, torch.Tensor] = {}
         self.outer: OuterOptimizer = make_outer_optimizer(
             self.spec.outer.optimizer, lr=self.spec.outer.lr, momentum=self.spec.outer.momentum
         )
@@ -295,10 +298,10 @@ class CampaignState:
         return batches
 
     def theta(self, version: int) -> dict[str, torch.Tensor]:
-        """θ of a recent version: the current one in memory, older ones loaded once and kept while
-        updates against them can still count."""
-        if version == self.row.current_version and self.params:
-            return self.params
+        """θ' of a recent version, the weights volunteers train from: the current one in memory, older
+        ones loaded once and kept while updates against them can still count."""
+        if version == self.row.current_version and self.published:
+            return self.published
         cached = self._thetas.get(version)
         if cached is None:
             row = self.store.version(self.row.id, version)

@@ -79,8 +79,16 @@ class CampaignStore(Protocol):
         """The holdout loss of a campaign's newest evaluated version."""
         ...
 
+    def versions_between(self, campaign_id: int, first: int, last: int) -> list[VersionRow]:
+        """The campaign's versions numbered `first` to `last` (both included), in order."""
+        ...
+
     def is_checkpoint(self, digest: str) -> bool:
         """Whether a blob is one of the versions' published checkpoints."""
+        ...
+
+    def is_delta(self, digest: str) -> bool:
+        """Whether a blob is the delta of a published version from the one before it."""
         ...
 
     def graph(self, key: str) -> tuple[str, int] | None:
@@ -105,10 +113,11 @@ class CampaignStore(Protocol):
         state_sha: str,
         updates: int,
         tokens: int,
+        delta: tuple[str, int] | None = None,
     ) -> None:
-        """Publish version `version` and close the round: all or nothing. The round's accepted
-        submissions become applied and its pending units cancelled; a round not open raises
-        `StoreError`."""
+        """Publish version `version` (with `delta`, the blob from the previous checkpoint to its own) and
+        close the round: all or nothing. The round's accepted submissions become applied and its pending
+        units cancelled; a round not open raises `StoreError`."""
         ...
 
 

@@ -48,6 +48,9 @@ class VersionRow:
     tokens_total: int
     holdout_loss: float | None
     created_at: float
+    # The delta from the previous version's checkpoint to this one's; None for version 0 and older rows.
+    delta_sha: str | None = None
+    delta_size: int | None = None
 
 
 @dataclass(frozen=True)

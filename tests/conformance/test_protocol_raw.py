@@ -632,15 +632,15 @@ async def test_a_text_frame_is_a_malformed_frame(server: LiveCoordinator) -> Non
         pytest.param(pack(frame("goodbye", reason="")) + b"\x00", id="trailing-byte"),
         pytest.param(pack(["goodbye", 1]), id="not-a-map"),
         pytest.param(pack({"type": "goodbye", "reason": ""}), id="no-v"),
-        pytest.param(b"\x83\xa4type\xa7goodbye\xa1v\x02\xa1v\x02", id="duplicate-key"),
+        pytest.param(b"\x83\xa4type\xa7goodbye\xa1v\x03\xa1v\x03", id="duplicate-key"),
         pytest.param(
-            msgpack.packb({"type": "goodbye", "v": 2, "reason": msgpack.ExtType(1, b"x")}), id="extension-type"
+            msgpack.packb({"type": "goodbye", "v": 3, "reason": msgpack.ExtType(1, b"x")}), id="extension-type"
         ),
         pytest.param(pack(frame("goodbye", reason=""))[:-3], id="truncated"),
-        pytest.param(b"\x83\xa4type\xa7goodbye\xa1v\x02\xa6reason\xc1", id="byte-0xc1"),
+        pytest.param(b"\x83\xa4type\xa7goodbye\xa1v\x03\xa6reason\xc1", id="byte-0xc1"),
         pytest.param(pack({"type": "goodbye", "v": "1", "reason": ""}), id="v-not-an-integer"),
-        pytest.param(pack({"type": 7, "v": 2, "reason": ""}), id="type-not-a-string"),
-        pytest.param(pack({"type": "goodbye", "v": 2, "reason": "", 1: "x"}), id="integer-map-key"),
+        pytest.param(pack({"type": 7, "v": 3, "reason": ""}), id="type-not-a-string"),
+        pytest.param(pack({"type": "goodbye", "v": 3, "reason": "", 1: "x"}), id="integer-map-key"),
         pytest.param(pack(frame("goodbye", reason=[[[[[[[[""]]]]]]]])), id="nesting-deeper-than-8"),
         pytest.param(pack(frame("goodbye", reason=[0] * 70_000)), id="more-than-65536-values"),
     ],

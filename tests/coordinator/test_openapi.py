@@ -16,7 +16,7 @@ from aiohttp.test_utils import make_mocked_request
 from coordinator.app import create_app
 from coordinator.campaign import CampaignSpec, InnerSettings, OuterSettings, RoundSettings, ValidationSettings
 from coordinator.dashboard import PAGES
-from coordinator.openapi import CODEC_BOUNDS, OPENAPI_PATH, campaign_spec_schema
+from coordinator.openapi import CODEC_BOUNDS, CODEC_FIELDS, OPENAPI_PATH, campaign_spec_schema
 from coordinator.rest import ROUTES
 from coordinator.service import CoordinatorConfig
 from protocol.codecs import CodecConfig, CodecError
@@ -111,11 +111,11 @@ def test_the_spec_schema_has_every_field_of_campaign_spec_with_its_default() -> 
     for f in msgspec.structs.fields(CampaignSpec):
         if f.name in SECTIONS:
             expected |= {f"{f.name}.{g.name}": _default(g) for g in msgspec.structs.fields(SECTIONS[f.name])}
-        elif f.name != "codec":
+        elif f.name not in CODEC_FIELDS:
             expected[f.name] = _default(f)
     schema = campaign_spec_schema()
     leaves = _leaves(schema)
-    assert set(leaves) == {*expected, "codec"}
+    assert set(leaves) == {*expected, *CODEC_FIELDS}
     for path, default in expected.items():
         if default is dataclasses.MISSING:
             assert "default" not in leaves[path]
@@ -137,8 +137,9 @@ def _types(leaf: dict[str, Any]) -> set[str]:
 
 def test_every_number_in_the_spec_has_an_upper_bound_and_every_text_a_longest_length() -> None:
     leaves = _leaves(campaign_spec_schema())
-    (codec_table,) = [arm for arm in leaves.pop("codec")["oneOf"] if arm["type"] == "object"]
-    leaves |= {f"codec.{name}": leaf for name, leaf in codec_table["properties"].items()}
+    for field in CODEC_FIELDS:
+        (codec_table,) = [arm for arm in leaves.pop(field)["oneOf"] if arm["type"] == "object"]
+        leaves |= {f"{field}.{name}": leaf for name, leaf in codec_table["properties"].items()}
     numbers = {path for path, leaf in leaves.items() if _types(leaf) & {"integer", "number"}}
     texts = {path for path, leaf in leaves.items() if "string" in _types(leaf)}
     assert {"token_budget", "seed", "inner.lr", "rounds.deadline_s", "codec.block_size"} <= numbers

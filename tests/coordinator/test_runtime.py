@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 from pathlib import Path
 
 import msgspec
@@ -11,6 +13,7 @@ import torch
 from coordinator.campaign import CampaignSpec
 from coordinator.engine import Assignment, NoWork
 from coordinator.service import Coordinator, CoordinatorConfig
+from protocol.checkpoints import apply_delta
 from tests.support.inprocess_volunteer import nan_frame, payload, train
 from training.checkpoint import load_weights
 
@@ -413,3 +416,50 @@ def test_a_data_slice_lost_to_a_power_cut_is_cut_again_on_restart(tmp_path: Path
     assert first_path.read_bytes() == original
     assert restarted.blobs.verify(second.unit.data_sha)
     restarted.close()
+
+
+ONE_UNIT_ROUNDS = {"units_per_round": 1, "min_accepted": 1, "lease_s": 60, "deadline_s": 600}
+
+
+@pytest.mark.parametrize("codec", ["int8", "fp16"])
+def test_each_version_is_the_previous_checkpoint_plus_its_delta_and_units_list_the_chain(
+    service: Coordinator, codec: str
+) -> None:
+    campaign_id = service.create_campaign(make_spec(download_codec=codec, rounds=ONE_UNIT_ROUNDS), owner="admin:1")
+    (volunteer,) = volunteers(service, 1)
+    for _ in range(3):
+        assert submit_honest(service, volunteer)[1] == "accepted"
+    versions = service.store.versions(campaign_id)
+    assert [v.version for v in versions] == [0, 1, 2, 3] and versions[0].delta_sha is None
+    for before, after in itertools.pairwise(versions):
+        assert after.delta_sha is not None
+        rebuilt = apply_delta(service.blobs.get(before.checkpoint_sha), service.blobs.get(after.delta_sha))
+        assert hashlib.sha256(rebuilt).hexdigest() == after.checkpoint_sha
+    chain = lease(service, volunteer).deltas
+    sizes = [v.delta_size or 0 for v in versions]
+    # The newest deltas, linked from base to result, as many as stay smaller than the checkpoint together.
+    assert [(d.base, d.result) for d in chain] == [
+        (before.checkpoint_sha, after.checkpoint_sha) for before, after in itertools.pairwise(versions)
+    ][3 - len(chain) :]
+    assert sum(d.delta_size for d in chain) < versions[3].checkpoint_size
+    if len(chain) < 3:
+        assert sum(sizes[3 - len(chain) :]) >= versions[3].checkpoint_size
+    assert len(chain) == 3 if codec == "int8" else len(chain) in (1, 2)
+
+
+def test_lossy_deltas_keep_the_exact_weights_across_a_restart(tmp_path: Path, small_dataset: Path) -> None:
+    config = CoordinatorConfig(data_dir=tmp_path / "coordinator", datasets={"small": small_dataset})
+    service = Coordinator.open(config, clock=Clock())
+    spec = make_spec(download_codec="sign1", rounds=ONE_UNIT_ROUNDS)
+    campaign_id = service.create_campaign(spec, owner="admin:1")
+    (volunteer,) = volunteers(service, 1)
+    submit_honest(service, volunteer)
+    state = service.runtimes[campaign_id].state
+    exact = {n: t.clone() for n, t in state.params.items()}
+    published = load_weights(service.blobs.get(service.store.version(campaign_id, 1).checkpoint_sha))  # type: ignore[union-attr]
+    assert any(not torch.equal(exact[n], published[n]) for n in exact), "sign1 should lose something"
+    assert all(torch.equal(state.published[n], published[n]) for n in exact)
+    service.close()
+    restarted = Coordinator.open(config, clock=Clock()).runtimes[campaign_id].state
+    assert all(torch.equal(restarted.params[n], exact[n]) for n in exact)
+    assert all(torch.equal(restarted.published[n], published[n]) for n in exact)

@@ -380,6 +380,12 @@ def work_units(draw: st.DrawFn) -> WorkUnit:
     tokens = recipe.tokens_needed + draw(st.integers(0, 1000))
     shape = st.lists(st.integers(1, 1 << 20), max_size=3).map(tuple)
     name = texts_for(1, 64, pattern=KEY)
+    # A chain of deltas ends at the checkpoint: each result is the next base.
+    drawn = list(kwargs["deltas"])
+    chain = [kwargs["checkpoint"].sha256]
+    for _ in drawn:
+        chain.insert(0, draw(st.text("0123456789abcdef", min_size=64, max_size=64)))
+    deltas = tuple(msgspec.structs.replace(step, base=chain[i], result=chain[i + 1]) for i, step in enumerate(drawn))
     return WorkUnit(
         **kwargs
         | {
@@ -390,6 +396,7 @@ def work_units(draw: st.DrawFn) -> WorkUnit:
             "shard_shapes": {param: draw(shape) for param in kwargs["shard"]},
             "codec": kwargs["codec"] | {"name": draw(name)},
             "graph": (kwargs["graph"] or BlobRef("0" * 64, 1)) if kwargs["runtime"] == "onnxruntime" else None,
+            "deltas": deltas,
         }
     )
 
@@ -513,30 +520,30 @@ def test_more_values_than_the_limit_is_malformed_before_unpacking() -> None:
 
 
 def test_a_duplicate_key_is_malformed() -> None:
-    frame = b"\x83\xa4type\xa7goodbye\xa1v\x02\xa4type\xa5hello"
+    frame = b"\x83\xa4type\xa7goodbye\xa1v\x03\xa4type\xa5hello"
     err = refusal(frame)
     assert (err.code, err.message) == (ErrorCode.MALFORMED_FRAME, "The key 'type' appears twice in one map.")
 
 
 def test_a_duplicate_key_in_a_nested_map_is_malformed_however_it_is_spelled() -> None:
     # The second "n" is a str8: the same key in a longer encoding; msgspec alone would let it win.
-    frame = b"\x83\xa4type\xa7goodbye\xa1v\x02\xa6reason\x82\xa1n\x01\xd9\x01n\x02"
+    frame = b"\x83\xa4type\xa7goodbye\xa1v\x03\xa6reason\x82\xa1n\x01\xd9\x01n\x02"
     err = refusal(frame)
     assert (err.code, err.message) == (ErrorCode.MALFORMED_FRAME, "The key 'n' appears twice in one map.")
 
 
 def test_a_bin_key_is_not_the_str_key_with_the_same_bytes() -> None:
-    frame = b"\x83\xa4type\xa7goodbye\xa1v\x02\xa6reason\x82\xa1n\x01\xc4\x01n\x02"
+    frame = b"\x83\xa4type\xa7goodbye\xa1v\x03\xa6reason\x82\xa1n\x01\xc4\x01n\x02"
     assert refusal(frame).code is ErrorCode.SCHEMA_VIOLATION
 
 
 def test_the_envelope_is_read_from_the_frame_map_only() -> None:
-    err = refusal({"reason": {"type": "goodbye", "v": 2}})
+    err = refusal({"reason": {"type": "goodbye", "v": 3}})
     assert (err.code, err.message) == (ErrorCode.MALFORMED_FRAME, "The frame has no 'type' string naming its message.")
 
 
 def test_invalid_utf8_is_malformed() -> None:
-    frame = b"\x83\xa4type\xa7goodbye\xa1v\x02\xa6reason\xa2\xff\xfe"
+    frame = b"\x83\xa4type\xa7goodbye\xa1v\x03\xa6reason\xa2\xff\xfe"
     assert refusal(frame).code is ErrorCode.MALFORMED_FRAME
 
 
@@ -555,8 +562,8 @@ def test_a_frame_over_max_bytes_is_refused_before_unpacking() -> None:
 @pytest.mark.parametrize(
     ("frame", "expected"),
     [
-        ({"v": 2, "reason": "x"}, "no 'type' string"),
-        ({"type": 7, "v": 2}, "no 'type' string"),
+        ({"v": 3, "reason": "x"}, "no 'type' string"),
+        ({"type": 7, "v": 3}, "no 'type' string"),
         ({"type": "goodbye", "reason": "x"}, "no integer 'v'"),
         ({"type": "goodbye", "v": "1", "reason": "x"}, "no integer 'v'"),
         ({"type": "goodbye", "v": True, "reason": "x"}, "no integer 'v'"),
@@ -570,7 +577,7 @@ def test_a_missing_or_mistyped_envelope_is_malformed(frame: dict[str, Any], expe
 
 
 def test_an_unknown_type_is_refused_with_the_accepted_ones() -> None:
-    err = refusal({"type": "hack", "v": 2})
+    err = refusal({"type": "hack", "v": 3})
     assert err.code is ErrorCode.UNKNOWN_TYPE
     assert "'hack'" in err.message and "hello, request_work" in err.message
     assert err.ref_type is None
@@ -668,7 +675,7 @@ def test_every_required_field_is_required_and_every_optional_one_defaults(case: 
         )
     else:
         message = decode(msgpack.packb(frame), direction=direction_of(tag))
-        assert getattr(message, spec.name) is None
+        assert getattr(message, spec.name) == spec.default and spec.default in (None, ())
 
 
 @pytest.mark.parametrize("tag", sorted(MESSAGE_TYPES))

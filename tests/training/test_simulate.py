@@ -121,3 +121,17 @@ def test_diloco_defaults_to_the_deployed_algorithm_and_offers_the_papers(dataset
 def test_simulator_refuses_impossible_deployments(changes: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SimConfig(**{**BASE.__dict__, **changes})
+
+
+def test_compressed_downloads_keep_the_error_for_the_next_delta(dataset: TokenDataset) -> None:
+    base = SimConfig(**{**BASE.__dict__, "steps": 15, "volunteers": 2, "late_fraction": 0.0})
+    exact = simulate(base, dataset)
+    sign = simulate(SimConfig(**{**base.__dict__, "download_codec": "sign1"}), dataset)
+    assert "download_bytes_per_unit" not in exact.extra
+    # sign1 is 1 bit a parameter plus a scale per block of 64: about 28× fewer bytes than fp32 weights.
+    ratio = 4 * sign.parameters / sign.extra["download_bytes_per_unit"]
+    assert 20 < ratio < 32
+    assert sign.label.endswith(", sign1 downloads)")
+    # Volunteers train from the rebuilt weights, so the run differs from the exact one after the first round.
+    assert sign.train_losses[:5] == exact.train_losses[:5] and sign.train_losses[5:] != exact.train_losses[5:]
+    assert sign.final_holdout_loss < sign.holdout_curve[0][1]

@@ -5,6 +5,7 @@ One coordinator serves the whole module; each test posts its own small campaign 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import shutil
@@ -26,6 +27,7 @@ from training.checkpoint import load_state
 from volunteer_app.credentials import CredentialStore
 from volunteer_app.worker import (
     Connected,
+    Downloading,
     RunSummary,
     StateChanged,
     TrainingProgress,
@@ -53,14 +55,14 @@ class Coordinator:
     def get(self, path: str) -> Any:
         return self.local.api.request("GET", path)
 
-    def post_campaign(self, *, steps: int = 4, units: int = 1) -> str:
-        """A one-round campaign of `units` units of `steps` inner steps; its id."""
+    def post_campaign(self, *, steps: int = 4, units: int = 1, rounds: int = 1) -> str:
+        """A campaign of `rounds` rounds of `units` units of `steps` inner steps; its id."""
         self.names += 1
         spec = {
             "name": f"volunteer-test-{self.names}",
             "model": "tiny",
             "dataset": "stdlib",
-            "token_budget": 64,
+            "token_budget": 64 if rounds == 1 else rounds * units * steps * 2 * 32,
             "codec": "int8",
             "inner": {"steps": steps, "batch_size": 2, "seq_len": 32, "warmup_steps": 0},
             "rounds": {"units_per_round": units, "min_accepted": units},
@@ -190,6 +192,25 @@ async def test_a_worker_stopped_mid_unit_resumes_the_unit_from_its_local_checkpo
     results = [e for e in events if isinstance(e, UnitResult)]
     assert [(r.status, r.code) for r in results] == [("accepted", None)]
     assert [v["version"] for v in coordinator.get(f"/api/campaigns/{campaign}/versions")["versions"]] == [0, 1]
+
+
+async def test_each_new_version_is_rebuilt_from_a_delta_instead_of_downloaded(
+    coordinator: Coordinator, tmp_path: Path
+) -> None:
+    campaign = coordinator.post_campaign(steps=3, rounds=3)
+    summary, events = await _run(dataclasses.replace(_config(coordinator, tmp_path, campaign), max_units=3))
+    assert summary.units == 3 and summary.error is None
+    versions = coordinator.get(f"/api/campaigns/{campaign}/versions")["versions"]
+    assert [v["version"] for v in versions] == [0, 1, 2, 3]
+    assert versions[0]["delta_sha256"] is None
+    assert all(0 < v["delta_bytes"] < v["checkpoint_bytes"] / 3 for v in versions[1:])
+    fetched = {e.sha256 for e in events if isinstance(e, Downloading)}
+    # Version 0 came whole; versions 1 and 2 came as int8 deltas (version 3 was never trained from).
+    assert versions[0]["checkpoint_sha256"] in fetched
+    assert {v["delta_sha256"] for v in versions[1:3]} <= fetched
+    assert not {v["checkpoint_sha256"] for v in versions[1:]} & fetched
+    cached = {path.name for path in (tmp_path / "cache").rglob("*") if path.is_file()}
+    assert {v["checkpoint_sha256"] for v in versions[1:3]} <= cached
 
 
 async def test_a_paused_worker_checkpoints_and_goes_on_when_resumed(coordinator: Coordinator, tmp_path: Path) -> None:

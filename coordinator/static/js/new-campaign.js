@@ -35,6 +35,7 @@ const SECTIONS = [
   ]],
   ["Compression and checks", [
     ["codec", "Update codec", "select", { hint: "How volunteers compress their updates; int8 is 4× smaller than fp32." }],
+    ["download_codec", "Download codec", "select", { hint: "How each new version reaches volunteers that hold the last one: a delta in this codec." }],
     ["validation.replication_rate", "Replication rate", "float", { hint: "Share of units computed twice and compared." }],
   ]],
 ];
@@ -190,9 +191,11 @@ if (gate(me, ["lead", "admin"], document.getElementById("gate"))) {
     dataset: datasets.details.map((d) => [d.name, d.train_tokens === null ? d.name : `${d.name} — ${fmtCount(d.train_tokens)} training tokens, vocabulary ${fmtCount(d.vocab_size)}`]),
     "outer.optimizer": options.optimizers.map((o) => [o.name, `${o.name} (default lr ${o.lr})`]),
     codec: options.codecs.map((c) => [c, c]),
+    download_codec: options.codecs.map((c) => [c, c]),
   };
   build(doc.components.schemas.CampaignSpec, choices);
   document.getElementById(fieldId("codec")).value = "int8";
+  document.getElementById(fieldId("download_codec")).value = "int8";
   if (!datasets.datasets.length) showErrors([], ["This coordinator has no prepared dataset; start it with --dataset NAME=DIR."]);
   form.hidden = false;
   form.addEventListener("input", estimate);

@@ -94,8 +94,18 @@ class SQLiteCampaigns(SQLiteWork):
         )
         return float(row["holdout_loss"]) if row else None
 
+    def versions_between(self, campaign_id: int, first: int, last: int) -> list[VersionRow]:
+        rows = self._all(
+            "SELECT * FROM versions WHERE campaign_id = ? AND version BETWEEN ? AND ? ORDER BY version",
+            (campaign_id, first, last),
+        )
+        return [VersionRow(**dict(r)) for r in rows]
+
     def is_checkpoint(self, digest: str) -> bool:
         return self._one("SELECT 1 FROM versions WHERE checkpoint_sha = ? LIMIT 1", (digest,)) is not None
+
+    def is_delta(self, digest: str) -> bool:
+        return self._one("SELECT 1 FROM versions WHERE delta_sha = ? LIMIT 1", (digest,)) is not None
 
     def graph(self, key: str) -> tuple[str, int] | None:
         row = self._one("SELECT sha256, size FROM graphs WHERE key = ?", (key,))
@@ -121,6 +131,7 @@ class SQLiteCampaigns(SQLiteWork):
         state_sha: str,
         updates: int,
         tokens: int,
+        delta: tuple[str, int] | None = None,
     ) -> None:
         """Publish version `version` and close the round: all or nothing."""
         now = self.clock()
@@ -134,8 +145,8 @@ class SQLiteCampaigns(SQLiteWork):
             )
             self.db.execute(
                 "INSERT INTO versions (campaign_id, version, checkpoint_sha, checkpoint_size, state_sha, round_id, "
-                "updates, tokens_total, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, "
-                "(SELECT tokens_trained FROM campaigns WHERE id = ?) + ?, ?)",
+                "updates, tokens_total, created_at, delta_sha, delta_size) VALUES (?, ?, ?, ?, ?, ?, ?, "
+                "(SELECT tokens_trained FROM campaigns WHERE id = ?) + ?, ?, ?, ?)",
                 (
                     row.campaign_id,
                     version,
@@ -147,6 +158,8 @@ class SQLiteCampaigns(SQLiteWork):
                     row.campaign_id,
                     tokens,
                     now,
+                    delta[0] if delta else None,
+                    delta[1] if delta else None,
                 ),
             )
             self.db.execute(

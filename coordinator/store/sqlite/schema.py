@@ -183,6 +183,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE submissions_v5 RENAME TO submissions;
     CREATE INDEX submissions_by_round ON submissions (round_id, status, applied);
     """,
+    # 5 -> 6: a version may have a delta from the previous one (protocol.md, checkpoint deltas)
+    """
+    ALTER TABLE versions ADD COLUMN delta_sha TEXT;
+    ALTER TABLE versions ADD COLUMN delta_size INTEGER;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
