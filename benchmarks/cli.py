@@ -30,9 +30,10 @@ LONG_HORIZON: dict[str, object] = {
     "eval_tokens": 32768,
     "corpus_bytes": 24_000_000,
     "configs": (
-        # DiLoCo as published (each worker keeps its AdamW), then as deployed, then the candidate fix;
+        # DiLoCo as published (each worker keeps its AdamW), then as deployed without and with the
+        # per-unit warm-up;
         # then the ≥ 1000× and ≥ 2000× candidates.
-        "50:int8:persistent:volunteers=4:late=0,50:int8,50:int8:volunteer,"
+        "50:int8:persistent:volunteers=4:late=0:unit_warmup=0,50:int8:unit_warmup=0,50:int8,"
         "100:dct:average,150:int2:average,100:sign1:average"
     ),
 }

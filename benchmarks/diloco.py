@@ -43,6 +43,7 @@ _OPTIONS = {
     "late": ("late_fraction", float),
     "volunteers": ("volunteers", int),
     "download": ("download_codec", str),
+    "unit_warmup": ("unit_warmup", float),
 }
 _CONFIG_SYNTAX = (
     "a configuration is H:codec[:option…], options being an outer optimizer (nesterov, average, adam), an inner "
@@ -210,7 +211,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
             "gradient every step; the reduction is its bytes divided by the configuration's.",
             "DiLoCo rows run the deployed algorithm unless their label says otherwise: each round's "
             f"{base.workers} units go to {base.workers} of {base.pool} volunteers drawn at random, every unit "
-            "starts a fresh AdamW, error feedback stays with the volunteer, and "
+            f"starts a fresh AdamW and ramps its learning rate over its first {base.unit_warmup:.0%} of steps, "
+            "error feedback stays with the volunteer, and "
             f"{base.late_fraction:.0%} of units arrive a version late (down-weighted as the coordinator does). "
             "*persistent AdamW* is DiLoCo as published (worker k keeps its AdamW moments across rounds); "
             "*volunteer AdamW*: each volunteer keeps its moments across the units it trains.",

@@ -133,6 +133,16 @@ class InnerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     ] = 1.0
     beta1: Annotated[float, Meta(ge=0, lt=1, description="AdamW's first-moment decay.")] = 0.9
     beta2: Annotated[float, Meta(ge=0, lt=1, description="AdamW's second-moment decay.")] = 0.95
+    # Measured (docs/benchmarks.md, what the deployed algorithm costs): every unit starts a fresh AdamW,
+    # whose first steps are too large; ramping the rate over half the unit recovers about half the loss.
+    unit_warmup: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=1,
+            description="Share of each unit's steps over which its learning rate ramps up (0: none).",
+        ),
+    ] = 0.5
 
     def problems(self) -> list[str]:
         return _declared_problems(self, "inner.")
@@ -377,6 +387,7 @@ class CampaignSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             grad_clip=inner.grad_clip,
             beta1=inner.beta1,
             beta2=inner.beta2,
+            unit_warmup_steps=round(inner.unit_warmup * inner.steps),
         )
 
     @classmethod

@@ -246,6 +246,14 @@ class InnerRecipe(Struct, frozen=True, forbid_unknown_fields=True):
     beta1: Annotated[float, Meta(ge=0.0, lt=1.0, description="AdamW beta1.")]
     beta2: Annotated[float, Meta(ge=0.0, lt=1.0, description="AdamW beta2.")]
     eps: Annotated[float, Meta(gt=0.0, le=1.0, description="AdamW epsilon.")]
+    unit_warmup_steps: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=MAX_INNER_STEPS,
+            description="The unit's own warm-up: its first steps' rates are ramped linearly over this many steps.",
+        ),
+    ] = 0
 
     @property
     def tokens_needed(self) -> int:

@@ -86,6 +86,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--volunteers", type=int, default=0, help="volunteers the units are spread over (default: 2 × workers)"
     )
     parser.add_argument("--late-fraction", type=float, default=0.1, help="share of units that arrive one version late")
+    parser.add_argument(
+        "--unit-warmup",
+        type=float,
+        default=0.5,
+        help="share of each DiLoCo unit's steps over which its learning rate ramps up, as deployed (0: none)",
+    )
+    parser.add_argument(
+        "--download-codec",
+        default="",
+        help="volunteers fetch each version as a delta in this codec, with error feedback (default: exact weights)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -35,6 +35,7 @@ __all__ = [
     "pick_device",
     "sequence_batches",
     "unit_batches",
+    "unit_learning_rate",
 ]
 
 
@@ -48,6 +49,7 @@ class InnerConfig:
     min_lr_ratio: float = 0.1
     warmup_steps: int = 0
     total_steps: int = 0  # length of the cosine schedule in global steps; 0: constant after warmup
+    unit_warmup_steps: int = 0  # each unit ramps its rate over its own first steps (a fresh AdamW's moments)
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     beta1: float = 0.9
@@ -64,6 +66,8 @@ class InnerConfig:
             problems.append(f"lr must be a positive number, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             problems.append(f"min_lr_ratio must be within [0, 1], got {self.min_lr_ratio}")
+        if self.unit_warmup_steps < 0:
+            problems.append(f"unit_warmup_steps can't be negative, got {self.unit_warmup_steps}")
         if self.warmup_steps < 0 or self.total_steps < 0:
             problems.append("warmup_steps and total_steps must not be negative")
         if self.weight_decay < 0 or self.grad_clip < 0:
@@ -96,6 +100,15 @@ def learning_rate(config: InnerConfig, global_step: int) -> float:
     progress = min(1.0, (global_step - config.warmup_steps) / (config.total_steps - config.warmup_steps))
     floor = config.lr * config.min_lr_ratio
     return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def unit_learning_rate(config: InnerConfig, first_step: int, step: int) -> float:
+    """The rate of a unit's inner step `step` (from 0) when its first step is global step `first_step`:
+    the campaign's schedule, times a linear ramp over the unit's first `unit_warmup_steps` steps."""
+    rate = learning_rate(config, first_step + step)
+    if step < config.unit_warmup_steps:
+        rate *= (step + 1) / config.unit_warmup_steps
+    return rate
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -227,7 +240,7 @@ class InnerLoop:
             if should_stop is not None and should_stop():
                 return self.result(finished=False)
             began = time.perf_counter()
-            lr = learning_rate(config, self.global_step + self.step)
+            lr = unit_learning_rate(config, self.global_step, self.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             loss = self._accumulate(micro[self.step * config.grad_accum : (self.step + 1) * config.grad_accum])

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.inner import InnerConfig, InnerLoop, InnerResult, StepReport, learning_rate, unit_batches
+from training.inner import InnerConfig, InnerLoop, InnerResult, StepReport, unit_batches, unit_learning_rate
 from training.model import GPT, ModelConfig, build_model
 
 __all__ = [
@@ -442,7 +442,7 @@ class OrtInnerLoop:
             batches = micro[self.step * config.grad_accum : (self.step + 1) * config.grad_accum]
             ids = torch.cat([x for x, _ in batches]).numpy()
             targets = torch.cat([y for _, y in batches]).numpy()
-            lr = learning_rate(config, self.global_step + self.step)
+            lr = unit_learning_rate(config, self.global_step, self.step)
             hyper = np.array(
                 [self.step + 1, lr, config.beta1, config.beta2, config.eps, config.weight_decay, config.grad_clip],
                 dtype=np.float32,

@@ -9,8 +9,9 @@ Three ways to spend the same tokens on the same K data streams:
   compressed (with error feedback), decoded, averaged by tokens, and the outer optimizer makes θ_{v+1}.
   By default it runs what the deployed system runs (`inner_state="fresh"`): each round's K units go to
   K of a pool of volunteers drawn at random, every unit starts a fresh AdamW (a volunteer builds a new
-  `InnerLoop` per unit), error feedback stays with the volunteer, and a fraction of units arrive a
-  version late and are down-weighted as the coordinator does. `inner_state="persistent"` is DiLoCo as
+  `InnerLoop` per unit) and ramps its learning rate over half its steps (`unit_warmup`), error
+  feedback stays with the volunteer, and a fraction of units arrive a version late and are
+  down-weighted as the coordinator does. `inner_state="persistent"` is DiLoCo as
   published: worker k keeps its AdamW moments across rounds. `inner_state="volunteer"`: each volunteer
   keeps its AdamW moments across the units it happens to train (stale if it skipped rounds).
 - `data_parallel`: synchronous data-parallel, the fair baseline: every step the K workers' gradients
@@ -78,6 +79,7 @@ class SimConfig:
     volunteers: int = 0  # pool the units are spread over; 0: twice the workers
     late_fraction: float = 0.1  # units trained on the previous version, applied one round late
     download_codec: str = ""  # volunteers fetch each version as a delta in this codec; "": exact weights
+    unit_warmup: float = 0.5  # share of a unit's steps its rate ramps over (the campaign spec's inner.unit_warmup)
 
     def __post_init__(self) -> None:
         problems = []
@@ -90,6 +92,8 @@ class SimConfig:
             problems.append(f"inner_state must be one of {', '.join(INNER_STATES)}, got {self.inner_state!r}")
         if self.volunteers and self.volunteers < self.workers:
             problems.append(f"volunteers ({self.volunteers}) can't be fewer than workers ({self.workers})")
+        if not 0.0 <= self.unit_warmup <= 1.0:
+            problems.append(f"unit_warmup must be in [0, 1], got {self.unit_warmup}")
         if not 0.0 <= self.late_fraction < 1.0:
             problems.append(f"late_fraction must be in [0, 1), got {self.late_fraction}")
         if self.download_codec:
@@ -113,6 +117,8 @@ class SimConfig:
                 extra += f", {self.pool} volunteers, {self.late_fraction:.0%} late"
             if self.download_codec:
                 extra += f", {self.download_codec} downloads"
+            if self.unit_warmup != 0.5:
+                extra += f", unit warm-up {self.unit_warmup:g}"
             return f"DiLoCo H={self.inner_steps} {self.codec} ({self.outer}{extra})"
         return {"data_parallel": "data-parallel", "single": "single worker"}[self.mode]
 
@@ -281,7 +287,10 @@ def _run_diloco(
     done, step, downloaded = 0, 0, 0
     while step < config.steps:
         steps = min(config.inner_steps, config.steps - step)
-        inner = config.inner_config(steps=steps, schedule_steps=config.steps, warmup=config.warmup)
+        inner = dataclasses.replace(
+            config.inner_config(steps=steps, schedule_steps=config.steps, warmup=config.warmup),
+            unit_warmup_steps=round(config.unit_warmup * config.inner_steps),
+        )
         volunteers = (
             list(range(config.workers))
             if config.pool == config.workers
@@ -431,6 +440,7 @@ def config_from_args(args: argparse.Namespace, **overrides: object) -> SimConfig
         "volunteers": args.volunteers,
         "late_fraction": args.late_fraction,
         "download_codec": args.download_codec,
+        "unit_warmup": args.unit_warmup,
     }
     values.update(overrides)
     return SimConfig(**values)  # type: ignore[arg-type]

@@ -37,7 +37,7 @@ from protocol.codecs import decode, encoded_size_bound
 from protocol.tensors import TensorSpec
 from training.checkpoint import load_weights
 from training.data import TokenDataset
-from training.inner import InnerConfig, learning_rate, sequence_batches
+from training.inner import InnerConfig, sequence_batches, unit_learning_rate
 from training.model import ModelConfig, build_model, parameter_groups, preset
 from training.outer import OuterOptimizer, make_outer_optimizer
 
@@ -207,7 +207,7 @@ class CampaignState:
             version=unit.version,
             staleness=self.row.current_version - unit.version,
             # AdamW moves weights by about lr per step: compare norms per unit of learning rate.
-            norm_scale=sum(learning_rate(self.inner_config, global_step + i) for i in range(self.spec.inner.steps)),
+            norm_scale=sum(unit_learning_rate(self.inner_config, global_step, i) for i in range(self.spec.inner.steps)),
             known_norm=norm,
             evidence=evidence,
         )

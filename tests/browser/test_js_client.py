@@ -51,7 +51,7 @@ from protocol.messages import (
 from protocol.version import PROTOCOL_VERSION
 from tests.support.live import REPO
 from training.checkpoint import save_weights
-from training.inner import InnerConfig, learning_rate, unit_batches
+from training.inner import InnerConfig, learning_rate, unit_batches, unit_learning_rate
 
 NODE = shutil.which("node")
 UNIT = {"unit_id": "u-42", "lease_id": "l-42-1", "recipe": {"steps": 4}}
@@ -212,7 +212,9 @@ def _checkpoint() -> dict[str, Any]:
 
 
 def _recipe() -> dict[str, Any]:
-    inner = InnerConfig(steps=3, batch_size=2, seq_len=4, grad_accum=2, lr=3e-3, warmup_steps=2, total_steps=10)
+    inner = InnerConfig(
+        steps=3, batch_size=2, seq_len=4, grad_accum=2, lr=3e-3, warmup_steps=2, total_steps=10, unit_warmup_steps=2
+    )
     ids = torch.randint(0, 60_000, (inner.tokens_needed + 5,), generator=torch.Generator().manual_seed(1))
     micro = unit_batches(ids.numpy(), inner)
     steps = []
@@ -225,8 +227,9 @@ def _recipe() -> dict[str, Any]:
             }
         )
     return {
-        "recipe": dataclasses.asdict(inner),
+        "recipe": dataclasses.asdict(inner) | {"global_step": 5},
         "rates": [[g, learning_rate(inner, g)] for g in range(13)],
+        "unit_rates": [[i, unit_learning_rate(inner, 5, i)] for i in range(inner.steps)],
         "slice": ids.numpy().astype("<u2").tobytes().hex(),
         "dtype": "uint16",
         "steps": steps,

@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 
 import * as frames from "../../coordinator/static/js/volunteer/frames.js";
 import { encodeUpdate, readSafetensors, roundHalfEven } from "../../coordinator/static/js/volunteer/tensors.js";
-import { learningRate, stepBatch, tokenIds } from "../../coordinator/static/js/volunteer/recipe.js";
+import { learningRate, stepBatch, tokenIds, unitRate } from "../../coordinator/static/js/volunteer/recipe.js";
 
 const vectors = JSON.parse(readFileSync(process.env.CW_VECTORS, "utf8"));
 const hex = (bytes) => Buffer.from(bytes).toString("hex");
@@ -70,10 +70,14 @@ test("a safetensors checkpoint reads back to its tensors, and a broken one is re
 });
 
 test("learning rates and step batches follow the recipe", () => {
-  const { recipe, rates, slice, dtype, steps } = vectors.recipe;
+  const { recipe, rates, unit_rates: unitRates, slice, dtype, steps } = vectors.recipe;
   rates.forEach(([g, expected]) => {
     const got = learningRate(recipe, g);
     assert.ok(Math.abs(got - expected) <= 1e-12 * Math.abs(expected), `step ${g}: ${got} vs ${expected}`);
+  });
+  unitRates.forEach(([i, expected]) => {
+    const got = unitRate(recipe, i);
+    assert.ok(Math.abs(got - expected) <= 1e-12 * Math.abs(expected), `unit step ${i}: ${got} vs ${expected}`);
   });
   const ids = tokenIds(bytesOf(slice), dtype, bytesOf(slice).length / 2);
   steps.forEach((expected, s) => {

@@ -11,6 +11,14 @@ export function learningRate(recipe, g) {
   return floor + (lr - floor) * 0.5 * (1 + Math.cos(Math.PI * progress));
 }
 
+/** Learning rate of the unit's inner step i (from 0): the schedule at global step global_step + i,
+ * ramped linearly over the unit's first unit_warmup_steps steps. */
+export function unitRate(recipe, i) {
+  const rate = learningRate(recipe, recipe.global_step + i);
+  const warmup = recipe.unit_warmup_steps ?? 0;
+  return i < warmup ? (rate * (i + 1)) / warmup : rate;
+}
+
 export function tokensNeeded(recipe) {
   return recipe.steps * recipe.grad_accum * recipe.batch_size * recipe.seq_len + 1;
 }

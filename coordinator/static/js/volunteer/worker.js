@@ -7,7 +7,7 @@
 import * as ort from "../../vendor/onnxruntime-web-1.30.0/ort.wasm.min.mjs";
 import * as F from "./frames.js";
 import { encodeUpdate, readSafetensors } from "./tensors.js";
-import { learningRate, stepBatch, tokenIds, tokensNeeded } from "./recipe.js";
+import { stepBatch, tokenIds, tokensNeeded, unitRate } from "./recipe.js";
 
 ort.env.wasm.wasmPaths = new URL("../../vendor/onnxruntime-web-1.30.0/", import.meta.url).href;
 ort.env.wasm.proxy = false;
@@ -324,7 +324,7 @@ async function doUnit(link, unit) {
       status("training", unit.campaign_name);
       const began = performance.now();
       const { inputs, targets, rows } = stepBatch(ids, recipe, s);
-      const lr = learningRate(recipe, recipe.global_step + s);
+      const lr = unitRate(recipe, s);
       for (const n of shard) {
         feeds[`param.${n}`] = new ort.Tensor("float32", params[n], shapes[n]);
         feeds[`m.${n}`] = new ort.Tensor("float32", m[n], shapes[n]);
