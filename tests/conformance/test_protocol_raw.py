@@ -18,6 +18,8 @@ import json
 import math
 import re
 import struct
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -459,6 +461,65 @@ async def expect_result(peer: Peer, unit: Mapping[str, Any], lease_id: str | Non
     return result
 
 
+# --- Checkpoint deltas ("Checkpoint deltas") -------------------------------------------------------
+
+
+def read_int8_frame(data: bytes) -> dict[str, tuple[list[int], np.ndarray]]:
+    """An int8 tensor frame: name → (shape, dequantized float32 values), as "Frame layout" describes it."""
+    assert data[:4] == MAGIC
+    version, codec_id, _flags = struct.unpack_from("<HBB", data, 4)
+    assert (version, codec_id) == (FORMAT_VERSION, CODEC_IDS["int8"])
+    (block,) = struct.unpack_from("<I", data, 8)
+    (count,) = struct.unpack_from("<I", data, 12)
+    offset, out = 16, {}
+    for _ in range(count):
+        (name_length,) = struct.unpack_from("<H", data, offset)
+        name = data[offset + 2 : offset + 2 + name_length].decode("utf-8")
+        offset += 2 + name_length
+        dtype, ndim = struct.unpack_from("<BB", data, offset)
+        shape = list(struct.unpack_from(f"<{ndim}I", data, offset + 2))
+        (size,) = struct.unpack_from("<Q", data, offset + 2 + 4 * ndim)
+        offset += 2 + 4 * ndim + 8
+        n = math.prod(shape)
+        blocks = -(-n // block)
+        scales = np.frombuffer(data, dtype="<f4", count=blocks, offset=offset)
+        q = np.frombuffer(data, dtype=np.int8, count=n, offset=offset + 4 * blocks).astype(np.float32)
+        assert dtype == DTYPE_FLOAT32 and size == 4 * blocks + n
+        # "Dequantized values are q * scale computed in float32", each block with its own scale.
+        values = q * np.repeat(scales, block)[:n]
+        out[name] = (shape, values.astype(np.float32))
+        offset += size
+    assert offset == len(data)
+    return out
+
+
+def read_canonical_checkpoint(data: bytes) -> dict[str, tuple[list[int], np.ndarray]]:
+    (length,) = struct.unpack_from("<Q", data)
+    header = json.loads(data[8 : 8 + length])
+    return {
+        name: (
+            entry["shape"],
+            np.frombuffer(
+                data[8 + length + entry["data_offsets"][0] : 8 + length + entry["data_offsets"][1]], dtype="<f4"
+            ),
+        )
+        for name, entry in header.items()
+    }
+
+
+def write_canonical_checkpoint(tensors: Mapping[str, tuple[list[int], np.ndarray]]) -> bytes:
+    """Names in ascending byte order, compact JSON, spaces to a multiple of 8, then the float32 values."""
+    header, offset = {}, 0
+    names = sorted(tensors, key=lambda name: name.encode("utf-8"))
+    for name in names:
+        shape, values = tensors[name]
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + 4 * values.size]}
+        offset += 4 * values.size
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(tensors[name][1].astype("<f4").tobytes() for name in names)
+
+
 # --- The coordinator -------------------------------------------------------------------------------
 
 
@@ -728,6 +789,54 @@ async def test_a_work_unit_and_its_blobs_download_in_chunks_and_match_their_sha2
         header = json.loads(checkpoint[8 : 8 + header_length])
         for name in unit["shard"]:
             assert header[name]["shape"] == unit["shard_shapes"][name], name
+
+
+async def test_a_checkpoint_rebuilt_from_the_units_deltas_has_the_published_sha256(
+    server: LiveCoordinator, tmp_path: Path
+) -> None:
+    spec = {
+        **campaign_spec("conformance-deltas", "int8"),
+        "token_budget": 10 * 2 * 2 * 32,
+        "rounds": {"units_per_round": 1, "min_accepted": 1},
+        "validation": {"replication_rate": 0.0, "holdout_check_rate": 0.0},
+    }
+    status, body = server.call("POST", "/api/campaigns", token=server.admin_token, body=spec)
+    assert status == 201, body
+    campaign = str(body["id"])
+    # Versions 1 and 2 come from the reference volunteer, a process of its own, training two units.
+    trained = subprocess.run(
+        [sys.executable, "-m", "commonweights", "volunteer", "run", "--coordinator", server.ws, "--campaign", campaign,
+         "--max-units", "2", "--quiet", "--config-dir", str(tmp_path / "config"),
+         "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stdout.decode()[-2000:] + trained.stderr.decode()[-2000:]
+    status, listed = server.call("GET", f"/api/campaigns/{campaign}/versions")
+    versions = listed["versions"]
+    assert status == 200 and [v["version"] for v in versions] == [0, 1, 2]
+    async with volunteer(server.ws) as (peer, _):
+        await peer.send(frame("request_work", preferred_campaign=campaign))
+        unit = await peer.expect("work_unit")
+        assert unit["model_version"] == 2 and unit["checkpoint"]["sha256"] == versions[2]["checkpoint_sha256"]
+        chain = unit["deltas"]
+        assert [step["base"] for step in chain] == [v["checkpoint_sha256"] for v in versions[:2]]
+        assert [step["result"] for step in chain] == [v["checkpoint_sha256"] for v in versions[1:]]
+        # Hold version 0, as a volunteer that trained on it would, and rebuild version 2 from the deltas.
+        held = await download(
+            peer, {"sha256": versions[0]["checkpoint_sha256"], "size": versions[0]["checkpoint_bytes"]}, 1 << 20
+        )
+        for step in chain:
+            delta = read_int8_frame(await download(peer, step["delta"], 1 << 20))
+            base = read_canonical_checkpoint(held)
+            assert set(delta) == set(base)
+            # "Add, element by element, in IEEE-754 float32 with round-to-nearest-even".
+            rebuilt = {
+                name: (shape, np.add(values, delta[name][1], dtype=np.float32))
+                for name, (shape, values) in base.items()
+            }
+            held = write_canonical_checkpoint(rebuilt)
+            assert hashlib.sha256(held).hexdigest() == step["result"]
+        assert len(held) == unit["checkpoint"]["size"]
 
 
 async def test_blob_requests_past_the_end_or_for_unknown_blobs_are_refused(server: LiveCoordinator) -> None:
