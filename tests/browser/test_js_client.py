@@ -20,6 +20,7 @@ import msgspec
 import pytest
 import torch
 
+from protocol.checkpoints import checkpoint_bytes, make_delta
 from protocol.codecs import CodecConfig
 from protocol.codecs import encode as encode_update
 from protocol.errors import ErrorCode
@@ -211,6 +212,27 @@ def _checkpoint() -> dict[str, Any]:
     }
 
 
+def _deltas() -> dict[str, Any]:
+    """A base checkpoint, deltas to a target in the codecs the page decodes, and what they rebuild."""
+    gen = torch.Generator().manual_seed(7)
+    base = {
+        "wte.weight": torch.randn(33, 8, generator=gen),
+        "norm.weight": torch.ones(8) * 1e8,
+        "scale": torch.ones(()),
+    }
+    target = {n: t + torch.randn(t.shape, generator=gen) * 1e-2 for n, t in base.items()}
+    out: dict[str, Any] = {"base": checkpoint_bytes(base).hex(), "deltas": []}
+    for codec in ("int8", "fp32"):
+        frame, rebuilt = make_delta(target, base, CodecConfig(codec, block_size=16))
+        out["deltas"].append({"codec": codec, "hex": frame.hex(), "result": checkpoint_bytes(rebuilt).hex()})
+    wrong_shape = encode_update(
+        {**{n: torch.zeros_like(t) for n, t in base.items()}, "scale": torch.zeros(2)}, CodecConfig("fp32")
+    )
+    missing = encode_update({"wte.weight": torch.zeros(33, 8)}, CodecConfig("int8"))
+    out["broken"] = [wrong_shape.hex(), missing.hex(), encode_update(target, CodecConfig("int4")).hex()]
+    return out
+
+
 def _recipe() -> dict[str, Any]:
     inner = InnerConfig(
         steps=3, batch_size=2, seq_len=4, grad_accum=2, lr=3e-3, warmup_steps=2, total_steps=10, unit_warmup_steps=2
@@ -244,6 +266,7 @@ def test_the_browser_volunteers_javascript_matches_the_python_reference(tmp_path
         "old_version_hex": msgpack.packb({"type": "welcome", "v": 1}).hex(),
         "updates": _updates(),
         "checkpoint": _checkpoint(),
+        "deltas": _deltas(),
         "recipe": _recipe(),
     }
     path = tmp_path / "vectors.json"
@@ -258,4 +281,4 @@ def test_the_browser_volunteers_javascript_matches_the_python_reference(tmp_path
         timeout=120,
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
-    assert "# pass 6" in run.stdout and "# fail 0" in run.stdout, run.stdout[-2000:]
+    assert "# pass 7" in run.stdout and "# fail 0" in run.stdout, run.stdout[-2000:]

@@ -109,6 +109,9 @@ def test_a_tab_trains_accepted_units_that_move_the_model_pauses_while_hidden_and
 ) -> None:
     tab = Tab(browser, server, {"width": 1280, "height": 900})
     assert tab.page.evaluate("crossOriginIsolated"), "COOP/COEP: wasm threads need an isolated page"
+    tab.page.evaluate(
+        "window.rebuilt = []; addEventListener('volunteer-checkpoint', (e) => window.rebuilt.push(e.detail))"
+    )
     tab.page.get_by_role("button", name="Start").click()
     poll("a unit in training", lambda: tab.worker_state() == "training", timeout=TRAINING_S)
 
@@ -147,6 +150,11 @@ def test_a_tab_trains_accepted_units_that_move_the_model_pauses_while_hidden_and
     assert len(kept["commonweights-blobs-v1"]) == 1, kept
     assert 1 <= len(kept["commonweights-checkpoints-v1"]) <= 2, kept
     assert set(kept["commonweights-checkpoints-v1"]) <= checkpoints, kept
+    # Each unit after the first started from the version the tab held plus the new version's int8 delta,
+    # rebuilt in the page and checked against the published SHA-256 (protocol.md, checkpoint deltas).
+    rebuilt = tab.page.evaluate("window.rebuilt")
+    assert rebuilt and all(r["how"] == "deltas" and 0 < r["bytes"] < r["size"] / 3 for r in rebuilt), rebuilt
+    assert "rebuilt from 1 delta" in tab.text("log")
     assert tab.origins == {server.url}, f"requests left this origin: {tab.origins}"
     assert tab.errors == [], tab.errors
     tab.context.close()

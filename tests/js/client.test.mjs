@@ -5,7 +5,14 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 
 import * as frames from "../../coordinator/static/js/volunteer/frames.js";
-import { encodeUpdate, readSafetensors, roundHalfEven } from "../../coordinator/static/js/volunteer/tensors.js";
+import {
+  applyDelta,
+  encodeUpdate,
+  readSafetensors,
+  roundHalfEven,
+  TensorError,
+  writeCheckpoint,
+} from "../../coordinator/static/js/volunteer/tensors.js";
 import { learningRate, stepBatch, tokenIds, unitRate } from "../../coordinator/static/js/volunteer/recipe.js";
 
 const vectors = JSON.parse(readFileSync(process.env.CW_VECTORS, "utf8"));
@@ -67,6 +74,16 @@ test("a safetensors checkpoint reads back to its tensors, and a broken one is re
   }
   const broken = bytesOf(vectors.checkpoint.hex).slice(0, 40);
   assert.throws(() => readSafetensors(broken));
+});
+
+test("a checkpoint rebuilt from a delta is the coordinator's, byte for byte; a broken delta is refused", () => {
+  const { base, deltas, broken } = vectors.deltas;
+  for (const delta of deltas) {
+    assert.equal(hex(applyDelta(bytesOf(base), bytesOf(delta.hex))), delta.result, delta.codec);
+  }
+  // The canonical form: what the page writes of the base's tensors is the base.
+  assert.equal(hex(writeCheckpoint(readSafetensors(bytesOf(base)))), base);
+  for (const bad of broken) assert.throws(() => applyDelta(bytesOf(base), bytesOf(bad)), TensorError);
 });
 
 test("learning rates and step batches follow the recipe", () => {

@@ -95,6 +95,10 @@ function handle(message) {
       $("unit-progress").value = 0;
       $("step").textContent = `downloading ${((100 * message.done) / message.total).toFixed(0)} %`;
       break;
+    case "checkpoint":
+      window.dispatchEvent(new CustomEvent("volunteer-checkpoint", { detail: message })); // for tests and embedders
+      log(`version ${message.version} rebuilt from ${message.deltas} delta${message.deltas > 1 ? "s" : ""}: ${(message.bytes / 1e6).toFixed(2)} MB instead of ${(message.size / 1e6).toFixed(2)} MB`);
+      break;
     case "step":
       window.dispatchEvent(new CustomEvent("volunteer-step", { detail: message })); // for benchmarks and embedders
       $("unit-progress").value = message.step / message.steps;

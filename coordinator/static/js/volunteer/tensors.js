@@ -130,3 +130,121 @@ export function readSafetensors(buffer, maxHeader = 1 << 24) {
   }
   return tensors;
 }
+
+/**
+ * The delta frame of a checkpoint (docs/protocol.md, "Checkpoint deltas"), fp32 or int8, decoded
+ * against the checkpoint's `tensors` (from readSafetensors): name -> Float32Array of dequantized
+ * values. The frame must hold exactly the checkpoint's tensors with their shapes; anything else,
+ * or a codec this page doesn't decode, is refused (the caller downloads the checkpoint instead).
+ */
+export function decodeDelta(buffer, tensors) {
+  const bytes = buffer instanceof Uint8Array ? buffer : new Uint8Array(buffer);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const need = (at, n) => {
+    if (at + n > bytes.byteLength) throw new TensorError("a delta cut short");
+  };
+  need(0, 12);
+  if (MAGIC.some((b, i) => bytes[i] !== b) || view.getUint16(4, true) !== 1 || view.getUint8(7) !== 0) {
+    throw new TensorError("not a version-1 tensor frame");
+  }
+  const id = view.getUint8(6);
+  const codec = Object.keys(CODEC_IDS).find((name) => CODEC_IDS[name] === id);
+  if (codec === undefined) throw new TensorError(`a delta in codec id ${id}, which this page doesn't decode`);
+  let at = 8;
+  let block = 0;
+  if (codec === "int8") {
+    need(at, 4);
+    block = view.getUint32(at, true);
+    if (block < 1) throw new TensorError("an int8 delta with block size 0");
+    at += 4;
+  }
+  need(at, 4);
+  const count = view.getUint32(at, true);
+  at += 4;
+  if (count !== tensors.size) throw new TensorError(`a delta of ${count} tensors for a checkpoint of ${tensors.size}`);
+  const decoder = new TextDecoder("utf-8", { fatal: true });
+  const out = new Map();
+  for (let r = 0; r < count; r++) {
+    need(at, 2);
+    const nameLength = view.getUint16(at, true);
+    need(at + 2, nameLength + 2);
+    const name = decoder.decode(bytes.subarray(at + 2, at + 2 + nameLength));
+    at += 2 + nameLength;
+    const target = tensors.get(name);
+    if (target === undefined || out.has(name)) throw new TensorError(`a delta for ${name}, which the checkpoint lacks or already had`);
+    const [dtype, ndim] = [view.getUint8(at), view.getUint8(at + 1)];
+    at += 2;
+    need(at, 4 * ndim + 8);
+    const shape = Array.from({ length: ndim }, (_, i) => view.getUint32(at + 4 * i, true));
+    at += 4 * ndim;
+    if (dtype !== 1 || shape.length !== target.shape.length || shape.some((d, i) => d !== target.shape[i])) {
+      throw new TensorError(`${name}: a delta of another dtype or shape than the checkpoint's`);
+    }
+    const n = target.data.length;
+    const length = Number(view.getBigUint64(at, true));
+    at += 8;
+    const blocks = codec === "int8" ? Math.ceil(n / block) : 0;
+    if (length !== (codec === "fp32" ? 4 * n : 4 * blocks + n)) throw new TensorError(`${name}: a payload of the wrong size`);
+    need(at, length);
+    const values = new Float32Array(n);
+    if (codec === "fp32") {
+      for (let j = 0; j < n; j++) values[j] = view.getFloat32(at + 4 * j, true);
+    } else {
+      const q = new Int8Array(bytes.buffer, bytes.byteOffset + at + 4 * blocks, n);
+      for (let b = 0; b < blocks; b++) {
+        const scale = view.getFloat32(at + 4 * b, true);
+        if (!(Number.isFinite(scale) && scale >= 0)) throw new TensorError(`${name}: a scale that is not a finite number ≥ 0`);
+        for (let j = b * block; j < Math.min(n, (b + 1) * block); j++) {
+          if (q[j] === -128) throw new TensorError(`${name}: the int8 value -128`);
+          values[j] = q[j] * scale; // the exact product, rounded once to float32 on store
+        }
+      }
+    }
+    if (!values.every(Number.isFinite)) throw new TensorError(`${name}: a delta value that is not finite`);
+    out.set(name, values);
+    at += length;
+  }
+  if (at !== bytes.byteLength) throw new TensorError("bytes after the delta's last tensor");
+  return out;
+}
+
+/** The canonical checkpoint bytes of name -> { shape, data: Float32Array } (docs/protocol.md, "Checkpoint deltas"). */
+export function writeCheckpoint(tensors) {
+  const names = [...tensors.keys()].sort(); // parameter names are ASCII: code-unit order is byte order
+  const header = {};
+  let offset = 0;
+  for (const name of names) {
+    const { shape, data } = tensors.get(name);
+    header[name] = { dtype: "F32", shape, data_offsets: [offset, offset + 4 * data.length] };
+    offset += 4 * data.length;
+  }
+  let text = JSON.stringify(header);
+  text += " ".repeat((8 - (new TextEncoder().encode(text).length % 8)) % 8);
+  const json = new TextEncoder().encode(text);
+  const bytes = new Uint8Array(8 + json.length + offset);
+  new DataView(bytes.buffer).setBigUint64(0, BigInt(json.length), true);
+  bytes.set(json, 8);
+  let at = 8 + json.length;
+  const view = new DataView(bytes.buffer);
+  for (const name of names) {
+    for (const v of tensors.get(name).data) {
+      view.setFloat32(at, v, true);
+      at += 4;
+    }
+  }
+  return bytes;
+}
+
+/** The checkpoint a delta makes of `base`: every value plus its delta in float32 (one rounding each). */
+export function applyDelta(base, delta) {
+  const tensors = readSafetensors(base);
+  const changes = decodeDelta(delta, tensors);
+  const result = new Map();
+  for (const [name, { shape, data }] of tensors) {
+    const change = changes.get(name);
+    const sum = new Float32Array(data.length);
+    for (let j = 0; j < data.length; j++) sum[j] = data[j] + change[j]; // binary64 sum, rounded once: the float32 sum
+    result.set(name, { shape, data: sum });
+  }
+  return writeCheckpoint(result);
+}

@@ -6,7 +6,7 @@
 // posts: status, token, welcome, unit, download, step, result, unit-done, error (see post() calls).
 import * as ort from "../../vendor/onnxruntime-web-1.30.0/ort.wasm.min.mjs";
 import * as F from "./frames.js";
-import { encodeUpdate, readSafetensors } from "./tensors.js";
+import { applyDelta, encodeUpdate, readSafetensors } from "./tensors.js";
 import { stepBatch, tokenIds, tokensNeeded, unitRate } from "./recipe.js";
 
 ort.env.wasm.wasmPaths = new URL("../../vendor/onnxruntime-web-1.30.0/", import.meta.url).href;
@@ -226,15 +226,52 @@ async function fetchBlob(link, ref, onBytes, { keep = null } = {}) {
   if ((await sha256Hex(bytes)) !== ref.sha256) {
     throw Object.assign(new Error(`blob ${ref.sha256.slice(0, 12)} failed its SHA-256 check`), { reason: "download_failed" });
   }
-  if (cache) {
-    if (keep === "checkpoint") {
-      // Make room first, so the cache never holds more than KEEP_CHECKPOINTS versions, even for a moment.
-      const held = await cache.keys();
-      for (const stale of held.slice(0, Math.max(0, held.length - (KEEP_CHECKPOINTS - 1)))) await cache.delete(stale);
-    }
-    await cache.put(key, new Response(bytes));
-  }
+  if (cache && keep === "checkpoint") await keepCheckpoint(cache, ref.sha256, bytes);
+  else if (cache) await cache.put(key, new Response(bytes));
   return bytes;
+}
+
+/** Store a version's weights, making room first: never more than KEEP_CHECKPOINTS, even for a moment. */
+async function keepCheckpoint(cache, sha256, bytes) {
+  const held = await cache.keys();
+  for (const stale of held.slice(0, Math.max(0, held.length - (KEEP_CHECKPOINTS - 1)))) await cache.delete(stale);
+  await cache.put(`/blobs/${sha256}`, new Response(bytes));
+}
+
+/**
+ * The unit's checkpoint rebuilt from a cached earlier version and the deltas after it, when the
+ * deltas are smaller than the checkpoint (docs/protocol.md, "Checkpoint deltas"); null when there
+ * is nothing to build on or anything fails, and the caller downloads the checkpoint instead.
+ */
+async function fromDeltas(link, unit, onBytes) {
+  const steps = unit.deltas ?? [];
+  if (!steps.length || !self.caches) return null;
+  const cache = await self.caches.open(CHECKPOINTS);
+  if (await cache.match(`/blobs/${unit.checkpoint.sha256}`)) return null; // fetchBlob finds it
+  let first = -1;
+  for (let i = steps.length - 1; i >= 0 && first < 0; i--) if (await cache.match(`/blobs/${steps[i].base}`)) first = i;
+  if (first < 0) return null;
+  const chain = steps.slice(first);
+  const bytes = chain.reduce((sum, step) => sum + step.delta.size, 0);
+  if (bytes >= unit.checkpoint.size) return null;
+  try {
+    const held = await cache.match(`/blobs/${chain[0].base}`);
+    let current = new Uint8Array(await held.arrayBuffer());
+    if ((await sha256Hex(current)) !== chain[0].base) throw new Error("the cached base failed its SHA-256 check");
+    let done = 0;
+    for (const step of chain) {
+      const delta = await fetchBlob(link, step.delta, (d) => onBytes(Math.min(unit.checkpoint.size, done + d)));
+      done += step.delta.size;
+      current = applyDelta(current, delta);
+      if ((await sha256Hex(current)) !== step.result) throw new Error(`the delta to ${step.result.slice(0, 12)} rebuilt other bytes`);
+    }
+    await keepCheckpoint(cache, unit.checkpoint.sha256, current);
+    post({ type: "checkpoint", how: "deltas", version: unit.model_version, deltas: chain.length, bytes, size: unit.checkpoint.size });
+    return current;
+  } catch (error) {
+    post({ type: "error", message: `rebuilding version ${unit.model_version} from deltas failed (${error.message}); downloading it` });
+    return null;
+  }
 }
 
 async function sessionFor(sha256, graph) {
@@ -274,7 +311,9 @@ async function doUnit(link, unit) {
     for (const ref of refs) {
       // A check unit's weights are one update's step: nobody asks for them again.
       const keep = ref === unit.graph ? "graph" : ref === unit.checkpoint && unit.kind !== "check" ? "checkpoint" : null;
-      blobs.push(await fetchBlob(link, ref, (done) => post({ type: "download", done: before + done, total }), { keep }));
+      const onBytes = (done) => post({ type: "download", done: before + done, total });
+      const rebuilt = keep === "checkpoint" ? await fromDeltas(link, unit, onBytes) : null;
+      blobs.push(rebuilt ?? (await fetchBlob(link, ref, onBytes, { keep })));
       before += ref.size;
     }
     const [graph, checkpoint, data] = blobs;
