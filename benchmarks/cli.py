@@ -126,7 +126,9 @@ def add_bench_system(commands: Subparsers) -> None:
     parser.add_argument("--ingest-clients", type=int, default=16, help="simulated volunteers for ingestion")
     parser.add_argument("--ingest-updates", type=int, default=64, help="updates submitted during ingestion")
     parser.add_argument(
-        "--download-codec", default="int8", help="the campaign's download_codec: how volunteers get new versions"
+        "--download-codec",
+        default="int8,sign1",
+        help="comma-separated download codecs, one end-to-end run each: how volunteers get new versions",
     )
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--json", type=Path, default=None, metavar="FILE")

@@ -308,32 +308,39 @@ def run_bench_system(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="commonweights-bench-"))
     rows: list[list[str]] = []
     results: dict[str, Any] = {"end_to_end": [], "ingestion": None}
-    for n in counts:
-        console.print(f"end to end with {n} volunteer(s), {args.rounds} rounds of H={args.inner_steps} …")
-        system = end_to_end(dataset, work, n, args.rounds, args.inner_steps, args.download_codec)
-        local = in_process(dataset, n * args.rounds, args.inner_steps, threads=os.cpu_count() or 2)
-        ratio = local["tokens_per_s"] / system["tokens_per_s"]
-        results["end_to_end"].append({"system": system, "in_process": local, "overhead": ratio})
-        update = system["update_bytes_per_unit"]
-        # Once a volunteer holds a version, a unit moves one delta down and one update up.
-        steady = (update + system["delta_bytes"]) / update
-        rows.append([
-            str(n), str(int(system["threads"])), f"{system['tokens']:,}", f"{system['tokens_per_s']:,.0f}",
-            f"{local['tokens_per_s']:,.0f}", f"{100 * (ratio - 1):+.1f}%",
-            f"{system['wire_bytes_per_unit'] / 1e6:.2f} MB", f"{update / 1e6:.3f} MB",
-            f"{system['data_bytes_per_unit'] / 1e6:.3f} MB",
-            f"{system['delta_bytes'] / 1e6:.3f} MB of {system['checkpoint_bytes'] / 1e6:.2f} MB",
-            f"{steady:.2f}× ({'met' if steady <= WIRE_TARGET else 'missed'})",
-        ])  # fmt: skip
-        console.print(rows[-1])
+    codecs = [c for c in args.download_codec.split(",") if c]
+    local_by_count: dict[int, dict[str, float]] = {}
+    for codec in codecs:
+        for n in counts:
+            console.print(
+                f"end to end with {n} volunteer(s), {codec} deltas, {args.rounds} rounds of H={args.inner_steps} …"
+            )
+            system = end_to_end(dataset, work, n, args.rounds, args.inner_steps, codec)
+            if n not in local_by_count:  # the same training in one process: the codec doesn't enter it
+                local_by_count[n] = in_process(dataset, n * args.rounds, args.inner_steps, threads=os.cpu_count() or 2)
+            local = local_by_count[n]
+            ratio = local["tokens_per_s"] / system["tokens_per_s"]
+            results["end_to_end"].append({"system": system, "in_process": local, "overhead": ratio, "codec": codec})
+            update = system["update_bytes_per_unit"]
+            # Once a volunteer holds a version, a unit moves one delta down and one update up.
+            steady = (update + system["delta_bytes"]) / update
+            rows.append([
+                str(n), str(int(system["threads"])), codec, f"{system['tokens']:,}", f"{system['tokens_per_s']:,.0f}",
+                f"{local['tokens_per_s']:,.0f}", f"{100 * (ratio - 1):+.1f}%",
+                f"{system['wire_bytes_per_unit'] / 1e6:.2f} MB", f"{update / 1e6:.3f} MB",
+                f"{system['data_bytes_per_unit'] / 1e6:.3f} MB",
+                f"{system['delta_bytes'] / 1e6:.3f} MB of {system['checkpoint_bytes'] / 1e6:.2f} MB",
+                f"{steady:.2f}× ({'met' if steady <= WIRE_TARGET else 'missed'})",
+            ])  # fmt: skip
+            console.print(rows[-1])
     console.print(f"ingestion: {args.ingest_clients} clients, {args.ingest_updates} updates of the small preset …")
     ingestion = run_ingestion(dataset, work, args.ingest_clients, args.ingest_updates)
     results["ingestion"] = ingestion
     needed = TARGET_VOLUNTEERS * ingestion["update_mb"] / TARGET_PERIOD_S
     console.print(ingestion)
     e2e_table = markdown_table(
-        ["volunteers", "threads each", "tokens", "system tokens/s", "in-process tokens/s", "overhead",
-         "wire bytes / unit", "update bytes / unit", "data slice / unit", "delta / version",
+        ["volunteers", "threads each", "download codec", "tokens", "system tokens/s", "in-process tokens/s",
+         "overhead", "wire bytes / unit", "update bytes / unit", "data slice / unit", "delta / version",
          f"(update + delta) ÷ update, target ≤ {WIRE_TARGET}×"],
         rows,
     )  # fmt: skip
@@ -354,9 +361,9 @@ def run_bench_system(args: argparse.Namespace) -> int:
         "from the first round's opening to the last round's close. In-process: the same number of units back to back "
         "in one process with all CPU threads. Overhead = in-process tokens/s ÷ system tokens/s − 1. Wire bytes count "
         "every WebSocket frame both ways, averaged over all units: each volunteer's first unit downloads the whole "
-        f"checkpoint, each later one the {args.download_codec} delta of the new version (protocol.md, checkpoint "
-        "deltas), plus the unit's data slice. The last column is the model's traffic per unit once a volunteer holds "
-        "a version: one delta down, one update up, against the update alone.",
+        "checkpoint, each later one the delta of the new version in the campaign's download codec (protocol.md, "
+        "checkpoint deltas), plus the unit's data slice. The last column is the model's traffic per unit once a "
+        "volunteer holds a version: one delta down, one update up, against the update alone.",
         e2e_table,
         f"Ingestion: {ingestion['clients']} simulated volunteers on loopback submit int8 updates of the `small` preset "
         f"({ingestion['parameters'] / 1e6:.1f}M parameters) to a coordinator process, each waiting for its ack; the "
