@@ -78,20 +78,20 @@ def end_to_end(
     dataset: Path, work: Path, volunteers: int, rounds: int, steps: int, download_codec: str = "int8"
 ) -> dict[str, float]:
     threads = max(1, (os.cpu_count() or 2) // volunteers)
-    coordinator = start(dataset, work, f"e2e-{volunteers}")
+    coordinator = start(dataset, work, f"e2e-{volunteers}-{download_codec}")
     running = [coordinator.process]
     try:
         api = coordinator.api
         campaign = api.post_campaign(
             spec(
-                f"e2e{volunteers}", model="tiny", units=volunteers, rounds=rounds, steps=steps, batch=8, seq=128,
+                f"e2e{volunteers}-{download_codec}", model="tiny", units=volunteers, rounds=rounds, steps=steps, batch=8, seq=128,
                 download_codec=download_codec,
             )
         )  # fmt: skip
         port = coordinator.base.rsplit(":", 1)[1]
         for i in range(volunteers):
-            home = work / f"e2e-{volunteers}-v{i}"
-            log = (work / f"e2e-{volunteers}-v{i}.log").open("wb")
+            home = work / f"e2e-{volunteers}-{download_codec}-v{i}"
+            log = (work / f"e2e-{volunteers}-{download_codec}-v{i}.log").open("wb")
             running.append(subprocess.Popen(
                 [sys.executable, "-m", "commonweights", "volunteer", "run", "--coordinator", f"ws://127.0.0.1:{port}/ws",
                  "--threads", str(threads), "--config-dir", str(home / "config"), "--cache-dir", str(home / "cache"),
