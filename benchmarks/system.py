@@ -84,8 +84,8 @@ def end_to_end(
         api = coordinator.api
         campaign = api.post_campaign(
             spec(
-                f"e2e{volunteers}-{download_codec}", model="tiny", units=volunteers, rounds=rounds, steps=steps, batch=8, seq=128,
-                download_codec=download_codec,
+                f"e2e{volunteers}-{download_codec}", model="tiny", units=volunteers, rounds=rounds, steps=steps,
+                batch=8, seq=128, download_codec=download_codec,
             )
         )  # fmt: skip
         port = coordinator.base.rsplit(":", 1)[1]
