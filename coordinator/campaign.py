@@ -439,6 +439,12 @@ class CampaignSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
                 f"inner.seq_len ({self.inner.seq_len}) exceeds the {self.model} preset's context "
                 f"({PRESETS[self.model].max_seq_len})"
             )
+        if self.download_codec.name == "dct":
+            out.append(
+                "download_codec: dct can't be a delta codec: its inverse transform is a matrix product that "
+                "machines round differently, so volunteers couldn't rebuild the checkpoint bit for bit; "
+                "use int8, int4, int2 or sign1"
+            )
         out += self._aggregation_problems()
         return out
 

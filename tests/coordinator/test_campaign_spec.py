@@ -231,3 +231,13 @@ def test_a_robust_rule_that_quorum_rounds_would_make_the_mean_is_refused(
     # Enough updates per shard, and the same rule is fine.
     data["rounds"] = {"units_per_round": 10, "min_accepted": 6 if shard_plan == "full" else 10}
     assert CampaignSpec.from_dict(data).outer.aggregation == outer["aggregation"]
+
+
+def test_a_download_codec_that_clients_could_not_rebuild_bit_for_bit_is_refused() -> None:
+    def with_download(codec: str) -> str:
+        return GOOD.replace("\ncodec = ", f'\ndownload_codec = "{codec}"\ncodec = ', 1)
+
+    assert CampaignSpec.from_toml(with_download("sign1")).download_codec.name == "sign1"
+    with pytest.raises(SpecError) as caught:
+        CampaignSpec.from_toml(with_download("dct"))
+    assert any(p.startswith("download_codec: dct can't be a delta codec") for p in caught.value.problems)

@@ -1148,7 +1148,8 @@ def render_fields(cls: type) -> str:
     hints = {field.name: field.type for field in msgspec.structs.fields(cls)}
     for spec in fields_of(cls):
         assert isinstance(spec.type, mi.Metadata) and spec.type.extra_json_schema is not None
-        optional = "" if spec.required else " (optional, default nil)"
+        shown = "nil" if spec.default is None else "`[]`" if spec.default == () else f"`{spec.default}`"
+        optional = "" if spec.required else f" (optional, default {shown})"
         cells = [f"`{spec.name}`", render_type(spec.type, declared_literal(hints[spec.name]))]
         cells += [render_rule(spec.type) or "—", spec.type.extra_json_schema["description"] + optional]
         rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")

@@ -16,7 +16,7 @@ export function learningRate(recipe, g) {
 export function unitRate(recipe, i) {
   const rate = learningRate(recipe, recipe.global_step + i);
   const warmup = recipe.unit_warmup_steps ?? 0;
-  return i < warmup ? (rate * (i + 1)) / warmup : rate;
+  return i < warmup ? rate * ((i + 1) / warmup) : rate; // the reference's order of operations
 }
 
 export function tokensNeeded(recipe) {
