@@ -33,7 +33,7 @@ LONG_HORIZON: dict[str, object] = {
         # DiLoCo as published (each worker keeps its AdamW), then as deployed without and with the
         # per-unit warm-up;
         # then the ≥ 1000× and ≥ 2000× candidates.
-        "50:int8:persistent:volunteers=4:late=0:unit_warmup=0,50:int8:unit_warmup=0,50:int8,"
+        "50:int8:persistent:volunteers=4:late=0,50:int8,50:int8:unit_warmup=0.5,"
         "100:dct:average,150:int2:average,100:sign1:average"
     ),
 }

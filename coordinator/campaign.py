@@ -134,7 +134,9 @@ class InnerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     beta1: Annotated[float, Meta(ge=0, lt=1, description="AdamW's first-moment decay.")] = 0.9
     beta2: Annotated[float, Meta(ge=0, lt=1, description="AdamW's second-moment decay.")] = 0.95
     # Measured (docs/benchmarks.md, what the deployed algorithm costs): every unit starts a fresh AdamW,
-    # whose first steps are too large; ramping the rate over half the unit recovers about half the loss.
+    # whose first steps are too large; ramping the rate recovers about half the loss in the simulator.
+    # Off by default for now: the evidence checks' thresholds were set for unramped units, and with a
+    # ramp they refused honest updates of short units in the coordinator's tests.
     unit_warmup: Annotated[
         float,
         Meta(
@@ -142,7 +144,7 @@ class InnerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             le=1,
             description="Share of each unit's steps over which its learning rate ramps up (0: none).",
         ),
-    ] = 0.5
+    ] = 0.0
 
     def problems(self) -> list[str]:
         return _declared_problems(self, "inner.")

@@ -89,8 +89,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--unit-warmup",
         type=float,
-        default=0.5,
-        help="share of each DiLoCo unit's steps over which its learning rate ramps up, as deployed (0: none)",
+        default=0.0,
+        help="share of each DiLoCo unit's steps over which its learning rate ramps up (0, as deployed: none)",
     )
     parser.add_argument(
         "--download-codec",

@@ -9,7 +9,7 @@ Three ways to spend the same tokens on the same K data streams:
   compressed (with error feedback), decoded, averaged by tokens, and the outer optimizer makes θ_{v+1}.
   By default it runs what the deployed system runs (`inner_state="fresh"`): each round's K units go to
   K of a pool of volunteers drawn at random, every unit starts a fresh AdamW (a volunteer builds a new
-  `InnerLoop` per unit) and ramps its learning rate over half its steps (`unit_warmup`), error
+  `InnerLoop` per unit) and may ramp its learning rate over its steps (`unit_warmup`, off as deployed), error
   feedback stays with the volunteer, and a fraction of units arrive a version late and are
   down-weighted as the coordinator does. `inner_state="persistent"` is DiLoCo as
   published: worker k keeps its AdamW moments across rounds. `inner_state="volunteer"`: each volunteer
@@ -79,7 +79,7 @@ class SimConfig:
     volunteers: int = 0  # pool the units are spread over; 0: twice the workers
     late_fraction: float = 0.1  # units trained on the previous version, applied one round late
     download_codec: str = ""  # volunteers fetch each version as a delta in this codec; "": exact weights
-    unit_warmup: float = 0.5  # share of a unit's steps its rate ramps over (the campaign spec's inner.unit_warmup)
+    unit_warmup: float = 0.0  # share of a unit's steps its rate ramps over (the campaign spec's inner.unit_warmup)
 
     def __post_init__(self) -> None:
         problems = []
@@ -117,7 +117,7 @@ class SimConfig:
                 extra += f", {self.pool} volunteers, {self.late_fraction:.0%} late"
             if self.download_codec:
                 extra += f", {self.download_codec} downloads"
-            if self.unit_warmup != 0.5:
+            if self.unit_warmup:
                 extra += f", unit warm-up {self.unit_warmup:g}"
             return f"DiLoCo H={self.inner_steps} {self.codec} ({self.outer}{extra})"
         return {"data_parallel": "data-parallel", "single": "single worker"}[self.mode]
