@@ -8,7 +8,9 @@
 Starting from θ_0, every closed round's accepted updates are decoded from the blob store, combined
 with their recorded weights by the campaign's aggregation rule (the weighted mean, or a robust rule:
 the coordinator's own `training.aggregation.aggregate_updates`) and applied with the campaign's outer
-optimizer; each result must match the checkpoint published as that round's version. An update lost,
+optimizer; each result must match the exact weights the coordinator recorded for that round's
+version, and the published checkpoint must be what the campaign's download codec makes of them (and
+what the version's delta makes of the previous checkpoint). An update lost,
 applied twice, or applied to the wrong round shows up as a mismatch. `audit_history` adds direct
 counts of updates the record holds twice, for `bench crash` to report instead of stopping at the
 first problem. Run either on a data dir no coordinator is writing to. The crash tests use it
@@ -28,10 +30,11 @@ import torch
 from coordinator.blobs import BlobStore
 from coordinator.campaign import CampaignSpec
 from coordinator.store import SQLiteStore
+from protocol.checkpoints import apply_delta, checkpoint_bytes, make_delta
 from protocol.codecs import decode
 from protocol.tensors import TensorSpec
 from training.aggregation import aggregate_updates
-from training.checkpoint import load_weights
+from training.checkpoint import load_state, load_weights
 from training.outer import make_outer_optimizer
 
 __all__ = ["HistoryAudit", "HistoryError", "audit_history", "check_history"]
@@ -61,6 +64,7 @@ def check_history(data_dir: Path, campaign_id: int) -> int:
         _require([v.version for v in versions] == list(range(len(versions))), "version numbers have gaps")
         _require(campaign.current_version == versions[-1].version, "the campaign's version is not its last one")
         params = load_weights(blobs.get(versions[0].checkpoint_sha))
+        published_bytes = blobs.get(versions[0].checkpoint_sha)
         shapes = {n: tuple(t.shape) for n, t in params.items()}
         outer = make_outer_optimizer(spec.outer.optimizer, lr=spec.outer.lr, momentum=spec.outer.momentum)
         closed = [r for r in store.rounds(campaign_id) if r.status == "closed"]
@@ -92,15 +96,30 @@ def check_history(data_dir: Path, campaign_id: int) -> int:
             )
             if aggregate.contributions:
                 outer.step(params, aggregate.delta)
-            published = load_weights(blobs.get(version.checkpoint_sha))
-            for name, tensor in published.items():
+            # The coordinator steps its exact weights (the version state's "master") and publishes the
+            # checkpoint its download codec's delta rebuilds; compare the replay with the exact weights.
+            master = load_state(blobs.get(version.state_sha)).get("master") or load_weights(
+                blobs.get(version.checkpoint_sha)
+            )
+            for name, tensor in master.items():
                 try:
                     torch.testing.assert_close(params[name], tensor, rtol=1e-5, atol=1e-6)
                 except AssertionError as error:
                     raise HistoryError(
                         f"v{version.version} {name}: the replay differs from the published\n{error}"
                     ) from None
-            params = published  # continue from the published bits, as the coordinator does
+            checkpoint = blobs.get(version.checkpoint_sha)
+            if version.delta_sha is not None:
+                _require(
+                    apply_delta(published_bytes, blobs.get(version.delta_sha)) == checkpoint,
+                    f"v{version.version}: the previous checkpoint plus the delta is not the checkpoint",
+                )
+            rebuilt = make_delta(master, load_weights(published_bytes), spec.download_codec)[1]
+            _require(
+                checkpoint_bytes(rebuilt) == checkpoint,
+                f"v{version.version}: the checkpoint is not what the download codec makes of the weights",
+            )
+            params, published_bytes = master, checkpoint  # continue from the recorded bits, as the coordinator does
         for sub in store.submissions(statuses=("accepted",), applied=False, campaign_id=campaign_id, limit=ALL):
             home = store.round(sub.round_id) if sub.round_id is not None else None
             _require(home is None or home.status == "open", f"submission {sub.id} left out of its round")

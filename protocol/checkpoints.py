@@ -11,7 +11,8 @@ coordinator published: an 8-byte little-endian header length ``n``; ``n`` bytes 
 whose keys are the tensor names in ascending byte order, each ``{"dtype":"F32","shape":[…],
 "data_offsets":[begin,end]}`` with no whitespace, the whole padded with spaces to a multiple of 8;
 then each tensor's float32 values, little-endian, row-major, in the same order with no gaps. There is
-no ``__metadata__`` entry. This is what the ``safetensors`` library writes for float32 tensors.
+no ``__metadata__`` entry. This is what the ``safetensors`` library (0.3.1 and later) writes for float32
+tensors.
 
 A delta is a tensor frame (:mod:`protocol.codecs`) holding one tensor per checkpoint tensor, of the
 same shape. Applying it: ``new[p] = base[p] + decoded[p]`` element by element in IEEE float32 with

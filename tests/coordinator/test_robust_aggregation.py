@@ -18,7 +18,7 @@ from coordinator.validation import ValidationPipeline
 from tests.coordinator.test_runtime import Clock, lease, make_spec, submit_honest, volunteers
 from tests.support.history import HistoryError, check_history
 from tests.support.inprocess_volunteer import payload, train
-from training.checkpoint import load_weights
+from training.checkpoint import load_state, load_weights
 
 # Rounds of three: a trim of 0.34 cuts one update from each end, and centered clipping can outvote one.
 ROBUST: dict[str, dict[str, object]] = {
@@ -40,9 +40,12 @@ def service(tmp_path: Path, small_dataset: Path) -> Coordinator:
 
 
 def _weights(service: Coordinator, campaign_id: int, version: int) -> dict[str, torch.Tensor]:
+    """The version's exact weights: what the rule applied (the published checkpoint is their int8 delta's
+    rebuild), the checkpoint itself for version 0."""
     row = service.store.version(campaign_id, version)
     assert row is not None
-    return load_weights(service.blobs.get(row.checkpoint_sha))
+    master = load_state(service.blobs.get(row.state_sha)).get("master")
+    return master if master else load_weights(service.blobs.get(row.checkpoint_sha))
 
 
 def _norm(tensors: dict[str, torch.Tensor]) -> float:
