@@ -63,7 +63,8 @@ def add_bench_diloco(commands: Subparsers) -> None:
         "--horizon",
         choices=["short", "long"],
         default="short",
-        help="long: 10,000 inner steps in all on up to 24 MB of the embedded corpus, which it prepares, for DiLoCo to converge (about an "
+        help="long: 10,000 inner steps in all on up to 24 MB of the embedded corpus, which it prepares, "
+        "for DiLoCo to converge (about an "
         "hour on 2 CPU cores; add --device cuda on a GPU); flags given explicitly still win",
     )
     short = {flag: parser.get_default(flag) for flag in _HORIZON_FLAGS}
