@@ -20,7 +20,7 @@ import msgspec
 import pytest
 import torch
 
-from protocol.checkpoints import checkpoint_bytes, make_delta
+from protocol.checkpoints import CheckpointFormatError, apply_delta, checkpoint_bytes, make_delta
 from protocol.codecs import CodecConfig
 from protocol.codecs import encode as encode_update
 from protocol.errors import ErrorCode
@@ -222,14 +222,33 @@ def _deltas() -> dict[str, Any]:
     }
     target = {n: t + torch.randn(t.shape, generator=gen) * 1e-2 for n, t in base.items()}
     out: dict[str, Any] = {"base": checkpoint_bytes(base).hex(), "deltas": []}
-    for codec in ("int8", "fp32"):
-        frame, rebuilt = make_delta(target, base, CodecConfig(codec, block_size=16))
+    frames = {}
+    for codec in ("int8", "fp32", "int4", "int2", "sign1"):
+        # Block size 5: blocks and packed bytes end apart, and tensors end inside a block and a byte.
+        frame, rebuilt = make_delta(target, base, CodecConfig(codec, block_size=5))
+        frames[codec] = frame
         out["deltas"].append({"codec": codec, "hex": frame.hex(), "result": checkpoint_bytes(rebuilt).hex()})
     wrong_shape = encode_update(
         {**{n: torch.zeros_like(t) for n, t in base.items()}, "scale": torch.zeros(2)}, CodecConfig("fp32")
     )
     missing = encode_update({"wte.weight": torch.zeros(33, 8)}, CodecConfig("int8"))
-    out["broken"] = [wrong_shape.hex(), missing.hex(), encode_update(target, CodecConfig("int4")).hex()]
+    # The frame's last byte holds the one-element "scale" tensor's code (the frame follows the base's order).
+    assert list(base)[-1] == "scale"
+    int4_code_0 = frames["int4"][:-1] + b"\x00"
+    sign1_unused_bits = frames["sign1"][:-1] + bytes([frames["sign1"][-1] | 0x80])
+    int2_unused_bits = frames["int2"][:-1] + bytes([frames["int2"][-1] | 0x10])
+    malformed = [wrong_shape, missing, int4_code_0, sign1_unused_bits, int2_unused_bits]
+    for bad in malformed:  # the reference refuses them too
+        with pytest.raises(CheckpointFormatError):
+            apply_delta(checkpoint_bytes(base), bad)
+    out["broken"] = [
+        wrong_shape.hex(),
+        missing.hex(),
+        encode_update(target, CodecConfig("bf16")).hex(),  # a codec the page doesn't decode
+        int4_code_0.hex(),
+        sign1_unused_bits.hex(),
+        int2_unused_bits.hex(),
+    ]
     return out
 
 

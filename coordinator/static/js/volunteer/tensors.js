@@ -1,7 +1,17 @@
 // Update payloads (docs/protocol.md, "Update payloads (tensor frames)"): the fp32 and int8 codecs,
-// and the safetensors checkpoints units start from. Written from the document.
+// the deltas between checkpoints (fp32, int8, int4, int2, sign1), and the safetensors checkpoints
+// units start from. Written from the document.
 
 const CODEC_IDS = { fp32: 1, int8: 4 };
+// The delta codecs this page decodes, by codec id: bits per element (0: f32 values; 8: i8 values;
+// 4, 2, 1: codes packed least-significant bits first) and what a code decodes to, times its scale.
+const DELTA_CODECS = {
+  1: { name: "fp32", bits: 0 },
+  4: { name: "int8", bits: 8 },
+  7: { name: "int4", bits: 4, level: (c) => c - 8 },
+  8: { name: "int2", bits: 2, level: (c) => 2 * c - 3 },
+  9: { name: "sign1", bits: 1, level: (c) => 2 * c - 1 },
+};
 const MAGIC = [0x43, 0x57, 0x54, 0x46]; // "CWTF"
 
 export class TensorError extends Error {}
@@ -132,9 +142,9 @@ export function readSafetensors(buffer, maxHeader = 1 << 24) {
 }
 
 /**
- * The delta frame of a checkpoint (docs/protocol.md, "Checkpoint deltas"), fp32 or int8, decoded
- * against the checkpoint's `tensors` (from readSafetensors): name -> Float32Array of dequantized
- * values. The frame must hold exactly the checkpoint's tensors with their shapes; anything else,
+ * The delta frame of a checkpoint (docs/protocol.md, "Checkpoint deltas"), fp32, int8, int4, int2 or
+ * sign1, decoded against the checkpoint's `tensors` (from readSafetensors): name -> Float32Array of
+ * dequantized values. The frame must hold exactly the checkpoint's tensors with their shapes; anything else,
  * or a codec this page doesn't decode, is refused (the caller downloads the checkpoint instead).
  */
 export function decodeDelta(buffer, tensors) {
@@ -148,14 +158,15 @@ export function decodeDelta(buffer, tensors) {
     throw new TensorError("not a version-1 tensor frame");
   }
   const id = view.getUint8(6);
-  const codec = Object.keys(CODEC_IDS).find((name) => CODEC_IDS[name] === id);
+  const codec = DELTA_CODECS[id];
   if (codec === undefined) throw new TensorError(`a delta in codec id ${id}, which this page doesn't decode`);
+  const { bits } = codec;
   let at = 8;
   let block = 0;
-  if (codec === "int8") {
+  if (bits > 0) {
     need(at, 4);
     block = view.getUint32(at, true);
-    if (block < 1) throw new TensorError("an int8 delta with block size 0");
+    if (block < 1) throw new TensorError(`an ${codec.name} delta with block size 0`);
     at += 4;
   }
   need(at, 4);
@@ -183,21 +194,36 @@ export function decodeDelta(buffer, tensors) {
     const n = target.data.length;
     const length = Number(view.getBigUint64(at, true));
     at += 8;
-    const blocks = codec === "int8" ? Math.ceil(n / block) : 0;
-    if (length !== (codec === "fp32" ? 4 * n : 4 * blocks + n)) throw new TensorError(`${name}: a payload of the wrong size`);
+    const blocks = bits > 0 ? Math.ceil(n / block) : 0;
+    if (length !== (bits === 0 ? 4 * n : 4 * blocks + Math.ceil((n * bits) / 8))) {
+      throw new TensorError(`${name}: a payload of the wrong size`);
+    }
     need(at, length);
     const values = new Float32Array(n);
-    if (codec === "fp32") {
+    if (bits === 0) {
       for (let j = 0; j < n; j++) values[j] = view.getFloat32(at + 4 * j, true);
     } else {
-      const q = new Int8Array(bytes.buffer, bytes.byteOffset + at + 4 * blocks, n);
+      const codes = at + 4 * blocks;
+      const q = new Int8Array(bytes.buffer, bytes.byteOffset + codes, bits === 8 ? n : 0);
+      const perByte = 8 / bits;
+      const mask = (1 << bits) - 1;
       for (let b = 0; b < blocks; b++) {
         const scale = view.getFloat32(at + 4 * b, true);
         if (!(Number.isFinite(scale) && scale >= 0)) throw new TensorError(`${name}: a scale that is not a finite number ≥ 0`);
         for (let j = b * block; j < Math.min(n, (b + 1) * block); j++) {
-          if (q[j] === -128) throw new TensorError(`${name}: the int8 value -128`);
-          values[j] = q[j] * scale; // the exact product, rounded once to float32 on store
+          // Each product is exact in a double and rounded once to float32 on store, as f32 arithmetic does.
+          if (bits === 8) {
+            if (q[j] === -128) throw new TensorError(`${name}: the int8 value -128`);
+            values[j] = q[j] * scale;
+            continue;
+          }
+          const c = (bytes[codes + Math.floor(j / perByte)] >> (bits * (j % perByte))) & mask;
+          if (bits === 4 && c === 0) throw new TensorError(`${name}: the int4 code 0`);
+          values[j] = codec.level(c) * scale;
         }
+      }
+      if (bits < 8 && n % perByte !== 0 && bytes[codes + Math.floor(n / perByte)] >> (bits * (n % perByte)) !== 0) {
+        throw new TensorError(`${name}: the unused bits of the last byte are not 0`);
       }
     }
     if (!values.every(Number.isFinite)) throw new TensorError(`${name}: a delta value that is not finite`);
