@@ -143,6 +143,32 @@ def _run_bench_system(args: argparse.Namespace) -> int:
     return run_bench_system(args)
 
 
+def add_bench_overlap(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "overlap",
+        help="overlapped rounds (rounds.overlap) with one slow volunteer: tokens/s and late updates",
+        description=(
+            "Run a real coordinator and real volunteers, one of them throttled, once per overlap setting; "
+            "report tokens/s of the same token budget and how many updates arrived late. Writes docs/benchmarks.md."
+        ),
+    )
+    parser.add_argument("--volunteers", type=int, default=3)
+    parser.add_argument("--slow-percent", type=int, default=25, help="--cpu-percent of the slow volunteer")
+    parser.add_argument("--rounds", type=int, default=6, help="token budget, in rounds' worth")
+    parser.add_argument("--inner-steps", type=int, default=40, metavar="H")
+    parser.add_argument("--overlap", default="0,1", help="comma-separated rounds.overlap values, one run each")
+    parser.add_argument("--dataset", type=Path, default=None, metavar="DIR", help="default: the embedded corpus")
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE")
+    parser.set_defaults(handler=_run_bench_overlap)
+
+
+def _run_bench_overlap(args: argparse.Namespace) -> int:
+    from benchmarks.overlap import run_bench_overlap
+
+    return run_bench_overlap(args)
+
+
 def add_bench_app(commands: Subparsers) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
         "app",

@@ -19,10 +19,12 @@ import asyncio
 import hashlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +58,16 @@ WIRE_TARGET = 1.25
 
 
 def spec(
-    name: str, *, model: str, units: int, rounds: int, steps: int, batch: int, seq: int, download_codec: str = "int8"
+    name: str,
+    *,
+    model: str,
+    units: int,
+    rounds: int,
+    steps: int,
+    batch: int,
+    seq: int,
+    download_codec: str = "int8",
+    overlap: float = 0.0,
 ) -> dict[str, Any]:
     return {
         "name": name,
@@ -66,7 +77,13 @@ def spec(
         "download_codec": download_codec,
         "token_budget": rounds * units * steps * batch * seq,
         "inner": {"steps": steps, "batch_size": batch, "seq_len": seq, "warmup_steps": 0},
-        "rounds": {"units_per_round": units, "min_accepted": units, "deadline_s": 3600, "lease_s": 600},
+        "rounds": {
+            "units_per_round": units,
+            "min_accepted": units,
+            "deadline_s": 3600,
+            "lease_s": 600,
+            "overlap": overlap,
+        },
         "validation": {"replication_rate": 0.0, "holdout_check_rate": 0.0},
     }
 
@@ -75,27 +92,42 @@ def spec(
 
 
 def end_to_end(
-    dataset: Path, work: Path, volunteers: int, rounds: int, steps: int, download_codec: str = "int8"
+    dataset: Path,
+    work: Path,
+    volunteers: int,
+    rounds: int,
+    steps: int,
+    download_codec: str = "int8",
+    *,
+    overlap: float = 0.0,
+    cpu_percent: Sequence[int] = (),
 ) -> dict[str, float]:
+    """`cpu_percent[i]` throttles volunteer i (`--cpu-percent`; the rest train flat out)."""
     threads = max(1, (os.cpu_count() or 2) // volunteers)
-    coordinator = start(dataset, work, f"e2e-{volunteers}-{download_codec}")
+    label = (
+        f"{volunteers}-{download_codec}"
+        + (f"-overlap{overlap}" if overlap else "")
+        + "".join(f"-{p}" for p in cpu_percent)
+    )
+    coordinator = start(dataset, work, f"e2e-{label}")
     running = [coordinator.process]
     try:
         api = coordinator.api
         campaign = api.post_campaign(
             spec(
-                f"e2e{volunteers}-{download_codec}", model="tiny", units=volunteers, rounds=rounds, steps=steps,
-                batch=8, seq=128, download_codec=download_codec,
+                f"e2e{label}", model="tiny", units=volunteers, rounds=rounds, steps=steps,
+                batch=8, seq=128, download_codec=download_codec, overlap=overlap,
             )
         )  # fmt: skip
         port = coordinator.base.rsplit(":", 1)[1]
         for i in range(volunteers):
-            home = work / f"e2e-{volunteers}-{download_codec}-v{i}"
-            log = (work / f"e2e-{volunteers}-{download_codec}-v{i}.log").open("wb")
+            home = work / f"e2e-{label}-v{i}"
+            log = (work / f"e2e-{label}-v{i}.log").open("wb")
+            percent = cpu_percent[i] if i < len(cpu_percent) else 100
             running.append(subprocess.Popen(
                 [sys.executable, "-m", "commonweights", "volunteer", "run", "--coordinator", f"ws://127.0.0.1:{port}/ws",
-                 "--threads", str(threads), "--config-dir", str(home / "config"), "--cache-dir", str(home / "cache"),
-                 "--quiet"],
+                 "--threads", str(threads), "--cpu-percent", str(percent), "--config-dir", str(home / "config"),
+                 "--cache-dir", str(home / "cache"), "--quiet"],
                 stdout=log, stderr=subprocess.STDOUT,
             ))  # fmt: skip
         deadline = time.monotonic() + 1800
@@ -108,6 +140,13 @@ def end_to_end(
             raise TimeoutError("the end-to-end run did not finish in 30 minutes")
         history = api.rounds(campaign["id"])
         elapsed = history[-1]["closed_at"] - history[0]["opened_at"]
+        db = sqlite3.connect(f"file:{work / f'e2e-{label}' / 'coordinator.sqlite3'}?mode=ro", uri=True)
+        try:
+            accepted, late = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(staleness > 0), 0) FROM submissions WHERE status = 'accepted'"
+            ).fetchone()
+        finally:
+            db.close()
         units = rounds * volunteers
         wire = api.metric("commonweights_ws_bytes_received_total") + api.metric("commonweights_ws_bytes_sent_total")
         versions = api.request("GET", f"/api/campaigns/{campaign['id']}/versions")["versions"]
@@ -122,6 +161,9 @@ def end_to_end(
             "tokens": row["tokens_trained"],
             "seconds": elapsed,
             "tokens_per_s": row["tokens_trained"] / elapsed,
+            "rounds": len(history),
+            "accepted": accepted,
+            "late": late,
             "wire_bytes_per_unit": wire / units,
             "update_bytes_per_unit": api.metric("commonweights_update_bytes_received_total") / units,
         }

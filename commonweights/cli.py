@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     benchmarks_cli.add_bench_diloco(bench_commands)
     benchmarks_cli.add_bench_codecs(bench_commands)
     benchmarks_cli.add_bench_system(bench_commands)
+    benchmarks_cli.add_bench_overlap(bench_commands)
     benchmarks_cli.add_bench_app(bench_commands)
     benchmarks_cli.add_bench_browser(bench_commands)
     benchmarks_cli.add_bench_installers(bench_commands)

@@ -222,6 +222,25 @@ class RoundSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     max_leases_per_volunteer: Annotated[
         int, Meta(ge=1, le=64, description="Units one volunteer may hold at once in this campaign.")
     ] = 2
+    # Overlapped rounds: without it, once a round's units are all out, volunteers that finish wait for
+    # the round to close (the slowest of its min_accepted units) before they get work again.
+    overlap: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=4,
+            description=(
+                "Units handed out beyond units_per_round while the round waits for results, as a share of it: "
+                "volunteers that finish early train again from the same version instead of waiting; an update "
+                "that arrives after its round closed counts in the next one, down-weighted as late (0: wait)."
+            ),
+        ),
+    ] = 0.0
+
+    @property
+    def units_issued(self) -> int:
+        """The most units of one round handed out: units_per_round and the overlap's share of it."""
+        return self.units_per_round + math.ceil(self.overlap * self.units_per_round)
 
     def problems(self) -> list[str]:
         out = _declared_problems(self, "rounds.")

@@ -44,6 +44,13 @@ def add_volunteer(commands: Subparsers) -> None:
     run.add_argument("--device", default="auto", metavar="DEVICE", help="auto (default), cpu, cuda, cuda:N or mps")
     run.add_argument("--threads", type=positive_int, default=None, metavar="N", help="CPU threads for training")
     run.add_argument(
+        "--cpu-percent",
+        type=percent,
+        default=100,
+        metavar="PCT",
+        help="share of the time to spend training, 1-100: after each step, rest in proportion (default 100)",
+    )
+    run.add_argument(
         "--runtime",
         choices=RUNTIMES,
         default="torch",
@@ -198,6 +205,14 @@ def _run_app(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def percent(text: str) -> int:
+    """argparse type: a whole percentage from 1 to 100."""
+    value = positive_int(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"must be at most 100, got {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number of at least 1."""
     try:
@@ -249,6 +264,7 @@ def _run_volunteer(args: argparse.Namespace) -> int:
             coordinator_url=args.coordinator,
             device=args.device,
             threads=args.threads,
+            cpu_percent=args.cpu_percent,
             runtime=args.runtime,
             unit_kinds=args.unit_kinds,
             memory_limit=args.memory_limit,

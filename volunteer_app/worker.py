@@ -103,6 +103,7 @@ __all__ = [
     "Notice",
     "RunSummary",
     "StateChanged",
+    "Throttle",
     "TrainingProgress",
     "UnitResult",
     "UnitStarted",
@@ -146,6 +147,44 @@ def _default_name() -> str:
     return (socket.gethostname() or "volunteer")[:128]
 
 
+class Throttle:
+    """Keeps training to `percent` of wall time, as BOINC's "use at most X% of CPU time" does: after
+    each step it rests for the step's time × (100 − percent) / percent, waking early to stop.
+
+        >>> throttle = Throttle(25, clock=clock, sleep=sleep)
+        >>> throttle.rest(should_stop)      # after a 1 s step: rests 3 s, in slices of at most `slice_s`
+    """
+
+    def __init__(
+        self,
+        percent: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        slice_s: float = 0.1,
+    ) -> None:
+        self.percent = percent
+        self.clock = clock
+        self.sleep = sleep
+        self.slice_s = slice_s
+        self.rested_s = 0.0
+        self._since = clock()
+
+    def restart(self) -> None:
+        """Training (re)starts now: the next step's time counts from here."""
+        self._since = self.clock()
+
+    def rest(self, should_stop: Callable[[], bool]) -> None:
+        """Rest after the step that just ended; returns early once `should_stop()` says so."""
+        now = self.clock()
+        if self.percent < 100:
+            until = now + (now - self._since) * (100 - self.percent) / self.percent
+            while not should_stop() and (left := until - self.clock()) > 0:
+                self.sleep(min(left, self.slice_s))
+            self.rested_s += self.clock() - now
+        self._since = self.clock()
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     """What `commonweights volunteer run` passes in; every path defaults to the platformdirs one."""
@@ -154,6 +193,7 @@ class WorkerConfig:
     name: str = field(default_factory=_default_name)
     device: str = "auto"
     threads: int | None = None
+    cpu_percent: int = 100  # share of wall time spent training (BOINC's "use at most X% of CPU time")
     runtime: Runtime = "torch"  # or onnxruntime: train with the step graph the coordinator serves
     # add "evaluate" to also measure versions' holdout loss, "check" other volunteers' updates' (forward only)
     unit_kinds: tuple[UnitKind, ...] = ("train",)
@@ -181,6 +221,8 @@ class WorkerConfig:
             )
         if self.threads is not None and self.threads < 1:
             raise WorkerError("bad_config", f"threads must be at least 1, got {self.threads}")
+        if not 1 <= self.cpu_percent <= 100:
+            raise WorkerError("bad_config", f"cpu_percent must be from 1 to 100, got {self.cpu_percent}")
         if self.max_units is not None and self.max_units < 1:
             raise WorkerError("bad_config", f"max_units must be at least 1, got {self.max_units}")
         if self.max_retries is not None and self.max_retries < 0:
@@ -210,6 +252,7 @@ class RunSummary:
     units: int  # units that got a result
     credit: float  # credit granted during this run
     error: WorkerError | None  # why it stopped, when it was not asked to
+    rested_s: float = 0.0  # seconds training rested to keep to cpu_percent
 
 
 def reconnect_delay(
@@ -436,6 +479,7 @@ class Worker:
         self.credit = 0.0
         # Flags the training thread reads at step boundaries, and their asyncio twins.
         self._stop_flag = threading.Event()
+        self.rested_s = 0.0  # seconds training rested to keep to cpu_percent (Throttle)
         self._pause_flag = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = asyncio.Event()
@@ -524,7 +568,7 @@ class Worker:
             if conn is not None:
                 await conn.close("volunteer stopped" if self._error is None else None)
         self._finish(self._error)
-        return RunSummary(self.units_done, self.credit, self._error)
+        return RunSummary(self.units_done, self.credit, self._error, self.rested_s)
 
     def _setup_device(self) -> None:
         from volunteer_app.devices import DeviceError
@@ -961,12 +1005,14 @@ class Worker:
             unit, self.store, device, fault=self.config.inject_fault, checkpoint_every_s=self.config.checkpoint_every_s
         )
         loop = self._loop
-
-        def on_step(report: StepReport) -> None:  # on the training thread
-            loop.call_soon_threadsafe(self._step_done, progress, report)
+        throttle = Throttle(self.config.cpu_percent)
 
         def should_stop() -> bool:  # on the training thread, at step boundaries
             return self._stop_flag.is_set() or self._pause_flag.is_set() or progress.lease_lost is not None
+
+        def on_step(report: StepReport) -> None:  # on the training thread
+            loop.call_soon_threadsafe(self._step_done, progress, report)
+            throttle.rest(should_stop)
 
         while True:
             if not self._unpaused.is_set():
@@ -975,9 +1021,12 @@ class Worker:
                 await self._first(self._unpaused.wait())
             progress.phase = "training"
             self._set_activity(WorkerState.TRAINING, unit.campaign_name)
+            throttle.restart()
             trained = await asyncio.to_thread(
                 runner.run, checkpoint, data, graph=graph, on_step=on_step, should_stop=should_stop
             )
+            self.rested_s += throttle.rested_s
+            throttle.rested_s = 0.0
             if trained is not None or self._stopping.is_set() or progress.lease_lost is not None:
                 return trained
 

@@ -135,7 +135,8 @@ class Scheduler:
         # held by volunteers not yet trusted don't count either (up to one more round's worth): a few
         # new identities that take units and never return them can't starve the round.
         quota = s.spec.rounds.units_per_round
-        if current.units_created >= quota + refused + min(quota, self._held_by_untrusted(current)):
+        issued = s.spec.rounds.units_issued
+        if current.units_created >= issued + refused + min(quota, self._held_by_untrusted(current)):
             return NoWork("every unit of the current round is out; waiting for results", retry_after_s=2)
         unit = self._new_unit(current, fits[current.units_created % len(fits)])
         if s.should_replicate(trust):

@@ -267,6 +267,66 @@ def test_a_late_update_is_accepted_down_weighted_within_the_staleness_bound(serv
     assert sub is not None and sub.staleness == 1 and 0 < sub.weight < report.tokens
 
 
+def _trusted(service: Coordinator, n: int) -> list[str]:
+    """Volunteers with a long record of valid results: the units they hold count against the round."""
+    ids = volunteers(service, n)
+    with service.store.transaction():
+        for v in ids:
+            service.store.record_outcome(
+                v, accepted=True, credit=0, tokens=0, trust={"consecutive_valid": 100, "errors": 0}
+            )
+    return ids
+
+
+def test_with_overlap_a_volunteer_that_finished_trains_again_instead_of_waiting_for_the_round(
+    service: Coordinator,
+) -> None:
+    """rounds.overlap 0.5 of 2 units: a third unit of version 0 goes out while the round waits for its
+    second result; it arrives after the round closed and counts in the next one, down-weighted."""
+    spec = make_spec(rounds={"units_per_round": 2, "min_accepted": 2, "overlap": 0.5})
+    campaign_id = service.create_campaign(spec, owner="admin:1")
+    fast, slow, other = _trusted(service, 3)
+    runtime = service.runtimes[campaign_id]
+    first, slow_unit = lease(service, fast), lease(service, slow)
+    delta, report = train(service, first)
+    assert (
+        runtime.submit(fast, first.unit.id, first.lease_id, payload(service, first, delta), report).status == "accepted"
+    )
+    again = lease(service, fast)  # without overlap: "every unit of the current round is out"
+    assert again.unit.version == 0 and again.unit.id not in (first.unit.id, slow_unit.unit.id)
+    row = service.store.volunteer(other)
+    assert row is not None
+    assert isinstance(service.assign_work(row, memory_bytes=8 << 30), NoWork), "3 units issued: the most"
+    slow_delta, slow_report = train(service, slow_unit)
+    outcome = runtime.submit(
+        slow, slow_unit.unit.id, slow_unit.lease_id, payload(service, slow_unit, slow_delta), slow_report
+    )
+    assert outcome.status == "accepted"
+    assert service.store.campaign(campaign_id).current_version == 1  # type: ignore[union-attr]
+    delta, report = train(service, again)
+    outcome = runtime.submit(fast, again.unit.id, again.lease_id, payload(service, again, delta), report)
+    assert outcome.status == "accepted" and "late" in outcome.message, outcome.message
+    sub = service.store.submission(again.unit.id, fast)
+    assert sub is not None and sub.staleness == 1 and 0 < sub.weight < report.tokens
+    current = runtime.round
+    assert current is not None and current.row.version == 1 and current.accepted == 1
+
+
+def test_without_overlap_a_volunteer_waits_while_the_rounds_units_are_out(service: Coordinator) -> None:
+    service.create_campaign(make_spec(rounds={"units_per_round": 2, "min_accepted": 2}), owner="admin:1")
+    fast, slow = _trusted(service, 2)
+    first, _ = lease(service, fast), lease(service, slow)
+    delta, report = train(service, first)
+    outcome = service.runtimes[first.campaign.id].submit(
+        fast, first.unit.id, first.lease_id, payload(service, first, delta), report
+    )
+    assert outcome.status == "accepted"
+    row = service.store.volunteer(fast)
+    assert row is not None
+    answer = service.assign_work(row, memory_bytes=8 << 30)
+    assert isinstance(answer, NoWork) and "waiting for results" in answer.reason
+
+
 def test_a_volunteer_with_too_little_memory_is_told_how_much_is_needed(service: Coordinator) -> None:
     service.create_campaign(make_spec(), owner="admin:1")
     (v,) = volunteers(service, 1)

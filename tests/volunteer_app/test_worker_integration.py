@@ -213,6 +213,15 @@ async def test_each_new_version_is_rebuilt_from_a_delta_instead_of_downloaded(
     assert {v["checkpoint_sha256"] for v in versions[1:3]} <= cached
 
 
+async def test_a_worker_at_half_the_cpu_rests_between_steps_and_still_finishes_its_unit(
+    coordinator: Coordinator, tmp_path: Path
+) -> None:
+    campaign = coordinator.post_campaign(steps=3)
+    summary, events = await _run(_config(coordinator, tmp_path, campaign, cpu_percent=50))
+    assert [e.status for e in events if isinstance(e, UnitResult)] == ["accepted"]
+    assert summary.units == 1 and summary.rested_s > 0
+
+
 async def test_a_paused_worker_checkpoints_and_goes_on_when_resumed(coordinator: Coordinator, tmp_path: Path) -> None:
     campaign = coordinator.post_campaign(steps=5)
 
@@ -326,3 +335,6 @@ def test_bad_flags_exit_2_with_a_hint() -> None:
     process = _volunteer("--coordinator", "ws://127.0.0.1:1/ws", "--memory-limit", "lots")
     output, _ = process.communicate(timeout=VOLUNTEER_S)
     assert process.returncode == 2 and b"4GiB" in output
+    process = _volunteer("--coordinator", "ws://127.0.0.1:1/ws", "--cpu-percent", "0")
+    output, _ = process.communicate(timeout=VOLUNTEER_S)
+    assert process.returncode == 2 and b"--cpu-percent" in output

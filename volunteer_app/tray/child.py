@@ -333,6 +333,7 @@ def child_main(conn: Connection, raw_config: bytes) -> None:
             coordinator_url=config.coordinator_url,
             device=config.device,
             threads=config.threads,
+            cpu_percent=config.cpu_percent,
             memory_limit=config.memory_limit,
             config_dir=path(config.config_dir),
             cache_dir=path(config.cache_dir),

@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 _WORKING = frozenset({WorkerState.TRAINING, WorkerState.DOWNLOADING, WorkerState.SUBMITTING})
 # Preferences the running worker was built with: changing one restarts the child.
-_CHILD_FIELDS = ("coordinator_url", "device", "cpu_cores", "gpu_memory_limit_mb")
+_CHILD_FIELDS = ("coordinator_url", "device", "cpu_cores", "cpu_percent", "gpu_memory_limit_mb")
 
 
 class AppState(StrEnum):
@@ -456,6 +456,7 @@ class AppController:
             coordinator_url=prefs.coordinator_url,
             device=device,
             threads=prefs.cpu_cores,
+            cpu_percent=prefs.cpu_percent,
             memory_limit=prefs.gpu_memory_limit_mb * (1 << 20) if prefs.gpu_memory_limit_mb else None,
             name=self._name,
             config_dir=str(self.paths.config_dir) if self.paths.config_dir else None,

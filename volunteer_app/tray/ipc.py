@@ -86,6 +86,7 @@ class ChildConfig:
     coordinator_url: str
     device: str = "auto"
     threads: int | None = None
+    cpu_percent: int = 100
     memory_limit: int | None = None
     name: str | None = None
     config_dir: str | None = None

@@ -146,12 +146,15 @@ def test_an_unreachable_coordinator_shows_offline_and_notifies_after_a_minute(tm
 def test_new_worker_settings_restart_the_child_with_them(tmp_path: Path) -> None:
     rig = make_rig(tmp_path)
     rig.step(idle=61.0)
-    prefs = dataclasses.replace(rig.controller.preferences, coordinator_url="http://10.0.0.2:8470", cpu_cores=2)
+    prefs = dataclasses.replace(
+        rig.controller.preferences, coordinator_url="http://10.0.0.2:8470", cpu_cores=2, cpu_percent=40
+    )
     rig.controller.apply_preferences(prefs)
     assert rig.children[0].commands == ["stop"]
     rig.step()
     assert len(rig.children) == 2
-    assert (rig.child.config.coordinator_url, rig.child.config.threads) == ("http://10.0.0.2:8470", 2)
+    config = rig.child.config
+    assert (config.coordinator_url, config.threads, config.cpu_percent) == ("http://10.0.0.2:8470", 2, 40)
     assert load_preferences(rig.prefs_path).coordinator_url == "http://10.0.0.2:8470"
     rig.controller.apply_preferences(dataclasses.replace(prefs, idle_minutes=2))  # policy only
     assert len(rig.children) == 2 and rig.child.commands[-1:] != ["stop"]

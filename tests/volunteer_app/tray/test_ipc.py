@@ -24,7 +24,9 @@ MESSAGES = [
     Pause(),
     Resume(),
     Stop(),
-    ChildConfig("ws://127.0.0.1:8470/ws", device="cuda:1", threads=4, memory_limit=1 << 30, data_dir="/tmp/d"),
+    ChildConfig(
+        "ws://127.0.0.1:8470/ws", device="cuda:1", threads=4, cpu_percent=30, memory_limit=1 << 30, data_dir="/tmp/d"
+    ),
     DeviceChosen("cuda", "NVIDIA H100", 80 << 30),
     ChildFinished(3, 4.5, "banned", "this volunteer is banned"),
     StateChanged(WorkerState.PAUSED, "tiny-lm: paused at step 12"),
