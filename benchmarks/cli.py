@@ -71,6 +71,13 @@ def add_bench_diloco(commands: Subparsers) -> None:
     parser.set_defaults(**{flag: None for flag in _HORIZON_FLAGS}, horizon_defaults=short)
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"), help="markdown file to update")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write results as JSON")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="an earlier run's --json: configurations it holds are not run again (resume or extend a long run)",
+    )
     parser.set_defaults(handler=_run_bench_diloco)
 
 

@@ -13,6 +13,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -32,7 +33,7 @@ from training.simulate import (
     simulate,
 )
 
-__all__ = ["bench_configs", "format_diloco_table", "run_bench_command"]
+__all__ = ["bench_configs", "format_diloco_table", "reusable_results", "run_bench_command"]
 
 
 # key=value options of a configuration, and the SimConfig field each sets.
@@ -167,6 +168,24 @@ def horizon_dataset(args: argparse.Namespace) -> TokenDataset:
     return TokenDataset.open(ensure_default_dataset(max_bytes=corpus_bytes, progress=not args.quiet))
 
 
+def _config_key(config: SimConfig | dict[str, object]) -> str:
+    """A configuration as canonical JSON: equal keys, equal runs (the simulator is seeded)."""
+    data = dataclasses.asdict(config) if isinstance(config, SimConfig) else config
+    return json.dumps(data, sort_keys=True)
+
+
+def reusable_results(path: Path) -> dict[str, SimResult]:
+    """The results in an earlier run's `--json` file, by configuration (to resume or extend a long run)."""
+    raw = json.loads(path.read_text())
+    fields = {f.name for f in dataclasses.fields(SimResult)}
+    out = {}
+    for entry in raw["results"]:
+        result = SimResult(**{k: v for k, v in entry.items() if k in fields})
+        result.holdout_curve = [(int(t), float(loss)) for t, loss in result.holdout_curve]
+        out[_config_key(result.config)] = result
+    return out
+
+
 def run_bench_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -174,6 +193,11 @@ def run_bench_command(args: argparse.Namespace) -> int:
     apply_horizon(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        earlier = reusable_results(args.reuse) if args.reuse is not None else {}
+    except (ValueError, OSError, KeyError, TypeError) as error:
+        print(f"commonweights bench diloco: --reuse {args.reuse}: {error}", file=sys.stderr)
+        return 2
     try:
         base = config_from_args(args, mode="diloco")
         configs = bench_configs(base, parse_configs(args.configs))
@@ -187,6 +211,11 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
     results: list[SimResult] = []
     for i, config in enumerate(configs, 1):
+        found = earlier.get(_config_key(config))
+        if found is not None:
+            results.append(found)
+            console.print(f"[{i}/{len(configs)}] {config.label}: the same configuration's result from {args.reuse}")
+            continue
         with progress_bar(f"[{i}/{len(configs)}] {config.label}", quiet=args.quiet, console=console) as update:
             results.append(simulate(config, dataset, device=device, on_progress=update))
         console.print(f"  holdout loss {results[-1].final_holdout_loss:.4f}, {results[-1].seconds:.0f} s")
@@ -211,8 +240,13 @@ def run_bench_command(args: argparse.Namespace) -> int:
             "gradient every step; the reduction is its bytes divided by the configuration's.",
             "DiLoCo rows run the deployed algorithm unless their label says otherwise: each round's "
             f"{base.workers} units go to {base.workers} of {base.pool} volunteers drawn at random, every unit "
-            f"starts a fresh AdamW and ramps its learning rate over its first {base.unit_warmup:.0%} of steps, "
-            "error feedback stays with the volunteer, and "
+            "starts a fresh AdamW"
+            + (
+                f" and ramps its learning rate over its first {base.unit_warmup:.0%} of steps, "
+                if base.unit_warmup
+                else " (no per-unit warm-up unless the label says so), "
+            )
+            + "error feedback stays with the volunteer, and "
             f"{base.late_fraction:.0%} of units arrive a version late (down-weighted as the coordinator does). "
             "*persistent AdamW* is DiLoCo as published (worker k keeps its AdamW moments across rounds); "
             "*volunteer AdamW*: each volunteer keeps its moments across the units it trains.",

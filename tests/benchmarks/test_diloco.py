@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,31 @@ def test_bench_writes_its_tables_into_a_section_and_keeps_the_rest(small_dataset
                      "fewer bytes than data-parallel", "volunteers drawn at random",
                      "reduction"):  # fmt: skip
         assert expected in text, expected
+
+
+def test_reuse_runs_only_the_configurations_an_earlier_run_lacks(small_dataset: Path, tmp_path: Path) -> None:
+    out, first, second = tmp_path / "benchmarks.md", tmp_path / "first.json", tmp_path / "second.json"
+    common = [
+        "bench", "diloco", "--data", str(small_dataset), "--workers", "2", "--steps", "4", "--batch-size", "2",
+        "--seq-len", "32", "--eval-tokens", "2048", "--output", str(out), "--quiet",
+    ]  # fmt: skip
+    assert main([*common, "--configs", "2:int8", "--json", str(first)]) == 0
+    earlier = json.loads(first.read_text())["results"]
+    # Mark the earlier results: a reused one comes back with the mark, a rerun one without it.
+    for entry in earlier:
+        entry["seconds"] = 12345.0
+    first.write_text(json.dumps({"results": earlier}))
+    assert main([*common, "--configs", "2:int8,2:fp32", "--reuse", str(first), "--json", str(second)]) == 0
+    results = json.loads(second.read_text())["results"]
+    assert [r["seconds"] == 12345.0 for r in results] == [True, True, True, False]
+    assert [r["label"] for r in results[:3]] == [r["label"] for r in earlier]
+    assert results[0]["holdout_curve"] == earlier[0]["holdout_curve"]
+
+
+def test_reuse_of_a_file_that_is_not_a_results_file_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"results": [{"label": 3}]}')
+    assert main(["bench", "diloco", "--reuse", str(bad), "--steps", "4", "--quiet"]) == 2
 
 
 def test_the_long_horizon_fills_only_the_flags_left_out() -> None:
