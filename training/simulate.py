@@ -119,6 +119,12 @@ class SimConfig:
                 extra += f", {self.download_codec} downloads"
             if self.unit_warmup:
                 extra += f", unit warm-up {self.unit_warmup:g}"
+            if self.outer_lr is not None:
+                extra += f", outer lr {self.outer_lr:g}"
+            if self.outer_momentum != SimConfig.outer_momentum:
+                extra += f", momentum {self.outer_momentum:g}"
+            if self.lr != SimConfig.lr:
+                extra += f", inner lr {self.lr:g}"
             return f"DiLoCo H={self.inner_steps} {self.codec} ({self.outer}{extra})"
         return {"data_parallel": "data-parallel", "single": "single worker"}[self.mode]
 
