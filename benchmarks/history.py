@@ -63,8 +63,8 @@ def check_history(data_dir: Path, campaign_id: int) -> int:
         versions = store.versions(campaign_id)
         _require([v.version for v in versions] == list(range(len(versions))), "version numbers have gaps")
         _require(campaign.current_version == versions[-1].version, "the campaign's version is not its last one")
-        params = load_weights(blobs.get(versions[0].checkpoint_sha))
         published_bytes = blobs.get(versions[0].checkpoint_sha)
+        params = load_weights(published_bytes)
         shapes = {n: tuple(t.shape) for n, t in params.items()}
         outer = make_outer_optimizer(spec.outer.optimizer, lr=spec.outer.lr, momentum=spec.outer.momentum)
         closed = [r for r in store.rounds(campaign_id) if r.status == "closed"]
@@ -98,9 +98,8 @@ def check_history(data_dir: Path, campaign_id: int) -> int:
                 outer.step(params, aggregate.delta)
             # The coordinator steps its exact weights (the version state's "master") and publishes the
             # checkpoint its download codec's delta rebuilds; compare the replay with the exact weights.
-            master = load_state(blobs.get(version.state_sha)).get("master") or load_weights(
-                blobs.get(version.checkpoint_sha)
-            )
+            checkpoint = blobs.get(version.checkpoint_sha)
+            master = load_state(blobs.get(version.state_sha)).get("master") or load_weights(checkpoint)
             for name, tensor in master.items():
                 try:
                     torch.testing.assert_close(params[name], tensor, rtol=1e-5, atol=1e-6)
@@ -108,7 +107,6 @@ def check_history(data_dir: Path, campaign_id: int) -> int:
                     raise HistoryError(
                         f"v{version.version} {name}: the replay differs from the published\n{error}"
                     ) from None
-            checkpoint = blobs.get(version.checkpoint_sha)
             if version.delta_sha is not None:
                 _require(
                     apply_delta(published_bytes, blobs.get(version.delta_sha)) == checkpoint,
