@@ -249,7 +249,9 @@ def run_bench_command(args: argparse.Namespace) -> int:
             + "error feedback stays with the volunteer, and "
             f"{base.late_fraction:.0%} of units arrive a version late (down-weighted as the coordinator does). "
             "*persistent AdamW* is DiLoCo as published (worker k keeps its AdamW moments across rounds); "
-            "*volunteer AdamW*: each volunteer keeps its moments across the units it trains.",
+            "*volunteer AdamW*: each volunteer keeps its moments across the units it trains; *shared AdamW*: every "
+            "unit starts a fresh AdamW seeded with the median of the last round's factored second moments "
+            "(training/moments.py), which each unit uploads beside its update (counted in the reduction).",
             diloco_table,
             *verdicts,
             "Codec sizes, speeds and errors are in the `commonweights bench codecs` section.",

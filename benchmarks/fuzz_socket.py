@@ -191,7 +191,7 @@ class _Run:
         if connection.unit is not None and self.rng.random() < 0.2:  # about the unit: the aim is added later
             return encode(self.rng.choice(self.aimable)), "aimed"
         if self.rng.random() < 0.02:
-            return self.rng.choice(('{"type": "hello", "v": 3}', "", "\x00")), "text"
+            return self.rng.choice(('{"type": "hello", "v": 4}', "", "\x00")), "text"
         while True:
             fuzzed = self.fuzzer.next()
             if len(fuzzed.data) <= MAX_SOCKET_FRAME_BYTES:

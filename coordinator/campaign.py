@@ -145,6 +145,17 @@ class InnerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             description="Share of each unit's steps over which its learning rate ramps up (0: none).",
         ),
     ] = 0.0
+    # Measured (docs/benchmarks.md, long horizon): seeding each unit's fresh AdamW with the last round's
+    # median second moment takes back about two thirds of what restarting AdamW costs, for 5% more upload.
+    shared_moments: Annotated[
+        bool,
+        Meta(
+            description=(
+                "Units return their AdamW second moment (factored: a row and a column mean per matrix) and start "
+                "from the last round's median."
+            )
+        ),
+    ] = True
 
     def problems(self) -> list[str]:
         return _declared_problems(self, "inner.")
@@ -409,6 +420,7 @@ class CampaignSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             beta1=inner.beta1,
             beta2=inner.beta2,
             unit_warmup_steps=round(inner.unit_warmup * inner.steps),
+            shared_moments=inner.shared_moments,
         )
 
     @classmethod
@@ -587,6 +599,8 @@ def _fits(value: object, t: mi.Type) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool) and _finite(value)
     if isinstance(t, mi.StrType):
         return isinstance(value, str)
+    if isinstance(t, mi.BoolType):
+        return isinstance(value, bool)
     raise TypeError(f"a spec field can't be read as {t!r}")
 
 
@@ -619,7 +633,13 @@ def _expected(t: mi.Type) -> str:
     t, _, _ = _unwrap(t)
     if isinstance(t, mi.UnionType):
         return " or ".join(_expected(arm) for arm in t.types)
-    names = {mi.IntType: "an integer", mi.FloatType: "a number", mi.StrType: "a string", mi.NoneType: "nothing"}
+    names = {
+        mi.IntType: "an integer",
+        mi.FloatType: "a number",
+        mi.StrType: "a string",
+        mi.BoolType: "true or false",
+        mi.NoneType: "nothing",
+    }
     return names[type(t)]
 
 

@@ -585,7 +585,7 @@ async def _answer_request(session: Session, answer: Assignment | Evaluation | No
         unit = evaluate_unit_message(answer, session.service.config.eval_batch)
     else:
         unit = work_unit_message(answer)
-    session.blobs |= {ref.sha256 for ref in (unit.checkpoint, unit.data, unit.graph) if ref is not None}
+    session.blobs |= {ref.sha256 for ref in (unit.checkpoint, unit.data, unit.graph, unit.moments) if ref is not None}
     session.blobs |= {step.delta.sha256 for step in unit.deltas}
     await _send(session, unit)
 
@@ -701,7 +701,13 @@ async def _submit(session: Session, message: Submit) -> None:
             device=message.metrics.device,
         )
         prepared = await service.workers.run(
-            runtime.prepare, volunteer.id, message.unit_id, message.lease_id, message.update, sha256=digest
+            runtime.prepare,
+            volunteer.id,
+            message.unit_id,
+            message.lease_id,
+            message.update,
+            sha256=digest,
+            moments=message.moments,
         )
         outcome = await service.workers.commit_in_order(
             runtime.row.id, runtime.commit, volunteer.id, message.lease_id, prepared, report
@@ -809,4 +815,13 @@ def work_unit_message(a: Assignment) -> WorkUnit:
             CheckpointDelta(base=d.base, delta=BlobRef(sha256=d.delta_sha, size=d.delta_size), result=d.result)
             for d in a.deltas
         ),
+        moments=_moments_ref(a),
     )
+
+
+def _moments_ref(a: Assignment) -> BlobRef | None:
+    """The shared second moment of the unit's version, where the campaign shares them and has one yet."""
+    version = a.checkpoint
+    if not a.inner.shared_moments or version.moments_sha is None or version.moments_size is None:
+        return None
+    return BlobRef(sha256=version.moments_sha, size=version.moments_size)

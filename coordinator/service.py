@@ -398,6 +398,7 @@ class Coordinator:
         return (
             self.store.is_checkpoint(digest)
             or self.store.is_delta(digest)
+            or self.store.is_moments(digest)
             or self.graphs.is_graph(digest)
             or self.evaluations.is_blob(digest)
             or self.store.is_unit_data_of(digest, volunteer_id)

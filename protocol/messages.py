@@ -254,6 +254,15 @@ class InnerRecipe(Struct, frozen=True, forbid_unknown_fields=True):
             description="The unit's own warm-up: its first steps' rates are ramped linearly over this many steps.",
         ),
     ] = 0
+    shared_moments: Annotated[
+        bool,
+        Meta(
+            description=(
+                "The campaign shares AdamW second moments: v starts from work_unit.moments when it is given, "
+                "and submit.moments returns the unit's final v."
+            )
+        ),
+    ] = False
 
     @property
     def tokens_needed(self) -> int:
@@ -361,6 +370,16 @@ class Submit(Struct, frozen=True, forbid_unknown_fields=True):
     ]
     update_sha256: Annotated[Sha256, Meta(description="SHA-256 of update; keys idempotent resubmission.")]
     metrics: Annotated[TrainMetrics, Meta(description="Losses, tokens, time and device.")]
+    moments: Annotated[
+        bytes,
+        Meta(
+            max_length=MAX_UPDATE_BYTES,
+            description=(
+                "When the unit's recipe.shared_moments: the shard's AdamW second moment after the last step, "
+                "as a moments frame; empty otherwise."
+            ),
+        ),
+    ] = b""
 
 
 class Report(Struct, frozen=True, forbid_unknown_fields=True):
@@ -523,8 +542,19 @@ class WorkUnit(Struct, frozen=True, forbid_unknown_fields=True):
             ),
         ),
     ] = ()
+    moments: Annotated[
+        BlobRef | None,
+        Meta(
+            description=(
+                "A moments frame of every checkpoint tensor: the shared AdamW second moment a train unit's v starts "
+                "from. Null: v starts at zero. Only when recipe.shared_moments."
+            )
+        ),
+    ] = None
 
     def __post_init__(self) -> None:
+        if self.moments is not None and not (self.kind == "train" and self.recipe.shared_moments):
+            raise FieldError("moments", "must be null unless a train unit's recipe.shared_moments is true")
         if (self.graph is None) != (self.runtime == "torch"):
             raise FieldError("graph", "must be a blob when runtime is onnxruntime and null when it is torch")
         for i, step in enumerate(self.deltas):

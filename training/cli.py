@@ -78,9 +78,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--inner-state",
         default="fresh",
-        choices=["fresh", "persistent", "volunteer"],
+        choices=["fresh", "persistent", "volunteer", "shared"],
         help="DiLoCo inner AdamW state: fresh per unit (as deployed), persistent per worker (DiLoCo's paper), "
-        "or kept by each volunteer across its units",
+        "kept by each volunteer across its units, or fresh but seeded with the last round's shared second moment",
     )
     parser.add_argument(
         "--volunteers", type=int, default=0, help="volunteers the units are spread over (default: 2 × workers)"

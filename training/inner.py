@@ -50,6 +50,7 @@ class InnerConfig:
     warmup_steps: int = 0
     total_steps: int = 0  # length of the cosine schedule in global steps; 0: constant after warmup
     unit_warmup_steps: int = 0  # each unit ramps its rate over its own first steps (a fresh AdamW's moments)
+    shared_moments: bool = False  # AdamW's v starts from the campaign's shared second moment (training.moments)
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     beta1: float = 0.9

@@ -14,6 +14,8 @@ Three ways to spend the same tokens on the same K data streams:
   down-weighted as the coordinator does. `inner_state="persistent"` is DiLoCo as
   published: worker k keeps its AdamW moments across rounds. `inner_state="volunteer"`: each volunteer
   keeps its AdamW moments across the units it happens to train (stale if it skipped rounds).
+  `inner_state="shared"`: every unit starts a fresh AdamW seeded with the median of the previous round's
+  units' factored second moments (`training.moments`), which each unit uploads beside its update.
 - `data_parallel`: synchronous data-parallel, the fair baseline: every step the K workers' gradients
   on the same per-worker batches are averaged and one AdamW step is taken with the same schedule.
   Each worker uploads an fp32 gradient every step.
@@ -39,6 +41,7 @@ import numpy as np
 import torch
 
 from protocol.codecs import CodecConfig, decode, encode
+from protocol.moments import decode_moments, encode_moments
 from protocol.tensors import TensorSpec
 from training.accumulator import DeltaAccumulator, staleness_weight
 from training.data import DataError, TokenDataset, ensure_default_dataset
@@ -46,12 +49,13 @@ from training.error_feedback import ErrorFeedback
 from training.evaluate import evaluate
 from training.inner import InnerConfig, InnerLoop, StepReport, pick_device, sequence_batches
 from training.model import GPT, build_model, count_parameters, preset
+from training.moments import Moments, as_records, from_records, median_moments, seeded_adamw, unit_moments
 from training.outer import make_outer_optimizer
 
 __all__ = ["INNER_STATES", "MODES", "SimConfig", "SimResult", "evaluate", "simulate"]
 
 MODES = ("diloco", "data_parallel", "single")
-INNER_STATES = ("fresh", "persistent", "volunteer")
+INNER_STATES = ("fresh", "persistent", "volunteer", "shared")
 # A late unit is one version behind; at that staleness the coordinator's weight does not depend on its bound.
 _LATE_WEIGHT = staleness_weight(1, 1)
 FP32_BYTES = 4
@@ -273,6 +277,7 @@ def _run_diloco(
     outer = make_outer_optimizer(config.outer, lr=config.outer_lr, momentum=config.outer_momentum)
     global_params: dict[str, torch.Tensor] = dict(model.named_parameters())
     specs = {name: TensorSpec(tuple(p.shape)) for name, p in global_params.items()}
+    shapes = {name: spec.shape for name, spec in specs.items()}
     accumulator = DeltaAccumulator({name: spec.shape for name, spec in specs.items()})
     device = next(model.parameters()).device
     # Who trains what: slot k of every round reads worker k's stream; the volunteer doing it is drawn
@@ -282,6 +287,7 @@ def _run_diloco(
     optimizers: dict[int, torch.optim.AdamW] = {}
     feedback: dict[int, ErrorFeedback] = {}
     uploaded: dict[int, int] = {}
+    shared: Moments = {}  # the previous round's median second moment (inner_state="shared")
     previous: dict[str, torch.Tensor] | None = None  # θ_{v-1}, which late units started from
     # Compressed downloads: volunteers hold θ'_v, rebuilt from deltas; the coordinator keeps the exact θ_v
     # and sends θ_{v+1} − θ'_v, so what a delta loses is sent again with the next one (error feedback).
@@ -305,6 +311,7 @@ def _run_diloco(
         late = [previous is not None and draw.random() < config.late_fraction for _ in volunteers]
         current = {name: published.get(name, value).detach().clone() for name, value in model.state_dict().items()}
         round_losses: list[list[float]] = []
+        round_moments: list[Moments] = []
         for k, volunteer in enumerate(volunteers):
             # DiLoCo's worker k keeps its state; otherwise a model (and its AdamW) follows the volunteer.
             owner = k if config.inner_state == "persistent" else volunteer
@@ -313,11 +320,13 @@ def _run_diloco(
                 replica = replicas[owner] = build_model(model.config, seed=config.seed, device=device)
             start = previous if late[k] and previous is not None else current
             replica.load_state_dict(start)
-            kept = optimizers.get(owner) if config.inner_state != "fresh" else None
+            kept = optimizers.get(owner) if config.inner_state in ("persistent", "volunteer") else None
+            if config.inner_state == "shared" and shared:
+                kept = seeded_adamw(dict(replica.named_parameters()), inner, shared)
             # A late unit trained a round ago, on the schedule of its own version.
             first = step - steps if late[k] else step
             loop = InnerLoop(replica, inner, global_step=max(0, first), optimizer=kept)
-            if config.inner_state != "fresh":
+            if config.inner_state in ("persistent", "volunteer"):
                 optimizers[owner] = loop.optimizer
 
             def report(_: object, k: int = k) -> None:
@@ -334,7 +343,14 @@ def _run_diloco(
             residual.remember(to_send, received)
             accumulator.add(received, weight=unit.tokens * (_LATE_WEIGHT if late[k] else 1.0))
             round_losses.append(unit.losses)
+            if config.inner_state == "shared":
+                # As volunteers send them: a moments frame (bf16 factors), counted as upload.
+                frame = encode_moments(as_records(unit_moments(loop)))
+                round_moments.append(from_records(decode_moments(frame, shapes), shapes))
+                uploaded[volunteer] += len(frame)
             result.tokens += unit.tokens
+        if round_moments:
+            shared = median_moments(round_moments)
         outer.step(global_params, accumulator.mean())
         accumulator.reset()
         if download is None:

@@ -18,6 +18,7 @@ the same update as a run that never stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import math
@@ -39,11 +40,13 @@ from protocol.limits import MAX_LOSS
 from protocol.messages import InnerRecipe, TrainMetrics, WorkUnit
 from protocol.messages import ModelConfig as WireModelConfig
 from protocol.messages import decode as decode_frame
+from protocol.moments import decode_moments, encode_moments
 from training.atomic_write import write_atomically
 from training.checkpoint import CheckpointError, load_state, load_weights, save_state
 from training.error_feedback import ErrorFeedback
 from training.inner import InnerConfig, InnerLoop, StepReport, unit_batches
 from training.model import GPT, ModelConfig
+from training.moments import Moments, as_records, from_records, loop_moments, seed_loop
 from training.onnx_graphs import GraphError, OrtInnerLoop, check_served_graph, ort_session
 from volunteer_app.devices import DeviceInfo
 
@@ -89,6 +92,7 @@ class TrainedUnit:
     # UnitStore.save_submit), so a crash before then can't apply the same correction twice.
     feedback: ErrorFeedback | None = None
     alternate_update: bytes | None = None  # --inject-fault replay: a second, different update
+    moments: bytes = b""  # the shard's final second moment, where the unit's recipe shares them
 
 
 # --- Mapping the wire onto the training core ---------------------------------------------------
@@ -235,6 +239,7 @@ class UnitRunner:
         self.checkpoint_every_s = checkpoint_every_s
         self.config = inner_config_of(unit.recipe)
         self.graph: bytes | None = None  # the step graph, for a unit of the onnxruntime runtime
+        self.moments: bytes | None = None  # the shared second moment's blob, where the unit names one
 
     @property
     def resumable(self) -> bool:
@@ -247,15 +252,20 @@ class UnitRunner:
         data: bytes,
         *,
         graph: bytes | None = None,
+        moments: bytes | None = None,
         on_step: Callable[[StepReport], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> TrainedUnit | None:
         """Train to the end (the encoded update) or until `should_stop()` at a step boundary (None).
 
         A unit for the onnxruntime runtime trains with its step graph, `graph` (the blob the unit
-        names). Runs on the calling thread; the worker calls it through `asyncio.to_thread`.
+        names). `moments` is the blob of the unit's `moments`, the shared second moment its AdamW
+        starts from. Runs on the calling thread; the worker calls it through `asyncio.to_thread`.
         """
         self.graph = self._checked_graph(graph)
+        if (moments is None) != (self.unit.moments is None):
+            raise RunnerError("error", "the unit's moments blob is missing, or given to a unit that names none")
+        self.moments = moments
         tokens = tokens_of(self.unit, data)
         if self.device.kind == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device.torch_device)
@@ -272,8 +282,8 @@ class UnitRunner:
                 torch.mps.empty_cache()
         if trained is None:
             return None
-        delta, metrics = trained
-        return self._encode(delta, metrics)
+        delta, metrics, moments = trained
+        return dataclasses.replace(self._encode(delta, metrics), moments=moments)
 
     def _train(
         self,
@@ -281,7 +291,7 @@ class UnitRunner:
         tokens: np.ndarray,
         on_step: Callable[[StepReport], None] | None,
         should_stop: Callable[[], bool] | None,
-    ) -> tuple[dict[str, torch.Tensor], TrainMetrics] | None:
+    ) -> tuple[dict[str, torch.Tensor], TrainMetrics, bytes] | None:
         unit = self.unit
         torch.manual_seed(unit.seed)
         loop = self._new_loop(checkpoint)
@@ -321,13 +331,15 @@ class UnitRunner:
             runtime=self.unit.runtime,
             peak_memory_bytes=peak,
         )
-        return {name: result.delta[name] for name in unit.shard}, metrics
+        moments = encode_moments(as_records(loop_moments(loop))) if unit.recipe.shared_moments else b""
+        return {name: result.delta[name] for name in unit.shard}, metrics, moments
 
     def _new_loop(self, checkpoint: bytes) -> InnerLoop | OrtInnerLoop:
+        loop: InnerLoop | OrtInnerLoop
         try:
             if self.graph is not None:
                 params = {n: w.numpy() for n, w in self._weights(checkpoint).items()}
-                return OrtInnerLoop(
+                loop = OrtInnerLoop(
                     self.graph,
                     self.config,
                     params,
@@ -335,10 +347,24 @@ class UnitRunner:
                     global_step=self.unit.recipe.global_step,
                     threads=torch.get_num_threads(),
                 )
-            model = self._build_model(checkpoint)
-            return InnerLoop(model, self.config, global_step=self.unit.recipe.global_step, trainable=self.unit.shard)
+            else:
+                model = self._build_model(checkpoint)
+                loop = InnerLoop(
+                    model, self.config, global_step=self.unit.recipe.global_step, trainable=self.unit.shard
+                )
         except ValueError as error:
             raise RunnerError("error", f"the unit's shard doesn't fit its model: {error}") from None
+        if self.moments is not None:
+            seed_loop(loop, self._shared_moments(self.moments))
+        return loop
+
+    def _shared_moments(self, blob: bytes) -> Moments:
+        """The unit's moments blob, checked against the model: a moments frame of every parameter."""
+        shapes = self._shapes()
+        try:
+            return from_records(decode_moments(blob, shapes), shapes)
+        except CodecError as error:
+            raise RunnerError("error", f"the unit's moments are unusable: {error}") from None
 
     def _checked_graph(self, graph: bytes | None) -> bytes | None:
         """The unit's graph blob: there exactly when the unit names onnxruntime, and a plain ONNX model."""
@@ -360,12 +386,7 @@ class UnitRunner:
     def _weights(self, checkpoint: bytes) -> dict[str, torch.Tensor]:
         """The checkpoint's tensors, checked against the unit's model and shard."""
         unit = self.unit
-        try:
-            config = model_config_of(unit.model.config)
-            with torch.device("meta"):
-                shapes = {name: tuple(p.shape) for name, p in GPT(config).named_parameters()}
-        except ValueError as error:
-            raise RunnerError("error", f"the unit's model config is not usable: {error}") from None
+        shapes = self._shapes()
         wrong = [n for n in unit.shard if tuple(unit.shard_shapes[n]) != shapes.get(n)]
         if wrong:
             raise RunnerError("error", f"the unit's shard shapes don't match its model: {', '.join(wrong[:3])}")
@@ -373,6 +394,15 @@ class UnitRunner:
             return load_weights(checkpoint, shapes)
         except CheckpointError as error:
             raise RunnerError("error", f"the unit's checkpoint is unusable: {error}") from None
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter's shape in the unit's model."""
+        try:
+            config = model_config_of(self.unit.model.config)
+            with torch.device("meta"):
+                return {name: tuple(p.shape) for name, p in GPT(config).named_parameters()}
+        except ValueError as error:
+            raise RunnerError("error", f"the unit's model config is not usable: {error}") from None
 
     def evaluate(self, checkpoint: bytes, data: bytes, *, graph: bytes | None = None) -> tuple[list[float], float]:
         """An evaluate unit: the loss of each of its batches (forward only) and the seconds it took.

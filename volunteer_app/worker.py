@@ -855,8 +855,9 @@ class Worker:
                         return
                 heartbeat = asyncio.create_task(self._heartbeats(progress))
                 checkpoint, data, graph = await self._download(unit)
+                moments = await self._fetch(unit.moments) if unit.moments is not None else None
                 try:
-                    trained = await self._train(unit, progress, checkpoint, data, graph)
+                    trained = await self._train(unit, progress, checkpoint, data, graph, moments)
                 except (RunnerError, _Stopping):
                     raise
                 except Exception as error:  # a bug or a broken unit: give it back rather than crash
@@ -881,7 +882,9 @@ class Worker:
                     self._lease_lost(unit, progress.lease_lost)
                 return  # stopping: the checkpoint waits on disk for the next run
             conn = await self._connection()
-            submit = Submit(unit.unit_id, unit.lease_id, trained.update, trained.update_sha256, trained.metrics)
+            submit = Submit(
+                unit.unit_id, unit.lease_id, trained.update, trained.update_sha256, trained.metrics, trained.moments
+            )
             try:
                 frame = encode(submit, max_bytes=conn.welcome.max_frame_bytes)
             except ProtocolError as error:  # larger than this coordinator takes in one frame
@@ -997,7 +1000,13 @@ class Worker:
         return await self.cache.fetch(ref, chunk, on_progress=report)
 
     async def _train(
-        self, unit: WorkUnit, progress: _UnitProgress, checkpoint: bytes, data: bytes, graph: bytes | None
+        self,
+        unit: WorkUnit,
+        progress: _UnitProgress,
+        checkpoint: bytes,
+        data: bytes,
+        graph: bytes | None,
+        moments: bytes | None,
     ) -> TrainedUnit | None:
         device = self.device
         assert device is not None and self._loop is not None
@@ -1023,7 +1032,13 @@ class Worker:
             self._set_activity(WorkerState.TRAINING, unit.campaign_name)
             throttle.restart()
             trained = await asyncio.to_thread(
-                runner.run, checkpoint, data, graph=graph, on_step=on_step, should_stop=should_stop
+                runner.run,
+                checkpoint,
+                data,
+                graph=graph,
+                moments=moments,
+                on_step=on_step,
+                should_stop=should_stop,
             )
             self.rested_s += throttle.rested_s
             throttle.rested_s = 0.0
@@ -1122,6 +1137,7 @@ class Worker:
                 trained.alternate_update,
                 hashlib.sha256(trained.alternate_update).hexdigest(),
                 trained.metrics,
+                trained.moments,
             ),
             max_bytes=conn.welcome.max_frame_bytes,
         )

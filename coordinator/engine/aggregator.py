@@ -28,10 +28,12 @@ from coordinator.engine.state import CampaignState, model_config_for
 from coordinator.engine.states import CloseReason, SubmissionStatus, UnitState
 from coordinator.store import VersionRow
 from protocol.checkpoints import checkpoint_bytes, make_delta
+from protocol.moments import decode_moments, encode_moments
 from training.aggregation import aggregate_updates
 from training.checkpoint import load_state, load_weights, save_state
 from training.data import TokenDataset
 from training.model import build_model
+from training.moments import Moments, as_records, from_records, median_moments
 
 __all__ = ["Aggregator", "initial_version"]
 
@@ -133,6 +135,7 @@ class Aggregator:
             state_sha = s.blobs.put(
                 save_state({"outer": s.outer.state_dict(), "cohort": s.cohort.state_dict(), "master": s.params})
             )
+            moments = self._shared_moments(current.row.id)
             s.store.close_round(
                 current.row.id,
                 reason=reason,
@@ -142,6 +145,7 @@ class Aggregator:
                 updates=current.accepted,
                 tokens=current.tokens,
                 delta=(delta_sha, len(delta)),
+                moments=moments,
             )
             s.counters.round_seconds.append(s.clock() - current.row.opened_at)
             s.round = None
@@ -172,6 +176,33 @@ class Aggregator:
         # The store is the record a replay reads: the same rows, in the same order.
         updates = ((self._decoded(sub.unit_id, sub.update_sha), sub.weight) for sub in subs)
         return aggregate_updates(updates, s.shapes, rule, self.scratch).delta
+
+    def _shared_moments(self, round_id: int) -> tuple[str, int] | None:
+        """The moments frame the next version's units start from: each factor's median over the round's
+        applied updates that sent one (the lower median: a liar can only pull it towards a fresh AdamW's
+        zero), for the parameters any of them trained, the last version's for the rest; None if none."""
+        s = self.state
+        if not s.spec.inner.shared_moments:
+            return None
+        sent: list[Moments] = []
+        for sub in s.store.submissions(
+            round_id=round_id, statuses=(SubmissionStatus.ACCEPTED,), applied=False, limit=ALL
+        ):
+            unit = s.store.unit(sub.unit_id)
+            if sub.weight <= 0 or sub.moments_sha is None or unit is None:
+                continue
+            shapes = {n: s.shapes[n] for n in unit.shard}
+            sent.append(from_records(decode_moments(s.blobs.get(sub.moments_sha), shapes), shapes))
+        earlier = s.version_row
+        if earlier is not None and earlier.moments_sha is not None:
+            kept = from_records(decode_moments(s.blobs.get(earlier.moments_sha), s.shapes), s.shapes)
+        else:
+            kept = {}
+        shared = kept | median_moments(sent)
+        if sorted(shared) != sorted(s.shapes):
+            return None  # the frame covers every parameter: wait until every one has been trained
+        frame = encode_moments(as_records({n: shared[n] for n in s.shapes}))
+        return s.blobs.put(frame), len(frame)
 
     def _decoded(self, unit_id: str, update_sha: str) -> dict[str, torch.Tensor]:
         unit = self.state.store.unit(unit_id)

@@ -32,6 +32,7 @@ from coordinator.validation.evidence import DESCENT_STEP
 from coordinator.validation.interface import fmt
 from protocol.codecs import CodecError
 from protocol.errors import ErrorCode
+from protocol.moments import decode_moments
 from training.accumulator import staleness_weight
 from training.checkpoint import save_weights
 
@@ -88,13 +89,21 @@ class Ingest:
         return freed
 
     def prepare(
-        self, volunteer_id: str, unit_id: str, lease_id: str, payload: bytes, *, sha256: str | None = None
+        self,
+        volunteer_id: str,
+        unit_id: str,
+        lease_id: str,
+        payload: bytes,
+        *,
+        sha256: str | None = None,
+        moments: bytes = b"",
     ) -> PreparedUpdate:
         """Store and decode an update without the campaign's lock, so several threads can do it at once.
 
         Only a submission that may still count gets this work: the unit's current lease, or a resend of
         an update this volunteer already submitted (its first verdict is answered again). `sha256` is
-        the payload's digest when the caller already computed it (the gateway checks it first).
+        the payload's digest when the caller already computed it (the gateway checks it first). Where
+        the campaign shares second moments, `moments` (the submit's moments frame), if sent, must decode.
         """
         s = self.state
         sha = sha256 or sha256_hex(payload)
@@ -110,7 +119,14 @@ class Ingest:
             delta = s.decode(payload, unit.shard)
         except CodecError as error:
             return PreparedUpdate(unit, sha, len(payload), error=error)
-        return PreparedUpdate(unit, sha, len(payload), delta, global_norm(delta))
+        moments_sha = None
+        if s.spec.inner.shared_moments and moments:  # none sent: the update counts, the median is the others'
+            try:
+                decode_moments(moments, {n: s.shapes[n] for n in unit.shard})
+            except CodecError as error:
+                return PreparedUpdate(unit, sha, len(payload), error=CodecError(error.code, f"submit.moments: {error}"))
+            moments_sha = s.blobs.put(moments)
+        return PreparedUpdate(unit, sha, len(payload), delta, global_norm(delta), moments_sha=moments_sha)
 
     def commit(self, volunteer_id: str, lease_id: str, prepared: PreparedUpdate, report: SubmissionReport) -> Outcome:
         """The ordered half of a submission, under the campaign's lock; a quorum it completes is noted
@@ -270,6 +286,7 @@ class Ingest:
                 "norm": None,
                 "credit": 0.0,
                 "code": None,
+                "moments_sha": prepared.moments_sha,
                 **values,
             }
         )

@@ -90,6 +90,7 @@ class PreparedUpdate:
     delta: dict[str, torch.Tensor] | None = None
     norm: float | None = None
     error: CodecError | None = None
+    moments_sha: str | None = None  # the submit's moments frame, stored, where the campaign shares moments
 
     @property
     def stored(self) -> bool:

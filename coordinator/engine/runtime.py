@@ -140,17 +140,32 @@ class CampaignRuntime:
     # updates ----------------------------------------------------------------------------------------
 
     def submit(
-        self, volunteer_id: str, unit_id: str, lease_id: str, payload: bytes, report: SubmissionReport
+        self,
+        volunteer_id: str,
+        unit_id: str,
+        lease_id: str,
+        payload: bytes,
+        report: SubmissionReport,
+        *,
+        moments: bytes = b"",
     ) -> Outcome:
         """Judge one submission from start to end (`prepare`, `commit`, and the round's close at quorum)."""
-        outcome = self.commit(volunteer_id, lease_id, self.prepare(volunteer_id, unit_id, lease_id, payload), report)
+        prepared = self.prepare(volunteer_id, unit_id, lease_id, payload, moments=moments)
+        outcome = self.commit(volunteer_id, lease_id, prepared, report)
         self.close_if_due()
         return outcome
 
     def prepare(
-        self, volunteer_id: str, unit_id: str, lease_id: str, payload: bytes, *, sha256: str | None = None
+        self,
+        volunteer_id: str,
+        unit_id: str,
+        lease_id: str,
+        payload: bytes,
+        *,
+        sha256: str | None = None,
+        moments: bytes = b"",
     ) -> PreparedUpdate:
-        return self.ingest.prepare(volunteer_id, unit_id, lease_id, payload, sha256=sha256)
+        return self.ingest.prepare(volunteer_id, unit_id, lease_id, payload, sha256=sha256, moments=moments)
 
     def commit(self, volunteer_id: str, lease_id: str, prepared: PreparedUpdate, report: SubmissionReport) -> Outcome:
         return self.ingest.commit(volunteer_id, lease_id, prepared, report)

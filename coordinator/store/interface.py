@@ -91,6 +91,10 @@ class CampaignStore(Protocol):
         """Whether a blob is the delta of a published version from the one before it."""
         ...
 
+    def is_moments(self, digest: str) -> bool:
+        """Whether a blob is the shared second moment a published version's units start from."""
+        ...
+
     def graph(self, key: str) -> tuple[str, int] | None:
         """The blob (sha256, size) of the ONNX graph built for `key` (coordinator.graphs), if any."""
         ...
@@ -114,8 +118,10 @@ class CampaignStore(Protocol):
         updates: int,
         tokens: int,
         delta: tuple[str, int] | None = None,
+        moments: tuple[str, int] | None = None,
     ) -> None:
-        """Publish version `version` (with `delta`, the blob from the previous checkpoint to its own) and
+        """Publish version `version` (with `delta`, the blob from the previous checkpoint to its own, and
+        `moments`, the shared second moment its units start from) and
         close the round: all or nothing. The round's accepted submissions become applied and its pending
         units cancelled; a round not open raises `StoreError`."""
         ...

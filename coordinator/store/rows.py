@@ -51,6 +51,9 @@ class VersionRow:
     # The delta from the previous version's checkpoint to this one's; None for version 0 and older rows.
     delta_sha: str | None = None
     delta_size: int | None = None
+    # The shared AdamW second moment units of this version start from (a moments frame); None: none.
+    moments_sha: str | None = None
+    moments_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class SubmissionRow:
     credit: float
     applied: bool
     created_at: float
+    moments_sha: str | None = None  # the moments frame sent with the update, where the campaign shares them
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from protocol.checkpoints import CheckpointFormatError, apply_delta, checkpoint_bytes, make_delta
-from protocol.codecs import CodecConfig
+from protocol.codecs import CodecConfig, CodecError
 from protocol.codecs import encode as encode_update
 from protocol.errors import ErrorCode
 from protocol.messages import (
@@ -49,10 +49,12 @@ from protocol.messages import (
     WorkUnit,
     encode,
 )
+from protocol.moments import decode_moments, encode_moments
 from protocol.version import PROTOCOL_VERSION
 from tests.support.live import REPO
 from training.checkpoint import save_weights
 from training.inner import InnerConfig, learning_rate, unit_batches, unit_learning_rate
+from training.moments import as_records, expand, factor, from_records
 
 NODE = shutil.which("node")
 UNIT = {"unit_id": "u-42", "lease_id": "l-42-1", "recipe": {"steps": 4}}
@@ -112,8 +114,9 @@ def _sent() -> dict[str, Any]:
             "hex": encode(Progress("u-42", "l-42-1", 2, 4, 8.72, 256, "training")).hex(),
         },
         "submit": {
-            "args": {"update": update.hex(), "update_sha256": sha, "metrics": metrics},
+            "args": {"update": update.hex(), "update_sha256": sha, "metrics": metrics, "moments": "0102"},
             "hex": encode(Submit("u-42", "l-42-1", update, sha, wire)).hex(),
+            "with_moments_hex": encode(Submit("u-42", "l-42-1", update, sha, wire, b"\x01\x02")).hex(),
         },
         "abandon": {"hex": encode(Abandon("u-42", "l-42-1", "user_request", "tab closed")).hex()},
         "report": {
@@ -187,6 +190,13 @@ def _updates() -> list[dict[str, Any]]:
         ("fp32", {"name": "fp32"}, {"a.weight": torch.randn(3, 5, generator=generator), "b": torch.randn(7)}),
         ("int8 ties, zeros, a short block", {"name": "int8", "block_size": 4}, {"t": ties}),
         ("int8 256", {"name": "int8", "block_size": 256}, {"w": torch.randn(3, 100, generator=generator) * 0.01}),
+        # Values exactly halfway between two bf16 numbers round to the even one; subnormals and zeros too.
+        (
+            "bf16 ties",
+            {"name": "bf16"},
+            {"t": torch.tensor([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 1e-40, 0.0, -0.0, 3.0e38])},
+        ),
+        ("bf16", {"name": "bf16"}, {"w": torch.rand(4, 9, generator=generator) ** 6}),
     ]
     vectors = []
     for label, codec, tensors in cases:
@@ -244,12 +254,35 @@ def _deltas() -> dict[str, Any]:
     out["broken"] = [
         wrong_shape.hex(),
         missing.hex(),
-        encode_update(target, CodecConfig("bf16")).hex(),  # a codec the page doesn't decode
+        encode_update(
+            {n: t * 0 for n, t in target.items()}, CodecConfig("fp16")
+        ).hex(),  # a codec the page doesn't decode
         int4_code_0.hex(),
         sign1_unused_bits.hex(),
         int2_unused_bits.hex(),
     ]
     return out
+
+
+def _moments() -> dict[str, Any]:
+    """Second moments, the reference's moments frame of them, and what it expands to; broken frames."""
+    gen = torch.Generator().manual_seed(11)
+    shapes = {"wte.weight": (7, 5), "norm.weight": (5,), "cube": (2, 3, 4)}
+    v = {n: torch.rand(shape, generator=gen) ** 3 for n, shape in shapes.items()}
+    factors = {n: factor(t) for n, t in v.items()}
+    frame = encode_moments(as_records(factors))
+    sent = from_records(decode_moments(frame, shapes), shapes)  # factors as bf16 rounds them
+    negative = encode_moments(as_records({**factors, "norm.weight": (-torch.ones(5),)}))
+    for bad in (negative, encode_update(as_records(factors), CodecConfig("int8"))):
+        with pytest.raises(CodecError):  # the reference refuses them too
+            decode_moments(bad, shapes)
+    return {
+        "shapes": {n: list(s) for n, s in shapes.items()},
+        "v": {n: t.numpy().tobytes().hex() for n, t in v.items()},
+        "hex": frame.hex(),
+        "expanded": {n: expand(sent[n], shapes[n]).numpy().tobytes().hex() for n in shapes},
+        "broken": [negative.hex(), encode_update(as_records(factors), CodecConfig("int8")).hex(), frame[:-1].hex()],
+    }
 
 
 def _recipe() -> dict[str, Any]:
@@ -286,6 +319,7 @@ def test_the_browser_volunteers_javascript_matches_the_python_reference(tmp_path
         "updates": _updates(),
         "checkpoint": _checkpoint(),
         "deltas": _deltas(),
+        "moments": _moments(),
         "recipe": _recipe(),
     }
     path = tmp_path / "vectors.json"
@@ -300,4 +334,4 @@ def test_the_browser_volunteers_javascript_matches_the_python_reference(tmp_path
         timeout=120,
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
-    assert "# pass 7" in run.stdout and "# fail 0" in run.stdout, run.stdout[-2000:]
+    assert "# pass 8" in run.stdout and "# fail 0" in run.stdout, run.stdout[-2000:]

@@ -147,6 +147,12 @@ def test_a_tab_trains_accepted_units_that_move_the_model_pauses_while_hidden_and
     )
     with _db(server) as db:
         checkpoints = {sha for (sha,) in db.execute("SELECT checkpoint_sha FROM versions")}
+        sent = [sha for (sha,) in db.execute("SELECT moments_sha FROM submissions WHERE status = 'accepted'")]
+        published = [sha for (sha,) in db.execute("SELECT moments_sha FROM versions WHERE version >= 1")]
+    # Every update came with the page's AdamW second moment, and every later version shares their median
+    # (protocol.md, shared moments), which the units after the first started from.
+    assert sent and all(sent), sent
+    assert published and all(published), published
     assert len(kept["commonweights-blobs-v1"]) == 1, kept
     assert 1 <= len(kept["commonweights-checkpoints-v1"]) <= 2, kept
     assert set(kept["commonweights-checkpoints-v1"]) <= checkpoints, kept

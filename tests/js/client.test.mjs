@@ -7,7 +7,10 @@ import { readFileSync } from "node:fs";
 import * as frames from "../../coordinator/static/js/volunteer/frames.js";
 import {
   applyDelta,
+  decodeMoments,
+  encodeMoments,
   encodeUpdate,
+  expandMoment,
   readSafetensors,
   roundHalfEven,
   TensorError,
@@ -30,6 +33,10 @@ test("every frame the page sends is the reference's bytes", () => {
   assert.equal(hex(frames.progress(unit, f.progress.args)), f.progress.hex);
   const s = f.submit.args;
   assert.equal(hex(frames.submit(unit, bytesOf(s.update), s.update_sha256, s.metrics)), f.submit.hex);
+  assert.equal(
+    hex(frames.submit(unit, bytesOf(s.update), s.update_sha256, s.metrics, bytesOf(s.moments))),
+    f.submit.with_moments_hex,
+  );
   assert.equal(hex(frames.abandon(unit, "user_request", "tab closed")), f.abandon.hex);
   const r = f.report.args;
   assert.equal(hex(frames.report(unit, r.losses, r.seconds, r.deviceName)), f.report.hex);
@@ -57,7 +64,7 @@ test("round half to even, as the reference quantizes", () => {
   assert.deepEqual([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 2.4, -2.6].map(roundHalfEven), [-2, -2, -0, 0, 2, 2, 2, -3]);
 });
 
-test("updates encode to the reference's bytes: fp32, and int8 with ties, zeros and short blocks", () => {
+test("updates encode to the reference's bytes: fp32, bf16 with ties, and int8 with ties, zeros and short blocks", () => {
   for (const vector of vectors.updates) {
     const tensors = Object.fromEntries(Object.entries(vector.tensors).map(([k, v]) => [k, floats(v)]));
     const encoded = encodeUpdate(vector.codec, vector.shard, vector.shapes, tensors);
@@ -84,6 +91,22 @@ test("a checkpoint rebuilt from a delta is the coordinator's, byte for byte; a b
   // The canonical form: what the page writes of the base's tensors is the base.
   assert.equal(hex(writeCheckpoint(readSafetensors(bytesOf(base)))), base);
   for (const bad of broken) assert.throws(() => applyDelta(bytesOf(base), bytesOf(bad)), TensorError);
+});
+
+test("shared moments: the reference's frame expands to its second moments, the page's frame reads back to it", () => {
+  const { shapes, v, hex: frame, expanded, broken } = vectors.moments;
+  const close = (got, want, what, tolerance) => {
+    assert.equal(got.length, want.length, what);
+    got.forEach((x, i) => assert.ok(Math.abs(x - want[i]) <= tolerance * Math.abs(want[i]), `${what}[${i}]: ${x} vs ${want[i]}`));
+  };
+  const records = decodeMoments(bytesOf(frame), shapes);
+  for (const [name, shape] of Object.entries(shapes)) close(expandMoment(records, name, shape), floats(expanded[name]), name, 1e-6);
+  // The page's own frame of the same moments: the same records, up to a mean's rounding (one bf16 step).
+  const mine = encodeMoments(shapes, Object.fromEntries(Object.entries(v).map(([n, h]) => [n, floats(h)])));
+  assert.equal(mine.length, bytesOf(frame).length);
+  const back = decodeMoments(mine, shapes);
+  for (const [name, values] of records) close(back.get(name), values, name, 2 ** -7);
+  for (const bad of broken) assert.throws(() => decodeMoments(bytesOf(bad), shapes), TensorError);
 });
 
 test("learning rates and step batches follow the recipe", () => {

@@ -20,6 +20,7 @@ from protocol.errors import ErrorCode
 from training.checkpoint import load_state, save_state
 from training.inner import InnerConfig, InnerLoop, InnerResult
 from training.model import ModelConfig, build_model
+from training.moments import Moments, factor, loop_moments, seed_loop
 from training.onnx_graphs import (
     GRAPH_OPSET,
     MAX_DELTA_ERROR,
@@ -56,16 +57,48 @@ def _relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 def _both(
-    graph: bytes, inner: InnerConfig, *, trainable: list[str], global_step: int
+    graph: bytes, inner: InnerConfig, *, trainable: list[str], global_step: int, moments: Moments | None = None
 ) -> tuple[InnerResult, InnerResult]:
-    model = build_model(CONFIG, seed=3)
-    params = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+    ort, ref = _loops(graph, inner, trainable=trainable, global_step=global_step, moments=moments)
     # A random phrase repeated: text a few steps of training visibly learn.
     phrase = torch.randint(0, CONFIG.vocab_size, (29,), generator=torch.Generator().manual_seed(7))
     tokens = phrase.repeat(inner.tokens_needed // 29 + 1)[: inner.tokens_needed]
-    ort = OrtInnerLoop(graph, inner, params, trainable=trainable, global_step=global_step).run(tokens)
-    ref = InnerLoop(model, inner, global_step=global_step, trainable=trainable).run(tokens)
+    return ort.run(tokens), ref.run(tokens)
+
+
+def _loops(
+    graph: bytes, inner: InnerConfig, *, trainable: list[str], global_step: int, moments: Moments | None = None
+) -> tuple[OrtInnerLoop, InnerLoop]:
+    model = build_model(CONFIG, seed=3)
+    params = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+    ort = OrtInnerLoop(graph, inner, params, trainable=trainable, global_step=global_step)
+    ref = InnerLoop(model, inner, global_step=global_step, trainable=trainable)
+    if moments is not None:
+        seed_loop(ort, moments)
+        seed_loop(ref, moments)
     return ort, ref
+
+
+def test_a_unit_seeded_with_shared_moments_trains_alike_in_both_runtimes_and_returns_alike_moments(
+    shard_graph: bytes,
+) -> None:
+    inner = InnerConfig(steps=4, batch_size=2, seq_len=16, lr=1e-2, shared_moments=True)
+    model = build_model(CONFIG, seed=3)
+    # A second moment of gradient scale, not rank one, for every parameter (the shard takes its own).
+    generator = torch.Generator().manual_seed(5)
+    shared = {n: factor(torch.rand(p.shape, generator=generator) * 1e-4) for n, p in model.named_parameters()}
+    ort_loop, ref_loop = _loops(shard_graph, inner, trainable=SHARD, global_step=0, moments=shared)
+    phrase = torch.randint(0, CONFIG.vocab_size, (29,), generator=torch.Generator().manual_seed(7))
+    tokens = phrase.repeat(inner.tokens_needed // 29 + 1)[: inner.tokens_needed]
+    ort, ref = ort_loop.run(tokens), ref_loop.run(tokens)
+    assert _relative(ort.delta, ref.delta) < MAX_DELTA_ERROR
+    fresh_ort, _ = _both(shard_graph, inner, trainable=SHARD, global_step=0)
+    assert _relative(fresh_ort.delta, ort.delta) > 10 * MAX_DELTA_ERROR  # the seed changed the unit
+    mine, theirs = loop_moments(ort_loop), loop_moments(ref_loop)
+    assert sorted(mine) == sorted(theirs) == sorted(SHARD)
+    for name in SHARD:
+        for a, b in zip(mine[name], theirs[name], strict=True):
+            assert torch.allclose(a, b, rtol=1e-3, atol=1e-12), name
 
 
 def test_the_step_graph_is_standard_onnx_with_the_documented_inputs_and_outputs(step_graph: bytes) -> None:

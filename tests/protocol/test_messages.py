@@ -538,7 +538,7 @@ def test_a_bin_key_is_not_the_str_key_with_the_same_bytes() -> None:
 
 
 def test_the_envelope_is_read_from_the_frame_map_only() -> None:
-    err = refusal({"reason": {"type": "goodbye", "v": 3}})
+    err = refusal({"reason": {"type": "goodbye", "v": 4}})
     assert (err.code, err.message) == (ErrorCode.MALFORMED_FRAME, "The frame has no 'type' string naming its message.")
 
 
@@ -562,8 +562,8 @@ def test_a_frame_over_max_bytes_is_refused_before_unpacking() -> None:
 @pytest.mark.parametrize(
     ("frame", "expected"),
     [
-        ({"v": 3, "reason": "x"}, "no 'type' string"),
-        ({"type": 7, "v": 3}, "no 'type' string"),
+        ({"v": 4, "reason": "x"}, "no 'type' string"),
+        ({"type": 7, "v": 4}, "no 'type' string"),
         ({"type": "goodbye", "reason": "x"}, "no integer 'v'"),
         ({"type": "goodbye", "v": "1", "reason": "x"}, "no integer 'v'"),
         ({"type": "goodbye", "v": True, "reason": "x"}, "no integer 'v'"),
@@ -577,7 +577,7 @@ def test_a_missing_or_mistyped_envelope_is_malformed(frame: dict[str, Any], expe
 
 
 def test_an_unknown_type_is_refused_with_the_accepted_ones() -> None:
-    err = refusal({"type": "hack", "v": 3})
+    err = refusal({"type": "hack", "v": 4})
     assert err.code is ErrorCode.UNKNOWN_TYPE
     assert "'hack'" in err.message and "hello, request_work" in err.message
     assert err.ref_type is None

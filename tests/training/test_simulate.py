@@ -135,3 +135,23 @@ def test_compressed_downloads_keep_the_error_for_the_next_delta(dataset: TokenDa
     # Volunteers train from the rebuilt weights, so the run differs from the exact one after the first round.
     assert sign.train_losses[:5] == exact.train_losses[:5] and sign.train_losses[5:] != exact.train_losses[5:]
     assert sign.final_holdout_loss < sign.holdout_curve[0][1]
+
+
+def test_shared_moments_seed_every_unit_after_the_first_round_and_are_counted_as_upload(dataset: TokenDataset) -> None:
+    fresh = SimConfig(**{**BASE.__dict__, "steps": 15, "codec": "int8"})
+    shared = SimConfig(**{**fresh.__dict__, "inner_state": "shared"})
+    assert shared.label == "DiLoCo H=5 int8 (nesterov, shared AdamW)"
+    a, b = simulate(fresh, dataset), simulate(shared, dataset)
+    # The first round has nothing to share; from the second on the units start from the round's moments.
+    assert a.train_losses[:5] == b.train_losses[:5]
+    assert a.train_losses[5:] != b.train_losses[5:]
+    # Each unit uploads a moments frame of its factors (row and column means of each matrix, vectors whole).
+    from protocol.moments import moments_size
+    from training.model import build_model, preset
+
+    model = build_model(preset(shared.model, vocab_size=dataset.vocab_size, max_seq_len=shared.seq_len), seed=0)
+    frame = moments_size({name: tuple(p.shape) for name, p in model.named_parameters()})
+    factors = sum(p.shape[0] + p.numel() // p.shape[0] if p.dim() >= 2 else p.numel() for p in model.parameters())
+    assert 2 * factors < frame < 2 * factors + 4096  # bf16 values and the records' names and shapes
+    rounds = 15 // 5
+    assert b.bytes_per_worker - a.bytes_per_worker == frame * rounds

@@ -173,3 +173,42 @@ def test_the_store_keeps_units_until_discarded(tmp_path: Path) -> None:
     other = msgspec.structs.replace(unit, unit_id="u:2")  # ':' is an id character but not a Windows file name one
     store.save_unit(encode(other))
     assert [u.unit_id for u, _ in store.units()] == ["u:2"]
+
+
+def _shared(fill: float) -> bytes:
+    from protocol.moments import encode_moments, moment_specs
+
+    return encode_moments({name: torch.full(spec.shape, fill) for name, spec in moment_specs(SHAPES).items()})
+
+
+def _sharing(moments: bytes | None, shard: tuple[str, ...] | None = None) -> WorkUnit:
+    ref = BlobRef(sha256=hashlib.sha256(moments).hexdigest(), size=len(moments)) if moments is not None else None
+    unit = make_unit(shard=shard)
+    return msgspec.structs.replace(unit, recipe=msgspec.structs.replace(RECIPE, shared_moments=True), moments=ref)
+
+
+def test_a_unit_that_shares_moments_starts_from_them_and_returns_its_own(tmp_path: Path) -> None:
+    from protocol.moments import decode_moments
+
+    fresh = run(tmp_path / "fresh", _sharing(None))
+    assert fresh.moments and run(tmp_path / "plain", make_unit()).moments == b""
+    shard = ("blocks.1.mlp.up.weight", "norm.weight")
+    unit = _sharing(_shared(1e-3), shard)
+    store = UnitStore(tmp_path / "seeded")
+    seeded = UnitRunner(unit, store, CPU).run(CHECKPOINT, DATA, moments=_shared(1e-3))
+    assert seeded is not None
+    # A large seed keeps the first steps small: a unit that moved much less than a fresh one's.
+    moved = sum(float(t.abs().sum()) for t in decoded(unit, seeded.update).values())
+    moved_fresh = sum(float(decoded(fresh_unit := make_unit(), fresh.update)[n].abs().sum()) for n in shard)
+    assert fresh_unit.shard != shard and moved < 0.5 * moved_fresh
+    records = decode_moments(seeded.moments, {n: SHAPES[n] for n in shard})
+    assert sorted(records) == ["blocks.1.mlp.up.weight:cols", "blocks.1.mlp.up.weight:rows", "norm.weight"]
+    assert all(bool((values > 0).all()) for values in records.values())
+
+
+def test_a_moments_blob_that_is_missing_or_not_a_moments_frame_is_refused(tmp_path: Path) -> None:
+    unit = _sharing(_shared(1.0))
+    with pytest.raises(RunnerError, match="moments blob is missing"):
+        UnitRunner(unit, UnitStore(tmp_path / "a"), CPU).run(CHECKPOINT, DATA)
+    with pytest.raises(RunnerError, match="moments are unusable"):
+        UnitRunner(unit, UnitStore(tmp_path / "b"), CPU).run(CHECKPOINT, DATA, moments=_shared(-1.0))

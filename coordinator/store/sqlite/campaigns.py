@@ -107,6 +107,9 @@ class SQLiteCampaigns(SQLiteWork):
     def is_delta(self, digest: str) -> bool:
         return self._one("SELECT 1 FROM versions WHERE delta_sha = ? LIMIT 1", (digest,)) is not None
 
+    def is_moments(self, digest: str) -> bool:
+        return self._one("SELECT 1 FROM versions WHERE moments_sha = ? LIMIT 1", (digest,)) is not None
+
     def graph(self, key: str) -> tuple[str, int] | None:
         row = self._one("SELECT sha256, size FROM graphs WHERE key = ?", (key,))
         return (str(row[0]), int(row[1])) if row is not None else None
@@ -132,6 +135,7 @@ class SQLiteCampaigns(SQLiteWork):
         updates: int,
         tokens: int,
         delta: tuple[str, int] | None = None,
+        moments: tuple[str, int] | None = None,
     ) -> None:
         """Publish version `version` and close the round: all or nothing."""
         now = self.clock()
@@ -145,8 +149,8 @@ class SQLiteCampaigns(SQLiteWork):
             )
             self.db.execute(
                 "INSERT INTO versions (campaign_id, version, checkpoint_sha, checkpoint_size, state_sha, round_id, "
-                "updates, tokens_total, created_at, delta_sha, delta_size) VALUES (?, ?, ?, ?, ?, ?, ?, "
-                "(SELECT tokens_trained FROM campaigns WHERE id = ?) + ?, ?, ?, ?)",
+                "updates, tokens_total, created_at, delta_sha, delta_size, moments_sha, moments_size) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, (SELECT tokens_trained FROM campaigns WHERE id = ?) + ?, ?, ?, ?, ?, ?)",
                 (
                     row.campaign_id,
                     version,
@@ -160,6 +164,8 @@ class SQLiteCampaigns(SQLiteWork):
                     now,
                     delta[0] if delta else None,
                     delta[1] if delta else None,
+                    moments[0] if moments else None,
+                    moments[1] if moments else None,
                 ),
             )
             self.db.execute(

@@ -188,6 +188,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE versions ADD COLUMN delta_sha TEXT;
     ALTER TABLE versions ADD COLUMN delta_size INTEGER;
     """,
+    # 6 -> 7: shared AdamW second moments (protocol.md, shared moments): what each update sent with it, and
+    # the median each version publishes
+    """
+    ALTER TABLE versions ADD COLUMN moments_sha TEXT;
+    ALTER TABLE versions ADD COLUMN moments_size INTEGER;
+    ALTER TABLE submissions ADD COLUMN moments_sha TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

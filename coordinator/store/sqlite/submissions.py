@@ -25,10 +25,15 @@ class SQLiteSubmissions(SQLiteDatabase):
     def add_submission(self, values: dict[str, Any]) -> int:
         cursor = self.db.execute(
             "INSERT INTO submissions (unit_id, volunteer_id, update_sha, update_size, status, code, message, "
-            "round_id, staleness, weight, norm, tokens, seconds, losses_json, credit, created_at) "
+            "round_id, staleness, weight, norm, tokens, seconds, losses_json, credit, created_at, moments_sha) "
             "VALUES (:unit_id, :volunteer_id, :update_sha, :update_size, :status, :code, :message, :round_id, "
-            ":staleness, :weight, :norm, :tokens, :seconds, :losses_json, :credit, :created_at)",
-            {**values, "losses_json": json.dumps(values["losses"]), "created_at": self.clock()},
+            ":staleness, :weight, :norm, :tokens, :seconds, :losses_json, :credit, :created_at, :moments_sha)",
+            {
+                "moments_sha": None,
+                **values,
+                "losses_json": json.dumps(values["losses"]),
+                "created_at": self.clock(),
+            },
         )
         return int(cursor.lastrowid or 0)
 
@@ -53,9 +58,11 @@ class SQLiteSubmissions(SQLiteDatabase):
             "WHERE u.campaign_id = ? AND s.status = 'rejected' AND s.created_at >= ? AND s.created_at < ? "
             "AND NOT EXISTS (SELECT 1 FROM submissions o WHERE o.update_sha = s.update_sha AND o.status != 'rejected') "
             # An "update" may be a copy of a blob the coordinator keeps for its own use: a graph, a
-            # checkpoint, an optimizer state or a data slice. Those bytes stay.
+            # checkpoint, a delta, an optimizer state, a moments frame or a data slice. Those bytes stay.
             "AND NOT EXISTS (SELECT 1 FROM graphs g WHERE g.sha256 = s.update_sha) "
-            "AND NOT EXISTS (SELECT 1 FROM versions v WHERE s.update_sha IN (v.checkpoint_sha, v.state_sha)) "
+            "AND NOT EXISTS (SELECT 1 FROM versions v "
+            "WHERE s.update_sha IN (v.checkpoint_sha, v.state_sha, v.delta_sha, v.moments_sha)) "
+            "AND NOT EXISTS (SELECT 1 FROM submissions m WHERE m.moments_sha = s.update_sha) "
             "AND NOT EXISTS (SELECT 1 FROM units d WHERE d.data_sha = s.update_sha)",
             (campaign_id, since, before),
         )

@@ -3,7 +3,7 @@
 // Written from the document; tests/js checks the bytes against the Python reference.
 import { encode, decode } from "../../vendor/msgpack-msgpack-3.1.3/dist.esm/index.mjs";
 
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 export const MAX_FRAME_BYTES = 68157440;
 export const MAX_BLOB_CHUNK_BYTES = 4194304;
 export const CODECS = ["fp32", "int8"];
@@ -72,7 +72,7 @@ export function progress(unit, { step, loss, tokens, phase }) {
   });
 }
 
-export function submit(unit, update, updateSha256, metrics) {
+export function submit(unit, update, updateSha256, metrics, moments = new Uint8Array(0)) {
   return frame("submit", {
     unit_id: unit.unit_id,
     lease_id: unit.lease_id,
@@ -87,6 +87,7 @@ export function submit(unit, update, updateSha256, metrics) {
       runtime: "onnxruntime",
       peak_memory_bytes: null,
     },
+    moments,
   });
 }
 

@@ -1,12 +1,14 @@
-// Update payloads (docs/protocol.md, "Update payloads (tensor frames)"): the fp32 and int8 codecs,
-// the deltas between checkpoints (fp32, int8, int4, int2, sign1), and the safetensors checkpoints
+// Update payloads (docs/protocol.md, "Update payloads (tensor frames)"): the fp32, bf16 and int8 codecs,
+// the deltas between checkpoints (fp32, bf16, int8, int4, int2, sign1), and the safetensors checkpoints
 // units start from. Written from the document.
 
-const CODEC_IDS = { fp32: 1, int8: 4 };
+const CODEC_IDS = { fp32: 1, bf16: 3, int8: 4 };
 // The delta codecs this page decodes, by codec id: bits per element (0: f32 values; 8: i8 values;
-// 4, 2, 1: codes packed least-significant bits first) and what a code decodes to, times its scale.
+// 4, 2, 1: codes packed least-significant bits first) and what a code decodes to, times its scale;
+// bf16 (16) has no scale: each value is the upper half of a float32.
 const DELTA_CODECS = {
   1: { name: "fp32", bits: 0 },
+  3: { name: "bf16", bits: 16 },
   4: { name: "int8", bits: 8 },
   7: { name: "int4", bits: 4, level: (c) => c - 8 },
   8: { name: "int2", bits: 2, level: (c) => 2 * c - 3 },
@@ -28,7 +30,18 @@ function elements(shape) {
 
 function payloadBytes(codec, n) {
   if (codec.name === "fp32") return 4 * n;
+  if (codec.name === "bf16") return 2 * n;
   return 4 * Math.ceil(n / codec.block_size) + n;
+}
+
+const f32Cell = new Float32Array(1);
+const u32Cell = new Uint32Array(f32Cell.buffer);
+
+/** The bf16 bits of a float32 value: its upper half, rounded to nearest, ties to even (finite values). */
+function bf16Bits(x) {
+  f32Cell[0] = x;
+  const u = u32Cell[0];
+  return Math.floor((u + 0x7fff + ((u >>> 16) & 1)) / 65536) & 0xffff;
 }
 
 /** One quantization group of float32 values: its f32 scale, and i8 values into `out`. */
@@ -93,6 +106,8 @@ export function encodeUpdate(codec, shard, shapes, tensors) {
     at += 8;
     if (codec.name === "fp32") {
       for (let j = 0; j < n; j++) view.setFloat32(at + 4 * j, values[j], true);
+    } else if (codec.name === "bf16") {
+      for (let j = 0; j < n; j++) view.setUint16(at + 2 * j, bf16Bits(values[j]), true);
     } else {
       const block = codec.block_size;
       const blocks = Math.ceil(n / block);
@@ -163,7 +178,7 @@ export function decodeDelta(buffer, tensors) {
   const { bits } = codec;
   let at = 8;
   let block = 0;
-  if (bits > 0) {
+  if (bits > 0 && bits < 16) {
     need(at, 4);
     block = view.getUint32(at, true);
     if (block < 1) throw new TensorError(`an ${codec.name} delta with block size 0`);
@@ -194,14 +209,19 @@ export function decodeDelta(buffer, tensors) {
     const n = target.data.length;
     const length = Number(view.getBigUint64(at, true));
     at += 8;
-    const blocks = bits > 0 ? Math.ceil(n / block) : 0;
-    if (length !== (bits === 0 ? 4 * n : 4 * blocks + Math.ceil((n * bits) / 8))) {
+    const blocks = bits > 0 && bits < 16 ? Math.ceil(n / block) : 0;
+    if (length !== (bits === 0 ? 4 * n : bits === 16 ? 2 * n : 4 * blocks + Math.ceil((n * bits) / 8))) {
       throw new TensorError(`${name}: a payload of the wrong size`);
     }
     need(at, length);
     const values = new Float32Array(n);
     if (bits === 0) {
       for (let j = 0; j < n; j++) values[j] = view.getFloat32(at + 4 * j, true);
+    } else if (bits === 16) {
+      for (let j = 0; j < n; j++) {
+        u32Cell[0] = view.getUint16(at + 2 * j, true) * 65536;
+        values[j] = f32Cell[0];
+      }
     } else {
       const codes = at + 4 * blocks;
       const q = new Int8Array(bytes.buffer, bytes.byteOffset + codes, bits === 8 ? n : 0);
@@ -273,4 +293,75 @@ export function applyDelta(base, delta) {
     result.set(name, { shape, data: sum });
   }
   return writeCheckpoint(result);
+}
+
+// Shared moments (docs/protocol.md, "Shared moments"): AdamW's second moment v travels as a moments
+// frame, a bf16 tensor frame holding `p:rows` and `p:cols` (the means over each row and each column
+// of p read as [shape[0], rest]) for a parameter of two or more dimensions, `p` whole for one of less.
+
+/** The records of a moments frame for parameters of `shapes` (name -> shape): record name -> [length]. */
+export function momentShapes(shapes) {
+  const out = {};
+  for (const [name, shape] of Object.entries(shapes)) {
+    if (shape.length < 2) {
+      out[name] = [elements(shape)];
+    } else {
+      out[`${name}:rows`] = [shape[0]];
+      out[`${name}:cols`] = [elements(shape) / shape[0]];
+    }
+  }
+  return out;
+}
+
+/** A moments frame's records (name -> Float32Array) for parameters of `shapes`; refuses any other frame. */
+export function decodeMoments(buffer, shapes) {
+  const bytes = buffer instanceof Uint8Array ? buffer : new Uint8Array(buffer);
+  if (bytes.byteLength < 7 || bytes[6] !== CODEC_IDS.bf16) throw new TensorError("a moments frame not in bf16");
+  const records = new Map(
+    Object.entries(momentShapes(shapes)).map(([name, shape]) => [name, { shape, data: { length: shape[0] } }]),
+  );
+  const out = decodeDelta(bytes, records);
+  for (const [name, values] of out) {
+    if (values.some((x) => x < 0)) throw new TensorError(`${name}: a negative second moment`);
+  }
+  return out;
+}
+
+/** The second moment of a parameter of `shape` its records stand for: v[i, j] = rows[i]·cols[j] / mean(rows). */
+export function expandMoment(records, name, shape) {
+  if (shape.length < 2) return Float32Array.from(records.get(name));
+  const rows = records.get(`${name}:rows`);
+  const cols = records.get(`${name}:cols`);
+  const mean = Math.fround(rows.reduce((a, b) => a + b, 0) / rows.length);
+  const out = new Float32Array(rows.length * cols.length);
+  if (!(mean > 0)) return out;
+  for (let i = 0; i < rows.length; i++) {
+    for (let j = 0; j < cols.length; j++) out[i * cols.length + j] = Math.fround(rows[i] * cols[j]) / mean;
+  }
+  return out;
+}
+
+/** A moments frame of the second moments `v` (name -> Float32Array) of parameters of `shapes`. */
+export function encodeMoments(shapes, v) {
+  const records = {};
+  for (const [name, shape] of Object.entries(shapes)) {
+    const values = v[name];
+    if (shape.length < 2) {
+      records[name] = Float32Array.from(values);
+      continue;
+    }
+    const [n, m] = [shape[0], values.length / shape[0]];
+    const rows = new Float64Array(n);
+    const cols = new Float64Array(m);
+    for (let i = 0; i < n; i++) {
+      for (let j = 0; j < m; j++) {
+        rows[i] += values[i * m + j];
+        cols[j] += values[i * m + j];
+      }
+    }
+    records[`${name}:rows`] = Float32Array.from(rows, (x) => x / m);
+    records[`${name}:cols`] = Float32Array.from(cols, (x) => x / n);
+  }
+  const recordShapes = momentShapes(shapes);
+  return encodeUpdate({ name: "bf16" }, Object.keys(recordShapes), recordShapes, records);
 }

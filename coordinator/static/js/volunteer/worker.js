@@ -6,7 +6,7 @@
 // posts: status, token, welcome, unit, download, step, result, unit-done, error (see post() calls).
 import * as ort from "../../vendor/onnxruntime-web-1.30.0/ort.wasm.min.mjs";
 import * as F from "./frames.js";
-import { applyDelta, encodeUpdate, readSafetensors } from "./tensors.js";
+import { applyDelta, decodeMoments, encodeMoments, encodeUpdate, expandMoment, readSafetensors } from "./tensors.js";
 import { stepBatch, tokenIds, tokensNeeded, unitRate } from "./recipe.js";
 
 ort.env.wasm.wasmPaths = new URL("../../vendor/onnxruntime-web-1.30.0/", import.meta.url).href;
@@ -304,7 +304,7 @@ async function doUnit(link, unit) {
     if (unit.runtime !== "onnxruntime" || !unit.graph) throw Object.assign(new Error("a unit for another runtime"), { reason: "error" });
     if (!F.CODECS.includes(unit.codec.name)) throw Object.assign(new Error(`codec ${unit.codec.name}`), { reason: "error" });
     status("downloading", unit.campaign_name);
-    const refs = [unit.graph, unit.checkpoint, unit.data];
+    const refs = [unit.graph, unit.checkpoint, unit.data, ...(unit.moments ? [unit.moments] : [])];
     const total = refs.reduce((sum, r) => sum + r.size, 0);
     let before = 0;
     const blobs = [];
@@ -316,7 +316,7 @@ async function doUnit(link, unit) {
       blobs.push(rebuilt ?? (await fetchBlob(link, ref, onBytes, { keep })));
       before += ref.size;
     }
-    const [graph, checkpoint, data] = blobs;
+    const [graph, checkpoint, data, momentsBlob] = blobs;
     const recipe = unit.recipe;
     const ids = tokenIds(data, unit.data_dtype, unit.data_tokens);
     if (ids.length < tokensNeeded(recipe)) throw new Error("the data slice is shorter than the recipe needs");
@@ -346,6 +346,12 @@ async function doUnit(link, unit) {
       }
     }
     const shapes = Object.fromEntries(shard.map((n) => [n, unit.shard_shapes[n]]));
+    if (momentsBlob) {
+      // AdamW's v starts from the campaign's shared second moment (a frame of every checkpoint tensor).
+      const all = Object.fromEntries([...weights].map(([name, { shape }]) => [name, shape]));
+      const records = decodeMoments(momentsBlob, all);
+      for (const n of shard) v[n] = expandMoment(records, n, shapes[n]);
+    }
     const losses = [];
     let seconds = 0;
     for (let s = 0; s < recipe.steps; s++) {
@@ -402,10 +408,11 @@ async function doUnit(link, unit) {
     const update = encodeUpdate(unit.codec, shard, shapes, delta);
     if (update.length > unit.max_update_bytes) throw new Error(`the update is ${update.length} bytes, over the unit's limit`);
     const metrics = { losses, tokens: progress.tokens, seconds: Math.min(seconds, 1e7), deviceName: settings.deviceName };
+    const moments = recipe.shared_moments ? encodeMoments(shapes, v) : new Uint8Array(0);
     clearInterval(heartbeat);
     status("submitting", unit.campaign_name);
     const result = await link.request(
-      F.submit(unit, update, await sha256Hex(update), metrics),
+      F.submit(unit, update, await sha256Hex(update), metrics, moments),
       (message) => message.type === "result" && message.unit_id === unit.unit_id,
       "submit",
       unit.unit_id,
