@@ -165,6 +165,12 @@ def add_bench_overlap(commands: Subparsers) -> None:
     parser.add_argument("--rounds", type=int, default=6, help="token budget, in rounds' worth")
     parser.add_argument("--inner-steps", type=int, default=40, metavar="H")
     parser.add_argument("--overlap", default="0,1", help="comma-separated rounds.overlap values, one run each")
+    parser.add_argument(
+        "--new-volunteers",
+        action="store_true",
+        help="skip the warm-up that makes every volunteer trusted first (a new volunteer's held unit doesn't "
+        "count against a round's quota, which overlaps rounds by itself)",
+    )
     parser.add_argument("--dataset", type=Path, default=None, metavar="DIR", help="default: the embedded corpus")
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--json", type=Path, default=None, metavar="FILE")

@@ -37,7 +37,14 @@ def run_bench_overlap(args: argparse.Namespace) -> int:
             f"{args.rounds} rounds' tokens of H={args.inner_steps} …"
         )
         result = end_to_end(
-            dataset, work, args.volunteers, args.rounds, args.inner_steps, overlap=overlap, cpu_percent=slow
+            dataset,
+            work,
+            args.volunteers,
+            args.rounds,
+            args.inner_steps,
+            overlap=overlap,
+            cpu_percent=slow,
+            trusted=not args.new_volunteers,
         )
         baseline = baseline or result["tokens_per_s"]
         results.append({"overlap": overlap, **result})
@@ -56,7 +63,15 @@ def run_bench_overlap(args: argparse.Namespace) -> int:
         f"A real coordinator and {args.volunteers} real volunteer processes on loopback train the `tiny` preset "
         f"(units of H={args.inner_steps} steps of 8×128 tokens, int8 updates, {args.volunteers} units a round, all "
         f"needed to close it) for a budget of {args.rounds} rounds' tokens; volunteer 0 trains at "
-        f"{args.slow_percent}% of the time (`volunteer run --cpu-percent {args.slow_percent}`). tokens/s from the "
+        f"{args.slow_percent}% of the time (`volunteer run --cpu-percent {args.slow_percent}`). "
+        + (
+            "The volunteers are new (`--new-volunteers`): units held by volunteers not yet trusted don't count "
+            "against a round's quota, so the scheduler overlaps their rounds by itself. "
+            if args.new_volunteers
+            else "First every volunteer is made trusted, as a project's regular volunteers are: a warm-up campaign "
+            "of small units runs until each has enough valid results in a row, then the measured campaign starts. "
+        )
+        + "tokens/s from the "
         "first round's opening to the last one's close. With `rounds.overlap` the others train extra units from "
         "the same version instead of waiting; the slow unit's update then arrives after its round closed and "
         "counts, down-weighted, in a later one. What late updates cost in holdout loss per token is measured by "

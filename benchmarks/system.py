@@ -33,6 +33,7 @@ import torch
 
 from benchmarks.report import machine_line, markdown_table, write_section
 from coordinator.local import LocalCoordinator, start_coordinator, stop
+from coordinator.validation.trust import TrustState, TrustTracker
 from protocol.codecs import CodecConfig, encode
 from protocol.messages import Capabilities, Device, Hello, RequestWork, Result, Submit, TrainMetrics, WorkUnit
 from protocol.messages import decode as decode_frame
@@ -101,24 +102,30 @@ def end_to_end(
     *,
     overlap: float = 0.0,
     cpu_percent: Sequence[int] = (),
+    trusted: bool = False,
 ) -> dict[str, float]:
-    """`cpu_percent[i]` throttles volunteer i (`--cpu-percent`; the rest train flat out)."""
+    """`cpu_percent[i]` throttles volunteer i (`--cpu-percent`; the rest train flat out). With `trusted`
+    the volunteers first train a warm-up campaign of small units until the coordinator trusts each of
+    them (TrustTracker: enough valid results in a row), as a project's regular volunteers are; then the
+    measured campaign is posted, and the figures are its own."""
     threads = max(1, (os.cpu_count() or 2) // volunteers)
     label = (
         f"{volunteers}-{download_codec}"
         + (f"-overlap{overlap}" if overlap else "")
         + "".join(f"-{p}" for p in cpu_percent)
+        + ("-trusted" if trusted else "")
     )
     coordinator = start(dataset, work, f"e2e-{label}")
     running = [coordinator.process]
+    db_path = work / f"e2e-{label}" / "coordinator.sqlite3"
     try:
         api = coordinator.api
-        campaign = api.post_campaign(
-            spec(
-                f"e2e{label}", model="tiny", units=volunteers, rounds=rounds, steps=steps,
-                batch=8, seq=128, download_codec=download_codec, overlap=overlap,
-            )
+        measured = spec(
+            f"e2e{label}", model="tiny", units=volunteers, rounds=rounds, steps=steps,
+            batch=8, seq=128, download_codec=download_codec, overlap=overlap,
         )  # fmt: skip
+        warmup = spec(f"e2e{label}-warmup", model="tiny", units=volunteers, rounds=1000, steps=10, batch=4, seq=64)
+        campaign = api.post_campaign(warmup if trusted else measured)
         port = coordinator.base.rsplit(":", 1)[1]
         for i in range(volunteers):
             home = work / f"e2e-{label}-v{i}"
@@ -130,6 +137,12 @@ def end_to_end(
                  "--cache-dir", str(home / "cache"), "--quiet"],
                 stdout=log, stderr=subprocess.STDOUT,
             ))  # fmt: skip
+        wire_before = 0.0
+        if trusted:
+            _wait_until_trusted(db_path, volunteers, timeout=900)
+            api.pause(campaign["id"])
+            wire_before = _wire_bytes(api)
+            campaign = api.post_campaign(measured)
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
             row = api.campaign(campaign["id"])
@@ -140,20 +153,25 @@ def end_to_end(
             raise TimeoutError("the end-to-end run did not finish in 30 minutes")
         history = api.rounds(campaign["id"])
         elapsed = history[-1]["closed_at"] - history[0]["opened_at"]
-        db = sqlite3.connect(f"file:{work / f'e2e-{label}' / 'coordinator.sqlite3'}?mode=ro", uri=True)
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
         try:
             accepted, late = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(staleness > 0), 0) FROM submissions WHERE status = 'accepted'"
+                "SELECT COUNT(*), COALESCE(SUM(s.staleness > 0), 0) FROM submissions s JOIN units u "
+                "ON u.id = s.unit_id WHERE s.status = 'accepted' AND u.campaign_id = ?",
+                (campaign["id"],),
             ).fetchone()
         finally:
             db.close()
         units = rounds * volunteers
-        wire = api.metric("commonweights_ws_bytes_received_total") + api.metric("commonweights_ws_bytes_sent_total")
+        wire = _wire_bytes(api) - wire_before
         versions = api.request("GET", f"/api/campaigns/{campaign['id']}/versions")["versions"]
         deltas = [v["delta_bytes"] for v in versions if v["delta_bytes"] is not None]
+        moments = [v["moments_bytes"] for v in versions if v["moments_bytes"] is not None]
         return {
             "checkpoint_bytes": versions[-1]["checkpoint_bytes"],
             "delta_bytes": sum(deltas) / max(1, len(deltas)),
+            # The shared second moment: a unit downloads its version's and uploads its own, of one size.
+            "moments_bytes": sum(moments) / max(1, len(moments)),
             # A unit's data slice: H steps of 8×128 tokens plus one, as uint16.
             "data_bytes_per_unit": 2 * (steps * 8 * 128 + 1),
             "volunteers": volunteers,
@@ -170,6 +188,28 @@ def end_to_end(
     finally:
         for process in reversed(running):
             stop(process)
+
+
+def _wire_bytes(api: Any) -> float:
+    return float(api.metric("commonweights_ws_bytes_received_total") + api.metric("commonweights_ws_bytes_sent_total"))
+
+
+def _wait_until_trusted(db_path: Path, volunteers: int, *, timeout: float) -> None:
+    """Poll the coordinator's store (read-only) until `volunteers` volunteers are trusted."""
+    tracker = TrustTracker()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        try:
+            states = [
+                TrustState(int(c), int(e)) for c, e in db.execute("SELECT consecutive_valid, errors FROM volunteers")
+            ]
+        finally:
+            db.close()
+        if sum(tracker.trusted(state) for state in states) >= volunteers:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"the volunteers were not all trusted after {timeout:.0f} s of warm-up units")
 
 
 def in_process(dataset_path: Path, units: int, steps: int, threads: int) -> dict[str, float]:
@@ -364,14 +404,16 @@ def run_bench_system(args: argparse.Namespace) -> int:
             ratio = local["tokens_per_s"] / system["tokens_per_s"]
             results["end_to_end"].append({"system": system, "in_process": local, "overhead": ratio, "codec": codec})
             update = system["update_bytes_per_unit"]
-            # Once a volunteer holds a version, a unit moves one delta down and one update up.
-            steady = (update + system["delta_bytes"]) / update
+            # Once a volunteer holds a version, a unit moves one delta and one moments frame down, and one
+            # update and one moments frame up.
+            steady = (update + system["delta_bytes"] + 2 * system["moments_bytes"]) / update
             rows.append([
                 str(n), str(int(system["threads"])), codec, f"{system['tokens']:,}", f"{system['tokens_per_s']:,.0f}",
                 f"{local['tokens_per_s']:,.0f}", f"{100 * (ratio - 1):+.1f}%",
                 f"{system['wire_bytes_per_unit'] / 1e6:.2f} MB", f"{update / 1e6:.3f} MB",
                 f"{system['data_bytes_per_unit'] / 1e6:.3f} MB",
                 f"{system['delta_bytes'] / 1e6:.3f} MB of {system['checkpoint_bytes'] / 1e6:.2f} MB",
+                f"{system['moments_bytes'] / 1e6:.3f} MB",
                 f"{steady:.2f}× ({'met' if steady <= WIRE_TARGET else 'missed'})",
             ])  # fmt: skip
             console.print(rows[-1])
@@ -383,7 +425,7 @@ def run_bench_system(args: argparse.Namespace) -> int:
     e2e_table = markdown_table(
         ["volunteers", "threads each", "download codec", "tokens", "system tokens/s", "in-process tokens/s",
          "overhead", "wire bytes / unit", "update bytes / unit", "data slice / unit", "delta / version",
-         f"(update + delta) ÷ update, target ≤ {WIRE_TARGET}×"],
+         "moments / version", f"(update + delta + 2 × moments) ÷ update, target ≤ {WIRE_TARGET}×"],
         rows,
     )  # fmt: skip
     ingest_table = markdown_table(
@@ -404,8 +446,9 @@ def run_bench_system(args: argparse.Namespace) -> int:
         "in one process with all CPU threads. Overhead = in-process tokens/s ÷ system tokens/s − 1. Wire bytes count "
         "every WebSocket frame both ways, averaged over all units: each volunteer's first unit downloads the whole "
         "checkpoint, each later one the delta of the new version in the campaign's download codec (protocol.md, "
-        "checkpoint deltas), plus the unit's data slice. The last column is the model's traffic per unit once a "
-        "volunteer holds a version: one delta down, one update up, against the update alone.",
+        "checkpoint deltas) and the version's shared second moment (protocol.md, shared moments), plus the unit's "
+        "data slice. The last column is the model's traffic per unit once a volunteer holds a version: one delta and "
+        "one moments frame down, one update and one moments frame up, against the update alone.",
         e2e_table,
         f"Ingestion: {ingestion['clients']} simulated volunteers on loopback submit int8 updates of the `small` preset "
         f"({ingestion['parameters'] / 1e6:.1f}M parameters) to a coordinator process, each waiting for its ack; the "

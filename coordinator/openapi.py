@@ -402,6 +402,8 @@ COMPONENTS: dict[str, Schema] = {
                         "checkpoint_bytes": INT,
                         "delta_sha256": NULLABLE_STR,
                         "delta_bytes": NULLABLE_INT,
+                        "moments_sha256": NULLABLE_STR,
+                        "moments_bytes": NULLABLE_INT,
                         "created_at": NUM,
                     }
                 )

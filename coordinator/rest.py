@@ -373,6 +373,8 @@ async def list_versions(request: web.Request) -> web.Response:
                     "checkpoint_bytes": v.checkpoint_size,
                     "delta_sha256": v.delta_sha,
                     "delta_bytes": v.delta_size,
+                    "moments_sha256": v.moments_sha,
+                    "moments_bytes": v.moments_size,
                     "created_at": v.created_at,
                 }
                 for v in versions

@@ -34,6 +34,7 @@ from coordinator.validation import TrustState
 from coordinator.workers import Workers
 from protocol.codecs import encoded_size_bound
 from protocol.limits import MAX_UPDATE_BYTES
+from protocol.moments import moments_size
 from protocol.tensors import TensorSpec
 from training.atomic_write import write_atomically
 from training.checkpoint import load_weights
@@ -243,11 +244,14 @@ class Coordinator:
 
     @staticmethod
     def _check_update_size(spec: CampaignSpec, dataset: TokenDataset) -> None:
-        """Every shard's update must fit in one `submit` frame, or no volunteer could ever return it."""
+        """Every shard's update (with its moments frame, where the campaign shares moments) must fit in one
+        `submit` frame, or no volunteer could ever return it."""
         skeleton = build_model(model_config_for(spec, dataset), device="meta")
         shapes = {name: TensorSpec(tuple(p.shape)) for name, p in skeleton.named_parameters()}
         for shard in shard_plan(list(parameter_groups(skeleton).values()), spec.shard_count):
             size = encoded_size_bound({n: shapes[n] for n in shard}, spec.codec)
+            if spec.inner.shared_moments:
+                size += moments_size({n: shapes[n].shape for n in shard})
             if size > MAX_UPDATE_BYTES:
                 raise SpecError(
                     [

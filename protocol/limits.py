@@ -18,8 +18,11 @@ MiB: Final = 1 << 20
 MAX_UPDATE_BYTES: Final = 64 * MiB
 """Largest encoded update a `submit` may carry; a unit's `max_update_bytes` may be lower."""
 
+MAX_MOMENTS_BYTES: Final = 8 * MiB
+"""Largest `submit.moments`; a `submit`'s `update` and `moments` together never exceed `MAX_UPDATE_BYTES`."""
+
 FRAME_OVERHEAD_BYTES: Final = 1 * MiB
-"""Room in a frame for everything besides its single large binary field."""
+"""Room in a frame for everything besides its large binary fields (at most `MAX_UPDATE_BYTES` together)."""
 
 MAX_FRAME_BYTES: Final = MAX_UPDATE_BYTES + FRAME_OVERHEAD_BYTES
 """Largest frame either side accepts; a coordinator may announce less in `welcome.max_frame_bytes`."""

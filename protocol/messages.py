@@ -50,6 +50,7 @@ from protocol.limits import (
     MAX_LR,
     MAX_MEMORY_BYTES,
     MAX_MODEL_WIDTH,
+    MAX_MOMENTS_BYTES,
     MAX_NAME_LEN,
     MAX_PARAM_NAME_LEN,
     MAX_RETRY_AFTER_S,
@@ -373,13 +374,17 @@ class Submit(Struct, frozen=True, forbid_unknown_fields=True):
     moments: Annotated[
         bytes,
         Meta(
-            max_length=MAX_UPDATE_BYTES,
+            max_length=MAX_MOMENTS_BYTES,
             description=(
                 "When the unit's recipe.shared_moments: the shard's AdamW second moment after the last step, "
-                "as a moments frame; empty otherwise."
+                "as a moments frame; empty otherwise. With update, at most MAX_UPDATE_BYTES."
             ),
         ),
     ] = b""
+
+    def __post_init__(self) -> None:
+        if len(self.update) + len(self.moments) > MAX_UPDATE_BYTES:
+            raise FieldError("moments", f"update and moments together exceed MAX_UPDATE_BYTES ({MAX_UPDATE_BYTES})")
 
 
 class Report(Struct, frozen=True, forbid_unknown_fields=True):

@@ -124,7 +124,7 @@ class Ingest:
             try:
                 decode_moments(moments, {n: s.shapes[n] for n in unit.shard})
             except CodecError as error:
-                return PreparedUpdate(unit, sha, len(payload), error=CodecError(error.code, f"submit.moments: {error}"))
+                return PreparedUpdate(unit, sha, len(payload), error=error, error_in_moments=True)
             moments_sha = s.blobs.put(moments)
         return PreparedUpdate(unit, sha, len(payload), delta, global_norm(delta), moments_sha=moments_sha)
 
@@ -172,10 +172,16 @@ class Ingest:
             )
         if prepared.error is not None:
             error = prepared.error
+            what = (
+                "submit.moments (a bf16 moments frame of the unit's shard)"
+                if prepared.error_in_moments
+                else "the update"
+            )
             if error.code in CODEC_REJECTIONS:
-                return self._reject(unit, volunteer_id, prepared, report, CODEC_REJECTIONS[error.code], str(error))
+                message = f"{what}: {error}" if prepared.error_in_moments else str(error)
+                return self._reject(unit, volunteer_id, prepared, report, CODEC_REJECTIONS[error.code], message)
             return self._reject(
-                unit, volunteer_id, prepared, report, "bad_encoding", f"the update could not be decoded: {error}"
+                unit, volunteer_id, prepared, report, "bad_encoding", f"{what} could not be decoded: {error}"
             )
         delta = prepared.delta
         assert delta is not None

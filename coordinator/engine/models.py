@@ -91,6 +91,7 @@ class PreparedUpdate:
     norm: float | None = None
     error: CodecError | None = None
     moments_sha: str | None = None  # the submit's moments frame, stored, where the campaign shares moments
+    error_in_moments: bool = False  # `error` is the moments frame's, not the update's
 
     @property
     def stored(self) -> bool:

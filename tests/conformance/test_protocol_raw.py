@@ -31,7 +31,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.support.live import LiveCoordinator, live_coordinator
+from tests.support.live import LiveCoordinator, live_coordinator, poll
 
 # --- Constants, from docs/protocol.md ----------------------------------------------------------
 
@@ -460,6 +460,92 @@ async def expect_result(peer: Peer, unit: Mapping[str, Any], lease_id: str | Non
     result = await peer.expect("result", SUBMIT_WAIT_S)
     assert result["unit_id"] == unit["unit_id"] and result["lease_id"] == (lease_id or unit["lease_id"]), result
     return result
+
+
+# --- Moments frames ("Shared moments") -----------------------------------------------------------
+
+
+def bf16_bits(values: np.ndarray) -> np.ndarray:
+    """bf16: "the upper 16 bits of x[i]'s binary32 pattern after rounding to nearest, ties to even"."""
+    u = np.ascontiguousarray(values, dtype=np.float32).reshape(-1).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def bf16_round(values: np.ndarray) -> np.ndarray:
+    """What a bf16 payload decodes to: "u16 << 16 read as an f32"."""
+    return (bf16_bits(values).astype(np.uint32) << 16).view(np.float32)
+
+
+def moments_records(shapes: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
+    """The records of a moments frame for parameters `shapes`, in their order: `p:rows` [n] and
+    `p:cols` [m] for a parameter of shape [n, d1, ...] (m = d1·...), `p` [numel] for rank 0 or 1."""
+    records: dict[str, list[int]] = {}
+    for name, shape in shapes.items():
+        if len(shape) >= 2:
+            records[f"{name}:rows"] = [shape[0]]
+            records[f"{name}:cols"] = [math.prod(shape[1:])]
+        else:
+            records[name] = [math.prod(shape)]
+    return records
+
+
+def encode_moments(
+    records: Mapping[str, Sequence[int]],
+    values: Mapping[str, np.ndarray],
+    *,
+    codec_id: int = CODEC_IDS["bf16"],
+    dtype_id: int = DTYPE_FLOAT32,
+) -> bytes:
+    """A moments frame: a tensor frame with the bf16 codec (id 3, no parameters), one record per entry.
+
+    The record dtype id is not stated for moments frames; "every record has dtype id 1 (float32),
+    whatever the codec" is said of updates, and this follows it."""
+    out = bytearray(MAGIC + struct.pack("<HBB", FORMAT_VERSION, codec_id, 0))
+    out += struct.pack("<I", len(records))
+    for name, shape in records.items():
+        flat = np.ascontiguousarray(values[name], dtype=np.float32).reshape(-1)
+        assert flat.size == math.prod(shape)
+        payload = flat.astype("<f4").tobytes() if codec_id == CODEC_IDS["fp32"] else bf16_bits(flat).tobytes()
+        encoded = name.encode("utf-8")
+        out += struct.pack("<H", len(encoded)) + encoded
+        out += struct.pack("<BB", dtype_id, len(shape)) + struct.pack(f"<{len(shape)}I", *shape)
+        out += struct.pack("<Q", len(payload)) + payload
+    return bytes(out)
+
+
+def random_moments(records: Mapping[str, Sequence[int]], seed: int) -> dict[str, np.ndarray]:
+    """Plausible second moments: positive, small, different per record and element."""
+    rng = np.random.default_rng(seed)
+    return {name: (10.0 ** rng.uniform(-9, -3, math.prod(shape))).astype(np.float32) for name, shape in records.items()}
+
+
+def read_bf16_frame(data: bytes) -> list[tuple[str, int, list[int], np.ndarray]]:
+    """A bf16 tensor frame as "Frame layout" describes it: (name, dtype id, shape, float32 values) per
+    record, in frame order."""
+    assert data[:4] == MAGIC, data[:16]
+    version, codec_id, flags = struct.unpack_from("<HBB", data, 4)
+    assert (version, codec_id, flags) == (FORMAT_VERSION, CODEC_IDS["bf16"], 0), (version, codec_id, flags)
+    (count,) = struct.unpack_from("<I", data, 8)
+    offset, out = 12, []
+    for _ in range(count):
+        (name_length,) = struct.unpack_from("<H", data, offset)
+        name = data[offset + 2 : offset + 2 + name_length].decode("utf-8")
+        offset += 2 + name_length
+        dtype, ndim = struct.unpack_from("<BB", data, offset)
+        shape = list(struct.unpack_from(f"<{ndim}I", data, offset + 2))
+        (size,) = struct.unpack_from("<Q", data, offset + 2 + 4 * ndim)
+        offset += 2 + 4 * ndim + 8
+        n = math.prod(shape)
+        assert size == 2 * n, (name, size, n)
+        bits = np.frombuffer(data, dtype="<u2", count=n, offset=offset).astype(np.uint32)
+        out.append((name, dtype, shape, (bits << 16).view(np.float32)))
+        offset += size
+    assert offset == len(data), "nothing follows the last record"
+    return out
+
+
+def submit_with_moments(unit: Mapping[str, Any], update: bytes, moments: bytes) -> dict[str, Any]:
+    return {**submit(unit, update), "moments": moments}
 
 
 # --- Checkpoint deltas ("Checkpoint deltas") -------------------------------------------------------
@@ -1104,6 +1190,146 @@ async def test_a_different_update_under_the_same_lease_is_a_duplicate(server: Li
         second = await expect_result(peer, unit)
         assert second["status"] == "duplicate" and second["code"] == "duplicate_submission", second
         assert second["credit"] == 0, second
+
+
+# --- Shared moments ------------------------------------------------------------------------------------
+
+
+async def test_a_round_publishes_the_lower_median_of_the_moments_its_updates_sent(server: LiveCoordinator) -> None:
+    """Four units send four different moments frames and a fifth an empty one; version 1's units name a
+    moments frame of every checkpoint tensor holding, element by element, the lower median of the four."""
+    units = 5
+    spec = {
+        **campaign_spec("conformance-moments", "int8"),
+        "token_budget": 4 * units * 2 * 2 * 32,
+        "rounds": {"units_per_round": units, "min_accepted": units, "max_leases_per_volunteer": units},
+        "validation": {"replication_rate": 0.0, "holdout_check_rate": 0.0, "check_rate": 0.0},
+    }
+    status, body = server.call("POST", "/api/campaigns", token=server.admin_token, body=spec)
+    assert status == 201, body
+    campaign = str(body["id"])
+    sent: list[dict[str, np.ndarray]] = []
+    async with volunteer(server.ws) as (peer, _):
+        leased = []
+        for _ in range(units):
+            await peer.send(frame("request_work", preferred_campaign=campaign))
+            unit = await peer.expect("work_unit")
+            assert unit["campaign_id"] == campaign and unit["model_version"] == 0, unit
+            assert unit["recipe"]["shared_moments"] is True, unit["recipe"]
+            # "It is null in a campaign's first round".
+            assert unit["moments"] is None, unit["moments"]
+            leased.append(unit)
+        shapes = {name: leased[0]["shard_shapes"][name] for name in leased[0]["shard"]}
+        records = moments_records(shapes)
+        for index, unit in enumerate(leased):
+            assert {name: unit["shard_shapes"][name] for name in unit["shard"]} == shapes, "one shard: plan full"
+            if index == units - 1:
+                moments = b""  # "A client that can't sends it empty ... doesn't add to the next median."
+            else:
+                values = random_moments(records, seed=100 + index)
+                sent.append({name: bf16_round(v) for name, v in values.items()})
+                moments = encode_moments(records, values)
+            await peer.send(submit_with_moments(unit, random_update(unit, seed=10 + index), moments))
+            result = await expect_result(peer, unit)
+            assert result["status"] == "accepted", result
+
+    def version_1() -> bool:
+        status, listed = server.call("GET", f"/api/campaigns/{campaign}/versions")
+        assert status == 200, listed
+        return len(listed["versions"]) > 1
+
+    poll("the round to close into version 1", version_1, timeout=60)
+    async with volunteer(server.ws) as (peer, _):
+        await peer.send(frame("request_work", preferred_campaign=campaign))
+        unit = await peer.expect("work_unit")
+        assert unit["campaign_id"] == campaign and unit["model_version"] == 1, unit
+        ref = unit["moments"]
+        assert ref is not None and set(ref) == {"sha256", "size"} and SHA256.fullmatch(ref["sha256"]), ref
+        blob = await download(peer, ref, chunk=64 * 1024)
+        assert hashlib.sha256(blob).hexdigest() == ref["sha256"]
+        checkpoint = await download(peer, unit["checkpoint"], chunk=1 << 20)
+    published = read_bf16_frame(blob)
+    # "a moments frame of every checkpoint tensor, not only the shard's", records as the document gives them.
+    every = {name: shape for name, (shape, _) in read_canonical_checkpoint(checkpoint).items()}
+    expected_records = moments_records(every)
+    names = [name for name, _, _, _ in published]
+    assert len(names) == len(set(names)) and set(names) == set(expected_records), (names, list(expected_records))
+    assert len(blob) == 12 + sum(
+        2 + len(name.encode()) + 2 + 4 * len(shape) + 8 + 2 * math.prod(shape)
+        for name, shape in expected_records.items()
+    ), "its size is fixed by the shapes"
+    stacked = {name: np.stack([frame_[name] for frame_ in sent]) for name in records}
+    for name, dtype, shape, values in published:
+        assert dtype == DTYPE_FLOAT32, (name, dtype)
+        assert shape == expected_records[name], (name, shape)
+        assert np.all(np.isfinite(values)) and np.all(values >= 0), name
+        # "the elementwise median ... (the lower one of two middle values)": of 4 frames, the second smallest.
+        lower_median = np.sort(stacked[name], axis=0)[(len(sent) - 1) // 2]
+        np.testing.assert_array_equal(values, lower_median, err_msg=name)
+
+
+def spoil_moments(unit: Mapping[str, Any], how: str) -> bytes:
+    """A moments frame of the unit's shard that breaks one rule of "Shared moments"."""
+    shapes = {name: unit["shard_shapes"][name] for name in unit["shard"]}
+    records = moments_records(shapes)
+    values = random_moments(records, seed=3)
+    first = next(iter(records))
+    codec_id, dtype_id = CODEC_IDS["bf16"], DTYPE_FLOAT32
+    if how == "negative-value":
+        values[first][0] = -1e-4
+    if how == "nan-value":
+        values[first][0] = np.nan
+    if how == "infinite-value":
+        values[first][0] = np.inf
+    if how == "fp32-codec":  # larger: "the code its update would get for the same fault" is check 1's
+        codec_id = CODEC_IDS["fp32"]
+    if how == "fp16-codec":  # the same size as bf16
+        codec_id = CODEC_IDS["fp16"]
+    if how == "bfloat16-dtype":
+        dtype_id = 3
+    if how == "missing-record":
+        del records[first]
+    if how == "unfactored-matrix":  # a matrix sent whole under its own name instead of as :rows and :cols
+        matrix = next(name for name, shape in shapes.items() if len(shape) >= 2)
+        del records[f"{matrix}:rows"], records[f"{matrix}:cols"]
+        records[matrix] = [math.prod(shapes[matrix])]
+        values[matrix] = np.full(math.prod(shapes[matrix]), 1e-6, dtype=np.float32)
+    if how == "swapped-rows-and-cols":
+        matrix = next(name for name, shape in shapes.items() if len(shape) >= 2 and shape[0] != math.prod(shape[1:]))
+        rows, cols = records[f"{matrix}:rows"], records[f"{matrix}:cols"]
+        records[f"{matrix}:rows"], records[f"{matrix}:cols"] = cols, rows
+        values[f"{matrix}:rows"], values[f"{matrix}:cols"] = values[f"{matrix}:cols"], values[f"{matrix}:rows"]
+    encoded = encode_moments(records, values, codec_id=codec_id, dtype_id=dtype_id)
+    return encoded + b"\x00" if how == "trailing-byte" else encoded
+
+
+@pytest.mark.parametrize(
+    ("how", "verdict"),
+    [
+        ("negative-value", "bad_encoding"),
+        ("nan-value", "non_finite"),
+        ("infinite-value", "non_finite"),
+        # "Its size is fixed by the shapes, like an update's": a longer frame fails an update's check 1.
+        ("fp32-codec", "update_too_large"),
+        ("trailing-byte", "update_too_large"),
+        ("unfactored-matrix", "update_too_large"),
+        ("fp16-codec", "bad_encoding"),  # check 7: the codec is not bf16
+        ("bfloat16-dtype", "shape_mismatch"),  # check 12, if records are float32 as in an update
+        ("missing-record", "shape_mismatch"),
+        ("swapped-rows-and-cols", "shape_mismatch"),
+    ],
+)
+async def test_a_broken_moments_frame_rejects_the_submission_naming_submit_moments(
+    server: LiveCoordinator, how: str, verdict: str
+) -> None:
+    async with volunteer(server.ws) as (peer, _):
+        unit = await lease(peer)
+        assert unit["recipe"]["shared_moments"] is True, "shared moments are on by default"
+        await peer.send(submit_with_moments(unit, random_update(unit), spoil_moments(unit, how)))
+        result = await expect_result(peer, unit)
+        assert result["status"] == "rejected" and result["code"] == verdict, result
+        assert "submit.moments" in result["message"], result
+        assert result["credit"] == 0, result
 
 
 # --- Strangers: the limits before hello, staying connected, sources -------------------------------------

@@ -397,6 +397,8 @@ def work_units(draw: st.DrawFn) -> WorkUnit:
             "codec": kwargs["codec"] | {"name": draw(name)},
             "graph": (kwargs["graph"] or BlobRef("0" * 64, 1)) if kwargs["runtime"] == "onnxruntime" else None,
             "deltas": deltas,
+            # Shared moments only where the unit trains with them.
+            "moments": kwargs["moments"] if kwargs["kind"] == "train" and recipe.shared_moments else None,
         }
     )
 
@@ -520,20 +522,20 @@ def test_more_values_than_the_limit_is_malformed_before_unpacking() -> None:
 
 
 def test_a_duplicate_key_is_malformed() -> None:
-    frame = b"\x83\xa4type\xa7goodbye\xa1v\x03\xa4type\xa5hello"
+    frame = b"\x83\xa4type\xa7goodbye\xa1v\x04\xa4type\xa5hello"
     err = refusal(frame)
     assert (err.code, err.message) == (ErrorCode.MALFORMED_FRAME, "The key 'type' appears twice in one map.")
 
 
 def test_a_duplicate_key_in_a_nested_map_is_malformed_however_it_is_spelled() -> None:
     # The second "n" is a str8: the same key in a longer encoding; msgspec alone would let it win.
-    frame = b"\x83\xa4type\xa7goodbye\xa1v\x03\xa6reason\x82\xa1n\x01\xd9\x01n\x02"
+    frame = b"\x83\xa4type\xa7goodbye\xa1v\x04\xa6reason\x82\xa1n\x01\xd9\x01n\x02"
     err = refusal(frame)
     assert (err.code, err.message) == (ErrorCode.MALFORMED_FRAME, "The key 'n' appears twice in one map.")
 
 
 def test_a_bin_key_is_not_the_str_key_with_the_same_bytes() -> None:
-    frame = b"\x83\xa4type\xa7goodbye\xa1v\x03\xa6reason\x82\xa1n\x01\xc4\x01n\x02"
+    frame = b"\x83\xa4type\xa7goodbye\xa1v\x04\xa6reason\x82\xa1n\x01\xc4\x01n\x02"
     assert refusal(frame).code is ErrorCode.SCHEMA_VIOLATION
 
 
@@ -543,7 +545,7 @@ def test_the_envelope_is_read_from_the_frame_map_only() -> None:
 
 
 def test_invalid_utf8_is_malformed() -> None:
-    frame = b"\x83\xa4type\xa7goodbye\xa1v\x03\xa6reason\xa2\xff\xfe"
+    frame = b"\x83\xa4type\xa7goodbye\xa1v\x04\xa6reason\xa2\xff\xfe"
     assert refusal(frame).code is ErrorCode.MALFORMED_FRAME
 
 
@@ -675,7 +677,7 @@ def test_every_required_field_is_required_and_every_optional_one_defaults(case: 
         )
     else:
         message = decode(msgpack.packb(frame), direction=direction_of(tag))
-        assert getattr(message, spec.name) == spec.default and spec.default in (None, ())
+        assert getattr(message, spec.name) == spec.default and spec.default in (None, (), b"")
 
 
 @pytest.mark.parametrize("tag", sorted(MESSAGE_TYPES))
@@ -1254,3 +1256,16 @@ def test_docs_list_every_code_limit_message_and_close_code() -> None:
         assert f"`{tag}`" in text, tag
     for close in CloseCode:
         assert str(close.value) in text, close
+
+
+def test_a_submits_update_and_moments_together_stay_within_max_update_bytes() -> None:
+    from protocol.limits import MAX_MOMENTS_BYTES, MAX_UPDATE_BYTES
+
+    base = wire_of(EXAMPLES["submit"])
+    big = b"\0" * (MAX_UPDATE_BYTES - 10)
+    fits = base | {"update": big, "moments": b"\0" * 10}
+    assert isinstance(decode(msgpack.packb(fits, use_bin_type=True), direction="to_server"), Submit)
+    err = refusal(base | {"update": big, "moments": b"\0" * 11})
+    assert err.code is ErrorCode.SCHEMA_VIOLATION and "moments" in err.message and "MAX_UPDATE_BYTES" in err.message
+    err = refusal(base | {"moments": b"\0" * (MAX_MOMENTS_BYTES + 1)})
+    assert err.code is ErrorCode.SCHEMA_VIOLATION and "moments" in err.message

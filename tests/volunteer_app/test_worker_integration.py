@@ -211,6 +211,10 @@ async def test_each_new_version_is_rebuilt_from_a_delta_instead_of_downloaded(
     assert not {v["checkpoint_sha256"] for v in versions[1:]} & fetched
     cached = {path.name for path in (tmp_path / "cache").rglob("*") if path.is_file()}
     assert {v["checkpoint_sha256"] for v in versions[1:3]} <= cached
+    # Each version shares the second moment its round's unit returned, and the next unit started from it.
+    assert versions[0]["moments_sha256"] is None
+    assert all(v["moments_sha256"] is not None and v["moments_bytes"] > 0 for v in versions[1:])
+    assert {v["moments_sha256"] for v in versions[1:3]} <= fetched
 
 
 async def test_a_worker_at_half_the_cpu_rests_between_steps_and_still_finishes_its_unit(
