@@ -525,8 +525,20 @@ def read_bf16_frame(data: bytes) -> list[tuple[str, int, list[int], np.ndarray]]
     assert data[:4] == MAGIC, data[:16]
     version, codec_id, flags = struct.unpack_from("<HBB", data, 4)
     assert (version, codec_id, flags) == (FORMAT_VERSION, CODEC_IDS["bf16"], 0), (version, codec_id, flags)
-    (count,) = struct.unpack_from("<I", data, 8)
-    offset, out = 12, []
+    out = []
+    for name, dtype, shape, offset, size in frame_records(data, 8):
+        n = math.prod(shape)
+        assert size == 2 * n, (name, size, n)
+        bits = np.frombuffer(data, dtype="<u2", count=n, offset=offset).astype(np.uint32)
+        out.append((name, dtype, shape, (bits << 16).view(np.float32)))
+    return out
+
+
+def frame_records(data: bytes, count_at: int) -> Iterator[tuple[str, int, list[int], int, int]]:
+    """The records of a tensor frame whose tensor count is at `count_at` ("Frame layout"): name, dtype id,
+    shape, and where its payload starts and how long it is; nothing may follow the last one."""
+    (count,) = struct.unpack_from("<I", data, count_at)
+    offset = count_at + 4
     for _ in range(count):
         (name_length,) = struct.unpack_from("<H", data, offset)
         name = data[offset + 2 : offset + 2 + name_length].decode("utf-8")
@@ -535,13 +547,9 @@ def read_bf16_frame(data: bytes) -> list[tuple[str, int, list[int], np.ndarray]]
         shape = list(struct.unpack_from(f"<{ndim}I", data, offset + 2))
         (size,) = struct.unpack_from("<Q", data, offset + 2 + 4 * ndim)
         offset += 2 + 4 * ndim + 8
-        n = math.prod(shape)
-        assert size == 2 * n, (name, size, n)
-        bits = np.frombuffer(data, dtype="<u2", count=n, offset=offset).astype(np.uint32)
-        out.append((name, dtype, shape, (bits << 16).view(np.float32)))
+        yield name, dtype, shape, offset, size
         offset += size
     assert offset == len(data), "nothing follows the last record"
-    return out
 
 
 def submit_with_moments(unit: Mapping[str, Any], update: bytes, moments: bytes) -> dict[str, Any]:
@@ -557,16 +565,8 @@ def read_int8_frame(data: bytes) -> dict[str, tuple[list[int], np.ndarray]]:
     version, codec_id, _flags = struct.unpack_from("<HBB", data, 4)
     assert (version, codec_id) == (FORMAT_VERSION, CODEC_IDS["int8"])
     (block,) = struct.unpack_from("<I", data, 8)
-    (count,) = struct.unpack_from("<I", data, 12)
-    offset, out = 16, {}
-    for _ in range(count):
-        (name_length,) = struct.unpack_from("<H", data, offset)
-        name = data[offset + 2 : offset + 2 + name_length].decode("utf-8")
-        offset += 2 + name_length
-        dtype, ndim = struct.unpack_from("<BB", data, offset)
-        shape = list(struct.unpack_from(f"<{ndim}I", data, offset + 2))
-        (size,) = struct.unpack_from("<Q", data, offset + 2 + 4 * ndim)
-        offset += 2 + 4 * ndim + 8
+    out = {}
+    for name, dtype, shape, offset, size in frame_records(data, 12):
         n = math.prod(shape)
         blocks = -(-n // block)
         scales = np.frombuffer(data, dtype="<f4", count=blocks, offset=offset)
@@ -575,8 +575,6 @@ def read_int8_frame(data: bytes) -> dict[str, tuple[list[int], np.ndarray]]:
         # "Dequantized values are q * scale computed in float32", each block with its own scale.
         values = q * np.repeat(scales, block)[:n]
         out[name] = (shape, values.astype(np.float32))
-        offset += size
-    assert offset == len(data)
     return out
 
 
