@@ -33,7 +33,7 @@ from coordinator.store import SQLiteStore, Store, VersionRow, VolunteerRow
 from coordinator.validation import TrustState
 from coordinator.workers import Workers
 from protocol.codecs import encoded_size_bound
-from protocol.limits import MAX_UPDATE_BYTES
+from protocol.limits import MAX_MOMENTS_BYTES, MAX_UPDATE_BYTES
 from protocol.moments import moments_size
 from protocol.tensors import TensorSpec
 from training.atomic_write import write_atomically
@@ -250,8 +250,16 @@ class Coordinator:
         shapes = {name: TensorSpec(tuple(p.shape)) for name, p in skeleton.named_parameters()}
         for shard in shard_plan(list(parameter_groups(skeleton).values()), spec.shard_count):
             size = encoded_size_bound({n: shapes[n] for n in shard}, spec.codec)
-            if spec.inner.shared_moments:
-                size += moments_size({n: shapes[n].shape for n in shard})
+            moments = moments_size({n: shapes[n].shape for n in shard}) if spec.inner.shared_moments else 0
+            if moments > MAX_MOMENTS_BYTES:
+                raise SpecError(
+                    [
+                        f"inner.shared_moments: a moments frame of this model takes {moments / 2**20:.1f} MiB, over "
+                        f"the protocol's {MAX_MOMENTS_BYTES / 2**20:.0f} MiB; split the model with shard_plan = "
+                        "'groups:N' or set inner.shared_moments = false"
+                    ]
+                )
+            size += moments
             if size > MAX_UPDATE_BYTES:
                 raise SpecError(
                     [

@@ -26,7 +26,7 @@ import torch
 
 from protocol.codecs import CodecConfig, CodecError, TensorSpec, decode, encode, encoded_size_bound
 
-__all__ = ["MOMENTS_CODEC", "decode_moments", "encode_moments", "moment_specs", "moments_size"]
+__all__ = ["MOMENTS_CODEC", "decode_moments", "encode_moments", "moment_bound", "moment_specs", "moments_size"]
 
 MOMENTS_CODEC = CodecConfig("bf16")
 
@@ -54,12 +54,27 @@ def encode_moments(records: Mapping[str, torch.Tensor]) -> bytes:
 
 
 def decode_moments(
-    data: bytes | bytearray | memoryview, shapes: Mapping[str, Sequence[int]]
+    data: bytes | bytearray | memoryview, shapes: Mapping[str, Sequence[int]], *, most: float = math.inf
 ) -> dict[str, torch.Tensor]:
-    """The records of a moments frame for parameters of `shapes`; hostile input raises `CodecError`."""
+    """The records of a moments frame for parameters of `shapes`; hostile input raises `CodecError`.
+
+    `most` bounds every value: with gradients clipped to norm c before AdamW, no element of an honest v
+    exceeds c² (`moment_bound`)."""
     specs = moment_specs(shapes)
     records = decode(data, specs, max_bytes=moments_size(shapes), config=MOMENTS_CODEC)
     for name, values in records.items():
         if bool((values < 0).any()):
             raise CodecError("negative_moment", f"Moment {name!r} holds negative values; a second moment can't.")
+        if bool((values > most).any()):
+            raise CodecError(
+                "implausible_moment",
+                f"Moment {name!r} holds values above {most:.6g}, which clipped gradients can't produce.",
+            )
     return records
+
+
+def moment_bound(grad_clip: float) -> float:
+    """The largest value an honest moments frame holds for a unit whose gradients are clipped to norm
+    `grad_clip` (every squared element ≤ grad_clip², and v averages them), with room for bf16's rounding
+    up; no bound when clipping is off."""
+    return grad_clip * grad_clip * (1 + 2.0**-7) if grad_clip > 0 else math.inf

@@ -66,11 +66,12 @@ def expand(factors: Sequence[torch.Tensor], shape: Sequence[int]) -> torch.Tenso
         raise ValueError(f"a second moment of shape {tuple(shape)} has {wanted} factors, got {len(factors)}")
     if len(shape) < 2:
         return factors[0].reshape(tuple(shape)).clone()
-    rows, cols = factors
+    rows, cols = factors[0].double(), factors[1].double()
     scale = rows.mean()
     if not scale > 0:
         return torch.zeros(tuple(shape))
-    return (torch.outer(rows, cols) / scale).reshape(tuple(shape))
+    # In float64, so that no product of two large factors overflows before the division brings it back.
+    return (torch.outer(rows, cols) / scale).float().reshape(tuple(shape))
 
 
 def unit_moments(loop: InnerLoop) -> Moments:

@@ -40,7 +40,7 @@ from protocol.limits import MAX_LOSS
 from protocol.messages import InnerRecipe, TrainMetrics, WorkUnit
 from protocol.messages import ModelConfig as WireModelConfig
 from protocol.messages import decode as decode_frame
-from protocol.moments import decode_moments, encode_moments
+from protocol.moments import decode_moments, encode_moments, moment_bound
 from training.atomic_write import write_atomically
 from training.checkpoint import CheckpointError, load_state, load_weights, save_state
 from training.error_feedback import ErrorFeedback
@@ -362,7 +362,7 @@ class UnitRunner:
         """The unit's moments blob, checked against the model: a moments frame of every parameter."""
         shapes = self._shapes()
         try:
-            return from_records(decode_moments(blob, shapes), shapes)
+            return from_records(decode_moments(blob, shapes, most=moment_bound(self.config.grad_clip)), shapes)
         except CodecError as error:
             raise RunnerError("error", f"the unit's moments are unusable: {error}") from None
 

@@ -33,7 +33,7 @@ from training.aggregation import aggregate_updates
 from training.checkpoint import load_state, load_weights, save_state
 from training.data import TokenDataset
 from training.model import build_model
-from training.moments import Moments, as_records, from_records, median_moments
+from training.moments import Moments, as_records, factor, from_records, median_moments
 
 __all__ = ["Aggregator", "initial_version"]
 
@@ -178,9 +178,10 @@ class Aggregator:
         return aggregate_updates(updates, s.shapes, rule, self.scratch).delta
 
     def _shared_moments(self, round_id: int) -> tuple[str, int] | None:
-        """The moments frame the next version's units start from: each factor's median over the round's
-        applied updates that sent one (the lower median: a liar can only pull it towards a fresh AdamW's
-        zero), for the parameters any of them trained, the last version's for the rest; None if none."""
+        """The moments frame the next version's units start from: each factor's lower median over the
+        round's applied updates that sent one, for the parameters any of them trained; the last version's
+        for the rest, and zeros (a fresh AdamW's v) for a parameter none has had yet. None until a frame
+        has been sent."""
         s = self.state
         if not s.spec.inner.shared_moments:
             return None
@@ -198,10 +199,12 @@ class Aggregator:
             kept = from_records(decode_moments(s.blobs.get(earlier.moments_sha), s.shapes), s.shapes)
         else:
             kept = {}
+        if not sent and not kept:
+            return None
         shared = kept | median_moments(sent)
-        if sorted(shared) != sorted(s.shapes):
-            return None  # the frame covers every parameter: wait until every one has been trained
-        frame = encode_moments(as_records({n: shared[n] for n in s.shapes}))
+        # A parameter no unit has returned a moment for yet starts from v = 0, as in a fresh AdamW.
+        fresh = {n: factor(torch.zeros(shape)) for n, shape in s.shapes.items() if n not in shared}
+        frame = encode_moments(as_records({n: (shared | fresh)[n] for n in s.shapes}))
         return s.blobs.put(frame), len(frame)
 
     def _decoded(self, unit_id: str, update_sha: str) -> dict[str, torch.Tensor]:

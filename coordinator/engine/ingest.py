@@ -32,7 +32,7 @@ from coordinator.validation.evidence import DESCENT_STEP
 from coordinator.validation.interface import fmt
 from protocol.codecs import CodecError
 from protocol.errors import ErrorCode
-from protocol.moments import decode_moments
+from protocol.moments import decode_moments, moment_bound
 from training.accumulator import staleness_weight
 from training.checkpoint import save_weights
 
@@ -122,7 +122,7 @@ class Ingest:
         moments_sha = None
         if s.spec.inner.shared_moments and moments:  # none sent: the update counts, the median is the others'
             try:
-                decode_moments(moments, {n: s.shapes[n] for n in unit.shard})
+                decode_moments(moments, {n: s.shapes[n] for n in unit.shard}, most=moment_bound(s.spec.inner.grad_clip))
             except CodecError as error:
                 return PreparedUpdate(unit, sha, len(payload), error=error, error_in_moments=True)
             moments_sha = s.blobs.put(moments)

@@ -44,15 +44,15 @@ def test_each_version_publishes_the_lower_median_of_what_its_rounds_units_sent(s
     assert first.inner.shared_moments and work_unit_message(first).recipe.shared_moments
     assert work_unit_message(first).moments is None  # version 0: nothing to share yet
     service.runtimes[campaign_id].scheduler.abandon(a, first.unit.id, first.lease_id)
-    # Three volunteers' moments: 1, 3 and an outlier of 1e6 everywhere; the median is 3.
-    for volunteer, fill in ((a, 1.0), (b, 3.0), (c, 1e6)):
+    # Three volunteers' moments: 0.125, 0.25 and an outlier at the bound (grad_clip² = 1); the median is 0.25.
+    for volunteer, fill in ((a, 0.125), (b, 0.25), (c, 1.0)):
         assert _submit(service, volunteer, _frame(shapes, fill))[0] == "accepted"
     versions = service.store.versions(campaign_id)
     assert [v.version for v in versions] == [0, 1] and versions[0].moments_sha is None
     published = versions[1]
     assert published.moments_sha is not None and published.moments_size == len(service.blobs.get(published.moments_sha))
     records = decode_moments(service.blobs.get(published.moments_sha), shapes)
-    assert all(torch.equal(values, torch.full_like(values, 3.0)) for values in records.values())
+    assert all(torch.equal(values, torch.full_like(values, 0.25)) for values in records.values())
     # Units of version 1 name it, and volunteers may download it.
     unit = work_unit_message(lease(service, a))
     assert unit.model_version == 1 and unit.moments is not None
@@ -66,11 +66,11 @@ def test_two_units_take_the_lower_of_their_values_and_a_unit_without_moments_sti
     a, b, c = volunteers(service, 3)
     shapes = lease(service, c).shard_shapes
     assert _submit(service, a, b"")[0] == "accepted"  # no moments: judged as usual
-    assert _submit(service, b, _frame(shapes, 2.0))[0] == "accepted"
+    assert _submit(service, b, _frame(shapes, 0.5))[0] == "accepted"
     published = service.store.versions(campaign_id)[1]
     assert published.moments_sha is not None
     records = decode_moments(service.blobs.get(published.moments_sha), shapes)
-    assert all(torch.equal(values, torch.full_like(values, 2.0)) for values in records.values())
+    assert all(torch.equal(values, torch.full_like(values, 0.5)) for values in records.values())
 
 
 def test_moments_that_are_not_a_moments_frame_of_the_shard_get_the_whole_submission_rejected(
@@ -82,10 +82,13 @@ def test_moments_that_are_not_a_moments_frame_of_the_shard_get_the_whole_submiss
     negative = _frame(shapes, -1.0)
     nan = _frame(shapes, 1.0)[:-2] + b"\xc0\x7f"  # the last value a bf16 NaN
     first = dict(list(shapes.items())[:1])
+    d = volunteers(service, 1)[0]
     for volunteer, bad, code in (
         (a, negative, "bad_encoding"),
         (b, nan, "non_finite"),
         (c, _frame(first, 1.0), "shape_mismatch"),
+        # Above grad_clip² (1 here): no clipped gradient makes such a second moment.
+        (d, _frame(shapes, 1.5), "bad_encoding"),
     ):
         status, got, message = _submit(service, volunteer, bad)
         assert (status, got) == ("rejected", code) and "submit.moments" in message, message
@@ -129,3 +132,24 @@ def test_what_a_real_unit_returns_seeds_the_next_round(service: Coordinator) -> 
             assert torch.equal(values, torch.minimum(mine[0][name][i], mine[1][name][i])), name
     assert all(float(f.max()) > 0 for fs in shared.values() for f in fs)
     assert as_records(shared).keys() == moment_specs(shapes).keys()
+
+
+def test_a_sharded_campaign_publishes_zeros_for_the_parameters_no_unit_has_returned_yet(service: Coordinator) -> None:
+    rounds = {"units_per_round": 2, "min_accepted": 1, "lease_s": 60, "deadline_s": 600}
+    campaign_id = service.create_campaign(make_spec(shard_plan="groups:2", rounds=rounds), owner="admin:1")
+    (a,) = volunteers(service, 1)
+    unit = lease(service, a)
+    trained = set(unit.unit.shard)
+    delta, report = train(service, unit)
+    runtime = service.runtimes[campaign_id]
+    mine = _frame(unit.shard_shapes, 0.5)
+    outcome = runtime.submit(a, unit.unit.id, unit.lease_id, payload(service, unit, delta), report, moments=mine)
+    assert outcome.status == "accepted"
+    published = service.store.versions(campaign_id)[1]
+    assert published.moments_sha is not None
+    shapes = runtime.state.shapes
+    records = decode_moments(service.blobs.get(published.moments_sha), shapes)
+    assert sorted(records) == sorted(moment_specs(shapes))
+    for name, values in records.items():
+        parameter = name.split(":")[0]
+        assert torch.equal(values, torch.full_like(values, 0.5 if parameter in trained else 0.0)), name

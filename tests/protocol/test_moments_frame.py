@@ -27,6 +27,17 @@ def test_records_are_rows_and_columns_of_matrices_and_whole_vectors() -> None:
     }
 
 
+def test_values_above_what_clipped_gradients_make_are_refused() -> None:
+    from protocol.moments import moment_bound
+
+    assert moment_bound(0.0) == float("inf") and moment_bound(2.0) > 4.0
+    frame = encode_moments(_records(4.0))
+    assert decode_moments(frame, SHAPES, most=moment_bound(2.0))["scalar"].item() == 4.0
+    with pytest.raises(CodecError) as caught:
+        decode_moments(encode_moments(_records(4.5)), SHAPES, most=moment_bound(2.0))
+    assert caught.value.code == "implausible_moment"
+
+
 def test_a_frame_round_trips_at_its_exact_size() -> None:
     records = {name: torch.rand(spec.shape) for name, spec in moment_specs(SHAPES).items()}
     frame = encode_moments(records)

@@ -194,6 +194,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE versions ADD COLUMN moments_sha TEXT;
     ALTER TABLE versions ADD COLUMN moments_size INTEGER;
     ALTER TABLE submissions ADD COLUMN moments_sha TEXT;
+    CREATE INDEX submissions_by_moments ON submissions (moments_sha);
     """,
 ]
 
