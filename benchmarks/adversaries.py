@@ -90,11 +90,13 @@ from protocol.messages import (
 )
 from protocol.messages import decode as decode_frame
 from protocol.messages import encode as encode_frame
+from protocol.moments import decode_moments
 from protocol.version import PROTOCOL_VERSION
 from training.atomic_write import write_atomically
 from training.checkpoint import load_weights
 from training.inner import InnerLoop, StepReport
 from training.model import GPT
+from training.moments import from_records, seed_loop
 from volunteer_app.blob_cache import BlobCache
 from volunteer_app.unit_runner import inner_config_of, model_config_of, tokens_of
 
@@ -250,8 +252,16 @@ class Trained:
     seconds: float
 
 
-def train(unit: WorkUnit, checkpoint: bytes, data: bytes, *, on_step: Callable[[StepReport], None]) -> Trained:
-    """The unit trained honestly (as volunteer_app.unit_runner does, less error feedback), on the CPU."""
+def train(
+    unit: WorkUnit,
+    checkpoint: bytes,
+    data: bytes,
+    *,
+    on_step: Callable[[StepReport], None],
+    moments: bytes | None = None,
+) -> Trained:
+    """The unit trained honestly (as volunteer_app.unit_runner does, less error feedback), on the CPU; its
+    AdamW seeded with `moments`, the blob of the unit's shared second moment, where it names one."""
     config = model_config_of(unit.model.config)
     torch.manual_seed(unit.seed)
     with torch.device("meta"):
@@ -259,6 +269,8 @@ def train(unit: WorkUnit, checkpoint: bytes, data: bytes, *, on_step: Callable[[
     model = GPT(config)
     model.load_state_dict(load_weights(checkpoint, shapes), strict=True)
     loop = InnerLoop(model, inner_config_of(unit.recipe), global_step=unit.recipe.global_step, trainable=unit.shard)
+    if moments is not None:
+        seed_loop(loop, from_records(decode_moments(moments, shapes), shapes))
     result = loop.run(tokens_of(unit, data), on_step=on_step)
     return Trained({n: result.delta[n] for n in unit.shard}, list(result.losses), result.tokens, result.seconds)
 
@@ -462,13 +474,17 @@ class Adversary:
         """A real training of `unit` (from `checkpoint` instead of the unit's, for `stale`), heartbeating."""
         weights = await self.blob(link, checkpoint or unit.checkpoint)
         data = await self.blob(link, unit.data)
+        moments = await self.blob(link, unit.moments) if unit.moments is not None else None
         done = [0]
 
         def on_step(report: StepReport) -> None:
             done[0] = report.step
 
         result = await self.beating(
-            link, unit, asyncio.to_thread(train, unit, weights, data, on_step=on_step), lambda: done[0]
+            link,
+            unit,
+            asyncio.to_thread(train, unit, weights, data, on_step=on_step, moments=moments),
+            lambda: done[0],
         )
         if self.calibration is None:
             self.calibration = Calibration(norms_of(result.delta), result.losses, result.tokens, result.seconds)
