@@ -20,6 +20,7 @@ through tests/support/history.py.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,9 +28,8 @@ from pathlib import Path
 
 import torch
 
-from coordinator.blobs import BlobStore
 from coordinator.campaign import CampaignSpec
-from coordinator.store import SQLiteStore
+from coordinator.store import open_blobs, open_store
 from protocol.checkpoints import apply_delta, checkpoint_bytes, make_delta
 from protocol.codecs import decode
 from protocol.tensors import TensorSpec
@@ -51,10 +51,12 @@ def _require(condition: bool, message: str) -> None:
         raise HistoryError(message)
 
 
-def check_history(data_dir: Path, campaign_id: int) -> int:
-    """Raises HistoryError unless the history replays to the published versions; returns how many it checked."""
-    store = SQLiteStore.open(data_dir / "coordinator.sqlite3")
-    blobs = BlobStore(data_dir / "blobs")
+def check_history(data_dir: Path, campaign_id: int, *, database: str = "", blobs_url: str = "") -> int:
+    """Raises HistoryError unless the history replays to the published versions; returns how many it checked.
+    `database` and `blobs_url` are the coordinator's `--database` and `--blobs` ("": SQLite and the folder
+    in `data_dir`)."""
+    store = open_store(database, data_dir, clock=time.time)
+    blobs = open_blobs(blobs_url, data_dir)
     try:
         campaign = store.campaign(campaign_id)
         _require(campaign is not None, f"campaign {campaign_id} is not in the store")
@@ -148,13 +150,13 @@ class HistoryAudit:
         return self.replay_error is None and self.applied_twice == 0 and self.applied_minus_published == 0
 
 
-def audit_history(data_dir: Path, campaign_id: int) -> HistoryAudit:
+def audit_history(data_dir: Path, campaign_id: int, *, database: str = "", blobs_url: str = "") -> HistoryAudit:
     """The replay's verdict plus direct counts of double-counted updates."""
     try:
-        versions, replay_error = check_history(data_dir, campaign_id), None
+        versions, replay_error = check_history(data_dir, campaign_id, database=database, blobs_url=blobs_url), None
     except HistoryError as error:
         versions, replay_error = 0, str(error)
-    store = SQLiteStore.open(data_dir / "coordinator.sqlite3")
+    store = open_store(database, data_dir, clock=time.time)
     try:
         accepted = store.submissions(statuses=("accepted",), campaign_id=campaign_id, limit=ALL)
         weighted = [s for s in accepted if s.weight > 0]

@@ -22,11 +22,28 @@ def add_coordinator(commands: Subparsers) -> None:
         "serve",
         help="serve volunteers (WebSocket), the REST API and /metrics",
         description=(
-            "Serve the coordinator. State lives in --data-dir (SQLite + blobs); the admin token is written "
-            "to DATA_DIR/admin_token on first start. The embedded corpus is available as dataset 'stdlib'."
+            "Serve the coordinator. State lives in --data-dir (SQLite + blobs) unless --database and --blobs "
+            "name a PostgreSQL database and an S3 bucket, which several replicas share (README: Running at "
+            "scale); the admin token is written to DATA_DIR/admin_token on first start. The embedded corpus "
+            "is available as dataset 'stdlib'."
         ),
     )
     serve.add_argument("--data-dir", type=Path, required=True, metavar="DIR")
+    serve.add_argument(
+        "--database",
+        default="",
+        metavar="URL",
+        help="postgresql://USER[:PASSWORD]@HOST[:PORT]/DB for state that replicas share (default: SQLite in DATA_DIR)",
+    )
+    serve.add_argument(
+        "--blobs",
+        default="",
+        metavar="URL",
+        help=(
+            "s3://BUCKET/PREFIX for blobs that replicas share; the endpoint and credentials come from "
+            "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION (default: DATA_DIR/blobs)"
+        ),
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
     serve.add_argument(
@@ -192,6 +209,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.torch_threads)
     config = CoordinatorConfig(
         data_dir=args.data_dir,
+        database=args.database,
+        blobs=args.blobs,
         datasets=datasets,
         public_url=public_url,
         heartbeat_interval_s=args.heartbeat_interval,

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from aiohttp import WSMessage, WSMsgType, web
 
 from coordinator.appkeys import METRICS, SERVICE, SOCKETS
-from coordinator.blobs import BlobNotFound, sha256_hex
 from coordinator.engine import Assignment, CampaignRuntime, Outcome, OutcomeStatus, SubmissionReport
 from coordinator.engine import NoWork as NoWorkAnswer
 from coordinator.evaluations import EvalLease
@@ -34,6 +33,7 @@ from coordinator.graphs import GraphBlob
 from coordinator.metrics import MALFORMED_FRAME, Metrics
 from coordinator.service import Coordinator, UnsupportedCodec
 from coordinator.store import VolunteerRow
+from coordinator.store.blobs import BlobNotFound, sha256_hex
 from coordinator.volunteer_socket import VolunteerSocket
 from protocol.codecs import CODEC_NAMES
 from protocol.errors import ErrorCode, ProtocolError, close_code_for

@@ -33,8 +33,8 @@ from importlib.metadata import PackageNotFoundError, version
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from coordinator.blobs import BlobStore
 from coordinator.store import Store
+from coordinator.store.blobs import Blobs
 from training.model import ModelConfig
 
 __all__ = ["GRAPH_FORMAT", "GraphBlob", "GraphBuilds", "GraphPending", "graph_key", "onnx_missing"]
@@ -132,7 +132,7 @@ class GraphBuilds:
     dies (killed for memory) — is reported to volunteers as such for FAILED_RETRY_S, then tried again.
     """
 
-    def __init__(self, store: Store, blobs: BlobStore) -> None:
+    def __init__(self, store: Store, blobs: Blobs) -> None:
         self.store = store
         self.blobs = blobs
         self._lock = threading.Lock()

@@ -37,7 +37,7 @@ from coordinator.metrics import UNMATCHED_ROUTE
 from coordinator.openapi import MAX_ID, STR, Handler, Param, Reply, Route, id_param, ref, register
 from coordinator.request_body import BadBody, decode_body
 from coordinator.service import Coordinator
-from coordinator.store import CampaignRow, StoreError, VersionRow
+from coordinator.store import BlobNotFound, CampaignRow, StoreError, VersionRow
 from protocol.codecs import CODEC_NAMES
 from protocol.limits import MAX_ID_LEN
 from protocol.version import RELEASE_VERSION as __version__
@@ -432,8 +432,9 @@ async def download_checkpoint(request: web.Request) -> web.StreamResponse:
     if isinstance(found, web.Response):
         return found
     row, version = found
-    path = _service(request).blobs.path(version.checkpoint_sha)
-    if not path.is_file():
+    try:
+        path = _service(request).blobs.local_copy(version.checkpoint_sha)
+    except BlobNotFound:
         return error_response(404, "not_found", f"the checkpoint of version {version.version} is missing on the server")
     return web.FileResponse(
         path,
@@ -507,7 +508,10 @@ async def download_export(request: web.Request) -> web.StreamResponse:
         return found
     row, version = found
     service = _service(request)
-    checkpoint = service.blobs.path(version.checkpoint_sha)
+    try:
+        checkpoint = service.blobs.local_copy(version.checkpoint_sha)
+    except BlobNotFound:
+        return error_response(404, "not_found", f"the checkpoint of version {version.version} is missing on the server")
     tokenizer = Path(row.dataset_path) / "tokenizer.json"
     job = ExportJob(row.id, version.version, fmt, row.name, checkpoint, tokenizer)
     path = service.exports.built(job)
@@ -586,7 +590,10 @@ async def try_generate(request: web.Request) -> web.Response:
     if problems:
         return error_response(400, "bad_request", "; ".join(problems), problems=problems)
     version = service.store.version(row.id, row.current_version)
-    checkpoint = service.blobs.path(version.checkpoint_sha) if version is not None else None
+    try:
+        checkpoint = service.blobs.local_copy(version.checkpoint_sha) if version is not None else None
+    except BlobNotFound:
+        checkpoint = None
     config = _model_config(service, row)
     tokenizer = Path(row.dataset_path) / "tokenizer.json"
     if version is None or checkpoint is None or config is None or not checkpoint.is_file() or not tokenizer.is_file():

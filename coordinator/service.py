@@ -22,14 +22,13 @@ from pathlib import Path
 import torch
 
 from coordinator.admission import AdmissionConfig, RegistrationLimiter
-from coordinator.blobs import BlobStore
 from coordinator.campaign import CampaignSpec, SpecError
 from coordinator.engine import Assignment, CampaignRuntime, NoWork, initial_version, model_config_for, shard_plan
 from coordinator.evaluations import EvaluationDesk
 from coordinator.exports import ExportShelf, TryIt
 from coordinator.graphs import GraphBlob, GraphBuilds, GraphPending
 from coordinator.sources import SourcePolicy
-from coordinator.store import SQLiteStore, Store, VersionRow, VolunteerRow
+from coordinator.store import Blobs, Store, VersionRow, VolunteerRow, open_blobs, open_store
 from coordinator.validation import TrustState
 from coordinator.workers import Workers
 from protocol.codecs import encoded_size_bound
@@ -53,7 +52,9 @@ def hash_token(token: str) -> str:
 
 @dataclass(frozen=True)
 class CoordinatorConfig:
-    data_dir: Path
+    data_dir: Path  # the admin token, caches, exports; the store and blobs too unless given below
+    database: str = ""  # postgresql://… (replicas share it); "" for SQLite in data_dir
+    blobs: str = ""  # s3://BUCKET/PREFIX (replicas share it); "" for data_dir/blobs
     datasets: dict[str, Path] = field(default_factory=dict)
     heartbeat_interval_s: float = 15.0
     idle_timeout_s: float = 120.0  # a welcomed connection that sends nothing this long is closed
@@ -95,7 +96,7 @@ class Coordinator:
         self,
         config: CoordinatorConfig,
         store: Store,
-        blobs: BlobStore,
+        blobs: Blobs,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -123,8 +124,13 @@ class Coordinator:
     @classmethod
     def open(cls, config: CoordinatorConfig, *, clock: Callable[[], float] = time.time) -> Coordinator:
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        store = SQLiteStore.open(config.data_dir / "coordinator.sqlite3", clock=clock)
-        service = cls(config, store, BlobStore(config.data_dir / "blobs"), clock=clock)
+        store = open_store(config.database, config.data_dir, clock=clock)
+        try:
+            blobs = open_blobs(config.blobs, config.data_dir)
+        except BaseException:
+            store.close()
+            raise
+        service = cls(config, store, blobs, clock=clock)
         service.admin_token = service._admin_token()
         for row in store.campaigns(("active", "paused")):
             service._load_runtime(row.id)
@@ -161,7 +167,9 @@ class Coordinator:
         return token
 
     def _load_runtime(self, campaign_id: int) -> CampaignRuntime:
-        runtime = CampaignRuntime.load(self.store, self.blobs, campaign_id, clock=self.clock)
+        runtime = CampaignRuntime.load(
+            self.store, self.blobs, campaign_id, clock=self.clock, work_dir=self.config.data_dir / "aggregation"
+        )
         runtime.on_version = self._version_published
         runtime.state.checks = self.evaluations.farm(runtime)
         self.runtimes[campaign_id] = runtime

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# `backend` (SQLite, or PostgreSQL + S3) and the servers behind it.
+pytest_plugins = ["tests.support.backends"]
+
 
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:

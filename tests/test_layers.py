@@ -39,7 +39,7 @@ def test_the_real_tree_keeps_every_contract() -> None:
     ("module", "wrong_import", "contract"),
     [
         ("protocol/limits.py", "import training.model", "protocol imports nothing of ours"),
-        ("training/outer.py", "import coordinator.blobs", "training imports only protocol"),
+        ("training/outer.py", "import coordinator.store.blobs", "training imports only protocol"),
         ("coordinator/campaign.py", "import volunteer_app.policy", INDEPENDENT),
         ("volunteer_app/policy.py", "import coordinator.campaign", INDEPENDENT),
         ("volunteer_app/events.py", "import benchmarks.report", "the product never imports the benchmarks"),

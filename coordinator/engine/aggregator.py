@@ -20,6 +20,8 @@ the history replay reads them, so a replay applies exactly what the coordinator 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from coordinator.campaign import CampaignSpec
@@ -47,11 +49,10 @@ def initial_version(spec: CampaignSpec, dataset: TokenDataset) -> tuple[bytes, b
 
 
 class Aggregator:
-    def __init__(self, state: CampaignState, scheduler: Scheduler) -> None:
+    def __init__(self, state: CampaignState, scheduler: Scheduler, scratch: Path) -> None:
         self.state = state
         self.scheduler = scheduler
-        # Robust rules' stack files: on the data dir's disk, one folder per campaign.
-        self.scratch = state.blobs.root.parent / "aggregation" / f"campaign-{state.row.id}"
+        self.scratch = scratch  # robust rules' stack files: on the data dir's disk, one folder per campaign
 
     def restore(self) -> None:
         s = self.state

@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from coordinator.blobs import sha256_hex
 from coordinator.engine.models import Outcome, PreparedUpdate, RoundState, SubmissionReport
 from coordinator.engine.scheduler import LEASE_EXPIRED_MESSAGE, Scheduler
 from coordinator.engine.state import CampaignState
 from coordinator.engine.states import CloseReason, OutcomeStatus, SubmissionStatus, UnitState
 from coordinator.store import SubmissionRow, UnitRow
+from coordinator.store.blobs import sha256_hex
 from coordinator.validation import Candidate, Verdict, compare_replicas, global_norm
 from coordinator.validation.direction import cosine_similarity
 from coordinator.validation.evidence import DESCENT_STEP

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 
-from coordinator.blobs import BlobStore
 from coordinator.campaign import CampaignSpec
 from coordinator.engine.aggregator import Aggregator
 from coordinator.engine.ingest import Ingest
@@ -38,6 +37,7 @@ from coordinator.engine.scheduler import Scheduler
 from coordinator.engine.state import CampaignState, Clock
 from coordinator.engine.states import CloseReason
 from coordinator.store import CampaignRow, Store, VersionRow
+from coordinator.store.blobs import Blobs
 from coordinator.validation import TrustState
 from training.data import TokenDataset
 from training.inner import InnerConfig
@@ -50,21 +50,23 @@ class CampaignRuntime:
     def __init__(
         self,
         store: Store,
-        blobs: BlobStore,
+        blobs: Blobs,
         row: CampaignRow,
         dataset: TokenDataset,
         *,
+        work_dir: Path,
         clock: Clock = time.time,
         rng: random.Random | None = None,
     ) -> None:
+        """`work_dir` is a folder on this machine's disk for the aggregator's work files."""
         self.state = CampaignState(store, blobs, row, dataset, clock=clock, rng=rng)
         self.scheduler = Scheduler(self.state)
         self.ingest = Ingest(self.state, self.scheduler)
-        self.aggregator = Aggregator(self.state, self.scheduler)
+        self.aggregator = Aggregator(self.state, self.scheduler, work_dir / f"campaign-{row.id}")
         self.on_version: Callable[[CampaignRuntime, VersionRow], None] | None = None
 
     @classmethod
-    def load(cls, store: Store, blobs: BlobStore, campaign_id: int, **kwargs: Any) -> CampaignRuntime:
+    def load(cls, store: Store, blobs: Blobs, campaign_id: int, **kwargs: Any) -> CampaignRuntime:
         row = store.campaign(campaign_id)
         if row is None:
             raise KeyError(f"no campaign {campaign_id}")

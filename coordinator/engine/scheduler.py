@@ -258,7 +258,7 @@ class Scheduler:
         repaired = 0
         for unit in s.store.units(s.row.id, (UnitState.PENDING, UnitState.LEASED)):
             if not s.blobs.verify(unit.data_sha):
-                s.blobs.path(unit.data_sha).unlink(missing_ok=True)
+                s.blobs.remove(unit.data_sha)
                 if s.blobs.put(self._slice(unit.data_start, unit.data_tokens)) != unit.data_sha:
                     raise RuntimeError(f"unit {unit.id}: its data slice no longer matches the dataset")
                 repaired += 1

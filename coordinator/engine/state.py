@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from coordinator.blobs import BlobStore
 from coordinator.campaign import CampaignSpec
 from coordinator.engine.models import CheckFarm, Counters, RoundState
 from coordinator.engine.states import CloseReason, SubmissionStatus
 from coordinator.store import CampaignRow, Store, SubmissionRow, UnitRow, VersionRow
+from coordinator.store.blobs import Blobs
 from coordinator.validation import (
     Candidate,
     CohortStats,
@@ -76,7 +76,7 @@ class CampaignState:
     def __init__(
         self,
         store: Store,
-        blobs: BlobStore,
+        blobs: Blobs,
         row: CampaignRow,
         dataset: TokenDataset,
         *,

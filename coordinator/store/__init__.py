@@ -7,18 +7,25 @@ volunteers, credit and API tokens.
     ...     store.set_campaign_status(campaign_id, "paused")
 
 The engine talks to `Store` (`interface.py`: one protocol per concern and the contract every
-implementation honours) and gets frozen rows back (`rows.py`). `SQLiteStore` (`sqlite/`) is the
-embedded default; a PostgreSQL store goes beside it without the engine changing.
+implementation honours) and gets frozen rows back (`rows.py`). The SQL is written once
+(`sql/`) and runs on SQLite (`sqlite/`, the embedded default) or PostgreSQL (`postgresql/`). Blobs
+live in a folder (`blobs.py`) or an S3-compatible bucket (`s3.py`); `backends.py` opens what the
+coordinator's `--database` and `--blobs` URLs name.
 """
 
 from __future__ import annotations
 
+from coordinator.store.backends import open_blobs, open_store
+from coordinator.store.blobs import BlobNotFound, Blobs, BlobStore, sha256_hex
 from coordinator.store.interface import CampaignStore, Store, SubmissionStore, TokenStore, VolunteerStore, WorkStore
 from coordinator.store.rows import CampaignRow, RoundRow, StoreError, SubmissionRow, UnitRow, VersionRow, VolunteerRow
 from coordinator.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 __all__ = [
     "SCHEMA_VERSION",
+    "BlobNotFound",
+    "BlobStore",
+    "Blobs",
     "CampaignRow",
     "CampaignStore",
     "RoundRow",
@@ -33,4 +40,7 @@ __all__ = [
     "VolunteerRow",
     "VolunteerStore",
     "WorkStore",
+    "open_blobs",
+    "open_store",
+    "sha256_hex",
 ]

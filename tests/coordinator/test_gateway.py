@@ -53,6 +53,7 @@ from protocol.messages import (
     encode,
 )
 from protocol.version import PROTOCOL_VERSION
+from tests.support.backends import Backend
 
 
 def hello(token: str | None = None, version: int = PROTOCOL_VERSION) -> Hello:
@@ -74,10 +75,17 @@ def hello(token: str | None = None, version: int = PROTOCOL_VERSION) -> Hello:
 
 
 @pytest.fixture
-async def server(tmp_path: Path, small_dataset: Path) -> AsyncIterator[TestServer]:
+async def server(tmp_path: Path, small_dataset: Path, backend: Backend) -> AsyncIterator[TestServer]:
     # work_hold_s 0: with no campaign, request_work is answered no_work at once (these tests use it as the
     # reply that shows a session still works); the hold itself is tested below.
-    app = create_app(CoordinatorConfig(data_dir=tmp_path / "c", datasets={"small": small_dataset}, work_hold_s=0.0))
+    config = CoordinatorConfig(
+        data_dir=tmp_path / "c",
+        database=backend.database,
+        blobs=backend.blobs,
+        datasets={"small": small_dataset},
+        work_hold_s=0.0,
+    )
+    app = create_app(config)
     test_server = TestServer(app, host="127.0.0.1")
     await test_server.start_server()
     yield test_server

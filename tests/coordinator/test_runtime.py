@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -14,6 +15,7 @@ from coordinator.campaign import CampaignSpec
 from coordinator.engine import Assignment, NoWork
 from coordinator.service import Coordinator, CoordinatorConfig
 from protocol.checkpoints import apply_delta
+from tests.support.backends import Backend
 from tests.support.inprocess_volunteer import nan_frame, payload, train
 from training.checkpoint import load_weights
 
@@ -41,12 +43,18 @@ def make_spec(**changes: object) -> CampaignSpec:
     return CampaignSpec.from_dict(data)
 
 
+def config_for(backend: Backend, data_dir: Path, small_dataset: Path) -> CoordinatorConfig:
+    return CoordinatorConfig(
+        data_dir=data_dir, database=backend.database, blobs=backend.blobs, datasets={"small": small_dataset}
+    )
+
+
 @pytest.fixture
-def service(tmp_path: Path, small_dataset: Path) -> Coordinator:
-    config = CoordinatorConfig(data_dir=tmp_path / "coordinator", datasets={"small": small_dataset})
-    coordinator = Coordinator.open(config, clock=Clock())
+def service(tmp_path: Path, small_dataset: Path, backend: Backend) -> Iterator[Coordinator]:
+    coordinator = Coordinator.open(config_for(backend, tmp_path / "coordinator", small_dataset), clock=Clock())
     coordinator.version_listeners.clear()
-    return coordinator
+    yield coordinator
+    coordinator.close()
 
 
 def volunteers(service: Coordinator, n: int) -> list[str]:
@@ -380,11 +388,13 @@ def test_replicas_that_agree_count_once(service: Coordinator) -> None:
         assert row is not None and row.units_accepted == 1 and row.credit > 0
 
 
-def test_restart_mid_round_rebuilds_the_round_and_reaches_the_same_version(tmp_path: Path, small_dataset: Path) -> None:
-    """Half a round, a new Coordinator on the same data dir, the other half: same θ_1 as without restart."""
+def test_restart_mid_round_rebuilds_the_round_and_reaches_the_same_version(
+    tmp_path: Path, small_dataset: Path, backend: Backend
+) -> None:
+    """Half a round, a new Coordinator on the same state, the other half: same θ_1 as without restart."""
 
     def run(data_dir: Path, restart: bool) -> dict[str, torch.Tensor]:
-        config = CoordinatorConfig(data_dir=data_dir, datasets={"small": small_dataset})
+        config = config_for(backend if restart else backend.another(), data_dir, small_dataset)
         service = Coordinator.open(config, clock=Clock())
         campaign_id = service.create_campaign(make_spec(), owner="admin:1")
         a, b = volunteers(service, 2)
@@ -507,8 +517,10 @@ def test_each_version_is_the_previous_checkpoint_plus_its_delta_and_units_list_t
     assert len(chain) == 3 if codec == "int8" else len(chain) in (1, 2)
 
 
-def test_lossy_deltas_keep_the_exact_weights_across_a_restart(tmp_path: Path, small_dataset: Path) -> None:
-    config = CoordinatorConfig(data_dir=tmp_path / "coordinator", datasets={"small": small_dataset})
+def test_lossy_deltas_keep_the_exact_weights_across_a_restart(
+    tmp_path: Path, small_dataset: Path, backend: Backend
+) -> None:
+    config = config_for(backend, tmp_path / "coordinator", small_dataset)
     service = Coordinator.open(config, clock=Clock())
     spec = make_spec(download_codec="sign1", rounds=ONE_UNIT_ROUNDS)
     campaign_id = service.create_campaign(spec, owner="admin:1")
@@ -520,6 +532,8 @@ def test_lossy_deltas_keep_the_exact_weights_across_a_restart(tmp_path: Path, sm
     assert any(not torch.equal(exact[n], published[n]) for n in exact), "sign1 should lose something"
     assert all(torch.equal(state.published[n], published[n]) for n in exact)
     service.close()
-    restarted = Coordinator.open(config, clock=Clock()).runtimes[campaign_id].state
+    reopened = Coordinator.open(config, clock=Clock())
+    restarted = reopened.runtimes[campaign_id].state
     assert all(torch.equal(restarted.params[n], exact[n]) for n in exact)
     assert all(torch.equal(restarted.published[n], published[n]) for n in exact)
+    reopened.close()

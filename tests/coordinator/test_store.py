@@ -1,4 +1,5 @@
-"""The store's contract (coordinator/store/interface.py), checked on the SQLite store through `Store`."""
+"""The store's contract (coordinator/store/interface.py), checked through `Store` on SQLite and on a real
+PostgreSQL (the `backend` fixture), and each backend's migrations."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from typing import Any
 
 import pytest
 
-from coordinator.store import SCHEMA_VERSION, SQLiteStore, Store, StoreError
+from benchmarks.servers import PostgresServer
+from coordinator.store import SCHEMA_VERSION, SQLiteStore, Store, StoreError, open_store
 from coordinator.store.sqlite import MIGRATIONS
+from tests.support.backends import Backend
 
 
 class Clock:
@@ -33,8 +36,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[Store]:
-    opened: Store = SQLiteStore.open(tmp_path / "coordinator.sqlite3", clock=clock)
+def store(tmp_path: Path, clock: Clock, backend: Backend) -> Iterator[Store]:
+    opened = open_store(backend.database, tmp_path, clock=clock)
     yield opened
     opened.close()
 
@@ -242,3 +245,46 @@ def test_a_database_newer_than_the_code_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(StoreError, match="newer than this coordinator's"):
         SQLiteStore.open(path)
+
+
+def test_replicas_opening_a_new_postgresql_database_together_migrate_it_once(
+    postgres_server: PostgresServer,
+) -> None:
+    url = postgres_server.create_database()
+    with ThreadPoolExecutor(4) as pool:
+        stores = list(pool.map(lambda _: open_store(url, Path("/nonexistent"), clock=Clock()), range(4)))
+    try:
+        assert {s.schema_version for s in stores} == {SCHEMA_VERSION}
+        first, second = stores[0], stores[1]
+        first.add_volunteer("v", "hash-v", "v", {})
+        row = second.volunteer("v")  # one database: what one replica commits, another reads
+        assert row is not None and row.created_at == 1_000_000.0
+    finally:
+        for opened in stores:
+            opened.close()
+
+
+def test_a_postgresql_database_newer_than_the_code_is_refused(postgres_server: PostgresServer) -> None:
+    url = postgres_server.create_database()
+    open_store(url, Path("/nonexistent"), clock=Clock()).close()
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match="newer than this coordinator's"):
+        open_store(url, Path("/nonexistent"), clock=Clock())
+
+
+def test_an_unreachable_postgresql_server_is_a_store_error_that_names_it_without_the_password() -> None:
+    pytest.importorskip("psycopg")
+    from benchmarks.servers import free_port
+
+    url = f"postgresql://cw:hunter2@127.0.0.1:{free_port()}/cw?connect_timeout=1"
+    with pytest.raises(StoreError, match=r"can.t connect to PostgreSQL at 127\.0\.0\.1") as caught:
+        open_store(url, Path("/nonexistent"), clock=Clock())
+    assert "hunter2" not in str(caught.value)
+
+
+def test_a_database_url_of_an_unknown_kind_is_refused_with_the_kinds_there_are(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"postgresql://… or sqlite:///PATH"):
+        open_store("mysql://db/cw", tmp_path, clock=Clock())

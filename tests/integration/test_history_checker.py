@@ -8,11 +8,16 @@ import pytest
 
 from coordinator.service import Coordinator, CoordinatorConfig
 from tests.coordinator.test_runtime import Clock, make_spec, submit_honest, volunteers
+from tests.support.backends import Backend
 from tests.support.history import check_history
 
 
-def run_rounds(data_dir: Path, dataset: Path, rounds: int) -> int:
-    service = Coordinator.open(CoordinatorConfig(data_dir=data_dir, datasets={"small": dataset}), clock=Clock())
+def run_rounds(data_dir: Path, dataset: Path, rounds: int, backend: Backend | None = None) -> int:
+    backend = backend or Backend("sqlite")
+    config = CoordinatorConfig(
+        data_dir=data_dir, database=backend.database, blobs=backend.blobs, datasets={"small": dataset}
+    )
+    service = Coordinator.open(config, clock=Clock())
     campaign_id = service.create_campaign(make_spec(), owner="admin:1")
     vols = volunteers(service, 2)
     for _ in range(rounds):
@@ -22,9 +27,11 @@ def run_rounds(data_dir: Path, dataset: Path, rounds: int) -> int:
     return campaign_id
 
 
-def test_a_real_history_replays_to_the_published_versions(tmp_path: Path, small_dataset: Path) -> None:
-    campaign_id = run_rounds(tmp_path, small_dataset, rounds=3)
-    assert check_history(tmp_path, campaign_id) == 4
+def test_a_real_history_replays_to_the_published_versions(
+    tmp_path: Path, small_dataset: Path, backend: Backend
+) -> None:
+    campaign_id = run_rounds(tmp_path, small_dataset, rounds=3, backend=backend)
+    assert check_history(tmp_path, campaign_id, database=backend.database, blobs_url=backend.blobs) == 4
 
 
 def test_an_update_counted_twice_is_caught(tmp_path: Path, small_dataset: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from typing import Any
 import pytest
 
 from coordinator.local import LocalCoordinator, free_port, start_coordinator, stop
+from coordinator.store import Store, open_store
+from tests.support.backends import Backend
 from tests.support.history import check_history
 
 pytestmark = pytest.mark.slow
@@ -82,12 +83,12 @@ class Volunteers:
 
 
 @pytest.fixture
-def system(tmp_path: Path, small_dataset: Path) -> Iterator[tuple[LocalCoordinator, Volunteers]]:
+def system(tmp_path: Path, small_dataset: Path, backend: Backend) -> Iterator[tuple[LocalCoordinator, Volunteers]]:
     coordinator = start_coordinator(
         tmp_path / "coordinator",
         datasets={"small": small_dataset},
         log=tmp_path / "coordinator.log",
-        extra_args=["--heartbeat-interval", str(HEARTBEAT_S)],
+        extra_args=["--heartbeat-interval", str(HEARTBEAT_S), *backend.serve_args()],
     )
     volunteers = Volunteers(tmp_path / "volunteers", coordinator)
     try:
@@ -145,25 +146,25 @@ def test_bad_volunteers_are_rejected_with_the_right_reason_while_training_goes_o
 
 
 def test_a_volunteer_killed_mid_unit_has_its_unit_issued_again_after_the_lease_expires(
-    system: tuple[LocalCoordinator, Volunteers],
+    system: tuple[LocalCoordinator, Volunteers], backend: Backend
 ) -> None:
     coordinator, volunteers = system
     spec = campaign_spec("kill", units_per_round=1, min_accepted=1)
     spec["inner"]["steps"] = 400  # long enough to be killed in the middle
-    post(coordinator, spec)
+    campaign_id = post(coordinator, spec)
     doomed = volunteers.start("doomed")
     poll(lambda: re.search(r"step \d+/400", volunteers.log("doomed")), timeout=120, what="training to start")
     doomed.send_signal(signal.SIGKILL)
     doomed.wait(timeout=10)
     killed_at = time.monotonic()
-    db = sqlite3.connect(f"file:{coordinator.data_dir / 'coordinator.sqlite3'}?mode=ro", uri=True)
-    (unit_id,) = db.execute("SELECT id FROM units WHERE state = 'leased'").fetchone()
+    record = open_store(backend.database, coordinator.data_dir, clock=time.time)  # read beside the coordinator
+    (unit_id,) = [unit.id for unit in record.units(campaign_id, ("leased",))]
 
     volunteers.start("rescuer")
 
     def reissued() -> bool:
-        row = db.execute("SELECT state, attempts FROM units WHERE id = ?", (unit_id,)).fetchone()
-        return bool(row[1] >= 2)
+        unit = record.unit(unit_id)
+        return unit is not None and unit.attempts >= 2
 
     poll(reissued, timeout=60, what="the unit to be leased again")
     assert time.monotonic() - killed_at >= 6 - 1, "the unit was issued again before its lease ran out"
@@ -172,19 +173,16 @@ def test_a_volunteer_killed_mid_unit_has_its_unit_issued_again_after_the_lease_e
     # fresh unit first, and the killed one's slice goes out again in the next round. Either way the
     # rescuer trains it in the end.
     def trained_by() -> list[str]:
-        rows = db.execute(
-            "SELECT v.name FROM submissions s JOIN volunteers v ON v.id = s.volunteer_id WHERE s.unit_id = ?",
-            (unit_id,),
-        ).fetchall()
-        return [name for (name,) in rows]
+        volunteers_of = (record.volunteer(s.volunteer_id) for s in record.submissions_for_unit(unit_id))
+        return [v.name for v in volunteers_of if v is not None]
 
     poll(trained_by, timeout=300, what="the rescued unit's submission")
     assert trained_by() == ["rescuer"]
-    db.close()
+    record.close()
 
 
 def test_a_coordinator_killed_with_sigkill_and_restarted_loses_no_acknowledged_update_and_applies_none_twice(
-    tmp_path: Path, small_dataset: Path
+    tmp_path: Path, small_dataset: Path, backend: Backend
 ) -> None:
     data_dir = tmp_path / "coordinator"
     port = free_port()
@@ -195,10 +193,11 @@ def test_a_coordinator_killed_with_sigkill_and_restarted_loses_no_acknowledged_u
             datasets={"small": small_dataset},
             port=port,
             log=tmp_path / "coordinator.log",
-            extra_args=["--heartbeat-interval", str(HEARTBEAT_S)],
+            extra_args=["--heartbeat-interval", str(HEARTBEAT_S), *backend.serve_args()],
         )
 
     coordinator = launch()
+    record = open_store(backend.database, data_dir, clock=time.time)  # read beside the coordinator
     spec = campaign_spec("crash", lease_s=30)
     spec["token_budget"] = 8 * 2 * 3 * 2 * 32  # eight rounds of two units
     campaign_id = post(coordinator, spec)
@@ -206,12 +205,13 @@ def test_a_coordinator_killed_with_sigkill_and_restarted_loses_no_acknowledged_u
     try:
         volunteers.start("a")
         volunteers.start("b")
-        db_path = data_dir / "coordinator.sqlite3"
         for kill in range(3):
-            accepted_before = _accepted(db_path)
+            accepted_before = _accepted(record, campaign_id)
             # Kill right after some update was acknowledged, mid-round, at a different point each time.
             poll(
-                lambda n=accepted_before + 1 + kill: _accepted(db_path) >= n, timeout=180, what="more accepted updates"
+                lambda n=accepted_before + 1 + kill: _accepted(record, campaign_id) >= n,
+                timeout=180,
+                what="more accepted updates",
             )
             coordinator.process.send_signal(signal.SIGKILL)
             coordinator.process.wait(timeout=10)
@@ -225,22 +225,13 @@ def test_a_coordinator_killed_with_sigkill_and_restarted_loses_no_acknowledged_u
         volunteers.stop_all()
         stop(coordinator.process)
 
-    assert check_history(data_dir, campaign_id) == 9
-    db = sqlite3.connect(f"file:{data_dir / 'coordinator.sqlite3'}?mode=ro", uri=True)
-    recorded = {row[0] for row in db.execute("SELECT unit_id FROM submissions WHERE status = 'accepted'")}
-    db.close()
+    assert check_history(data_dir, campaign_id, database=backend.database, blobs_url=backend.blobs) == 9
+    recorded = {s.unit_id for s in record.submissions(statuses=("accepted",), campaign_id=campaign_id, limit=1 << 40)}
+    record.close()
     acked = {m for name in ("a", "b") for m in re.findall(r"unit ([0-9a-f]{32}): accepted", volunteers.log(name))}
     assert acked, "the volunteers logged no acknowledgements"
     assert acked <= recorded, f"acknowledged but lost: {acked - recorded}"
 
 
-def _accepted(db_path: Path) -> int:
-    try:
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
-        try:
-            (count,) = db.execute("SELECT COUNT(*) FROM submissions WHERE status = 'accepted'").fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return 0
-    return int(count)
+def _accepted(record: Store, campaign_id: int) -> int:
+    return record.submission_counts(campaign_id).get("accepted", 0)

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from coordinator.blobs import BlobStore
 from coordinator.local import LocalCoordinator, start_coordinator, stop
+from coordinator.store.blobs import BlobStore
 from tests.support.live import poll
 
 pytestmark = pytest.mark.slow

@@ -4,8 +4,7 @@
     >>> with store.transaction():
     ...     store.set_campaign_status(campaign_id, "paused")
 
-One mixin per concern of `coordinator.store.interface` (campaigns, work, submissions, volunteers,
-tokens), all over one `SQLiteDatabase` (connections, transactions, migrations).
+The SQL is `coordinator.store.sql`'s; this package adds the connections (`connection.py`).
 """
 
 from __future__ import annotations
@@ -15,19 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from coordinator.store.interface import Store
-from coordinator.store.sqlite.campaigns import SQLiteCampaigns
-from coordinator.store.sqlite.database import SQLiteDatabase
-from coordinator.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
-from coordinator.store.sqlite.submissions import SQLiteSubmissions
-from coordinator.store.sqlite.tokens import SQLiteTokens
-from coordinator.store.sqlite.volunteers import SQLiteVolunteers
-from coordinator.store.sqlite.work import SQLiteWork
+from coordinator.store.sql import MIGRATIONS, SCHEMA_VERSION, SQLStore
+from coordinator.store.sqlite.connection import SQLiteDatabase
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteDatabase", "SQLiteStore"]
 
 
-class SQLiteStore(SQLiteCampaigns, SQLiteWork, SQLiteSubmissions, SQLiteVolunteers, SQLiteTokens):
-    """Every concern's mixin over one database: the `Store` the coordinator runs on by default."""
+class SQLiteStore(SQLStore, SQLiteDatabase):
+    """Every concern's mixin over one SQLite file: the `Store` the coordinator runs on by default."""
 
     @classmethod
     def open(cls, path: Path, *, clock: Callable[[], float] = time.time) -> SQLiteStore:

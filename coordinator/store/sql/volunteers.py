@@ -1,4 +1,4 @@
-"""Volunteers, their trust and credit in SQLite.
+"""Volunteers, their trust and credit in SQL.
 
 >>> store.add_volunteer(volunteer_id, token_hash, "alice's laptop", capabilities)
 >>> store.volunteer_by_token(token_hash).name
@@ -8,16 +8,15 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from coordinator.store.rows import VolunteerRow
-from coordinator.store.sqlite.database import SQLiteDatabase
+from coordinator.store.sql.database import Row, SQLDatabase
 
-__all__ = ["SQLiteVolunteers"]
+__all__ = ["SQLVolunteers"]
 
 
-class SQLiteVolunteers(SQLiteDatabase):
+class SQLVolunteers(SQLDatabase):
     """`VolunteerStore` over the volunteers table."""
 
     def add_volunteer(
@@ -25,7 +24,7 @@ class SQLiteVolunteers(SQLiteDatabase):
     ) -> None:
         now = self.clock()
         with self.transaction():
-            self.db.execute(
+            self._execute(
                 "INSERT INTO volunteers (id, token_hash, name, created_at, last_seen, capabilities_json, source, "
                 "last_source) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (volunteer_id, token_hash, name, now, now, json.dumps(capabilities), source, source),
@@ -44,7 +43,7 @@ class SQLiteVolunteers(SQLiteDatabase):
         return [_volunteer(r) for r in rows]
 
     def volunteer_totals(self) -> tuple[int, float]:
-        row = self._one("SELECT COUNT(*) AS n, TOTAL(credit) AS credit FROM volunteers")
+        row = self._one("SELECT COUNT(*) AS n, COALESCE(SUM(credit), 0) AS credit FROM volunteers")
         assert row is not None  # an aggregate always has a row
         return int(row["n"]), float(row["credit"])
 
@@ -52,7 +51,7 @@ class SQLiteVolunteers(SQLiteDatabase):
         self, volunteer_id: str, name: str, capabilities: dict[str, Any], *, source: str | None = None
     ) -> None:
         with self.transaction():
-            self.db.execute(
+            self._execute(
                 "UPDATE volunteers SET last_seen = ?, name = ?, capabilities_json = ?, "
                 "last_source = COALESCE(?, last_source) WHERE id = ?",
                 (self.clock(), name, json.dumps(capabilities), source, volunteer_id),
@@ -60,18 +59,17 @@ class SQLiteVolunteers(SQLiteDatabase):
 
     def set_banned(self, volunteer_id: str, banned: bool) -> bool:
         with self.transaction():
-            changed = self.db.execute(
-                "UPDATE volunteers SET banned = ? WHERE id = ?", (int(banned), volunteer_id)
-            ).rowcount
+            changed = self._execute("UPDATE volunteers SET banned = ? WHERE id = ?", (int(banned), volunteer_id))
             if changed and banned:
-                self.db.execute(
-                    "INSERT OR IGNORE INTO source_bans (prefix, volunteer_id, banned_at) "
+                self._execute(
+                    "INSERT INTO source_bans (prefix, volunteer_id, banned_at) "
                     "SELECT prefix, id, ? FROM (SELECT source AS prefix, id FROM volunteers WHERE id = ? "
-                    "UNION SELECT last_source, id FROM volunteers WHERE id = ?) WHERE prefix != ''",
+                    "UNION SELECT last_source, id FROM volunteers WHERE id = ?) AS seen WHERE prefix != '' "
+                    "ON CONFLICT DO NOTHING",
                     (self.clock(), volunteer_id, volunteer_id),
                 )
             elif changed:
-                self.db.execute("DELETE FROM source_bans WHERE volunteer_id = ?", (volunteer_id,))
+                self._execute("DELETE FROM source_bans WHERE volunteer_id = ?", (volunteer_id,))
         return changed == 1
 
     def source_banned(self, prefix: str) -> bool:
@@ -81,7 +79,7 @@ class SQLiteVolunteers(SQLiteDatabase):
         self, volunteer_id: str, *, accepted: bool, credit: float, tokens: int, trust: dict[str, int]
     ) -> None:
         """Credit, counts and the new trust state for one judged result (inside the caller's transaction)."""
-        self.db.execute(
+        self._execute(
             "UPDATE volunteers SET credit = credit + ?, tokens = tokens + ?, units_accepted = units_accepted + ?, "
             "units_rejected = units_rejected + ?, consecutive_valid = ?, errors = ? WHERE id = ?",
             (
@@ -97,7 +95,7 @@ class SQLiteVolunteers(SQLiteDatabase):
 
     def leaderboard(self, campaign_id: int, limit: int = 50) -> list[dict[str, Any]]:
         rows = self._all(
-            "SELECT v.id, v.name, SUM(s.tokens) AS tokens, SUM(s.credit) AS credit, COUNT(*) AS units "
+            "SELECT v.id, v.name, CAST(SUM(s.tokens) AS BIGINT) AS tokens, SUM(s.credit) AS credit, COUNT(*) AS units "
             "FROM submissions s JOIN units u ON u.id = s.unit_id JOIN volunteers v ON v.id = s.volunteer_id "
             "WHERE u.campaign_id = ? AND s.status = 'accepted' GROUP BY v.id ORDER BY credit DESC LIMIT ?",
             (campaign_id, limit),
@@ -105,7 +103,7 @@ class SQLiteVolunteers(SQLiteDatabase):
         return [dict(r) for r in rows]
 
 
-def _volunteer(row: sqlite3.Row) -> VolunteerRow:
+def _volunteer(row: Row) -> VolunteerRow:
     values = dict(row)
     values["capabilities"] = json.loads(values.pop("capabilities_json"))
     values["banned"] = bool(values["banned"])

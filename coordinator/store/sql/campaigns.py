@@ -1,4 +1,4 @@
-"""Campaigns and their versions in SQLite, and the close of a round that publishes a version.
+"""Campaigns and their versions in SQL, and the close of a round that publishes a version.
 
 >>> campaign_id = store.create_campaign("tiny-stories", spec, dataset_path, "lead", (sha, size, state_sha))
 >>> store.close_round(round_id, reason="quorum", version=1, checkpoint=(sha, size), state_sha=state_sha,
@@ -8,21 +8,21 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from coordinator.store.rows import CampaignRow, StoreError, VersionRow
-from coordinator.store.sqlite.work import SQLiteWork
+from coordinator.store.sql.database import Row
+from coordinator.store.sql.work import SQLWork
 
-__all__ = ["SQLiteCampaigns"]
+__all__ = ["SQLCampaigns"]
 
 
-class SQLiteCampaigns(SQLiteWork):
+class SQLCampaigns(SQLWork):
     """`CampaignStore` over the campaigns and versions tables.
 
     `close_round` publishes a version and, in the same transaction, closes the round, marks its
-    submissions applied and cancels its pending units, so this mixin builds on `SQLiteWork`.
+    submissions applied and cancels its pending units, so this mixin builds on `SQLWork`.
     """
 
     def create_campaign(
@@ -33,14 +33,13 @@ class SQLiteCampaigns(SQLiteWork):
         with self.transaction():
             if self._one("SELECT 1 FROM campaigns WHERE name = ?", (name,)):
                 raise StoreError(f"a campaign named {name!r} already exists; choose another name")
-            cursor = self.db.execute(
+            campaign_id = self._insert(
                 "INSERT INTO campaigns (name, spec_json, dataset_path, status, owner, created_at) "
-                "VALUES (?, ?, ?, 'active', ?, ?)",
+                "VALUES (?, ?, ?, 'active', ?, ?) RETURNING id",
                 (name, json.dumps(spec), dataset_path, owner, now),
             )
-            campaign_id = int(cursor.lastrowid or 0)
             sha, size, state_sha = version0
-            self.db.execute(
+            self._execute(
                 "INSERT INTO versions (campaign_id, version, checkpoint_sha, checkpoint_size, state_sha, created_at) "
                 "VALUES (?, 0, ?, ?, ?, ?)",
                 (campaign_id, sha, size, state_sha, now),
@@ -65,10 +64,10 @@ class SQLiteCampaigns(SQLiteWork):
 
     def set_campaign_status(self, campaign_id: int, status: str) -> None:
         with self.transaction():
-            self.db.execute("UPDATE campaigns SET status = ? WHERE id = ?", (status, campaign_id))
+            self._execute("UPDATE campaigns SET status = ? WHERE id = ?", (status, campaign_id))
 
     def advance_data_cursor(self, campaign_id: int, cursor: int, epoch: int) -> None:
-        self.db.execute("UPDATE campaigns SET data_cursor = ?, epoch = ? WHERE id = ?", (cursor, epoch, campaign_id))
+        self._execute("UPDATE campaigns SET data_cursor = ?, epoch = ? WHERE id = ?", (cursor, epoch, campaign_id))
 
     def version(self, campaign_id: int, version: int) -> VersionRow | None:
         row = self._one("SELECT * FROM versions WHERE campaign_id = ? AND version = ?", (campaign_id, version))
@@ -80,7 +79,7 @@ class SQLiteCampaigns(SQLiteWork):
 
     def set_holdout_loss(self, campaign_id: int, version: int, loss: float) -> None:
         with self.transaction():
-            self.db.execute(
+            self._execute(
                 "UPDATE versions SET holdout_loss = ? WHERE campaign_id = ? AND version = ?",
                 (loss, campaign_id, version),
             )
@@ -112,12 +111,13 @@ class SQLiteCampaigns(SQLiteWork):
 
     def graph(self, key: str) -> tuple[str, int] | None:
         row = self._one("SELECT sha256, size FROM graphs WHERE key = ?", (key,))
-        return (str(row[0]), int(row[1])) if row is not None else None
+        return (str(row["sha256"]), int(row["size"])) if row is not None else None
 
     def add_graph(self, key: str, sha256: str, size: int) -> None:
         with self.transaction():
-            self.db.execute(
-                "INSERT OR REPLACE INTO graphs (key, sha256, size, created_at) VALUES (?, ?, ?, ?)",
+            self._execute(
+                "INSERT INTO graphs (key, sha256, size, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (key) "
+                "DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, created_at = excluded.created_at",
                 (key, sha256, size, self.clock()),
             )
 
@@ -143,11 +143,11 @@ class SQLiteCampaigns(SQLiteWork):
             row = self.round(round_id)
             if row is None or row.status != "open":
                 raise StoreError(f"round {round_id} is not open")
-            self.db.execute(
+            self._execute(
                 "UPDATE rounds SET status = 'closed', closed_at = ?, close_reason = ? WHERE id = ?",
                 (now, reason, round_id),
             )
-            self.db.execute(
+            self._execute(
                 "INSERT INTO versions (campaign_id, version, checkpoint_sha, checkpoint_size, state_sha, round_id, "
                 "updates, tokens_total, created_at, delta_sha, delta_size, moments_sha, moments_size) VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, (SELECT tokens_trained FROM campaigns WHERE id = ?) + ?, ?, ?, ?, ?, ?)",
@@ -168,10 +168,8 @@ class SQLiteCampaigns(SQLiteWork):
                     moments[1] if moments else None,
                 ),
             )
-            self.db.execute(
-                "UPDATE submissions SET applied = 1 WHERE round_id = ? AND status = 'accepted'", (round_id,)
-            )
-            self.db.execute(
+            self._execute("UPDATE submissions SET applied = 1 WHERE round_id = ? AND status = 'accepted'", (round_id,))
+            self._execute(
                 "UPDATE campaigns SET current_version = ?, tokens_trained = tokens_trained + ?, "
                 "rounds_closed = rounds_closed + 1 WHERE id = ?",
                 (version, tokens, row.campaign_id),
@@ -179,7 +177,7 @@ class SQLiteCampaigns(SQLiteWork):
             self.cancel_pending_units(round_id)
 
 
-def _campaign(row: sqlite3.Row) -> CampaignRow:
+def _campaign(row: Row) -> CampaignRow:
     values = dict(row)
     values["spec"] = json.loads(values.pop("spec_json"))
     return CampaignRow(**values)

@@ -1,4 +1,4 @@
-"""Volunteers' submitted results in SQLite.
+"""Volunteers' submitted results in SQL.
 
 >>> with store.transaction():
 ...     submission_id = store.add_submission(values)
@@ -9,40 +9,37 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from coordinator.store.rows import StoreError, SubmissionRow
-from coordinator.store.sqlite.database import SQLiteDatabase
+from coordinator.store.sql.database import Row, SQLDatabase
 
-__all__ = ["SQLiteSubmissions"]
+__all__ = ["SQLSubmissions"]
 
 
-class SQLiteSubmissions(SQLiteDatabase):
+_INSERTED = (
+    "unit_id", "volunteer_id", "update_sha", "update_size", "status", "code", "message", "round_id", "staleness",
+    "weight", "norm", "tokens", "seconds", "losses_json", "credit", "created_at", "moments_sha",
+)  # fmt: skip
+
+
+class SQLSubmissions(SQLDatabase):
     """`SubmissionStore` over the submissions table (joined with units for a campaign's)."""
 
     def add_submission(self, values: dict[str, Any]) -> int:
-        cursor = self.db.execute(
-            "INSERT INTO submissions (unit_id, volunteer_id, update_sha, update_size, status, code, message, "
-            "round_id, staleness, weight, norm, tokens, seconds, losses_json, credit, created_at, moments_sha) "
-            "VALUES (:unit_id, :volunteer_id, :update_sha, :update_size, :status, :code, :message, :round_id, "
-            ":staleness, :weight, :norm, :tokens, :seconds, :losses_json, :credit, :created_at, :moments_sha)",
-            {
-                "moments_sha": None,
-                **values,
-                "losses_json": json.dumps(values["losses"]),
-                "created_at": self.clock(),
-            },
+        row = {"moments_sha": None, **values, "losses_json": json.dumps(values["losses"]), "created_at": self.clock()}
+        return self._insert(
+            f"INSERT INTO submissions ({', '.join(_INSERTED)}) VALUES ({', '.join('?' * len(_INSERTED))}) RETURNING id",
+            [row[name] for name in _INSERTED],
         )
-        return int(cursor.lastrowid or 0)
 
     def update_submission(self, submission_id: int, **values: Any) -> None:
         allowed = {"status", "code", "message", "round_id", "weight", "credit", "staleness"}
         if not set(values) <= allowed:
             raise StoreError(f"can't update submission fields {set(values) - allowed}")
         assignments = ", ".join(f"{k} = ?" for k in values)
-        self.db.execute(f"UPDATE submissions SET {assignments} WHERE id = ?", (*values.values(), submission_id))
+        self._execute(f"UPDATE submissions SET {assignments} WHERE id = ?", (*values.values(), submission_id))
 
     def submission(self, unit_id: str, volunteer_id: str) -> SubmissionRow | None:
         row = self._one("SELECT * FROM submissions WHERE unit_id = ? AND volunteer_id = ?", (unit_id, volunteer_id))
@@ -132,7 +129,7 @@ class SQLiteSubmissions(SQLiteDatabase):
         return {str(r["volunteer_id"]): float(r["credit"]) for r in rows}
 
 
-def _submission(row: sqlite3.Row) -> SubmissionRow:
+def _submission(row: Row) -> SubmissionRow:
     values = dict(row)
     values["losses"] = json.loads(values.pop("losses_json"))
     values["applied"] = bool(values["applied"])

@@ -1,9 +1,9 @@
-"""The SQLite database under the store: connections, transactions and migrations.
+"""The SQLite database under the embedded store: connections, transactions and migrations.
 
     >>> database = SQLiteDatabase(path, clock=time.time)
     >>> database.migrate()
     >>> with database.transaction():
-    ...     database.db.execute("UPDATE campaigns SET status = ? WHERE id = ?", ("paused", 1))
+    ...     database._execute("UPDATE campaigns SET status = ? WHERE id = ?", ("paused", 1))
 
 Every write that a volunteer is told about (an ack, a lease) is committed before the reply goes
 out; `synchronous=FULL` makes a commit durable through power loss. Multi-row changes that must
@@ -16,27 +16,25 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from coordinator.store.rows import StoreError
-from coordinator.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
+from coordinator.store.sql.database import MIGRATIONS, Clock, Row, SQLDatabase, statements
 
 __all__ = ["SQLiteDatabase"]
 
 
-class SQLiteDatabase:
-    """One SQLite database shared by the event loop and the engine's worker threads; the base of
-    every table's mixin.
+class SQLiteDatabase(SQLDatabase):
+    """One SQLite database shared by the event loop and the engine's worker threads.
 
     Each thread gets its own connection (WAL lets readers run beside a writer), and write
     transactions queue on one process-wide lock instead of on SQLite's busy handler, which sleeps in
     steps of milliseconds when two connections want to write at once.
     """
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path, *, clock: Clock = time.time) -> None:
         self.path = path
         self.clock = clock
         self._local = threading.local()
@@ -72,19 +70,15 @@ class SQLiteDatabase:
         version: int = self.db.execute("PRAGMA user_version").fetchone()[0]
         return version
 
-    def migrate(self) -> None:
-        current = self.schema_version
-        if current > SCHEMA_VERSION:
-            raise StoreError(
-                f"the database has schema version {current}, newer than this coordinator's {SCHEMA_VERSION}; "
-                "upgrade commonweights or point --data-dir at another folder"
-            )
-        for version in range(current, SCHEMA_VERSION):
-            with self.transaction():
-                for statement in MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
-                self.db.execute(f"PRAGMA user_version = {version + 1}")
+    def _migrate_step(self, version: int) -> None:
+        for statement in statements(MIGRATIONS[version]):
+            self.db.execute(statement)
+        self.db.execute(f"PRAGMA user_version = {version + 1}")
+
+    def _run(self, sql: str, args: Sequence[Any], *, fetch: bool) -> tuple[int, list[Row]]:
+        cursor = self.db.execute(sql, args)
+        rows = [dict(row) for row in cursor.fetchall()] if fetch else []
+        return cursor.rowcount, rows
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -121,10 +115,3 @@ class SQLiteDatabase:
                 db.execute("COMMIT")
             finally:
                 self._local.depth = 0
-
-    def _one(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self.db.execute(sql, args).fetchone()
-        return row
-
-    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        return list(self.db.execute(sql, args).fetchall())

@@ -1,4 +1,4 @@
-"""Rounds, units and leases in SQLite.
+"""Rounds, units and leases in SQL.
 
 >>> round_id = store.open_round(campaign_id, number=1, version=0, deadline=now + 600, units=units)
 >>> store.lease(unit_id, volunteer_id, lease_id, deadline=now + 300)
@@ -9,14 +9,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from coordinator.store.rows import RoundRow, StoreError, UnitRow
-from coordinator.store.sqlite.database import SQLiteDatabase
+from coordinator.store.sql.database import Row, SQLDatabase
 
-__all__ = ["SQLiteWork"]
+__all__ = ["SQLWork"]
 
 
 # A unit whose lease ends goes back to the pool: 'pending' in its round while that round is open
@@ -29,7 +28,7 @@ _RELEASED = (
 )
 
 
-class SQLiteWork(SQLiteDatabase):
+class SQLWork(SQLDatabase):
     """`WorkStore` over the rounds, units and leases tables (leases keeps every lease ever granted)."""
 
     def is_unit_data_of(self, digest: str, volunteer_id: str) -> bool:
@@ -41,18 +40,17 @@ class SQLiteWork(SQLiteDatabase):
     ) -> int:
         now = self.clock()
         with self.transaction():
-            cursor = self.db.execute(
+            round_id = self._insert(
                 "INSERT INTO rounds (campaign_id, number, version, status, opened_at, deadline) "
-                "VALUES (?, ?, ?, 'open', ?, ?)",
+                "VALUES (?, ?, ?, 'open', ?, ?) RETURNING id",
                 (campaign_id, number, version, now, deadline),
             )
-            round_id = int(cursor.lastrowid or 0)
             for unit in units:
                 self.insert_unit(campaign_id, round_id, version, unit, now)
         return round_id
 
     def insert_unit(self, campaign_id: int, round_id: int, version: int, unit: dict[str, Any], now: float) -> None:
-        self.db.execute(
+        self._execute(
             "INSERT INTO units (id, campaign_id, round_id, version, data_start, data_tokens, data_sha, "
             "shard_index, shard_json, seed, replica_of, state, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
@@ -86,7 +84,7 @@ class SQLiteWork(SQLiteDatabase):
 
     def extend_round_deadline(self, round_id: int, deadline: float) -> None:
         with self.transaction():
-            self.db.execute("UPDATE rounds SET deadline = ? WHERE id = ?", (deadline, round_id))
+            self._execute("UPDATE rounds SET deadline = ? WHERE id = ?", (deadline, round_id))
 
     def unit(self, unit_id: str) -> UnitRow | None:
         row = self._one("SELECT * FROM units WHERE id = ?", (unit_id,))
@@ -107,14 +105,14 @@ class SQLiteWork(SQLiteDatabase):
 
     def lease(self, unit_id: str, volunteer_id: str, lease_id: str, deadline: float) -> None:
         with self.transaction():
-            changed = self.db.execute(
+            changed = self._execute(
                 "UPDATE units SET state = 'leased', volunteer_id = ?, lease_id = ?, lease_deadline = ?, "
                 "attempts = attempts + 1 WHERE id = ? AND state = 'pending'",
                 (volunteer_id, lease_id, deadline, unit_id),
-            ).rowcount
+            )
             if changed != 1:
                 raise StoreError(f"unit {unit_id} is no longer pending")
-            self.db.execute(
+            self._execute(
                 "INSERT INTO leases (lease_id, unit_id, volunteer_id, granted_at) VALUES (?, ?, ?, ?)",
                 (lease_id, unit_id, volunteer_id, self.clock()),
             )
@@ -130,18 +128,18 @@ class SQLiteWork(SQLiteDatabase):
 
     def extend_lease(self, unit_id: str, lease_id: str, deadline: float) -> bool:
         with self.transaction():
-            changed = self.db.execute(
-                "UPDATE units SET lease_deadline = MAX(lease_deadline, ?) "
+            changed = self._execute(
+                "UPDATE units SET lease_deadline = CASE WHEN lease_deadline < ? THEN ? ELSE lease_deadline END "
                 "WHERE id = ? AND lease_id = ? AND state = 'leased'",
-                (deadline, unit_id, lease_id),
-            ).rowcount
+                (deadline, deadline, unit_id, lease_id),
+            )
         return changed == 1
 
     def expire_leases(self, now: float) -> list[UnitRow]:
         """Return leased units whose deadline passed to the pool (see `_RELEASED`) so they are issued again."""
         with self.transaction():
             rows = self._all("SELECT * FROM units WHERE state = 'leased' AND lease_deadline < ?", (now,))
-            self.db.execute(
+            self._execute(
                 f"UPDATE units SET {_RELEASED} WHERE state = 'leased' AND lease_deadline < ?",
                 (now,),
             )
@@ -149,19 +147,19 @@ class SQLiteWork(SQLiteDatabase):
 
     def release_unit(self, unit_id: str) -> None:
         """Return a leased unit to the pool (its result was rejected; the slice still needs work)."""
-        self.db.execute(f"UPDATE units SET {_RELEASED} WHERE id = ? AND state = 'leased'", (unit_id,))
+        self._execute(f"UPDATE units SET {_RELEASED} WHERE id = ? AND state = 'leased'", (unit_id,))
 
     def set_unit_state(self, unit_id: str, state: str) -> None:
-        self.db.execute("UPDATE units SET state = ? WHERE id = ?", (state, unit_id))
+        self._execute("UPDATE units SET state = ? WHERE id = ?", (state, unit_id))
 
     def cancel_pending_units(self, round_id: int) -> int:
         # A replica whose original waits for it stays pending: the original counts only once it is back.
-        return self.db.execute(
+        return self._execute(
             "UPDATE units SET state = 'cancelled' WHERE round_id = ? AND state = 'pending' AND NOT ("
             "replica_of IS NOT NULL AND EXISTS (SELECT 1 FROM submissions s "
             "WHERE s.unit_id = units.replica_of AND s.status = 'pending_replica'))",
             (round_id,),
-        ).rowcount
+        )
 
     def recyclable_unit(self, campaign_id: int) -> UnitRow | None:
         row = self._one(
@@ -174,7 +172,7 @@ class SQLiteWork(SQLiteDatabase):
         return _unit(row) if row else None
 
     def rehome_unit(self, unit_id: str, round_id: int, version: int) -> None:
-        self.db.execute(
+        self._execute(
             "UPDATE units SET round_id = ?, version = ?, state = 'pending', volunteer_id = NULL, lease_id = NULL, "
             "lease_deadline = NULL WHERE id = ? AND state IN ('cancelled', 'pending')",
             (round_id, version, unit_id),
@@ -192,7 +190,7 @@ class SQLiteWork(SQLiteDatabase):
         return _unit(row) if row else None
 
 
-def _unit(row: sqlite3.Row) -> UnitRow:
+def _unit(row: Row) -> UnitRow:
     values = dict(row)
     values["shard"] = json.loads(values.pop("shard_json"))
     return UnitRow(**values)
