@@ -277,12 +277,25 @@ def add_bench_coordinator(commands: Subparsers) -> None:
     parser.add_argument("--idle-hold", type=float, default=10.0, help="seconds to hold them while probing health")
     parser.add_argument("--ingest-clients", type=positive_int, default=16, help="simulated volunteers for ingestion")
     parser.add_argument("--ingest-updates", type=positive_int, default=256, help="updates submitted during ingestion")
+    parser.add_argument(
+        "--backend",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help=(
+            "sqlite: the four measurements above on the embedded store; postgresql: cycles and ingestion on SQLite "
+            "and on a PostgreSQL + S3 (SeaweedFS) the bench starts on loopback, and each store operation's cost"
+        ),
+    )
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--json", type=Path, default=None, metavar="FILE")
     parser.set_defaults(handler=_run_bench_coordinator)
 
 
 def _run_bench_coordinator(args: argparse.Namespace) -> int:
+    if args.backend == "postgresql":
+        from benchmarks.backends import run_bench_backends
+
+        return run_bench_backends(args)
     from benchmarks.coordinator import run_bench_coordinator
 
     return run_bench_coordinator(args)

@@ -22,10 +22,12 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import resource
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,21 @@ from protocol.messages import encode as encode_frame
 from training.data import TokenDataset, ensure_default_dataset
 from training.model import build_model, preset
 
-__all__ = ["run_bench_coordinator"]
+__all__ = ["Backend", "run_bench_coordinator"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a benchmarked coordinator keeps its state: SQLite + a folder, or PostgreSQL + S3."""
+
+    name: str = "sqlite"
+    database: str = ""
+    blobs: str = ""
+
+    @property
+    def serve_args(self) -> list[str]:
+        return ["--database", self.database, "--blobs", self.blobs] if self.database else []
+
 
 TARGET_CYCLES_PER_S = 1000.0
 TARGET_IDLE = 10_000
@@ -70,6 +86,26 @@ def lag_buckets(text: str) -> dict[float, float]:
             if sample.name.endswith("_bucket"):
                 buckets[float(sample.labels["le"])] = sample.value
     return buckets
+
+
+def store_counters(text: str) -> dict[str, float]:
+    """The store's statements, seconds and commits in a /metrics scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = {
+        "commonweights_store_statements": "store_statements",
+        "commonweights_store_seconds": "store_seconds",
+        "commonweights_store_commits": "store_commits",
+    }
+    found = dict.fromkeys(wanted.values(), 0.0)
+    for family in text_string_to_metric_families(text):
+        if family.name in wanted:
+            found[wanted[family.name]] = sum(s.value for s in family.samples if s.name.endswith("_total"))
+    return found
+
+
+def store_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: after[name] - before[name] for name in before}
 
 
 def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
@@ -124,6 +160,45 @@ class HealthProbe:
             self._stop.wait(self.period)
 
 
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """Every process's (parent pid, CPU seconds so far), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    table: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()
+        table[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    return table
+
+
+def tree_cpu(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each named process and everything it started (PostgreSQL's backends, …)."""
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    totals = {}
+    for name, root in roots.items():
+        seen, stack = 0.0, [root]
+        while stack:
+            pid = stack.pop()
+            seen += table.get(pid, (0, 0.0))[1]
+            stack += children.get(pid, [])
+        totals[name] = seen
+    return totals
+
+
+def own_cpu() -> float:
+    """This process's CPU seconds so far (the simulated volunteers)."""
+    times = os.times()
+    return times.user + times.system
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q * 100)) if values else math.nan
 
@@ -131,7 +206,9 @@ def percentile(values: list[float], q: float) -> float:
 # 1: lease + submit cycles -----------------------------------------------------------------------------
 
 
-async def cycles(coordinator: LocalCoordinator, dataset: Path, clients: int, seconds: float) -> dict[str, float]:
+async def cycles(
+    coordinator: LocalCoordinator, dataset: Path, clients: int, seconds: float, *, blobs_url: str = ""
+) -> dict[str, float]:
     import websockets
 
     url = coordinator.ws_url
@@ -150,7 +227,9 @@ async def cycles(coordinator: LocalCoordinator, dataset: Path, clients: int, sec
 
     first = await lease(sockets[0])
     assert first is not None, "the cycles campaign handed out no unit"
-    delta, losses = await asyncio.to_thread(honest_update, dataset, coordinator, first, preset_name="tiny")
+    delta, losses = await asyncio.to_thread(
+        honest_update, dataset, coordinator, first, preset_name="tiny", blobs_url=blobs_url
+    )
     payloads = noisy_copies(delta, CodecConfig.from_dict(dict(first.codec)), 8, seed=1)
     metrics = TrainMetrics(
         losses=tuple(losses),
@@ -191,14 +270,19 @@ async def cycles(coordinator: LocalCoordinator, dataset: Path, clients: int, sec
     }
 
 
-def run_cycles(dataset: Path, work: Path, clients: int, seconds: float) -> dict[str, float]:
-    coordinator = start(dataset, work, "cycles")
+def run_cycles(
+    dataset: Path, work: Path, clients: int, seconds: float, backend: Backend | None = None
+) -> dict[str, float]:
+    backend = backend or Backend()
+    coordinator = start(dataset, work, f"cycles-{backend.name}", backend.serve_args)
     try:
         campaign = spec("cycles", model="tiny", units=10_000, rounds=100, steps=1, batch=1, seq=32)
         campaign["codec"] = {"name": "topk", "topk_fraction": 0.001}
         campaign["rounds"]["min_accepted"] = 2_000  # rounds close now and then, as in a real campaign
         coordinator.api.post_campaign(campaign)
-        return asyncio.run(cycles(coordinator, dataset, clients, seconds))
+        before = store_counters(scrape(coordinator.base))
+        result = asyncio.run(cycles(coordinator, dataset, clients, seconds, blobs_url=backend.blobs))
+        return result | store_delta(before, store_counters(scrape(coordinator.base)))
     finally:
         stop(coordinator.process)
 
@@ -264,16 +348,35 @@ def run_idle(dataset: Path, work: Path, count: int, hold_s: float) -> dict[str, 
 # 3 + 4: ingestion with event-loop lag -------------------------------------------------------------------
 
 
-def run_ingestion_with_lag(dataset: Path, work: Path, clients: int, updates: int) -> dict[str, float]:
-    coordinator = start(dataset, work, "ingest")
+def run_ingestion_with_lag(
+    dataset: Path,
+    work: Path,
+    clients: int,
+    updates: int,
+    backend: Backend | None = None,
+    *,
+    watch: dict[str, int] | None = None,
+) -> dict[str, float]:
+    """`watch` names other processes (servers) whose CPU seconds while ingesting are reported too
+    (`cpu_NAME_s`), beside the coordinator's and the simulated volunteers' (`cpu_bench_s`)."""
+    backend = backend or Backend()
+    coordinator = start(dataset, work, f"ingest-{backend.name}", backend.serve_args)
     try:
         campaign = spec("ingest", model="small", units=updates + clients, rounds=1, steps=2, batch=4, seq=128)
         campaign["rounds"]["min_accepted"] = updates + clients
         coordinator.api.post_campaign(campaign)
-        before = lag_buckets(scrape(coordinator.base))
+        scraped = scrape(coordinator.base)
+        before, store_before = lag_buckets(scraped), store_counters(scraped)
+        roots = {"coordinator": coordinator.process.pid, **(watch or {})}
+        cpu_before, bench_before = tree_cpu(roots), own_cpu()
         with HealthProbe(coordinator.base) as probe:
-            result = asyncio.run(ingest(coordinator, dataset, clients, updates))
-        after = lag_buckets(scrape(coordinator.base))
+            result = asyncio.run(ingest(coordinator, dataset, clients, updates, blobs_url=backend.blobs))
+        cpu_after, bench_after = tree_cpu(roots), own_cpu()
+        result |= {f"cpu_{name}_s": cpu_after[name] - cpu_before[name] for name in roots}
+        result["cpu_bench_s"] = bench_after - bench_before
+        scraped = scrape(coordinator.base)
+        after = lag_buckets(scraped)
+        result |= store_delta(store_before, store_counters(scraped))
         result["lag_p50_ms"] = 1000 * bucket_quantile(before, after, 0.5)
         result["lag_p99_ms"] = 1000 * bucket_quantile(before, after, 0.99)
         result["lag_samples"] = after.get(math.inf, 0.0) - before.get(math.inf, 0.0)

@@ -108,6 +108,7 @@ class PostgresServer:
         # PostgreSQL refuses to run as root: as root, it runs as the `postgres` user Debian's package
         # made, in a folder of its own that user can reach (pytest's temporary folders are root's, 0700).
         run_as: list[str] = []
+        made = folder is None or os.geteuid() == 0
         if os.geteuid() == 0:
             run_as = ["runuser", "-u", "postgres", "--"]
             folder = Path(tempfile.mkdtemp(prefix="commonweights-pg-"))
@@ -117,11 +118,15 @@ class PostgresServer:
             folder.mkdir(parents=True, exist_ok=True)
         data, log = folder / "data", folder / "server.log"
         user = "commonweights"
-        subprocess.run(
+        initdb = subprocess.run(
             [*run_as, str(binaries / "initdb"), "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8"],
-            check=True,
             capture_output=True,
+            text=True,
         )
+        if initdb.returncode != 0:
+            if made:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise RuntimeError(f"initdb failed ({initdb.returncode}): {initdb.stderr[-2000:]}")
         port = free_port()
         options = (
             f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={folder} -c max_connections=200 "
@@ -144,7 +149,13 @@ class PostgresServer:
                 capture_output=True,
             )
             _stop(process)
-            shutil.rmtree(folder, ignore_errors=True)
+            if made:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    @property
+    def pid(self) -> int:
+        """The server's process (as root: the runuser it runs under)."""
+        return self._process.pid
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
@@ -251,6 +262,10 @@ class S3Server:
             _stop(process, signal.SIGKILL)  # weed takes 20 s or more over SIGTERM; its data is a scratch folder
             if made:
                 shutil.rmtree(folder, ignore_errors=True)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
 
     @property
     def endpoint(self) -> str:

@@ -33,6 +33,7 @@ import torch
 
 from benchmarks.report import machine_line, markdown_table, write_section
 from coordinator.local import LocalCoordinator, start_coordinator, stop
+from coordinator.store import open_blobs
 from coordinator.validation.trust import TrustState, TrustTracker
 from protocol.codecs import CodecConfig, encode
 from protocol.messages import Capabilities, Device, Hello, RequestWork, Result, Submit, TrainMetrics, WorkUnit
@@ -50,8 +51,8 @@ TARGET_VOLUNTEERS = 1000
 TARGET_PERIOD_S = 300.0
 
 
-def start(dataset: Path, work: Path, name: str) -> LocalCoordinator:
-    return start_coordinator(work / name, datasets={"stdlib": dataset}, log=work / f"{name}.log")
+def start(dataset: Path, work: Path, name: str, extra_args: Sequence[str] = ()) -> LocalCoordinator:
+    return start_coordinator(work / name, datasets={"stdlib": dataset}, log=work / f"{name}.log", extra_args=extra_args)
 
 
 # Model bytes per unit (the new version's delta down, the update up) against the update alone.
@@ -243,16 +244,21 @@ def in_process(dataset_path: Path, units: int, steps: int, threads: int) -> dict
 
 
 def honest_update(
-    dataset_path: Path, coordinator: LocalCoordinator, unit: WorkUnit, *, preset_name: str = "small"
+    dataset_path: Path,
+    coordinator: LocalCoordinator,
+    unit: WorkUnit,
+    *,
+    preset_name: str = "small",
+    blobs_url: str = "",
 ) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """One real unit of training from the campaign's θ_0, used as the template of every submission."""
+    """One real unit of training from the campaign's θ_0, used as the template of every submission.
+    `blobs_url` is the coordinator's `--blobs` ("": its data dir's folder)."""
     dataset = TokenDataset.open(dataset_path)
     config = preset(preset_name, vocab_size=dataset.vocab_size, max_seq_len=unit.recipe.seq_len)
     model = build_model(config)
-    blobs = coordinator.data_dir / "blobs"
-    weights = (blobs / unit.checkpoint.sha256[:2] / unit.checkpoint.sha256[2:]).read_bytes()
-    model.load_state_dict(load_weights(weights), strict=False)
-    data = (blobs / unit.data.sha256[:2] / unit.data.sha256[2:]).read_bytes()
+    blobs = open_blobs(blobs_url, coordinator.data_dir)
+    model.load_state_dict(load_weights(blobs.get(unit.checkpoint.sha256)), strict=False)
+    data = blobs.get(unit.data.sha256)
     tokens = np.frombuffer(data, dtype="<u2" if unit.data_dtype == "uint16" else "<u4").astype(np.int64)
     recipe = unit.recipe
     inner = InnerConfig(steps=recipe.steps, batch_size=recipe.batch_size, seq_len=recipe.seq_len, warmup_steps=0)
@@ -299,7 +305,9 @@ def hello(name: str, *, codecs: tuple[str, ...] = ("int8",)) -> Hello:
     )  # fmt: skip
 
 
-async def ingest(coordinator: LocalCoordinator, dataset: Path, clients: int, updates: int) -> dict[str, float]:
+async def ingest(
+    coordinator: LocalCoordinator, dataset: Path, clients: int, updates: int, *, blobs_url: str = ""
+) -> dict[str, float]:
     import websockets
 
     url = coordinator.base.replace("http", "ws") + "/ws"
@@ -322,7 +330,7 @@ async def ingest(coordinator: LocalCoordinator, dataset: Path, clients: int, upd
 
     sockets = [await connect(f"bench-{i}") for i in range(clients)]
     first = await lease(sockets[0])
-    delta, losses = await asyncio.to_thread(honest_update, dataset, coordinator, first)
+    delta, losses = await asyncio.to_thread(honest_update, dataset, coordinator, first, blobs_url=blobs_url)
     payloads = noisy_copies(delta, CodecConfig.from_dict(dict(first.codec)), min(8, updates), seed=0)
     metrics = TrainMetrics(
         losses=tuple(losses),

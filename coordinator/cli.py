@@ -175,6 +175,12 @@ def _run_serve(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"commonweights coordinator serve: {error}", file=sys.stderr)
         return 2
+    from coordinator.store import url_problems
+
+    for problem in url_problems(args.database, args.blobs):
+        print(f"commonweights coordinator serve: {problem}", file=sys.stderr)
+    if url_problems(args.database, args.blobs):
+        return 2
     if not 1.0 <= args.heartbeat_interval <= 3600:
         print("commonweights coordinator serve: --heartbeat-interval must be within 1 and 3600 s", file=sys.stderr)
         return 2

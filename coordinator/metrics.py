@@ -178,6 +178,22 @@ class CampaignCollector(Collector):
         rounds = SummaryMetricFamily(
             "commonweights_round_duration_seconds", "Time from a round's opening to its close.", labels=campaign
         )
+        activity = service.store.activity()
+        backend = [activity.backend]
+        statements = CounterMetricFamily(
+            "commonweights_store_statements_total", "SQL statements the store ran.", labels=["backend"]
+        )
+        statements.add_metric(backend, activity.statements)
+        store_seconds = CounterMetricFamily(
+            "commonweights_store_seconds_total",
+            "Seconds spent in the store's statements and commits, waiting for the database included.",
+            labels=["backend"],
+        )
+        store_seconds.add_metric(backend, activity.seconds)
+        commits = CounterMetricFamily(
+            "commonweights_store_commits_total", "Write transactions the store committed.", labels=["backend"]
+        )
+        commits.add_metric(backend, activity.commits)
         for campaign_id, runtime in sorted(list(service.runtimes.items())):
             name, counters = [runtime.row.name], runtime.counters
             leased.add_metric(name, counters.leased)
@@ -187,7 +203,7 @@ class CampaignCollector(Collector):
             update_bytes.add_metric(name, counters.bytes_in)
             versions.add_metric(name, runtime.row.current_version)
             rounds.add_metric(name, count_value=len(counters.round_seconds), sum_value=sum(counters.round_seconds))
-        return [leased, accepted, rejected, update_bytes, versions, rounds]
+        return [leased, accepted, rejected, update_bytes, versions, rounds, statements, store_seconds, commits]
 
 
 class _FrameCounts(MutableMapping[str, int]):

@@ -433,7 +433,8 @@ async def download_checkpoint(request: web.Request) -> web.StreamResponse:
         return found
     row, version = found
     try:
-        path = _service(request).blobs.local_copy(version.checkpoint_sha)
+        # From S3 that is a download: off the event loop.
+        path = await asyncio.to_thread(_service(request).blobs.local_copy, version.checkpoint_sha)
     except BlobNotFound:
         return error_response(404, "not_found", f"the checkpoint of version {version.version} is missing on the server")
     return web.FileResponse(
@@ -509,7 +510,7 @@ async def download_export(request: web.Request) -> web.StreamResponse:
     row, version = found
     service = _service(request)
     try:
-        checkpoint = service.blobs.local_copy(version.checkpoint_sha)
+        checkpoint = await asyncio.to_thread(service.blobs.local_copy, version.checkpoint_sha)
     except BlobNotFound:
         return error_response(404, "not_found", f"the checkpoint of version {version.version} is missing on the server")
     tokenizer = Path(row.dataset_path) / "tokenizer.json"
@@ -591,7 +592,7 @@ async def try_generate(request: web.Request) -> web.Response:
         return error_response(400, "bad_request", "; ".join(problems), problems=problems)
     version = service.store.version(row.id, row.current_version)
     try:
-        checkpoint = service.blobs.local_copy(version.checkpoint_sha) if version is not None else None
+        checkpoint = await asyncio.to_thread(service.blobs.local_copy, version.checkpoint_sha) if version else None
     except BlobNotFound:
         checkpoint = None
     config = _model_config(service, row)

@@ -53,8 +53,8 @@ def hash_token(token: str) -> str:
 @dataclass(frozen=True)
 class CoordinatorConfig:
     data_dir: Path  # the admin token, caches, exports; the store and blobs too unless given below
-    database: str = ""  # postgresql://… (replicas share it); "" for SQLite in data_dir
-    blobs: str = ""  # s3://BUCKET/PREFIX (replicas share it); "" for data_dir/blobs
+    database: str = field(default="", repr=False)  # postgresql://… (may hold a password); "" for SQLite in data_dir
+    blobs: str = ""  # s3://BUCKET/PREFIX; "" for data_dir/blobs
     datasets: dict[str, Path] = field(default_factory=dict)
     heartbeat_interval_s: float = 15.0
     idle_timeout_s: float = 120.0  # a welcomed connection that sends nothing this long is closed
@@ -126,6 +126,7 @@ class Coordinator:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         store = open_store(config.database, config.data_dir, clock=clock)
         try:
+            store.serve_exclusively()
             blobs = open_blobs(config.blobs, config.data_dir)
         except BaseException:
             store.close()

@@ -15,7 +15,7 @@ coordinator's `--database` and `--blobs` URLs name.
 
 from __future__ import annotations
 
-from coordinator.store.backends import open_blobs, open_store
+from coordinator.store.backends import open_blobs, open_store, url_problems
 from coordinator.store.blobs import BlobNotFound, Blobs, BlobStore, sha256_hex
 from coordinator.store.interface import CampaignStore, Store, SubmissionStore, TokenStore, VolunteerStore, WorkStore
 from coordinator.store.rows import CampaignRow, RoundRow, StoreError, SubmissionRow, UnitRow, VersionRow, VolunteerRow
@@ -43,4 +43,5 @@ __all__ = [
     "open_blobs",
     "open_store",
     "sha256_hex",
+    "url_problems",
 ]

@@ -6,11 +6,12 @@
     >>> blobs = open_blobs("s3://commonweights/prod", data_dir)                    # endpoint from AWS_*
 
 The embedded default (nothing given) is one SQLite file and one folder under the data directory.
-PostgreSQL and S3 are for several replicas sharing one campaign's state; they need the `scale` extra.
+PostgreSQL and S3 are for state that outgrows one machine; they need the `scale` extra.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,10 +20,36 @@ from coordinator.store.interface import Store
 from coordinator.store.rows import StoreError
 from coordinator.store.sqlite import SQLiteStore
 
-__all__ = ["BLOBS_SCHEMES", "DATABASE_SCHEMES", "open_blobs", "open_store"]
+__all__ = ["open_blobs", "open_store", "url_problems"]
 
-DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
-BLOBS_SCHEMES = ("file", "s3")
+
+def url_problems(database: str, blobs: str) -> list[str]:
+    """What is wrong with a coordinator's --database and --blobs before anything is opened: an unknown
+    kind of URL, or the `scale` extra missing for PostgreSQL or S3 (each a sentence an admin can act on)."""
+    problems = []
+    if database.startswith(("postgresql://", "postgres://")):
+        if importlib.util.find_spec("psycopg") is None or importlib.util.find_spec("psycopg_pool") is None:
+            problems.append("--database postgresql://… needs psycopg: pip install 'commonweights[scale]'")
+    elif database not in ("", "sqlite://", "sqlite:") and not database.startswith("sqlite:///"):
+        problems.append(
+            f"--database {_scheme(database)}: give a postgresql://… or sqlite:///PATH URL (or nothing, for SQLite)"
+        )
+    if blobs.startswith("s3://"):
+        if len(blobs) <= len("s3://"):
+            problems.append("--blobs s3:// names no bucket: give s3://BUCKET/PREFIX")
+        elif importlib.util.find_spec("obstore") is None:
+            problems.append("--blobs s3://… needs obstore: pip install 'commonweights[scale]'")
+    elif blobs not in ("", "file://", "file:") and not blobs.startswith("file:///"):
+        problems.append(
+            f"--blobs {_scheme(blobs)}: give an s3://BUCKET/PREFIX or file:///PATH URL (or nothing, for a folder)"
+        )
+    return problems
+
+
+def _scheme(url: str) -> str:
+    """How a URL is named in a message: its kind only (the rest may hold a password)."""
+    scheme, sep, _ = url.partition("://")
+    return f"{scheme}://…" if sep else "(not a URL)"
 
 
 def open_store(url: str, data_dir: Path, *, clock: Callable[[], float]) -> Store:
@@ -35,7 +62,7 @@ def open_store(url: str, data_dir: Path, *, clock: Callable[[], float]) -> Store
         from coordinator.store.postgresql import PostgresStore
 
         return PostgresStore.open(url, clock=clock)
-    raise StoreError(f"--database {url!r}: give a postgresql://… or sqlite:///PATH URL (or nothing, for SQLite)")
+    raise StoreError(f"--database {_scheme(url)}: give a postgresql://… or sqlite:///PATH URL (or nothing, for SQLite)")
 
 
 def open_blobs(url: str, data_dir: Path) -> Blobs:
@@ -48,4 +75,6 @@ def open_blobs(url: str, data_dir: Path) -> Blobs:
         from coordinator.store.s3 import S3Blobs
 
         return S3Blobs.open(url, cache=data_dir / "blob-cache")
-    raise StoreError(f"--blobs {url!r}: give an s3://BUCKET/PREFIX or file:///PATH URL (or nothing, for a folder)")
+    raise StoreError(
+        f"--blobs {_scheme(url)}: give an s3://BUCKET/PREFIX or file:///PATH URL (or nothing, for a folder)"
+    )

@@ -38,7 +38,15 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from coordinator.store.rows import CampaignRow, RoundRow, SubmissionRow, UnitRow, VersionRow, VolunteerRow
+from coordinator.store.rows import (
+    CampaignRow,
+    RoundRow,
+    StoreActivity,
+    SubmissionRow,
+    UnitRow,
+    VersionRow,
+    VolunteerRow,
+)
 
 __all__ = ["CampaignStore", "Store", "SubmissionStore", "TokenStore", "VolunteerStore", "WorkStore"]
 
@@ -350,6 +358,15 @@ class Store(CampaignStore, WorkStore, SubmissionStore, VolunteerStore, TokenStor
 
     def transaction(self) -> AbstractContextManager[None]:
         """A write transaction; nested use is a savepoint."""
+        ...
+
+    def serve_exclusively(self) -> None:
+        """Claim the database for the coordinator serving it, until `close`; `StoreError` if another
+        coordinator process already does."""
+        ...
+
+    def activity(self) -> StoreActivity:
+        """Statements, their seconds and commits since the store opened, and which database it is."""
         ...
 
     def close(self) -> None: ...

@@ -11,7 +11,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CampaignRow", "RoundRow", "StoreError", "SubmissionRow", "UnitRow", "VersionRow", "VolunteerRow"]
+__all__ = [
+    "CampaignRow",
+    "RoundRow",
+    "StoreActivity",
+    "StoreError",
+    "SubmissionRow",
+    "UnitRow",
+    "VersionRow",
+    "VolunteerRow",
+]
+
+
+@dataclass(frozen=True)
+class StoreActivity:
+    """What a store has done since it opened: statements run, seconds they took (waiting for the
+    database included), transactions committed; and which database it is ("sqlite", "postgresql")."""
+
+    backend: str
+    statements: int
+    seconds: float
+    commits: int
 
 
 class StoreError(RuntimeError):

@@ -7,8 +7,10 @@ The endpoint and credentials come from the environment, as every S3 tool reads t
 AWS_ENDPOINT_URL (omit for AWS itself), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, and
 AWS_ALLOW_HTTP=true for an endpoint without TLS. Keys are PREFIX/DIGEST[:2]/DIGEST[2:], as in the
 folder store. A PUT is atomic (an object appears whole or not at all) and acknowledged only once it is
-stored, so `put` is durable whatever `durable` says. The client is obstore (Rust's object_store);
-it retries transient errors itself. Needs the `scale` extra.
+stored, so `put` is as durable as the server makes a stored object (AWS S3: replicated; a single
+SeaweedFS or MinIO node: on its disk, fsynced only if it is configured to). The client is obstore (Rust's object_store);
+it retries transient errors itself. On AWS, give the role s3:ListBucket as well as Get/Put/DeleteObject:
+without it a missing key answers 403, not 404. Needs the `scale` extra.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class S3Blobs:
         self.store = store
         self.url = url
         self.cache = cache
+        self._checked: set[str] = set()  # cached copies verified by this process
 
     @classmethod
     def open(cls, url: str, *, cache: Path) -> S3Blobs:
@@ -108,13 +111,17 @@ class S3Blobs:
         return int(meta["size"])
 
     def local_copy(self, digest: str) -> Path:
-        """Downloaded once into the cache (blobs never change under their name), verified."""
+        """Downloaded once into the cache (blobs never change under their name). A copy this process
+        did not write is checked once (written without fsync, a power cut may have emptied it)."""
         path = self.cache / digest[:2] / digest[2:] if check_digest(digest) else self.cache
-        if not path.is_file():
+        if digest in self._checked and path.is_file():
+            return path
+        if not (path.is_file() and sha256_hex(path.read_bytes()) == digest):
             data = self.get(digest)
             if sha256_hex(data) != digest:
                 raise BlobNotFound(f"blob {digest} in {self.url} does not match its name")
             write_atomically(path, data, durable=False)
+        self._checked.add(digest)
         return path
 
     def __repr__(self) -> str:

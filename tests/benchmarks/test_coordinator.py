@@ -41,3 +41,25 @@ def test_bench_coordinator_counts_every_load_and_writes_its_section(tmp_path: Pa
     assert "kept" in text and text.count("<!-- bench:coordinator -->") == 1
     for row in ("lease + submit cycles / s", "idle volunteers held", "event-loop lag while ingesting"):
         assert row in text
+
+
+@pytest.mark.slow
+def test_bench_coordinator_on_postgresql_compares_both_backends_and_times_each_operation(tmp_path: Path) -> None:
+    from benchmarks.servers import PostgresServer, S3Server
+
+    for reason in (PostgresServer.unavailable(), S3Server.unavailable()):
+        if reason:
+            pytest.skip(reason)
+    out, raw = tmp_path / "benchmarks.md", tmp_path / "bench.json"
+    code = main([
+        "bench", "coordinator", "--backend", "postgresql", "--cycle-clients", "2", "--cycle-seconds", "2",
+        "--ingest-clients", "2", "--ingest-updates", "4", "--output", str(out), "--json", str(raw),
+    ])  # fmt: skip
+    assert code == 0
+    results = json.loads(raw.read_text())
+    for backend in ("sqlite", "postgresql+s3"):
+        assert results[backend]["cycles"]["accepted"] == results[backend]["cycles"]["cycles"] > 0
+        assert results[backend]["ingestion"]["accepted"] == 4
+        assert all(value > 0 for value in results[backend]["ops"].values())
+    text = out.read_text()
+    assert text.count("<!-- bench:coordinator-backends -->") == 1 and "PostgreSQL + S3 ÷ SQLite" in text

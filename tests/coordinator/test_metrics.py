@@ -42,6 +42,9 @@ FAMILIES = {
     "commonweights_http_requests": ("counter", {"method", "route", "status"}),
     "commonweights_http_request_duration_seconds": ("histogram", {"method", "route"}),
     "commonweights_event_loop_lag_seconds": ("histogram", set()),
+    "commonweights_store_statements": ("counter", {"backend"}),
+    "commonweights_store_seconds": ("counter", {"backend"}),
+    "commonweights_store_commits": ("counter", {"backend"}),
 }
 
 
@@ -111,6 +114,18 @@ async def test_every_metric_keeps_its_name_type_and_labels(server: TestServer) -
     assert value(families, "commonweights_units_leased_total", campaign="metrics") == 0
     assert value(families, "commonweights_updates_accepted_total", campaign="metrics") == 0
     assert value(families, "commonweights_round_duration_seconds_count", campaign="metrics") == 0
+
+
+async def test_the_stores_statements_and_commits_are_counted_as_they_happen(server: TestServer) -> None:
+    before = await scrape(server)
+    statements = value(before, "commonweights_store_statements_total", backend="sqlite")
+    commits = value(before, "commonweights_store_commits_total", backend="sqlite")
+    assert statements > 0 and commits > 0  # opening the service read and wrote (the admin token)
+    server.app[SERVICE].register_volunteer("counted", {})
+    after = await scrape(server)
+    assert value(after, "commonweights_store_commits_total", backend="sqlite") == commits + 1
+    assert value(after, "commonweights_store_statements_total", backend="sqlite") > statements
+    assert value(after, "commonweights_store_seconds_total", backend="sqlite") > 0
 
 
 async def test_updates_accepted_counts_every_accepted_row_not_a_capped_listing(server: TestServer) -> None:

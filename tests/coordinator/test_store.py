@@ -288,3 +288,26 @@ def test_an_unreachable_postgresql_server_is_a_store_error_that_names_it_without
 def test_a_database_url_of_an_unknown_kind_is_refused_with_the_kinds_there_are(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"postgresql://… or sqlite:///PATH"):
         open_store("mysql://db/cw", tmp_path, clock=Clock())
+
+
+def test_a_second_coordinator_on_the_same_postgresql_database_is_refused_until_the_first_closes(
+    postgres_server: PostgresServer,
+) -> None:
+    url = postgres_server.create_database()
+    first, second = (open_store(url, Path("/nonexistent"), clock=Clock()) for _ in range(2))
+    try:
+        first.serve_exclusively()
+        with pytest.raises(StoreError, match="another coordinator is serving the database"):
+            second.serve_exclusively()
+        first.close()
+        second.serve_exclusively()  # the claim ends with the first's connection
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_malformed_postgresql_url_is_refused_without_quoting_it() -> None:
+    pytest.importorskip("psycopg")
+    with pytest.raises(StoreError, match="malformed") as caught:
+        open_store("postgresql://cw:se%zzcret@127.0.0.1/cw", Path("/nonexistent"), clock=Clock())
+    assert "se%zzcret" not in str(caught.value) and caught.value.__cause__ is None

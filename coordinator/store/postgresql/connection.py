@@ -36,24 +36,29 @@ __all__ = ["PostgresDatabase"]
 
 # The advisory lock key migrations hold, so that replicas starting together migrate one at a time.
 MIGRATION_LOCK = 0x636F_6D6D_6F6E  # "common"
+SERVING_LOCK = 0x636F_6D6D_6F6F  # held by the coordinator serving the database
 CONNECT_TIMEOUT_S = 30
 
 
 class PostgresDatabase(SQLDatabase):
-    """One PostgreSQL database, shared by this process's threads (through a pool) and other replicas."""
+    """One PostgreSQL database, shared by this process's threads through a pool."""
+
+    backend = "postgresql"
 
     def __init__(self, url: str, *, clock: Clock = time.time, pool_size: int = 16) -> None:
         self.url = url
         self.clock = clock
         self._local = threading.local()
-        # Writers in this process queue here, as the store's contract asks; other replicas' writers
-        # are PostgreSQL's business (row locks, and the campaign leases of `coordinator.cluster`).
+        # Writers in this process queue here, as the store's contract asks.
         self._write_lock = threading.RLock()
+        self._serving: psycopg.Connection[Row] | None = None
         self.pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             url,
             min_size=1,
             max_size=pool_size,
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            # An ack waits for its commit to be flushed, whatever the server's or the role's default says.
+            kwargs={"autocommit": True, "row_factory": dict_row, "options": "-c synchronous_commit=on"},
+            check=ConnectionPool.check_connection,  # a connection the server dropped (a restart) is replaced
             open=False,
             name="commonweights-store",
         )
@@ -61,13 +66,35 @@ class PostgresDatabase(SQLDatabase):
             # One connection first, so that a refused one fails now rather than after the pool's retries.
             psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S).close()
             self.pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+        except psycopg.ProgrammingError:
+            # libpq's complaint about a malformed URL quotes the URL, password and all.
+            raise StoreError("the --database URL is malformed (libpq could not parse it)") from None
         except psycopg.Error as error:
-            raise StoreError(f"can't connect to PostgreSQL at {_redacted(url)}: {error}") from error
+            raise StoreError(f"can't connect to PostgreSQL at {_redacted(url)}: {_without(error, url)}") from None
         except Exception as error:  # the pool's PoolTimeout: the server never answered
             self.pool.close()
-            raise StoreError(f"can't connect to PostgreSQL at {_redacted(url)}: {error}") from error
+            raise StoreError(f"can't connect to PostgreSQL at {_redacted(url)}: {_without(error, url)}") from None
+
+    def serve_exclusively(self) -> None:
+        """Claim this database for this process until it closes (a session advisory lock on a connection
+        of its own, released by PostgreSQL when the process dies); StoreError if another holds it. Until
+        coordinator replicas coordinate their campaigns, two serving one database would both aggregate."""
+        if self._serving is not None:
+            return
+        connection = psycopg.connect(self.url, autocommit=True, row_factory=dict_row)
+        claimed = connection.execute("SELECT pg_try_advisory_lock(%s) AS claimed", (SERVING_LOCK,)).fetchone()
+        if not claimed or not claimed["claimed"]:
+            connection.close()
+            raise StoreError(
+                f"another coordinator is serving the database at {_redacted(self.url)}; one coordinator per "
+                "database for now (README: Running at scale)"
+            )
+        self._serving = connection
 
     def close(self) -> None:
+        if self._serving is not None:
+            self._serving.close()
+            self._serving = None
         self.pool.close()
 
     @property
@@ -115,8 +142,10 @@ class PostgresDatabase(SQLDatabase):
             try:
                 with connection.transaction():
                     yield
+                    committing = time.perf_counter()  # the commit itself runs as the block exits
             finally:
                 self._local.connection = None
+            self._count(time.perf_counter() - committing, commit=True)
 
 
 def _placeholders(sql: str) -> str:
@@ -128,6 +157,16 @@ def _placeholders(sql: str) -> str:
 
 def _fetched(cursor: psycopg.Cursor[Row], fetch: bool) -> tuple[int, list[Row]]:
     return cursor.rowcount, (cursor.fetchall() if fetch else [])
+
+
+def _without(error: Exception, url: str) -> str:
+    """An error's message with the URL's password taken out, should the driver have quoted it."""
+    message = str(error)
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+    except psycopg.ProgrammingError:
+        return message
+    return message.replace(str(password), "***") if password else message
 
 
 def _redacted(url: str) -> str:

@@ -13,13 +13,14 @@ one), `transaction`, `schema_version`, `_migrate_step` and `close`.
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from coordinator.store.rows import StoreError
+from coordinator.store.rows import StoreActivity, StoreError
 from coordinator.store.sql.schema import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Clock", "Row", "SQLDatabase", "statements"]
@@ -32,6 +33,19 @@ class SQLDatabase(ABC):
     """The base of every table's mixin: a database the store's SQL runs on."""
 
     clock: Clock = time.time
+    backend = "sql"
+    _tally = (0, 0.0, 0)  # statements, seconds, commits: replaced whole under `_tally_lock`
+    _tally_lock = threading.Lock()
+
+    def activity(self) -> StoreActivity:
+        """What this store has done since it opened (for /metrics and the benchmarks)."""
+        statements, seconds, commits = self._tally
+        return StoreActivity(self.backend, statements, seconds, commits)
+
+    def _count(self, seconds: float, *, commit: bool = False) -> None:
+        with self._tally_lock:
+            statements, total, commits = self._tally
+            self._tally = (statements + (not commit), total + seconds, commits + commit)
 
     @abstractmethod
     def _run(self, sql: str, args: Sequence[Any], *, fetch: bool) -> tuple[int, list[Row]]:
@@ -52,6 +66,11 @@ class SQLDatabase(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def serve_exclusively(self) -> None:
+        """Claim the database for the one coordinator that serves it; StoreError if another does. A
+        database only one process can open (SQLite's file in its data dir) needs nothing."""
+        return None
+
     def migrate(self) -> None:
         """Bring the database to `SCHEMA_VERSION`, one step per transaction; refuse a newer one."""
         current = self.schema_version
@@ -71,21 +90,28 @@ class SQLDatabase(ABC):
         database several coordinators share); a database only one process opens needs nothing."""
         return None
 
+    def _timed(self, sql: str, args: Sequence[Any], *, fetch: bool) -> tuple[int, list[Row]]:
+        began = time.perf_counter()
+        try:
+            return self._run(sql, args, fetch=fetch)
+        finally:
+            self._count(time.perf_counter() - began)
+
     def _execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         """Run a statement; how many rows it changed."""
-        return self._run(sql, args, fetch=False)[0]
+        return self._timed(sql, args, fetch=False)[0]
 
     def _insert(self, sql: str, args: Sequence[Any] = ()) -> int:
         """Run an INSERT … RETURNING id; the new row's id."""
-        rows = self._run(sql, args, fetch=True)[1]
+        rows = self._timed(sql, args, fetch=True)[1]
         return int(rows[0]["id"])
 
     def _one(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
-        rows = self._run(sql, args, fetch=True)[1]
+        rows = self._timed(sql, args, fetch=True)[1]
         return rows[0] if rows else None
 
     def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        return self._run(sql, args, fetch=True)[1]
+        return self._timed(sql, args, fetch=True)[1]
 
 
 def statements(script: str) -> list[str]:

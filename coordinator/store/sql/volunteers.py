@@ -97,7 +97,7 @@ class SQLVolunteers(SQLDatabase):
         rows = self._all(
             "SELECT v.id, v.name, CAST(SUM(s.tokens) AS BIGINT) AS tokens, SUM(s.credit) AS credit, COUNT(*) AS units "
             "FROM submissions s JOIN units u ON u.id = s.unit_id JOIN volunteers v ON v.id = s.volunteer_id "
-            "WHERE u.campaign_id = ? AND s.status = 'accepted' GROUP BY v.id ORDER BY credit DESC LIMIT ?",
+            "WHERE u.campaign_id = ? AND s.status = 'accepted' GROUP BY v.id ORDER BY credit DESC, v.id LIMIT ?",
             (campaign_id, limit),
         )
         return [dict(r) for r in rows]

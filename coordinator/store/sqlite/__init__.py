@@ -9,11 +9,13 @@ The SQL is `coordinator.store.sql`'s; this package adds the connections (`connec
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from coordinator.store.interface import Store
+from coordinator.store.rows import StoreError
 from coordinator.store.sql import MIGRATIONS, SCHEMA_VERSION, SQLStore
 from coordinator.store.sqlite.connection import SQLiteDatabase
 
@@ -26,6 +28,10 @@ class SQLiteStore(SQLStore, SQLiteDatabase):
     @classmethod
     def open(cls, path: Path, *, clock: Callable[[], float] = time.time) -> SQLiteStore:
         """Open (creating the folder and the file if needed) and migrate to `SCHEMA_VERSION`."""
+        if sqlite3.sqlite_version_info < (3, 35):
+            raise StoreError(
+                f"this Python's SQLite is {sqlite3.sqlite_version}; the store needs 3.35 or newer (RETURNING)"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         store = cls(path, clock=clock)
         store.migrate()

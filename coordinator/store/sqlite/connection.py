@@ -34,6 +34,8 @@ class SQLiteDatabase(SQLDatabase):
     steps of milliseconds when two connections want to write at once.
     """
 
+    backend = "sqlite"
+
     def __init__(self, path: Path, *, clock: Clock = time.time) -> None:
         self.path = path
         self.clock = clock
@@ -112,6 +114,8 @@ class SQLiteDatabase(SQLDatabase):
                 db.execute("ROLLBACK")
                 raise
             else:
+                committing = time.perf_counter()
                 db.execute("COMMIT")
+                self._count(time.perf_counter() - committing, commit=True)
             finally:
                 self._local.depth = 0
