@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from coordinator.store.rows import (
     CampaignRow,
+    LeaseRow,
     RoundRow,
     StoreActivity,
     SubmissionRow,
@@ -127,12 +128,26 @@ class CampaignStore(Protocol):
         tokens: int,
         delta: tuple[str, int] | None = None,
         moments: tuple[str, int] | None = None,
+        lease: tuple[str, int] | None = None,
     ) -> None:
         """Publish version `version` (with `delta`, the blob from the previous checkpoint to its own, and
         `moments`, the shared second moment its units start from) and
         close the round: all or nothing. The round's accepted submissions become applied and its pending
-        units cancelled; a round not open raises `StoreError`."""
+        units cancelled; a round not open raises `StoreError` (of two closing it at once, one wins). With
+        `lease` (holder, epoch), only while that lease on the campaign is live: otherwise `StoreError`."""
         ...
+
+    def claim_campaign(self, campaign_id: int, holder: str, ttl_s: float) -> int | None:
+        """Become, or stay, the one process that aggregates the campaign, for `ttl_s` from now: the term's
+        epoch (the same while renewed in time, one more after a lapse or a takeover), or None while another
+        holder's lease is live. Processes sharing a store must share a clock within a fraction of `ttl_s`."""
+        ...
+
+    def release_campaign(self, campaign_id: int, holder: str) -> None:
+        """End this holder's lease now, so that another process may claim the campaign at once."""
+        ...
+
+    def campaign_lease(self, campaign_id: int) -> LeaseRow | None: ...
 
 
 class WorkStore(Protocol):

@@ -13,6 +13,7 @@ from typing import Any
 
 __all__ = [
     "CampaignRow",
+    "LeaseRow",
     "RoundRow",
     "StoreActivity",
     "StoreError",
@@ -21,6 +22,16 @@ __all__ = [
     "VersionRow",
     "VolunteerRow",
 ]
+
+
+@dataclass(frozen=True)
+class LeaseRow:
+    """Who aggregates a campaign (a coordinator process's name), in which term, until when."""
+
+    campaign_id: int
+    holder: str
+    epoch: int
+    expires_at: float
 
 
 @dataclass(frozen=True)

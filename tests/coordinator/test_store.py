@@ -311,3 +311,71 @@ def test_a_malformed_postgresql_url_is_refused_without_quoting_it() -> None:
     with pytest.raises(StoreError, match="malformed") as caught:
         open_store("postgresql://cw:se%zzcret@127.0.0.1/cw", Path("/nonexistent"), clock=Clock())
     assert "se%zzcret" not in str(caught.value) and caught.value.__cause__ is None
+
+
+CLOSE = {"reason": "quorum", "version": 1, "checkpoint": ("sha1", 10), "state_sha": "state1", "updates": 0, "tokens": 0}
+
+
+def test_one_holder_at_a_time_leads_a_campaign_and_a_lapsed_lease_is_taken_over_in_a_new_term(
+    store: Store, clock: Clock
+) -> None:
+    campaign_id = store.create_campaign("c", {}, "data", "lead", ("sha0", 10, "state0"))
+    assert store.claim_campaign(campaign_id, "replica-a", ttl_s=10) == 1
+    assert store.claim_campaign(campaign_id, "replica-b", ttl_s=10) is None  # a's lease is live
+    clock.now += 9
+    assert store.claim_campaign(campaign_id, "replica-a", ttl_s=10) == 1  # renewed in time: the same term
+    clock.now += 9
+    assert store.claim_campaign(campaign_id, "replica-b", ttl_s=10) is None  # the renewal moved its end
+    clock.now += 2  # past it: a died or hung
+    assert store.claim_campaign(campaign_id, "replica-b", ttl_s=10) == 2
+    assert store.claim_campaign(campaign_id, "replica-a", ttl_s=10) is None  # a, back, can't take it again
+    lease = store.campaign_lease(campaign_id)
+    assert lease is not None and (lease.holder, lease.epoch, lease.expires_at) == ("replica-b", 2, clock.now + 10)
+    store.release_campaign(campaign_id, "replica-b")  # a clean shutdown hands over at once
+    assert store.claim_campaign(campaign_id, "replica-a", ttl_s=10) == 3
+
+
+def test_a_round_closes_only_under_a_live_lease_of_the_current_term(store: Store, clock: Clock) -> None:
+    campaign_id = store.create_campaign("c", {}, "data", "lead", ("sha0", 10, "state0"))
+    round_id = store.open_round(campaign_id, 1, 0, clock.now + 600, [unit("u1")])
+    assert store.claim_campaign(campaign_id, "replica-a", ttl_s=10) == 1
+    clock.now += 11
+    assert store.claim_campaign(campaign_id, "replica-b", ttl_s=10) == 2
+    with pytest.raises(StoreError, match="no longer holds"):
+        store.close_round(round_id, **CLOSE, lease=("replica-a", 1))  # type: ignore[arg-type]
+    assert store.round(round_id).status == "open" and len(store.versions(campaign_id)) == 1  # type: ignore[union-attr]
+    store.close_round(round_id, **CLOSE, lease=("replica-b", 2))  # type: ignore[arg-type]
+    assert [v.version for v in store.versions(campaign_id)] == [0, 1]
+
+
+def test_replicas_racing_for_a_campaign_or_a_rounds_close_on_postgresql_have_one_winner(
+    postgres_server: PostgresServer,
+) -> None:
+    url = postgres_server.create_database()
+    stores = [open_store(url, Path("/nonexistent"), clock=Clock()) for _ in range(6)]
+    try:
+        campaign_id = stores[0].create_campaign("c", {}, "data", "lead", ("sha0", 10, "state0"))
+        round_id = stores[0].open_round(campaign_id, 1, 0, 2e6, [unit("u1")])
+        start = threading.Barrier(len(stores))
+
+        def claim(i: int) -> int | None:
+            start.wait()
+            return stores[i].claim_campaign(campaign_id, f"replica-{i}", ttl_s=30)
+
+        def close(i: int) -> bool:
+            start.wait()
+            try:
+                stores[i].close_round(round_id, **CLOSE)  # type: ignore[arg-type]
+            except StoreError:
+                return False
+            return True
+
+        with ThreadPoolExecutor(len(stores)) as pool:
+            claims = list(pool.map(claim, range(len(stores))))
+            closes = list(pool.map(close, range(len(stores))))
+        assert sorted(claims, key=lambda epoch: epoch is None) == [1] + [None] * (len(stores) - 1)
+        assert closes.count(True) == 1
+        assert [v.version for v in stores[0].versions(campaign_id)] == [0, 1]
+    finally:
+        for opened in stores:
+            opened.close()

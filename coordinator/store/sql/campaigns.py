@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from coordinator.store.rows import CampaignRow, StoreError, VersionRow
+from coordinator.store.rows import CampaignRow, LeaseRow, StoreError, VersionRow
 from coordinator.store.sql.database import Row
 from coordinator.store.sql.work import SQLWork
 
@@ -136,6 +136,7 @@ class SQLCampaigns(SQLWork):
         tokens: int,
         delta: tuple[str, int] | None = None,
         moments: tuple[str, int] | None = None,
+        lease: tuple[str, int] | None = None,
     ) -> None:
         """Publish version `version` and close the round: all or nothing."""
         now = self.clock()
@@ -143,10 +144,22 @@ class SQLCampaigns(SQLWork):
             row = self.round(round_id)
             if row is None or row.status != "open":
                 raise StoreError(f"round {round_id} is not open")
-            self._execute(
-                "UPDATE rounds SET status = 'closed', closed_at = ?, close_reason = ? WHERE id = ?",
+            if lease is not None:
+                # Touching the lease row holds its lock to the commit: a takeover waits for this close.
+                held = self._execute(
+                    "UPDATE campaign_leases SET expires_at = expires_at "
+                    "WHERE campaign_id = ? AND holder = ? AND epoch = ? AND expires_at >= ?",
+                    (row.campaign_id, lease[0], lease[1], now),
+                )
+                if held != 1:
+                    raise StoreError(f"{lease[0]} no longer holds campaign {row.campaign_id}'s lease (term {lease[1]})")
+            # Conditional, so that of two transactions closing the round at once only one does.
+            closed = self._execute(
+                "UPDATE rounds SET status = 'closed', closed_at = ?, close_reason = ? WHERE id = ? AND status = 'open'",
                 (now, reason, round_id),
             )
+            if closed != 1:
+                raise StoreError(f"round {round_id} is not open")
             self._execute(
                 "INSERT INTO versions (campaign_id, version, checkpoint_sha, checkpoint_size, state_sha, round_id, "
                 "updates, tokens_total, created_at, delta_sha, delta_size, moments_sha, moments_size) VALUES "
@@ -175,6 +188,33 @@ class SQLCampaigns(SQLWork):
                 (version, tokens, row.campaign_id),
             )
             self.cancel_pending_units(round_id)
+
+    def claim_campaign(self, campaign_id: int, holder: str, ttl_s: float) -> int | None:
+        now = self.clock()
+        # One statement, so that claims racing from several processes serialize on the row.
+        with self.transaction():
+            row = self._one(
+                "INSERT INTO campaign_leases (campaign_id, holder, epoch, expires_at) VALUES (?, ?, 1, ?) "
+                "ON CONFLICT (campaign_id) DO UPDATE SET "
+                "epoch = CASE WHEN campaign_leases.holder = excluded.holder AND campaign_leases.expires_at >= ? "
+                "THEN campaign_leases.epoch ELSE campaign_leases.epoch + 1 END, "
+                "holder = excluded.holder, expires_at = excluded.expires_at "
+                "WHERE campaign_leases.holder = excluded.holder OR campaign_leases.expires_at < ? "
+                "RETURNING epoch",
+                (campaign_id, holder, now + ttl_s, now, now),
+            )
+        return int(row["epoch"]) if row else None
+
+    def release_campaign(self, campaign_id: int, holder: str) -> None:
+        with self.transaction():
+            self._execute(
+                "UPDATE campaign_leases SET expires_at = ? WHERE campaign_id = ? AND holder = ?",
+                (self.clock() - 1.0, campaign_id, holder),
+            )
+
+    def campaign_lease(self, campaign_id: int) -> LeaseRow | None:
+        row = self._one("SELECT * FROM campaign_leases WHERE campaign_id = ?", (campaign_id,))
+        return LeaseRow(**row) if row else None
 
 
 def _campaign(row: Row) -> CampaignRow:

@@ -7,7 +7,7 @@ wants it. Add a step at the end and never edit one that has shipped: databases o
 The steps are written in SQLite's words; `for_postgres` says the same in PostgreSQL's (an id is an
 identity column, a REAL is a double, an INTEGER a bigint). Step 4 → 5 copies a table to change a
 CHECK constraint, which PostgreSQL could do in place; PostgreSQL databases are born at this schema's
-version 7, so none ever copied rows through it.
+version 8, so none ever copied rows through it.
 """
 
 from __future__ import annotations
@@ -211,6 +211,16 @@ MIGRATIONS: list[str] = [
     ALTER TABLE versions ADD COLUMN moments_size INTEGER;
     ALTER TABLE submissions ADD COLUMN moments_sha TEXT;
     CREATE INDEX submissions_by_moments ON submissions (moments_sha);
+    """,
+    # 7 -> 8: which coordinator process aggregates a campaign, until when (the store's clock), and the
+    # term it is in: a lease a closing round checks, so that a replica that lost it can't publish
+    """
+    CREATE TABLE campaign_leases (
+        campaign_id INTEGER NOT NULL PRIMARY KEY REFERENCES campaigns(id),
+        holder TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        expires_at REAL NOT NULL
+    );
     """,
 ]
 
