@@ -18,7 +18,16 @@ from __future__ import annotations
 from coordinator.store.backends import open_blobs, open_store, url_problems
 from coordinator.store.blobs import BlobNotFound, Blobs, BlobStore, sha256_hex
 from coordinator.store.interface import CampaignStore, Store, SubmissionStore, TokenStore, VolunteerStore, WorkStore
-from coordinator.store.rows import CampaignRow, LeaseRow, RoundRow, StoreError, SubmissionRow, UnitRow, VersionRow, VolunteerRow
+from coordinator.store.rows import (
+    CampaignRow,
+    LeaseRow,
+    RoundRow,
+    StoreError,
+    SubmissionRow,
+    UnitRow,
+    VersionRow,
+    VolunteerRow,
+)
 from coordinator.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 __all__ = [
