@@ -206,6 +206,10 @@ class Ingest:
             replica = self.scheduler.replicate(unit)
             twin_id = replica.id if replica is not None else None
         twin_sub = s.live_submission(twin_id) if twin_id is not None else None
+        if twin_id is not None and twin_sub is None and not self._may_report(twin_id):
+            # Its twin was trained and its result rejected (a mismatch neither side won releases only the
+            # unit submitted last): nothing will come to compare with, and waiting would stall the round.
+            twin_id = None
         settled = twin_sub is not None and twin_sub.status != SubmissionStatus.PENDING_REPLICA
         if weak_fit and (twin_id is None or settled):  # no replica can settle it
             return self._reject(unit, volunteer_id, prepared, report, str(verdict.code), verdict.message)
@@ -245,6 +249,11 @@ class Ingest:
         elif candidate.evidence is None and s.wants_check(volunteer_id):
             return self._hold_for_check(unit, volunteer_id, prepared, report, candidate, staleness, weight)
         return self._accept(unit, volunteer_id, prepared, report, candidate, staleness, weight)
+
+    def _may_report(self, unit_id: str) -> bool:
+        """Whether a unit can still bring a result: it is waiting to be leased or being trained."""
+        unit = self.state.store.unit(unit_id)
+        return unit is not None and unit.state in (UnitState.PENDING, UnitState.LEASED)
 
     def _closed(self) -> Outcome:
         return Outcome(REJECTED, "campaign_closed", f"campaign {self.state.row.name} is no longer training")

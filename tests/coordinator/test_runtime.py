@@ -371,6 +371,30 @@ def test_replicated_units_are_compared_and_a_cheat_is_caught(service: Coordinato
     assert service.store.submission(unit_a.unit.id, a).status == "rejected"  # type: ignore[union-attr]
 
 
+def test_after_a_mismatch_neither_side_won_the_slice_trained_again_counts_instead_of_waiting_forever(
+    service: Coordinator,
+) -> None:
+    # An update ×1.5 beside its honest replica: the checks can't tell which is the honest one, so
+    # neither counts and the unit submitted last goes out again. Its twin was trained already: the
+    # next result for it has nothing to wait for (once, this left a round waiting for good).
+    spec = make_spec(validation={"replication_rate": 1.0}, rounds={"units_per_round": 2, "min_accepted": 2})
+    campaign_id = service.create_campaign(spec, owner="admin:1")
+    a, b, c = volunteers(service, 3)
+    unit_a, unit_b = lease(service, a), lease(service, b)
+    runtime = service.runtimes[campaign_id]
+    delta, report = train(service, unit_a)
+    runtime.submit(a, unit_a.unit.id, unit_a.lease_id, payload(service, unit_a, delta), report)
+    cheat = {n: t * 1.5 for n, t in delta.items()}
+    runtime.submit(b, unit_b.unit.id, unit_b.lease_id, payload(service, unit_b, cheat), report)
+    again = lease(service, c)
+    assert again.unit.id == unit_b.unit.id, "the slice should go out again"
+    delta, report = train(service, again)
+    outcome = runtime.submit(c, again.unit.id, again.lease_id, payload(service, again, delta), report)
+    assert outcome.status == "accepted", outcome.message
+    row = service.store.submission(again.unit.id, c)
+    assert row is not None and row.status == "accepted" and row.weight > 0  # counted, not held for a replica
+
+
 def test_replicas_that_agree_count_once(service: Coordinator) -> None:
     spec = make_spec(validation={"replication_rate": 1.0}, rounds={"units_per_round": 2, "min_accepted": 1})
     campaign_id = service.create_campaign(spec, owner="admin:1")
