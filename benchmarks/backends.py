@@ -28,7 +28,11 @@ from benchmarks.coordinator import Backend, run_cycles, run_ingestion_with_lag
 from benchmarks.report import machine_line, markdown_table, write_section
 from benchmarks.servers import PostgresServer, S3Server
 from coordinator.store import Blobs, Store, open_blobs, open_store
+from protocol.codecs import CodecConfig, encoded_size_bound
+from protocol.limits import MAX_UPDATE_BYTES
+from protocol.tensors import TensorSpec
 from training.data import ensure_default_dataset
+from training.model import build_model, preset
 
 __all__ = ["run_bench_backends"]
 
@@ -142,17 +146,18 @@ def run_bench_backends(args: argparse.Namespace) -> int:
     return 0
 
 
-# The `1b` estimate's givens: its parameters, the largest update a submit may carry, and how often a
-# volunteer is assumed to return a unit (not measured here: no GPU was lent to this work).
-PARAMS_1B = 1_093_224_448
-MAX_UPDATE_MB = 64 * 2**20 / 1e6
+# How often a volunteer is assumed to return a `1b` unit (not measured here: no GPU was lent to this work).
 UNIT_MINUTES = 30.0
 
 
 def _estimate(results: dict[str, dict[str, Any]]) -> str:
     """How many volunteers of the `1b` preset one coordinator serves, from this run's measured rates."""
-    int8_mb = PARAMS_1B * (1 + 4 / 256) / 1e6  # int8 values and one fp32 scale per 256-value block
-    shards = math.ceil(int8_mb / MAX_UPDATE_MB)
+    model = build_model(preset("1b"), device="meta")
+    params = sum(p.numel() for p in model.parameters())
+    specs = {name: TensorSpec(tuple(p.shape)) for name, p in model.named_parameters()}
+    int8_mb = encoded_size_bound(specs, CodecConfig("int8")) / 1e6  # the whole model's update
+    max_update_mb = MAX_UPDATE_BYTES / 1e6
+    shards = math.ceil(int8_mb / max_update_mb)
     update_mb = int8_mb / shards
     period_s = UNIT_MINUTES * 60
     lines = []
@@ -161,8 +166,8 @@ def _estimate(results: dict[str, dict[str, Any]]) -> str:
         by_cycles = results[name]["cycles"]["cycles_per_s"] * period_s
         lines.append(f"{label}: {by_ingest:,.0f} by ingestion, {by_cycles:,.0f} by lease + submit cycles")
     return (
-        f"**Estimate for the `1b` preset** ({PARAMS_1B / 1e9:.2f} B parameters), from this run's rates: an int8 update "
-        f"of the whole model is {int8_mb / 1e3:.2f} GB, more than a submit carries ({MAX_UPDATE_MB:.0f} MB), so a `1b` "
+        f"**Estimate for the `1b` preset** ({params / 1e9:.2f} B parameters), from this run's rates: an int8 update "
+        f"of the whole model is {int8_mb / 1e3:.2f} GB, more than a submit carries ({max_update_mb:.0f} MB), so a `1b` "
         f"campaign runs in {shards} shards and each unit returns {update_mb:.0f} MB. If a volunteer returns one unit "
         f"every {UNIT_MINUTES:.0f} minutes (an assumption: no GPU was measured here; the figures scale with it), one "
         "coordinator on this 2-core machine serves about " + "; ".join(lines) + " — ingestion is the bound. Not in "

@@ -27,23 +27,39 @@ def url_problems(database: str, blobs: str) -> list[str]:
     """What is wrong with a coordinator's --database and --blobs before anything is opened: an unknown
     kind of URL, or the `scale` extra missing for PostgreSQL or S3 (each a sentence an admin can act on)."""
     problems = []
-    if database.startswith(("postgresql://", "postgres://")):
-        if importlib.util.find_spec("psycopg") is None or importlib.util.find_spec("psycopg_pool") is None:
-            problems.append("--database postgresql://… needs psycopg: pip install 'commonweights[scale]'")
-    elif database not in ("", "sqlite://", "sqlite:") and not database.startswith("sqlite:///"):
-        problems.append(
-            f"--database {_scheme(database)}: give a postgresql://… or sqlite:///PATH URL (or nothing, for SQLite)"
-        )
-    if blobs.startswith("s3://"):
-        if len(blobs) <= len("s3://"):
-            problems.append("--blobs s3:// names no bucket: give s3://BUCKET/PREFIX")
-        elif importlib.util.find_spec("obstore") is None:
-            problems.append("--blobs s3://… needs obstore: pip install 'commonweights[scale]'")
-    elif blobs not in ("", "file://", "file:") and not blobs.startswith("file:///"):
-        problems.append(
-            f"--blobs {_scheme(blobs)}: give an s3://BUCKET/PREFIX or file:///PATH URL (or nothing, for a folder)"
-        )
+    kind = _database_kind(database)
+    if kind is None:
+        problems.append(_unknown_database(database))
+    elif kind == "postgresql" and (
+        importlib.util.find_spec("psycopg") is None or importlib.util.find_spec("psycopg_pool") is None
+    ):
+        problems.append("--database postgresql://… needs psycopg: pip install 'commonweights[scale]'")
+    kind = _blobs_kind(blobs)
+    if kind is None:
+        problems.append(_unknown_blobs(blobs))
+    elif kind == "s3" and len(blobs) <= len("s3://"):
+        problems.append("--blobs s3:// names no bucket: give s3://BUCKET/PREFIX")
+    elif kind == "s3" and importlib.util.find_spec("obstore") is None:
+        problems.append("--blobs s3://… needs obstore: pip install 'commonweights[scale]'")
     return problems
+
+
+def _database_kind(url: str) -> str | None:
+    """ "sqlite" (in the data dir), "sqlite-file", "postgresql", or None for a URL of no kind we open."""
+    if url in ("", "sqlite://", "sqlite:"):
+        return "sqlite"
+    if url.startswith("sqlite:///"):
+        return "sqlite-file"
+    return "postgresql" if url.startswith(("postgresql://", "postgres://")) else None
+
+
+def _blobs_kind(url: str) -> str | None:
+    """ "folder" (in the data dir), "folder-path", "s3", or None for a URL of no kind we open."""
+    if url in ("", "file://", "file:"):
+        return "folder"
+    if url.startswith("file:///"):
+        return "folder-path"
+    return "s3" if url.startswith("s3://") else None
 
 
 def _scheme(url: str) -> str:
@@ -52,29 +68,37 @@ def _scheme(url: str) -> str:
     return f"{scheme}://…" if sep else "(not a URL)"
 
 
+def _unknown_database(url: str) -> str:
+    return f"--database {_scheme(url)}: give a postgresql://… or sqlite:///PATH URL (or nothing, for SQLite)"
+
+
+def _unknown_blobs(url: str) -> str:
+    return f"--blobs {_scheme(url)}: give an s3://BUCKET/PREFIX or file:///PATH URL (or nothing, for a folder)"
+
+
 def open_store(url: str, data_dir: Path, *, clock: Callable[[], float]) -> Store:
     """ "" or sqlite:///PATH → SQLite (data_dir/coordinator.sqlite3 by default); postgresql://… → PostgreSQL."""
-    if url in ("", "sqlite://", "sqlite:"):
+    kind = _database_kind(url)
+    if kind == "sqlite":
         return SQLiteStore.open(data_dir / "coordinator.sqlite3", clock=clock)
-    if url.startswith("sqlite:///"):
+    if kind == "sqlite-file":
         return SQLiteStore.open(Path(url.removeprefix("sqlite://")), clock=clock)
-    if url.startswith(("postgresql://", "postgres://")):
+    if kind == "postgresql":
         from coordinator.store.postgresql import PostgresStore
 
         return PostgresStore.open(url, clock=clock)
-    raise StoreError(f"--database {_scheme(url)}: give a postgresql://… or sqlite:///PATH URL (or nothing, for SQLite)")
+    raise StoreError(_unknown_database(url))
 
 
 def open_blobs(url: str, data_dir: Path) -> Blobs:
     """ "" or file:///PATH → a folder (data_dir/blobs by default); s3://BUCKET/PREFIX → object storage."""
-    if url in ("", "file://", "file:"):
+    kind = _blobs_kind(url)
+    if kind == "folder":
         return BlobStore(data_dir / "blobs")
-    if url.startswith("file:///"):
+    if kind == "folder-path":
         return BlobStore(Path(url.removeprefix("file://")))
-    if url.startswith("s3://"):
+    if kind == "s3":
         from coordinator.store.s3 import S3Blobs
 
         return S3Blobs.open(url, cache=data_dir / "blob-cache")
-    raise StoreError(
-        f"--blobs {_scheme(url)}: give an s3://BUCKET/PREFIX or file:///PATH URL (or nothing, for a folder)"
-    )
+    raise StoreError(_unknown_blobs(url))
