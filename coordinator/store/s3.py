@@ -113,7 +113,8 @@ class S3Blobs:
     def local_copy(self, digest: str) -> Path:
         """Downloaded once into the cache (blobs never change under their name). A copy this process
         did not write is checked once (written without fsync, a power cut may have emptied it)."""
-        path = self.cache / digest[:2] / digest[2:] if check_digest(digest) else self.cache
+        check_digest(digest)
+        path = self.cache / digest[:2] / digest[2:]
         if digest in self._checked and path.is_file():
             return path
         if not (path.is_file() and sha256_hex(path.read_bytes()) == digest):
