@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PostgresServer", "S3Server", "free_port"]
+__all__ = ["LoadBalancer", "PostgresServer", "S3Server", "free_port"]
 
 START_TIMEOUT_S = 60.0
 ACCESS_KEY = "commonweights"
@@ -303,3 +303,70 @@ def _free_pair() -> int:
                     continue
             return port
     raise RuntimeError("no free pair of ports for SeaweedFS")
+
+
+# -- HAProxy -----------------------------------------------------------------------------------------
+
+DEPLOY_HAPROXY = Path(__file__).resolve().parent.parent / "deploy" / "haproxy.cfg"
+
+
+@dataclass
+class LoadBalancer:
+    """HAProxy with the repository's own configuration (deploy/haproxy.cfg), its frontend on a free
+    loopback port and its servers the given coordinators instead of the compose file's."""
+
+    port: int
+    config: Path
+    _process: subprocess.Popen[bytes]
+
+    @staticmethod
+    def unavailable() -> str | None:
+        if shutil.which("haproxy") is None:
+            return "HAProxy is not installed (Debian: apt-get install haproxy)"
+        return None
+
+    @staticmethod
+    def configuration(port: int, servers: dict[str, int]) -> str:
+        """deploy/haproxy.cfg, bound to 127.0.0.1:`port`, balancing `servers` (name -> loopback port)."""
+        lines = []
+        for line in DEPLOY_HAPROXY.read_text().splitlines():
+            stripped = line.strip()
+            if stripped.startswith("server ") or stripped.startswith("log stdout"):
+                continue  # the compose file's replicas; logs go to the process's output below
+            if stripped.startswith("resolvers ") or stripped.startswith("nameserver ") or stripped.startswith("hold "):
+                continue  # Docker's DNS: nothing to resolve on loopback
+            if stripped.startswith("bind "):
+                line = f"    bind 127.0.0.1:{port}"
+            if stripped.startswith("maxconn "):
+                line = "    maxconn 1000"  # a test's few sockets; 20000 needs more file descriptors than CI allows
+            line = line.replace(" resolvers docker", "").replace(" init-addr last,libc,none", "")
+            lines.append(line)
+        lines += [f"    server {name} 127.0.0.1:{server_port}" for name, server_port in servers.items()]
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    @contextlib.contextmanager
+    def start(cls, folder: Path, servers: dict[str, int]) -> Iterator[LoadBalancer]:
+        folder.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        config = folder / "haproxy.cfg"
+        config.write_text(cls.configuration(port, servers))
+        log = folder / "haproxy.log"
+        with log.open("ab") as out:
+            process = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT)
+        balancer = cls(port, config, process)
+        try:
+            _wait(lambda: _accepts(port), "HAProxy", process, log)
+            yield balancer
+        finally:
+            _stop(process)  # SIGTERM: at once (a soft stop would wait for every WebSocket to end)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _accepts(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False

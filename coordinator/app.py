@@ -22,12 +22,15 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from coordinator import events
 from coordinator.appkeys import EVENTS, METRICS, SERVICE, SOCKETS
 from coordinator.dashboard import add_dashboard
+from coordinator.forwarding import add_internal_routes
 from coordinator.gateway import add_gateway
 from coordinator.metrics import Metrics
 from coordinator.rest import add_routes
 from coordinator.service import Coordinator, CoordinatorConfig
+from coordinator.store import LeaseLost
 from protocol.errors import CloseCode, ErrorCode
 from protocol.messages import ErrorMessage, encode
 
@@ -79,11 +82,13 @@ def create_app(config: CoordinatorConfig) -> web.Application:
     app[SOCKETS] = set()
     app[EVENTS] = []
     app.cleanup_ctx.append(_service_context(config))
+    app.cleanup_ctx.append(_shared_events)
     app.cleanup_ctx.append(_background_tasks)
     app.on_shutdown.append(_close_sockets)
     add_gateway(app)
     add_routes(app)
     add_dashboard(app)
+    add_internal_routes(app)
     return app
 
 
@@ -97,12 +102,27 @@ def _service_context(config: CoordinatorConfig):  # type: ignore[no-untyped-def]
     return context
 
 
+async def _shared_events(app: web.Application) -> AsyncIterator[None]:
+    """Replicas share their dashboards' live events through the database (coordinator.events)."""
+    store = app[SERVICE].store
+    if app[SERVICE].cluster is None or not isinstance(store, events.Notifier):
+        yield
+        return
+    shared = events.SharedEvents(app, store)
+    shared.start()
+    app[events.SHARED] = shared
+    yield
+    shared.stop()
+
+
 async def _background_tasks(app: web.Application) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(_ticker(app)),
         asyncio.create_task(_evaluator(app)),
         asyncio.create_task(app[METRICS].watch_event_loop_lag()),
     ]
+    if app[SERVICE].cluster is not None:
+        tasks.append(asyncio.create_task(_leadership(app)))
     yield
     for task in tasks:
         task.cancel()
@@ -118,9 +138,25 @@ async def _ticker(app: web.Application) -> None:
         try:
             for runtime in list(service.runtimes.values()):
                 await service.workers.run_in_order(runtime.row.id, runtime.tick)
+        except LeaseLost as lost:  # another replica took the campaign over; the next leadership step drops it
+            log.info("%s", lost)
         except Exception:
             log.exception("tick failed")
         await asyncio.sleep(TICK_SECONDS)
+
+
+async def _leadership(app: web.Application) -> None:
+    """Renew the campaigns this replica leads, claim the ones nobody does (coordinator.replicas). On a
+    thread of its own, not the workers' pool: a renewal must not queue behind a burst of updates."""
+    cluster = app[SERVICE].cluster
+    assert cluster is not None
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(cluster.ttl_s / 3)
+        try:
+            await loop.run_in_executor(None, cluster.step)
+        except Exception:
+            log.exception("the leadership step failed")
 
 
 async def _evaluator(app: web.Application) -> None:
@@ -132,6 +168,8 @@ async def _evaluator(app: web.Application) -> None:
             await asyncio.sleep(TICK_SECONDS)
             continue
         campaign_id, version = service.eval_queue.pop(0)
+        if service.cluster is not None and campaign_id not in service.runtimes:
+            continue  # its leader measures it
         if service.evaluations.pending(campaign_id, version):
             service.eval_queue.append((campaign_id, version))  # volunteers are measuring it
             await asyncio.sleep(TICK_SECONDS)
@@ -146,10 +184,9 @@ async def _evaluator(app: web.Application) -> None:
                     continue
                 loss = await loop.run_in_executor(None, job)
                 await service.workers.run(service.store.set_holdout_loss, campaign_id, version, loss)
-            for queue in app[EVENTS]:
-                queue.put_nowait(
-                    {"type": "version", "campaign_id": campaign_id, "version": version, "holdout_loss": loss}
-                )
+            events.publish(
+                app, {"type": "version", "campaign_id": campaign_id, "version": version, "holdout_loss": loss}
+            )
         except Exception:
             log.exception("evaluating campaign %s version %s failed", campaign_id, version)
 

@@ -55,6 +55,23 @@ def add_coordinator(commands: Subparsers) -> None:
     )
     serve.add_argument("--public-url", default="", help="URL volunteers and browsers reach this server at")
     serve.add_argument(
+        "--replica-url",
+        default="",
+        metavar="URL",
+        help=(
+            "serve as one of several replicas sharing --database and --blobs: the http://HOST:PORT the other "
+            "replicas reach this one at (never exposed through the load balancer)"
+        ),
+    )
+    serve.add_argument("--replica-name", default="", metavar="NAME", help="this replica's name (default: HOST:PORT)")
+    serve.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="how long a campaign's leader may go silent before another replica takes it over (default: 10)",
+    )
+    serve.add_argument(
         "--heartbeat-interval",
         type=float,
         default=15.0,
@@ -181,6 +198,19 @@ def _run_serve(args: argparse.Namespace) -> int:
         print(f"commonweights coordinator serve: {problem}", file=sys.stderr)
     if url_problems(args.database, args.blobs):
         return 2
+    if args.replica_url and (not args.database or not args.blobs):
+        print(
+            "commonweights coordinator serve: --replica-url needs --database postgresql://… and --blobs s3://…, "
+            "which the replicas share",
+            file=sys.stderr,
+        )
+        return 2
+    if args.replica_url and not args.replica_url.startswith(("http://", "https://")):
+        print("commonweights coordinator serve: --replica-url wants http://HOST:PORT", file=sys.stderr)
+        return 2
+    if not 1.0 <= args.lease_ttl <= 600:
+        print("commonweights coordinator serve: --lease-ttl must be within 1 and 600 s", file=sys.stderr)
+        return 2
     if not 1.0 <= args.heartbeat_interval <= 3600:
         print("commonweights coordinator serve: --heartbeat-interval must be within 1 and 3600 s", file=sys.stderr)
         return 2
@@ -219,6 +249,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         blobs=args.blobs,
         datasets=datasets,
         public_url=public_url,
+        replica_url=args.replica_url,
+        replica_name=args.replica_name,
+        lease_ttl_s=args.lease_ttl,
         heartbeat_interval_s=args.heartbeat_interval,
         idle_timeout_s=args.idle_timeout,
         work_hold_s=args.work_hold,

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import threading
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from typing import Protocol, runtime_checkable
 
 from aiohttp import web
 
@@ -31,15 +34,20 @@ __all__ = [
     "HEARTBEAT_S",
     "MAX_SUBSCRIBERS",
     "QUEUE_SIZE",
+    "SHARED",
     "SNAPSHOTS",
     "STATS_INTERVAL_S",
+    "SharedEvents",
     "SharedSnapshots",
     "Subscription",
     "can_subscribe",
+    "deliver",
     "end_streams",
     "publish",
     "stream",
 ]
+
+log = logging.getLogger(__name__)
 
 MAX_SUBSCRIBERS = 100
 QUEUE_SIZE = 256
@@ -98,9 +106,79 @@ SNAPSHOTS = web.AppKey("event_snapshots", SharedSnapshots)
 
 
 def publish(app: web.Application, event: Event) -> None:
+    """Send `event` to every subscriber: on every replica, where replicas share the database (`SharedEvents`)."""
+    shared = app.get(SHARED)
+    if shared is not None and event.get("type") != SHUTDOWN:
+        shared.send(event)
+    else:
+        deliver(app, event)
+
+
+def deliver(app: web.Application, event: Event) -> None:
+    """Send `event` to this process's subscribers."""
     subscribers = app[EVENTS]
     for queue in list(subscribers):
         queue.put_nowait(event)
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """A store that can broadcast to every process using it (PostgreSQL's NOTIFY/LISTEN)."""
+
+    def notify(self, channel: str, payload: str) -> None: ...
+
+    def listen(self, channel: str, stop: threading.Event) -> Iterator[str]: ...
+
+
+class SharedEvents:
+    """Events for the subscribers of every replica: each is sent with NOTIFY, and each replica's listener
+    (one connection, one thread) delivers what it hears to its own subscribers, its own events included.
+    An event is small (a few fields), far under NOTIFY's 8000 bytes."""
+
+    CHANNEL = "commonweights_events"
+
+    def __init__(self, app: web.Application, notifier: Notifier) -> None:
+        self.app = app
+        self.notifier = notifier
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.listening = threading.Event()  # set once the listener has connected (tests wait for it)
+
+    def send(self, event: Event) -> None:
+        payload = json.dumps(event, separators=(",", ":"))
+        future = asyncio.get_running_loop().run_in_executor(None, self.notifier.notify, self.CHANNEL, payload)
+        future.add_done_callback(_log_failure)
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._listen, args=(loop,), name="cw-events", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        while not self._stop.is_set():
+            try:
+                heard = self.notifier.listen(self.CHANNEL, self._stop)
+                self.listening.set()
+                for payload in heard:
+                    event = json.loads(payload)
+                    if isinstance(event, dict):
+                        loop.call_soon_threadsafe(deliver, self.app, event)
+            except Exception:  # the connection dropped: listen again after a pause
+                log.warning("the shared event listener lost its connection; reconnecting", exc_info=True)
+                self._stop.wait(1.0)
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("an event could not be sent to the other replicas: %s", future.exception())
+
+
+SHARED = web.AppKey("shared_events", SharedEvents)
 
 
 def can_subscribe(app: web.Application) -> bool:

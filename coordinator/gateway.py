@@ -29,10 +29,12 @@ from coordinator.appkeys import METRICS, SERVICE, SOCKETS
 from coordinator.engine import Assignment, CampaignRuntime, Outcome, OutcomeStatus, SubmissionReport
 from coordinator.engine import NoWork as NoWorkAnswer
 from coordinator.evaluations import EvalLease
+from coordinator.forwarding import FORWARDER, Forwarder
 from coordinator.graphs import GraphBlob
 from coordinator.metrics import MALFORMED_FRAME, Metrics
+from coordinator.replicas import FollowerRuntime, LeaderUnavailable, Served
 from coordinator.service import Coordinator, UnsupportedCodec
-from coordinator.store import VolunteerRow
+from coordinator.store import LeaseLost, VolunteerRow
 from coordinator.store.blobs import BlobNotFound, sha256_hex
 from coordinator.volunteer_socket import VolunteerSocket
 from protocol.codecs import CODEC_NAMES
@@ -105,6 +107,11 @@ class Session:
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # a held request_work answers from its own task
     held: asyncio.Task[None] | None = None  # the request_work waiting for a campaign to open, if any
     campaigns: CampaignSignal | None = None
+    forwarder: Forwarder | None = None  # to the leaders of campaigns another replica leads
+
+    def leader(self) -> Forwarder:
+        assert self.forwarder is not None, "a follower campaign without replicas"
+        return self.forwarder
 
 
 class Sessions:
@@ -212,6 +219,7 @@ async def volunteer_socket(request: web.Request) -> web.StreamResponse:
         metrics,
         source=service.config.sources.source(request.remote, forwarded),
         campaigns=request.app[CAMPAIGN_SIGNAL],
+        forwarder=request.app.get(FORWARDER),
     )
     sockets = request.app[SOCKETS]
     sessions = request.app[SESSIONS]
@@ -499,6 +507,12 @@ async def _serve(session: Session) -> None:
                 await session.ws.close(code=1000, message=b"goodbye")
                 return
             await _dispatch(session, message)
+        except (LeaderUnavailable, LeaseLost) as moved:
+            # The campaign is changing hands between replicas: reconnect, and resend what wasn't acknowledged.
+            log.info("asking a volunteer to reconnect: %s", moved)
+            reason = "the campaign is moving to another coordinator replica; reconnect and resend"
+            await _fail(session, ProtocolError(ErrorCode.SERVER_SHUTTING_DOWN, reason), fatal=True)
+            return
         except ProtocolError as error:
             # Name the frame and the unit or blob it was about, so a client with several requests
             # outstanding knows which one failed.
@@ -552,9 +566,14 @@ async def _dispatch(session: Session, message: Message) -> None:
                 f"progress.steps_total: this unit's recipe has {runtime.spec.inner.steps} steps, and step "
                 f"({message.step}) may not exceed it; got steps_total {message.steps_total}",
             )
-        extended = await service.workers.run(
-            runtime.heartbeat, volunteer.id, message.unit_id, message.lease_id, step=message.step
-        )
+        if isinstance(runtime, FollowerRuntime):
+            extended = await session.leader().heartbeat(
+                runtime, volunteer.id, message.unit_id, message.lease_id, message.step
+            )
+        else:
+            extended = await service.workers.run(
+                runtime.heartbeat, volunteer.id, message.unit_id, message.lease_id, step=message.step
+            )
         if isinstance(extended, tuple):
             raise ProtocolError(ErrorCode(extended[0]), extended[1])
         await _send(
@@ -565,9 +584,12 @@ async def _dispatch(session: Session, message: Message) -> None:
         await _submit(session, message)
     elif isinstance(message, Abandon):
         runtime = await _runtime_for_unit(service, message.unit_id)
-        await service.workers.run_in_order(
-            runtime.row.id, runtime.abandon, volunteer.id, message.unit_id, message.lease_id
-        )
+        if isinstance(runtime, FollowerRuntime):
+            await session.leader().abandon(runtime, volunteer.id, message.unit_id, message.lease_id)
+        else:
+            await service.workers.run_in_order(
+                runtime.row.id, runtime.abandon, volunteer.id, message.unit_id, message.lease_id
+            )
     else:
         raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"{type(message).__name__} is not expected here")
 
@@ -624,7 +646,8 @@ async def _assign_work(session: Session, message: RequestWork) -> Assignment | E
     forward = [kind for kind in session.unit_kinds if kind in FORWARD_KINDS]
     if forward:
         for runtime in candidates:
-            if not service.evaluations.offers(runtime.row.id, forward):
+            # Evaluations are the leader's: it opened them, and only it hears their reports.
+            if isinstance(runtime, FollowerRuntime) or not service.evaluations.offers(runtime.row.id, forward):
                 continue
             choice = await service.workers.run(service.evaluation_choice, runtime, session.runtimes)
             if isinstance(choice, NoWorkAnswer):
@@ -643,13 +666,16 @@ async def _assign_work(session: Session, message: RequestWork) -> Assignment | E
         if isinstance(choice, NoWorkAnswer):
             reasons.append(choice)
             continue
-        answer = await service.workers.commit_in_order(
-            runtime.row.id,
-            runtime.lease,
-            volunteer.id,
-            memory_bytes=session.memory_bytes,
-            trust=service.trust_of(volunteer),
-        )
+        if isinstance(runtime, FollowerRuntime):
+            answer = await session.leader().lease(runtime, volunteer.id, session.memory_bytes)
+        else:
+            answer = await service.workers.commit_in_order(
+                runtime.row.id,
+                runtime.lease,
+                volunteer.id,
+                memory_bytes=session.memory_bytes,
+                trust=service.trust_of(volunteer),
+            )
         if isinstance(answer, Assignment):
             if not choice.graphs:
                 return answer
@@ -666,7 +692,7 @@ def _ref_id(message: Message) -> str | None:
     return unit_id if isinstance(unit_id, str) else None
 
 
-async def _runtime_for_unit(service: Coordinator, unit_id: str) -> CampaignRuntime:
+async def _runtime_for_unit(service: Coordinator, unit_id: str) -> Served:
     runtime = await service.workers.run(service.runtime_for_unit, unit_id)
     if runtime is None:
         raise ProtocolError(ErrorCode.UNKNOWN_UNIT, f"no work unit {unit_id} in a running campaign")
@@ -700,21 +726,33 @@ async def _submit(session: Session, message: Submit) -> None:
             seconds=message.metrics.seconds,
             device=message.metrics.device,
         )
-        prepared = await service.workers.run(
-            runtime.prepare,
-            volunteer.id,
-            message.unit_id,
-            message.lease_id,
-            message.update,
-            sha256=digest,
-            moments=message.moments,
-        )
-        outcome = await service.workers.commit_in_order(
-            runtime.row.id, runtime.commit, volunteer.id, message.lease_id, prepared, report
-        )
-        if runtime.close_due is not None:
-            await service.workers.run_in_order(runtime.row.id, runtime.close_if_due)
+        outcome = await _judge(session, runtime, message, digest, report)
     await _send(session, _result(message.unit_id, message.lease_id, outcome))
+
+
+async def _judge(session: Session, runtime: Served, message: Submit, digest: str, report: SubmissionReport) -> Outcome:
+    """The verdict on an update, here where the campaign is led, or from its leader."""
+    service, volunteer = session.service, session.volunteer
+    assert volunteer is not None
+    if isinstance(runtime, FollowerRuntime):
+        return await session.leader().submit(
+            runtime, volunteer.id, message.unit_id, message.lease_id, message.update, digest, message.moments, report
+        )
+    prepared = await service.workers.run(
+        runtime.prepare,
+        volunteer.id,
+        message.unit_id,
+        message.lease_id,
+        message.update,
+        sha256=digest,
+        moments=message.moments,
+    )
+    outcome = await service.workers.commit_in_order(
+        runtime.row.id, runtime.commit, volunteer.id, message.lease_id, prepared, report
+    )
+    if runtime.close_due is not None:
+        await service.workers.run_in_order(runtime.row.id, runtime.close_if_due)
+    return outcome
 
 
 def _result(unit_id: str, lease_id: str, outcome: Outcome) -> Result:

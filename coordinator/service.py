@@ -14,6 +14,7 @@ import hashlib
 import logging
 import secrets
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from coordinator.engine import Assignment, CampaignRuntime, NoWork, initial_vers
 from coordinator.evaluations import EvaluationDesk
 from coordinator.exports import ExportShelf, TryIt
 from coordinator.graphs import GraphBlob, GraphBuilds, GraphPending
+from coordinator.replicas import Cluster, FollowerRuntime, Served
 from coordinator.sources import SourcePolicy
 from coordinator.store import Blobs, Store, VersionRow, VolunteerRow, open_blobs, open_store
 from coordinator.validation import TrustState
@@ -44,6 +46,9 @@ from training.model import build_model, parameter_groups
 __all__ = ["Coordinator", "CoordinatorConfig", "RuntimeChoice", "UnsupportedCodec", "hash_token"]
 
 log = logging.getLogger(__name__)
+
+
+ELSEWHERE = "every campaign training now is led by another coordinator replica"
 
 
 def hash_token(token: str) -> str:
@@ -65,6 +70,11 @@ class CoordinatorConfig:
     # How long volunteers that evaluate get to settle a new version's holdout loss (coordinator.evaluations).
     eval_grace_s: float = 60.0
     public_url: str = ""
+    # Where the other coordinator replicas sharing `database` reach this one (http://HOST:PORT); "" for
+    # the one coordinator of its store. Needs PostgreSQL and an object store (coordinator.replicas).
+    replica_url: str = ""
+    replica_name: str = ""  # this replica's name among them; "" for the replica URL's host:port
+    lease_ttl_s: float = 10.0  # how long a campaign's leader may go silent before another takes over
     sources: SourcePolicy = field(default_factory=SourcePolicy)  # how a connection's network prefix is told
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)  # limits per source
 
@@ -104,7 +114,10 @@ class Coordinator:
         self.store = store
         self.blobs = blobs
         self.clock = clock
-        self.runtimes: dict[int, CampaignRuntime] = {}
+        self.runtimes: dict[int, CampaignRuntime] = {}  # the campaigns this process aggregates
+        self.followed: dict[int, FollowerRuntime] = {}  # the ones another replica leads
+        self.cluster: Cluster | None = None
+        self.work_dir = config.data_dir / "aggregation"
         self.eval_queue: list[tuple[int, int]] = []  # (campaign id, version) awaiting holdout loss
         self.version_listeners: list[Callable[[int, VersionRow], None]] = []
         # Called, from any thread, when a campaign starts or resumes training (volunteers waiting for one).
@@ -126,15 +139,21 @@ class Coordinator:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         store = open_store(config.database, config.data_dir, clock=clock)
         try:
-            store.serve_exclusively()
+            if not config.replica_url:
+                store.serve_exclusively()
             blobs = open_blobs(config.blobs, config.data_dir)
         except BaseException:
             store.close()
             raise
         service = cls(config, store, blobs, clock=clock)
         service.admin_token = service._admin_token()
+        if config.replica_url:
+            name = config.replica_name or urllib.parse.urlsplit(config.replica_url).netloc
+            service.cluster = Cluster(service, name=name, url=config.replica_url, ttl_s=config.lease_ttl_s)
+            service.cluster.step()  # lead what nobody leads, follow the rest; evaluations queue as it loads
+            return service
         for row in store.campaigns(("active", "paused")):
-            service._load_runtime(row.id)
+            service.load_runtime(row.id)
         for row in store.campaigns():
             for version in store.versions(row.id):
                 if version.holdout_loss is None:
@@ -146,6 +165,8 @@ class Coordinator:
         self.exports.close()
         self.try_it.close()
         self.workers.shutdown()
+        if self.cluster is not None:
+            self.cluster.release_all()
         self.store.close()
 
     def _admin_token(self) -> str:
@@ -167,9 +188,10 @@ class Coordinator:
         self.store.add_api_token(hash_token(token), "admin", "admin (data_dir/admin_token)")
         return token
 
-    def _load_runtime(self, campaign_id: int) -> CampaignRuntime:
+    def load_runtime(self, campaign_id: int, *, lease: tuple[str, int] | None = None) -> CampaignRuntime:
+        """Start aggregating a campaign here (under `lease`, the term of a replica that leads it)."""
         runtime = CampaignRuntime.load(
-            self.store, self.blobs, campaign_id, clock=self.clock, work_dir=self.config.data_dir / "aggregation"
+            self.store, self.blobs, campaign_id, lease=lease, clock=self.clock, work_dir=self.work_dir
         )
         runtime.on_version = self._version_published
         runtime.state.checks = self.evaluations.farm(runtime)
@@ -242,12 +264,16 @@ class Coordinator:
         """Store a prepared campaign and start serving it."""
         version0 = (self.blobs.put(prepared.weights), len(prepared.weights), self.blobs.put(prepared.state))
         campaign_id = self.store.create_campaign(spec.name, spec.to_dict(), str(prepared.dataset_path), owner, version0)
-        self._load_runtime(campaign_id)
-        self.eval_queue.append((campaign_id, 0))
-        self._campaign_opened()
+        if self.cluster is not None:
+            self.cluster.adopt(campaign_id)
+        else:
+            self.load_runtime(campaign_id)
+            self.eval_queue.append((campaign_id, 0))
+            self.campaign_opened()
         return campaign_id
 
-    def _campaign_opened(self) -> None:
+    def campaign_opened(self) -> None:
+        """Wake the volunteers waiting for a campaign to train."""
         for listener in self.campaign_listeners:
             listener()
 
@@ -286,8 +312,13 @@ class Coordinator:
             runtime.refresh()
             if status == "stopped":
                 del self.runtimes[campaign_id]
+        follower = self.followed.get(campaign_id)
+        if follower is not None:
+            follower.refresh()
+            if status == "stopped":
+                del self.followed[campaign_id]
         if status == "active":
-            self._campaign_opened()
+            self.campaign_opened()
 
     # volunteers ------------------------------------------------------------------------------
 
@@ -343,20 +374,22 @@ class Coordinator:
             return candidates
         reasons = []
         for runtime in candidates:
+            if not isinstance(runtime, CampaignRuntime):
+                continue  # led by another replica: the gateway forwards its leases
             answer = runtime.lease(volunteer.id, memory_bytes=memory_bytes, trust=self.trust_of(volunteer))
             if isinstance(answer, Assignment):
                 return answer
             reasons.append(answer)
-        return min(reasons, key=lambda r: r.retry_after_s)
+        return min(reasons, key=lambda r: r.retry_after_s, default=NoWork(ELSEWHERE, retry_after_s=5))
 
     def work_candidates(
         self, *, preferred: str | None = None, codecs: tuple[str, ...] | None = None
-    ) -> list[CampaignRuntime] | NoWork:
+    ) -> list[Served] | NoWork:
         """The active campaigns to ask for a unit, the preferred one first.
 
         Raises `UnsupportedCodec` when campaigns are running but none uses a codec the volunteer offered.
         """
-        candidates = [r for r in list(self.runtimes.values()) if r.refresh().status == "active"]
+        candidates = [r for r in self.campaigns() if r.refresh().status == "active"]
         if preferred:
             candidates.sort(key=lambda r: r.row.name != preferred and str(r.row.id) != preferred)
         if not candidates:
@@ -369,7 +402,7 @@ class Coordinator:
             candidates = usable
         return candidates
 
-    def runtime_choice(self, campaign: CampaignRuntime, runtimes: tuple[str, ...]) -> RuntimeChoice | NoWork:
+    def runtime_choice(self, campaign: Served, runtimes: tuple[str, ...]) -> RuntimeChoice | NoWork:
         """The first of the volunteer's `runtimes` (its order of preference) this coordinator can serve
         `campaign`'s training units with now. onnxruntime needs every shard's step graph built; asking
         starts the builds."""
@@ -377,7 +410,7 @@ class Coordinator:
             campaign, runtimes, lambda: [self.graphs.step_graph(campaign.model_config, s) for s in campaign.shards]
         )
 
-    def evaluation_choice(self, campaign: CampaignRuntime, runtimes: tuple[str, ...]) -> RuntimeChoice | NoWork:
+    def evaluation_choice(self, campaign: Served, runtimes: tuple[str, ...]) -> RuntimeChoice | NoWork:
         """As `runtime_choice`, for an evaluate unit: onnxruntime needs the model's loss graph."""
         return self._choice(
             campaign, runtimes, lambda: [self.graphs.loss_graph(campaign.model_config, list(campaign.shapes))]
@@ -385,7 +418,7 @@ class Coordinator:
 
     @staticmethod
     def _choice(
-        campaign: CampaignRuntime, runtimes: tuple[str, ...], graphs: Callable[[], list[GraphBlob | GraphPending]]
+        campaign: Served, runtimes: tuple[str, ...], graphs: Callable[[], list[GraphBlob | GraphPending]]
     ) -> RuntimeChoice | NoWork:
         waiting: list[str] = []
         failed = True
@@ -408,10 +441,17 @@ class Coordinator:
     def trust_of(volunteer: VolunteerRow) -> TrustState:
         return TrustState(volunteer.consecutive_valid, volunteer.errors)
 
-    def runtime_for_unit(self, unit_id: str) -> CampaignRuntime | None:
+    def runtime_for_unit(self, unit_id: str) -> Served | None:
         """The running campaign a unit belongs to (None for an unknown unit or a stopped campaign)."""
         unit = self.store.unit(unit_id)
-        return self.runtimes.get(unit.campaign_id) if unit else None
+        if unit is None:
+            return None
+        return self.runtimes.get(unit.campaign_id) or self.followed.get(unit.campaign_id)
+
+    def campaigns(self) -> list[Served]:
+        """Every campaign served, led here or by another replica, by id."""
+        both: dict[int, Served] = {**self.followed, **self.runtimes}
+        return [both[campaign_id] for campaign_id in sorted(both)]
 
     def volunteer_may_read(self, volunteer_id: str, digest: str) -> bool:
         """Blobs a volunteer may download: published checkpoints and their deltas, ONNX graphs and its own

@@ -147,6 +147,7 @@ class Aggregator:
                 tokens=current.tokens,
                 delta=(delta_sha, len(delta)),
                 moments=moments,
+                lease=s.lease,
             )
             s.counters.round_seconds.append(s.clock() - current.row.opened_at)
             s.round = None

@@ -25,7 +25,7 @@ from coordinator.engine.scheduler import LEASE_EXPIRED_MESSAGE, Scheduler
 from coordinator.engine.state import CampaignState
 from coordinator.engine.states import CloseReason, OutcomeStatus, SubmissionStatus, UnitState
 from coordinator.store import SubmissionRow, UnitRow
-from coordinator.store.blobs import sha256_hex
+from coordinator.store.blobs import BlobNotFound, sha256_hex
 from coordinator.validation import Candidate, Verdict, compare_replicas, global_norm
 from coordinator.validation.direction import cosine_similarity
 from coordinator.validation.evidence import DESCENT_STEP
@@ -107,14 +107,44 @@ class Ingest:
         """
         s = self.state
         sha = sha256 or sha256_hex(payload)
+        unit, holds = self._holding(volunteer_id, unit_id, lease_id)
+        if unit is None or not holds:
+            return PreparedUpdate(unit, sha, len(payload))
+        s.blobs.put(payload, digest=sha)  # durable before any row points at it
+        return self._decoded(unit, sha, payload, moments, stored=False)
+
+    def prepare_stored(
+        self, volunteer_id: str, unit_id: str, lease_id: str, sha256: str, size: int, *, moments_sha: str | None = None
+    ) -> PreparedUpdate:
+        """As `prepare`, for an update another replica received and already made durable: the blob
+        `sha256` (and the moments frame sent with it, `moments_sha`). The bytes are read back and checked
+        against their digests here, so a replica's word is not taken for them."""
+        s = self.state
+        unit, holds = self._holding(volunteer_id, unit_id, lease_id)
+        if unit is None or not holds:
+            return PreparedUpdate(unit, sha256, size)
+        payload = s.blobs.get(sha256)
+        moments = s.blobs.get(moments_sha) if moments_sha else b""
+        if sha256_hex(payload) != sha256 or (moments_sha and sha256_hex(moments) != moments_sha):
+            raise BlobNotFound(f"blob {sha256} (or its moments frame) does not hold what its name promises")
+        s.counters.bytes_in += len(payload)
+        return self._decoded(unit, sha256, payload, moments, stored=True)
+
+    def _holding(self, volunteer_id: str, unit_id: str, lease_id: str) -> tuple[UnitRow | None, bool]:
+        """The campaign's unit (None if it has none so named), and whether this submission may still
+        count: it comes under the unit's current lease, and this volunteer sent no update for it yet.
+        Only such a submission's bytes are stored and decoded; the others are judged without them."""
+        s = self.state
         unit = s.store.unit(unit_id)
         if unit is None or unit.campaign_id != s.row.id:
-            return PreparedUpdate(None, sha, len(payload))
+            return None, False
         holds = unit.state == UnitState.LEASED and unit.lease_id == lease_id and unit.volunteer_id == volunteer_id
-        if not holds or s.store.submission(unit_id, volunteer_id) is not None:
-            return PreparedUpdate(unit, sha, len(payload))
-        s.counters.bytes_in += len(payload)
-        s.blobs.put(payload, digest=sha)  # durable before any row points at it
+        return unit, holds and s.store.submission(unit_id, volunteer_id) is None
+
+    def _decoded(self, unit: UnitRow, sha: str, payload: bytes, moments: bytes, *, stored: bool) -> PreparedUpdate:
+        s = self.state
+        if not stored:
+            s.counters.bytes_in += len(payload)
         try:
             delta = s.decode(payload, unit.shard)
         except CodecError as error:
@@ -125,7 +155,7 @@ class Ingest:
                 decode_moments(moments, {n: s.shapes[n] for n in unit.shard}, most=moment_bound(s.spec.inner.grad_clip))
             except CodecError as error:
                 return PreparedUpdate(unit, sha, len(payload), error=error, error_in_moments=True)
-            moments_sha = s.blobs.put(moments)
+            moments_sha = sha256_hex(moments) if stored else s.blobs.put(moments)
         return PreparedUpdate(unit, sha, len(payload), delta, global_norm(delta), moments_sha=moments_sha)
 
     def commit(self, volunteer_id: str, lease_id: str, prepared: PreparedUpdate, report: SubmissionReport) -> Outcome:

@@ -9,13 +9,19 @@ The flow of an update: `prepare` (any thread: blob written, tensors decoded) →
 campaign's lane: lease and staleness rules, validation, durable verdict, accumulation) → at quorum
 `close_if_due` (the outer step; θ_{v+1} published). `submit` runs all three, for callers without
 a lane.
+
+Where several coordinator replicas share the store, only the campaign's leader runs its runtime, under
+the campaign lease it holds (`lease`): each change then happens in a transaction that first checks
+that lease and holds it until the commit (`Store.hold_campaign`), so a leader that lost its term
+(paused past it, cut off) changes nothing: it gets `LeaseLost` and is dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +72,23 @@ class CampaignRuntime:
         self.on_version: Callable[[CampaignRuntime, VersionRow], None] | None = None
 
     @classmethod
-    def load(cls, store: Store, blobs: Blobs, campaign_id: int, **kwargs: Any) -> CampaignRuntime:
+    def load(
+        cls, store: Store, blobs: Blobs, campaign_id: int, *, lease: tuple[str, int] | None = None, **kwargs: Any
+    ) -> CampaignRuntime:
+        """The campaign's runtime, its state rebuilt from the store (under `lease`, where replicas share it)."""
+        runtime = cls.view(store, blobs, campaign_id, **kwargs)
+        runtime.state.lease = lease
+        runtime.restore()
+        return runtime
+
+    @classmethod
+    def view(cls, store: Store, blobs: Blobs, campaign_id: int, **kwargs: Any) -> CampaignRuntime:
+        """The campaign's description (spec, model, shards) without its state: what a replica that
+        forwards the campaign's work to its leader reads. Only `load` gives a runtime that may change it."""
         row = store.campaign(campaign_id)
         if row is None:
             raise KeyError(f"no campaign {campaign_id}")
-        runtime = cls(store, blobs, row, TokenDataset.open(Path(row.dataset_path)), **kwargs)
-        runtime.restore()
-        return runtime
+        return cls(store, blobs, row, TokenDataset.open(Path(row.dataset_path)), **kwargs)
 
     # what callers read ----------------------------------------------------------------------------
 
@@ -129,15 +145,18 @@ class CampaignRuntime:
     # work ------------------------------------------------------------------------------------------
 
     def lease(self, volunteer_id: str, *, memory_bytes: int, trust: TrustState | None = None) -> Assignment | NoWork:
-        return self.scheduler.lease(volunteer_id, memory_bytes=memory_bytes, trust=trust)
+        with self._as_leader():
+            return self.scheduler.lease(volunteer_id, memory_bytes=memory_bytes, trust=trust)
 
     def heartbeat(
         self, volunteer_id: str, unit_id: str, lease_id: str, *, step: int | None = None
     ) -> float | tuple[str, str]:
-        return self.scheduler.heartbeat(volunteer_id, unit_id, lease_id, step=step)
+        with self._as_leader():
+            return self.scheduler.heartbeat(volunteer_id, unit_id, lease_id, step=step)
 
     def abandon(self, volunteer_id: str, unit_id: str, lease_id: str) -> None:
-        self.scheduler.abandon(volunteer_id, unit_id, lease_id)
+        with self._as_leader():
+            self.scheduler.abandon(volunteer_id, unit_id, lease_id)
 
     # updates ----------------------------------------------------------------------------------------
 
@@ -169,16 +188,27 @@ class CampaignRuntime:
     ) -> PreparedUpdate:
         return self.ingest.prepare(volunteer_id, unit_id, lease_id, payload, sha256=sha256, moments=moments)
 
+    def prepare_stored(
+        self, volunteer_id: str, unit_id: str, lease_id: str, sha256: str, size: int, *, moments_sha: str | None = None
+    ) -> PreparedUpdate:
+        """`prepare`, for an update another replica stored (`Ingest.prepare_stored`)."""
+        return self.ingest.prepare_stored(volunteer_id, unit_id, lease_id, sha256, size, moments_sha=moments_sha)
+
     def commit(self, volunteer_id: str, lease_id: str, prepared: PreparedUpdate, report: SubmissionReport) -> Outcome:
-        return self.ingest.commit(volunteer_id, lease_id, prepared, report)
+        with self._as_leader():
+            return self.ingest.commit(volunteer_id, lease_id, prepared, report)
 
     # rounds -----------------------------------------------------------------------------------------
 
     def close_if_due(self) -> VersionRow | None:
-        return self._published(self.aggregator.close_if_due())
+        if self.state.close_due is None:
+            return None
+        with self._as_leader():
+            return self._published(self.aggregator.close_if_due())
 
     def close_round(self, reason: str) -> VersionRow:
-        version = self._published(self.aggregator.close_round(reason))
+        with self._as_leader():
+            version = self._published(self.aggregator.close_round(reason))
         assert version is not None
         return version
 
@@ -186,12 +216,24 @@ class CampaignRuntime:
         """Periodic work: a quorum's close, expired leases, updates whose holdout check is settled, a
         round whose deadline passed, the space of long-rejected updates."""
         self.close_if_due()
-        with self.state.lock:
+        with self._as_leader(), self.state.lock:  # the lease's row lock before the campaign's, always
             self.scheduler.expire_leases()
             self.ingest.settle_checks()
             self.close_if_due()
             self._published(self.aggregator.close_at_deadline())
             self.ingest.purge_rejected()
+
+    @contextlib.contextmanager
+    def _as_leader(self) -> Iterator[None]:
+        """A transaction that is this process's only while it holds the campaign's lease (`LeaseLost` if it
+        doesn't); nothing to check for the one coordinator of a store."""
+        lease = self.state.lease
+        if lease is None:
+            yield
+            return
+        with self.state.store.transaction():
+            self.state.store.hold_campaign(self.row.id, *lease)
+            yield
 
     def _published(self, version: VersionRow | None) -> VersionRow | None:
         """Tell listeners about a new version, and open the next round."""

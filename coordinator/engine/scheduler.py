@@ -270,13 +270,20 @@ class Scheduler:
         deadline = now + s.spec.rounds.lease_s
         s.store.lease(unit.id, volunteer_id, lease_id, deadline)
         s.counters.leased += 1
-        leased = s.store.unit(unit.id)
+        return self.assignment(unit.id, lease_id, deadline)
+
+    def assignment(self, unit_id: str, lease_id: str, deadline: float) -> Assignment:
+        """What a volunteer is told about a unit it was granted (from the store alone: a replica that
+        forwarded the lease to the campaign's leader describes the unit itself)."""
+        s = self.state
+        unit = s.store.unit(unit_id)
+        assert unit is not None
         version = s.store.version(s.row.id, unit.version)
-        assert leased is not None and version is not None
+        assert version is not None
         shapes = {n: s.shapes[n] for n in unit.shard}
         specs = {n: TensorSpec(shape) for n, shape in shapes.items()}
         return Assignment(
-            unit=leased,
+            unit=unit,
             lease_id=lease_id,
             lease_deadline=deadline,
             campaign=s.row,

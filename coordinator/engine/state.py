@@ -116,6 +116,9 @@ class CampaignState:
         self.round: RoundState | None = None
         self.version_row: VersionRow | None = None
         self.close_due: CloseReason | None = None  # why the open round should close, once a commit decided it
+        # (holder, epoch) of the campaign lease this process aggregates under, when replicas share the store:
+        # every change is made in a transaction that checks it (`CampaignRuntime`), so a stale leader can't.
+        self.lease: tuple[str, int] | None = None
         self.on_version: Callable[[CampaignRuntime, VersionRow], None] | None = None
         self._probe: LossProbe | None = None
         self._thetas: dict[int, dict[str, torch.Tensor]] = {}  # older versions' weights, for late updates

@@ -20,7 +20,9 @@ from coordinator.store.blobs import BlobNotFound, Blobs, BlobStore, sha256_hex
 from coordinator.store.interface import CampaignStore, Store, SubmissionStore, TokenStore, VolunteerStore, WorkStore
 from coordinator.store.rows import (
     CampaignRow,
+    LeaseLost,
     LeaseRow,
+    ReplicaRow,
     RoundRow,
     StoreError,
     SubmissionRow,
@@ -37,7 +39,9 @@ __all__ = [
     "Blobs",
     "CampaignRow",
     "CampaignStore",
+    "LeaseLost",
     "LeaseRow",
+    "ReplicaRow",
     "RoundRow",
     "SQLiteStore",
     "Store",

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 from coordinator.store.rows import (
     CampaignRow,
     LeaseRow,
+    ReplicaRow,
     RoundRow,
     StoreActivity,
     SubmissionRow,
@@ -147,7 +148,27 @@ class CampaignStore(Protocol):
         """End this holder's lease now, so that another process may claim the campaign at once."""
         ...
 
+    def hold_campaign(self, campaign_id: int, holder: str, epoch: int) -> None:
+        """Check that `holder` still holds the campaign's lease in term `epoch` and keep a takeover waiting
+        until the enclosing transaction ends: work done in that transaction is the leader's. `LeaseLost`
+        otherwise."""
+        ...
+
     def campaign_lease(self, campaign_id: int) -> LeaseRow | None: ...
+
+    def campaign_leases(self) -> list[LeaseRow]: ...
+
+    def register_replica(self, name: str, url: str, token_hash: str) -> None:
+        """Say that replica `name` is reached at `url` and proves itself with the token hashed as `token_hash`."""
+        ...
+
+    def touch_replica(self, name: str) -> None:
+        """Note that replica `name` is alive now."""
+        ...
+
+    def replica(self, name: str) -> ReplicaRow | None: ...
+
+    def replicas(self) -> list[ReplicaRow]: ...
 
 
 class WorkStore(Protocol):

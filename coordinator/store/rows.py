@@ -13,7 +13,9 @@ from typing import Any
 
 __all__ = [
     "CampaignRow",
+    "LeaseLost",
     "LeaseRow",
+    "ReplicaRow",
     "RoundRow",
     "StoreActivity",
     "StoreError",
@@ -35,6 +37,17 @@ class LeaseRow:
 
 
 @dataclass(frozen=True)
+class ReplicaRow:
+    """A coordinator process sharing the database: its name, the URL the others reach it at, the hash of
+    its token, when it last said it was alive (the store's clock)."""
+
+    name: str
+    url: str
+    token_hash: str
+    seen_at: float
+
+
+@dataclass(frozen=True)
 class StoreActivity:
     """What a store has done since it opened: statements run, seconds they took (waiting for the
     database included), transactions committed; and which database it is ("sqlite", "postgresql")."""
@@ -49,6 +62,13 @@ class StoreError(RuntimeError):
     """A write the store refused (a duplicate name, a unit no longer pending, a round already closed)."""
 
     code = "store_error"
+
+
+class LeaseLost(StoreError):
+    """A campaign's work was refused because the process doing it no longer holds the campaign's lease
+    (another replica took it over): its state of the campaign is stale."""
+
+    code = "lease_lost"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import pytest
 
 from benchmarks.servers import PostgresServer, S3Server
 
-__all__ = ["SCALE", "Backend", "backend", "postgres_server", "s3_server"]
+__all__ = ["BUCKET", "SCALE", "Backend", "backend", "postgres_server", "s3_server"]
 
 SCALE = "postgresql+s3"
 BUCKET = "commonweights-tests"

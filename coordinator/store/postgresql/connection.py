@@ -25,6 +25,7 @@ from coordinator.store.sql.schema import for_postgres
 
 try:
     import psycopg
+    import psycopg.sql
     from psycopg.rows import dict_row
     from psycopg_pool import ConnectionPool
 except ImportError as error:  # pragma: no cover - the `scale` extra is missing
@@ -146,6 +147,21 @@ class PostgresDatabase(SQLDatabase):
             finally:
                 self._local.connection = None
             self._count(time.perf_counter() - committing, commit=True)
+
+    def notify(self, channel: str, payload: str) -> None:
+        """Send `payload` to every connection listening on `channel` (PostgreSQL's NOTIFY, at most 8000 bytes)."""
+        self._execute("SELECT pg_notify(?, ?)", (channel, payload))
+
+    def listen(self, channel: str, stop: threading.Event) -> Iterator[str]:
+        """What NOTIFY sends on `channel` from now on, as it comes, until `stop` is set; on a connection of
+        its own (a listening connection can't go back to the pool). A lost connection raises."""
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as connection:
+            connection.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
+            while not stop.is_set():
+                for note in connection.notifies(timeout=1.0):
+                    yield note.payload
+                    if stop.is_set():
+                        return
 
 
 def _placeholders(sql: str) -> str:

@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from coordinator.store.rows import CampaignRow, LeaseRow, StoreError, VersionRow
+from coordinator.store.rows import CampaignRow, LeaseLost, LeaseRow, ReplicaRow, StoreError, VersionRow
 from coordinator.store.sql.database import Row
 from coordinator.store.sql.work import SQLWork
 
@@ -152,7 +152,7 @@ class SQLCampaigns(SQLWork):
                     (row.campaign_id, lease[0], lease[1], now),
                 )
                 if held != 1:
-                    raise StoreError(f"{lease[0]} no longer holds campaign {row.campaign_id}'s lease (term {lease[1]})")
+                    raise LeaseLost(f"{lease[0]} no longer holds campaign {row.campaign_id}'s lease (term {lease[1]})")
             # Conditional, so that of two transactions closing the round at once only one does.
             closed = self._execute(
                 "UPDATE rounds SET status = 'closed', closed_at = ?, close_reason = ? WHERE id = ? AND status = 'open'",
@@ -212,9 +212,42 @@ class SQLCampaigns(SQLWork):
                 (self.clock() - 1.0, campaign_id, holder),
             )
 
+    def hold_campaign(self, campaign_id: int, holder: str, epoch: int) -> None:
+        with self.transaction():
+            # Touching the row locks it until the enclosing transaction commits: a takeover's claim waits.
+            held = self._execute(
+                "UPDATE campaign_leases SET expires_at = expires_at "
+                "WHERE campaign_id = ? AND holder = ? AND epoch = ? AND expires_at >= ?",
+                (campaign_id, holder, epoch, self.clock()),
+            )
+        if held != 1:
+            raise LeaseLost(f"{holder} no longer holds campaign {campaign_id}'s lease (term {epoch})")
+
     def campaign_lease(self, campaign_id: int) -> LeaseRow | None:
         row = self._one("SELECT * FROM campaign_leases WHERE campaign_id = ?", (campaign_id,))
         return LeaseRow(**row) if row else None
+
+    def campaign_leases(self) -> list[LeaseRow]:
+        return [LeaseRow(**row) for row in self._all("SELECT * FROM campaign_leases ORDER BY campaign_id", ())]
+
+    def register_replica(self, name: str, url: str, token_hash: str) -> None:
+        with self.transaction():
+            self._execute(
+                "INSERT INTO replicas (name, url, token_hash, seen_at) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO "
+                "UPDATE SET url = excluded.url, token_hash = excluded.token_hash, seen_at = excluded.seen_at",
+                (name, url, token_hash, self.clock()),
+            )
+
+    def touch_replica(self, name: str) -> None:
+        with self.transaction():
+            self._execute("UPDATE replicas SET seen_at = ? WHERE name = ?", (self.clock(), name))
+
+    def replica(self, name: str) -> ReplicaRow | None:
+        row = self._one("SELECT * FROM replicas WHERE name = ?", (name,))
+        return ReplicaRow(**row) if row else None
+
+    def replicas(self) -> list[ReplicaRow]:
+        return [ReplicaRow(**row) for row in self._all("SELECT * FROM replicas ORDER BY name", ())]
 
 
 def _campaign(row: Row) -> CampaignRow:

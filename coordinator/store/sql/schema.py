@@ -222,6 +222,16 @@ MIGRATIONS: list[str] = [
         expires_at REAL NOT NULL
     );
     """,
+    # 8 -> 9: the coordinator replicas sharing the database: where each is reached by the others, and the
+    # hash of the token it proves itself with when another forwards a campaign's work to it
+    """
+    CREATE TABLE replicas (
+        name TEXT NOT NULL PRIMARY KEY,
+        url TEXT NOT NULL,
+        token_hash TEXT NOT NULL,
+        seen_at REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
