@@ -6,6 +6,7 @@ Cheap to import: each handler imports its benchmark (and torch, the server, Qt) 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -286,12 +287,28 @@ def add_bench_coordinator(commands: Subparsers) -> None:
             "and on a PostgreSQL + S3 (SeaweedFS) the bench starts on loopback, and each store operation's cost"
         ),
     )
+    parser.add_argument(
+        "--replicas",
+        default="",
+        metavar="N,N,…",
+        help=(
+            "replica counts, e.g. 1,2,3: cycles and ingestion through HAProxy onto that many coordinator replicas "
+            "over one PostgreSQL + S3 (all started on loopback), the scaling ratio and the CPU of each part"
+        ),
+    )
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--json", type=Path, default=None, metavar="FILE")
     parser.set_defaults(handler=_run_bench_coordinator)
 
 
 def _run_bench_coordinator(args: argparse.Namespace) -> int:
+    if args.replicas:
+        if not all(part.strip().isdigit() and int(part) >= 1 for part in args.replicas.split(",")):
+            print(f"bench coordinator: --replicas wants counts like 1,2,3, got {args.replicas!r}", file=sys.stderr)
+            return 2
+        from benchmarks.replicas import run_bench_replicas
+
+        return run_bench_replicas(args)
     if args.backend == "postgresql":
         from benchmarks.backends import run_bench_backends
 

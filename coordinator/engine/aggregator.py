@@ -91,6 +91,10 @@ class Aggregator:
                 s.round.accepted += 1
                 s.round.tokens += sub.tokens
             s.cohort.record(s.candidate(unit, delta, sub.losses, sub.tokens))
+        if s.round.accepted >= s.spec.rounds.min_accepted:
+            # The quorum was reached before the restart (or the takeover) but the round not closed: the
+            # next tick closes it, rather than its deadline.
+            s.close_due = CloseReason.QUORUM
 
     def close_if_due(self) -> VersionRow | None:
         """Close the round if a commit reached its quorum. Apart from the commits, because a close is

@@ -561,3 +561,26 @@ def test_lossy_deltas_keep_the_exact_weights_across_a_restart(
     assert all(torch.equal(restarted.params[n], exact[n]) for n in exact)
     assert all(torch.equal(restarted.published[n], published[n]) for n in exact)
     reopened.close()
+
+
+def test_a_round_at_quorum_when_the_coordinator_died_closes_at_the_first_tick_after_the_restart(
+    tmp_path: Path, small_dataset: Path, backend: Backend
+) -> None:
+    config = config_for(backend, tmp_path / "coordinator", small_dataset)
+    service = Coordinator.open(config, clock=Clock())
+    campaign_id = service.create_campaign(make_spec(), owner="test")
+    runtime = service.runtimes[campaign_id]
+    for volunteer_id in volunteers(service, 2):
+        unit = lease(service, volunteer_id)
+        delta, report = train(service, unit)
+        prepared = runtime.prepare(volunteer_id, unit.unit.id, unit.lease_id, payload(service, unit, delta))
+        assert runtime.commit(volunteer_id, unit.lease_id, prepared, report).status.value == "accepted"
+    service.close()  # both acked, the round not yet closed: as if the process died before its close
+    again = Coordinator.open(config, clock=Clock())
+    try:
+        restored = again.runtimes[campaign_id]
+        assert restored.close_due == "quorum"  # not left for the round's deadline, ten minutes away
+        restored.tick()
+        assert [v.version for v in again.store.versions(campaign_id)] == [0, 1]
+    finally:
+        again.close()

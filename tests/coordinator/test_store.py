@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from benchmarks.servers import PostgresServer
-from coordinator.store import SCHEMA_VERSION, SQLiteStore, Store, StoreError, open_store
+from coordinator.store import SCHEMA_VERSION, LeaseLost, SQLiteStore, Store, StoreError, open_store
 from coordinator.store.sqlite import MIGRATIONS
 from tests.support.backends import Backend
 
@@ -379,3 +379,65 @@ def test_replicas_racing_for_a_campaign_or_a_rounds_close_on_postgresql_have_one
     finally:
         for opened in stores:
             opened.close()
+
+
+def test_work_under_a_lease_is_refused_once_the_term_is_over(store: Store, clock: Clock) -> None:
+    campaign_id = store.create_campaign("c", {}, "data", "lead", ("sha0", 10, "state0"))
+    assert store.claim_campaign(campaign_id, "replica-a", ttl_s=10) == 1
+    store.hold_campaign(campaign_id, "replica-a", 1)  # a's term: its work may go on
+    with pytest.raises(LeaseLost, match="replica-b no longer holds"):
+        store.hold_campaign(campaign_id, "replica-b", 1)
+    with pytest.raises(LeaseLost):
+        store.hold_campaign(campaign_id, "replica-a", 2)  # a term it never had
+    clock.now += 11  # lapsed: even before anyone takes over, a's work is refused
+    with pytest.raises(LeaseLost):
+        store.hold_campaign(campaign_id, "replica-a", 1)
+    assert store.claim_campaign(campaign_id, "replica-b", ttl_s=10) == 2
+    store.hold_campaign(campaign_id, "replica-b", 2)
+
+
+def test_replicas_register_where_they_are_reached_and_their_token_hash(store: Store, clock: Clock) -> None:
+    store.register_replica("c1", "http://10.0.0.1:8470", "hash-1")
+    store.register_replica("c2", "http://10.0.0.2:8470", "hash-2")
+    clock.now += 5
+    store.register_replica("c1", "http://10.0.0.9:8470", "hash-9")  # restarted elsewhere, with a new token
+    store.touch_replica("c2")
+    assert [(r.name, r.url, r.token_hash, r.seen_at) for r in store.replicas()] == [
+        ("c1", "http://10.0.0.9:8470", "hash-9", clock.now),
+        ("c2", "http://10.0.0.2:8470", "hash-2", clock.now),
+    ]
+    assert store.replica("c3") is None
+
+
+def test_a_takeover_on_postgresql_waits_for_the_leaders_transaction_to_end(postgres_server: PostgresServer) -> None:
+    """The leader's check holds the lease row to its commit: a replica claiming the campaign the moment
+    the term ends waits, and then sees everything that transaction wrote."""
+    url = postgres_server.create_database()
+    clock = Clock()
+    leader, successor = (open_store(url, Path("/nonexistent"), clock=clock) for _ in range(2))
+    try:
+        campaign_id = leader.create_campaign("c", {}, "data", "lead", ("sha0", 10, "state0"))
+        assert leader.claim_campaign(campaign_id, "leader", ttl_s=10) == 1
+        claimed: list[int | None] = []
+        inside = threading.Event()
+
+        def take_over() -> None:
+            inside.wait()
+            claimed.append(successor.claim_campaign(campaign_id, "successor", ttl_s=10))
+
+        thread = threading.Thread(target=take_over)
+        thread.start()
+        with leader.transaction():
+            leader.hold_campaign(campaign_id, "leader", 1)
+            clock.now += 11  # the term ends while the leader's transaction is still open
+            inside.set()
+            thread.join(timeout=1.0)
+            assert thread.is_alive(), "the claim went through while the leader's transaction held the lease"
+            leader.set_campaign_status(campaign_id, "paused")
+        thread.join(timeout=30)
+        assert claimed == [2]
+        row = successor.campaign(campaign_id)
+        assert row is not None and row.status == "paused"  # what the leader committed, seen by its successor
+    finally:
+        leader.close()
+        successor.close()

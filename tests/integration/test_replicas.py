@@ -8,8 +8,10 @@ and finishes it, no acknowledged update is lost, and the history replays to ever
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -99,6 +101,9 @@ def test_replicas_survive_a_follower_and_then_the_leader_killed_with_sigkill(
     spec["token_budget"] = 8 * 2 * 3 * 2 * 32  # eight rounds of two units
     campaign_id: int = api.post_campaign(spec)["id"]
     leader = poll(lambda: _leader(record, campaign_id), timeout=30, what="a replica to lead the campaign")
+    follower, bystander = (name for name in replicas.running if name != leader)
+    # A dashboard on a replica that doesn't lead the campaign hears the versions its leader publishes.
+    heard = _EventLog(f"{replicas.running[bystander].base}/api/events")
     through_balancer = LocalCoordinator(first.process, balancer.base, first.token, first.data_dir)
     volunteers = Volunteers(tmp_path / "volunteers", through_balancer)
     try:
@@ -106,8 +111,8 @@ def test_replicas_survive_a_follower_and_then_the_leader_killed_with_sigkill(
             volunteers.start(name)
         poll(lambda: _accepted(record, campaign_id) >= 2, timeout=180, what="accepted updates")
 
+        poll(lambda: "event: version" in heard.text, timeout=120, what="a version event on another replica")
         # A follower dies: its volunteers reconnect elsewhere; the leader, untouched, goes on.
-        follower = next(name for name in replicas.running if name != leader)
         replicas.kill(follower)
         before = _accepted(record, campaign_id)
         poll(lambda: _accepted(record, campaign_id) >= before + 2, timeout=180, what="updates after a follower died")
@@ -123,7 +128,7 @@ def test_replicas_survive_a_follower_and_then_the_leader_killed_with_sigkill(
             what="another replica to take the campaign over",
         )
         took_over_s = time.monotonic() - killed_at
-        assert successor in replicas.running
+        assert successor == bystander
         assert _term(record, campaign_id) > term
         assert took_over_s < LEASE_TTL_S + 2 * LEASE_TTL_S / 3 + 5, f"the takeover took {took_over_s:.1f} s"
         poll(
@@ -156,6 +161,20 @@ def test_the_load_balancer_keeps_replica_routes_private(cluster: tuple[Replicas,
     with pytest.raises(urllib.error.HTTPError) as unauthorized:
         urllib.request.urlopen(request, timeout=10)
     assert unauthorized.value.code == 401
+
+
+class _EventLog:
+    """An open Server-Sent Events stream, read into `text` by a thread until the server ends it."""
+
+    def __init__(self, url: str) -> None:
+        self.text = ""
+        self._response = urllib.request.urlopen(url, timeout=600)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            for line in self._response:
+                self.text += line.decode(errors="replace")
 
 
 def _healthy_through(balancer: LoadBalancer) -> bool:
