@@ -42,6 +42,7 @@ def replicas(
     count: int, dataset: Path, work: Path, database: str, blobs: str
 ) -> Iterator[tuple[list[LocalCoordinator], LoadBalancer]]:
     started: list[LocalCoordinator] = []
+    work.mkdir(parents=True, exist_ok=True)
     try:
         for _ in range(count):
             port = free_port()
@@ -210,6 +211,9 @@ def _analysis(results: dict[str, list[dict[str, float]]]) -> str:
     total_cpu = sum(
         most[k] for k in ("cpu_leader_pct", "cpu_followers_pct", "cpu_postgresql_pct", "cpu_s3_pct", "cpu_bench_pct")
     )
+    cycles_cpu = sum(
+        cyc[-1][k] for k in ("cpu_leader_pct", "cpu_followers_pct", "cpu_postgresql_pct", "cpu_s3_pct", "cpu_bench_pct")
+    )
     # Per stored update, what each part costs (CPU seconds per MB), measured in the run with the most replicas.
     mb = most["mb_per_s"] * most["wall_s"]
     per_mb = {
@@ -230,7 +234,10 @@ def _analysis(results: dict[str, list[dict[str, float]]]) -> str:
         f"with {int(most['replicas'])} replicas: the leader {1000 * per_mb['leader']:.1f} ms of CPU (decode, "
         f"validation, accumulation: one process per campaign by design), the followers "
         f"{1000 * per_mb['followers']:.1f} ms (receiving, hashing and storing the bytes, forwarding), SeaweedFS "
-        f"{1000 * per_mb['s3']:.1f} ms.\n\n"
+        f"{1000 * per_mb['s3']:.1f} ms. Cycles are bound otherwise: every lease and verdict of the campaign runs "
+        f"in its leader's ordered lane, one after another, each a few PostgreSQL round trips (the processes used "
+        f"{cycles_cpu:.0f} % of a core with {int(cyc[-1]['replicas'])} replicas, so the cores were not full); a "
+        "follower adds a forward's round trip to each, which is why cycles slow slightly as replicas are added.\n\n"
         "Estimate for N replicas on machines of their own (not measured: one machine here): the followers' "
         "share (receiving, hashing, storing, and the downloads of checkpoints and deltas, which any replica "
         "serves) divides by N, while each campaign's verdicts and aggregation stay on its leader. At the measured "
