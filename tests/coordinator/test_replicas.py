@@ -5,16 +5,16 @@ behind HAProxy: tests/integration/test_replicas.py.)"""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from benchmarks.servers import PostgresServer, S3Server
-from coordinator.engine import Assignment
+from coordinator.engine import Assignment, CampaignRuntime, SubmissionReport
 from coordinator.replicas import FollowerRuntime
 from coordinator.service import Coordinator, CoordinatorConfig
-from coordinator.store import LeaseLost
+from coordinator.store import LeaseLost, VolunteerRow
 from tests.coordinator.test_runtime import Clock, make_spec
 from tests.support.backends import BUCKET
 from tests.support.inprocess_volunteer import payload, train
@@ -33,35 +33,35 @@ def clock() -> Clock:
     return Clock()
 
 
+OpenReplica = Callable[[str], Coordinator]
+
+
 @pytest.fixture
-def open_replica(
-    shared: tuple[str, str], tmp_path: Path, small_dataset: Path, clock: Clock
-) -> Iterator[type[Coordinator]]:
+def open_replica(shared: tuple[str, str], tmp_path: Path, small_dataset: Path, clock: Clock) -> Iterator[OpenReplica]:
+    """Opens replica NAME of the shared store (each with its own data dir); closes them all at the end."""
     opened: list[Coordinator] = []
 
-    class Replica(Coordinator):
-        @classmethod
-        def named(cls, name: str) -> Coordinator:
-            config = CoordinatorConfig(
-                data_dir=tmp_path / name,
-                database=shared[0],
-                blobs=shared[1],
-                datasets={"small": small_dataset},
-                replica_url=f"http://{name}.invalid:8470",
-                replica_name=name,
-                lease_ttl_s=TTL_S,
-            )
-            service = Coordinator.open(config, clock=clock)
-            opened.append(service)
-            return service
+    def named(name: str) -> Coordinator:
+        config = CoordinatorConfig(
+            data_dir=tmp_path / name,
+            database=shared[0],
+            blobs=shared[1],
+            datasets={"small": small_dataset},
+            replica_url=f"http://{name}.invalid:8470",
+            replica_name=name,
+            lease_ttl_s=TTL_S,
+        )
+        service = Coordinator.open(config, clock=clock)
+        opened.append(service)
+        return service
 
-    yield Replica
+    yield named
     for service in opened:
         service.close()
 
 
-def test_the_replica_that_creates_a_campaign_leads_it_and_the_others_follow(open_replica: type) -> None:
-    a, b = open_replica.named("a"), open_replica.named("b")
+def test_the_replica_that_creates_a_campaign_leads_it_and_the_others_follow(open_replica: OpenReplica) -> None:
+    a, b = open_replica("a"), open_replica("b")
     campaign_id = a.create_campaign(make_spec(), owner="admin")
     assert a.cluster is not None and a.cluster.leads(campaign_id)
     b.cluster.step()
@@ -74,17 +74,11 @@ def test_the_replica_that_creates_a_campaign_leads_it_and_the_others_follow(open
 
 
 def test_a_leader_that_lost_its_term_changes_nothing_and_its_successor_takes_the_acked_updates_over(
-    open_replica: type, clock: Clock
+    open_replica: OpenReplica, clock: Clock
 ) -> None:
-    a, b = open_replica.named("a"), open_replica.named("b")
-    campaign_id = a.create_campaign(make_spec(), owner="admin")
-    b.cluster.step()
-    volunteer, _ = a.register_volunteer("v", {})
+    a, b, campaign_id = _two_replicas_and_a_campaign(open_replica)
     stale = a.runtimes[campaign_id]
-    unit = stale.lease(volunteer.id, memory_bytes=8 << 30)
-    assert isinstance(unit, Assignment)
-    delta, report = train(a, unit)
-    frame = payload(a, unit, delta)
+    volunteer, unit, frame, report = _trained_unit(a, stale)
     first = stale.submit(volunteer.id, unit.unit.id, unit.lease_id, frame, report)
     assert first.status.value == "accepted"
 
@@ -114,16 +108,12 @@ def test_a_leader_that_lost_its_term_changes_nothing_and_its_successor_takes_the
     assert b.store.version(campaign_id, 1).updates == 2  # type: ignore[union-attr]
 
 
-def test_an_update_stored_by_a_follower_is_judged_by_the_leader_from_the_object_store(open_replica: type) -> None:
-    a, b = open_replica.named("a"), open_replica.named("b")
-    campaign_id = a.create_campaign(make_spec(), owner="admin")
-    b.cluster.step()
-    volunteer, _ = a.register_volunteer("v", {})
+def test_an_update_stored_by_a_follower_is_judged_by_the_leader_from_the_object_store(
+    open_replica: OpenReplica,
+) -> None:
+    a, b, campaign_id = _two_replicas_and_a_campaign(open_replica)
     leader = a.runtimes[campaign_id]
-    unit = leader.lease(volunteer.id, memory_bytes=8 << 30)
-    assert isinstance(unit, Assignment)
-    delta, report = train(a, unit)
-    frame = payload(a, unit, delta)
+    volunteer, unit, frame, report = _trained_unit(a, leader)
     follower = b.followed[campaign_id]
     # The follower describes the unit as the leader granted it, from the store alone.
     described = follower.assignment(unit.unit.id, unit.lease_id, unit.lease_deadline)
@@ -139,3 +129,22 @@ def test_an_update_stored_by_a_follower_is_judged_by_the_leader_from_the_object_
     prepared = leader.prepare_stored(volunteer.id, unit.unit.id, unit.lease_id, digest, len(frame))
     outcome = leader.commit(volunteer.id, unit.lease_id, prepared, report)
     assert outcome.status.value == "accepted"
+
+
+def _two_replicas_and_a_campaign(open_replica: OpenReplica) -> tuple[Coordinator, Coordinator, int]:
+    """Replica a leads a new campaign; b follows it."""
+    a, b = open_replica("a"), open_replica("b")
+    campaign_id = a.create_campaign(make_spec(), owner="admin")
+    b.cluster.step()
+    return a, b, campaign_id
+
+
+def _trained_unit(
+    service: Coordinator, leader: CampaignRuntime
+) -> tuple[VolunteerRow, Assignment, bytes, SubmissionReport]:
+    """A new volunteer's leased unit, trained honestly: the volunteer, the unit, the update and its report."""
+    volunteer, _ = service.register_volunteer(f"v{uuid.uuid4().hex[:6]}", {})
+    unit = leader.lease(volunteer.id, memory_bytes=8 << 30)
+    assert isinstance(unit, Assignment)
+    delta, report = train(service, unit)
+    return volunteer, unit, payload(service, unit, delta), report
