@@ -194,10 +194,6 @@ def _run_serve(args: argparse.Namespace) -> int:
         return 2
     from coordinator.store import url_problems
 
-    for problem in url_problems(args.database, args.blobs):
-        print(f"commonweights coordinator serve: {problem}", file=sys.stderr)
-    if url_problems(args.database, args.blobs):
-        return 2
     if args.replica_url and (not args.database or not args.blobs):
         print(
             "commonweights coordinator serve: --replica-url needs --database postgresql://… and --blobs s3://…, "
@@ -207,6 +203,10 @@ def _run_serve(args: argparse.Namespace) -> int:
         return 2
     if args.replica_url and not args.replica_url.startswith(("http://", "https://")):
         print("commonweights coordinator serve: --replica-url wants http://HOST:PORT", file=sys.stderr)
+        return 2
+    for problem in url_problems(args.database, args.blobs):
+        print(f"commonweights coordinator serve: {problem}", file=sys.stderr)
+    if url_problems(args.database, args.blobs):
         return 2
     if not 1.0 <= args.lease_ttl <= 600:
         print("commonweights coordinator serve: --lease-ttl must be within 1 and 600 s", file=sys.stderr)

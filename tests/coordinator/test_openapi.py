@@ -24,7 +24,9 @@ from training.model import PRESETS
 from training.outer import OUTER_DEFAULTS
 
 SECTIONS = {"inner": InnerSettings, "outer": OuterSettings, "rounds": RoundSettings, "validation": ValidationSettings}
-NOT_API = {"/ws", "/static"}  # the volunteers' socket and the dashboard's assets
+# The volunteers' socket, the dashboard's assets, and the routes replicas forward to each other (not
+# reachable through the load balancer; documented in coordinator/forwarding.py).
+NOT_API = {"/ws", "/static", r"/internal/campaigns/{campaign_id}/{op}"}
 
 
 @pytest.fixture(scope="module")
