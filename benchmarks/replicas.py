@@ -31,6 +31,7 @@ from benchmarks.report import machine_line, markdown_table, write_section
 from benchmarks.servers import LoadBalancer, PostgresServer, S3Server, free_port
 from benchmarks.system import ingest, spec
 from coordinator.local import LocalCoordinator, start_coordinator, stop
+from coordinator.replicas import replica_of
 from coordinator.store import open_store
 from training.data import ensure_default_dataset
 
@@ -71,7 +72,7 @@ def _through(balancer: LoadBalancer, first: LocalCoordinator) -> LocalCoordinato
 def _leader_pid(database: str, work: Path, started: list[LocalCoordinator]) -> int:
     store = open_store(database, work, clock=time.time)
     try:
-        holders = {lease.holder for lease in store.campaign_leases() if lease.expires_at > time.time()}
+        holders = {replica_of(lease.holder) for lease in store.campaign_leases() if lease.expires_at > time.time()}
     finally:
         store.close()
     for replica in started:

@@ -48,7 +48,7 @@ __all__ = ["FORWARDER", "REPLICA_HEADER", "Forwarder", "add_internal_routes"]
 log = logging.getLogger(__name__)
 
 REPLICA_HEADER = "X-Commonweights-Replica"
-MAX_BODY = 64 * 1024  # every op's body is a handful of fields
+MAX_BODY = 512 * 1024  # a submit's losses (up to 10,000 steps) are the largest field: about 90 KB
 TIMEOUT_S = 60.0  # a submit waits for the leader's verdict, which may include a holdout check
 MSGPACK = "application/msgpack"
 
@@ -275,7 +275,7 @@ async def _internal(request: web.Request) -> web.Response:
     if runtime is None:
         raise web.HTTPConflict(text=f"replica {cluster.name} doesn't lead campaign {campaign_id}")
     try:
-        body = msgpack.unpackb(await request.content.read(MAX_BODY + 1), strict_map_key=True)
+        body = msgpack.unpackb(await request.read(), strict_map_key=True)  # the app's client_max_size bounds it
         if not isinstance(body, dict):
             raise BadBody("the body is not a map")
         answer = await op(service, runtime, body)

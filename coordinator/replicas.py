@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from coordinator.campaign import CampaignSpec
     from coordinator.service import Coordinator
 
-__all__ = ["LEASE_TTL_S", "Cluster", "FollowerRuntime", "LeaderUnavailable", "Served"]
+__all__ = ["LEASE_TTL_S", "Cluster", "FollowerRuntime", "LeaderUnavailable", "Served", "replica_of"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,11 @@ class FollowerRuntime:
 Served = CampaignRuntime | FollowerRuntime
 
 
+def replica_of(holder: str) -> str:
+    """The replica name in a lease holder (NAME#PROCESS)."""
+    return holder.rsplit("#", 1)[0]
+
+
 def hash_secret(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -127,13 +132,16 @@ class Cluster:
         self.url = url.rstrip("/")
         self.ttl_s = ttl_s
         self.token = "cw-replica-" + secrets.token_urlsafe(24)
+        # The lease holder: this process, not just the name, so that a replica restarted under the same name
+        # while the old process still runs (stalled, say) can never share a term with it.
+        self.holder = f"{name}#{secrets.token_hex(4)}"
         self._lock = threading.Lock()  # one step at a time (the background task, or a new campaign)
         store = service.store
         store.register_replica(name, self.url, hash_secret(self.token))
-        # A replica restarted under the same name starts new terms: what it led before restarts from the store.
+        # A replica restarted under the same name takes over what it led at once: it restarts from the store.
         for lease in store.campaign_leases():
-            if lease.holder == name:
-                store.release_campaign(lease.campaign_id, name)
+            if replica_of(lease.holder) == name:
+                store.release_campaign(lease.campaign_id, lease.holder)
 
     def leads(self, campaign_id: int) -> bool:
         return campaign_id in self.service.runtimes
@@ -147,9 +155,9 @@ class Cluster:
         """Where the campaign's leader is reached, as the store says now (None while nobody leads it)."""
         store = self.service.store
         lease = store.campaign_lease(campaign_id)
-        if lease is None or lease.holder == self.name:
+        if lease is None or lease.holder == self.holder:
             return None
-        replica = store.replica(lease.holder)
+        replica = store.replica(replica_of(lease.holder))
         return replica.url if replica else None
 
     def step(self) -> None:
@@ -160,10 +168,15 @@ class Cluster:
             rows = store.campaigns(("active", "paused"))
             live = {row.id for row in rows}
             for row in rows:
-                self._settle(row.id)
+                try:
+                    self._settle(row.id)
+                except Exception:  # one campaign's trouble (its dataset missing here, S3 down) is not the others'
+                    log.exception("replica %s could not take its part in campaign %d", self.name, row.id)
+                    if row.id not in service.runtimes:
+                        store.release_campaign(row.id, self.holder)  # let a replica that can lead it
             for campaign_id in list(service.runtimes):
                 if campaign_id not in live:
-                    store.release_campaign(campaign_id, self.name)
+                    store.release_campaign(campaign_id, self.holder)
                     service.runtimes.pop(campaign_id, None)
             for campaign_id in list(service.followed):
                 if campaign_id not in live:
@@ -177,31 +190,37 @@ class Cluster:
     def release_all(self) -> None:
         """On a clean shutdown: let other replicas take this one's campaigns over at once."""
         for campaign_id in list(self.service.runtimes):
-            self.service.store.release_campaign(campaign_id, self.name)
+            self.service.store.release_campaign(campaign_id, self.holder)
 
     def _settle(self, campaign_id: int) -> None:
-        service = self.service
-        epoch = service.store.claim_campaign(campaign_id, self.name, self.ttl_s)
+        service, store = self.service, self.service.store
+        # Read first: a claim on a lease another replica holds would wait for that leader's transaction.
+        lease = store.campaign_lease(campaign_id)
+        held_elsewhere = lease is not None and lease.holder != self.holder and lease.expires_at >= service.clock()
+        epoch = None if held_elsewhere else store.claim_campaign(campaign_id, self.holder, self.ttl_s)
         led = service.runtimes.get(campaign_id)
         if epoch is None:
-            if led is not None:
-                log.warning("replica %s lost the lease of campaign %d; it follows it now", self.name, campaign_id)
-                service.runtimes.pop(campaign_id, None)
-            if campaign_id not in service.followed:
+            if campaign_id not in service.followed:  # the view first, then the swap: never neither
                 view = CampaignRuntime.view(
-                    service.store, service.blobs, campaign_id, clock=service.clock, work_dir=service.work_dir
+                    store, service.blobs, campaign_id, clock=service.clock, work_dir=service.work_dir
                 )
                 service.followed[campaign_id] = FollowerRuntime(view)
                 service.campaign_opened()
+            if led is not None:
+                log.warning("replica %s lost the lease of campaign %d; it follows it now", self.name, campaign_id)
+                service.runtimes.pop(campaign_id, None)
             return
-        if led is not None and led.state.lease == (self.name, epoch):
+        if led is not None and led.state.lease == (self.holder, epoch):
             return
         log.info("replica %s leads campaign %d (term %d)", self.name, campaign_id, epoch)
-        service.followed.pop(campaign_id, None)
-        service.runtimes.pop(campaign_id, None)
         try:
-            service.load_runtime(campaign_id, lease=(self.name, epoch))
+            service.load_runtime(campaign_id, lease=(self.holder, epoch))  # replaces a stale runtime, if any
         except LeaseLost:  # taken over while it loaded
+            return
+        service.followed.pop(campaign_id, None)
+        if store.claim_campaign(campaign_id, self.holder, self.ttl_s) != epoch:  # renewed after a long restore
+            log.warning("replica %s lost campaign %d while restoring it", self.name, campaign_id)
+            service.runtimes.pop(campaign_id, None)
             return
         for version in service.store.versions(campaign_id):
             if version.holdout_loss is None and (campaign_id, version.version) not in service.eval_queue:

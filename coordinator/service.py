@@ -311,12 +311,12 @@ class Coordinator:
         if runtime is not None:
             runtime.refresh()
             if status == "stopped":
-                del self.runtimes[campaign_id]
+                self.runtimes.pop(campaign_id, None)
         follower = self.followed.get(campaign_id)
         if follower is not None:
             follower.refresh()
             if status == "stopped":
-                del self.followed[campaign_id]
+                self.followed.pop(campaign_id, None)
         if status == "active":
             self.campaign_opened()
 

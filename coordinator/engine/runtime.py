@@ -11,9 +11,10 @@ campaign's lane: lease and staleness rules, validation, durable verdict, accumul
 a lane.
 
 Where several coordinator replicas share the store, only the campaign's leader runs its runtime, under
-the campaign lease it holds (`lease`): each change then happens in a transaction that first checks
-that lease and holds it until the commit (`Store.hold_campaign`), so a leader that lost its term
-(paused past it, cut off) changes nothing: it gets `LeaseLost` and is dropped.
+the campaign lease it holds (`lease`): leases, heartbeats and verdicts happen in a transaction that
+first checks that lease and holds it until the commit (`Store.hold_campaign`), a round's close is
+checked by the store as it publishes, and a tick starts with the check; so a leader that lost its term
+(paused past it, cut off) gets `LeaseLost` and is dropped.
 """
 
 from __future__ import annotations
@@ -200,28 +201,32 @@ class CampaignRuntime:
 
     # rounds -----------------------------------------------------------------------------------------
 
+    # A close is heavy (the outer step, checkpoints stored): it runs in no held transaction, and the store
+    # checks the lease when it publishes (`close_round(lease=…)`), so a stale leader's close publishes nothing.
+
     def close_if_due(self) -> VersionRow | None:
-        if self.state.close_due is None:
-            return None
-        with self._as_leader():
-            return self._published(self.aggregator.close_if_due())
+        return self._published(self.aggregator.close_if_due())
 
     def close_round(self, reason: str) -> VersionRow:
-        with self._as_leader():
-            version = self._published(self.aggregator.close_round(reason))
+        version = self._published(self.aggregator.close_round(reason))
         assert version is not None
         return version
 
     def tick(self) -> None:
         """Periodic work: a quorum's close, expired leases, updates whose holdout check is settled, a
         round whose deadline passed, the space of long-rejected updates."""
+        self._check_term()  # each step below commits on its own; a leader out of its term does none
         self.close_if_due()
-        with self._as_leader(), self.state.lock:  # the lease's row lock before the campaign's, always
+        with self.state.lock:
             self.scheduler.expire_leases()
             self.ingest.settle_checks()
             self.close_if_due()
             self._published(self.aggregator.close_at_deadline())
             self.ingest.purge_rejected()
+
+    def _check_term(self) -> None:
+        if self.state.lease is not None:
+            self.state.store.hold_campaign(self.row.id, *self.state.lease)
 
     @contextlib.contextmanager
     def _as_leader(self) -> Iterator[None]:

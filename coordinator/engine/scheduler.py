@@ -374,7 +374,7 @@ class Scheduler:
                 s.store.release_unit(unit_id)
 
     def expire_leases(self) -> None:
-        for unit in self.state.store.expire_leases(self.state.clock()):
+        for unit in self.state.store.expire_leases(self.state.clock(), self.state.row.id):
             self._progress.pop(unit.lease_id or "", None)
         if len(self._progress) > 4 * self.state.spec.rounds.units_per_round + 64:
             live = {u.lease_id for u in self.state.store.units(self.state.row.id, (UnitState.LEASED,))}

@@ -250,8 +250,9 @@ class WorkStore(Protocol):
         """Push a live lease's deadline out (never in); False if the lease is no longer live."""
         ...
 
-    def expire_leases(self, now: float) -> list[UnitRow]:
-        """Return leased units whose deadline passed to 'pending' so they are issued again."""
+    def expire_leases(self, now: float, campaign_id: int) -> list[UnitRow]:
+        """Return the campaign's leased units whose deadline passed to 'pending' so they are issued again
+        (only its own: another campaign's leader, maybe another replica, expires its units)."""
         ...
 
 

@@ -42,7 +42,7 @@ def test_every_coordinator_in_the_compose_file_is_a_replica_haproxy_balances() -
 
 def test_the_load_balancer_refuses_replica_routes_and_checks_health() -> None:
     config = DEPLOY_HAPROXY.read_text()
-    assert re.search(r"http-request deny .*if \{ path_beg /internal/ \}", config)
+    assert re.search(r"http-request deny .*if \{ path,url_dec -m beg /internal/ \}", config)
     assert "option httpchk GET /api/health" in config
 
 

@@ -85,7 +85,7 @@ def test_a_leader_that_lost_its_term_changes_nothing_and_its_successor_takes_the
     # a hangs past its term; b claims the campaign in term 2 and rebuilds it from the store.
     clock.now += TTL_S + 1
     b.cluster.step()
-    assert b.cluster.leads(campaign_id) and b.runtimes[campaign_id].state.lease == ("b", 2)
+    assert b.cluster.leads(campaign_id) and b.runtimes[campaign_id].state.lease == (b.cluster.holder, 2)
     successor = b.runtimes[campaign_id]
     assert successor.round is not None and successor.round.accepted == 1  # the acked update, restored
 

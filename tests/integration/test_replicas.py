@@ -25,6 +25,7 @@ import pytest
 from benchmarks.servers import LoadBalancer, PostgresServer, S3Server
 from coordinator.client import CoordinatorClient
 from coordinator.local import LocalCoordinator, free_port, start_coordinator, stop
+from coordinator.replicas import replica_of
 from coordinator.store import Store, open_store
 from tests.integration.test_system import HEARTBEAT_S, Volunteers, campaign_spec, poll
 from tests.support.backends import BUCKET
@@ -187,7 +188,7 @@ def _healthy_through(balancer: LoadBalancer) -> bool:
 
 def _leader(record: Store, campaign_id: int) -> str | None:
     lease = record.campaign_lease(campaign_id)
-    return lease.holder if lease is not None and lease.expires_at >= time.time() else None
+    return replica_of(lease.holder) if lease is not None and lease.expires_at >= time.time() else None
 
 
 def _term(record: Store, campaign_id: int) -> int:

@@ -135,13 +135,17 @@ class SQLWork(SQLDatabase):
             )
         return changed == 1
 
-    def expire_leases(self, now: float) -> list[UnitRow]:
-        """Return leased units whose deadline passed to the pool (see `_RELEASED`) so they are issued again."""
+    def expire_leases(self, now: float, campaign_id: int) -> list[UnitRow]:
+        """Return the campaign's leased units whose deadline passed to the pool (see `_RELEASED`) so they are
+        issued again."""
         with self.transaction():
-            rows = self._all("SELECT * FROM units WHERE state = 'leased' AND lease_deadline < ?", (now,))
+            rows = self._all(
+                "SELECT * FROM units WHERE campaign_id = ? AND state = 'leased' AND lease_deadline < ?",
+                (campaign_id, now),
+            )
             self._execute(
-                f"UPDATE units SET {_RELEASED} WHERE state = 'leased' AND lease_deadline < ?",
-                (now,),
+                f"UPDATE units SET {_RELEASED} WHERE campaign_id = ? AND state = 'leased' AND lease_deadline < ?",
+                (campaign_id, now),
             )
         return [_unit(r) for r in rows]
 
