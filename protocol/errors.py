@@ -106,7 +106,10 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.BLOB_NOT_FOUND: "The coordinator has no blob with this sha256.",
     ErrorCode.BAD_RANGE: "The requested offset lies beyond the end of the blob.",
     ErrorCode.RATE_LIMITED: "Too many frames or requests; wait retry_after_s seconds before trying again.",
-    ErrorCode.SERVER_SHUTTING_DOWN: "The coordinator is shutting down; reconnect later with backoff.",
+    ErrorCode.SERVER_SHUTTING_DOWN: (
+        "The coordinator is shutting down, or the campaign is moving to another of its replicas; reconnect with "
+        "backoff."
+    ),
     ErrorCode.INTERNAL_ERROR: (
         "The coordinator failed while handling the frame; nothing was recorded, so retrying is safe."
     ),
