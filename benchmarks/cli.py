@@ -184,6 +184,33 @@ def _run_bench_overlap(args: argparse.Namespace) -> int:
     return run_bench_overlap(args)
 
 
+def add_bench_caps(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "caps",
+        help="the CPU-time cap: a training process's CPU share at each cap, held by the app's duty cycle",
+        description=(
+            "Run a real PyTorch training process uncapped and then at each cap for --seconds, held by the tray "
+            "app's duty cycle (SIGSTOP/SIGCONT each second), and read its CPU share from /proc. Target: within "
+            "±10 points of the cap. Linux. Writes docs/benchmarks.md."
+        ),
+    )
+    parser.add_argument("--caps", default="25,50,75", help="caps to measure, in percent (comma-separated)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long each cap is measured")
+    parser.add_argument("--warmup", type=float, default=8.0, help="seconds for the process to start training")
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE")
+    parser.set_defaults(handler=_run_bench_caps)
+
+
+def _run_bench_caps(args: argparse.Namespace) -> int:
+    if not all(part.strip().isdigit() and 1 <= int(part) <= 100 for part in args.caps.split(",")):
+        print(f"bench caps: --caps wants percentages from 1 to 100, like 25,50,75; got {args.caps!r}", file=sys.stderr)
+        return 2
+    from benchmarks.caps import run_bench_caps
+
+    return run_bench_caps(args)
+
+
 def add_bench_app(commands: Subparsers) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
         "app",

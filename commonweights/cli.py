@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     benchmarks_cli.add_bench_system(bench_commands)
     benchmarks_cli.add_bench_overlap(bench_commands)
     benchmarks_cli.add_bench_app(bench_commands)
+    benchmarks_cli.add_bench_caps(bench_commands)
     benchmarks_cli.add_bench_browser(bench_commands)
     benchmarks_cli.add_bench_installers(bench_commands)
     benchmarks_cli.add_bench_coordinator(bench_commands)

@@ -16,7 +16,9 @@ whether the GPU may be used. It does no I/O; time comes from a `Clock`, so tests
     'user active'
 
 Rules, first match wins: paused by the user; snoozed; outside the daily time windows; on battery;
-daily network cap used up; idle detection unavailable (manual mode: runs only after the user chose
+an exclusive program running (`Preferences.exclusive_programs`); too hot
+(`Preferences.pause_above_celsius`, with `PolicyTuning.heat_hysteresis_c`); daily network cap
+used up; idle detection unavailable (manual mode: runs only after the user chose
 Resume); user active or not yet idle long enough; other programs busy; otherwise RUN.
 
 Hysteresis: input suspends at the first poll that sees it, and since the idle counter restarts at
@@ -109,6 +111,11 @@ class Observation:
     network_mb_today: float | None = None
     idle_guessed: bool = False
     """The idle time is a guess (CPU-load fallback); reasons say so."""
+    temperature_c: float | None = None
+    """The hottest CPU/GPU sensor's reading; None: no sensor (the heat rule then never suspends)."""
+    temperature_sensor: str = ""
+    exclusive_running: str | None = None
+    """A program on the volunteer's exclusive list that is running (its name), if any."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,8 @@ class PolicyTuning:
     """The low threshold as a fraction of the high one (the preference)."""
     user_active_window_s: float = 10.0
     """Idle times shorter than this read "user active" rather than a countdown."""
+    heat_hysteresis_c: float = 10.0
+    """Suspended for heat, work resumes once the sensor reads this much below the limit."""
 
 
 def format_duration(seconds: float) -> str:
@@ -167,6 +176,7 @@ class ComputePolicy:
         self._state: RunState | None = None
         self._load_busy = False
         self._load_crossed_at: float | None = None  # when load last crossed toward the other state
+        self._hot = False
 
     @property
     def preferences(self) -> Preferences:
@@ -184,6 +194,7 @@ class ComputePolicy:
     def decide(self, obs: Observation) -> Decision:
         now = self._clock.now()
         self._track_load(obs.cpu_load_other)
+        self._track_heat(obs.temperature_c)
         state, reason, gpu = self._evaluate(obs, now)
         changed = state is not self._state
         self._state = state
@@ -211,6 +222,16 @@ class ComputePolicy:
             self._load_busy = not self._load_busy
             self._load_crossed_at = None
 
+    def _track_heat(self, celsius: float | None) -> None:
+        """Hot at or above the limit; cool again only below it by the hysteresis (a fan's lag must not flap)."""
+        limit = self._prefs.pause_above_celsius
+        if limit <= 0 or celsius is None:
+            self._hot = False
+        elif celsius >= limit:
+            self._hot = True
+        elif celsius < limit - self._tuning.heat_hysteresis_c:
+            self._hot = False
+
     def _snooze_end(self, obs: Observation, now: datetime) -> datetime | None:
         ends = [t for t in (obs.snoozed_until, self._prefs.snooze_until) if t is not None and t > now]
         return max(ends) if ends else None
@@ -228,6 +249,18 @@ class ComputePolicy:
             return suspend, f"outside time window (runs {windows})", False
         if obs.on_battery and not prefs.run_on_battery:
             return suspend, "on battery", False
+        if obs.exclusive_running is not None:
+            return suspend, f"{obs.exclusive_running} is running (an exclusive program)", False
+        if self._hot:
+            limit = prefs.pause_above_celsius
+            where = f"{obs.temperature_sensor} " if obs.temperature_sensor else ""
+            reading = f"{where}{obs.temperature_c:.0f} °C" if obs.temperature_c is not None else "no reading"
+            return (
+                suspend,
+                f"too hot ({reading}; pauses at {limit:.0f} °C, resumes below "
+                f"{limit - self._tuning.heat_hysteresis_c:.0f} °C)",
+                False,
+            )
         cap = prefs.network_mb_per_day
         if cap is not None and obs.network_mb_today is not None and obs.network_mb_today >= cap:
             return suspend, f"daily network cap reached ({cap} MB)", False

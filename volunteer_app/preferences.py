@@ -149,6 +149,20 @@ def _optional_int(name: str, value: object, low: int, high: int, what: str) -> i
     return None if value is None else _int(name, value, low, high, what)
 
 
+MAX_EXCLUSIVE_PROGRAMS = 200
+
+
+def _programs(name: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or len(value) > MAX_EXCLUSIVE_PROGRAMS:
+        raise PreferencesError(name, f"must be a list of at most {MAX_EXCLUSIVE_PROGRAMS} program names, got {value!r}")
+    names = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip() or len(item) > 255 or "\0" in item:
+            raise PreferencesError(f"{name}[{i}]", f"must be a program's name (1-255 characters), got {item!r}")
+        names.append(item.strip())
+    return tuple(dict.fromkeys(names))
+
+
 _FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "idle_minutes": lambda n, v: _number(n, v, 0, _MAX_IDLE_MINUTES, "minutes between 0 and 1440"),
     "suspend_on_input": _bool,
@@ -156,6 +170,8 @@ _FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "cpu_cores": lambda n, v: _optional_int(n, v, 1, 4096, "a whole number of cores ≥ 1, or absent for all"),
     "cpu_percent": lambda n, v: _int(n, v, 1, 100, "a whole percentage from 1 to 100"),
     "suspend_other_cpu_percent": lambda n, v: _number(n, v, 0, 100, "a percentage from 0 (off) to 100"),
+    "pause_above_celsius": lambda n, v: _number(n, v, 0, 120, "degrees Celsius from 0 (off) to 120"),
+    "exclusive_programs": _programs,
     "gpu_only_when_idle": _bool,
     "gpu_memory_limit_mb": lambda n, v: _optional_int(
         n, v, 1, 1 << 24, "a whole number of MB ≥ 1, or absent for no limit"
@@ -182,6 +198,12 @@ class Preferences:
     """Share of CPU time to use on those cores (the worker throttles to it), 1–100."""
     suspend_other_cpu_percent: float = 25.0
     """Suspend while other programs use more than this % of the whole CPU; 0 turns the check off."""
+    pause_above_celsius: float = 0.0
+    """Suspend while the hottest CPU or GPU sensor reads this or more, until it has cooled by
+    `PolicyTuning.heat_hysteresis_c`; 0 turns the check off."""
+    exclusive_programs: tuple[str, ...] = ()
+    """Programs that suspend work while any of them runs (BOINC's exclusive applications: games, editors),
+    by executable name ("steam", "blender.exe"); case and ".exe" don't matter."""
     gpu_only_when_idle: bool = True
     """Use the GPU only while the user is away, even when `suspend_on_input` is off."""
     gpu_memory_limit_mb: int | None = None
@@ -261,6 +283,8 @@ class Preferences:
                 continue
             if f.name == "time_windows":
                 value = [w.to_toml() for w in value]
+            elif isinstance(value, tuple):
+                value = list(value)
             elif isinstance(value, float) and value.is_integer():
                 value = int(value)
             out[f.name] = value

@@ -34,6 +34,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from volunteer_app.duty import DutyCycle
 from volunteer_app.environment import child_environment
 from volunteer_app.events import Downloading, StateChanged, TrainingProgress, WorkerEvent
 from volunteer_app.tray.ipc import (
@@ -87,6 +88,9 @@ class TrainingChild:
         self._killer: threading.Timer | None = None
         self._stop_requested = False
         self.paused = config.start_paused
+        # The CPU-time cap, held by suspending the process for the rest of each second (volunteer_app.duty);
+        # where that can't be done (Windows), the child rests between steps itself (worker.Throttle).
+        self.duty_cycle: DutyCycle | None = None
 
     @property
     def pid(self) -> int | None:
@@ -100,17 +104,22 @@ class TrainingChild:
         """Start the process; raises ChildStartError when another interpreter's never connects."""
         if self._process is not None:
             raise RuntimeError("a TrainingChild starts once; make a new one to restart")
+        cycled = self.config.cpu_percent < 100 and DutyCycle.supported()
+        config = dataclasses.replace(self.config, cpu_percent=100) if cycled else self.config
         if self.config.python:
-            self._process, self._conn = _launch(self.config.python, encode(self.config))
+            self._process, self._conn = _launch(self.config.python, encode(config))
         else:
             context = multiprocessing.get_context("spawn")
             ours, theirs = context.Pipe(duplex=True)
             process = context.Process(
-                target=child_main, args=(theirs, encode(self.config)), name="commonweights-training", daemon=True
+                target=child_main, args=(theirs, encode(config)), name="commonweights-training", daemon=True
             )
             process.start()
             theirs.close()  # so the reader sees EOF when the child's end goes away
             self._process, self._conn = process, ours
+        if cycled and self._process.pid is not None:
+            self.duty_cycle = DutyCycle(self._process.pid, self.config.cpu_percent)
+            self.duty_cycle.start()
         self._reader = threading.Thread(target=self._read, name="commonweights-child-reader", daemon=True)
         self._reader.start()
 
@@ -127,6 +136,7 @@ class TrainingChild:
         if self._stop_requested:
             return
         self._stop_requested = True
+        self._end_cycle()  # running, so that it hears the stop and checkpoints at full speed
         self._send(Stop())
         self._killer = threading.Timer(self._stop_grace_s, self.kill)
         self._killer.daemon = True
@@ -134,6 +144,7 @@ class TrainingChild:
 
     def kill(self) -> None:
         self._stop_requested = True
+        self._end_cycle()
         if self._process is not None and self._process.is_alive():
             self._process.kill()
 
@@ -144,6 +155,10 @@ class TrainingChild:
             self._reader.join(max(0.0, deadline - time.monotonic()))
             return not self._reader.is_alive()
         return True
+
+    def _end_cycle(self) -> None:
+        if self.duty_cycle is not None:
+            self.duty_cycle.stop()
 
     def _send(self, command: Command) -> None:
         conn = self._conn
@@ -168,6 +183,7 @@ class TrainingChild:
                 self._deliver(message)
         except (EOFError, OSError):
             pass
+        self._end_cycle()
         process.join(self._stop_grace_s)
         if process.is_alive():  # closed its pipe but did not exit
             process.kill()

@@ -44,6 +44,8 @@ from volunteer_app.idle.base import IdleSource, PowerSource
 from volunteer_app.idle.cpu_load import OtherCpuLoad
 from volunteer_app.policy import Clock, ComputePolicy, Decision, Observation, SystemClock
 from volunteer_app.preferences import Preferences
+from volunteer_app.programs import ProgramWatcher
+from volunteer_app.thermal import Reading, Thermometer
 from volunteer_app.tray.ipc import ChildConfig, ChildExited, ChildFinished, ChildMessage, ChildReady, DeviceChosen
 from volunteer_app.tray.stats import StatsBook
 
@@ -101,6 +103,7 @@ class AppStatus:
     user_paused: bool
     manual_mode: bool  # no idle detection: work runs only after Resume
     snoozed_until: datetime | None
+    temperature: str | None = None  # "71 °C (coretemp Package id 0)": the hottest sensor, where there is one
 
     @property
     def tooltip(self) -> str:
@@ -225,6 +228,7 @@ class AppController:
         idle_source: IdleSource,
         power_source: PowerSource,
         load_meter: OtherCpuLoad | None = None,
+        thermometer: Thermometer | None = None,
         child_factory: ChildFactory = _training_child,
         paths: AppPaths | None = None,
         stats: StatsBook | None = None,
@@ -241,6 +245,9 @@ class AppController:
         self.idle_source = idle_source
         self.power_source = power_source
         self.load_meter = load_meter
+        self.thermometer = thermometer
+        self._heat: Reading | None = None
+        self._exclusive: str | None = None
         self.paths = paths or AppPaths()
         self.stats = stats or StatsBook(None)
         self.tuning = tuning or ControllerTuning()
@@ -374,6 +381,9 @@ class AppController:
             if self.load_meter is not None:
                 sample = self.load_meter.sample()
                 self._load = sample if sample is not None else self._load
+            if self.thermometer is not None:
+                self._heat = self.thermometer.hottest()
+            self._exclusive = ProgramWatcher(self.preferences.exclusive_programs).running_exclusive()
         observation = Observation(
             idle_seconds=self.idle_source.idle_seconds(),
             on_battery=self._on_battery,
@@ -382,6 +392,9 @@ class AppController:
             manual_run=self._manual_run,
             network_mb_today=self.stats.network_bytes_today() / 1e6,
             idle_guessed=self.idle_source.name == "cpu-load-guess",
+            temperature_c=self._heat.celsius if self._heat is not None else None,
+            temperature_sensor=self._heat.sensor if self._heat is not None else "",
+            exclusive_running=self._exclusive,
         )
         decision = self.policy.decide(observation)
         self._decision = decision
@@ -627,6 +640,7 @@ class AppController:
             running=running,
             worker_state=worker_state,
             device=device,
+            temperature=f"{self._heat.celsius:.0f} °C ({self._heat.sensor})" if self._heat is not None else None,
             user_paused=self._user_paused,
             manual_mode=self.manual_mode,
             snoozed_until=snoozed,

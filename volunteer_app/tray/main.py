@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         load_preferences,
         save_preferences,
     )
+    from volunteer_app.thermal import detect_thermometer
     from volunteer_app.tray.app import DesktopApp
     from volunteer_app.tray.controller import AppController, AppPaths, ControllerTuning
     from volunteer_app.tray.single_instance import SingleInstance, instance_key
@@ -166,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         idle_source=detect_idle_source(),
         power_source=detect_power_source(),
         load_meter=OtherCpuLoad() if sys.platform.startswith("linux") else None,
+        thermometer=detect_thermometer(),
         paths=AppPaths(args.config_dir, args.cache_dir, args.data_dir, python),
         stats=StatsBook(data_dir / "app-stats.json"),
         save_preferences=lambda p: save_preferences(p, prefs_path),

@@ -97,6 +97,9 @@ class SettingsDialog(QDialog):
         self.run_on_battery = QCheckBox("Work while the computer runs on battery")
         self.time_windows = QLineEdit()
         self.time_windows.setPlaceholderText("any time, or e.g. 22:00-07:00, 12:00-13:00")
+        self.exclusive_programs = QLineEdit()
+        self.exclusive_programs.setPlaceholderText("none, or e.g. steam, blender.exe")
+        self.exclusive_programs.setToolTip("Training pauses while any of these programs runs (games, editors)")
         self.network_mb_per_day = _spin(0, 1 << 30, special="no cap", suffix=" MB")
 
         self.cpu_cores = _spin(0, max(os.cpu_count() or 1, 1), special="all")
@@ -106,6 +109,14 @@ class SettingsDialog(QDialog):
         self.suspend_other_cpu_percent.setDecimals(0)
         self.suspend_other_cpu_percent.setSuffix(" %")
         self.suspend_other_cpu_percent.setSpecialValueText("never")
+        self.pause_above_celsius = QDoubleSpinBox()
+        self.pause_above_celsius.setRange(0, 120)
+        self.pause_above_celsius.setDecimals(0)
+        self.pause_above_celsius.setSuffix(" °C")
+        self.pause_above_celsius.setSpecialValueText("never")
+        self.pause_above_celsius.setToolTip(
+            "Pause while the hottest CPU or GPU sensor reads this much, until it has cooled by 10 °C"
+        )
         self.gpu_only_when_idle = QCheckBox("Use the GPU only while I am away")
         self.gpu_memory_limit_mb = _spin(0, 1 << 24, special="no limit", suffix=" MB")
 
@@ -117,10 +128,12 @@ class SettingsDialog(QDialog):
             "suspend_on_input": self.suspend_on_input,
             "run_on_battery": self.run_on_battery,
             "time_windows": self.time_windows,
+            "exclusive_programs": self.exclusive_programs,
             "network_mb_per_day": self.network_mb_per_day,
             "cpu_cores": self.cpu_cores,
             "cpu_percent": self.cpu_percent,
             "suspend_other_cpu_percent": self.suspend_other_cpu_percent,
+            "pause_above_celsius": self.pause_above_celsius,
             "gpu_only_when_idle": self.gpu_only_when_idle,
             "gpu_memory_limit_mb": self.gpu_memory_limit_mb,
         }
@@ -150,6 +163,7 @@ class SettingsDialog(QDialog):
         when.addRow("", self.suspend_on_input)
         when.addRow("", self.run_on_battery)
         when.addRow("Only during:", self.time_windows)
+        when.addRow("Pause while these run:", self.exclusive_programs)
         when.addRow("Network per day:", self.network_mb_per_day)
         idle_note = QLabel(idle_description)
         idle_note.setWordWrap(True)
@@ -160,6 +174,7 @@ class SettingsDialog(QDialog):
         usage.addRow("CPU cores:", self.cpu_cores)
         usage.addRow("CPU time:", self.cpu_percent)
         usage.addRow("Suspend when other programs use over:", self.suspend_other_cpu_percent)
+        usage.addRow("Pause when the CPU or GPU is hotter than:", self.pause_above_celsius)
         usage.addRow("", self.gpu_only_when_idle)
         usage.addRow("GPU memory limit:", self.gpu_memory_limit_mb)
 
@@ -194,10 +209,12 @@ class SettingsDialog(QDialog):
         self.suspend_on_input.setChecked(prefs.suspend_on_input)
         self.run_on_battery.setChecked(prefs.run_on_battery)
         self.time_windows.setText(format_windows(prefs.time_windows))
+        self.exclusive_programs.setText(", ".join(prefs.exclusive_programs))
         self.network_mb_per_day.setValue(prefs.network_mb_per_day or 0)
         self.cpu_cores.setValue(prefs.cpu_cores or 0)
         self.cpu_percent.setValue(prefs.cpu_percent)
         self.suspend_other_cpu_percent.setValue(prefs.suspend_other_cpu_percent)
+        self.pause_above_celsius.setValue(prefs.pause_above_celsius)
         self.gpu_only_when_idle.setChecked(prefs.gpu_only_when_idle)
         self.gpu_memory_limit_mb.setValue(prefs.gpu_memory_limit_mb or 0)
         self._show_error(None)
@@ -213,10 +230,12 @@ class SettingsDialog(QDialog):
             suspend_on_input=self.suspend_on_input.isChecked(),
             run_on_battery=self.run_on_battery.isChecked(),
             time_windows=tuple(parse_windows(self.time_windows.text())),  # type: ignore[arg-type]
+            exclusive_programs=tuple(p.strip() for p in self.exclusive_programs.text().split(",") if p.strip()),
             network_mb_per_day=self.network_mb_per_day.value() or None,
             cpu_cores=self.cpu_cores.value() or None,
             cpu_percent=self.cpu_percent.value(),
             suspend_other_cpu_percent=self.suspend_other_cpu_percent.value(),
+            pause_above_celsius=self.pause_above_celsius.value(),
             gpu_only_when_idle=self.gpu_only_when_idle.isChecked(),
             gpu_memory_limit_mb=self.gpu_memory_limit_mb.value() or None,
         )

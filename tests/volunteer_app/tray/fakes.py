@@ -14,6 +14,7 @@ from volunteer_app.events import StateChanged, WorkerState
 from volunteer_app.idle.base import IdleSource
 from volunteer_app.policy import Clock, ManualClock
 from volunteer_app.preferences import Preferences, save_preferences
+from volunteer_app.thermal import Reading, Thermometer
 from volunteer_app.tray.controller import AppController, ControllerTuning
 from volunteer_app.tray.ipc import ChildConfig, ChildExited, ChildMessage, ChildReady, DeviceChosen
 from volunteer_app.tray.stats import StatsBook
@@ -31,6 +32,18 @@ class FakeIdle:
 
     def idle_seconds(self) -> float | None:
         return self.seconds
+
+
+class FakeThermometer:
+    """A sensor reading what the test sets (this machine has no /sys thermal zones)."""
+
+    name = "fake"
+
+    def __init__(self, celsius: float | None) -> None:
+        self.celsius = celsius
+
+    def hottest(self) -> Reading | None:
+        return None if self.celsius is None else Reading(self.celsius, "fake sensor")
 
 
 class FakePower:
@@ -113,6 +126,7 @@ def make_rig(
     clock: Clock | None = None,
     tuning: ControllerTuning | None = None,
     autostart: Autostart | None = None,
+    thermometer: Thermometer | None = None,
 ) -> Rig:
     prefs = prefs or Preferences(idle_minutes=1, coordinator_url="ws://127.0.0.1:9/ws")
     prefs_path = tmp_path / "preferences.toml"
@@ -129,6 +143,7 @@ def make_rig(
         prefs,
         idle_source=source,
         power_source=FakePower(),
+        thermometer=thermometer,
         child_factory=factory,
         stats=StatsBook(tmp_path / "app-stats.json"),
         save_preferences=lambda p: save_preferences(p, prefs_path),

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.local import LocalCoordinator, start_coordinator, stop
+from volunteer_app.duty import DutyCycle
 from volunteer_app.events import StateChanged, TrainingProgress, UnitResult, WorkerState
 from volunteer_app.tray.child import ChildStartError, TrainingChild
 from volunteer_app.tray.ipc import ChildConfig, ChildExited, ChildMessage, ChildReady, DeviceChosen
@@ -93,6 +94,54 @@ def test_the_child_trains_pauses_with_a_checkpoint_resumes_and_stops(
         child.stop()
         exited = _next(messages, ChildExited)
         assert exited == ChildExited(0, expected=True, finished=True)
+    finally:
+        child.kill()
+        child.join(10.0)
+
+
+@pytest.mark.skipif(not DutyCycle.supported(), reason="the CPU cap suspends the child with SIGSTOP (POSIX)")
+def test_a_capped_child_is_duty_cycled_trains_and_still_stops_cleanly(
+    coordinator: LocalCoordinator, tmp_path: Path
+) -> None:
+    """The cap is held by suspending the process for the rest of each second, not by the child resting
+    between steps (it is told 100 %); a stop request ends the cycle first, so it is heard at once."""
+    coordinator.api.post_campaign(
+        {
+            "name": "child-test-capped",
+            "model": "tiny",
+            "dataset": "stdlib",
+            "codec": "int8",
+            "token_budget": 400 * 2 * 32,
+            "inner": {"steps": 400, "batch_size": 2, "seq_len": 32, "warmup_steps": 0},
+            "rounds": {"units_per_round": 1, "min_accepted": 1},
+            "validation": {"replication_rate": 0.0, "holdout_check_rate": 0.0},
+        }
+    )
+    messages: queue.Queue[ChildMessage] = queue.Queue()
+    config = ChildConfig(
+        coordinator.ws_url,
+        device="cpu",
+        threads=1,
+        cpu_percent=50,
+        config_dir=str(tmp_path / "config"),
+        cache_dir=str(tmp_path / "cache"),
+        data_dir=str(tmp_path / "data"),
+        start_paused=False,
+        progress_interval_s=0.0,
+        nice=0,
+    )
+    child = TrainingChild(config, messages.put)
+    child.start()
+    try:
+        assert child.duty_cycle is not None and child.duty_cycle.percent == 50
+        _next(messages, TrainingProgress)
+        deadline = time.monotonic() + TIMEOUT_S
+        while child.duty_cycle.cycles < 3:
+            assert time.monotonic() < deadline, "the duty cycle never went round"
+            time.sleep(0.1)
+        child.stop()
+        exited = _next(messages, ChildExited)
+        assert isinstance(exited, ChildExited) and exited.expected and exited.exitcode == 0
     finally:
         child.kill()
         child.join(10.0)

@@ -4,6 +4,8 @@ and a child that records what it is told."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from volunteer_app.preferences import Preferences, load_preferences
 from volunteer_app.tray.controller import AppState, ControllerTuning
 from volunteer_app.tray.ipc import ChildExited, ChildFinished
 
-from .fakes import FakeIdle, make_rig
+from .fakes import FakeIdle, FakeThermometer, make_rig
 
 
 def test_waits_for_idle_then_starts_the_child_running(tmp_path: Path) -> None:
@@ -211,3 +213,24 @@ def test_training_progress_reaches_the_headline_and_the_statistics(tmp_path: Pat
     assert rig.controller.status.headline == "Training tiny-lm: step 7/50, loss 4.250"
     assert rig.controller.stats.totals.units_accepted == 1
     assert rig.controller.stats.totals.tokens_contributed == 448
+
+
+def test_heat_and_an_exclusive_program_hold_training_back_and_the_status_says_why(tmp_path: Path) -> None:
+    heat = FakeThermometer(95.0)
+    prefs = Preferences(idle_minutes=1, coordinator_url="ws://127.0.0.1:9/ws", pause_above_celsius=90)
+    rig = make_rig(tmp_path, prefs, thermometer=heat)
+    rig.step(idle=61.0)
+    status = rig.controller.status
+    assert rig.children == [] and not status.running
+    assert status.reason.startswith("too hot (fake sensor 95 °C") and status.temperature == "95 °C (fake sensor)"
+    heat.celsius = 85.0  # cooler, not yet by the hysteresis
+    rig.step(3.0)
+    assert rig.children == []
+    heat.celsius = 70.0
+    rig.step(3.0)
+    assert len(rig.children) == 1 and rig.controller.status.running
+    # This test's own interpreter is a running program: on the exclusive list, it pauses the child.
+    running = os.path.basename(os.path.realpath(sys.executable))
+    rig.controller.apply_preferences(dataclasses.replace(prefs, exclusive_programs=(running,)))
+    rig.step(3.0)
+    assert rig.child.paused and rig.controller.status.reason == f"{running.lower()} is running (an exclusive program)"

@@ -42,6 +42,8 @@ def test_settings_round_trip_through_the_toml_file_and_apply_at_once(
     dialog.device.setCurrentText("cpu")
     dialog.run_on_battery.setChecked(True)
     dialog.autostart.setChecked(True)
+    dialog.pause_above_celsius.setValue(88)
+    dialog.exclusive_programs.setText("steam, Blender.exe,")
     qtbot.mouseClick(dialog.buttons.button(QDialogButtonBox.StandardButton.Ok), Qt.MouseButton.LeftButton)
     assert not dialog.isVisible() and not dialog.error.isVisible()
 
@@ -50,11 +52,13 @@ def test_settings_round_trip_through_the_toml_file_and_apply_at_once(
     assert (saved.idle_minutes, saved.cpu_cores, saved.gpu_memory_limit_mb, saved.device) == (7.5, 1, 2048, "cpu")
     assert [(w.start, w.end) for w in saved.time_windows] == [(time(22), time(7)), (time(12), time(13, 30))]
     assert saved.run_on_battery and saved.autostart and saved.extra == {"future_key": 1}
+    assert saved.pause_above_celsius == 88 and saved.exclusive_programs == ("steam", "Blender.exe")
     assert rig.controller.preferences == saved  # in effect now
     assert autostart.is_enabled()
 
     desktop.actions.settings.trigger()  # opens again with what was saved
     assert dialog.time_windows.text() == "22:00-07:00, 12:00-13:30" and dialog.idle_minutes.value() == 7.5
+    assert dialog.exclusive_programs.text() == "steam, Blender.exe" and dialog.pause_above_celsius.value() == 88
 
 
 @pytest.mark.parametrize(
