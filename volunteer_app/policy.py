@@ -16,7 +16,8 @@ whether the GPU may be used. It does no I/O; time comes from a `Clock`, so tests
     'user active'
 
 Rules, first match wins: paused by the user; snoozed; outside the daily time windows; on battery;
-an exclusive program running (`Preferences.exclusive_programs`); too hot
+an exclusive program running (`Preferences.exclusive_programs`); a window full screen
+(`Preferences.suspend_while_fullscreen`); too hot
 (`Preferences.pause_above_celsius`, with `PolicyTuning.heat_hysteresis_c`); daily network cap
 used up; idle detection unavailable (manual mode: runs only after the user chose
 Resume); user active or not yet idle long enough; other programs busy; otherwise RUN.
@@ -116,6 +117,8 @@ class Observation:
     temperature_sensor: str = ""
     exclusive_running: str | None = None
     """A program on the volunteer's exclusive list that is running (its name), if any."""
+    fullscreen: bool | None = None
+    """A window is full screen; None: the session can't tell."""
 
 
 @dataclass(frozen=True)
@@ -251,6 +254,8 @@ class ComputePolicy:
             return suspend, "on battery", False
         if obs.exclusive_running is not None:
             return suspend, f"{obs.exclusive_running} is running (an exclusive program)", False
+        if obs.fullscreen and prefs.suspend_while_fullscreen:
+            return suspend, "a window is full screen", False
         if self._hot:
             limit = prefs.pause_above_celsius
             where = f"{obs.temperature_sensor} " if obs.temperature_sensor else ""

@@ -172,6 +172,7 @@ _FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "suspend_other_cpu_percent": lambda n, v: _number(n, v, 0, 100, "a percentage from 0 (off) to 100"),
     "pause_above_celsius": lambda n, v: _number(n, v, 0, 120, "degrees Celsius from 0 (off) to 120"),
     "exclusive_programs": _programs,
+    "suspend_while_fullscreen": _bool,
     "gpu_only_when_idle": _bool,
     "gpu_memory_limit_mb": lambda n, v: _optional_int(
         n, v, 1, 1 << 24, "a whole number of MB ≥ 1, or absent for no limit"
@@ -204,6 +205,8 @@ class Preferences:
     exclusive_programs: tuple[str, ...] = ()
     """Programs that suspend work while any of them runs (BOINC's exclusive applications: games, editors),
     by executable name ("steam", "blender.exe"); case and ".exe" don't matter."""
+    suspend_while_fullscreen: bool = True
+    """Suspend while a window is full screen (a game, a film, a presentation)."""
     gpu_only_when_idle: bool = True
     """Use the GPU only while the user is away, even when `suspend_on_input` is off."""
     gpu_memory_limit_mb: int | None = None

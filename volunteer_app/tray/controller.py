@@ -40,6 +40,7 @@ from volunteer_app.events import (
     UnitStarted,
     WorkerState,
 )
+from volunteer_app.fullscreen import FullscreenWatcher
 from volunteer_app.idle.base import IdleSource, PowerSource
 from volunteer_app.idle.cpu_load import OtherCpuLoad
 from volunteer_app.policy import Clock, ComputePolicy, Decision, Observation, SystemClock
@@ -229,6 +230,7 @@ class AppController:
         power_source: PowerSource,
         load_meter: OtherCpuLoad | None = None,
         thermometer: Thermometer | None = None,
+        fullscreen: FullscreenWatcher | None = None,
         child_factory: ChildFactory = _training_child,
         paths: AppPaths | None = None,
         stats: StatsBook | None = None,
@@ -246,6 +248,8 @@ class AppController:
         self.power_source = power_source
         self.load_meter = load_meter
         self.thermometer = thermometer
+        self.fullscreen = fullscreen
+        self._fullscreen: bool | None = None
         self._heat: Reading | None = None
         self._exclusive: str | None = None
         self.paths = paths or AppPaths()
@@ -384,6 +388,8 @@ class AppController:
             if self.thermometer is not None:
                 self._heat = self.thermometer.hottest()
             self._exclusive = ProgramWatcher(self.preferences.exclusive_programs).running_exclusive()
+            if self.fullscreen is not None and self.preferences.suspend_while_fullscreen:
+                self._fullscreen = self.fullscreen.fullscreen()
         observation = Observation(
             idle_seconds=self.idle_source.idle_seconds(),
             on_battery=self._on_battery,
@@ -395,6 +401,7 @@ class AppController:
             temperature_c=self._heat.celsius if self._heat is not None else None,
             temperature_sensor=self._heat.sensor if self._heat is not None else "",
             exclusive_running=self._exclusive,
+            fullscreen=self._fullscreen,
         )
         decision = self.policy.decide(observation)
         self._decision = decision
