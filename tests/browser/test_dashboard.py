@@ -324,3 +324,31 @@ def test_signing_in_works_from_the_keyboard_alone(page: Any, server: LiveCoordin
     page.keyboard.press("Enter")
     page.wait_for_url("**/lead")
     page.get_by_role("link", name="Your campaigns").first.wait_for()
+
+
+@pytest.mark.parametrize(("scheme", "dark"), [("light", False), ("dark", True)])
+def test_the_dashboard_follows_the_systems_colour_scheme(
+    browser: Any, server: LiveCoordinator, shots: Path, scheme: str, dark: bool
+) -> None:
+    """`prefers-color-scheme`: a dark page on a dark system, with text that still contrasts."""
+    context = browser.new_context(viewport=DESKTOP, base_url=server.url, color_scheme=scheme)
+    try:
+        tab = context.new_page()
+        tab.goto("/")
+        tab.locator("main").first.wait_for()
+        background, text = tab.evaluate(
+            """() => { const rgb = c => c.match(/\\d+/g).slice(0, 3).map(Number);
+                       const page = getComputedStyle(document.documentElement), body = getComputedStyle(document.body);
+                       const paint = body.backgroundColor.startsWith('rgba(0, 0, 0, 0') ? page : body;
+                       return [rgb(paint.backgroundColor), rgb(body.color)]; }"""
+        )
+
+        def luminance(rgb: list[int]) -> float:
+            return sum(w * c / 255 for w, c in zip((0.2126, 0.7152, 0.0722), rgb, strict=True))
+
+        assert (luminance(background) < 0.2) is dark, f"{scheme}: background {background}"
+        assert abs(luminance(text) - luminance(background)) > 0.6, f"{scheme}: text {text} on {background}"
+        if dark:
+            tab.screenshot(path=str(shots / "dashboard-dark.png"), full_page=True)
+    finally:
+        context.close()
