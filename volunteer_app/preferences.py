@@ -150,6 +150,13 @@ def _optional_int(name: str, value: object, low: int, high: int, what: str) -> i
 
 
 MAX_EXCLUSIVE_PROGRAMS = 200
+THEMES = ("system", "light", "dark")
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise PreferencesError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
 
 
 def _programs(name: str, value: object) -> tuple[str, ...]:
@@ -173,6 +180,7 @@ _FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "pause_above_celsius": lambda n, v: _number(n, v, 0, 120, "degrees Celsius from 0 (off) to 120"),
     "exclusive_programs": _programs,
     "suspend_while_fullscreen": _bool,
+    "theme": lambda n, v: _choice(n, v, THEMES),
     "gpu_only_when_idle": _bool,
     "gpu_memory_limit_mb": lambda n, v: _optional_int(
         n, v, 1, 1 << 24, "a whole number of MB ≥ 1, or absent for no limit"
@@ -207,6 +215,8 @@ class Preferences:
     by executable name ("steam", "blender.exe"); case and ".exe" don't matter."""
     suspend_while_fullscreen: bool = True
     """Suspend while a window is full screen (a game, a film, a presentation)."""
+    theme: str = "system"
+    """The app's colours: "system" (follow the desktop's light or dark scheme), "light" or "dark"."""
     gpu_only_when_idle: bool = True
     """Use the GPU only while the user is away, even when `suspend_on_input` is off."""
     gpu_memory_limit_mb: int | None = None

@@ -17,11 +17,13 @@ from PySide6.QtCore import QObject, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon, QWidget
 
+from volunteer_app.preferences import Preferences
 from volunteer_app.tray.controller import AppController, AppNotification, AppState, AppStatus
 from volunteer_app.tray.notifications import Notifier
 from volunteer_app.tray.settings_dialog import SettingsDialog
 from volunteer_app.tray.single_instance import SingleInstance
 from volunteer_app.tray.stats_window import StatisticsWindow
+from volunteer_app.tray.theme import apply_theme
 from volunteer_app.tray.tray import AppActions, TrayIcon
 from volunteer_app.tray.window import StatusWindow
 
@@ -60,6 +62,7 @@ class DesktopApp(QObject):
         self.statistics_window: StatisticsWindow | None = None
         self.notifier = Notifier(None, banner=self._banner)
         self._quitting = False
+        self.theme = "light"  # the scheme shown (apply_theme), once started
 
         actions = self.actions
         actions.pause_resume.triggered.connect(self.toggle_pause)
@@ -87,6 +90,7 @@ class DesktopApp(QObject):
 
     def start(self, *, show: str | None = None) -> None:
         """Show the tray icon (or the status window), start polling, and open `show` if given."""
+        self._apply_theme()
         if self._use_tray and QSystemTrayIcon.isSystemTrayAvailable():
             self.tray = TrayIcon(self.actions, self)
             self.notifier.tray = self.tray
@@ -142,7 +146,7 @@ class DesktopApp(QObject):
         if dialog is None:
             dialog = SettingsDialog(
                 self.controller.preferences,
-                apply=self.controller.apply_preferences,
+                apply=self._apply_preferences,
                 idle_description=self.controller.idle_source.description,
                 rebuild=self._rebuild_environment,
             )
@@ -150,6 +154,15 @@ class DesktopApp(QObject):
         elif not dialog.isVisible():
             dialog.load(self.controller.preferences)
         _bring_forward(dialog)
+
+    def _apply_preferences(self, prefs: Preferences) -> None:
+        self.controller.apply_preferences(prefs)
+        self._apply_theme()
+
+    def _apply_theme(self) -> None:
+        app = QApplication.instance()
+        if isinstance(app, QApplication):
+            self.theme = apply_theme(app, self.controller.preferences.theme)
 
     def show_statistics(self) -> None:
         if self.statistics_window is None:

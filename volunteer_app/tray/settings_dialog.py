@@ -34,7 +34,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from volunteer_app.preferences import DEVICES, Preferences, PreferencesError, TimeWindow
+from volunteer_app.preferences import DEVICES, THEMES, Preferences, PreferencesError, TimeWindow
 
 __all__ = ["SettingsDialog", "format_windows", "parse_windows"]
 
@@ -87,6 +87,8 @@ class SettingsDialog(QDialog):
         self.coordinator_url.setPlaceholderText("http://127.0.0.1:8470")
         self.device = QComboBox()
         self.device.addItems(list(DEVICES))
+        self.theme = QComboBox()
+        self.theme.addItems(list(THEMES))
         self.autostart = QCheckBox("Start Commonweights when I log in")
 
         self.idle_minutes = QDoubleSpinBox()
@@ -124,6 +126,7 @@ class SettingsDialog(QDialog):
         self.fields: dict[str, QWidget] = {
             "coordinator_url": self.coordinator_url,
             "device": self.device,
+            "theme": self.theme,
             "autostart": self.autostart,
             "idle_minutes": self.idle_minutes,
             "suspend_on_input": self.suspend_on_input,
@@ -143,6 +146,7 @@ class SettingsDialog(QDialog):
         general = QFormLayout()
         general.addRow("Coordinator URL:", self.coordinator_url)
         general.addRow("Device:", self.device)
+        general.addRow("Appearance:", self.theme)
         general.addRow("", self.autostart)
         # An installed app's training environment (PyTorch for the device): built again at the next
         # start, e.g. after a driver update, or to switch to the CPU build.
@@ -207,6 +211,7 @@ class SettingsDialog(QDialog):
         self._prefs = prefs
         self.coordinator_url.setText(prefs.coordinator_url)
         self.device.setCurrentText(prefs.device)
+        self.theme.setCurrentText(prefs.theme)
         self.autostart.setChecked(prefs.autostart)
         self.idle_minutes.setValue(prefs.idle_minutes)
         self.suspend_on_input.setChecked(prefs.suspend_on_input)
@@ -229,6 +234,7 @@ class SettingsDialog(QDialog):
             self._prefs,
             coordinator_url=self.coordinator_url.text(),
             device=self.device.currentText(),  # type: ignore[arg-type]  # Preferences checks it
+            theme=self.theme.currentText(),
             autostart=self.autostart.isChecked(),
             idle_minutes=self._idle_minutes(),
             suspend_on_input=self.suspend_on_input.isChecked(),
