@@ -88,6 +88,10 @@ class ManualClock:
         self._wall += timedelta(seconds=seconds)
         self._mono += seconds
 
+    def sleep_through(self, seconds: float) -> None:
+        """The computer sleeps: wall time moves on, monotonic time (stopped in suspend) doesn't."""
+        self._wall += timedelta(seconds=seconds)
+
 
 class RunState(StrEnum):
     RUN = "run"

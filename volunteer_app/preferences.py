@@ -181,6 +181,7 @@ _FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "exclusive_programs": _programs,
     "suspend_while_fullscreen": _bool,
     "theme": lambda n, v: _choice(n, v, THEMES),
+    "keep_awake_on_ac": _bool,
     "gpu_only_when_idle": _bool,
     "gpu_memory_limit_mb": lambda n, v: _optional_int(
         n, v, 1, 1 << 24, "a whole number of MB ≥ 1, or absent for no limit"
@@ -215,6 +216,8 @@ class Preferences:
     by executable name ("steam", "blender.exe"); case and ".exe" don't matter."""
     suspend_while_fullscreen: bool = True
     """Suspend while a window is full screen (a game, a film, a presentation)."""
+    keep_awake_on_ac: bool = False
+    """Keep the computer from sleeping while it trains on mains power (the display may still turn off)."""
     theme: str = "system"
     """The app's colours: "system" (follow the desktop's light or dark scheme), "light" or "dark"."""
     gpu_only_when_idle: bool = True

@@ -31,6 +31,7 @@ from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from volunteer_app.autostart import Autostart
+from volunteer_app.awake import KeepAwake
 from volunteer_app.events import (
     Connected,
     Notice,
@@ -182,6 +183,10 @@ class ControllerTuning:
     """Offline this long while work should run: notify."""
     rejections_in_a_row: int = 3
     shutdown_timeout_s: float = 15.0
+    slept_after_s: float = 30.0
+    """Wall time ran ahead of monotonic time by this much between ticks: the computer slept (monotonic
+    clocks stop in suspend). A child on a GPU is then restarted: it finds its device anew (a CUDA
+    context rarely survives sleep; the GPU may be gone) and resumes its unit from the checkpoint."""
 
 
 Trace = Callable[[str, Mapping[str, object]], None]
@@ -231,6 +236,7 @@ class AppController:
         load_meter: OtherCpuLoad | None = None,
         thermometer: Thermometer | None = None,
         fullscreen: FullscreenWatcher | None = None,
+        keep_awake: KeepAwake | None = None,
         child_factory: ChildFactory = _training_child,
         paths: AppPaths | None = None,
         stats: StatsBook | None = None,
@@ -249,6 +255,8 @@ class AppController:
         self.load_meter = load_meter
         self.thermometer = thermometer
         self.fullscreen = fullscreen
+        self.keep_awake = keep_awake
+        self._last_times: tuple[float, float] | None = None  # (wall, monotonic) at the last tick
         self._fullscreen: bool | None = None
         self._heat: Reading | None = None
         self._exclusive: str | None = None
@@ -363,6 +371,8 @@ class AppController:
     def shutdown(self) -> None:
         """Stop the child cleanly (bounded by `shutdown_timeout_s`), then forget it."""
         self._closed = True
+        if self.keep_awake is not None:
+            self.keep_awake.release()
         child = self._child
         if child is None:
             return
@@ -379,6 +389,7 @@ class AppController:
         """One observation and decision; returns the status it published."""
         self.drain_inbox()
         mono = self.clock.monotonic()
+        self._check_sleep(mono)
         if mono >= self._next_slow:
             self._next_slow = mono + self.tuning.slow_poll_s
             self._on_battery = self.power_source.on_battery()
@@ -410,7 +421,34 @@ class AppController:
         if not self._closed:
             self._steer(decision, mono)
             self._check_offline(mono)
-        return self._publish()
+        status = self._publish()
+        self._hold_awake(status)
+        return status
+
+    def _check_sleep(self, mono: float) -> None:
+        wall = self.clock.now().timestamp()
+        last, self._last_times = self._last_times, (wall, mono)
+        if last is None or (wall - last[0]) - (mono - last[1]) < self.tuning.slept_after_s:
+            return
+        self._trace_event("resumed", {"slept_s": round((wall - last[0]) - (mono - last[1]), 1)})
+        child = self._child
+        if child is not None and child.device is not None and child.device.kind != "cpu":
+            self._stop_child("the computer woke from sleep: finding the GPU anew")
+
+    def _hold_awake(self, status: AppStatus) -> None:
+        """Keep the computer awake while it trains on mains power, if the volunteer asked for it."""
+        if self.keep_awake is None:
+            return
+        want = (
+            self.preferences.keep_awake_on_ac
+            and status.state is AppState.TRAINING
+            and self._on_battery is not True
+            and not self._closed
+        )
+        if want and not self.keep_awake.held:
+            self.keep_awake.hold("training a Commonweights work unit")
+        elif not want and self.keep_awake.held:
+            self.keep_awake.release()
 
     def drain_inbox(self) -> None:
         """Handle what the child sent since the last call (the controller's thread only)."""

@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     from protocol.version import RELEASE_VERSION
     from volunteer_app.autostart import autostart_for
+    from volunteer_app.awake import KeepAwake
     from volunteer_app.environment import TrainingEnvironment, default_root, installation
     from volunteer_app.fullscreen import detect_fullscreen
     from volunteer_app.idle import OtherCpuLoad, detect_idle_source, detect_power_source
@@ -170,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         load_meter=OtherCpuLoad() if sys.platform.startswith("linux") else None,
         thermometer=detect_thermometer(),
         fullscreen=detect_fullscreen(),
+        keep_awake=KeepAwake.for_this_os(),
         paths=AppPaths(args.config_dir, args.cache_dir, args.data_dir, python),
         stats=StatsBook(data_dir / "app-stats.json"),
         save_preferences=lambda p: save_preferences(p, prefs_path),

@@ -98,6 +98,7 @@ class SettingsDialog(QDialog):
         self.suspend_on_input = QCheckBox("Suspend as soon as I use the keyboard or mouse")
         self.run_on_battery = QCheckBox("Work while the computer runs on battery")
         self.suspend_while_fullscreen = QCheckBox("Pause while a window is full screen (games, films)")
+        self.keep_awake_on_ac = QCheckBox("Keep the computer awake while it trains on mains power")
         self.time_windows = QLineEdit()
         self.time_windows.setPlaceholderText("any time, or e.g. 22:00-07:00, 12:00-13:00")
         self.exclusive_programs = QLineEdit()
@@ -132,6 +133,7 @@ class SettingsDialog(QDialog):
             "suspend_on_input": self.suspend_on_input,
             "run_on_battery": self.run_on_battery,
             "suspend_while_fullscreen": self.suspend_while_fullscreen,
+            "keep_awake_on_ac": self.keep_awake_on_ac,
             "time_windows": self.time_windows,
             "exclusive_programs": self.exclusive_programs,
             "network_mb_per_day": self.network_mb_per_day,
@@ -169,6 +171,7 @@ class SettingsDialog(QDialog):
         when.addRow("", self.suspend_on_input)
         when.addRow("", self.run_on_battery)
         when.addRow("", self.suspend_while_fullscreen)
+        when.addRow("", self.keep_awake_on_ac)
         when.addRow("Only during:", self.time_windows)
         when.addRow("Pause while these run:", self.exclusive_programs)
         when.addRow("Network per day:", self.network_mb_per_day)
@@ -217,6 +220,7 @@ class SettingsDialog(QDialog):
         self.suspend_on_input.setChecked(prefs.suspend_on_input)
         self.run_on_battery.setChecked(prefs.run_on_battery)
         self.suspend_while_fullscreen.setChecked(prefs.suspend_while_fullscreen)
+        self.keep_awake_on_ac.setChecked(prefs.keep_awake_on_ac)
         self.time_windows.setText(format_windows(prefs.time_windows))
         self.exclusive_programs.setText(", ".join(prefs.exclusive_programs))
         self.network_mb_per_day.setValue(prefs.network_mb_per_day or 0)
@@ -240,6 +244,7 @@ class SettingsDialog(QDialog):
             suspend_on_input=self.suspend_on_input.isChecked(),
             run_on_battery=self.run_on_battery.isChecked(),
             suspend_while_fullscreen=self.suspend_while_fullscreen.isChecked(),
+            keep_awake_on_ac=self.keep_awake_on_ac.isChecked(),
             time_windows=tuple(parse_windows(self.time_windows.text())),  # type: ignore[arg-type]
             exclusive_programs=tuple(p.strip() for p in self.exclusive_programs.text().split(",") if p.strip()),
             network_mb_per_day=self.network_mb_per_day.value() or None,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from volunteer_app.autostart import Autostart
+from volunteer_app.awake import KeepAwake
 from volunteer_app.events import StateChanged, WorkerState
 from volunteer_app.idle.base import IdleSource
 from volunteer_app.policy import Clock, ManualClock
@@ -127,6 +128,8 @@ def make_rig(
     tuning: ControllerTuning | None = None,
     autostart: Autostart | None = None,
     thermometer: Thermometer | None = None,
+    keep_awake: KeepAwake | None = None,
+    power: FakePower | None = None,
 ) -> Rig:
     prefs = prefs or Preferences(idle_minutes=1, coordinator_url="ws://127.0.0.1:9/ws")
     prefs_path = tmp_path / "preferences.toml"
@@ -142,8 +145,9 @@ def make_rig(
     controller = AppController(
         prefs,
         idle_source=source,
-        power_source=FakePower(),
+        power_source=power or FakePower(),
         thermometer=thermometer,
+        keep_awake=keep_awake,
         child_factory=factory,
         stats=StatsBook(tmp_path / "app-stats.json"),
         save_preferences=lambda p: save_preferences(p, prefs_path),

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sys
 from datetime import timedelta
 from pathlib import Path
 
+from volunteer_app.awake import KeepAwake
 from volunteer_app.events import Connected, StateChanged, TrainingProgress, UnitResult, UnitStarted, WorkerState
 from volunteer_app.preferences import Preferences, load_preferences
 from volunteer_app.tray.controller import AppState, ControllerTuning
 from volunteer_app.tray.ipc import ChildExited, ChildFinished
 
-from .fakes import FakeIdle, FakeThermometer, make_rig
+from .fakes import FakeIdle, FakePower, FakeThermometer, make_rig
 
 
 def test_waits_for_idle_then_starts_the_child_running(tmp_path: Path) -> None:
@@ -234,3 +236,46 @@ def test_heat_and_an_exclusive_program_hold_training_back_and_the_status_says_wh
     rig.controller.apply_preferences(dataclasses.replace(prefs, exclusive_programs=(running,)))
     rig.step(3.0)
     assert rig.child.paused and rig.controller.status.reason == f"{running.lower()} is running (an exclusive program)"
+
+
+def test_after_the_computer_slept_a_child_on_the_gpu_is_restarted_and_one_on_the_cpu_is_not(tmp_path: Path) -> None:
+    prefs = Preferences(idle_minutes=1, coordinator_url="ws://127.0.0.1:9/ws", device="auto")
+    rig = make_rig(tmp_path, prefs)
+    rig.step(idle=61.0)
+    rig.child.device("cuda")
+    rig.step()
+    rig.clock.sleep_through(3600)  # an hour asleep: wall time jumped, monotonic time did not
+    rig.step()
+    assert rig.children[0].commands == ["stop"]  # the CUDA context is not trusted after sleep
+    rig.step()
+    assert len(rig.children) == 2 and rig.child.config.device == "auto"  # it finds its device anew
+    rig.child.device("cpu")
+    rig.step()
+    rig.clock.sleep_through(3600)
+    rig.step()
+    assert rig.children[1].commands == []  # a CPU child just goes on
+
+
+def test_the_computer_is_kept_awake_only_while_training_on_mains_power_when_asked(tmp_path: Path) -> None:
+    awake = KeepAwake([shutil.which("cat") or "/bin/cat"], name="stand-in")  # logind isn't here
+    power = FakePower()
+    prefs = Preferences(idle_minutes=1, coordinator_url="ws://127.0.0.1:9/ws", keep_awake_on_ac=True)
+    rig = make_rig(tmp_path, prefs, keep_awake=awake, power=power)
+    try:
+        rig.step(idle=5.0)
+        assert not awake.held  # waiting for idle: sleep is the computer's business
+        rig.step(idle=61.0)
+        rig.step()
+        assert rig.controller.status.state is AppState.TRAINING and awake.held
+        power.battery = True
+        rig.step(3.0)  # the power source is read on the slow poll
+        assert not awake.held
+        power.battery = False
+        rig.step(3.0)
+        rig.step()
+        assert awake.held
+        rig.controller.apply_preferences(dataclasses.replace(prefs, keep_awake_on_ac=False))
+        rig.step()
+        assert not awake.held
+    finally:
+        awake.release()

@@ -45,6 +45,7 @@ def test_settings_round_trip_through_the_toml_file_and_apply_at_once(
     dialog.pause_above_celsius.setValue(88)
     dialog.exclusive_programs.setText("steam, Blender.exe,")
     dialog.suspend_while_fullscreen.setChecked(False)
+    dialog.keep_awake_on_ac.setChecked(True)
     qtbot.mouseClick(dialog.buttons.button(QDialogButtonBox.StandardButton.Ok), Qt.MouseButton.LeftButton)
     assert not dialog.isVisible() and not dialog.error.isVisible()
 
@@ -54,7 +55,7 @@ def test_settings_round_trip_through_the_toml_file_and_apply_at_once(
     assert [(w.start, w.end) for w in saved.time_windows] == [(time(22), time(7)), (time(12), time(13, 30))]
     assert saved.run_on_battery and saved.autostart and saved.extra == {"future_key": 1}
     assert saved.pause_above_celsius == 88 and saved.exclusive_programs == ("steam", "Blender.exe")
-    assert not saved.suspend_while_fullscreen
+    assert not saved.suspend_while_fullscreen and saved.keep_awake_on_ac
     assert rig.controller.preferences == saved  # in effect now
     assert autostart.is_enabled()
 
