@@ -33,7 +33,9 @@ def train_forever() -> None:
 
     from training.data import TokenDataset, ensure_default_dataset
     from training.model import build_model, preset
+    from volunteer_app.tray.child import die_with_parent
 
+    die_with_parent()  # a killed bench leaves no trainer behind, stopped or running
     torch.set_num_threads(1)
     dataset = TokenDataset.open(ensure_default_dataset(progress=False))
     model = build_model(preset("tiny", vocab_size=dataset.vocab_size, max_seq_len=64))
@@ -65,6 +67,8 @@ def measure(cap: int, seconds: float, warmup_s: float) -> float:
         cycle.start()
         began_wall, began_cpu = time.monotonic(), _cpu_seconds(process.pid)
         time.sleep(seconds)
+        if process.poll() is not None:
+            raise RuntimeError(f"the training process exited with {process.returncode} while measured")
         share = (_cpu_seconds(process.pid) - began_cpu) / (time.monotonic() - began_wall)
         return 100 * share
     finally:

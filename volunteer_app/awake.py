@@ -23,12 +23,15 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["KeepAwake"]
 
 log = logging.getLogger(__name__)
 
+RETRY_S = 300.0
 _ES_CONTINUOUS = 0x80000000
 _ES_SYSTEM_REQUIRED = 0x00000001
 
@@ -37,11 +40,16 @@ class KeepAwake:
     """Holds system sleep off while held. `command` is the inhibitor to run as a child, with `{why}`
     in it replaced (None on Windows, which uses its API)."""
 
-    def __init__(self, command: Sequence[str] | None, *, name: str) -> None:
+    def __init__(
+        self, command: Sequence[str] | None, *, name: str, reads_stdin: bool = True, clock: Any = time.monotonic
+    ) -> None:
         self.command = list(command) if command is not None else None
         self.name = name  # shown in the app: "systemd-inhibit", "caffeinate", "SetThreadExecutionState"
+        self.reads_stdin = reads_stdin  # ends when its stdin closes (else it is terminated at once)
+        self._clock = clock
         self._child: subprocess.Popen[bytes] | None = None
         self._held = False
+        self._retry_at = 0.0  # an inhibitor that ended by itself (no logind, refused) is not respawned before
         atexit.register(self.release)
 
     @classmethod
@@ -50,7 +58,7 @@ class KeepAwake:
         if sys.platform == "win32":
             return cls(None, name="SetThreadExecutionState")
         if sys.platform == "darwin" and shutil.which("caffeinate"):
-            return cls(["caffeinate", "-i", "-w", str(os.getpid())], name="caffeinate")
+            return cls(["caffeinate", "-i", "-w", str(os.getpid())], name="caffeinate", reads_stdin=False)
         inhibit, cat = shutil.which("systemd-inhibit"), shutil.which("cat")
         if inhibit and cat:
             command = [inhibit, "--what=sleep:idle", "--who=Commonweights", "--why={why}", "--mode=block"]
@@ -60,12 +68,18 @@ class KeepAwake:
     @property
     def held(self) -> bool:
         if self._child is not None and self._child.poll() is not None:
-            log.warning("%s ended on its own (code %s): sleep is no longer held off", self.name, self._child.returncode)
+            log.warning(
+                "%s ended on its own (code %s): sleep is no longer held off; trying again in %.0f s",
+                self.name,
+                self._child.returncode,
+                RETRY_S,
+            )
             self._child, self._held = None, False
+            self._retry_at = self._clock() + RETRY_S
         return self._held
 
     def hold(self, why: str) -> None:
-        if self.held:
+        if self.held or self._clock() < self._retry_at:
             return
         if self.command is None:
             ctypes.windll.kernel32.SetThreadExecutionState(_ES_CONTINUOUS | _ES_SYSTEM_REQUIRED)  # type: ignore[attr-defined]
@@ -84,6 +98,8 @@ class KeepAwake:
             if self._held:
                 ctypes.windll.kernel32.SetThreadExecutionState(_ES_CONTINUOUS)  # type: ignore[attr-defined]
         elif self._child is not None:
+            if not self.reads_stdin:
+                self._child.terminate()
             if self._child.stdin is not None:
                 with contextlib.suppress(OSError):
                     self._child.stdin.close()

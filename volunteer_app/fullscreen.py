@@ -24,6 +24,8 @@ import sys
 import threading
 from typing import Any, Protocol
 
+from volunteer_app.idle.x11 import declare_io_error_handlers, forget_connection, guard_connection
+
 __all__ = ["FullscreenWatcher", "WindowsFullscreen", "X11Fullscreen", "detect_fullscreen"]
 
 _ANY_TYPE = 0  # AnyPropertyType: window ids are WINDOW by the spec; tools that set them by hand write CARDINAL
@@ -102,6 +104,7 @@ def _load_xlib() -> Any:
     xlib.XFree.argtypes = [vp]
     xlib.XSync.argtypes = [vp, ctypes.c_int]
     xlib.XSetErrorHandler.argtypes, xlib.XSetErrorHandler.restype = [_ERROR_HANDLER], vp
+    declare_io_error_handlers(xlib)
     return xlib
 
 
@@ -117,6 +120,8 @@ class X11Fullscreen:
         if not self._dpy:
             raise OSError(f"cannot open the X display {name!r}")
         self._x.XSetErrorHandler(_IGNORE_ERROR)
+        self._broken = False
+        self._lost_handler = guard_connection(self._x, self._dpy, self)  # a lost X server: None, not exit()
         self._root = self._x.XDefaultRootWindow(self._dpy)
         self._active, self._clients = self._atom("_NET_ACTIVE_WINDOW"), self._atom("_NET_CLIENT_LIST")
         self._state, self._full = self._atom("_NET_WM_STATE"), self._atom("_NET_WM_STATE_FULLSCREEN")
@@ -126,17 +131,20 @@ class X11Fullscreen:
 
     def close(self) -> None:
         if self._dpy:
-            self._x.XCloseDisplay(self._dpy)
+            forget_connection(self._dpy)
+            if not self._broken:
+                self._x.XCloseDisplay(self._dpy)
             self._dpy = None
 
     def fullscreen(self) -> bool | None:
-        if not self._dpy:
+        if not self._dpy or self._broken:
             return None
         active = self._ids(self._root, self._active, _ANY_TYPE)
         if active and active[0]:
             return self._is_full(active[0])
         windows = self._ids(self._root, self._clients, _ANY_TYPE) or self._children()
-        return any(self._viewable(w) and self._is_full(w) for w in windows[:_MAX_WINDOWS])
+        full = any(self._viewable(w) and self._is_full(w) for w in windows[:_MAX_WINDOWS])
+        return None if self._broken else full
 
     def _is_full(self, window: int) -> bool:
         return self._full in self._ids(window, self._state, _XA_ATOM)

@@ -60,6 +60,10 @@ class Clock(Protocol):
 
     def monotonic(self) -> float: ...
 
+    def asleep(self) -> float | None:
+        """Seconds the computer has spent suspended since it booted, where the OS says (None elsewhere)."""
+        ...
+
 
 class SystemClock:
     def now(self) -> datetime:
@@ -67,6 +71,15 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+    def asleep(self) -> float | None:
+        """Linux: BOOTTIME counts suspend and MONOTONIC doesn't; macOS: MONOTONIC counts it and UPTIME_RAW
+        doesn't. Neither moves when the wall clock is set (by the user, by NTP). Windows: not told here."""
+        if hasattr(time, "CLOCK_BOOTTIME"):
+            return time.clock_gettime(time.CLOCK_BOOTTIME) - time.clock_gettime(time.CLOCK_MONOTONIC)
+        if hasattr(time, "CLOCK_UPTIME_RAW"):
+            return time.clock_gettime(time.CLOCK_MONOTONIC) - time.clock_gettime(time.CLOCK_UPTIME_RAW)
+        return None
 
 
 class ManualClock:
@@ -77,6 +90,7 @@ class ManualClock:
             raise ValueError("ManualClock needs a timezone-aware wall time")
         self._wall = wall
         self._mono = monotonic
+        self._asleep = 0.0
 
     def now(self) -> datetime:
         return self._wall
@@ -88,9 +102,13 @@ class ManualClock:
         self._wall += timedelta(seconds=seconds)
         self._mono += seconds
 
+    def asleep(self) -> float | None:
+        return self._asleep
+
     def sleep_through(self, seconds: float) -> None:
         """The computer sleeps: wall time moves on, monotonic time (stopped in suspend) doesn't."""
         self._wall += timedelta(seconds=seconds)
+        self._asleep += seconds
 
 
 class RunState(StrEnum):
@@ -117,7 +135,8 @@ class Observation:
     idle_guessed: bool = False
     """The idle time is a guess (CPU-load fallback); reasons say so."""
     temperature_c: float | None = None
-    """The hottest CPU/GPU sensor's reading; None: no sensor (the heat rule then never suspends)."""
+    """The hottest CPU/GPU sensor's reading; None: no reading this time (the heat rule keeps its state;
+    on a machine without sensors it never suspends)."""
     temperature_sensor: str = ""
     exclusive_running: str | None = None
     """A program on the volunteer's exclusive list that is running (its name), if any."""
@@ -232,8 +251,10 @@ class ComputePolicy:
     def _track_heat(self, celsius: float | None) -> None:
         """Hot at or above the limit; cool again only below it by the hysteresis (a fan's lag must not flap)."""
         limit = self._prefs.pause_above_celsius
-        if limit <= 0 or celsius is None:
+        if limit <= 0:
             self._hot = False
+        elif celsius is None:
+            return  # one failed read (a GPU driver after sleep) says nothing: hot stays hot
         elif celsius >= limit:
             self._hot = True
         elif celsius < limit - self._tuning.heat_hysteresis_c:

@@ -32,10 +32,9 @@ def _linux(proc: Path) -> set[str]:
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # another user's process: its exe link is unreadable
             names.add(normalize(os.readlink(entry / "exe")).removesuffix(" (deleted)"))
-            continue  # another user's process: its exe link is unreadable; its comm is not
-        with contextlib.suppress(OSError, UnicodeDecodeError):
+        with contextlib.suppress(OSError, UnicodeDecodeError):  # and Wine games' exe is wine64-preloader
             names.add(normalize((entry / "comm").read_text()))
     names.discard("")
     return names
@@ -43,7 +42,14 @@ def _linux(proc: Path) -> set[str]:
 
 def _command(argv: list[str], parse: Callable[[str], Iterable[str]]) -> set[str]:
     try:
-        output = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True).stdout
+        output = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),  # Windows: no console flashing up
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return set()
     return {normalize(name) for name in parse(output) if name.strip()}

@@ -78,8 +78,14 @@ def test_on_linux_it_holds_sleep_through_systemd_inhibit_when_there_is_one() -> 
     assert awake.command[-1].endswith("cat")
 
 
-def test_an_inhibitor_that_dies_by_itself_is_noticed() -> None:
-    awake = KeepAwake([sys.executable, "-c", "pass"], name="short-lived")
+def test_an_inhibitor_that_dies_by_itself_is_noticed_and_not_respawned_at_every_tick() -> None:
+    now = [1000.0]
+    awake = KeepAwake([sys.executable, "-c", "pass"], name="short-lived", clock=lambda: now[0])
     awake.hold("x")
     _poll("the short-lived inhibitor to end", lambda: not awake.held)
+    awake.hold("again")  # the app asks at its next tick: not yet
+    assert awake._child is None
+    now[0] += 301
+    awake.hold("later")
+    assert awake._child is not None
     awake.release()

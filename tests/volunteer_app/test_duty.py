@@ -93,3 +93,33 @@ def test_a_busy_process_gets_about_its_share_compared_with_an_unheld_one_in_the_
             process.kill()
             process.wait()
     assert 0.15 <= ratio <= 0.45, f"the held process ran {ratio:.2f} of the free one's CPU time"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_training_child_left_stopped_dies_with_the_app() -> None:
+    """The app SIGKILLed while its child is stopped (mid duty cycle): the kernel ends the child anyway."""
+    child = (
+        "import os, signal, time; from volunteer_app.tray.child import die_with_parent; die_with_parent(); "
+        "os.kill(os.getpid(), signal.SIGSTOP); time.sleep(600)"
+    )
+    app = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import subprocess, sys, time\n"
+            f"p = subprocess.Popen([sys.executable, '-c', {child!r}]); print(p.pid, flush=True); time.sleep(600)"
+        )],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert app.stdout is not None
+    pid = int(app.stdout.readline())
+    _poll(lambda: _state(pid) == "T")  # stopped, as the duty cycle leaves it
+    app.kill()
+    app.wait()
+    _poll(lambda: _state(pid) in ("Z", "X", None))
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None

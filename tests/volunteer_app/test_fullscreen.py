@@ -98,3 +98,17 @@ def test_the_policy_pauses_for_a_full_screen_window_unless_told_not_to() -> None
     policy.preferences = Preferences(idle_minutes=0, suspend_while_fullscreen=False)
     assert policy.decide(Observation(idle_seconds=600, fullscreen=True)).state is RunState.RUN
     assert policy.decide(Observation(idle_seconds=600, fullscreen=None)).state is RunState.RUN
+
+
+@needs_x
+def test_a_lost_x_server_answers_none_instead_of_ending_the_app() -> None:
+    server, name = start_xvfb()
+    watcher = X11Fullscreen(name)
+    if not hasattr(watcher._x, "XSetIOErrorExitHandler"):
+        server.kill()
+        pytest.skip("libX11 before 1.7 can only exit() on a lost connection")
+    assert watcher.fullscreen() is False
+    server.kill()
+    server.wait()
+    _poll("the lost connection to be noticed", lambda: watcher.fullscreen() is None)
+    watcher.close()  # a lost connection is left to the OS, not closed through Xlib

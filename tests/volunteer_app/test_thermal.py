@@ -100,7 +100,10 @@ def test_work_pauses_at_the_limit_and_resumes_only_once_cooled_by_the_hysteresis
     assert at(85)[0] is RunState.SUSPEND  # cooling, not yet cool
     assert at(80)[0] is RunState.SUSPEND
     assert at(79.5)[0] is RunState.RUN
-    assert at(None)[0] is RunState.RUN  # no sensor: the rule never holds work back
+    assert at(None)[0] is RunState.RUN  # no reading: cool stays cool
+    assert at(95)[0] is RunState.SUSPEND
+    state, reason = at(None)  # a failed read (the GPU driver after sleep): hot stays hot
+    assert state is RunState.SUSPEND and "no reading" in reason
 
 
 def test_the_heat_rule_is_off_at_zero_and_the_preference_is_checked() -> None:

@@ -76,11 +76,7 @@ class X11Libraries:
         xlib.XCloseDisplay.restype = ctypes.c_int
         xlib.XDefaultRootWindow.argtypes = [vp]
         xlib.XDefaultRootWindow.restype = ctypes.c_ulong
-        if hasattr(xlib, "XSetIOErrorExitHandler"):
-            xlib.XSetIOErrorExitHandler.argtypes = [vp, _IO_ERROR_EXIT_HANDLER, vp]
-            xlib.XSetIOErrorExitHandler.restype = None
-            xlib.XSetIOErrorHandler.argtypes = [_IO_ERROR_HANDLER]
-            xlib.XSetIOErrorHandler.restype = _IO_ERROR_HANDLER
+        declare_io_error_handlers(xlib)
         xss.XScreenSaverQueryExtension.argtypes = [vp, c_int_p, c_int_p]
         xss.XScreenSaverQueryExtension.restype = ctypes.c_int
         xss.XScreenSaverQueryInfo.argtypes = [vp, ctypes.c_ulong, ctypes.POINTER(XScreenSaverInfo)]
@@ -100,11 +96,12 @@ class _ConnectionLossGuard:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._ours: weakref.WeakValueDictionary[int, X11IdleSource] = weakref.WeakValueDictionary()
+        self._ours: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()  # each has `_broken`
         self._previous: Any = None
         self._handler = _IO_ERROR_HANDLER(self._on_io_error)
 
-    def watch(self, xlib: Any, display: int, source: X11IdleSource) -> None:
+    def watch(self, xlib: Any, display: int, source: Any) -> None:
+        """`source` (an X11IdleSource, an X11Fullscreen) is marked `_broken` when its display is lost."""
         with self._lock:
             self._ours[display] = source
             previous = xlib.XSetIOErrorHandler(self._handler)
@@ -126,6 +123,29 @@ class _ConnectionLossGuard:
 
 
 _GUARD = _ConnectionLossGuard()
+
+
+def declare_io_error_handlers(xlib: Any) -> None:
+    """The signatures of libX11's IO error handler calls (without them ctypes would cut pointers to ints)."""
+    if hasattr(xlib, "XSetIOErrorExitHandler"):
+        xlib.XSetIOErrorExitHandler.argtypes = [ctypes.c_void_p, _IO_ERROR_EXIT_HANDLER, ctypes.c_void_p]
+        xlib.XSetIOErrorExitHandler.restype = None
+        xlib.XSetIOErrorHandler.argtypes = [_IO_ERROR_HANDLER]
+        xlib.XSetIOErrorHandler.restype = _IO_ERROR_HANDLER
+
+
+def forget_connection(display: Any) -> None:
+    _GUARD.forget(int(display))
+
+
+def guard_connection(xlib: Any, display: Any, source: Any) -> Any:
+    """Keep the process alive if `display`'s connection is lost (libX11 ≥ 1.7): `source._broken` is set
+    instead. Returns the handler, which the caller keeps alive."""
+    handler = _IO_ERROR_EXIT_HANDLER(lambda _display, _data: setattr(source, "_broken", True))
+    if hasattr(xlib, "XSetIOErrorExitHandler"):
+        xlib.XSetIOErrorExitHandler(display, handler, None)
+        _GUARD.watch(xlib, int(display), source)
+    return handler
 
 
 class X11IdleSource:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import hmac
 import logging
@@ -27,6 +28,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -91,6 +93,7 @@ class TrainingChild:
         # The CPU-time cap, held by suspending the process for the rest of each second (volunteer_app.duty);
         # where that can't be done (Windows), the child rests between steps itself (worker.Throttle).
         self.duty_cycle: DutyCycle | None = None
+        self._cycle_lock = threading.Lock()
 
     @property
     def pid(self) -> int | None:
@@ -157,8 +160,12 @@ class TrainingChild:
         return True
 
     def _end_cycle(self) -> None:
-        if self.duty_cycle is not None:
-            self.duty_cycle.stop()
+        """Once only (stop, kill and the reader all get here): the last SIGCONT goes to our child, never
+        to a process that took its pid after it was reaped."""
+        with self._cycle_lock:
+            cycle, self.duty_cycle = self.duty_cycle, None
+        if cycle is not None:
+            cycle.stop()
 
     def _send(self, command: Command) -> None:
         conn = self._conn
@@ -313,8 +320,22 @@ class _Outbox:
         self.send(event)
 
 
+def die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this process when the app dies, however it dies. A child the duty
+    cycle left stopped could not notice otherwise (a stopped process reads no EOF), and would keep its
+    memory, GPU memory included, for good. (A fatal signal ends a stopped process too.)"""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the app died before the request took effect
+        os._exit(1)
+
+
 def child_main(conn: Connection, raw_config: bytes) -> None:
     """The child process's entry point (a module-level function, so `spawn` can import it)."""
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is for the app, which stops us
     logging.basicConfig(level=logging.WARNING, format="training: %(levelname)s %(name)s: %(message)s")
     config = decode(raw_config)

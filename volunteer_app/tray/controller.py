@@ -183,10 +183,10 @@ class ControllerTuning:
     """Offline this long while work should run: notify."""
     rejections_in_a_row: int = 3
     shutdown_timeout_s: float = 15.0
-    slept_after_s: float = 30.0
-    """Wall time ran ahead of monotonic time by this much between ticks: the computer slept (monotonic
-    clocks stop in suspend). A child on a GPU is then restarted: it finds its device anew (a CUDA
-    context rarely survives sleep; the GPU may be gone) and resumes its unit from the checkpoint."""
+    slept_after_s: float = 5.0
+    """The computer was suspended this long between ticks (`Clock.asleep`): a child on a GPU is then
+    restarted; it finds its device anew (a CUDA context rarely survives sleep; the GPU may be gone) and
+    resumes its unit from the checkpoint."""
 
 
 Trace = Callable[[str, Mapping[str, object]], None]
@@ -256,7 +256,7 @@ class AppController:
         self.thermometer = thermometer
         self.fullscreen = fullscreen
         self.keep_awake = keep_awake
-        self._last_times: tuple[float, float] | None = None  # (wall, monotonic) at the last tick
+        self._asleep: float | None = None  # Clock.asleep() at the last tick
         self._fullscreen: bool | None = None
         self._heat: Reading | None = None
         self._exclusive: str | None = None
@@ -389,7 +389,7 @@ class AppController:
         """One observation and decision; returns the status it published."""
         self.drain_inbox()
         mono = self.clock.monotonic()
-        self._check_sleep(mono)
+        self._check_sleep()
         if mono >= self._next_slow:
             self._next_slow = mono + self.tuning.slow_poll_s
             self._on_battery = self.power_source.on_battery()
@@ -425,12 +425,12 @@ class AppController:
         self._hold_awake(status)
         return status
 
-    def _check_sleep(self, mono: float) -> None:
-        wall = self.clock.now().timestamp()
-        last, self._last_times = self._last_times, (wall, mono)
-        if last is None or (wall - last[0]) - (mono - last[1]) < self.tuning.slept_after_s:
+    def _check_sleep(self) -> None:
+        asleep = self.clock.asleep()
+        last, self._asleep = self._asleep, asleep
+        if last is None or asleep is None or asleep - last < self.tuning.slept_after_s:
             return
-        self._trace_event("resumed", {"slept_s": round((wall - last[0]) - (mono - last[1]), 1)})
+        self._trace_event("resumed", {"slept_s": round(asleep - last, 1)})
         child = self._child
         if child is not None and child.device is not None and child.device.kind != "cpu":
             self._stop_child("the computer woke from sleep: finding the GPU anew")

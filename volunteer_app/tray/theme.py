@@ -75,18 +75,27 @@ def apply_theme(app: Any, preference: str) -> str:
     from PySide6.QtCore import Qt
 
     hints = app.styleHints()
+    if hasattr(hints, "unsetColorScheme"):  # Qt 6.8: forget an earlier choice, to read the system's own
+        hints.unsetColorScheme()
     known = {Qt.ColorScheme.Dark: "dark", Qt.ColorScheme.Light: "light"}.get(hints.colorScheme())
     wanted = preference if preference in ("light", "dark") else known or desktop_scheme() or "light"
-    if hasattr(hints, "setColorScheme"):  # Qt 6.8: where the platform can, it switches its own palette
+    if preference in ("light", "dark") and hasattr(hints, "setColorScheme"):  # where the platform can
         hints.setColorScheme(Qt.ColorScheme.Dark if wanted == "dark" else Qt.ColorScheme.Light)
-    if known == wanted:
-        return wanted  # the platform draws it
-    if not hasattr(app, "_commonweights_style"):
-        app._commonweights_style = app.style().name()  # what to go back to for light
+        known = {Qt.ColorScheme.Dark: "dark", Qt.ColorScheme.Light: "light"}.get(hints.colorScheme())
+    drawn_by_us = hasattr(app, "_commonweights_style")
+    if known == wanted:  # the platform draws it: undo our own dark drawing, if any
+        if drawn_by_us:
+            app.setStyle(app._commonweights_style)
+            app.setPalette(app.style().standardPalette())
+            del app._commonweights_style
+        return wanted
     if wanted == "dark":
+        if not drawn_by_us:
+            app._commonweights_style = app.style().name()  # what to go back to
         app.setStyle("Fusion")
         app.setPalette(_dark_palette())
-    else:
+    elif drawn_by_us:
         app.setStyle(app._commonweights_style)
         app.setPalette(app.style().standardPalette())
+        del app._commonweights_style
     return wanted
