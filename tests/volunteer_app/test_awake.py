@@ -4,16 +4,14 @@ run); the systemd-inhibit command line itself is checked as built."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from tests.support.processes import app_with_a_child, process_state
 from volunteer_app.awake import KeepAwake
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the POSIX inhibitor child")
@@ -21,15 +19,7 @@ CAT = shutil.which("cat") or "/bin/cat"
 
 
 def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    return state not in ("Z", "X")  # a zombie left to a container's init has ended
+    return process_state(pid) not in ("Z", "X", None)  # a zombie left to a container's init has ended
 
 
 def _poll(what: str, condition: object, timeout: float = 10.0) -> None:
@@ -51,16 +41,10 @@ def test_held_while_asked_once_and_gone_on_release() -> None:
 
 
 def test_the_inhibitor_ends_when_the_app_is_killed() -> None:
-    app = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import sys, time; from volunteer_app.awake import KeepAwake\n"
-            f"a = KeepAwake([{CAT!r}], name='stand-in'); a.hold('x'); print(a._child.pid, flush=True); time.sleep(600)"
-        )],
-        stdout=subprocess.PIPE,
-        cwd=Path(__file__).resolve().parents[2],
-    )  # fmt: skip
-    assert app.stdout is not None
-    held = int(app.stdout.readline())
+    app, held = app_with_a_child(
+        "from volunteer_app.awake import KeepAwake\n"
+        f"a = KeepAwake([{CAT!r}], name='stand-in'); a.hold('x'); print(a._child.pid, flush=True)"
+    )
     assert _running(held)
     app.send_signal(signal.SIGKILL)
     app.wait()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.processes import app_with_a_child, process_state
 from volunteer_app.duty import DutyCycle
 
 pytestmark = pytest.mark.skipif(not DutyCycle.supported(), reason="SIGSTOP/SIGCONT are POSIX only")
@@ -102,24 +103,10 @@ def test_a_training_child_left_stopped_dies_with_the_app() -> None:
         "import os, signal, time; from volunteer_app.tray.child import die_with_parent; die_with_parent(); "
         "os.kill(os.getpid(), signal.SIGSTOP); time.sleep(600)"
     )
-    app = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import subprocess, sys, time\n"
-            f"p = subprocess.Popen([sys.executable, '-c', {child!r}]); print(p.pid, flush=True); time.sleep(600)"
-        )],
-        stdout=subprocess.PIPE,
-        cwd=Path(__file__).resolve().parents[2],
-    )  # fmt: skip
-    assert app.stdout is not None
-    pid = int(app.stdout.readline())
-    _poll(lambda: _state(pid) == "T")  # stopped, as the duty cycle leaves it
+    app, pid = app_with_a_child(
+        f"import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', {child!r}]); print(p.pid, flush=True)"
+    )
+    _poll(lambda: process_state(pid) == "T")  # stopped, as the duty cycle leaves it
     app.kill()
     app.wait()
-    _poll(lambda: _state(pid) in ("Z", "X", None))
-
-
-def _state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
+    _poll(lambda: process_state(pid) in ("Z", "X", None))

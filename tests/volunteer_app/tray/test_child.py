@@ -40,17 +40,11 @@ def _next(messages: queue.Queue[ChildMessage], kind: type, test: object = None) 
             return message
 
 
-@pytest.mark.parametrize("launch", ["multiprocessing", "interpreter"])
-def test_the_child_trains_pauses_with_a_checkpoint_resumes_and_stops(
-    coordinator: LocalCoordinator, tmp_path: Path, launch: str
-) -> None:
-    """`multiprocessing`: a development install, where the app's Python has torch. `interpreter`: an
-    installed app, whose training child runs from the training environment's Python (here another
-    process of this one's) and reaches the app over loopback."""
-    steps = 200  # long enough that the pause lands mid-unit
+def _post_one_unit_campaign(coordinator: LocalCoordinator, name: str, steps: int) -> None:
+    """A `tiny` campaign of one unit of `steps` steps, accepted on its own."""
     coordinator.api.post_campaign(
         {
-            "name": f"child-test-{launch}",
+            "name": name,
             "model": "tiny",
             "dataset": "stdlib",
             "codec": "int8",
@@ -60,6 +54,17 @@ def test_the_child_trains_pauses_with_a_checkpoint_resumes_and_stops(
             "validation": {"replication_rate": 0.0, "holdout_check_rate": 0.0},
         }
     )
+
+
+@pytest.mark.parametrize("launch", ["multiprocessing", "interpreter"])
+def test_the_child_trains_pauses_with_a_checkpoint_resumes_and_stops(
+    coordinator: LocalCoordinator, tmp_path: Path, launch: str
+) -> None:
+    """`multiprocessing`: a development install, where the app's Python has torch. `interpreter`: an
+    installed app, whose training child runs from the training environment's Python (here another
+    process of this one's) and reaches the app over loopback."""
+    steps = 200  # long enough that the pause lands mid-unit
+    _post_one_unit_campaign(coordinator, f"child-test-{launch}", steps)
     messages: queue.Queue[ChildMessage] = queue.Queue()
     config = ChildConfig(
         coordinator.ws_url,
@@ -105,18 +110,7 @@ def test_a_capped_child_is_duty_cycled_trains_and_still_stops_cleanly(
 ) -> None:
     """The cap is held by suspending the process for the rest of each second, not by the child resting
     between steps (it is told 100 %); a stop request ends the cycle first, so it is heard at once."""
-    coordinator.api.post_campaign(
-        {
-            "name": "child-test-capped",
-            "model": "tiny",
-            "dataset": "stdlib",
-            "codec": "int8",
-            "token_budget": 400 * 2 * 32,
-            "inner": {"steps": 400, "batch_size": 2, "seq_len": 32, "warmup_steps": 0},
-            "rounds": {"units_per_round": 1, "min_accepted": 1},
-            "validation": {"replication_rate": 0.0, "holdout_check_rate": 0.0},
-        }
-    )
+    _post_one_unit_campaign(coordinator, "child-test-capped", 400)
     messages: queue.Queue[ChildMessage] = queue.Queue()
     config = ChildConfig(
         coordinator.ws_url,
