@@ -127,7 +127,6 @@ class Ingest:
         moments = s.blobs.get(moments_sha) if moments_sha else b""
         if sha256_hex(payload) != sha256 or (moments_sha and sha256_hex(moments) != moments_sha):
             raise BlobNotFound(f"blob {sha256} (or its moments frame) does not hold what its name promises")
-        s.counters.bytes_in += len(payload)
         return self._decoded(unit, sha256, payload, moments, stored=True)
 
     def _holding(self, volunteer_id: str, unit_id: str, lease_id: str) -> tuple[UnitRow | None, bool]:
@@ -143,8 +142,7 @@ class Ingest:
 
     def _decoded(self, unit: UnitRow, sha: str, payload: bytes, moments: bytes, *, stored: bool) -> PreparedUpdate:
         s = self.state
-        if not stored:
-            s.counters.bytes_in += len(payload)
+        s.counters.bytes_in += len(payload)
         try:
             delta = s.decode(payload, unit.shard)
         except CodecError as error:

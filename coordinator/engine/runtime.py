@@ -237,7 +237,7 @@ class CampaignRuntime:
             yield
             return
         with self.state.store.transaction():
-            self.state.store.hold_campaign(self.row.id, *lease)
+            self._check_term()
             yield
 
     def _published(self, version: VersionRow | None) -> VersionRow | None:

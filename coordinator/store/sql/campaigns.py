@@ -144,15 +144,8 @@ class SQLCampaigns(SQLWork):
             row = self.round(round_id)
             if row is None or row.status != "open":
                 raise StoreError(f"round {round_id} is not open")
-            if lease is not None:
-                # Touching the lease row holds its lock to the commit: a takeover waits for this close.
-                held = self._execute(
-                    "UPDATE campaign_leases SET expires_at = expires_at "
-                    "WHERE campaign_id = ? AND holder = ? AND epoch = ? AND expires_at >= ?",
-                    (row.campaign_id, lease[0], lease[1], now),
-                )
-                if held != 1:
-                    raise LeaseLost(f"{lease[0]} no longer holds campaign {row.campaign_id}'s lease (term {lease[1]})")
+            if lease is not None:  # its row lock is held to this commit: a takeover waits for this close
+                self.hold_campaign(row.campaign_id, *lease)
             # Conditional, so that of two transactions closing the round at once only one does.
             closed = self._execute(
                 "UPDATE rounds SET status = 'closed', closed_at = ?, close_reason = ? WHERE id = ? AND status = 'open'",
