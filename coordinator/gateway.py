@@ -88,6 +88,9 @@ DECODE_OFF_LOOP_BYTES = 256 * 1024
 # How long a volunteer refused for a crowded source waits before trying again.
 CROWDED_RETRY_S = 60.0
 FORWARD_KINDS = ("evaluate", "check")  # unit kinds the evaluation desk serves (forward passes only)
+SEEN_EVERY_S = 60.0  # a connected volunteer's last_seen is written at most this often (its account page reads it)
+PAUSED = "this machine is paused from its account (resume it on the dashboard's My machines page)"
+PAUSED_RETRY_S = 30.0
 
 
 @dataclass
@@ -108,6 +111,7 @@ class Session:
     held: asyncio.Task[None] | None = None  # the request_work waiting for a campaign to open, if any
     campaigns: CampaignSignal | None = None
     forwarder: Forwarder | None = None  # to the leaders of campaigns another replica leads
+    seen_noted: float = field(default_factory=time.monotonic)  # when last_seen was last written (hello writes it)
 
     def leader(self) -> Forwarder:
         assert self.forwarder is not None, "a follower campaign without replicas"
@@ -478,8 +482,10 @@ def _network_banned(session: Session) -> ProtocolError:
     )
 
 
-def _standing(service: Coordinator, volunteer_id: str, source: str) -> tuple[VolunteerRow | None, bool]:
-    """The volunteer's row now, and whether its source is banned."""
+def _standing(service: Coordinator, volunteer_id: str, source: str, *, seen: bool) -> tuple[VolunteerRow | None, bool]:
+    """The volunteer's row now, and whether its source is banned; `seen`: note it was heard from now."""
+    if seen:
+        service.store.touch_seen(volunteer_id)
     return service.store.volunteer(volunteer_id), service.source_banned(source)
 
 
@@ -492,7 +498,12 @@ async def _serve(session: Session) -> None:
         if isinstance(message, Keepalive):
             continue  # it was heard, and the socket noted when; no reply, no store read
         assert session.volunteer is not None
-        volunteer, network_banned = await service.workers.run(_standing, service, session.volunteer.id, session.source)
+        seen = time.monotonic() - session.seen_noted >= SEEN_EVERY_S
+        if seen:
+            session.seen_noted = time.monotonic()
+        volunteer, network_banned = await service.workers.run(
+            _standing, service, session.volunteer.id, session.source, seen=seen
+        )
         if volunteer is None or volunteer.banned or network_banned:
             refusal = (
                 _network_banned(session)
@@ -531,6 +542,12 @@ async def _dispatch(session: Session, message: Message) -> None:
     service = session.service
     volunteer = session.volunteer
     assert volunteer is not None
+    if volunteer.paused and isinstance(message, RequestWork):
+        await _send(session, NoWork(retry_after_s=PAUSED_RETRY_S, reason=PAUSED))
+        return
+    if volunteer.paused and isinstance(message, Progress):
+        await _abandon(session, message.unit_id, message.lease_id)
+        raise ProtocolError(ErrorCode.NOT_YOUR_LEASE, f"{PAUSED}: the unit was given back to the campaign")
     if isinstance(message, RequestWork):
         try:
             answer = await _assign_work(session, message)
@@ -556,8 +573,6 @@ async def _dispatch(session: Session, message: Message) -> None:
             service.evaluations.report, volunteer.id, message.unit_id, message.lease_id, message.losses
         )
         await _send(session, _result(message.unit_id, message.lease_id, outcome))
-    elif isinstance(message, Abandon) and service.evaluations.is_unit(message.unit_id):
-        await service.workers.run(service.evaluations.abandon, volunteer.id, message.unit_id, message.lease_id)
     elif isinstance(message, Progress):
         runtime = await _runtime_for_unit(service, message.unit_id)
         if message.steps_total != runtime.spec.inner.steps or message.step > message.steps_total:
@@ -583,15 +598,24 @@ async def _dispatch(session: Session, message: Message) -> None:
     elif isinstance(message, Submit):
         await _submit(session, message)
     elif isinstance(message, Abandon):
-        runtime = await _runtime_for_unit(service, message.unit_id)
-        if isinstance(runtime, FollowerRuntime):
-            await session.leader().abandon(runtime, volunteer.id, message.unit_id, message.lease_id)
-        else:
-            await service.workers.run_in_order(
-                runtime.row.id, runtime.abandon, volunteer.id, message.unit_id, message.lease_id
-            )
+        await _abandon(session, message.unit_id, message.lease_id)
     else:
         raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"{type(message).__name__} is not expected here")
+
+
+async def _abandon(session: Session, unit_id: str, lease_id: str) -> None:
+    """Give a leased unit (or a measurement) back on the volunteer's behalf, so it is reissued now."""
+    service = session.service
+    assert session.volunteer is not None
+    volunteer_id = session.volunteer.id
+    if service.evaluations.is_unit(unit_id):
+        await service.workers.run(service.evaluations.abandon, volunteer_id, unit_id, lease_id)
+        return
+    runtime = await _runtime_for_unit(service, unit_id)
+    if isinstance(runtime, FollowerRuntime):
+        await session.leader().abandon(runtime, volunteer_id, unit_id, lease_id)
+    else:
+        await service.workers.run_in_order(runtime.row.id, runtime.abandon, volunteer_id, unit_id, lease_id)
 
 
 async def _refuse_codec(session: Session, refusal: UnsupportedCodec) -> None:

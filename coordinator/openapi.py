@@ -218,7 +218,8 @@ def build_document(routes: list[Route]) -> Schema:
             "description": (
                 "Campaigns, versions, rounds, volunteers, stats and admin actions of a Commonweights "
                 "coordinator. Reads are public; writes need `Authorization: Bearer <token>` with the "
-                "`admin` or `lead` role (see each operation's `x-roles`). Every error is "
+                "`admin` or `lead` role, a volunteer account's key (`account`) or a machine's volunteer "
+                "token (`machine`); see each operation's `x-roles`. Every error is "
                 '`{"error": {"code": ..., "message": ...}}`. A request body is UTF-8 JSON (TOML where an '
                 "operation says so) of at most 256 KiB, nested at most 16 levels deep, with integers of at "
                 "most 40 digits and text without lone surrogates; any other body is refused with 400 "
@@ -233,7 +234,11 @@ def build_document(routes: list[Route]) -> Schema:
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "An admin or project-lead API token (admins create lead tokens).",
+                    "description": (
+                        "An admin or project-lead API token (admins create lead tokens); for `account` "
+                        "operations a volunteer account's key; for `machine` operations the volunteer token "
+                        "a machine got in the protocol's welcome."
+                    ),
                 }
             },
         },
@@ -513,6 +518,7 @@ COMPONENTS: dict[str, Schema] = {
                         "units_rejected": INT,
                         "last_seen": NUM,
                         "banned": BOOL,
+                        "recent_credit": NUM,
                     }
                 )
             )
@@ -573,6 +579,110 @@ COMPONENTS: dict[str, Schema] = {
         }
     ),
     "Me": obj({"id": INT, "role": {"type": "string", "enum": ["admin", "lead"]}, "label": STR}),
+    "AccountRequest": {
+        "type": "object",
+        "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100}},
+        "required": ["name"],
+        "additionalProperties": False,
+    },
+    "AccountCreated": obj(
+        {
+            "id": INT,
+            "name": STR,
+            "key": {"type": "string", "description": "Signs in as the account; shown once, kept only as a hash."},
+        }
+    ),
+    "Machine": obj(
+        {
+            "id": STR,
+            "name": STR,
+            "state": {"type": "string", "enum": ["training", "online", "offline", "paused", "banned"]},
+            "paused": BOOL,
+            "device": {"type": "string", "description": "Its best device: kind and name."},
+            "platform": STR,
+            "client_version": STR,
+            "last_seen": NUM,
+            "credit": NUM,
+            "recent_credit": {"type": "number", "description": "Recent average credit: per day, half-life a week."},
+            "tokens": INT,
+            "units_accepted": INT,
+            "current_unit": {
+                "oneOf": [
+                    obj({"unit_id": STR, "campaign_id": INT, "campaign_name": STR}),
+                    {"type": "null"},
+                ]
+            },
+        }
+    ),
+    "Account": obj(
+        {
+            "id": INT,
+            "name": STR,
+            "created_at": NUM,
+            "team": {"oneOf": [obj({"id": INT, "name": STR}), {"type": "null"}]},
+            "credit": NUM,
+            "recent_credit": NUM,
+            "machine_count": INT,
+            "machines": array(ref("Machine")),
+        }
+    ),
+    "LinkCode": obj({"code": STR, "expires_at": NUM, "expires_in_s": NUM}),
+    "LinkRequest": {
+        "type": "object",
+        "properties": {"code": {"type": "string", "maxLength": 20, "description": "As shown, e.g. K7QX-M2PD."}},
+        "required": ["code"],
+        "additionalProperties": False,
+    },
+    "Linked": obj({"volunteer_id": STR, "account": obj({"id": INT, "name": STR})}),
+    "MachineSelf": obj(
+        {
+            "volunteer_id": STR,
+            "name": STR,
+            "paused": BOOL,
+            "account": {"oneOf": [obj({"id": INT, "name": STR}), {"type": "null"}]},
+        }
+    ),
+    "Unlinked": obj({"id": STR, "unlinked": BOOL}),
+    "TeamChoice": {
+        "type": "object",
+        "properties": {"team_id": {"type": ["integer", "null"], "minimum": 0, "maximum": 10**18 - 1}},
+        "required": ["team_id"],
+        "additionalProperties": False,
+    },
+    "TeamRequest": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 100},
+            "description": {"type": "string", "maxLength": 500},
+        },
+        "required": ["name"],
+        "additionalProperties": False,
+    },
+    "Team": obj(
+        {
+            "id": INT,
+            "name": STR,
+            "description": STR,
+            "created_at": NUM,
+            "members": INT,
+            "credit": NUM,
+            "recent_credit": NUM,
+            "machine_count": INT,
+        }
+    ),
+    "TeamList": obj({"teams": array(ref("Team"))}),
+    "TeamDetail": {
+        "allOf": [
+            ref("Team"),
+            obj(
+                {
+                    "accounts": array(
+                        obj({"id": INT, "name": STR, "credit": NUM, "recent_credit": NUM, "machine_count": INT})
+                    )
+                }
+            ),
+        ]
+    },
     "TokenRequest": {
         "type": "object",
         "properties": {

@@ -1,4 +1,5 @@
-"""A REST request's body decoded as hostile input: JSON or TOML into plain values, or a `BadBody`.
+"""A REST request's body decoded as hostile input: JSON or TOML into plain values, or a `BadBody`; and
+the API's error answers.
 
     >>> decode_body(b'{"label": "alice"}', "application/json")
     {'label': 'alice'}
@@ -21,9 +22,25 @@ and a body that parses is walked, without recursion, for its depth and its text.
 from __future__ import annotations
 
 import json
+import math
 import tomllib
+from typing import Any
 
-__all__ = ["MAX_DEPTH", "MAX_DIGITS", "BadBody", "decode_body"]
+from aiohttp import web
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_DEPTH",
+    "MAX_DIGITS",
+    "BadBody",
+    "decode_body",
+    "error_response",
+    "json_body",
+    "read_body",
+    "retry_later",
+]
+
+MAX_BODY_BYTES = 256 * 1024
 
 MAX_DEPTH = 16  # containers in containers; a campaign spec, the deepest body the API takes, needs 2
 MAX_DIGITS = 40  # the largest number any field takes has 19 digits (a seed below 2**63)
@@ -109,3 +126,30 @@ def _check_text(text: str) -> None:
             f"a text in the body holds a lone surrogate (U+{ord(text[error.start]):04X} at character "
             f"{error.start}), which is not a character; send valid Unicode"
         ) from None
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole request body; OverflowError past MAX_BODY_BYTES."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise OverflowError(f"the body must be under {MAX_BODY_BYTES} bytes")
+    body = await request.read()  # aiohttp refuses more than the app's client_max_size with 413
+    if len(body) > MAX_BODY_BYTES:
+        raise OverflowError(f"the body must be under {MAX_BODY_BYTES} bytes")
+    return body
+
+
+async def json_body(request: web.Request) -> object:
+    """The request's JSON body; OverflowError past MAX_BODY_BYTES, BadBody with a sentence on a bad one."""
+    return decode_body(await read_body(request), "application/json")
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    """The REST API's one shape of error: `{"error": {"code": ..., "message": ..., **extra}}`."""
+    return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status)
+
+
+def retry_later(status: int, code: str, message: str, seconds: float) -> web.Response:
+    """An error answer with a Retry-After header of `seconds`, rounded up."""
+    response = error_response(status, code, message)
+    response.headers["Retry-After"] = str(math.ceil(seconds))
+    return response

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import platform
 import re
 import shutil
@@ -29,15 +28,25 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coordinator import events
+from coordinator.accounts import ACCOUNT_ROLE, ACCOUNT_ROUTES, MACHINE_ROLE, authenticate
 from coordinator.appkeys import EVENTS, METRICS, SERVICE
 from coordinator.campaign import CampaignSpec, SpecError
 from coordinator.engine import model_config_for
 from coordinator.exports import EXPORT_FORMATS, ExportBusy, ExportJob, TryItLimits, TryItRefused, campaign_record
 from coordinator.metrics import UNMATCHED_ROUTE
 from coordinator.openapi import MAX_ID, STR, Handler, Param, Reply, Route, id_param, ref, register
-from coordinator.request_body import BadBody, decode_body
+from coordinator.request_body import (
+    MAX_BODY_BYTES,
+    BadBody,
+    decode_body,
+    error_response,
+)
+from coordinator.request_body import json_body as _json_body
+from coordinator.request_body import read_body as _body
+from coordinator.request_body import retry_later as _retry_later
 from coordinator.service import Coordinator
 from coordinator.store import BlobNotFound, CampaignRow, StoreError, VersionRow
+from coordinator.store.credit import decayed
 from protocol.codecs import CODEC_NAMES
 from protocol.limits import MAX_ID_LEN
 from protocol.version import RELEASE_VERSION as __version__
@@ -51,7 +60,6 @@ __all__ = ["MAX_BODY_BYTES", "ROUTES", "add_routes", "campaign_stats", "campaign
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 256 * 1024
 THROUGHPUT_WINDOW_S = 120.0  # tokens/s is measured over accepted updates of the last two minutes
 RECENT_CREDIT_DAYS = 7.0
 CREDIT_UNIT = "TFLOP of training work (6 × trained parameters × tokens / 1e12), like BOINC's cobblestones"
@@ -62,26 +70,18 @@ STARTED_AT = web.AppKey("started_at", float)
 CALLER = web.RequestKey("caller", tuple[int, str, str])  # (token id, role, label) of a guarded request
 
 
-def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status)
-
-
-def _retry_later(status: int, code: str, message: str, seconds: float) -> web.Response:
-    """An error answer with a Retry-After header of `seconds`, rounded up."""
-    response = error_response(status, code, message)
-    response.headers["Retry-After"] = str(math.ceil(seconds))
-    return response
-
-
 def _service(request: web.Request) -> Coordinator:
     return request.app[SERVICE]
 
 
-def _caller(request: web.Request) -> tuple[int, str, str] | None:
+def _bearer(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer "):
-        return None
-    token = header.removeprefix("Bearer ").strip()
+    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    return token or None
+
+
+def _caller(request: web.Request) -> tuple[int, str, str] | None:
+    token = _bearer(request)
     return _service(request).role_for_token(token) if token else None
 
 
@@ -90,6 +90,12 @@ def require(roles: tuple[str, ...]) -> Callable[[Handler], Handler]:
 
     def wrap(handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
+            if roles in ((ACCOUNT_ROLE,), (MACHINE_ROLE,)):
+                token = _bearer(request)
+                if token is None or not await authenticate(request, roles[0], token):
+                    whose = "your account's key" if roles[0] == ACCOUNT_ROLE else "this machine's volunteer token"
+                    return error_response(401, "unauthorized", f"sign in: send 'Authorization: Bearer <{whose}>'")
+                return await handler(request)
             caller = _caller(request)
             if caller is None:
                 return error_response(401, "unauthorized", "sign in: send 'Authorization: Bearer <token>'")
@@ -167,21 +173,6 @@ def _campaign_or_404(request: web.Request) -> CampaignRow | web.Response:
     if row is None:
         return error_response(404, "not_found", f"no campaign {campaign_id}")
     return row
-
-
-async def _body(request: web.Request) -> bytes:
-    """The whole request body; OverflowError past MAX_BODY_BYTES."""
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise OverflowError(f"the body must be under {MAX_BODY_BYTES} bytes")
-    body = await request.read()  # aiohttp refuses more than the app's client_max_size with 413
-    if len(body) > MAX_BODY_BYTES:
-        raise OverflowError(f"the body must be under {MAX_BODY_BYTES} bytes")
-    return body
-
-
-async def _json_body(request: web.Request) -> object:
-    """The request's JSON body; OverflowError past MAX_BODY_BYTES, BadBody with a sentence on a bad one."""
-    return decode_body(await _body(request), "application/json")
 
 
 # campaigns -------------------------------------------------------------------------------------
@@ -695,6 +686,7 @@ async def all_events(request: web.Request) -> web.StreamResponse:
 
 async def list_volunteers(request: web.Request) -> web.Response:
     rows = _service(request).store.volunteers()
+    now = _service(request).clock()
     return web.json_response(
         {
             "volunteers": [
@@ -707,6 +699,7 @@ async def list_volunteers(request: web.Request) -> web.Response:
                     "units_rejected": v.units_rejected,
                     "last_seen": v.last_seen,
                     "banned": v.banned,
+                    "recent_credit": round(decayed(v.recent_credit, v.recent_credit_at, now), 6),
                 }
                 for v in rows
             ]
@@ -1112,6 +1105,7 @@ ROUTES: list[Route] = [
         params=(id_param("token_id", "token"),),
     ),
     Route("GET", "/metrics", metrics, "Prometheus metrics", METRICS_TEXT, tag="server"),
+    *ACCOUNT_ROUTES,
 ]
 
 

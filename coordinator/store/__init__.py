@@ -17,15 +17,26 @@ from __future__ import annotations
 
 from coordinator.store.backends import open_blobs, open_store, url_problems
 from coordinator.store.blobs import BlobNotFound, Blobs, BlobStore, sha256_hex
-from coordinator.store.interface import CampaignStore, Store, SubmissionStore, TokenStore, VolunteerStore, WorkStore
+from coordinator.store.interface import (
+    AccountStore,
+    CampaignStore,
+    Store,
+    SubmissionStore,
+    TokenStore,
+    VolunteerStore,
+    WorkStore,
+)
 from coordinator.store.rows import (
+    AccountRow,
     CampaignRow,
     LeaseLost,
     LeaseRow,
     ReplicaRow,
     RoundRow,
+    Standing,
     StoreError,
     SubmissionRow,
+    TeamRow,
     UnitRow,
     VersionRow,
     VolunteerRow,
@@ -34,6 +45,8 @@ from coordinator.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 __all__ = [
     "SCHEMA_VERSION",
+    "AccountRow",
+    "AccountStore",
     "BlobNotFound",
     "BlobStore",
     "Blobs",
@@ -44,10 +57,12 @@ __all__ = [
     "ReplicaRow",
     "RoundRow",
     "SQLiteStore",
+    "Standing",
     "Store",
     "StoreError",
     "SubmissionRow",
     "SubmissionStore",
+    "TeamRow",
     "TokenStore",
     "UnitRow",
     "VersionRow",

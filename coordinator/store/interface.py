@@ -7,7 +7,8 @@
 
 `CampaignStore` holds campaigns, their published versions and the close of a round (which publishes
 one); `WorkStore` rounds, units and leases; `SubmissionStore` volunteers' results; `VolunteerStore`
-volunteers and credit; `TokenStore` the REST API's tokens. `Store` is all of them plus transactions.
+volunteers and credit; `TokenStore` the REST API's tokens; `AccountStore` volunteers' accounts, the
+machines in each, and teams. `Store` is all of them plus transactions.
 
 The contract an implementation honours (SQLite today, PostgreSQL next to it):
 
@@ -34,23 +35,26 @@ Rows are frozen snapshots (`coordinator.store.rows`), detached from the database
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from coordinator.store.rows import (
+    AccountRow,
     CampaignRow,
     LeaseRow,
     ReplicaRow,
     RoundRow,
+    Standing,
     StoreActivity,
     SubmissionRow,
+    TeamRow,
     UnitRow,
     VersionRow,
     VolunteerRow,
 )
 
-__all__ = ["CampaignStore", "Store", "SubmissionStore", "TokenStore", "VolunteerStore", "WorkStore"]
+__all__ = ["AccountStore", "CampaignStore", "Store", "SubmissionStore", "TokenStore", "VolunteerStore", "WorkStore"]
 
 
 class CampaignStore(Protocol):
@@ -362,6 +366,69 @@ class VolunteerStore(Protocol):
         """A campaign's volunteers by credit earned in it: id, name, tokens, credit, units."""
         ...
 
+    def touch_seen(self, volunteer_id: str) -> None:
+        """The volunteer was heard from now (last_seen), between hellos."""
+        ...
+
+
+class AccountStore(Protocol):
+    """Volunteer accounts: the machines (volunteers) that joined each, teams, credit standings."""
+
+    def add_account(self, name: str, key_hash: str) -> int:
+        """A new account, signed in with the key whose hash is `key_hash`; its id."""
+        ...
+
+    def account(self, account_id: int) -> AccountRow | None: ...
+
+    def account_by_key(self, key_hash: str) -> AccountRow | None: ...
+
+    def machines(self, account_id: int) -> list[VolunteerRow]:
+        """The volunteers (machines) in an account, oldest first."""
+        ...
+
+    def leased_units(self, volunteer_ids: Iterable[str]) -> dict[str, tuple[str, int, str]]:
+        """Per volunteer, a unit it holds a lease on now: (unit id, campaign id, campaign name)."""
+        ...
+
+    def add_link_code(self, account_id: int, code_hash: str, expires_at: float) -> None:
+        """The account's one live link code (any older one, and every expired code, is dropped)."""
+        ...
+
+    def redeem_link_code(self, code_hash: str, volunteer_id: str) -> AccountRow | None:
+        """Spend a live code: the volunteer joins (or moves to) its account, unpaused. None if the code is
+        unknown, spent or expired."""
+        ...
+
+    def set_machine_paused(self, account_id: int, volunteer_id: str, paused: bool) -> bool:
+        """False unless the volunteer is in the account."""
+        ...
+
+    def unlink_machine(self, account_id: int, volunteer_id: str) -> bool:
+        """The volunteer leaves the account (unpaused); False unless it was in it."""
+        ...
+
+    def add_team(self, name: str, description: str, founder: int) -> int:
+        """A new team that the `founder` account joins; StoreError if the name is taken."""
+        ...
+
+    def set_team(self, account_id: int, team_id: int | None) -> bool:
+        """Join a team (None: leave it); False if there is no such team."""
+        ...
+
+    def team(self, team_id: int) -> TeamRow | None: ...
+
+    def teams(self, limit: int = 1000) -> list[TeamRow]:
+        """Teams by their members' total credit, highest first."""
+        ...
+
+    def team_members(self, team_id: int) -> list[tuple[AccountRow, Standing]]:
+        """A team's accounts with their standing, by credit."""
+        ...
+
+    def account_standing(self, account_id: int) -> Standing:
+        """The credit of the account's machines, with their recent average credit as of now."""
+        ...
+
 
 class TokenStore(Protocol):
     """The REST API's tokens (admin, lead), kept only as hashes."""
@@ -385,7 +452,7 @@ class TokenStore(Protocol):
         ...
 
 
-class Store(CampaignStore, WorkStore, SubmissionStore, VolunteerStore, TokenStore, Protocol):
+class Store(CampaignStore, WorkStore, SubmissionStore, VolunteerStore, TokenStore, AccountStore, Protocol):
     """Everything the coordinator keeps, behind one transaction. The module docstring is the contract."""
 
     @property

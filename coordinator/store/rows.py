@@ -12,14 +12,17 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "AccountRow",
     "CampaignRow",
     "LeaseLost",
     "LeaseRow",
     "ReplicaRow",
     "RoundRow",
+    "Standing",
     "StoreActivity",
     "StoreError",
     "SubmissionRow",
+    "TeamRow",
     "UnitRow",
     "VersionRow",
     "VolunteerRow",
@@ -181,3 +184,39 @@ class VolunteerRow:
     units_rejected: int
     source: str = ""  # network prefix at registration ("203.0.113.0/24"); "" when unknown or older
     last_source: str = ""  # network prefix at the latest hello
+    account_id: int | None = None  # the account the machine joined with a link code
+    paused: bool = False  # paused from its account: leases no work until resumed
+    recent_credit: float = 0.0  # credit per day, decaying (coordinator.store.credit), as of recent_credit_at
+    recent_credit_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class AccountRow:
+    """A volunteer's account: machines join it with a link code; it may be in a team."""
+
+    id: int
+    name: str
+    key_hash: str
+    team_id: int | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Credit of a group of machines (an account, a team): total, and recent average credit per day now."""
+
+    credit: float
+    recent_credit: float
+    machines: int
+
+
+@dataclass(frozen=True)
+class TeamRow:
+    """A team of accounts, with its members' standing as of now."""
+
+    id: int
+    name: str
+    description: str
+    created_at: float
+    members: int
+    standing: Standing

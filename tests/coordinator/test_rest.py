@@ -75,7 +75,12 @@ async def api(tmp_path: Path, small_dataset: Path) -> AsyncIterator[Api]:
 
 
 def _concrete(path: str) -> str:
-    return path.replace("{campaign_id}", "1").replace("{token_id}", "1").replace("{volunteer_id}", "v1")
+    return (
+        path.replace("{campaign_id}", "1")
+        .replace("{token_id}", "1")
+        .replace("{volunteer_id}", "v1")
+        .replace("{team_id}", "1")
+    )
 
 
 async def test_anonymous_callers_get_401_from_every_operation_the_document_says_needs_a_token(api: Api) -> None:
@@ -101,6 +106,15 @@ async def test_anonymous_callers_get_401_from_every_operation_the_document_says_
         "revoke_token",
         "ban_volunteer",
         "unban_volunteer",
+        "get_account",
+        "new_link_code",
+        "pause_machine",
+        "resume_machine",
+        "unlink_machine",
+        "join_team",
+        "link_machine",
+        "my_machine",
+        "create_team",
     }
 
 

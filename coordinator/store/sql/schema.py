@@ -232,6 +232,35 @@ MIGRATIONS: list[str] = [
         seen_at REAL NOT NULL
     );
     """,
+    # 9 -> 10: volunteer accounts that several machines (volunteers) join with a one-time link code, teams
+    # of accounts, a machine paused from its account, and each machine's recent average credit (BOINC's
+    # RAC: credit per day, decaying with a half-life of a week) with the time it was last brought up to date
+    """
+    CREATE TABLE teams (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        description TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE accounts (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        key_hash TEXT NOT NULL UNIQUE,
+        team_id INTEGER REFERENCES teams(id),
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE link_codes (
+        code_hash TEXT NOT NULL PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id),
+        expires_at REAL NOT NULL
+    );
+    ALTER TABLE volunteers ADD COLUMN account_id INTEGER REFERENCES accounts(id);
+    ALTER TABLE volunteers ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE volunteers ADD COLUMN recent_credit REAL NOT NULL DEFAULT 0;
+    ALTER TABLE volunteers ADD COLUMN recent_credit_at REAL NOT NULL DEFAULT 0;
+    CREATE INDEX volunteers_by_account ON volunteers (account_id);
+    CREATE INDEX accounts_by_team ON accounts (team_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from coordinator.store.credit import add_credit
 from coordinator.store.rows import VolunteerRow
 from coordinator.store.sql.database import Row, SQLDatabase
 
-__all__ = ["SQLVolunteers"]
+__all__ = ["SQLVolunteers", "volunteer_row"]
 
 
 class SQLVolunteers(SQLDatabase):
@@ -32,15 +33,15 @@ class SQLVolunteers(SQLDatabase):
 
     def volunteer(self, volunteer_id: str) -> VolunteerRow | None:
         row = self._one("SELECT * FROM volunteers WHERE id = ?", (volunteer_id,))
-        return _volunteer(row) if row else None
+        return volunteer_row(row) if row else None
 
     def volunteer_by_token(self, token_hash: str) -> VolunteerRow | None:
         row = self._one("SELECT * FROM volunteers WHERE token_hash = ?", (token_hash,))
-        return _volunteer(row) if row else None
+        return volunteer_row(row) if row else None
 
     def volunteers(self, limit: int = 1000) -> list[VolunteerRow]:
         rows = self._all("SELECT * FROM volunteers ORDER BY credit DESC, created_at LIMIT ?", (limit,))
-        return [_volunteer(r) for r in rows]
+        return [volunteer_row(r) for r in rows]
 
     def volunteer_totals(self) -> tuple[int, float]:
         row = self._one("SELECT COUNT(*) AS n, COALESCE(SUM(credit), 0) AS credit FROM volunteers")
@@ -79,9 +80,14 @@ class SQLVolunteers(SQLDatabase):
         self, volunteer_id: str, *, accepted: bool, credit: float, tokens: int, trust: dict[str, int]
     ) -> None:
         """Credit, counts and the new trust state for one judged result (inside the caller's transaction)."""
+        recent = self._one("SELECT recent_credit, recent_credit_at FROM volunteers WHERE id = ?", (volunteer_id,))
+        average, at = (float(recent["recent_credit"]), float(recent["recent_credit_at"])) if recent else (0.0, 0.0)
+        if credit > 0:
+            average, at = add_credit(average, at, credit=credit, now=self.clock())
         self._execute(
             "UPDATE volunteers SET credit = credit + ?, tokens = tokens + ?, units_accepted = units_accepted + ?, "
-            "units_rejected = units_rejected + ?, consecutive_valid = ?, errors = ? WHERE id = ?",
+            "units_rejected = units_rejected + ?, consecutive_valid = ?, errors = ?, recent_credit = ?, "
+            "recent_credit_at = ? WHERE id = ?",
             (
                 credit,
                 tokens,
@@ -89,9 +95,15 @@ class SQLVolunteers(SQLDatabase):
                 int(not accepted),
                 trust["consecutive_valid"],
                 trust["errors"],
+                average,
+                at,
                 volunteer_id,
             ),
         )
+
+    def touch_seen(self, volunteer_id: str) -> None:
+        with self.transaction():
+            self._execute("UPDATE volunteers SET last_seen = ? WHERE id = ?", (self.clock(), volunteer_id))
 
     def leaderboard(self, campaign_id: int, limit: int = 50) -> list[dict[str, Any]]:
         rows = self._all(
@@ -103,8 +115,10 @@ class SQLVolunteers(SQLDatabase):
         return [dict(r) for r in rows]
 
 
-def _volunteer(row: Row) -> VolunteerRow:
+def volunteer_row(row: Row) -> VolunteerRow:
+    """A volunteers row as the store hands it out."""
     values = dict(row)
     values["capabilities"] = json.loads(values.pop("capabilities_json"))
     values["banned"] = bool(values["banned"])
+    values["paused"] = bool(values["paused"])
     return VolunteerRow(**values)
