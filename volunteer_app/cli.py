@@ -103,6 +103,21 @@ def add_volunteer(commands: Subparsers) -> None:
     run.add_argument("--inject-fault", choices=FAULTS, default=None, help=argparse.SUPPRESS)
     run.set_defaults(handler=_run_volunteer)
 
+    link = sub.add_parser(
+        "link",
+        help="join this machine to your volunteer account with a code from its My machines page",
+        description=(
+            "Link this machine to a volunteer account, so it shows on the account's My machines page (state, "
+            "device, credit, current unit), can be paused from there, and its credit counts for the account "
+            "and its team. Make the code on the dashboard (My machines > Link a machine); it works once, for "
+            "15 minutes. The machine must have connected to the coordinator once (volunteer run, or the app)."
+        ),
+    )
+    link.add_argument("code", help="the code the dashboard shows, e.g. K7QX-M2PD")
+    link.add_argument("--coordinator", required=True, metavar="URL", help="e.g. ws://127.0.0.1:8470/ws")
+    link.add_argument("--config-dir", type=Path, default=None, metavar="DIR", help="where credentials.toml lives")
+    link.set_defaults(handler=_run_link)
+
     from volunteer_app.tray.main import add_arguments  # argparse only; Qt loads when the app runs
 
     app = sub.add_parser(
@@ -141,6 +156,18 @@ def add_volunteer(commands: Subparsers) -> None:
     )
     setup.add_argument("--dry-run", action="store_true", help="only show the device and the plan")
     setup.set_defaults(handler=_run_setup)
+
+
+def _run_link(args: argparse.Namespace) -> int:
+    from volunteer_app.account import AccountError, link_machine
+
+    try:
+        linked = link_machine(args.coordinator, args.code, config_dir=args.config_dir)
+    except AccountError as error:
+        print(f"error ({error.code}): {error}", file=sys.stderr)
+        return 2
+    print(f"This machine ({linked.volunteer_id}) is now in the account {linked.account_name!r}.")
+    return 0
 
 
 def _run_setup(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 import tomli_w
@@ -29,6 +30,8 @@ __all__ = [
     "CredentialError",
     "CredentialStore",
     "Credentials",
+    "coordinator_api",
+    "coordinator_websocket",
     "default_config_dir",
     "normalize_url",
 ]
@@ -53,6 +56,23 @@ class Credentials:
 def default_config_dir() -> Path:
     """`<user config dir>/commonweights`, per platformdirs (for example ~/.config/commonweights)."""
     return platformdirs.user_config_path(APP_NAME, appauthor=False)
+
+
+def coordinator_websocket(url: str) -> str:
+    """The WebSocket URL for what a user typed: http(s) becomes ws(s), and a bare host gets /ws;
+    ValueError for text that names no coordinator."""
+    parts = urlsplit(url.strip())
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"{url!r} is not a coordinator URL; use one like ws://127.0.0.1:8470/ws")
+    path = parts.path if parts.path not in ("", "/") else "/ws"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+def coordinator_api(url: str) -> str:
+    """The base of the coordinator's REST API (http(s)://host:port) for any URL `coordinator_websocket` takes."""
+    parts = urlsplit(coordinator_websocket(url))
+    return urlunsplit(({"ws": "http", "wss": "https"}[parts.scheme], parts.netloc, "", "", ""))
 
 
 def normalize_url(url: str) -> str:

@@ -36,7 +36,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 import torch
@@ -82,7 +81,7 @@ from protocol.messages import (
 from protocol.version import PROTOCOL_VERSION, RELEASE_VERSION
 from training.inner import StepReport
 from volunteer_app.blob_cache import DEFAULT_CACHE_BYTES, BlobCache, BlobError, DownloadProgress
-from volunteer_app.credentials import CredentialError, CredentialStore
+from volunteer_app.credentials import CredentialError, CredentialStore, coordinator_websocket
 from volunteer_app.devices import DeviceInfo, choose_device, detect_devices, platform_tag, system_memory_bytes
 from volunteer_app.events import (
     Connected,
@@ -269,12 +268,10 @@ def reconnect_delay(
 
 def websocket_url(url: str) -> str:
     """The WebSocket URL for what a user typed: http(s) becomes ws(s), and a bare host gets /ws."""
-    parts = urlsplit(url.strip())
-    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
-    if scheme is None or not parts.netloc:
-        raise WorkerError("bad_url", f"{url!r} is not a coordinator URL; use one like ws://127.0.0.1:8470/ws")
-    path = parts.path if parts.path not in ("", "/") else "/ws"
-    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+    try:
+        return coordinator_websocket(url)
+    except ValueError as error:
+        raise WorkerError("bad_url", str(error)) from None
 
 
 def default_data_dir() -> Path:

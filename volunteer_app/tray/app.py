@@ -17,7 +17,9 @@ from PySide6.QtCore import QObject, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon, QWidget
 
+from volunteer_app.account import link_machine, machine_status
 from volunteer_app.preferences import Preferences
+from volunteer_app.tray.account_box import AccountBox
 from volunteer_app.tray.controller import AppController, AppNotification, AppState, AppStatus
 from volunteer_app.tray.notifications import Notifier
 from volunteer_app.tray.settings_dialog import SettingsDialog
@@ -149,11 +151,21 @@ class DesktopApp(QObject):
                 apply=self._apply_preferences,
                 idle_description=self.controller.idle_source.description,
                 rebuild=self._rebuild_environment,
+                account=self._account_box(),
             )
             self.settings_dialog = dialog
         elif not dialog.isVisible():
             dialog.load(self.controller.preferences)
         _bring_forward(dialog)
+
+    def _account_box(self) -> AccountBox:
+        """Linking this machine to a volunteer account, on the coordinator the preferences name now."""
+        controller = self.controller
+        config_dir = controller.paths.config_dir
+        return AccountBox(
+            link=lambda code: link_machine(controller.preferences.coordinator_url, code, config_dir=config_dir),
+            status=lambda: machine_status(controller.preferences.coordinator_url, config_dir=config_dir),
+        )
 
     def _apply_preferences(self, prefs: Preferences) -> None:
         self.controller.apply_preferences(prefs)

@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 )
 
 from volunteer_app.preferences import DEVICES, THEMES, Preferences, PreferencesError, TimeWindow
+from volunteer_app.tray.account_box import AccountBox
 
 __all__ = ["SettingsDialog", "format_windows", "parse_windows"]
 
@@ -75,8 +76,10 @@ class SettingsDialog(QDialog):
         apply: Callable[[Preferences], None],
         idle_description: str = "",
         rebuild: Callable[[], None] | None = None,
+        account: AccountBox | None = None,
         parent: QWidget | None = None,
     ) -> None:
+        """`account`: the box linking this machine to a volunteer account (None: not shown)."""
         super().__init__(parent)
         self.setWindowTitle("Commonweights — Settings")
         self.setObjectName("settings")
@@ -205,6 +208,10 @@ class SettingsDialog(QDialog):
             box = QGroupBox(title)
             box.setLayout(form)
             layout.addWidget(box)
+        self.account = account
+        if account is not None:
+            layout.addWidget(account)
+            account.refresh()
         layout.addWidget(self.error)
         layout.addWidget(self.buttons)
         self.load(prefs)

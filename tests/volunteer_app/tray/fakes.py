@@ -16,7 +16,7 @@ from volunteer_app.idle.base import IdleSource
 from volunteer_app.policy import Clock, ManualClock
 from volunteer_app.preferences import Preferences, save_preferences
 from volunteer_app.thermal import Reading, Thermometer
-from volunteer_app.tray.controller import AppController, ControllerTuning
+from volunteer_app.tray.controller import AppController, AppPaths, ControllerTuning
 from volunteer_app.tray.ipc import ChildConfig, ChildExited, ChildMessage, ChildReady, DeviceChosen
 from volunteer_app.tray.stats import StatsBook
 
@@ -152,6 +152,7 @@ def make_rig(
         stats=StatsBook(tmp_path / "app-stats.json"),
         save_preferences=lambda p: save_preferences(p, prefs_path),
         autostart=autostart,
+        paths=AppPaths(config_dir=tmp_path / "config"),  # the account box reads credentials here, not in ~
         clock=clock or manual,
         tuning=tuning or ControllerTuning(restart_delays_s=(2.0, 10.0), linger_s=600.0, unreachable_after_s=60.0),
     )
