@@ -1,6 +1,7 @@
 """The web dashboard: HTML pages and their static assets, served by the coordinator itself.
 
-    add_dashboard(app)      # GET /, /campaigns/7, /campaigns/new, /signin, /lead, /admin, /volunteer, /static/...
+    add_dashboard(app)      # GET /, /campaigns/7, /campaigns/new, /signin, /lead, /admin, /volunteer, /machines,
+                            # /teams, /static/...
 
 Each page is a body fragment in `static/pages/` wrapped in `static/layout.html`; its behaviour is
 one ES module in `static/js/` that talks to the REST API. Nothing loads from another origin (the
@@ -73,6 +74,8 @@ PAGES: tuple[Page, ...] = (
     Page("/lead", "lead.html", "Your campaigns", "lead.js"),
     Page("/admin", "admin.html", "Administration", "admin.js"),
     Page("/volunteer", "volunteer.html", "Contribute", "volunteer/page.js", isolated=True),
+    Page("/machines", "machines.html", "My machines", "machines.js"),
+    Page("/teams", "teams.html", "Teams", "teams.js"),
 )
 
 

@@ -283,8 +283,75 @@ def test_an_admin_manages_tokens_and_bans_a_volunteer(page: Any, server: LiveCoo
     ban.wait_for()
 
 
+def test_a_volunteer_links_a_machine_watches_it_train_pauses_it_and_starts_a_team(
+    page: Any, server: LiveCoordinator, shots: Path, tmp_path: Path
+) -> None:
+    lead = server.api.with_token(server.lead_token("machines"))
+    spec = {"name": "my-machines", "dataset": "small", "token_budget": 10_000_000, **TRAINING_SPEC}
+    campaign_id = int(lead.post_campaign(spec)["id"])
+    page.goto("/machines")
+    page.get_by_label("Name shown on leaderboards").fill("Ada Lovelace")
+    page.get_by_role("button", name="Create account").click()
+    shown_key = page.get_by_label("Your account key — copy it now")
+    shown_key.wait_for()
+    key = shown_key.input_value()
+    assert key.startswith("cw-account-")
+
+    worker = volunteer(server, tmp_path / "laptop", "ada-laptop", "--campaign", str(campaign_id))
+    try:
+        poll(
+            "the machine to register",
+            lambda: (tmp_path / "laptop" / "config" / "credentials.toml").exists() or worker.poll() is not None,
+            timeout=TRAINING_S,
+        )
+        page.get_by_role("button", name="Make a link code").click()
+        page.locator("#code-box").wait_for()
+        code = page.locator("#link-code").inner_text()
+        command = [sys.executable, "-m", "commonweights", "volunteer", "link", code, "--coordinator", server.ws]
+        command += ["--config-dir", str(tmp_path / "laptop" / "config")]
+        linked = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+        assert linked.returncode == 0, linked.stderr
+        row = page.locator("#machine-rows tr", has_text="ada-laptop")
+        try:
+            row.get_by_text("training").wait_for(timeout=TRAINING_S * 1000)  # the page refreshes itself
+        except Exception as error:
+            shown = page.locator("#account").inner_text()
+            raise AssertionError(f"{shown}\n{_logs(tmp_path, server)}") from error
+        row.get_by_role("link", name="my-machines").wait_for()
+        page.screenshot(path=str(shots / "dashboard-machines.png"), full_page=True)
+
+        page.get_by_role("button", name="Pause ada-laptop").click()
+        row.get_by_text("paused by you").wait_for()
+        poll(
+            "the paused machine to give its unit back",
+            lambda: server.call("GET", "/api/account", token=key)[1]["machines"][0]["current_unit"] is None,
+            timeout=90,
+        )
+        page.get_by_role("button", name="Resume ada-laptop").click()
+        row.get_by_role("button", name="Pause ada-laptop").wait_for()
+    finally:
+        stop(worker)
+
+    page.get_by_label("Or start a team").fill("Analytical Engines")
+    page.get_by_role("button", name="Start team").click()
+    page.locator("#notice").get_by_text("You started Analytical Engines").wait_for()
+    page.goto("/teams")
+    page.locator("#team-rows").get_by_role("link", name="Analytical Engines").click()
+    page.locator("#member-rows").get_by_text("Ada Lovelace").wait_for()
+    page.screenshot(path=str(shots / "dashboard-teams.png"), full_page=True)
+
+
+TRAINING_SPEC: dict[str, Any] = {
+    "inner": {"steps": 600, "batch_size": 4, "seq_len": 32, "warmup_steps": 2},  # a minute or more a unit
+    "rounds": {"units_per_round": 2, "min_accepted": 1},
+    "validation": {"replication_rate": 0},
+}
+
+
 READY = {  # what shows once a page has loaded its data
     "/": "#live.on",
+    "/machines": "#create-form",
+    "/teams": "section.panel table",
     "/campaigns/new": "form.spec fieldset",
     "/lead": "#campaign-rows tr",
     "/admin": "#health dt",

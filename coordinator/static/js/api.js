@@ -30,9 +30,24 @@ export function signOut() {
   whoPromise = null;
 }
 
-export async function api(path, { method = "GET", body } = {}) {
+// A volunteer's account key: kept in localStorage (this browser remembers the account, as an app would),
+// sent only by the account pages (`auth: accountKey()`).
+const ACCOUNT_KEY = "commonweights.account";
+
+export function accountKey() {
+  return localStorage.getItem(ACCOUNT_KEY) || "";
+}
+
+export function setAccountKey(value) {
+  if (value) localStorage.setItem(ACCOUNT_KEY, value);
+  else localStorage.removeItem(ACCOUNT_KEY);
+}
+
+// `auth`: the Bearer to send instead of the staff token (an account key).
+export async function api(path, { method = "GET", body, auth } = {}) {
   const headers = { Accept: "application/json" };
-  if (token()) headers.Authorization = `Bearer ${token()}`;
+  const bearer = auth ?? token();
+  if (bearer) headers.Authorization = `Bearer ${bearer}`;
   const init = { method, headers };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
