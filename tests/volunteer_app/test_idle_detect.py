@@ -32,6 +32,7 @@ def linux_backends(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every Linux backend unavailable unless a test says otherwise."""
     for attr, name in [
         ("X11IdleSource", "x11"),
+        ("WaylandIdleSource", "wayland"),
         ("GnomeMutterIdleSource", "gnome-mutter"),
         ("LogindIdleSource", "logind"),
     ]:
@@ -52,6 +53,16 @@ def test_wayland_session_never_tries_x11(monkeypatch: pytest.MonkeyPatch, linux_
     monkeypatch.setattr(detect, "GnomeMutterIdleSource", lambda: StubSource("gnome-mutter"))
     env = {"DISPLAY": ":0", "WAYLAND_DISPLAY": "wayland-0", "XDG_SESSION_TYPE": "wayland"}
     assert idle.detect_idle_source(platform="linux", environ=env).name == "gnome-mutter"
+
+
+def test_a_wayland_compositors_idle_protocol_comes_before_mutter(
+    monkeypatch: pytest.MonkeyPatch, linux_backends: None
+) -> None:
+    monkeypatch.setattr(detect, "WaylandIdleSource", lambda environ: StubSource("wayland-ext-idle-notify"))
+    monkeypatch.setattr(detect, "GnomeMutterIdleSource", lambda: StubSource("gnome-mutter"))
+    env = {"WAYLAND_DISPLAY": "wayland-0", "XDG_SESSION_TYPE": "wayland"}
+    assert idle.detect_idle_source(platform="linux", environ=env).name == "wayland-ext-idle-notify"
+    assert idle.detect_idle_source(platform="linux", environ={"XDG_SESSION_TYPE": "wayland"}).name == "gnome-mutter"
 
 
 def test_logind_is_tried_after_mutter(monkeypatch: pytest.MonkeyPatch, linux_backends: None) -> None:

@@ -5,7 +5,7 @@
     >>> seconds = idle.idle_seconds()    # since the last input; None in manual mode
     >>> on_battery = power.on_battery()  # False on a desktop; None where the OS cannot tell
 
-Backends live in their own modules (`windows`, `macos`, `x11`, `wayland`, `linux_power`) and take
+Backends live in their own modules (`windows`, `macos`, `x11`, `wayland_idle`, `wayland`, `linux_power`) and take
 their OS calls as constructor arguments, so each is tested with fakes on any OS.
 """
 
@@ -19,6 +19,7 @@ from volunteer_app.idle.latency import measure_reset_latency
 from volunteer_app.idle.linux_power import SysfsPowerSource
 from volunteer_app.idle.macos import MacIdleSource, MacPowerSource
 from volunteer_app.idle.wayland import GnomeMutterIdleSource, LogindIdleSource
+from volunteer_app.idle.wayland_idle import WaylandIdleSource
 from volunteer_app.idle.windows import WindowsIdleSource, WindowsPowerSource
 from volunteer_app.idle.x11 import X11IdleSource, is_wayland_session
 
@@ -35,6 +36,7 @@ __all__ = [
     "PowerSource",
     "SysfsPowerSource",
     "UnknownPowerSource",
+    "WaylandIdleSource",
     "WindowsIdleSource",
     "WindowsPowerSource",
     "X11IdleSource",

@@ -1,10 +1,12 @@
 """Choosing the idle and power backends for this OS and login session.
 
     >>> source = detect_idle_source()
-    >>> source.name in {"windows", "macos", "x11", "gnome-mutter", "logind", "manual", "cpu-load-guess"}
+    >>> source.name in {"windows", "macos", "x11", "wayland-ext-idle-notify", "wayland-kde-idle",
+    ...                 "gnome-mutter", "logind", "manual", "cpu-load-guess"}
     True
 
-Linux tries, in order: X11 (unless the session is Wayland), GNOME Mutter's IdleMonitor, logind's
+Linux tries, in order: X11 (unless the session is Wayland), the Wayland compositor's idle protocol
+(ext-idle-notify-v1, else KDE's; where WAYLAND_DISPLAY is set), GNOME Mutter's IdleMonitor, logind's
 IdleHint; when none works it returns the fallback, whose description lists why each backend was
 passed over.
 """
@@ -21,6 +23,7 @@ from volunteer_app.idle.fallback import CpuLoadIdleGuess, ManualIdleSource
 from volunteer_app.idle.linux_power import SysfsPowerSource
 from volunteer_app.idle.macos import MacIdleSource, MacPowerSource
 from volunteer_app.idle.wayland import GnomeMutterIdleSource, LogindIdleSource
+from volunteer_app.idle.wayland_idle import WaylandIdleSource
 from volunteer_app.idle.windows import WindowsIdleSource, WindowsPowerSource
 from volunteer_app.idle.x11 import X11IdleSource, is_wayland_session
 
@@ -43,6 +46,8 @@ def _linux_candidates(environ: Mapping[str, str]) -> list[tuple[str, Callable[[]
     candidates: list[tuple[str, Callable[[], IdleSource]]] = []
     if not is_wayland_session(environ) and environ.get("DISPLAY"):
         candidates.append(("x11", lambda: X11IdleSource(environ=environ)))
+    if environ.get("WAYLAND_DISPLAY"):
+        candidates.append(("wayland", lambda: WaylandIdleSource(environ)))
     candidates.append(("gnome-mutter", GnomeMutterIdleSource))
     candidates.append(("logind", LogindIdleSource))
     return candidates
