@@ -19,6 +19,7 @@ credit is its machines' credit, a team's its members'; recent average credit is 
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Any
 
@@ -52,6 +53,7 @@ LINK_CODE_TTL_S = 15 * 60.0
 ONLINE_S = 150.0  # heard from within this long: online (a connected machine's last_seen moves every minute)
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L: read off one screen, typed on another
 CODE_LENGTH = 8
+TEAM_ID_TEXT = re.compile(r"[0-9]{1,18}")  # fits MAX_ID (ASCII digits only: str.isdigit takes "²")
 MAX_NAME = 100
 MAX_DESCRIPTION = 500
 
@@ -152,7 +154,7 @@ def _state(machine: VolunteerRow, unit: tuple[str, int, str] | None, now: float)
 
 def _machines(service: Coordinator, account_id: int) -> list[dict[str, Any]]:
     machines = service.store.machines(account_id)
-    units = service.store.leased_units(m.id for m in machines)
+    units = service.store.leased_units(account_id)
     now = service.clock()
     views = []
     for machine in machines:
@@ -234,6 +236,9 @@ async def link_machine(request: web.Request) -> web.Response:
     if code is None:
         return error_response(400, "bad_request", f"code: {CODE_LENGTH} letters and digits, as the dashboard shows it")
     machine = request[MACHINE]
+    wait = service.link_attempts.take(machine.id)
+    if wait > 0:
+        return retry_later(429, "too_many_requests", "too many link attempts from this machine; retry later", wait)
     account = await service.workers.run(service.store.redeem_link_code, hash_token(code), machine.id)
     if account is None:
         return error_response(404, "not_found", "no such link code: it was mistyped, used, or expired; make a new one")
@@ -262,7 +267,10 @@ def _pause_action(paused: bool) -> Any:
         if not await service.workers.run(service.store.set_machine_paused, account.id, volunteer_id, paused):
             return error_response(404, "not_found", "no such machine in your account")
         views = await service.workers.run(_machines, service, account.id)
-        return web.json_response(next(v for v in views if v["id"] == volunteer_id))
+        view = next((v for v in views if v["id"] == volunteer_id), None)
+        if view is None:  # removed from the account meanwhile
+            return error_response(404, "not_found", "no such machine in your account")
+        return web.json_response(view)
 
     handler.__name__ = "pause_machine" if paused else "resume_machine"
     return handler
@@ -321,7 +329,7 @@ async def list_teams(request: web.Request) -> web.Response:
 async def get_team(request: web.Request) -> web.Response:
     service = _service(request)
     text = request.match_info["team_id"]
-    team = await service.workers.run(service.store.team, int(text)) if text.isdigit() and int(text) <= MAX_ID else None
+    team = await service.workers.run(service.store.team, int(text)) if TEAM_ID_TEXT.fullmatch(text) else None
     if team is None:
         return error_response(404, "not_found", f"no team {text[:40]}")
     members = await service.workers.run(service.store.team_members, team.id)
@@ -421,8 +429,11 @@ ACCOUNT_ROUTES: list[Route] = [
         _reply("The account it joined.", "Linked"),
         roles=MINE,
         body=ref("LinkRequest"),
-        errors=(404,),
-        description="Called by the app with its volunteer token and a code from the account's page.",
+        errors=(404, 429),
+        description=(
+            "Called by the app with its volunteer token and a code from the account's page. A machine may try "
+            "10 codes at once, then one a minute (429 with Retry-After)."
+        ),
         tag="machines",
     ),
     Route(

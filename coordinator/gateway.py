@@ -495,12 +495,15 @@ async def _serve(session: Session) -> None:
         message = await _receive_frame(session)
         if message is None:
             return
-        if isinstance(message, Keepalive):
-            continue  # it was heard, and the socket noted when; no reply, no store read
         assert session.volunteer is not None
         seen = time.monotonic() - session.seen_noted >= SEEN_EVERY_S
         if seen:
             session.seen_noted = time.monotonic()
+        if isinstance(message, Keepalive):
+            # It was heard, and the socket noted when; no reply, and no store read but last_seen's, now and then.
+            if seen:
+                await service.workers.run(service.store.touch_seen, session.volunteer.id)
+            continue
         volunteer, network_banned = await service.workers.run(
             _standing, service, session.volunteer.id, session.source, seen=seen
         )
@@ -645,7 +648,12 @@ async def _hold(session: Session, message: RequestWork, idle: NoWorkAnswer) -> N
         assert session.campaigns is not None
         answer: Assignment | Evaluation | NoWorkAnswer
         if await session.campaigns.wait(min(session.service.config.work_hold_s, idle.retry_after_s)):
-            answer = await _assign_work(session, message)
+            assert session.volunteer is not None
+            now = await session.service.workers.run(session.service.store.volunteer, session.volunteer.id)
+            if now is not None and now.paused:  # paused from its account while the request was held
+                answer = NoWorkAnswer(PAUSED, retry_after_s=PAUSED_RETRY_S)
+            else:
+                answer = await _assign_work(session, message)
         else:
             answer = NoWorkAnswer(idle.reason, retry_after_s=max(0.0, idle.retry_after_s - (time.monotonic() - began)))
         await _answer_request(session, answer)

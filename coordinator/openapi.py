@@ -653,7 +653,7 @@ COMPONENTS: dict[str, Schema] = {
         "type": "object",
         "properties": {
             "name": {"type": "string", "minLength": 1, "maxLength": 100},
-            "description": {"type": "string", "maxLength": 500},
+            "description": {"type": ["string", "null"], "maxLength": 500},
         },
         "required": ["name"],
         "additionalProperties": False,

@@ -133,6 +133,8 @@ class Coordinator:
         self.registrations = RegistrationLimiter(
             burst=config.admission.registration_burst, per_minute=config.admission.registrations_per_minute
         )
+        # Link codes a machine may try: ten at once, then one a minute (a guess never reaches a live code).
+        self.link_attempts = RegistrationLimiter(burst=10, per_minute=1.0)
 
     @classmethod
     def open(cls, config: CoordinatorConfig, *, clock: Callable[[], float] = time.time) -> Coordinator:

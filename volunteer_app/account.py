@@ -15,6 +15,7 @@ comes from the account's "My machines" page on the dashboard. Answers are read a
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -22,12 +23,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from volunteer_app.credentials import CredentialStore, coordinator_api, coordinator_websocket
+from volunteer_app.credentials import CredentialError, CredentialStore, coordinator_api, coordinator_websocket
 
 __all__ = ["MAX_ANSWER_BYTES", "AccountError", "Linked", "MachineStatus", "link_machine", "machine_status"]
 
 MAX_ANSWER_BYTES = 64 * 1024
 TIMEOUT_S = 15.0
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: following one would send the machine's token to wherever it points."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 class AccountError(RuntimeError):
@@ -83,7 +94,10 @@ def _call(
         websocket, base = coordinator_websocket(coordinator), coordinator_api(coordinator)
     except ValueError as error:
         raise AccountError("bad_url", str(error)) from None
-    token = CredentialStore(config_dir).token_for(websocket)
+    try:
+        token = CredentialStore(config_dir).token_for(websocket)
+    except CredentialError as error:
+        raise AccountError(error.code, str(error)) from None
     if token is None:
         raise AccountError(
             "not_registered",
@@ -96,7 +110,7 @@ def _call(
         headers["Content-Type"] = "application/json"
     request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _OPENER.open(request, timeout=timeout) as response:
             return _object(response.read(MAX_ANSWER_BYTES + 1))
     except urllib.error.HTTPError as error:
         with error:
@@ -105,8 +119,9 @@ def _call(
         problem: dict[str, Any] = found if isinstance(found, dict) else {}
         message = str(problem.get("message") or f"the coordinator answered {error.code}")[:500]
         raise AccountError(str(problem.get("code") or f"http_{error.code}")[:40], message) from None
-    except (urllib.error.URLError, OSError) as error:
-        raise AccountError("unreachable", f"can't reach {base}: {getattr(error, 'reason', error)}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as error:
+        reason = getattr(error, "reason", None) or error or type(error).__name__
+        raise AccountError("unreachable", f"can't reach {base}: {reason}") from None
 
 
 def _object(raw: bytes, *, strict: bool = True) -> dict[str, Any]:

@@ -7,9 +7,9 @@
     0.471
 
 Each grant first decays the average to now, then adds the grant spread over the time since the last
-one (BOINC's `update_average`): a machine earning `c` credits a day reaches `c` after a few half-lives
-and halves every week once it stops. Sums of averages (an account's, a team's) are averages of the sum,
-since every one decays at the same rate; `decayed` brings a stored average up to a reading's time.
+one (BOINC's `update_average`, except for the first grant: see `add_credit`): a machine earning `c`
+credits a day reaches `c` after a few half-lives and halves every week once it stops. Machines,
+accounts and teams each keep their own; `decayed` brings a stored average up to a reading's time.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def decayed(average: float, at: float, now: float) -> float:
 def add_credit(average: float, at: float, *, credit: float, now: float) -> tuple[float, float]:
     """The average and its time after `credit` was granted at `now`; `at` 0 means nothing granted yet."""
     if at <= 0:
-        at = now - DAY_S  # a first grant counts as a day's work, as BOINC's does for a new host
+        # BOINC divides a first grant by the job's duration, which makes a minute's unit look like a day's
+        # worth per minute; here a first grant is spread over a day instead.
+        at = now - DAY_S
     elapsed = max(0.0, now - at)
     weight = math.exp(-elapsed * math.log(2) / HALF_LIFE_S)
     average *= weight

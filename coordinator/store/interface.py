@@ -35,7 +35,7 @@ Rows are frozen snapshots (`coordinator.store.rows`), detached from the database
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -359,7 +359,9 @@ class VolunteerStore(Protocol):
     def record_outcome(
         self, volunteer_id: str, *, accepted: bool, credit: float, tokens: int, trust: dict[str, int]
     ) -> None:
-        """Credit, counts and the new trust state for one judged result (inside the caller's transaction)."""
+        """Credit, counts and the new trust state for one judged result (inside the caller's transaction);
+        the credit also goes to the account and the team the volunteer is in now, with their recent
+        average credit."""
         ...
 
     def leaderboard(self, campaign_id: int, limit: int = 50) -> list[dict[str, Any]]:
@@ -386,8 +388,8 @@ class AccountStore(Protocol):
         """The volunteers (machines) in an account, oldest first."""
         ...
 
-    def leased_units(self, volunteer_ids: Iterable[str]) -> dict[str, tuple[str, int, str]]:
-        """Per volunteer, a unit it holds a lease on now: (unit id, campaign id, campaign name)."""
+    def leased_units(self, account_id: int) -> dict[str, tuple[str, int, str]]:
+        """Per machine of the account, a unit it holds a lease on now: (unit id, campaign id, campaign name)."""
         ...
 
     def add_link_code(self, account_id: int, code_hash: str, expires_at: float) -> None:
@@ -408,17 +410,18 @@ class AccountStore(Protocol):
         ...
 
     def add_team(self, name: str, description: str, founder: int) -> int:
-        """A new team that the `founder` account joins; StoreError if the name is taken."""
+        """A new team that the `founder` account joins; StoreError if the name is taken (in any case)."""
         ...
 
     def set_team(self, account_id: int, team_id: int | None) -> bool:
-        """Join a team (None: leave it); False if there is no such team."""
+        """Join a team (None: leave it); False if there is no such team. A team left with no member and no
+        credit is dropped."""
         ...
 
     def team(self, team_id: int) -> TeamRow | None: ...
 
     def teams(self, limit: int = 1000) -> list[TeamRow]:
-        """Teams by their members' total credit, highest first."""
+        """Teams by credit (earned by their members' machines while in them), highest first."""
         ...
 
     def team_members(self, team_id: int) -> list[tuple[AccountRow, Standing]]:
@@ -426,7 +429,7 @@ class AccountStore(Protocol):
         ...
 
     def account_standing(self, account_id: int) -> Standing:
-        """The credit of the account's machines, with their recent average credit as of now."""
+        """What the account's machines earned while in it, its recent average credit as of now, its machines."""
         ...
 
 

@@ -199,11 +199,15 @@ class AccountRow:
     key_hash: str
     team_id: int | None
     created_at: float
+    credit: float = 0.0  # earned by its machines while they were in it
+    recent_credit: float = 0.0  # as of recent_credit_at (coordinator.store.credit)
+    recent_credit_at: float = 0.0
 
 
 @dataclass(frozen=True)
 class Standing:
-    """Credit of a group of machines (an account, a team): total, and recent average credit per day now."""
+    """An account's or a team's credit: what its machines earned while in it, the recent average credit
+    per day as of now, and how many machines it has now."""
 
     credit: float
     recent_credit: float
@@ -212,7 +216,7 @@ class Standing:
 
 @dataclass(frozen=True)
 class TeamRow:
-    """A team of accounts, with its members' standing as of now."""
+    """A team of accounts: how many it has now, and its standing."""
 
     id: int
     name: str

@@ -97,6 +97,10 @@ async def test_a_machine_joins_an_account_with_a_code_and_is_paused_and_resumed_
         assert (status, gone) == (200, {"id": welcome.volunteer_id, "unlinked": True})
         assert (await rest.call("GET", "/api/account", alice))[1]["machines"] == []
 
+        # Guessing codes: ten tries at once (two were spent above), then one a minute.
+        answers = [(await rest.call("POST", "/api/machines/link", machine, {"code": "AAAA-AAAA"}))[0] for _ in range(9)]
+        assert answers == [404] * 8 + [429]
+
 
 async def test_accounts_form_teams_and_refuse_what_they_cannot_read(server: TestServer) -> None:
     async with aiohttp.ClientSession() as http:
@@ -117,5 +121,7 @@ async def test_accounts_form_teams_and_refuse_what_they_cannot_read(server: Test
         status, detail = await rest.call("GET", f"/api/teams/{team['id']}")
         assert status == 200 and sorted(a["name"] for a in detail["accounts"]) == ["alice", "bob"]
         assert (await rest.call("GET", "/api/teams/99999"))[0] == 404
+        assert (await rest.call("GET", "/api/teams/%C2%B2"))[0] == 404  # "²" is a digit to str.isdigit
+        assert (await rest.call("GET", "/api/teams/" + "9" * 5000))[0] == 404
         status, page = await rest.call("POST", "/api/account/team", bob, {"team_id": None})
         assert status == 200 and page["team"] is None

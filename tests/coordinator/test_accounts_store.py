@@ -56,32 +56,46 @@ def test_only_the_account_holding_a_machine_pauses_or_unlinks_it(store: Store, c
     assert store.account_by_key("key-m") == store.account(mallory)
 
 
-def test_teams_rank_by_their_members_machines_credit(store: Store, clock: Clock) -> None:
+def test_teams_rank_by_the_credit_earned_while_in_them(store: Store, clock: Clock) -> None:
     accounts = {name: store.add_account(name, f"key-{name}") for name in ("a", "b", "c")}
     for name, account_id in accounts.items():
         _machine(store, name)
         store.add_link_code(account_id, f"code-{name}", clock.now + 60)
         store.redeem_link_code(f"code-{name}", name)
-    with store.transaction():
-        store.record_outcome("a", accepted=True, credit=5.0, tokens=10, trust=TRUST)
-        store.record_outcome("b", accepted=True, credit=3.0, tokens=10, trust=TRUST)
-        store.record_outcome("c", accepted=True, credit=4.0, tokens=10, trust=TRUST)
+    with store.transaction():  # before any team: it counts for the accounts, for no team
+        store.record_outcome("a", accepted=True, credit=100.0, tokens=10, trust=TRUST)
     red = store.add_team("red", "the red team", accounts["a"])
     blue = store.add_team("blue", "", accounts["c"])
     assert store.set_team(accounts["b"], red)
     assert not store.set_team(accounts["b"], 999)
     with pytest.raises(StoreError, match="already exists"):
-        store.add_team("red", "", accounts["c"])
+        store.add_team("RED", "", accounts["c"])  # names differ only in case: taken
+    with store.transaction():
+        store.record_outcome("a", accepted=True, credit=5.0, tokens=10, trust=TRUST)
+        store.record_outcome("b", accepted=True, credit=3.0, tokens=10, trust=TRUST)
+        store.record_outcome("c", accepted=True, credit=4.0, tokens=10, trust=TRUST)
     ranked = store.teams()
     assert [(t.name, t.members, t.standing.machines, t.standing.credit) for t in ranked] == [
         ("red", 2, 2, 8.0),
         ("blue", 1, 1, 4.0),
     ]
     assert [a.name for a, _ in store.team_members(red)] == ["a", "b"]
-    assert store.set_team(accounts["b"], None)
-    team = store.team(red)
-    assert team is not None and team.standing.credit == 5.0 and team.members == 1
-    assert store.team(blue) is not None and store.account_standing(accounts["c"]).credit == 4.0
+    assert store.account_standing(accounts["a"]).credit == 105.0
+
+    # Leaving takes nothing away, and brings nothing along: credit stays where it was earned.
+    assert store.set_team(accounts["b"], blue)
+    with store.transaction():
+        store.record_outcome("b", accepted=True, credit=10.0, tokens=10, trust=TRUST)
+    assert [(t.name, t.members, t.standing.credit) for t in store.teams()] == [("blue", 2, 14.0), ("red", 1, 8.0)]
+
+
+def test_a_team_left_empty_without_credit_is_dropped(store: Store) -> None:
+    spammer = store.add_account("spammer", "key-s")
+    first = store.add_team("first", "", spammer)
+    second = store.add_team("second", "", spammer)  # making a team moves its founder: first is empty now
+    assert store.team(first) is None and store.team(second) is not None
+    assert store.set_team(spammer, None)
+    assert store.teams() == []
 
 
 def test_recent_average_credit_decays_with_a_half_life_of_a_week(store: Store, clock: Clock) -> None:

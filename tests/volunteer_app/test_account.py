@@ -115,3 +115,53 @@ def test_an_answer_that_is_not_a_coordinators_is_refused_with_a_reason(tmp_path:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+class Redirect(http.server.BaseHTTPRequestHandler):
+    seen_tokens: list[str] = []
+
+    def do_GET(self) -> None:
+        Redirect.seen_tokens.append(self.headers.get("Authorization", ""))
+        self.send_response(302)
+        self.send_header("Location", f"http://127.0.0.1:{self.server.server_address[1]}/elsewhere")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+def test_a_redirect_is_refused_rather_than_followed_with_the_token(tmp_path: Path) -> None:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        CredentialStore(tmp_path).save(url.replace("http", "ws", 1) + "/ws", "cw-vol-token")
+        with pytest.raises(AccountError) as refused:
+            machine_status(url, config_dir=tmp_path)
+        assert refused.value.code == "http_302"
+        assert Redirect.seen_tokens == ["Bearer cw-vol-token"]  # asked once, never at the new location
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_server_that_does_not_speak_http_is_unreachable_not_a_crash(tmp_path: Path) -> None:
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        client, _ = listener.accept()
+        client.recv(4096)
+        client.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+        client.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        CredentialStore(tmp_path).save(url.replace("http", "ws", 1) + "/ws", "cw-vol-token")
+        with pytest.raises(AccountError) as refused:
+            machine_status(url, config_dir=tmp_path)
+        assert refused.value.code == "unreachable"
+    finally:
+        listener.close()

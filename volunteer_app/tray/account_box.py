@@ -23,7 +23,7 @@ __all__ = ["AccountBox"]
 
 
 class _Answers(QObject):
-    arrived = Signal(object)  # a Linked, a MachineStatus or an AccountError, on the GUI thread
+    arrived = Signal(int, object)  # (request number, a Linked, a MachineStatus or an AccountError), GUI thread
 
 
 class AccountBox(QGroupBox):
@@ -37,6 +37,8 @@ class AccountBox(QGroupBox):
         super().__init__("Account", parent)
         self.setObjectName("account")
         self._link, self._status = link, status
+        self._asked = 0  # questions sent; only the latest one's answer is shown
+        self._linking = False
         self._answers = _Answers(self)
         self._answers.arrived.connect(self._show)
         self.state = QLabel("Not checked yet")
@@ -58,7 +60,9 @@ class AccountBox(QGroupBox):
         form.addRow("Link code:", row)
 
     def refresh(self) -> None:
-        self._run(self._status)
+        """Read the machine's state again (the dialog does each time it opens)."""
+        if not self._linking:
+            self._run(self._status)
 
     def link(self) -> None:
         code = self.code.text().strip()
@@ -66,20 +70,29 @@ class AccountBox(QGroupBox):
             self.state.setText("Type the code the dashboard shows (My machines > Link a machine).")
             return
         self.link_button.setEnabled(False)
+        self._linking = True
         self.state.setText("Linking…")
         self._run(lambda: self._link(code))
 
     def _run(self, call: Callable[[], object]) -> None:
+        self._asked += 1
+        number = self._asked
+
         def work() -> None:
             try:
                 answer: object = call()
             except AccountError as error:
                 answer = error
-            self._answers.arrived.emit(answer)
+            except Exception as error:  # whatever fails, the box must not stay on "Linking…"
+                answer = AccountError("internal", f"that failed: {error}")
+            self._answers.arrived.emit(number, answer)
 
         threading.Thread(target=work, name="account", daemon=True).start()
 
-    def _show(self, answer: object) -> None:
+    def _show(self, number: int, answer: object) -> None:
+        if number != self._asked:
+            return  # an older question's answer, overtaken by a newer one
+        self._linking = False
         self.link_button.setEnabled(True)
         if isinstance(answer, Linked):
             self.code.clear()

@@ -156,6 +156,8 @@ class DesktopApp(QObject):
             self.settings_dialog = dialog
         elif not dialog.isVisible():
             dialog.load(self.controller.preferences)
+            if dialog.account is not None:
+                dialog.account.refresh()  # paused or linked from the dashboard since it was last open
         _bring_forward(dialog)
 
     def _account_box(self) -> AccountBox:

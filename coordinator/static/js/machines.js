@@ -63,14 +63,21 @@ function machineRow(m) {
   );
 }
 
+let shownTeams = "";
+
+// The teams to join; rebuilt only when they changed, so a refresh never undoes the visitor's choice.
 async function teamChoices(account) {
   const { teams } = await api("/api/teams", { auth: "" });
+  const choices = teams.filter((t) => !account.team || t.id !== account.team.id);
+  const shown = JSON.stringify(choices.map((t) => [t.id, t.name, t.members]));
+  if (shown === shownTeams) return;
+  shownTeams = shown;
   const select = document.getElementById("team-choice");
-  const options = teams.filter((t) => !account.team || t.id !== account.team.id)
-    .map((t) => el("option", { value: t.id }, `${t.name} (${t.members} members)`));
-  select.replaceChildren(...options);
-  select.disabled = options.length === 0;
-  document.querySelector("#join-form button[type=submit]").disabled = options.length === 0;
+  const chosen = select.value;
+  select.replaceChildren(...choices.map((t) => el("option", { value: t.id }, `${t.name} (${t.members} members)`)));
+  if (choices.some((t) => String(t.id) === chosen)) select.value = chosen;
+  select.disabled = choices.length === 0;
+  document.querySelector("#join-form button[type=submit]").disabled = choices.length === 0;
 }
 
 function showAccount(account) {
@@ -99,9 +106,9 @@ async function refresh() {
     }
   } catch (error) {
     if (error.status === 401) {
-      setAccountKey("");
-      showWelcome();
-      showNotice(notice, "This browser's account key is no longer valid; create an account or sign in again.");
+      // The key stays (it is shown only once): the coordinator may be restoring its database.
+      showNotice(notice, "The coordinator doesn't know this browser's account key right now. If it never comes "
+        + "back, sign out of it below and create an account or sign in with another key.");
     } else {
       showNotice(notice, `Couldn't load your account: ${error.message}`);
     }

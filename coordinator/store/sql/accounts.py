@@ -10,7 +10,6 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from coordinator.store.credit import decayed
@@ -43,15 +42,12 @@ class SQLAccounts(SQLDatabase):
         rows = self._all("SELECT * FROM volunteers WHERE account_id = ? ORDER BY created_at, id", (account_id,))
         return [volunteer_row(r) for r in rows]
 
-    def leased_units(self, volunteer_ids: Iterable[str]) -> dict[str, tuple[str, int, str]]:
-        ids = list(volunteer_ids)
-        if not ids:
-            return {}
-        marks = ", ".join("?" * len(ids))
+    def leased_units(self, account_id: int) -> dict[str, tuple[str, int, str]]:
         rows = self._all(
-            "SELECT u.volunteer_id, u.id, u.campaign_id, c.name FROM units u JOIN campaigns c ON c.id = u.campaign_id "
-            f"WHERE u.state = 'leased' AND u.volunteer_id IN ({marks}) ORDER BY u.created_at",
-            ids,
+            "SELECT u.volunteer_id, u.id, u.campaign_id, c.name FROM units u "
+            "JOIN volunteers v ON v.id = u.volunteer_id JOIN campaigns c ON c.id = u.campaign_id "
+            "WHERE v.account_id = ? AND u.state = 'leased' ORDER BY u.created_at",
+            (account_id,),
         )
         return {str(r["volunteer_id"]): (str(r["id"]), int(r["campaign_id"]), str(r["name"])) for r in rows}
 
@@ -64,17 +60,19 @@ class SQLAccounts(SQLDatabase):
             )
 
     def redeem_link_code(self, code_hash: str, volunteer_id: str) -> AccountRow | None:
+        # A wrong code is answered from a read, without the write path: guessing costs the writers nothing.
+        found = self._one(
+            "SELECT account_id FROM link_codes WHERE code_hash = ? AND expires_at > ?", (code_hash, self.clock())
+        )
+        if found is None:
+            return None
         with self.transaction():
-            row = self._one(
-                "SELECT account_id FROM link_codes WHERE code_hash = ? AND expires_at > ?", (code_hash, self.clock())
-            )
-            if row is None:
-                return None
-            self._execute("DELETE FROM link_codes WHERE code_hash = ?", (code_hash,))
+            if self._execute("DELETE FROM link_codes WHERE code_hash = ?", (code_hash,)) != 1:
+                return None  # another machine spent it meanwhile
             self._execute(
-                "UPDATE volunteers SET account_id = ?, paused = 0 WHERE id = ?", (row["account_id"], volunteer_id)
+                "UPDATE volunteers SET account_id = ?, paused = 0 WHERE id = ?", (found["account_id"], volunteer_id)
             )
-        return self.account(int(row["account_id"]))
+        return self.account(int(found["account_id"]))
 
     def set_machine_paused(self, account_id: int, volunteer_id: str, paused: bool) -> bool:
         with self.transaction():
@@ -94,48 +92,78 @@ class SQLAccounts(SQLDatabase):
 
     def add_team(self, name: str, description: str, founder: int) -> int:
         with self.transaction():
-            if self._one("SELECT 1 FROM teams WHERE name = ?", (name,)):
+            if self._one("SELECT 1 FROM teams WHERE LOWER(name) = LOWER(?)", (name,)):
                 raise StoreError(f"a team named {name!r} already exists; join it or choose another name")
             team_id = self._insert(
                 "INSERT INTO teams (name, description, created_at) VALUES (?, ?, ?) RETURNING id",
                 (name, description, self.clock()),
             )
-            self._execute("UPDATE accounts SET team_id = ? WHERE id = ?", (team_id, founder))
+            self._move(founder, team_id)
         return team_id
 
     def set_team(self, account_id: int, team_id: int | None) -> bool:
         with self.transaction():
             if team_id is not None and self._one("SELECT 1 FROM teams WHERE id = ?", (team_id,)) is None:
                 return False
-            self._execute("UPDATE accounts SET team_id = ? WHERE id = ?", (team_id, account_id))
+            self._move(account_id, team_id)
         return True
 
+    def _move(self, account_id: int, team_id: int | None) -> None:
+        """The account joins `team_id`; a team it leaves empty, having earned nothing, is dropped (so that
+        making and leaving teams can't fill the list)."""
+        before = self._one("SELECT team_id FROM accounts WHERE id = ?", (account_id,))
+        self._execute("UPDATE accounts SET team_id = ? WHERE id = ?", (team_id, account_id))
+        left = before["team_id"] if before is not None else None
+        if left is not None and left != team_id:
+            self._execute(
+                "DELETE FROM teams WHERE id = ? AND credit = 0 AND NOT EXISTS "
+                "(SELECT 1 FROM accounts WHERE team_id = ?)",
+                (left, left),
+            )
+
     def team(self, team_id: int) -> TeamRow | None:
-        return next(iter(self._teams("WHERE t.id = ?", (team_id,))), None)
+        rows = self._teams("WHERE t.id = ?", (team_id,))
+        return rows[0] if rows else None
 
     def teams(self, limit: int = 1000) -> list[TeamRow]:
-        ranked = sorted(self._teams("", ()), key=lambda t: (-t.standing.credit, t.id))
-        return ranked[:limit]
+        return self._teams("", (), order=f"ORDER BY t.credit DESC, t.id LIMIT {int(limit)}")
 
     def team_members(self, team_id: int) -> list[tuple[AccountRow, Standing]]:
-        accounts = [AccountRow(**dict(r)) for r in self._all("SELECT * FROM accounts WHERE team_id = ?", (team_id,))]
-        standings = self._standings("WHERE a.team_id = ?", (team_id,), by="v.account_id")
-        members = [(a, standings.get(a.id, Standing(0.0, 0.0, 0))) for a in accounts]
-        return sorted(members, key=lambda m: (-m[1].credit, m[0].id))
+        rows = self._all(
+            "SELECT a.*, (SELECT COUNT(*) FROM volunteers v WHERE v.account_id = a.id) AS machines "
+            "FROM accounts a WHERE a.team_id = ? ORDER BY a.credit DESC, a.id",
+            (team_id,),
+        )
+        members = []
+        for row in rows:
+            values = dict(row)
+            machines = int(values.pop("machines"))
+            account = AccountRow(**values)
+            members.append(
+                (account, self._standing(account.credit, account.recent_credit, account.recent_credit_at, machines))
+            )
+        return members
 
     def account_standing(self, account_id: int) -> Standing:
-        return self._standings("WHERE v.account_id = ?", (account_id,), by="v.account_id").get(
-            account_id, Standing(0.0, 0.0, 0)
+        row = self._one(
+            "SELECT a.credit, a.recent_credit, a.recent_credit_at, "
+            "(SELECT COUNT(*) FROM volunteers v WHERE v.account_id = a.id) AS machines FROM accounts a WHERE a.id = ?",
+            (account_id,),
         )
+        if row is None:
+            return Standing(0.0, 0.0, 0)
+        return self._standing(row["credit"], row["recent_credit"], row["recent_credit_at"], row["machines"])
 
-    def _teams(self, where: str, args: tuple[Any, ...]) -> list[TeamRow]:
+    def _standing(self, credit: float, recent: float, recent_at: float, machines: int) -> Standing:
+        return Standing(float(credit), decayed(float(recent), float(recent_at), self.clock()), int(machines))
+
+    def _teams(self, where: str, args: tuple[Any, ...], *, order: str = "") -> list[TeamRow]:
         rows = self._all(
-            "SELECT t.id, t.name, t.description, t.created_at, COUNT(a.id) AS members FROM teams t "
-            f"LEFT JOIN accounts a ON a.team_id = t.id {where} GROUP BY t.id, t.name, t.description, t.created_at",
+            "SELECT t.*, (SELECT COUNT(*) FROM accounts a WHERE a.team_id = t.id) AS members, "
+            "(SELECT COUNT(*) FROM volunteers v JOIN accounts a ON a.id = v.account_id WHERE a.team_id = t.id) "
+            f"AS machines FROM teams t {where} {order}",
             args,
         )
-        team_where = where.replace("t.id", "a.team_id")
-        standings = self._standings(team_where or "WHERE a.team_id IS NOT NULL", args, by="a.team_id")
         return [
             TeamRow(
                 id=int(r["id"]),
@@ -143,23 +171,7 @@ class SQLAccounts(SQLDatabase):
                 description=str(r["description"]),
                 created_at=float(r["created_at"]),
                 members=int(r["members"]),
-                standing=standings.get(int(r["id"]), Standing(0.0, 0.0, 0)),
+                standing=self._standing(r["credit"], r["recent_credit"], r["recent_credit_at"], r["machines"]),
             )
             for r in rows
         ]
-
-    def _standings(self, where: str, args: tuple[Any, ...], *, by: str) -> dict[int, Standing]:
-        """Credit, recent credit as of now and machines, summed per `by` over machines in accounts."""
-        rows = self._all(
-            f"SELECT {by} AS owner, v.credit, v.recent_credit, v.recent_credit_at FROM volunteers v "
-            f"JOIN accounts a ON a.id = v.account_id {where}",
-            args,
-        )
-        now = self.clock()
-        sums: dict[int, list[float]] = {}
-        for row in rows:
-            total = sums.setdefault(int(row["owner"]), [0.0, 0.0, 0.0])
-            total[0] += float(row["credit"])
-            total[1] += decayed(float(row["recent_credit"]), float(row["recent_credit_at"]), now)
-            total[2] += 1
-        return {owner: Standing(credit, recent, int(n)) for owner, (credit, recent, n) in sums.items()}

@@ -233,21 +233,28 @@ MIGRATIONS: list[str] = [
     );
     """,
     # 9 -> 10: volunteer accounts that several machines (volunteers) join with a one-time link code, teams
-    # of accounts, a machine paused from its account, and each machine's recent average credit (BOINC's
-    # RAC: credit per day, decaying with a half-life of a week) with the time it was last brought up to date
+    # of accounts, a machine paused from its account; credit and recent average credit (BOINC's RAC: credit
+    # per day, decaying with a half-life of a week, as of recent_credit_at) of each machine, and of each
+    # account and team for what their machines earned while in them
     """
     CREATE TABLE teams (
         id INTEGER PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
         description TEXT NOT NULL DEFAULT '',
-        created_at REAL NOT NULL
+        created_at REAL NOT NULL,
+        credit REAL NOT NULL DEFAULT 0,
+        recent_credit REAL NOT NULL DEFAULT 0,
+        recent_credit_at REAL NOT NULL DEFAULT 0
     );
     CREATE TABLE accounts (
         id INTEGER PRIMARY KEY,
         name TEXT NOT NULL,
         key_hash TEXT NOT NULL UNIQUE,
         team_id INTEGER REFERENCES teams(id),
-        created_at REAL NOT NULL
+        created_at REAL NOT NULL,
+        credit REAL NOT NULL DEFAULT 0,
+        recent_credit REAL NOT NULL DEFAULT 0,
+        recent_credit_at REAL NOT NULL DEFAULT 0
     );
     CREATE TABLE link_codes (
         code_hash TEXT NOT NULL PRIMARY KEY,
@@ -260,6 +267,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE volunteers ADD COLUMN recent_credit_at REAL NOT NULL DEFAULT 0;
     CREATE INDEX volunteers_by_account ON volunteers (account_id);
     CREATE INDEX accounts_by_team ON accounts (team_id);
+    CREATE INDEX teams_by_credit ON teams (credit);
+    CREATE INDEX units_by_volunteer ON units (volunteer_id, state);
     """,
 ]
 

@@ -80,14 +80,9 @@ class SQLVolunteers(SQLDatabase):
         self, volunteer_id: str, *, accepted: bool, credit: float, tokens: int, trust: dict[str, int]
     ) -> None:
         """Credit, counts and the new trust state for one judged result (inside the caller's transaction)."""
-        recent = self._one("SELECT recent_credit, recent_credit_at FROM volunteers WHERE id = ?", (volunteer_id,))
-        average, at = (float(recent["recent_credit"]), float(recent["recent_credit_at"])) if recent else (0.0, 0.0)
-        if credit > 0:
-            average, at = add_credit(average, at, credit=credit, now=self.clock())
         self._execute(
             "UPDATE volunteers SET credit = credit + ?, tokens = tokens + ?, units_accepted = units_accepted + ?, "
-            "units_rejected = units_rejected + ?, consecutive_valid = ?, errors = ?, recent_credit = ?, "
-            "recent_credit_at = ? WHERE id = ?",
+            "units_rejected = units_rejected + ?, consecutive_valid = ?, errors = ? WHERE id = ?",
             (
                 credit,
                 tokens,
@@ -95,11 +90,42 @@ class SQLVolunteers(SQLDatabase):
                 int(not accepted),
                 trust["consecutive_valid"],
                 trust["errors"],
-                average,
-                at,
                 volunteer_id,
             ),
         )
+        if credit > 0:
+            self._grant(volunteer_id, credit)
+
+    def _grant(self, volunteer_id: str, credit: float) -> None:
+        """Recent average credit of the machine, and credit of the account and team it is in now."""
+        row = self._one(
+            "SELECT v.recent_credit, v.recent_credit_at, v.account_id, a.team_id FROM volunteers v "
+            "LEFT JOIN accounts a ON a.id = v.account_id WHERE v.id = ?",
+            (volunteer_id,),
+        )
+        if row is None:
+            return
+        now = self.clock()
+        self._execute(
+            "UPDATE volunteers SET recent_credit = ?, recent_credit_at = ? WHERE id = ?",
+            (
+                *add_credit(float(row["recent_credit"]), float(row["recent_credit_at"]), credit=credit, now=now),
+                volunteer_id,
+            ),
+        )
+        for table, owner in (("accounts", row["account_id"]), ("teams", row["team_id"])):
+            if owner is None:
+                continue
+            held = self._one(f"SELECT recent_credit, recent_credit_at FROM {table} WHERE id = ?", (owner,))
+            if held is None:
+                continue
+            average, at = add_credit(
+                float(held["recent_credit"]), float(held["recent_credit_at"]), credit=credit, now=now
+            )
+            self._execute(
+                f"UPDATE {table} SET credit = credit + ?, recent_credit = ?, recent_credit_at = ? WHERE id = ?",
+                (credit, average, at, owner),
+            )
 
     def touch_seen(self, volunteer_id: str) -> None:
         with self.transaction():
