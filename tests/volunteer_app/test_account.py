@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from websockets.sync.client import connect
@@ -118,7 +119,7 @@ def test_an_answer_that_is_not_a_coordinators_is_refused_with_a_reason(tmp_path:
 
 
 class Redirect(http.server.BaseHTTPRequestHandler):
-    seen_tokens: list[str] = []
+    seen_tokens: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         Redirect.seen_tokens.append(self.headers.get("Authorization", ""))
