@@ -54,10 +54,17 @@ class DutyCycle:
         return hasattr(signal, "SIGSTOP") and hasattr(signal, "SIGCONT")
 
     def start(self) -> None:
-        if self.percent >= 100 or self._thread is not None:
+        if self.percent >= 100 or self._thread is not None or self._stopping.is_set():
             return
         self._thread = threading.Thread(target=self._run, name="commonweights-duty-cycle", daemon=True)
         self._thread.start()
+
+    def set_percent(self, percent: int) -> None:
+        """Hold the process to `percent` from the next period on (100: let it run, checking each period)."""
+        if not 1 <= percent <= 100:
+            raise ValueError(f"percent must be from 1 to 100, got {percent}")
+        self.percent = percent
+        self.start()
 
     def stop(self) -> None:
         """End the cycle with the process running (its last SIGCONT is sent before this returns)."""
@@ -67,11 +74,12 @@ class DutyCycle:
         self._continue()
 
     def _run(self) -> None:
-        running = self.period_s * self.percent / 100
         try:
-            while not self._stopping.wait(running):
+            while not self._stopping.wait(self.period_s * self.percent / 100):
+                if self.percent >= 100:
+                    continue  # set back to 100 %: no stop this period
                 self._send(signal.SIGSTOP)
-                self._stopping.wait(self.period_s - running)
+                self._stopping.wait(self.period_s * (100 - self.percent) / 100)
                 self._continue()
                 self.cycles += 1
         except ProcessLookupError:  # the process ended: nothing left to hold

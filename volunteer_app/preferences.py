@@ -170,6 +170,13 @@ def _programs(name: str, value: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def _gpus(name: str, value: Any) -> tuple[int, ...]:
+    """GPU indexes, each once, in order; empty for every GPU."""
+    if not isinstance(value, (list, tuple)) or any(type(i) is not int or not 0 <= i < 64 for i in value):
+        raise PreferencesError(name, f"must be a list of GPU numbers from 0 to 63, got {value!r}")
+    return tuple(sorted(set(value)))
+
+
 _FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "idle_minutes": lambda n, v: _number(n, v, 0, _MAX_IDLE_MINUTES, "minutes between 0 and 1440"),
     "suspend_on_input": _bool,
@@ -183,6 +190,8 @@ _FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "theme": lambda n, v: _choice(n, v, THEMES),
     "keep_awake_on_ac": _bool,
     "gpu_only_when_idle": _bool,
+    "gpu_percent": lambda n, v: _int(n, v, 1, 100, "a whole percentage from 1 to 100"),
+    "gpus": lambda n, v: _gpus(n, v),
     "gpu_memory_limit_mb": lambda n, v: _optional_int(
         n, v, 1, 1 << 24, "a whole number of MB ≥ 1, or absent for no limit"
     ),
@@ -222,6 +231,11 @@ class Preferences:
     """The app's colours: "system" (follow the desktop's light or dark scheme), "light" or "dark"."""
     gpu_only_when_idle: bool = True
     """Use the GPU only while the user is away, even when `suspend_on_input` is off."""
+    gpu_percent: int = 100
+    """Share of time to train on the GPU, 1–100: the training process is suspended for the rest of each
+    second (the process drives the GPU, so its GPU time follows)."""
+    gpus: tuple[int, ...] = ()
+    """Which GPUs may train, by number as `nvidia-smi` counts them; empty: all of them."""
     gpu_memory_limit_mb: int | None = None
     time_windows: tuple[TimeWindow, ...] = ()
     """Daily hours when work may run; empty: any hour. ("HH:MM", "HH:MM") pairs are accepted too."""

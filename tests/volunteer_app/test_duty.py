@@ -110,3 +110,18 @@ def test_a_training_child_left_stopped_dies_with_the_app() -> None:
     app.kill()
     app.wait()
     _poll(lambda: process_state(pid) in ("Z", "X", None))
+
+
+def test_a_full_share_set_lower_while_running_starts_holding_the_process() -> None:
+    """How the GPU cap arrives: the cycle starts at the CPU's 100 %, and the GPU's share is set once the
+    training process says it chose a GPU."""
+    recorder = Recorder()
+    cycle = DutyCycle(4242, 100, period_s=0.02, signal_process=recorder)
+    cycle.start()
+    assert recorder.sent == []
+    cycle.set_percent(40)
+    _poll(lambda: cycle.cycles >= 2)
+    cycle.stop()
+    assert recorder.sent[:2] == [signal.SIGSTOP, signal.SIGCONT] and recorder.sent[-1] == signal.SIGCONT
+    with pytest.raises(ValueError, match="from 1 to 100"):
+        cycle.set_percent(0)

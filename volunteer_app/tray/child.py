@@ -107,7 +107,7 @@ class TrainingChild:
         """Start the process; raises ChildStartError when another interpreter's never connects."""
         if self._process is not None:
             raise RuntimeError("a TrainingChild starts once; make a new one to restart")
-        cycled = self.config.cpu_percent < 100 and DutyCycle.supported()
+        cycled = min(self.config.cpu_percent, self.config.gpu_percent) < 100 and DutyCycle.supported()
         config = dataclasses.replace(self.config, cpu_percent=100) if cycled else self.config
         if self.config.python:
             self._process, self._conn = _launch(self.config.python, encode(config))
@@ -159,6 +159,13 @@ class TrainingChild:
             return not self._reader.is_alive()
         return True
 
+    def _device_chosen(self, device: DeviceChosen) -> None:
+        """On a GPU, the cap is the GPU's share of time as well as the CPU's: the process drives both."""
+        with self._cycle_lock:
+            cycle = self.duty_cycle
+        if cycle is not None:
+            cycle.set_percent(duty_percent(self.config, device.kind))
+
     def _end_cycle(self) -> None:
         """Once only (stop, kill and the reader all get here): the last SIGCONT goes to our child, never
         to a process that took its pid after it was reaped."""
@@ -187,6 +194,8 @@ class TrainingChild:
                     log.warning("ignoring a message from the training process: %s", error)
                     continue
                 finished = finished or isinstance(message, ChildFinished)
+                if isinstance(message, DeviceChosen):
+                    self._device_chosen(message)
                 self._deliver(message)
         except (EOFError, OSError):
             pass
@@ -349,6 +358,7 @@ def child_main(conn: Connection, raw_config: bytes) -> None:
         with contextlib.suppress(OSError):
             os.nice(config.nice)  # like BOINC: by default training gets only CPU time nobody else wants
 
+    os.environ.update(gpu_environment(config.gpus))  # before torch sees a GPU
     from volunteer_app.worker import Worker, WorkerConfig, WorkerError  # torch loads here
 
     announced = False
@@ -430,6 +440,21 @@ class _Commands:
                         os._exit(0)  # still loading: nothing to checkpoint, no reason to wait for torch
                     worker.stop()
                     return
+
+
+def duty_percent(config: ChildConfig, device_kind: str) -> int:
+    """The share of each second the training process runs: the CPU cap, and on a GPU the GPU cap too."""
+    if device_kind == "cpu":
+        return config.cpu_percent
+    return min(config.cpu_percent, config.gpu_percent)
+
+
+def gpu_environment(gpus: tuple[int, ...]) -> dict[str, str]:
+    """The variables that hide every GPU but `gpus` from CUDA and ROCm (empty: every GPU is seen)."""
+    if not gpus:
+        return {}
+    visible = ",".join(str(index) for index in gpus)
+    return {"CUDA_VISIBLE_DEVICES": visible, "HIP_VISIBLE_DEVICES": visible}
 
 
 def _connect_and_run() -> None:

@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 
 _WORKING = frozenset({WorkerState.TRAINING, WorkerState.DOWNLOADING, WorkerState.SUBMITTING})
 # Preferences the running worker was built with: changing one restarts the child.
-_CHILD_FIELDS = ("coordinator_url", "device", "cpu_cores", "cpu_percent", "gpu_memory_limit_mb")
+_CHILD_FIELDS = ("coordinator_url", "device", "cpu_cores", "cpu_percent", "gpu_percent", "gpus", "gpu_memory_limit_mb")
 
 
 class AppState(StrEnum):
@@ -515,6 +515,8 @@ class AppController:
             device=device,
             threads=prefs.cpu_cores,
             cpu_percent=prefs.cpu_percent,
+            gpu_percent=prefs.gpu_percent,
+            gpus=prefs.gpus,
             memory_limit=prefs.gpu_memory_limit_mb * (1 << 20) if prefs.gpu_memory_limit_mb else None,
             name=self._name,
             config_dir=str(self.paths.config_dir) if self.paths.config_dir else None,

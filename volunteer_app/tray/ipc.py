@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 MAX_MESSAGE_BYTES: Final = 1 << 20
+MAX_ITEMS: Final = 64  # the longest list a message holds (GPU numbers)
 
 
 class IpcError(ValueError):
@@ -87,6 +88,8 @@ class ChildConfig:
     device: str = "auto"
     threads: int | None = None
     cpu_percent: int = 100
+    gpu_percent: int = 100  # the share of time on a GPU: the app holds the process to it once a GPU is chosen
+    gpus: tuple[int, ...] = ()  # the GPUs it may use, by index (CUDA_VISIBLE_DEVICES); empty: all
     memory_limit: int | None = None
     name: str | None = None
     config_dir: str | None = None
@@ -200,6 +203,11 @@ def _check(value: Any, hint: Any, where: str) -> Any:
             except IpcError:
                 continue
         raise IpcError(f"{where}: {value!r} does not fit {hint}")
+    if origin is tuple:  # tuple[T, ...]: a JSON list of at most MAX_ITEMS
+        item = get_args(hint)[0]
+        if isinstance(value, list) and len(value) <= MAX_ITEMS:
+            return tuple(_check(v, item, f"{where}[]") for v in value)
+        raise IpcError(f"{where}: {value!r} is not a list of at most {MAX_ITEMS} items")
     if origin is Literal:
         if value in get_args(hint):
             return value

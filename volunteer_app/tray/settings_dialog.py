@@ -37,7 +37,7 @@ from PySide6.QtWidgets import (
 from volunteer_app.preferences import DEVICES, THEMES, Preferences, PreferencesError, TimeWindow
 from volunteer_app.tray.account_box import AccountBox
 
-__all__ = ["SettingsDialog", "format_windows", "parse_windows"]
+__all__ = ["SettingsDialog", "format_windows", "parse_gpus", "parse_windows"]
 
 _ERROR_STYLE = "border: 2px solid #d13b32;"
 
@@ -57,6 +57,14 @@ def parse_windows(text: str) -> list[tuple[str, str]]:
             raise PreferencesError(f"time_windows[{i}]", f"write a window as start-end, like 22:00-07:00; got {part!r}")
         pairs.append((start.strip(), end.strip()))
     return pairs
+
+
+def parse_gpus(text: str) -> list[object]:
+    """ "0, 2" as [0, 2]; "" or "all" as [] (every GPU); anything else is passed on for Preferences to refuse."""
+    items = [item.strip() for item in text.replace(";", ",").split(",") if item.strip()]
+    if [item.lower() for item in items] in ([], ["all"]):
+        return []
+    return [int(item) if item.isascii() and item.isdigit() else item for item in items]
 
 
 def _spin(low: int, high: int, *, special: str | None = None, suffix: str = "") -> QSpinBox:
@@ -126,6 +134,11 @@ class SettingsDialog(QDialog):
         )
         self.gpu_only_when_idle = QCheckBox("Use the GPU only while I am away")
         self.gpu_memory_limit_mb = _spin(0, 1 << 24, special="no limit", suffix=" MB")
+        self.gpu_percent = _spin(1, 100, suffix=" %")
+        self.gpu_percent.setToolTip("Share of each second the training may use the GPU")
+        self.gpus = QLineEdit()
+        self.gpus.setPlaceholderText("all, or e.g. 0, 2")
+        self.gpus.setToolTip("Which GPUs may train, numbered as nvidia-smi numbers them")
 
         self.fields: dict[str, QWidget] = {
             "coordinator_url": self.coordinator_url,
@@ -146,6 +159,8 @@ class SettingsDialog(QDialog):
             "pause_above_celsius": self.pause_above_celsius,
             "gpu_only_when_idle": self.gpu_only_when_idle,
             "gpu_memory_limit_mb": self.gpu_memory_limit_mb,
+            "gpu_percent": self.gpu_percent,
+            "gpus": self.gpus,
         }
 
         general = QFormLayout()
@@ -190,6 +205,8 @@ class SettingsDialog(QDialog):
         usage.addRow("Pause when the CPU or GPU is hotter than:", self.pause_above_celsius)
         usage.addRow("", self.gpu_only_when_idle)
         usage.addRow("GPU memory limit:", self.gpu_memory_limit_mb)
+        usage.addRow("GPU time:", self.gpu_percent)
+        usage.addRow("GPUs to use:", self.gpus)
 
         self.error = QLabel()
         self.error.setObjectName("error")
@@ -237,6 +254,8 @@ class SettingsDialog(QDialog):
         self.pause_above_celsius.setValue(prefs.pause_above_celsius)
         self.gpu_only_when_idle.setChecked(prefs.gpu_only_when_idle)
         self.gpu_memory_limit_mb.setValue(prefs.gpu_memory_limit_mb or 0)
+        self.gpu_percent.setValue(prefs.gpu_percent)
+        self.gpus.setText(", ".join(str(i) for i in prefs.gpus))
         self._show_error(None)
 
     def preferences(self) -> Preferences:
@@ -261,6 +280,8 @@ class SettingsDialog(QDialog):
             pause_above_celsius=self.pause_above_celsius.value(),
             gpu_only_when_idle=self.gpu_only_when_idle.isChecked(),
             gpu_memory_limit_mb=self.gpu_memory_limit_mb.value() or None,
+            gpu_percent=self.gpu_percent.value(),
+            gpus=parse_gpus(self.gpus.text()),  # type: ignore[arg-type]  # Preferences checks it
         )
 
     def _idle_minutes(self) -> float:

@@ -46,6 +46,8 @@ def test_settings_round_trip_through_the_toml_file_and_apply_at_once(
     dialog.exclusive_programs.setText("steam, Blender.exe,")
     dialog.suspend_while_fullscreen.setChecked(False)
     dialog.keep_awake_on_ac.setChecked(True)
+    dialog.gpu_percent.setValue(60)
+    dialog.gpus.setText("1, 0")
     qtbot.mouseClick(dialog.buttons.button(QDialogButtonBox.StandardButton.Ok), Qt.MouseButton.LeftButton)
     assert not dialog.isVisible() and not dialog.error.isVisible()
 
@@ -56,6 +58,7 @@ def test_settings_round_trip_through_the_toml_file_and_apply_at_once(
     assert saved.run_on_battery and saved.autostart and saved.extra == {"future_key": 1}
     assert saved.pause_above_celsius == 88 and saved.exclusive_programs == ("steam", "Blender.exe")
     assert not saved.suspend_while_fullscreen and saved.keep_awake_on_ac
+    assert (saved.gpu_percent, saved.gpus) == (60, (0, 1))
     assert rig.controller.preferences == saved  # in effect now
     assert autostart.is_enabled()
 
