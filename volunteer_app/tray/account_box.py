@@ -41,7 +41,7 @@ class AccountBox(QGroupBox):
         self._linking = False
         self._answers = _Answers(self)
         self._answers.arrived.connect(self._show)
-        self.state = QLabel("Not checked yet")
+        self.state = QLabel("Checking…")
         self.state.setObjectName("account-state")
         self.state.setWordWrap(True)
         self.code = QLineEdit()
