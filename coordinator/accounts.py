@@ -359,6 +359,20 @@ def _reply(description: str, schema: str) -> Reply:
     return Reply(description, ref(schema))
 
 
+def _pause_route(action: str, description: str) -> Route:
+    return Route(
+        "POST",
+        f"/api/account/machines/{{volunteer_id}}/{action}",
+        _pause_action(action == "pause"),
+        f"{action.capitalize()} one of your machines",
+        _reply("The machine.", "Machine"),
+        roles=OWN,
+        params=(MACHINE_ID,),
+        description=description,
+        operation_id=f"{action}_machine",
+    )
+
+
 ACCOUNT_ROUTES: list[Route] = [
     Route(
         "POST",
@@ -381,27 +395,8 @@ ACCOUNT_ROUTES: list[Route] = [
         roles=OWN,
         status=201,
     ),
-    Route(
-        "POST",
-        "/api/account/machines/{volunteer_id}/pause",
-        _pause_action(True),
-        "Pause one of your machines",
-        _reply("The machine.", "Machine"),
-        roles=OWN,
-        params=(MACHINE_ID,),
-        description=PAUSE_NOTES,
-        operation_id="pause_machine",
-    ),
-    Route(
-        "POST",
-        "/api/account/machines/{volunteer_id}/resume",
-        _pause_action(False),
-        "Resume one of your machines",
-        _reply("The machine.", "Machine"),
-        roles=OWN,
-        params=(MACHINE_ID,),
-        operation_id="resume_machine",
-    ),
+    _pause_route("pause", PAUSE_NOTES),
+    _pause_route("resume", "The machine asks for work again at its next request."),
     Route(
         "DELETE",
         "/api/account/machines/{volunteer_id}",

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 
@@ -80,6 +81,20 @@ def test_the_cli_links_with_a_code_and_says_why_when_it_cannot(server: LiveCoord
     assert again.returncode == 2 and "not_found" in again.stderr
 
 
+@contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler], tmp_path: Path) -> Iterator[str]:
+    """An HTTP server on loopback answering with `handler`, and a machine token saved for it; its URL."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        CredentialStore(tmp_path).save(url.replace("http", "ws", 1) + "/ws", "cw-vol-token")
+        yield url
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 class Hostile(http.server.BaseHTTPRequestHandler):
     body = b""
 
@@ -103,19 +118,10 @@ class Hostile(http.server.BaseHTTPRequestHandler):
     ],
 )
 def test_an_answer_that_is_not_a_coordinators_is_refused_with_a_reason(tmp_path: Path, body: bytes, why: str) -> None:
-    handler = type("Answer", (Hostile,), {"body": body})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}"
-        CredentialStore(tmp_path).save(url.replace("http", "ws", 1) + "/ws", "cw-vol-token")
+    with serving(type("Answer", (Hostile,), {"body": body}), tmp_path) as url:
         with pytest.raises(AccountError, match=why) as refused:
             machine_status(url, config_dir=tmp_path)
         assert refused.value.code == "bad_answer"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 class Redirect(http.server.BaseHTTPRequestHandler):
@@ -132,18 +138,11 @@ class Redirect(http.server.BaseHTTPRequestHandler):
 
 
 def test_a_redirect_is_refused_rather_than_followed_with_the_token(tmp_path: Path) -> None:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}"
-        CredentialStore(tmp_path).save(url.replace("http", "ws", 1) + "/ws", "cw-vol-token")
+    with serving(Redirect, tmp_path) as url:
         with pytest.raises(AccountError) as refused:
             machine_status(url, config_dir=tmp_path)
         assert refused.value.code == "http_302"
         assert Redirect.seen_tokens == ["Bearer cw-vol-token"]  # asked once, never at the new location
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def test_a_server_that_does_not_speak_http_is_unreachable_not_a_crash(tmp_path: Path) -> None:

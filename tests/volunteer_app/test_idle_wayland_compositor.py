@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.live import poll
+from tests.support.live import poll, stop
 from volunteer_app.idle import BackendUnavailable, detect_idle_source
 from volunteer_app.idle.wayland_idle import (
     EXT_NOTIFIER,
@@ -76,12 +76,7 @@ def sway(tmp_path: Path) -> Iterator[dict[str, str]]:
             pytest.fail(f"sway exited: {(tmp_path / 'sway.log').read_text(errors='replace')[-2000:]}")
         yield {"XDG_RUNTIME_DIR": str(runtime), "WAYLAND_DISPLAY": found.name}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         log.close()
         shutil.rmtree(runtime, ignore_errors=True)
 
@@ -126,12 +121,7 @@ def kwin(tmp_path: Path) -> Iterator[dict[str, str]]:
             pytest.fail(f"kwin exited: {(tmp_path / 'kwin.log').read_text(errors='replace')[-2000:]}")
         yield {"XDG_RUNTIME_DIR": str(runtime), "WAYLAND_DISPLAY": "wayland-kwin"}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         log.close()
 
 
