@@ -218,6 +218,33 @@ async def get_account(request: web.Request) -> web.Response:
     return web.json_response(await service.workers.run(_account_view, service, request[ACCOUNT]))
 
 
+async def rename_account(request: web.Request) -> web.Response:
+    service = _service(request)
+    body = await _fields(request, 'send JSON like {"name": "alice"}', {"name"})
+    if isinstance(body, web.Response):
+        return body
+    name = _text(body.get("name"), "name", MAX_NAME)
+    if isinstance(name, web.Response):
+        return name
+    await service.workers.run(service.store.rename_account, request[ACCOUNT].id, name)
+    account = await service.workers.run(service.store.account, request[ACCOUNT].id)
+    assert account is not None
+    return web.json_response(await service.workers.run(_account_view, service, account))
+
+
+async def new_account_key(request: web.Request) -> web.Response:
+    service = _service(request)
+    key = "cw-account-" + secrets.token_urlsafe(24)
+    await service.workers.run(service.store.replace_account_key, request[ACCOUNT].id, hash_token(key))
+    return web.json_response({"id": request[ACCOUNT].id, "name": request[ACCOUNT].name, "key": key}, status=201)
+
+
+async def list_accounts(request: web.Request) -> web.Response:
+    service = _service(request)
+    ranked = await service.workers.run(service.store.top_accounts)
+    return web.json_response({"accounts": [{"id": a.id, "name": a.name, **_standing(s)} for a, s in ranked]})
+
+
 async def new_link_code(request: web.Request) -> web.Response:
     service = _service(request)
     code = _new_code()
@@ -385,7 +412,33 @@ ACCOUNT_ROUTES: list[Route] = [
         errors=(429,),
         description="No e-mail or password: the key signs in. New accounts share the volunteer registration limit.",
     ),
+    Route(
+        "GET",
+        "/api/accounts",
+        list_accounts,
+        "Top volunteer accounts",
+        _reply("The 100 accounts with the most credit.", "AccountList"),
+    ),
     Route("GET", "/api/account", get_account, "Your account and machines", _reply("It.", "Account"), roles=OWN),
+    Route(
+        "POST",
+        "/api/account/name",
+        rename_account,
+        "Rename your account",
+        _reply("Your account.", "Account"),
+        roles=OWN,
+        body=ref("AccountRequest"),
+    ),
+    Route(
+        "POST",
+        "/api/account/key",
+        new_account_key,
+        "Replace your account key",
+        _reply("The new key, shown only here; the old one stops working.", "AccountCreated"),
+        roles=OWN,
+        status=201,
+        description="For a key that may have leaked: every browser signed in with the old key must sign in again.",
+    ),
     Route(
         "POST",
         "/api/account/link-code",

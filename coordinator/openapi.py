@@ -627,6 +627,9 @@ COMPONENTS: dict[str, Schema] = {
         }
     ),
     "LinkCode": obj({"code": STR, "expires_at": NUM, "expires_in_s": NUM}),
+    "AccountList": obj(
+        {"accounts": array(obj({"id": INT, "name": STR, "credit": NUM, "recent_credit": NUM, "machine_count": INT}))}
+    ),
     "LinkRequest": {
         "type": "object",
         "properties": {"code": {"type": "string", "maxLength": 20, "description": "As shown, e.g. K7QX-M2PD."}},

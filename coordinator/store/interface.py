@@ -384,6 +384,16 @@ class AccountStore(Protocol):
 
     def account_by_key(self, key_hash: str) -> AccountRow | None: ...
 
+    def rename_account(self, account_id: int, name: str) -> None: ...
+
+    def replace_account_key(self, account_id: int, key_hash: str) -> None:
+        """A new key signs in as the account; the old one no longer does."""
+        ...
+
+    def top_accounts(self, limit: int = 100) -> list[tuple[AccountRow, Standing]]:
+        """Accounts that earned credit, by credit, with their standing."""
+        ...
+
     def machines(self, account_id: int) -> list[VolunteerRow]:
         """The volunteers (machines) in an account, oldest first."""
         ...

@@ -332,12 +332,20 @@ def test_a_volunteer_links_a_machine_watches_it_train_pauses_it_and_starts_a_tea
     finally:
         stop(worker)
 
+    page.get_by_text("Account settings").click()
+    page.get_by_label("Account name").fill("Ada King")
+    page.get_by_role("button", name="Rename").click()
+    page.locator("#account-title").get_by_text("Ada King").wait_for()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Make a new account key").click()
+    page.locator("#notice").get_by_text("has a new key").wait_for()
+    assert server.call("GET", "/api/account", token=key)[0] == 401  # the old key no longer signs in
     page.get_by_label("Or start a team").fill("Analytical Engines")
     page.get_by_role("button", name="Start team").click()
     page.locator("#notice").get_by_text("You started Analytical Engines").wait_for()
     page.goto("/teams")
     page.locator("#team-rows").get_by_role("link", name="Analytical Engines").click()
-    page.locator("#member-rows").get_by_text("Ada Lovelace").wait_for()
+    page.locator("#member-rows").get_by_text("Ada King").wait_for()
     page.screenshot(path=str(shots / "dashboard-teams.png"), full_page=True)
 
 

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 from coordinator.accounts import normalize_code
 from coordinator.appkeys import SERVICE
 from coordinator.campaign import CampaignSpec
+from coordinator.service import hash_token
 from protocol.errors import ErrorCode
 from protocol.messages import ErrorMessage, NoWork, Progress, RequestWork, Welcome, WorkUnit
 from tests.coordinator.test_gateway import exchange, hello, server
@@ -125,3 +126,29 @@ async def test_accounts_form_teams_and_refuse_what_they_cannot_read(server: Test
         assert (await rest.call("GET", "/api/teams/" + "9" * 5000))[0] == 404
         status, page = await rest.call("POST", "/api/account/team", bob, {"team_id": None})
         assert status == 200 and page["team"] is None
+
+
+async def test_an_account_is_renamed_gets_a_new_key_and_ranks_by_credit(server: TestServer) -> None:
+    service = server.app[SERVICE]
+    async with aiohttp.ClientSession() as http:
+        rest = Rest(http, server)
+        old_key = await rest.account("alice")
+        status, page = await rest.call("POST", "/api/account/name", old_key, {"name": "Alice L."})
+        assert status == 200 and page["name"] == "Alice L."
+        status, replaced = await rest.call("POST", "/api/account/key", old_key)
+        assert status == 201 and replaced["key"] != old_key
+        assert (await rest.call("GET", "/api/account", old_key))[0] == 401  # a leaked key is dead
+        assert (await rest.call("GET", "/api/account", replaced["key"]))[1]["name"] == "Alice L."
+
+        assert (await rest.call("GET", "/api/accounts"))[1] == {"accounts": []}  # nobody earned anything yet
+        service.store.add_volunteer("m", "hash-m", "laptop", {})
+        code = (await rest.call("POST", "/api/account/link-code", replaced["key"]))[1]["code"]
+        assert service.store.redeem_link_code(hash_token(normalize_code(code) or ""), "m") is not None
+        with service.store.transaction():
+            service.store.record_outcome(
+                "m", accepted=True, credit=2.5, tokens=1, trust={"consecutive_valid": 1, "errors": 0}
+            )
+        status, top = await rest.call("GET", "/api/accounts")
+        assert status == 200 and [(a["name"], a["credit"], a["machine_count"]) for a in top["accounts"]] == [
+            ("Alice L.", 2.5, 1)
+        ]

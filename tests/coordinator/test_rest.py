@@ -107,6 +107,8 @@ async def test_anonymous_callers_get_401_from_every_operation_the_document_says_
         "ban_volunteer",
         "unban_volunteer",
         "get_account",
+        "rename_account",
+        "new_account_key",
         "new_link_code",
         "pause_machine",
         "resume_machine",

@@ -82,6 +82,8 @@ async function teamChoices(account) {
 
 function showAccount(account) {
   setText("account-title", account.name);
+  const rename = document.getElementById("rename");
+  if (document.activeElement !== rename) rename.value = account.name;
   setText("a-credit", fmtCredit(account.credit));
   setText("a-rac", fmtCredit(account.recent_credit));
   setText("a-machines", String(account.machine_count));
@@ -167,6 +169,32 @@ document.getElementById("forget").addEventListener("click", () => {
   if (!confirm("Sign out of this account here? You need its key to sign in again.")) return;
   setAccountKey("");
   showWelcome();
+});
+
+document.getElementById("rename-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const input = document.getElementById("rename");
+  if (!input.value.trim()) return fieldError(input, "Give the account a name (1-100 characters).");
+  try {
+    showAccount(await call("/api/account/name", { method: "POST", body: { name: input.value.trim() } }));
+    fieldError(input, "");
+    showNotice(notice, "Renamed.", "good");
+  } catch (error) {
+    fieldError(input, error.message);
+  }
+});
+
+document.getElementById("replace-key").addEventListener("click", async () => {
+  if (!confirm("Make a new key? Every other browser signed in with the old one must sign in again with the new one.")) return;
+  try {
+    const made = await call("/api/account/key", { method: "POST" });
+    setAccountKey(made.key);
+    document.getElementById("new-key-value").value = made.key;
+    document.getElementById("new-key").hidden = false;
+    showNotice(notice, "Your account has a new key (above); the old one no longer works.", "good");
+  } catch (error) {
+    showNotice(notice, `Couldn't make a new key: ${error.message}`);
+  }
 });
 
 document.getElementById("make-code").addEventListener("click", async () => {

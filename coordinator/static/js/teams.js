@@ -1,4 +1,4 @@
-// The team leaderboard, and one team's members when the address names it (?id=N).
+// The team and volunteer leaderboards, and one team's members when the address names it (?id=N).
 import { api, el, fmtCount, fmtCredit, initChrome, setText, showNotice } from "./api.js";
 
 const notice = document.getElementById("notice");
@@ -28,8 +28,23 @@ async function showTeam(id) {
   document.getElementById("team").hidden = false;
 }
 
+function accountRow(account, rank) {
+  return el(
+    "tr",
+    {},
+    el("td", { class: "num" }, String(rank + 1)),
+    el("td", { class: "wrap" }, account.name),
+    el("td", { class: "num" }, fmtCount(account.machine_count)),
+    el("td", { class: "num" }, fmtCredit(account.credit)),
+    el("td", { class: "num" }, fmtCredit(account.recent_credit)),
+  );
+}
+
 await initChrome();
 try {
+  const { accounts } = await api("/api/accounts", { auth: "" });
+  document.getElementById("account-rows").replaceChildren(...accounts.map(accountRow));
+  document.getElementById("no-accounts").hidden = accounts.length > 0;
   const { teams } = await api("/api/teams", { auth: "" });
   document.getElementById("team-rows").replaceChildren(...teams.map(teamRow));
   document.getElementById("no-teams").hidden = teams.length > 0;

@@ -14,7 +14,7 @@ from typing import Any
 
 from coordinator.store.credit import decayed
 from coordinator.store.rows import AccountRow, Standing, StoreError, TeamRow, VolunteerRow
-from coordinator.store.sql.database import SQLDatabase
+from coordinator.store.sql.database import Row, SQLDatabase
 from coordinator.store.sql.volunteers import volunteer_row
 
 __all__ = ["SQLAccounts"]
@@ -37,6 +37,21 @@ class SQLAccounts(SQLDatabase):
     def account_by_key(self, key_hash: str) -> AccountRow | None:
         row = self._one("SELECT * FROM accounts WHERE key_hash = ?", (key_hash,))
         return AccountRow(**dict(row)) if row else None
+
+    def rename_account(self, account_id: int, name: str) -> None:
+        with self.transaction():
+            self._execute("UPDATE accounts SET name = ? WHERE id = ?", (name, account_id))
+
+    def replace_account_key(self, account_id: int, key_hash: str) -> None:
+        with self.transaction():
+            self._execute("UPDATE accounts SET key_hash = ? WHERE id = ?", (key_hash, account_id))
+
+    def top_accounts(self, limit: int = 100) -> list[tuple[AccountRow, Standing]]:
+        rows = self._all(
+            "SELECT a.*, (SELECT COUNT(*) FROM volunteers v WHERE v.account_id = a.id) AS machines "
+            f"FROM accounts a WHERE a.credit > 0 ORDER BY a.credit DESC, a.id LIMIT {int(limit)}",
+        )
+        return [self._member(row) for row in rows]
 
     def machines(self, account_id: int) -> list[VolunteerRow]:
         rows = self._all("SELECT * FROM volunteers WHERE account_id = ? ORDER BY created_at, id", (account_id,))
@@ -134,15 +149,13 @@ class SQLAccounts(SQLDatabase):
             "FROM accounts a WHERE a.team_id = ? ORDER BY a.credit DESC, a.id",
             (team_id,),
         )
-        members = []
-        for row in rows:
-            values = dict(row)
-            machines = int(values.pop("machines"))
-            account = AccountRow(**values)
-            members.append(
-                (account, self._standing(account.credit, account.recent_credit, account.recent_credit_at, machines))
-            )
-        return members
+        return [self._member(row) for row in rows]
+
+    def _member(self, row: Row) -> tuple[AccountRow, Standing]:
+        values = dict(row)
+        machines = int(values.pop("machines"))
+        account = AccountRow(**values)
+        return account, self._standing(account.credit, account.recent_credit, account.recent_credit_at, machines)
 
     def account_standing(self, account_id: int) -> Standing:
         row = self._one(
