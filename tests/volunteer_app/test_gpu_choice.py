@@ -23,7 +23,11 @@ def test_on_a_gpu_the_process_is_held_to_the_smaller_of_the_two_caps(kind: str, 
 
 def test_the_chosen_gpus_are_the_only_ones_cuda_and_rocm_see() -> None:
     assert gpu_environment(()) == {}
-    assert gpu_environment((0, 2)) == {"CUDA_VISIBLE_DEVICES": "0,2", "HIP_VISIBLE_DEVICES": "0,2"}
+    assert gpu_environment((0, 2)) == {
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # nvidia-smi's numbers, not CUDA's fastest-first order
+        "CUDA_VISIBLE_DEVICES": "0,2",
+        "HIP_VISIBLE_DEVICES": "0,2",
+    }
     config = ChildConfig("ws://x/ws", gpus=(1,), gpu_percent=40)
     assert decode(encode(config)) == config  # what the app sends the training process
 

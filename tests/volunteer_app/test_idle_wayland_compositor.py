@@ -172,6 +172,7 @@ class ProtocolCompositor:
         self.requests: list[tuple[int, int, bytes]] = []
         self.bound: dict[int, str] = {}  # object id -> interface
         self.notification = 0
+        self.idled_with_done = False
         self.client: socket.socket | None = None
         self.connected = threading.Event()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -216,7 +217,10 @@ class ProtocolCompositor:
                 )
         elif object_id == 1 and opcode == 0:  # wl_display.sync(new_id callback)
             (callback,) = struct.unpack("=I", payload)
-            client.sendall(_message(callback, 0, struct.pack("=I", 0)))
+            done = _message(callback, 0, struct.pack("=I", 0))
+            if self.idled_with_done and self.notification:  # the user went idle just as the answer left
+                done += _message(self.notification, 0)
+            client.sendall(done)
         elif self.bound.get(object_id) == "wl_registry":  # bind(name, interface, version, new_id)
             (name,) = struct.unpack_from("=I", payload)
             self.bound[struct.unpack_from("=I", payload, len(payload) - 4)[0]] = self.globals[name - 1]
@@ -288,6 +292,29 @@ def test_a_compositor_error_or_garbage_answers_none_and_the_source_reconnects(
     clock.now += 11  # RECONNECT_S later it connects again
     assert source.idle_seconds() == 0.0, why
     assert compositor.connected.wait(10)
+    source.close()
+
+
+def test_an_event_that_arrives_with_the_answer_to_a_roundtrip_is_not_lost(
+    compositor: ProtocolCompositor, tmp_path: Path
+) -> None:
+    compositor.idled_with_done = True
+    source = WaylandIdleSource({"XDG_RUNTIME_DIR": str(tmp_path), "WAYLAND_DISPLAY": "wayland-test"}, clock=Clock())
+    assert source.idle_seconds() == 1.0
+    source.close()
+
+
+def test_a_withdrawn_seat_ends_the_connection_and_the_source_reconnects(
+    compositor: ProtocolCompositor, tmp_path: Path
+) -> None:
+    clock = Clock()
+    source = WaylandIdleSource({"XDG_RUNTIME_DIR": str(tmp_path), "WAYLAND_DISPLAY": "wayland-test"}, clock=clock)
+    registry = next(object_id for object_id, kind in compositor.bound.items() if kind == "wl_registry")
+    seat = compositor.globals.index("wl_seat") + 1
+    compositor.send(_message(registry, 1, struct.pack("=I", seat)))  # wl_registry.global_remove
+    poll("the source to notice its seat is gone", lambda: source.idle_seconds() is None, timeout=10)
+    clock.now += 11
+    assert source.idle_seconds() == 0.0
     source.close()
 
 

@@ -22,8 +22,9 @@ The client is the few messages it needs of the Wayland wire protocol (wayland.fr
 Format"), written here over a UNIX socket rather than through libwayland bindings: nothing to compile
 or bundle into the installers, and nothing of the compositor's is trusted beyond what is parsed (a
 message is at most 4096 bytes; a shorter or longer one ends the connection). Events are read without
-blocking whenever `idle_seconds()` is asked; a lost connection answers None and is retried every
-`RECONNECT_S`.
+blocking whenever `idle_seconds()` is asked; a lost connection (or a seat or notifier the compositor
+withdrew) answers None and is retried every `RECONNECT_S`, waiting at most `RECONNECT_ROUNDTRIP_S` for
+the compositor, since the app asks from its GUI thread.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ MAX_MESSAGE = 4096  # libwayland's limit for one message, header included
 HEADER = struct.Struct("=II")  # object id; size << 16 | opcode (the host's byte order, as the protocol says)
 DISPLAY_ID = 1
 RECONNECT_S = 10.0
-ROUNDTRIP_S = 5.0
+ROUNDTRIP_S = 5.0  # how long the first connection (at the app's start) waits for the compositor
+RECONNECT_ROUNDTRIP_S = 0.5  # later ones run on the app's GUI thread: a hung compositor costs it little
+MAX_READ = 1 << 20  # bytes read in one go before what came is handled
 
 # opcodes, from wayland.xml, ext-idle-notify-v1.xml and plasma-wayland-protocols' idle.xml
 DISPLAY_SYNC, DISPLAY_GET_REGISTRY = 0, 1
@@ -101,20 +104,29 @@ class WaylandConnection:
     """One client connection: requests out, events in (object id, opcode, arguments)."""
 
     def __init__(self, path: Path, *, timeout: float = ROUNDTRIP_S) -> None:
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._timeout = timeout
+        try:
+            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as error:  # out of file descriptors
+            raise WaylandError(f"can't open a socket: {error}") from None
         self._socket.settimeout(timeout)
         try:
             self._socket.connect(str(path))
-        except OSError as error:
+        except (OSError, ValueError) as error:  # ValueError: a NUL in WAYLAND_DISPLAY
             self._socket.close()
-            raise WaylandError(f"can't connect to {path}: {error.strerror or error}") from None
+            raise WaylandError(f"can't connect to {path}: {getattr(error, 'strerror', None) or error}") from None
         self._socket.setblocking(False)
         self._buffer = b""
+        self._pending: list[tuple[int, int, bytes]] = []  # events read past a roundtrip's answer
         self._next_id = 2  # 1 is wl_display
         self.globals: dict[int, Global] = {}
         self._registry = self.new_id()
-        self.send(DISPLAY_ID, DISPLAY_GET_REGISTRY, struct.pack("=I", self._registry))
-        self.roundtrip()
+        try:
+            self.send(DISPLAY_ID, DISPLAY_GET_REGISTRY, struct.pack("=I", self._registry))
+            self.roundtrip()
+        except WaylandError:
+            self.close()
+            raise
 
     def close(self) -> None:
         self._socket.close()
@@ -126,7 +138,7 @@ class WaylandConnection:
     def send(self, object_id: int, opcode: int, arguments: bytes = b"") -> None:
         size = HEADER.size + len(arguments)
         try:
-            self._socket.setblocking(True)
+            self._socket.settimeout(self._timeout)  # a compositor that reads nothing can't hold us longer
             self._socket.sendall(HEADER.pack(object_id, size << 16 | opcode) + arguments)
         except OSError as error:
             raise WaylandError(f"the compositor's socket failed: {error}") from None
@@ -144,32 +156,38 @@ class WaylandConnection:
         """Wait until the compositor has handled every request sent so far; the events that came meanwhile."""
         callback = self.new_id()
         self.send(DISPLAY_ID, DISPLAY_SYNC, struct.pack("=I", callback))
-        deadline = time.monotonic() + ROUNDTRIP_S
+        deadline = time.monotonic() + self._timeout
         seen: list[tuple[int, int, bytes]] = []
         while True:
-            for event in self.events(wait=max(0.0, deadline - time.monotonic())):
+            events = self.events(wait=max(0.0, deadline - time.monotonic()))
+            for index, event in enumerate(events):
                 if event[0] == callback and event[1] == CALLBACK_DONE:
+                    self._pending = events[index + 1 :]  # what came after the answer: the next events() call's
                     return seen
                 seen.append(event)
             if time.monotonic() > deadline:
-                raise WaylandError("the compositor did not answer within 5 s")
+                raise WaylandError(f"the compositor did not answer within {self._timeout:g} s")
 
     def events(self, *, wait: float = 0.0) -> list[tuple[int, int, bytes]]:
         """The events that arrived (waiting up to `wait` s for the first), after the display's own."""
+        out, self._pending = self._pending, []
+        received = 0
         try:
-            self._socket.settimeout(wait) if wait > 0 else self._socket.setblocking(False)
-            chunk = self._socket.recv(65536)
+            if wait > 0 and not out:
+                self._socket.settimeout(wait)
+            while received < MAX_READ:
+                chunk = self._socket.recv(65536)
+                if not chunk:
+                    raise WaylandError("the compositor closed the connection")
+                self._buffer += chunk
+                received += len(chunk)
+                self._socket.setblocking(False)  # the first read may wait; the rest take what is there
         except (BlockingIOError, TimeoutError):
-            chunk = None
+            pass
         except OSError as error:
             raise WaylandError(f"the compositor's socket failed: {error}") from None
         finally:
             self._socket.setblocking(False)
-        if chunk == b"":
-            raise WaylandError("the compositor closed the connection")
-        if chunk:
-            self._buffer += chunk
-        out: list[tuple[int, int, bytes]] = []
         while len(self._buffer) >= HEADER.size:
             object_id, word = HEADER.unpack_from(self._buffer)
             size, opcode = word >> 16, word & 0xFFFF
@@ -229,12 +247,13 @@ class WaylandIdleSource:
         self._prefer = prefer
         self._clock = clock
         self._connection: WaylandConnection | None = None
+        self._bound: tuple[int, int] = (0, 0)  # the global names of the seat and the notifier in use
         self._notification = 0
         self._idle_since: float | None = None
         self._retry_at = 0.0
         self.protocol = ""
         try:
-            self._connect()
+            self._connect(ROUNDTRIP_S)
         except WaylandError as error:
             raise BackendUnavailable("wayland", str(error)) from None
 
@@ -250,8 +269,8 @@ class WaylandIdleSource:
             f"{self._resolution_ms / 1000:g} s)."
         )
 
-    def _connect(self) -> None:
-        connection = WaylandConnection(self._path)
+    def _connect(self, timeout: float) -> None:
+        connection = WaylandConnection(self._path, timeout=timeout)
         try:
             offered = [connection.find(interface) for interface in self._prefer]
             notifier = next((g for g in offered if g is not None), None)
@@ -275,6 +294,7 @@ class WaylandIdleSource:
             connection.close()
             raise
         self.protocol = notifier.interface
+        self._bound = (seat.name, notifier.name)
         self._connection = connection
         self._idle_since = None
         self._apply(events)
@@ -293,14 +313,16 @@ class WaylandIdleSource:
             if self._clock() < self._retry_at:
                 return None
             try:
-                self._connect()
-            except (WaylandError, BackendUnavailable):
+                self._connect(RECONNECT_ROUNDTRIP_S)
+            except (WaylandError, BackendUnavailable, OSError, ValueError):
                 self._retry_at = self._clock() + RECONNECT_S
                 return None
         assert self._connection is not None
         try:
             self._apply(self._connection.events())
-        except WaylandError:
+            if any(name not in self._connection.globals for name in self._bound):
+                raise WaylandError("the seat or the idle notifier went away")  # its notices would stop
+        except (WaylandError, OSError, ValueError):
             self.close()
             self._retry_at = self._clock() + RECONNECT_S
             return None

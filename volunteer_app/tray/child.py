@@ -450,11 +450,12 @@ def duty_percent(config: ChildConfig, device_kind: str) -> int:
 
 
 def gpu_environment(gpus: tuple[int, ...]) -> dict[str, str]:
-    """The variables that hide every GPU but `gpus` from CUDA and ROCm (empty: every GPU is seen)."""
+    """The variables that hide every GPU but `gpus` from CUDA and ROCm (empty: every GPU is seen). The
+    numbers are nvidia-smi's, which go by PCI bus: CUDA numbers the fastest card first unless told so."""
     if not gpus:
         return {}
     visible = ",".join(str(index) for index in gpus)
-    return {"CUDA_VISIBLE_DEVICES": visible, "HIP_VISIBLE_DEVICES": visible}
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": visible, "HIP_VISIBLE_DEVICES": visible}
 
 
 def _connect_and_run() -> None:

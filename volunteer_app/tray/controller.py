@@ -123,7 +123,7 @@ class AppStatus:
 
 @dataclass(frozen=True)
 class AppNotification:
-    kind: str  # campaign_finished, rejections, unreachable, crashed, worker_error
+    kind: str  # campaign_finished, rejections, unreachable, crashed, worker_error, gpus_missing
     title: str
     message: str
 
@@ -564,6 +564,14 @@ class AppController:
             child.device = message
             if child.handle.config.device == self.preferences.device:
                 self._gpu_kind = message.kind
+            chosen = child.handle.config.gpus
+            if chosen and message.kind == "cpu" and child.handle.config.device == "auto":
+                numbers = ", ".join(str(i) for i in chosen)
+                self.notify(
+                    "gpus_missing",
+                    "Training on the CPU",
+                    f"No GPU numbered {numbers} (Settings, GPUs to use) was found; training on the CPU instead.",
+                )
             return
         if isinstance(message, ChildFinished):
             if message.error_code is not None:

@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from volunteer_app.duty import DutyCycle
 from volunteer_app.preferences import DEVICES, THEMES, Preferences, PreferencesError, TimeWindow
 from volunteer_app.tray.account_box import AccountBox
 
@@ -138,7 +139,7 @@ class SettingsDialog(QDialog):
         self.gpu_percent.setToolTip("Share of each second the training may use the GPU")
         self.gpus = QLineEdit()
         self.gpus.setPlaceholderText("all, or e.g. 0, 2")
-        self.gpus.setToolTip("Which GPUs may train, numbered as nvidia-smi numbers them")
+        self.gpus.setToolTip("Which NVIDIA GPUs may train, numbered as nvidia-smi numbers them")
 
         self.fields: dict[str, QWidget] = {
             "coordinator_url": self.coordinator_url,
@@ -205,7 +206,10 @@ class SettingsDialog(QDialog):
         usage.addRow("Pause when the CPU or GPU is hotter than:", self.pause_above_celsius)
         usage.addRow("", self.gpu_only_when_idle)
         usage.addRow("GPU memory limit:", self.gpu_memory_limit_mb)
-        usage.addRow("GPU time:", self.gpu_percent)
+        if DutyCycle.supported():  # held by suspending the process, which Windows can't do from outside
+            usage.addRow("GPU time:", self.gpu_percent)
+        else:
+            self.gpu_percent.hide()
         usage.addRow("GPUs to use:", self.gpus)
 
         self.error = QLabel()

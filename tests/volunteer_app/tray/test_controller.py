@@ -14,7 +14,7 @@ from volunteer_app.awake import KeepAwake
 from volunteer_app.events import Connected, StateChanged, TrainingProgress, UnitResult, UnitStarted, WorkerState
 from volunteer_app.preferences import Preferences, load_preferences
 from volunteer_app.tray.controller import AppState, ControllerTuning
-from volunteer_app.tray.ipc import ChildExited, ChildFinished
+from volunteer_app.tray.ipc import ChildExited, ChildFinished, DeviceChosen
 
 from .fakes import FakeIdle, FakePower, FakeThermometer, make_rig
 
@@ -279,3 +279,13 @@ def test_the_computer_is_kept_awake_only_while_training_on_mains_power_when_aske
         assert not awake.held
     finally:
         awake.release()
+
+
+def test_chosen_gpus_that_are_not_there_are_told_when_training_falls_back_to_the_cpu(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, Preferences(idle_minutes=1, coordinator_url="ws://127.0.0.1:9/ws", gpus=(3,)))
+    rig.step(idle=61.0)
+    assert rig.child.config.gpus == (3,) and rig.child.config.device == "auto"
+    rig.child.deliver(DeviceChosen("cpu", "a CPU", 8 << 30))
+    rig.step()
+    assert [(n.kind, n.title) for n in rig.controller.notifications] == [("gpus_missing", "Training on the CPU")]
+    assert "No GPU numbered 3" in rig.controller.notifications[0].message
