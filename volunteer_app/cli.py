@@ -118,6 +118,21 @@ def add_volunteer(commands: Subparsers) -> None:
     link.add_argument("--config-dir", type=Path, default=None, metavar="DIR", help="where credentials.toml lives")
     link.set_defaults(handler=_run_link)
 
+    data = sub.add_parser(
+        "data",
+        help="your own files for campaigns that train on volunteers' data (they never leave this machine)",
+        description=(
+            "Choose the folders and files (.txt, .md, .jsonl) that campaigns training on volunteers' own data may "
+            "use, see what in them would be used and how much, or revoke them (which also deletes their tokenized "
+            "copies). Only model updates ever leave the machine, never the text or its tokens."
+        ),
+    )
+    data.add_argument("action", choices=("add", "list", "remove"), help="choose, show, or revoke")
+    data.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="folders or files (add, remove)")
+    data.add_argument("--config-dir", type=Path, default=None, metavar="DIR", help="where local-data.toml lives")
+    data.add_argument("--data-dir", type=Path, default=None, metavar="DIR", help="where tokenized copies are kept")
+    data.set_defaults(handler=_run_data)
+
     from volunteer_app.tray.main import add_arguments  # argparse only; Qt loads when the app runs
 
     app = sub.add_parser(
@@ -156,6 +171,42 @@ def add_volunteer(commands: Subparsers) -> None:
     )
     setup.add_argument("--dry-run", action="store_true", help="only show the device and the plan")
     setup.set_defaults(handler=_run_setup)
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from volunteer_app.credentials import default_config_dir
+    from volunteer_app.local_data import DataRules, LocalData, LocalDataError
+
+    config_dir = args.config_dir or default_config_dir()
+    data_dir = args.data_dir or config_dir
+    try:
+        local = LocalData(config_dir, data_dir)
+        if args.action != "list" and not args.paths:
+            print(f"error: {args.action} needs at least one folder or file", file=sys.stderr)
+            return 2
+        for path in args.paths if args.action == "add" else ():
+            local.add(path)
+        for path in args.paths if args.action == "remove" else ():
+            if not local.remove(path):
+                print(f"{path} was not chosen", file=sys.stderr)
+        inventory = local.inventory(DataRules())
+    except LocalDataError as error:
+        print(f"error ({error.code}): {error}", file=sys.stderr)
+        return 2
+    if not local.sources:
+        print("No folder or file is chosen: campaigns on volunteers' data get nothing from this machine.")
+        return 0
+    print("Chosen (they never leave this machine; only model updates do):")
+    for source in local.sources:
+        print(f"  {source}")
+    print(f"Would be used: {len(inventory.files)} file(s), {inventory.total_bytes:,} bytes")
+    for path, size in inventory.files[:50]:
+        print(f"  {size:>12,}  {path}")
+    if len(inventory.files) > 50:
+        print(f"  ... and {len(inventory.files) - 50} more")
+    for skipped in inventory.skipped[:50]:
+        print(f"  left out: {skipped.path}: {skipped.reason}")
+    return 0
 
 
 def _run_link(args: argparse.Namespace) -> int:

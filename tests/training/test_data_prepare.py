@@ -494,3 +494,25 @@ def test_cli_with_no_sources_uses_the_embedded_corpus(tmp_path: Path, capsys: py
     assert code == 0
     assert "standard library" in capsys.readouterr().out
     assert TokenDataset.open(out).manifest.corpus_bytes == 20000
+
+
+def test_a_given_tokenizer_is_used_as_it_is(corpus: tuple[Path, list[str]], tmp_path: Path) -> None:
+    """How a volunteer's own files are prepared: with the campaign's tokenizer, not one trained on them."""
+    root, _ = corpus
+    campaign = prepare_dataset([root], tmp_path / "campaign", vocab_size=300, progress=False)
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "notes.md").write_text("my private notes, never seen by the campaign's tokenizer\n" * 20)
+    local = prepare_dataset(
+        [own], tmp_path / "local", tokenizer_file=tmp_path / "campaign" / "tokenizer.json", progress=False
+    )
+    assert (tmp_path / "local" / "tokenizer.json").read_bytes() == (
+        tmp_path / "campaign" / "tokenizer.json"
+    ).read_bytes()
+    assert (local.vocab_size, local.eos_id) == (campaign.vocab_size, campaign.eos_id)
+    data = TokenDataset.open(tmp_path / "local", verify=True)
+    tokens = data.train_slice(0, data.num_train_tokens)
+    assert data.tokenizer().decode(tokens[tokens != local.eos_id].tolist()).startswith("my private notes")
+    with pytest.raises(DataError) as refused:
+        prepare_dataset([own], tmp_path / "bad", tokenizer_file=tmp_path / "missing.json", progress=False)
+    assert refused.value.code == "unreadable"

@@ -47,6 +47,7 @@ from training.data.tokenizer import (
     MIN_BPE_VOCAB,
     ByteTokenizer,
     Tokenizer,
+    load_tokenizer,
     train_bpe,
 )
 
@@ -66,6 +67,7 @@ def prepare_dataset(
     progress: bool = True,
     source_description: str | None = None,
     shard_tokens: int = SHARD_TOKENS,
+    tokenizer_file: Path | None = None,
 ) -> DatasetManifest:
     """Tokenize the files and folders in `sources` into a dataset folder `out_dir`.
 
@@ -76,10 +78,13 @@ def prepare_dataset(
     "bytes" (UTF-8 bytes plus end-of-document; `vocab_size` is ignored). `holdout_fraction` of
     the documents (by content hash, at least one when there are two or more) form the holdout
     split. `max_bytes` stops reading after that much text. `shard_tokens` sets the shard size.
+    `tokenizer_file`: tokenize with this tokenizer (a campaign's tokenizer.json) instead of making one;
+    `tokenizer` and `vocab_size` are then ignored.
     Raises DataError for bad input, with nothing written; the same input and options always give
     byte-identical shards and tokenizer.
     """
     _check_options(tokenizer, vocab_size, holdout_fraction, max_bytes, shard_tokens)
+    given = load_tokenizer(tokenizer_file) if tokenizer_file is not None else None
     out_dir = Path(os.path.abspath(out_dir))
     _check_out_dir(out_dir)
     files = find_files(sources)
@@ -87,11 +92,16 @@ def prepare_dataset(
     planner = HoldoutPlanner(holdout_fraction)
 
     with _Bars(progress) as bars:
-        advance = bars.add("reading" if tokenizer == "bytes" else "training tokenizer", reader.estimated_bytes())
+        training = given is None and tokenizer == "bpe"
+        advance = bars.add("training tokenizer" if training else "reading", reader.estimated_bytes())
         texts = _first_pass(reader, planner, advance)
         tok: Tokenizer
-        if tokenizer == "bpe":
+        if training:
             tok = train_bpe(texts, vocab_size)
+        elif given is not None:
+            for _ in texts:
+                pass
+            tok = given
         else:
             for _ in texts:
                 pass

@@ -1,0 +1,82 @@
+"""The volunteer's own files (issue 16): choosing and revoking folders, what the campaign's rules let through,
+and the tokenized copy made with a campaign's tokenizer, which revoking deletes. Also through
+`commonweights volunteer data`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.live import REPO
+from training.data import TokenDataset
+from volunteer_app.local_data import DataRules, LocalData, LocalDataError
+
+
+@pytest.fixture
+def notes(tmp_path: Path) -> Path:
+    folder = tmp_path / "notes"
+    (folder / "journal").mkdir(parents=True)
+    for day in range(12):
+        (folder / "journal" / f"day{day:02}.md").write_text(f"Day {day}. Wrote about the garden and the rain.\n" * 30)
+    (folder / "chat.jsonl").write_text('{"text": "a private conversation about holidays"}\n' * 40)
+    (folder / "script.py").write_text("print('code is not what this campaign takes')\n")
+    (folder / "huge.txt").write_text("x" * 5000)
+    return folder
+
+
+def test_chosen_sources_are_remembered_and_what_they_hold_is_shown(notes: Path, tmp_path: Path) -> None:
+    local = LocalData(tmp_path / "config", tmp_path / "data")
+    local.add(notes)
+    local.add(notes)  # once is enough
+    assert LocalData(tmp_path / "config", tmp_path / "data").sources == [notes]
+    inventory = local.inventory(DataRules(max_file_bytes=4096))
+    used = {path.name for path, _ in inventory.files}
+    assert used == {f"day{day:02}.md" for day in range(12)} | {"chat.jsonl"}
+    reasons = {skipped.path.name: skipped.reason for skipped in inventory.skipped}
+    assert "takes .txt, .md, .jsonl" in reasons["script.py"] and "per file" in reasons["huge.txt"]
+    assert inventory.total_bytes == sum(size for _, size in inventory.files)
+    with pytest.raises(LocalDataError, match="does not exist"):
+        local.add(tmp_path / "nowhere")
+
+
+def test_the_copy_is_tokenized_with_the_campaigns_tokenizer_and_revoking_deletes_it(
+    notes: Path, tmp_path: Path, small_dataset: Path
+) -> None:
+    local = LocalData(tmp_path / "config", tmp_path / "data")
+    local.add(notes)
+    rules = DataRules(max_file_bytes=4096)
+    folder, manifest = local.prepare(small_dataset / "tokenizer.json", rules)
+    assert folder.is_relative_to(tmp_path / "data")
+    data = TokenDataset.open(folder, verify=True)
+    assert data.num_train_tokens == manifest.train_tokens > 0 and data.num_holdout_tokens > 0  # its own holdout
+    assert data.vocab_size == TokenDataset.open(small_dataset).vocab_size
+    again, _ = local.prepare(small_dataset / "tokenizer.json", rules)
+    assert (
+        again == folder
+        and (folder / "manifest.json").stat().st_mtime_ns == (again / "manifest.json").stat().st_mtime_ns
+    )
+    with pytest.raises(LocalDataError, match="needs at least"):
+        local.prepare(small_dataset / "tokenizer.json", DataRules(max_file_bytes=4096, min_tokens=10**9))
+    local.prepare(small_dataset / "tokenizer.json", rules)
+    assert local.remove(notes) and not folder.exists()  # revoked: its tokens are gone too
+    assert not local.remove(notes)
+    with pytest.raises(LocalDataError, match="none of the chosen"):
+        local.prepare(small_dataset / "tokenizer.json", rules)
+
+
+def test_the_cli_adds_lists_and_removes(notes: Path, tmp_path: Path) -> None:
+    def data(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "commonweights", "volunteer", "data", *args, "--config-dir", str(tmp_path)]
+        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+
+    added = data("add", str(notes))
+    assert added.returncode == 0, added.stderr
+    assert str(notes) in added.stdout and "Would be used: 14 file(s)" in added.stdout
+    assert "left out" in added.stdout and "script.py" in added.stdout
+    assert "never leave this machine" in data("list").stdout
+    removed = data("remove", str(notes))
+    assert removed.returncode == 0 and "No folder or file is chosen" in removed.stdout
+    assert data("remove").returncode == 2

@@ -1,0 +1,186 @@
+"""The volunteer's own files, for campaigns that train on volunteers' data (issue 16): which folders and files
+were chosen, what in them would be used and how much, and the tokenized copy made with a campaign's
+tokenizer. Nothing here sends anything: the files and their tokens stay on this machine.
+
+    local = LocalData(config_dir, data_dir)
+    local.add(Path("~/notes").expanduser())          # remembered in local-data.toml
+    local.inventory(DataRules())                    # what would be used, and what is left out and why
+    local.prepare(tokenizer_file, DataRules())       # a dataset folder: train and holdout token shards
+    local.remove(Path("~/notes").expanduser())       # revoked: forgotten, and every tokenized copy deleted
+
+The tokenized copy is an ordinary dataset folder (training.data) under `data_dir/local-data/`, one per
+tokenizer, with its own holdout split (5 % of the documents, by content). It is rebuilt when the chosen
+files change (their paths, sizes and modification times) and deleted whenever a source is removed,
+since it holds that source's text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+
+from training.atomic_write import write_atomically
+from training.data import DataError, DatasetManifest, prepare_dataset
+from training.data.sources import find_files
+
+__all__ = ["FILE_NAME", "DataRules", "Inventory", "LocalData", "LocalDataError", "Skipped"]
+
+FILE_NAME = "local-data.toml"
+PREPARED_DIR = "local-data"
+FINGERPRINT = "sources.json"
+HOLDOUT_FRACTION = 0.05
+MAX_SOURCES = 256
+
+
+class LocalDataError(ValueError):
+    """A source that can't be used, or a prepared copy that can't be made; the message says why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class DataRules:
+    """What a campaign accepts of a volunteer's files (the lead sets these)."""
+
+    kinds: tuple[str, ...] = (".txt", ".md", ".jsonl")
+    max_file_bytes: int = 64 << 20
+    max_total_bytes: int = 1 << 30
+    min_tokens: int = 0  # fewer training tokens than this and the copy is refused (a unit needs them)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What the chosen sources hold for a campaign's rules."""
+
+    files: tuple[tuple[Path, int], ...]  # (file, bytes) that would be used
+    skipped: tuple[Skipped, ...] = ()
+    total_bytes: int = 0
+
+    def fingerprint(self) -> str:
+        """Changes whenever a used file is added, removed, resized or rewritten."""
+        entries = [[str(path), size, path.stat().st_mtime_ns] for path, size in self.files]
+        return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
+@dataclass
+class LocalData:
+    config_dir: Path
+    data_dir: Path
+    sources: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sources = self._read()
+
+    @property
+    def path(self) -> Path:
+        return self.config_dir / FILE_NAME
+
+    def add(self, source: Path) -> None:
+        """Choose a folder or a file (kept as an absolute path)."""
+        source = source.expanduser().absolute()
+        if not source.exists():
+            raise LocalDataError("missing", f"{source} does not exist")
+        if source not in self.sources:
+            if len(self.sources) >= MAX_SOURCES:
+                raise LocalDataError("too_many", f"at most {MAX_SOURCES} folders and files can be chosen")
+            self.sources.append(source)
+            self._write()
+
+    def remove(self, source: Path) -> bool:
+        """Revoke a source: it is forgotten and every tokenized copy is deleted. False if it wasn't chosen."""
+        source = source.expanduser().absolute()
+        if source not in self.sources:
+            return False
+        self.sources.remove(source)
+        self._write()
+        shutil.rmtree(self.data_dir / PREPARED_DIR, ignore_errors=True)
+        return True
+
+    def inventory(self, rules: DataRules) -> Inventory:
+        """The files that would be used under `rules`, and those left out with the reason."""
+        files: list[tuple[Path, int]] = []
+        skipped: list[Skipped] = []
+        total = 0
+        for source in self.sources:
+            try:
+                found = find_files([source])
+            except DataError as error:
+                skipped.append(Skipped(source, str(error)))
+                continue
+            for path in found:
+                size = path.stat().st_size
+                if path.suffix.lower() not in rules.kinds:
+                    skipped.append(Skipped(path, f"this campaign takes {', '.join(rules.kinds)} files"))
+                elif size > rules.max_file_bytes:
+                    skipped.append(Skipped(path, f"over the campaign's {rules.max_file_bytes} bytes per file"))
+                elif total + size > rules.max_total_bytes:
+                    skipped.append(Skipped(path, f"past the campaign's {rules.max_total_bytes} bytes in all"))
+                elif any(path == used for used, _ in files):
+                    continue
+                else:
+                    files.append((path, size))
+                    total += size
+        return Inventory(tuple(files), tuple(skipped), total)
+
+    def prepare(self, tokenizer_file: Path, rules: DataRules) -> tuple[Path, DatasetManifest]:
+        """The tokenized copy for this tokenizer (made, or remade if the files changed): folder and manifest."""
+        inventory = self.inventory(rules)
+        if not inventory.files:
+            raise LocalDataError("no_files", "none of the chosen folders and files holds text this campaign takes")
+        digest = hashlib.sha256(tokenizer_file.read_bytes()).hexdigest()[:16]
+        out = self.data_dir / PREPARED_DIR / digest
+        fingerprint = inventory.fingerprint()
+        if (out / FINGERPRINT).is_file() and (out / FINGERPRINT).read_text() == fingerprint:
+            manifest = DatasetManifest.from_json((out / "manifest.json").read_text())
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+            try:
+                manifest = prepare_dataset(
+                    [path for path, _ in inventory.files],
+                    out,
+                    tokenizer_file=tokenizer_file,
+                    holdout_fraction=HOLDOUT_FRACTION,
+                    progress=False,
+                    source_description=f"this volunteer's own files ({len(inventory.files)})",
+                )
+            except DataError as error:
+                raise LocalDataError(error.code, str(error)) from None
+            write_atomically(out / FINGERPRINT, fingerprint)
+        if manifest.train_tokens < rules.min_tokens:
+            raise LocalDataError(
+                "too_little",
+                f"the chosen files hold {manifest.train_tokens} training tokens; this campaign needs at least "
+                f"{rules.min_tokens} (add text)",
+            )
+        return out, manifest
+
+    def _read(self) -> list[Path]:
+        try:
+            raw = tomllib.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return []
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+            raise LocalDataError("unreadable", f"can't read {self.path}: {error}") from None
+        listed = raw.get("sources", [])
+        if not isinstance(listed, list) or not all(isinstance(s, str) for s in listed):
+            raise LocalDataError("unreadable", f"{self.path}: sources must be a list of paths")
+        return [Path(s) for s in listed[:MAX_SOURCES]]
+
+    def _write(self) -> None:
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        text = "# The folders and files this volunteer chose to train on. They never leave this machine.\n\n"
+        write_atomically(self.path, text + tomli_w.dumps({"sources": [str(s) for s in self.sources]}))
