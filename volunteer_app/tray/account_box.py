@@ -11,6 +11,7 @@ thread through a queued signal: the dialog never freezes on a slow or unreachabl
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 
@@ -39,7 +40,10 @@ class AccountBox(QGroupBox):
         self._link, self._status = link, status
         self._asked = 0  # questions sent; only the latest one's answer is shown
         self._linking = False
-        self._answers = _Answers(self)
+        # No parent: Python alone owns it. The worker thread holds it (never the box), and the last reference
+        # can go on that thread; Shiboken then deletes it on the main thread, which must not find it already
+        # deleted by a parent (that double delete crashed the app's tests).
+        self._answers = _Answers()
         self._answers.arrived.connect(self._show)
         self.state = QLabel("Checking…")
         self.state.setObjectName("account-state")
@@ -72,11 +76,13 @@ class AccountBox(QGroupBox):
         self.link_button.setEnabled(False)
         self._linking = True
         self.state.setText("Linking…")
-        self._run(lambda: self._link(code))
+        self._run(functools.partial(self._link, code))
 
     def _run(self, call: Callable[[], object]) -> None:
+        """`call` on a worker thread, its answer shown here. Nothing of the box's goes to the thread but the
+        parentless `_answers`: a Qt object whose last reference ends on another thread must own itself."""
         self._asked += 1
-        number = self._asked
+        number, answers = self._asked, self._answers
 
         def work() -> None:
             try:
@@ -85,7 +91,7 @@ class AccountBox(QGroupBox):
                 answer = error
             except Exception as error:  # whatever fails, the box must not stay on "Linking…"
                 answer = AccountError("internal", f"that failed: {error}")
-            self._answers.arrived.emit(number, answer)
+            answers.arrived.emit(number, answer)
 
         threading.Thread(target=work, name="account", daemon=True).start()
 

@@ -18,9 +18,12 @@ from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon, QWidget
 
 from volunteer_app.account import link_machine, machine_status
+from volunteer_app.credentials import default_config_dir
+from volunteer_app.local_data import LocalData, LocalDataError
 from volunteer_app.preferences import Preferences
 from volunteer_app.tray.account_box import AccountBox
 from volunteer_app.tray.controller import AppController, AppNotification, AppState, AppStatus
+from volunteer_app.tray.data_box import DataBox
 from volunteer_app.tray.notifications import Notifier
 from volunteer_app.tray.settings_dialog import SettingsDialog
 from volunteer_app.tray.single_instance import SingleInstance
@@ -126,6 +129,10 @@ class DesktopApp(QObject):
             if widget is not None:
                 widget.hide()
         self.controller.shutdown()
+        # The training process's threads may outlive this (a reader finishing, a kill timer): they reach the
+        # controller, which must no longer reach this app. Were a thread to drop the last reference to a Qt
+        # object, Shiboken would delete it on the main thread after Qt already had: a crash.
+        self.controller.wake = _ignore
         if self.instance is not None:
             self.instance.release()
 
@@ -152,6 +159,7 @@ class DesktopApp(QObject):
                 idle_description=self.controller.idle_source.description,
                 rebuild=self._rebuild_environment,
                 account=self._account_box(),
+                own_data=self._data_box(),
             )
             self.settings_dialog = dialog
         elif not dialog.isVisible():
@@ -168,6 +176,15 @@ class DesktopApp(QObject):
             link=lambda code: link_machine(controller.preferences.coordinator_url, code, config_dir=config_dir),
             status=lambda: machine_status(controller.preferences.coordinator_url, config_dir=config_dir),
         )
+
+    def _data_box(self) -> DataBox | None:
+        """The volunteer's own files (None where the choices can't be read: the box would only mislead)."""
+        paths = self.controller.paths
+        config_dir = paths.config_dir or default_config_dir()
+        try:
+            return DataBox(LocalData(config_dir, paths.data_dir or config_dir))
+        except LocalDataError:
+            return None
 
     def _apply_preferences(self, prefs: Preferences) -> None:
         self.controller.apply_preferences(prefs)
@@ -219,6 +236,10 @@ class DesktopApp(QObject):
         """A tray that went away (its panel crashed or was removed): fall back to the window."""
         if self.tray is not None and not QSystemTrayIcon.isSystemTrayAvailable() and self.window is None:
             self._show_window()
+
+
+def _ignore() -> None:
+    return None
 
 
 def _bring_forward(widget: QWidget) -> None:

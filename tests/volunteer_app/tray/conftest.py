@@ -7,6 +7,7 @@ Nothing here imports Qt at module level, so the Qt-free tests in this folder run
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -30,6 +31,16 @@ if TYPE_CHECKING:
 def _need_qt() -> None:
     pytest.importorskip("PySide6.QtWidgets", reason="PySide6 is not installed (pip install PySide6-Essentials)")
     pytest.importorskip("pytestqt", reason="pytest-qt is not installed (pip install pytest-qt)")
+
+
+@pytest.fixture(autouse=True)
+def collect_qt_garbage() -> Iterator[None]:
+    """After each test, free its garbage cycles here, on the main thread. Left to the collector's own time,
+    a cycle holding Qt wrappers can be freed on whatever thread happens to allocate (a training process's
+    reader); Shiboken then defers the C++ delete to the main thread, where a parent already deleted it:
+    a segfault in a later test."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
