@@ -18,12 +18,9 @@ from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon, QWidget
 
 from volunteer_app.account import link_machine, machine_status
-from volunteer_app.credentials import default_config_dir
-from volunteer_app.local_data import LocalData, LocalDataError
 from volunteer_app.preferences import Preferences
 from volunteer_app.tray.account_box import AccountBox
 from volunteer_app.tray.controller import AppController, AppNotification, AppState, AppStatus
-from volunteer_app.tray.data_box import DataBox
 from volunteer_app.tray.notifications import Notifier
 from volunteer_app.tray.settings_dialog import SettingsDialog
 from volunteer_app.tray.single_instance import SingleInstance
@@ -159,7 +156,6 @@ class DesktopApp(QObject):
                 idle_description=self.controller.idle_source.description,
                 rebuild=self._rebuild_environment,
                 account=self._account_box(),
-                own_data=self._data_box(),
             )
             self.settings_dialog = dialog
         elif not dialog.isVisible():
@@ -176,15 +172,6 @@ class DesktopApp(QObject):
             link=lambda code: link_machine(controller.preferences.coordinator_url, code, config_dir=config_dir),
             status=lambda: machine_status(controller.preferences.coordinator_url, config_dir=config_dir),
         )
-
-    def _data_box(self) -> DataBox | None:
-        """The volunteer's own files (None where the choices can't be read: the box would only mislead)."""
-        paths = self.controller.paths
-        config_dir = paths.config_dir or default_config_dir()
-        try:
-            return DataBox(LocalData(config_dir, paths.data_dir or config_dir))
-        except LocalDataError:
-            return None
 
     def _apply_preferences(self, prefs: Preferences) -> None:
         self.controller.apply_preferences(prefs)

@@ -37,7 +37,6 @@ from PySide6.QtWidgets import (
 from volunteer_app.duty import DutyCycle
 from volunteer_app.preferences import DEVICES, THEMES, Preferences, PreferencesError, TimeWindow
 from volunteer_app.tray.account_box import AccountBox
-from volunteer_app.tray.data_box import DataBox
 
 __all__ = ["SettingsDialog", "format_windows", "parse_gpus", "parse_windows"]
 
@@ -87,11 +86,9 @@ class SettingsDialog(QDialog):
         idle_description: str = "",
         rebuild: Callable[[], None] | None = None,
         account: AccountBox | None = None,
-        own_data: DataBox | None = None,
         parent: QWidget | None = None,
     ) -> None:
-        """`account`: the box linking this machine to a volunteer account; `own_data`: the box choosing the
-        volunteer's own files (None: not shown)."""
+        """`account`: the box linking this machine to a volunteer account (None: not shown)."""
         super().__init__(parent)
         self.setWindowTitle("Commonweights — Settings")
         self.setObjectName("settings")
@@ -236,9 +233,6 @@ class SettingsDialog(QDialog):
         if account is not None:
             layout.addWidget(account)
             account.refresh()
-        self.own_data = own_data
-        if own_data is not None:
-            layout.addWidget(own_data)
         layout.addWidget(self.error)
         layout.addWidget(self.buttons)
         self.load(prefs)
