@@ -473,6 +473,8 @@ class Adversary:
     async def trained(self, link: Link, unit: WorkUnit, *, checkpoint: BlobRef | None = None) -> Trained:
         """A real training of `unit` (from `checkpoint` instead of the unit's, for `stale`), heartbeating."""
         weights = await self.blob(link, checkpoint or unit.checkpoint)
+        if unit.data is None:
+            raise Stop("unsupported", "the adversaries train on the coordinator's data, not on volunteers' own")
         data = await self.blob(link, unit.data)
         moments = await self.blob(link, unit.moments) if unit.moments is not None else None
         done = [0]
@@ -701,7 +703,8 @@ class Adversary:
         if folder is None:
             raise Stop("usage", "colluding needs --partner-dir, a folder shared with its partner")
         folder.mkdir(parents=True, exist_ok=True)
-        key = f"{unit.data.sha256[:24]}-{unit.seed}-{unit.model_version}-{'.'.join(unit.shard)[:40]}"
+        slice_id = unit.data.sha256 if unit.data is not None else unit.unit_id
+        key = f"{slice_id[:24]}-{unit.seed}-{unit.model_version}-{'.'.join(unit.shard)[:40]}"
         update_path, meta_path = folder / f"{key}.update", folder / f"{key}.json"
         how = "copied from partner"
         try:

@@ -6,6 +6,7 @@ Cheap to import: each handler imports its benchmark (and torch, the server, Qt) 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -426,6 +427,46 @@ def _run_bench_adversarial(args: argparse.Namespace) -> int:
     from benchmarks.adversarial import run_bench_adversarial
 
     return run_bench_adversarial(args)
+
+
+def add_bench_private(commands: Subparsers) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "private",
+        help="the cost of training on volunteers' own data with differential privacy (ε = ∞, 8, 2)",
+        description=(
+            "Run a real coordinator and real volunteer processes, each holding a different folder of text of its "
+            'own: a campaign with the text served by the coordinator, then data = "volunteer" campaigns with '
+            "updates clipped and noised for ε = ∞, 8 and 2; report each one's holdout loss at equal tokens. "
+            "Writes docs/benchmarks.md."
+        ),
+    )
+    parser.add_argument("--volunteers", type=positive_int, default=3, help="volunteer processes, each with its folder")
+    parser.add_argument("--rounds", type=positive_int, default=8, help="rounds per run (one unit per volunteer)")
+    parser.add_argument("--inner-steps", type=positive_int, default=20, metavar="H")
+    parser.add_argument("--clip-norm", type=float, default=10.0, metavar="C", help="the updates' clipping norm")
+    parser.add_argument(
+        "--epsilons", type=_epsilons, default=(math.inf, 8.0, 2.0), metavar="LIST",
+        help="the private runs' ε targets, comma-separated, 'inf' for no noise (default: inf,8,2)",
+    )  # fmt: skip
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, datasets)")
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.set_defaults(handler=_run_bench_private)
+
+
+def _epsilons(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers or 'inf'") from None
+    if not values or any(not value > 0 for value in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every ε must be above 0")
+    return values
+
+
+def _run_bench_private(args: argparse.Namespace) -> int:
+    from benchmarks.private import run_bench_private
+
+    return run_bench_private(args)
 
 
 def add_bench_fuzz(commands: Subparsers) -> None:

@@ -477,9 +477,10 @@ class _Run:
                     outcomes["honest errors"] += 1
                     return
                 outcomes["honest work units"] += 1
-                await ws.send(encode(BlobRequest(sha256=answer.data.sha256, offset=0, length=4096)))
+                wanted = answer.data or answer.checkpoint  # a unit on volunteers' own data has no slice
+                await ws.send(encode(BlobRequest(sha256=wanted.sha256, offset=0, length=4096)))
                 chunk = await connection.answer()
-                if not isinstance(chunk, BlobChunk) or chunk.sha256 != answer.data.sha256:
+                if not isinstance(chunk, BlobChunk) or chunk.sha256 != wanted.sha256:
                     connection.find("honest", f"the unit's data was answered {_show(chunk)}")
                     outcomes["honest errors"] += 1
                     return

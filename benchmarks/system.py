@@ -258,6 +258,7 @@ def honest_update(
     model = build_model(config)
     blobs = open_blobs(blobs_url, coordinator.data_dir)
     model.load_state_dict(load_weights(blobs.get(unit.checkpoint.sha256)), strict=False)
+    assert unit.data is not None, "bench system runs campaigns on the coordinator's data"
     data = blobs.get(unit.data.sha256)
     tokens = np.frombuffer(data, dtype="<u2" if unit.data_dtype == "uint16" else "<u4").astype(np.int64)
     recipe = unit.recipe

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     benchmarks_cli.add_bench_coordinator(bench_commands)
     benchmarks_cli.add_bench_crash(bench_commands)
     benchmarks_cli.add_bench_fuzz(bench_commands)
+    benchmarks_cli.add_bench_private(bench_commands)
     benchmarks_cli.add_bench_adversarial(bench_commands)
     return parser
 

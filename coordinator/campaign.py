@@ -68,12 +68,14 @@ __all__ = [
     "CampaignSpec",
     "InnerSettings",
     "OuterSettings",
+    "PrivacySettings",
     "RoundSettings",
     "SpecError",
     "ValidationSettings",
 ]
 
 DEFAULT_CODEC = "int8"
+DENSE_CODECS = ("fp32", "fp16", "bf16", "int8")  # decoded, they keep every value of the update
 DEFAULT_DOWNLOAD_CODEC = "int8"
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -263,6 +265,71 @@ class RoundSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         return out
 
 
+class PrivacySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A campaign on volunteers' own data (`data = "volunteer"`): what it takes of their files and how
+    each update is protected (protocol.md, units on volunteers' own data)."""
+
+    file_kinds: Annotated[
+        str,
+        Meta(
+            pattern=r"^\.[a-z0-9]{1,15}( \.[a-z0-9]{1,15}){0,31}$",
+            max_length=544,
+            description="File name endings taken, lowercase, separated by spaces: e.g. '.txt .md .jsonl'.",
+            extra={"says": "lowercase endings with their dot, separated by one space, such as '.txt .md'"},
+        ),
+    ] = ".txt .md .jsonl"
+    max_file_bytes: Annotated[int, Meta(ge=1, le=1 << 40, description="Files larger than this are left out.")] = (
+        64 << 20
+    )
+    max_total_bytes: Annotated[
+        int, Meta(ge=1, le=1 << 40, description="A volunteer's files used hold at most this many bytes in all.")
+    ] = 1 << 30
+    min_tokens: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=MAX_TOKEN_BUDGET,
+            description=(
+                "Least training tokens a volunteer's files must hold; never fewer than one unit reads "
+                "(the default 0 means exactly that)."
+            ),
+        ),
+    ] = 0
+    clip_norm: Annotated[
+        float, Meta(gt=0, le=MAX_GRAD_CLIP, description="C: each update's whole L2 norm is clipped to this.")
+    ] = 1.0
+    noise_multiplier: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=1000,
+            description=(
+                "z: Gaussian noise of standard deviation z·2C is added to every coordinate of each update on the "
+                "volunteer's device (2C: the most replacing all of a volunteer's data can move a clipped update); "
+                "0 adds none and promises no privacy."
+            ),
+        ),
+    ] = 1.0
+    delta: Annotated[float, Meta(gt=0, lt=1, description="The δ privacy is accounted with.")] = 1e-5
+    epsilon_budget: Annotated[
+        Annotated[float, Meta(gt=0, le=1e4)] | None,
+        Meta(
+            description=(
+                "The ε a volunteer's updates to this campaign may add up to: neither the coordinator nor the "
+                "volunteer's app lets one more update past it. Omitted: no limit (each volunteer still sees what "
+                "they spent)."
+            ),
+        ),
+    ] = None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.file_kinds.split())
+
+    def problems(self) -> list[str]:
+        return _declared_problems(self, "privacy.")
+
+
 class ValidationSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How submitted updates are checked before they count."""
 
@@ -380,10 +447,30 @@ class CampaignSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             extra={"says": "a license id such as apache-2.0 or cc-by-4.0 (letters, digits, '.', '+', '-')"},
         ),
     ] = ""
+    data: Annotated[
+        str,
+        _one_of(
+            ("coordinator", "volunteer"),
+            "Where the training text is: coordinator (units carry slices of `dataset`) or volunteer (each "
+            "volunteer trains on files of their own, which never leave their device; `dataset` then gives the "
+            "tokenizer and the public holdout updates are checked on).",
+        ),
+    ] = "coordinator"
     inner: InnerSettings = msgspec.field(default_factory=InnerSettings)
+    privacy: PrivacySettings = msgspec.field(default_factory=PrivacySettings)
     outer: OuterSettings = msgspec.field(default_factory=OuterSettings)
     rounds: RoundSettings = msgspec.field(default_factory=RoundSettings)
     validation: ValidationSettings = msgspec.field(default_factory=ValidationSettings)
+
+    @property
+    def private(self) -> bool:
+        """Whether the campaign trains on its volunteers' own files (`data = "volunteer"`)."""
+        return self.data == "volunteer"
+
+    @property
+    def private_min_tokens(self) -> int:
+        """Least training tokens a volunteer's files must hold: the spec's, and at least one unit's."""
+        return max(self.privacy.min_tokens, self.inner.tokens_per_unit + 1)
 
     @property
     def shard_count(self) -> int:
@@ -454,6 +541,9 @@ class CampaignSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         if not isinstance(data, dict):
             raise SpecError(["the spec must be a table/object"])
         problems: list[str] = []
+        if data.get("data") == "volunteer" and isinstance(data.get("inner", {}), dict):
+            # Shared moments would carry the volunteers' data off their devices: off unless asked for (a problem).
+            data = data | {"inner": {"shared_moments": False} | data.get("inner", {})}
         spec = _read(cls, data, "", problems)
         if spec is None:
             raise SpecError(problems)
@@ -465,8 +555,23 @@ class CampaignSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     def problems(self) -> list[str]:
         """Every declared bound this spec's values break, then the rules that span fields."""
         out = _declared_problems(self, "")
-        for section in (self.inner, self.outer, self.rounds, self.validation):
+        for section in (self.inner, self.outer, self.rounds, self.validation, self.privacy):
             out += section.problems()
+        if self.private and self.inner.shared_moments:
+            out.append(
+                "inner.shared_moments can't be true when data is volunteer: a unit's second moments are computed "
+                "on the volunteer's data and would leave the device without noise"
+            )
+        if self.private and self.codec.name not in DENSE_CODECS:
+            out.append(
+                f"codec {self.codec.name} can't carry a noised update when data is volunteer: the coordinator checks "
+                f"the noise on the decoded update, so use one of {', '.join(DENSE_CODECS)}"
+            )
+        if self.private and 0 < self.privacy.min_tokens < self.inner.tokens_per_unit + 1:
+            out.append(
+                f"privacy.min_tokens ({self.privacy.min_tokens}) is fewer than one unit reads "
+                f"({self.inner.tokens_per_unit + 1}); raise it or leave it 0"
+            )
         if self.model in PRESETS and self.inner.seq_len > PRESETS[self.model].max_seq_len:
             out.append(
                 f"inner.seq_len ({self.inner.seq_len}) exceeds the {self.model} preset's context "
@@ -514,9 +619,9 @@ class CampaignSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = msgspec.to_builtins(self)  # the codec, a dataclass, as its dict too
-        for optional in ("lr", "clip_tau"):  # TOML has no null: an omitted key is the default
-            if out["outer"][optional] is None:
-                del out["outer"][optional]
+        for section, optional in (("outer", "lr"), ("outer", "clip_tau"), ("privacy", "epsilon_budget")):
+            if out[section][optional] is None:  # TOML has no null: an omitted key is the default
+                del out[section][optional]
         return out
 
 

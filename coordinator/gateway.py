@@ -56,6 +56,7 @@ from protocol.messages import (
     ModelConfig,
     ModelSpec,
     NoWork,
+    PrivateRecipe,
     Progress,
     Report,
     RequestWork,
@@ -104,6 +105,7 @@ class Session:
     codecs: tuple[str, ...] = ()
     runtimes: tuple[str, ...] = ("torch",)  # preferred first, as hello listed them
     unit_kinds: tuple[str, ...] = ("train",)
+    own_data: bool = False  # the owner chose files for campaigns on volunteers' own data
     blobs: set[str] = field(default_factory=set)  # what this volunteer may download
     errors: int = 0
     connected_at: float = field(default_factory=time.monotonic)
@@ -412,6 +414,7 @@ async def _handshake(session: Session, sessions: Sessions) -> bool:
     session.codecs = tuple(message.capabilities.codecs)
     session.runtimes = tuple(message.capabilities.runtimes)
     session.unit_kinds = tuple(message.capabilities.unit_kinds)
+    session.own_data = message.capabilities.own_data
     if "evaluate" in session.unit_kinds:
         service.evaluations.evaluator_joined()
     if "check" in session.unit_kinds:
@@ -634,7 +637,9 @@ async def _answer_request(session: Session, answer: Assignment | Evaluation | No
         unit = evaluate_unit_message(answer, session.service.config.eval_batch)
     else:
         unit = work_unit_message(answer)
-    session.blobs |= {ref.sha256 for ref in (unit.checkpoint, unit.data, unit.graph, unit.moments) if ref is not None}
+    tokenizer = unit.private.tokenizer if unit.private is not None else None
+    refs = (unit.checkpoint, unit.data, unit.graph, unit.moments, tokenizer)
+    session.blobs |= {ref.sha256 for ref in refs if ref is not None}
     session.blobs |= {step.delta.sha256 for step in unit.deltas}
     await _send(session, unit)
 
@@ -694,6 +699,15 @@ async def _assign_work(session: Session, message: RequestWork) -> Assignment | E
         waiting = NoWorkAnswer("no version or update is waiting for a holdout loss to be measured", retry_after_s=10)
         return min([*reasons, waiting], key=lambda r: r.retry_after_s)
     for runtime in candidates:
+        if runtime.spec.private and not session.own_data:
+            reasons.append(
+                NoWorkAnswer(
+                    f"campaign {runtime.row.name} trains on volunteers' own files, which never leave their "
+                    "computers; choose files in the app's settings (or 'commonweights volunteer data add') to join it",
+                    retry_after_s=300,
+                )
+            )
+            continue
         choice = await service.workers.run(service.runtime_choice, runtime, session.runtimes)
         if isinstance(choice, NoWorkAnswer):
             reasons.append(choice)
@@ -871,7 +885,7 @@ def work_unit_message(a: Assignment) -> WorkUnit:
         model=ModelSpec(preset=a.spec.model, config=ModelConfig(**dataclasses.asdict(a.model_config))),
         checkpoint=BlobRef(sha256=a.checkpoint.checkpoint_sha, size=a.checkpoint.checkpoint_size),
         checkpoint_format="safetensors",
-        data=BlobRef(sha256=a.unit.data_sha, size=a.data_size),
+        data=None if a.tokenizer is not None else BlobRef(sha256=a.unit.data_sha, size=a.data_size),
         data_dtype=a.data_dtype,  # type: ignore[arg-type]
         data_tokens=a.unit.data_tokens,
         shard=tuple(a.unit.shard),
@@ -886,6 +900,25 @@ def work_unit_message(a: Assignment) -> WorkUnit:
             for d in a.deltas
         ),
         moments=_moments_ref(a),
+        private=_private_recipe(a),
+    )
+
+
+def _private_recipe(a: Assignment) -> PrivateRecipe | None:
+    """What a unit on volunteers' own data is trained and protected with; None for other units."""
+    if a.tokenizer is None:
+        return None
+    privacy = a.spec.privacy
+    return PrivateRecipe(
+        tokenizer=BlobRef(sha256=a.tokenizer[0], size=a.tokenizer[1]),
+        file_kinds=privacy.kinds,
+        max_file_bytes=privacy.max_file_bytes,
+        max_total_bytes=privacy.max_total_bytes,
+        min_tokens=a.spec.private_min_tokens,
+        clip_norm=privacy.clip_norm,
+        noise_multiplier=privacy.noise_multiplier,
+        delta=privacy.delta,
+        epsilon_budget=privacy.epsilon_budget,
     )
 
 

@@ -87,6 +87,8 @@ NULLABLE_NUM: Schema = {"type": ["number", "null"]}
 NULLABLE_INT: Schema = {"type": ["integer", "null"]}
 NULLABLE_STR: Schema = {"type": ["string", "null"]}
 COUNTS: Schema = {"type": "object", "additionalProperties": {"type": "integer"}}
+EPSILON_NULL = "null: infinite (no noise, or past 10⁴, where ε means nothing), as JSON has no Infinity."
+EPSILON: Schema = {"type": ["number", "null"], "minimum": 0, "description": "An ε spent; " + EPSILON_NULL}
 
 
 @dataclass(frozen=True)
@@ -505,6 +507,32 @@ COMPONENTS: dict[str, Schema] = {
             "credit_unit": STR,
         }
     ),
+    "PrivacyAccounting": {
+        "oneOf": [
+            obj({"data": {"type": "string", "enum": ["coordinator"]}}),
+            obj(
+                {
+                    "data": {"type": "string", "enum": ["volunteer"]},
+                    "clip_norm": {"type": "number", "description": "C: each update's L2 norm is clipped to this."},
+                    "noise_multiplier": {"type": "number", "description": "z; 0 adds no noise and promises nothing."},
+                    "noise_std": {
+                        "type": "number",
+                        "description": "z·2C: the standard deviation of the noise on every coordinate.",
+                    },
+                    "delta": NUM,
+                    "epsilon_budget": {**NULLABLE_NUM, "description": "null: no limit."},
+                    "updates_allowed": {
+                        **NULLABLE_INT,
+                        "description": "Updates each volunteer may send within the budget; null: no limit.",
+                    },
+                    "epsilon_per_update": {**EPSILON, "description": "The ε of one update. " + EPSILON_NULL},
+                    "volunteers": array(obj({"volunteer_id": STR, "name": STR, "updates": INT, "epsilon": EPSILON})),
+                    "volunteer_count": {"type": "integer", "description": "Every volunteer that sent an update."},
+                    "max_epsilon": {**EPSILON, "description": "The most any volunteer has spent. " + EPSILON_NULL},
+                }
+            ),
+        ]
+    },
     "VolunteerList": obj(
         {
             "volunteers": array(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import platform
 import re
 import shutil
@@ -55,13 +56,15 @@ from training.data import DataError, TokenDataset
 from training.export.card import CampaignRecord
 from training.model import PRESETS, ModelConfig, build_model, count_parameters
 from training.outer import OUTER_DEFAULTS
+from training.privacy_accounting import gaussian_epsilon, releases_within
 
-__all__ = ["MAX_BODY_BYTES", "ROUTES", "add_routes", "campaign_stats", "campaign_summary"]
+__all__ = ["MAX_BODY_BYTES", "ROUTES", "add_routes", "campaign_stats", "campaign_summary", "privacy_accounting"]
 
 log = logging.getLogger(__name__)
 
 THROUGHPUT_WINDOW_S = 120.0  # tokens/s is measured over accepted updates of the last two minutes
 RECENT_CREDIT_DAYS = 7.0
+PRIVACY_ROWS = 1000  # volunteers listed by GET /api/campaigns/{id}/privacy, most updates first
 CREDIT_UNIT = "TFLOP of training work (6 × trained parameters × tokens / 1e12), like BOINC's cobblestones"
 ID = re.compile(r"[0-9]{1,18}")  # integer ids that fit SQLite's int64 (fullmatch): at most MAX_ID
 FIELD = re.compile(r"^([a-z_]+(?:\.[a-z_0-9]+)?)")
@@ -416,6 +419,55 @@ async def leaderboard(request: web.Request) -> web.Response:
         for rank, entry in enumerate(service.store.leaderboard(row.id), start=1)
     ]
     return web.json_response({"leaderboard": board, "credit_unit": CREDIT_UNIT})
+
+
+def privacy_accounting(service: Coordinator, row: CampaignRow) -> dict[str, Any]:
+    """The privacy a campaign on volunteers' own data promises, and what each volunteer has spent of it:
+    every update a volunteer submitted is one Gaussian release of their data (docs/protocol.md, units on
+    volunteers' own data). An infinite ε (no noise) is null, as is a budget without limit: JSON has
+    no Infinity. A campaign on the coordinator's data answers only `{"data": "coordinator"}`."""
+    spec = CampaignSpec.from_dict(row.spec)
+    if not spec.private:
+        return {"data": spec.data}
+    terms = spec.privacy
+    known: dict[int, float | None] = {}
+
+    def epsilon(updates: int) -> float | None:
+        if updates not in known:  # many volunteers share a count: solve each count once
+            value = gaussian_epsilon(terms.noise_multiplier, updates, terms.delta)
+            known[updates] = None if math.isinf(value) else value
+        return known[updates]
+
+    counts = service.store.release_counts(row.id)
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    volunteers = []
+    for volunteer_id, updates in ranked[:PRIVACY_ROWS]:
+        volunteer = service.store.volunteer(volunteer_id)
+        name = volunteer.name if volunteer is not None else ""
+        volunteers.append({"volunteer_id": volunteer_id, "name": name, "updates": updates, "epsilon": epsilon(updates)})
+    budget = terms.epsilon_budget
+    return {
+        "data": spec.data,
+        "clip_norm": terms.clip_norm,
+        "noise_multiplier": terms.noise_multiplier,
+        "noise_std": terms.noise_multiplier * 2 * terms.clip_norm,
+        "delta": terms.delta,
+        "epsilon_budget": budget,
+        "updates_allowed": None if budget is None else releases_within(budget, terms.delta, terms.noise_multiplier),
+        "epsilon_per_update": epsilon(1),
+        "volunteers": volunteers,
+        "volunteer_count": len(counts),
+        "max_epsilon": epsilon(ranked[0][1]) if ranked else 0.0,
+    }
+
+
+async def privacy(request: web.Request) -> web.Response:
+    row = _campaign_or_404(request)
+    if isinstance(row, web.Response):
+        return row
+    service = _service(request)
+    # One store read per listed volunteer and a bisection per distinct count: off the event loop.
+    return web.json_response(await service.workers.run(privacy_accounting, service, row))
 
 
 async def download_checkpoint(request: web.Request) -> web.StreamResponse:
@@ -925,6 +977,17 @@ GENERATE_NOTES = (
     "seconds. temperature 0 is greedy; from 0.05 to 2, sampling from the 40 likeliest tokens with `seed`. "
     "Models over 200M parameters are not run on the coordinator (409)."
 )
+PRIVACY_NOTES = (
+    "For a campaign with data = volunteer: each volunteer's update is clipped to L2 norm clip_norm (C) and gets "
+    "Gaussian noise of standard deviation noise_std = noise_multiplier·2C on their device, so k updates are "
+    "(ε, δ)-differentially private with respect to all of that volunteer's data, ε from the Gaussian-DP "
+    "composition of k releases (docs/protocol.md). Every update a volunteer submitted counts, whatever became "
+    f"of it. Lists the {PRIVACY_ROWS} volunteers with the most updates, ties by id; volunteer_count counts them "
+    "all. Every ε here is a number or null, and null means infinite (JSON has no Infinity): an ε spent is "
+    "infinite without noise (noise_multiplier 0: nothing is promised) or past 10⁴; an epsilon_budget of null is "
+    "no limit, and updates_allowed is null then too. A campaign on the coordinator's data answers only `data`: "
+    "coordinator."
+)
 METRICS_TEXT = Reply("The Prometheus text exposition format.", STR, "text/plain")
 C = "/api/campaigns/{campaign_id}"
 
@@ -978,6 +1041,15 @@ ROUTES: list[Route] = [
         "Contributors by credit",
         _json("The top 50; recent_credit is credit per day over the last 7 days.", "Leaderboard"),
         params=(CAMPAIGN,),
+    ),
+    Route(
+        "GET",
+        C + "/privacy",
+        privacy,
+        "Privacy promised and spent (campaigns on volunteers' own data)",
+        _json("The campaign's privacy terms and each volunteer's ε spent.", "PrivacyAccounting"),
+        params=(CAMPAIGN,),
+        description=PRIVACY_NOTES,
     ),
     Route(
         "GET",

@@ -465,7 +465,17 @@ class Coordinator:
             or self.graphs.is_graph(digest)
             or self.evaluations.is_blob(digest)
             or self.store.is_unit_data_of(digest, volunteer_id)
+            or self._is_private_tokenizer(digest)
         )
+
+    def _is_private_tokenizer(self, digest: str) -> bool:
+        """Whether `digest` is the tokenizer of a campaign on volunteers' own data led here (public: it is
+        the dataset's tokenizer, which anyone training on their own files needs)."""
+        for runtime in list(self.runtimes.values()):
+            state = runtime.state
+            if state.spec.private and state.tokenizer_blob()[0] == digest:
+                return True
+        return False
 
     def tick(self) -> None:
         for runtime in list(self.runtimes.values()):

@@ -138,6 +138,15 @@ MAX_LR: Final = 10.0
 MAX_GRAD_CLIP: Final = 1e6
 """Largest gradient-clipping norm."""
 
+MAX_FILE_KINDS: Final = 32
+"""Most file name endings a campaign on volunteers' own data may take."""
+
+MAX_NOISE_MULTIPLIER: Final = 1e3
+"""Largest noise multiplier a campaign may state."""
+
+MAX_EPSILON_BUDGET: Final = 1e4
+"""Largest finite ε budget a campaign may state (beyond it an ε means nothing)."""
+
 MAX_LOSS: Final = 1e6
 """Largest loss a volunteer may report (a bigger one is treated as divergence, not as a number)."""
 

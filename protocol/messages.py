@@ -39,6 +39,8 @@ from protocol.limits import (
     MAX_CREDIT,
     MAX_DEVICES,
     MAX_DURATION_S,
+    MAX_EPSILON_BUDGET,
+    MAX_FILE_KINDS,
     MAX_FRAME_BYTES,
     MAX_GRAD_CLIP,
     MAX_HEARTBEAT_INTERVAL_S,
@@ -52,6 +54,7 @@ from protocol.limits import (
     MAX_MODEL_WIDTH,
     MAX_MOMENTS_BYTES,
     MAX_NAME_LEN,
+    MAX_NOISE_MULTIPLIER,
     MAX_PARAM_NAME_LEN,
     MAX_RETRY_AFTER_S,
     MAX_ROPE_THETA,
@@ -88,6 +91,7 @@ VERSION: Final = TextFormat(r"[0-9A-Za-z][0-9A-Za-z.+_-]*", "a version string su
 PARAM_NAME: Final = TextFormat(
     r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", "a parameter name such as blocks.0.attn.qkv.weight"
 )
+FILE_KIND: Final = TextFormat(r"\.[a-z0-9]+", "a lowercase file name ending with its dot, such as .txt")
 URL: Final = TextFormat(r"https?://[!-~]+", "an http:// or https:// URL of printable ASCII")
 
 Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN), IDENTIFIER.meta]
@@ -185,6 +189,15 @@ class Capabilities(Struct, frozen=True, forbid_unknown_fields=True):
         ),
         UNIQUE,
     ]
+    own_data: Annotated[
+        bool,
+        Meta(
+            description=(
+                "The owner chose files of their own for campaigns that train on volunteers' data: the client "
+                "takes train units with work_unit.private (they carry no data)."
+            )
+        ),
+    ] = False
 
 
 class BlobRef(Struct, frozen=True, forbid_unknown_fields=True):
@@ -271,12 +284,71 @@ class InnerRecipe(Struct, frozen=True, forbid_unknown_fields=True):
         return self.steps * self.grad_accum * self.batch_size * self.seq_len + 1
 
 
+class PrivateRecipe(Struct, frozen=True, forbid_unknown_fields=True):
+    """How a unit of a campaign on volunteers' own data is trained and protected: the client tokenizes its
+    owner's files with `tokenizer` under the rules, trains on them, clips the update and adds noise."""
+
+    tokenizer: Annotated[
+        BlobRef, Meta(description="The campaign's tokenizer: a Hugging Face tokenizers JSON file (tokenizer.json).")
+    ]
+    file_kinds: Annotated[
+        tuple[Annotated[str, Meta(min_length=2, max_length=16), FILE_KIND.meta], ...],
+        Meta(
+            min_length=1,
+            max_length=MAX_FILE_KINDS,
+            description="File name endings the campaign takes, lowercase with the dot, e.g. .txt, .md, .jsonl.",
+        ),
+        UNIQUE,
+    ]
+    max_file_bytes: Annotated[int, Meta(ge=1, le=MAX_BLOB_BYTES, description="Files larger than this are left out.")]
+    max_total_bytes: Annotated[
+        int, Meta(ge=1, le=MAX_BLOB_BYTES, description="The files used hold at most this many bytes in all.")
+    ]
+    min_tokens: Annotated[
+        Count,
+        Meta(
+            description=(
+                "Least training tokens the owner's files must hold after tokenizing (the client's own holdout "
+                "taken out); with fewer the client abandons the unit (reason error)."
+            )
+        ),
+    ]
+    clip_norm: Annotated[
+        float,
+        Meta(gt=0.0, le=MAX_GRAD_CLIP, description="C: the update's whole L2 norm is clipped to this before noise."),
+    ]
+    noise_multiplier: Annotated[
+        float,
+        Meta(
+            ge=0.0,
+            le=MAX_NOISE_MULTIPLIER,
+            description="z: Gaussian noise of standard deviation z·2C is added to every coordinate; 0: no noise.",
+        ),
+    ]
+    delta: Annotated[float, Meta(gt=0.0, lt=1.0, description="The δ of the (ε, δ) the campaign accounts privacy with.")]
+    epsilon_budget: Annotated[
+        Annotated[float, Meta(gt=0.0, le=MAX_EPSILON_BUDGET)] | None,
+        Meta(
+            description=(
+                "The ε one volunteer's updates to this campaign may add up to; null: no limit. A client refuses a "
+                "unit whose update would take it past this."
+            )
+        ),
+    ]
+
+
 class TrainMetrics(Struct, frozen=True, forbid_unknown_fields=True):
     """What the volunteer measured while training the unit."""
 
     losses: Annotated[
         tuple[Annotated[float, Meta(ge=0.0, le=MAX_LOSS)], ...],
-        Meta(min_length=1, max_length=MAX_INNER_STEPS, description="Training loss of each inner step, in order."),
+        Meta(
+            max_length=MAX_INNER_STEPS,
+            description=(
+                "Training loss of each inner step, in order (recipe.steps of them); empty for a unit with "
+                "private, whose losses are of the owner's data and stay on the device."
+            ),
+        ),
     ]
     tokens: Annotated[Count, Meta(description="Tokens trained on.")]
     seconds: Annotated[float, Meta(ge=0.0, le=MAX_DURATION_S, description="Wall-clock training time.")]
@@ -344,7 +416,7 @@ class Progress(Struct, frozen=True, forbid_unknown_fields=True):
     steps_total: Annotated[int, Meta(ge=1, le=MAX_INNER_STEPS, description="Inner steps in the unit (recipe.steps).")]
     loss: Annotated[
         Annotated[float, Meta(ge=0.0, le=MAX_LOSS)] | None,
-        Meta(description="Loss of the latest step; null before the first."),
+        Meta(description="Loss of the latest step; null before the first, and always for a unit with private."),
     ]
     tokens: Annotated[Count, Meta(description="Tokens trained so far in this unit.")]
     phase: Annotated[Phase, Meta(description="What the volunteer is doing: downloading blobs, training, or paused.")]
@@ -493,9 +565,19 @@ class WorkUnit(Struct, frozen=True, forbid_unknown_fields=True):
     model: Annotated[ModelSpec, Meta(description="Architecture.")]
     checkpoint: Annotated[BlobRef, Meta(description="The weights to start from.")]
     checkpoint_format: Annotated[Literal["safetensors"], Meta(description="Serialization of the checkpoint blob.")]
-    data: Annotated[BlobRef, Meta(description="The data slice: raw little-endian token ids, data_tokens of them.")]
+    data: Annotated[
+        BlobRef | None,
+        Meta(
+            description=(
+                "The data slice: raw little-endian token ids, data_tokens of them. Null for a unit with private: "
+                "the client trains on its owner's files."
+            )
+        ),
+    ]
     data_dtype: Annotated[TokenDtype, Meta(description="Element type of the data slice.")]
-    data_tokens: Annotated[Count, Meta(description="Token ids in the slice; at least recipe.tokens_needed.")]
+    data_tokens: Annotated[
+        Count, Meta(description="Token ids in the slice; at least recipe.tokens_needed (0 when data is null).")
+    ]
     shard: Annotated[
         tuple[ParamName, ...],
         Meta(
@@ -556,6 +638,16 @@ class WorkUnit(Struct, frozen=True, forbid_unknown_fields=True):
             )
         ),
     ] = None
+    private: Annotated[
+        PrivateRecipe | None,
+        Meta(
+            description=(
+                "Set for a train unit of a campaign on volunteers' own data: data is null, and the client trains "
+                "on its owner's files under these rules, then clips and noises the update (see protocol.md, "
+                "units on volunteers' own data). Null otherwise."
+            )
+        ),
+    ] = None
 
     def __post_init__(self) -> None:
         if self.moments is not None and not (self.kind == "train" and self.recipe.shared_moments):
@@ -583,12 +675,21 @@ class WorkUnit(Struct, frozen=True, forbid_unknown_fields=True):
                 "recipe.seq_len",
                 f"{self.recipe.seq_len} exceeds model.config.max_seq_len {self.model.config.max_seq_len}",
             )
+        if self.private is not None:
+            if self.kind != "train" or self.data is not None or self.data_tokens != 0:
+                raise FieldError("private", "is only for train units, whose data is then null and data_tokens 0")
+            if self.recipe.shared_moments:
+                raise FieldError("private", "a unit on the owner's data can't share moments (they'd leak it)")
+        elif self.data is None:
+            raise FieldError("data", "must be a blob unless the unit has private")
         width = _DTYPE_BYTES[self.data_dtype]
         if self.model.config.vocab_size > 1 << (8 * width):
             raise FieldError(
                 "data_dtype",
                 f"{self.data_dtype} cannot hold token ids of vocab_size {self.model.config.vocab_size}",
             )
+        if self.data is None:
+            return
         if self.data.size != self.data_tokens * width:
             raise FieldError(
                 "data.size",

@@ -23,10 +23,10 @@ from typing import Final, Literal
 
 from protocol.errors import ErrorCode, ProtocolError
 
-PROTOCOL_VERSION: Final = 4
+PROTOCOL_VERSION: Final = 5
 """The version this code writes."""
 
-MIN_PROTOCOL_VERSION: Final = 4
+MIN_PROTOCOL_VERSION: Final = 5
 """The oldest version this code still reads."""
 
 SUPPORTED_PROTOCOL_VERSIONS: Final = range(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION + 1)

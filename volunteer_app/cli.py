@@ -174,11 +174,11 @@ def add_volunteer(commands: Subparsers) -> None:
 
 
 def _run_data(args: argparse.Namespace) -> int:
-    from volunteer_app.credentials import default_config_dir
+    from volunteer_app.credentials import default_config_dir, volunteer_data_dir
     from volunteer_app.local_data import DataRules, LocalData, LocalDataError
 
     config_dir = args.config_dir or default_config_dir()
-    data_dir = args.data_dir or config_dir
+    data_dir = volunteer_data_dir(args.config_dir, args.data_dir)
     try:
         local = LocalData(config_dir, data_dir)
         if args.action != "list" and not args.paths:

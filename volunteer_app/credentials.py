@@ -34,6 +34,7 @@ __all__ = [
     "coordinator_websocket",
     "default_config_dir",
     "normalize_url",
+    "volunteer_data_dir",
 ]
 
 APP_NAME = "commonweights"
@@ -56,6 +57,18 @@ class Credentials:
 def default_config_dir() -> Path:
     """`<user config dir>/commonweights`, per platformdirs (for example ~/.config/commonweights)."""
     return platformdirs.user_config_path(APP_NAME, appauthor=False)
+
+
+def volunteer_data_dir(config_dir: Path | None = None, data_dir: Path | None = None) -> Path:
+    """Where a volunteer keeps its units in progress, the tokenized copies of its own files and its privacy
+    ledger: `data_dir` when given; else next to a given config folder (`<config_dir>/data`, so installs with
+    their own config folder, like the demo's, stay apart); else the user data folder. The worker, the app
+    and `commonweights volunteer data` all use this one rule."""
+    if data_dir is not None:
+        return Path(data_dir)
+    if config_dir is not None:
+        return Path(config_dir) / "data"
+    return platformdirs.user_data_path(APP_NAME, appauthor=False) / "volunteer"
 
 
 def coordinator_websocket(url: str) -> str:

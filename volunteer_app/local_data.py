@@ -12,6 +12,9 @@ The tokenized copy is an ordinary dataset folder (training.data) under `data_dir
 tokenizer, with its own holdout split (5 % of the documents, by content). It is rebuilt when the chosen
 files change (their paths, sizes and modification times) and deleted whenever a source is removed,
 since it holds that source's text.
+
+Importing this module imports neither numpy, tokenizers nor torch (only `prepare` loads `training.data`):
+the desktop app's process, which carries none of them, shows the choices and the inventory.
 """
 
 from __future__ import annotations
@@ -22,12 +25,16 @@ import shutil
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tomli_w
 
 from training.atomic_write import write_atomically
-from training.data import DataError, DatasetManifest, prepare_dataset
-from training.data.sources import find_files
+from training.data_error import DataError
+from training.files import find_files
+
+if TYPE_CHECKING:
+    from training.data import DatasetManifest
 
 __all__ = ["FILE_NAME", "DataRules", "Inventory", "LocalData", "LocalDataError", "Skipped"]
 
@@ -138,6 +145,8 @@ class LocalData:
 
     def prepare(self, tokenizer_file: Path, rules: DataRules) -> tuple[Path, DatasetManifest]:
         """The tokenized copy for this tokenizer (made, or remade if the files changed): folder and manifest."""
+        from training.data import DatasetManifest, prepare_dataset  # numpy and tokenizers: not in the app's process
+
         inventory = self.inventory(rules)
         if not inventory.files:
             raise LocalDataError("no_files", "none of the chosen folders and files holds text this campaign takes")

@@ -22,6 +22,7 @@ import dataclasses
 import gc
 import hashlib
 import math
+import secrets
 import shutil
 import struct
 import time
@@ -37,7 +38,7 @@ import torch
 from protocol.codecs import CodecConfig, CodecError, TensorSpec, decode, encode
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.limits import MAX_LOSS
-from protocol.messages import InnerRecipe, TrainMetrics, WorkUnit
+from protocol.messages import InnerRecipe, PrivateRecipe, TrainMetrics, WorkUnit
 from protocol.messages import ModelConfig as WireModelConfig
 from protocol.messages import decode as decode_frame
 from protocol.moments import decode_moments, encode_moments, moment_bound
@@ -48,6 +49,7 @@ from training.inner import InnerConfig, InnerLoop, StepReport, unit_batches
 from training.model import GPT, ModelConfig
 from training.moments import Moments, as_records, from_records, loop_moments, seed_loop
 from training.onnx_graphs import GraphError, OrtInnerLoop, check_served_graph, ort_session
+from training.privacy import add_gaussian_noise, clip_update
 from volunteer_app.devices import DeviceInfo
 
 __all__ = [
@@ -113,8 +115,10 @@ def inner_config_of(recipe: InnerRecipe) -> InnerConfig:
 def tokens_of(unit: WorkUnit, data: bytes) -> np.ndarray:
     """The data slice's token ids (little-endian `data_dtype`), checked against the vocabulary."""
     dtype = _DTYPES[unit.data_dtype]
-    if len(data) != unit.data_tokens * dtype.itemsize:
-        raise RunnerError("error", f"the data slice is {len(data)} bytes; the unit declares {unit.data.size}")
+    # A unit on the owner's own data carries no slice: the worker reads exactly what the recipe needs.
+    count = unit.recipe.tokens_needed if unit.private is not None else unit.data_tokens
+    if len(data) != count * dtype.itemsize:
+        raise RunnerError("error", f"the data slice is {len(data)} bytes; the unit needs {count * dtype.itemsize}")
     tokens: np.ndarray = np.frombuffer(data, dtype=dtype)
     highest = int(tokens.max()) if tokens.size else 0
     if highest >= unit.model.config.vocab_size:
@@ -323,7 +327,8 @@ class UnitRunner:
             return None
         peak = torch.cuda.max_memory_allocated(self.device.torch_device) if self.device.kind == "cuda" else None
         metrics = TrainMetrics(
-            losses=tuple(result.losses),
+            # A unit on the owner's own data: its losses are of that data, which the noise doesn't cover.
+            losses=tuple(result.losses) if unit.private is None else (),
             tokens=result.tokens,
             seconds=min(result.seconds, 1e7),
             device=self.device.kind,
@@ -332,7 +337,10 @@ class UnitRunner:
             peak_memory_bytes=peak,
         )
         moments = encode_moments(as_records(loop_moments(loop))) if unit.recipe.shared_moments else b""
-        return {name: result.delta[name] for name in unit.shard}, metrics, moments
+        delta = {name: result.delta[name] for name in unit.shard}
+        if unit.private is not None:
+            delta = privatize(delta, unit.private)
+        return delta, metrics, moments
 
     def _new_loop(self, checkpoint: bytes) -> InnerLoop | OrtInnerLoop:
         loop: InnerLoop | OrtInnerLoop
@@ -442,7 +450,9 @@ class UnitRunner:
         specs = {name: TensorSpec(tuple(unit.shard_shapes[name])) for name in unit.shard}
         alternate: bytes | None = None
         feedback: ErrorFeedback | None = None
-        if self.fault is None or self.fault == "replay":
+        if unit.private is not None and self.fault is None:
+            update = encode(delta, codec)  # no error feedback: the protocol forbids it on noised updates
+        elif self.fault is None or self.fault == "replay":
             # What the codec drops from this update rides along with the campaign's next one.
             feedback = self.store.load_feedback(unit.campaign_id)
             to_send = feedback.compensate(delta)
@@ -468,6 +478,16 @@ class UnitRunner:
             feedback=feedback,
             alternate_update=alternate,
         )
+
+
+def privatize(delta: dict[str, torch.Tensor], private: PrivateRecipe) -> dict[str, torch.Tensor]:
+    """The update clipped to `clip_norm` with N(0, (z·2C)²) added to every value (protocol.md, units on
+    volunteers' own data). The noise comes from the operating system's randomness, never from the unit's
+    seed: the coordinator knows the seed, and could subtract noise drawn from it."""
+    clipped, _ = clip_update({name: tensor.detach().float().cpu() for name, tensor in delta.items()}, private.clip_norm)
+    std = private.noise_multiplier * 2 * private.clip_norm
+    generator = torch.Generator().manual_seed(secrets.randbits(63))
+    return add_gaussian_noise(clipped, std, generator=generator)
 
 
 def _corrupt(delta: dict[str, torch.Tensor], fault: Fault) -> dict[str, torch.Tensor]:

@@ -28,6 +28,7 @@ import hashlib
 import importlib.util
 import ipaddress
 import logging
+import math
 import random
 import socket
 import threading
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+import numpy as np
 import platformdirs
 import torch
 from websockets.asyncio.client import ClientConnection, connect
@@ -64,6 +66,7 @@ from protocol.messages import (
     Message,
     NoWork,
     Phase,
+    PrivateRecipe,
     Progress,
     Report,
     RequestWork,
@@ -79,9 +82,11 @@ from protocol.messages import (
     encode,
 )
 from protocol.version import PROTOCOL_VERSION, RELEASE_VERSION
+from training.atomic_write import write_atomically
+from training.data import TokenDataset
 from training.inner import StepReport
 from volunteer_app.blob_cache import DEFAULT_CACHE_BYTES, BlobCache, BlobError, DownloadProgress
-from volunteer_app.credentials import CredentialError, CredentialStore, coordinator_websocket
+from volunteer_app.credentials import CredentialError, CredentialStore, coordinator_websocket, volunteer_data_dir
 from volunteer_app.devices import DeviceInfo, choose_device, detect_devices, platform_tag, system_memory_bytes
 from volunteer_app.events import (
     Connected,
@@ -94,6 +99,8 @@ from volunteer_app.events import (
     WorkerEvent,
     WorkerState,
 )
+from volunteer_app.local_data import DataRules, LocalData, LocalDataError
+from volunteer_app.privacy_ledger import LEDGER_FILE, LedgerError, PrivacyLedger, PrivacyTerms
 from volunteer_app.unit_runner import Fault, RunnerError, TrainedUnit, UnitRunner, UnitStore
 
 __all__ = [
@@ -275,7 +282,7 @@ def websocket_url(url: str) -> str:
 
 
 def default_data_dir() -> Path:
-    return platformdirs.user_data_path(APP_NAME, appauthor=False) / "volunteer"
+    return volunteer_data_dir()
 
 
 # --- One connection -----------------------------------------------------------------------------
@@ -468,8 +475,10 @@ class Worker:
         slug = hashlib.sha256(self.url.encode()).hexdigest()[:16]
         # Units in progress belong to the identity holding their leases, so an install with its own
         # config dir (the demo runs several) keeps them next to its credentials by default.
-        data_root = config.data_dir or (config.config_dir / "data" if config.config_dir else default_data_dir())
+        data_root = volunteer_data_dir(config.config_dir, config.data_dir)
         self.store = UnitStore(data_root / f"coordinator-{slug}")
+        self.data_root = data_root
+        self.ledger = PrivacyLedger(data_root / LEDGER_FILE)  # the privacy spent on the owner's own files
         self.device: DeviceInfo | None = None
         self.devices: list[DeviceInfo] = []
         self.units_done = 0
@@ -612,8 +621,20 @@ class Worker:
                 platform=platform_tag(),
                 runtimes=(self.config.runtime,),
                 unit_kinds=self.config.unit_kinds,
+                own_data=self._has_own_data(),
             ),
         )
+
+    def _local_data(self) -> LocalData:
+        return LocalData(self.credentials.config_dir, self.data_root)
+
+    def _has_own_data(self) -> bool:
+        """Whether the owner chose files for campaigns on volunteers' own data (read at each hello)."""
+        try:
+            return bool(self._local_data().sources)
+        except LocalDataError as error:
+            self._notify(Notice(f"your chosen files can't be read: {error}", error.code))
+            return False
 
     # the link --------------------------------------------------------------------------------
 
@@ -840,6 +861,9 @@ class Worker:
         if frame is None and unit.runtime != self.config.runtime:
             await self._abandon(unit, "error", f"a unit for {unit.runtime}, which this volunteer did not offer")
             return
+        terms = _privacy_terms(unit)
+        if frame is None and terms is not None and not await self._within_budget(unit, terms):
+            return
         if frame is None:
             progress = _UnitProgress(unit)
             heartbeat: asyncio.Task[None] | None = None
@@ -852,6 +876,8 @@ class Worker:
                         return
                 heartbeat = asyncio.create_task(self._heartbeats(progress))
                 checkpoint, data, graph = await self._download(unit)
+                if unit.private is not None:
+                    data = await self._own_tokens(unit, unit.private)
                 moments = await self._fetch(unit.moments) if unit.moments is not None else None
                 try:
                     trained = await self._train(unit, progress, checkpoint, data, graph, moments)
@@ -862,6 +888,10 @@ class Worker:
                     raise RunnerError("error", f"training failed: {_describe(error)}") from None
             except RunnerError as error:
                 await self._abandon(unit, error.reason, error.message)
+                return
+            except LocalDataError as error:
+                self._notify(Notice(f"{unit.campaign_name}: your own files can't be used: {error}", error.code))
+                await self._abandon(unit, "error", f"the volunteer's own files: {error}")
                 return
             except BlobError as error:
                 await self._abandon(unit, "download_failed", error.message)
@@ -887,10 +917,50 @@ class Worker:
             except ProtocolError as error:  # larger than this coordinator takes in one frame
                 await self._abandon(unit, "error", error.message)
                 return
+            if terms is not None:  # recorded before the update can leave: a crash overcounts, never under
+                try:
+                    entry = self.ledger.spend(terms)
+                except LedgerError as error:
+                    await self._abandon(unit, "error", str(error))
+                    return
+                self._notify(Notice(f"privacy spent: {entry.describe()}", "privacy"))
             self.store.save_submit(unit.unit_id, frame, trained=trained)
         await self._submit(unit, frame)
         if trained is not None and trained.alternate_update is not None:
             await self._replay(unit, frame, trained)
+
+    async def _within_budget(self, unit: WorkUnit, terms: PrivacyTerms) -> bool:
+        """Whether one more update of this campaign on the owner's files stays within its ε budget; if not,
+        the unit is given back and the owner told."""
+        try:
+            exceeded = self.ledger.would_exceed(terms)
+        except LedgerError as error:
+            self._notify(Notice(str(error), "privacy_ledger"))
+            await self._abandon(unit, "error", "the volunteer's privacy ledger can't be read")
+            return False
+        if exceeded:
+            entry = self.ledger.entry(unit.campaign_id)
+            spent = entry.describe() if entry is not None else unit.campaign_name
+            self._notify(Notice(f"privacy budget spent, no more updates from your files: {spent}", "privacy"))
+            await self._abandon(unit, "user_request", "this volunteer's privacy budget for the campaign is spent")
+            return False
+        return True
+
+    async def _own_tokens(self, unit: WorkUnit, private: PrivateRecipe) -> bytes:
+        """`recipe.tokens_needed` tokens of the owner's own files, tokenized here with the campaign's
+        tokenizer, from a start drawn from the unit's seed; as little-endian `data_dtype` ids."""
+        tokenizer = await self._fetch(private.tokenizer)
+        path = self.data_root / "tokenizers" / f"{private.tokenizer.sha256}.json"
+        if not path.is_file():
+            write_atomically(path, tokenizer)
+        self._set_activity(WorkerState.DOWNLOADING, f"{unit.campaign_name}: reading your own files")
+        rules = DataRules(
+            kinds=private.file_kinds,
+            max_file_bytes=private.max_file_bytes,
+            max_total_bytes=private.max_total_bytes,
+            min_tokens=max(private.min_tokens, unit.recipe.tokens_needed),
+        )
+        return await asyncio.to_thread(_own_slice, self._local_data(), path, rules, unit)
 
     async def _evaluate(self, unit: WorkUnit) -> None:
         """An evaluate or check unit: its batches' losses (forward only), reported; given back on any
@@ -947,10 +1017,11 @@ class Worker:
     async def _download(self, unit: WorkUnit) -> tuple[bytes, bytes, bytes | None]:
         """The unit's checkpoint, data and (for onnxruntime) step graph, from the cache or the coordinator."""
         self._set_activity(WorkerState.DOWNLOADING, unit.campaign_name)
-        refs = [unit.checkpoint, unit.data, *([unit.graph] if unit.graph is not None else [])]
-        blobs = [await self._checkpoint(unit), *[await self._fetch(ref) for ref in refs[1:]]]
-        self.cache.evict(keep={ref.sha256 for ref in refs})
-        return blobs[0], blobs[1], blobs[2] if unit.graph is not None else None
+        checkpoint = await self._checkpoint(unit)
+        data = await self._fetch(unit.data) if unit.data is not None else b""  # none: the owner's own files
+        graph = await self._fetch(unit.graph) if unit.graph is not None else None
+        self.cache.evict(keep={ref.sha256 for ref in (unit.checkpoint, unit.data, unit.graph) if ref is not None})
+        return checkpoint, data, graph
 
     async def _checkpoint(self, unit: WorkUnit) -> bytes:
         """The unit's checkpoint: cached, rebuilt from a cached earlier one and the deltas after it when
@@ -1070,7 +1141,8 @@ class Worker:
             lease_id=unit.lease_id,
             step=min(progress.step, unit.recipe.steps),
             steps_total=unit.recipe.steps,
-            loss=None if progress.loss is None else min(progress.loss, MAX_LOSS),
+            # A loss on the owner's own data stays on the device: the noise protects only the update.
+            loss=None if progress.loss is None or unit.private is not None else min(progress.loss, MAX_LOSS),
             tokens=progress.tokens,
             phase=progress.phase,
         )
@@ -1201,6 +1273,31 @@ class Worker:
             self._events(event)
         except Exception:  # a broken display must not stop the work
             log.exception("the worker's event callback failed on %s", type(event).__name__)
+
+
+def _privacy_terms(unit: WorkUnit) -> PrivacyTerms | None:
+    private = unit.private
+    if private is None:
+        return None
+    budget = math.inf if private.epsilon_budget is None else private.epsilon_budget
+    return PrivacyTerms(
+        unit.campaign_id, unit.campaign_name, private.noise_multiplier, private.delta, private.clip_norm, budget
+    )
+
+
+def _own_slice(local: LocalData, tokenizer: Path, rules: DataRules, unit: WorkUnit) -> bytes:
+    """The unit's window of the owner's training tokens (the tokenized copy is made or reused here)."""
+    folder, _ = local.prepare(tokenizer, rules)
+    dataset = TokenDataset.open(folder)
+    needed = unit.recipe.tokens_needed
+    if dataset.vocab_size > unit.model.config.vocab_size:
+        raise LocalDataError("bad_tokenizer", "the campaign's tokenizer doesn't match its model's vocabulary")
+    available = dataset.num_train_tokens
+    if available < needed:
+        raise LocalDataError("too_little", f"your files hold {available} training tokens; a unit needs {needed}")
+    start = random.Random(unit.seed).randrange(available - needed + 1)
+    tokens = dataset.train_slice(start, needed)
+    return np.ascontiguousarray(tokens.astype(unit.data_dtype)).tobytes()
 
 
 class _Unreachable(Exception):

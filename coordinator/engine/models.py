@@ -48,6 +48,7 @@ class Assignment:
     runtime: str = "torch"  # what the volunteer trains with (the gateway decides)
     graph: tuple[str, int] | None = None  # the ONNX step graph's blob (sha256, size) for onnxruntime
     deltas: tuple[DeltaStep, ...] = ()  # the checkpoint's delta chain, oldest first
+    tokenizer: tuple[str, int] | None = None  # a unit on volunteers' own data: the tokenizer's blob (sha256, size)
 
 
 @dataclass(frozen=True)

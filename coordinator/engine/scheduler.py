@@ -105,6 +105,12 @@ class Scheduler:
                 f"this volunteer allows {memory_bytes / 2**20:.0f} MiB",
                 retry_after_s=300,
             )
+        if s.spec.private and s.privacy_releases_left(volunteer_id) == 0:
+            return NoWork(
+                f"this volunteer has sent campaign {row.name} as many updates as its privacy budget allows "
+                f"(ε = {s.spec.privacy.epsilon_budget:g}, δ = {s.spec.privacy.delta:g})",
+                retry_after_s=3600,
+            )
         cap = s.spec.rounds.max_leases_per_volunteer
         held = s.store.leases_held(row.id, volunteer_id)
         if held >= cap:
@@ -131,12 +137,15 @@ class Scheduler:
                 continue  # a replica must be computed by somebody unrelated to its twin's volunteer
             return self._grant(unit, volunteer_id, now)
         # A unit whose update was rejected waits for another volunteer; until one comes, it doesn't
-        # count against the round's quota, or a campaign with a single volunteer would stall. Units
-        # held by volunteers not yet trusted don't count either (up to one more round's worth): a few
-        # new identities that take units and never return them can't starve the round.
+        # count against the round's quota, or a campaign with a single volunteer would stall — but only
+        # up to one round's worth: a volunteer that gives back or fails every unit (a model its device
+        # can't train, a version that diverges for everyone) waits like the rest instead of making a
+        # new unit per request. Units held by volunteers not yet trusted don't count either (up to one
+        # more round's worth): a few new identities that take units and never return them can't starve
+        # the round.
         quota = s.spec.rounds.units_per_round
         issued = s.spec.rounds.units_issued
-        if current.units_created >= issued + refused + min(quota, self._held_by_untrusted(current)):
+        if current.units_created >= issued + min(quota, refused) + min(quota, self._held_by_untrusted(current)):
             return NoWork("every unit of the current round is out; waiting for results", retry_after_s=2)
         unit = self._new_unit(current, fits[current.units_created % len(fits)])
         if s.should_replicate(trust):
@@ -147,7 +156,9 @@ class Scheduler:
         """A replica of `unit` in the current round, for a volunteer unrelated to whoever computed it;
         None once the campaign has no round to put it in."""
         current = self.ensure_round()
-        return None if current is None else self._new_unit(current, unit.shard_index, replica_of=unit)
+        if current is None or self.state.spec.private:  # nobody else holds a volunteer's own data
+            return None
+        return self._new_unit(current, unit.shard_index, replica_of=unit)
 
     def _replica_awaited(self, unit: UnitRow) -> bool:
         """Whether a pending unit of an earlier round is a replica whose original waits for it and
@@ -210,7 +221,9 @@ class Scheduler:
             inner = s.spec.inner
             length = inner.steps * inner.grad_accum * inner.batch_size * inner.seq_len + 1
             start, epoch = row.data_cursor, row.epoch
-            if start + length > s.dataset.num_train_tokens:
+            if s.spec.private:
+                start, length = 0, 0  # the volunteer trains on its own files: the unit's slice is empty
+            elif start + length > s.dataset.num_train_tokens:
                 start, epoch = 0, epoch + 1  # a new epoch: slices repeat from the beginning
             # Not fsynced: a slice can be cut again from the dataset (`repair_data_slices`), and an
             # fsync per unit would cap how fast units are handed out.
@@ -226,7 +239,8 @@ class Scheduler:
             }
             with s.store.transaction():
                 s.store.insert_unit(row.id, current.row.id, current.row.version, values, s.clock())
-                s.store.advance_data_cursor(row.id, start + length - 1, epoch)
+                if length:
+                    s.store.advance_data_cursor(row.id, start + length - 1, epoch)
             current.units_created += 1
         else:
             values = {
@@ -297,6 +311,7 @@ class Scheduler:
             inner=s.inner_config,
             max_update_bytes=encoded_size_bound(specs, s.spec.codec),
             deltas=self.delta_chain(version),
+            tokenizer=s.tokenizer_blob() if s.spec.private else None,
         )
 
     def delta_chain(self, version: VersionRow) -> tuple[DeltaStep, ...]:

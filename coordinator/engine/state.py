@@ -37,9 +37,11 @@ from protocol.codecs import decode, encoded_size_bound
 from protocol.tensors import TensorSpec
 from training.checkpoint import load_weights
 from training.data import TokenDataset
+from training.data.manifest import TOKENIZER_NAME
 from training.inner import InnerConfig, sequence_batches, unit_learning_rate
 from training.model import ModelConfig, build_model, parameter_groups, preset
 from training.outer import OuterOptimizer, make_outer_optimizer
+from training.privacy_accounting import releases_within
 
 if TYPE_CHECKING:
     from coordinator.engine.runtime import CampaignRuntime
@@ -126,6 +128,7 @@ class CampaignState:
         self._holdout_losses: dict[int, float] = {}
         self.recent_results: deque[bool] = deque(maxlen=RESULT_WINDOW)  # True: a result judged bad
         self.checks: CheckFarm | None = None  # forward-only volunteers' holdout checks (set by the service)
+        self._tokenizer_blob: tuple[str, int] | None = None
         self.held_checks: dict[str, str | None] = {}  # unit id -> digest of θ_v − η·Δ, updates awaiting a check
 
     def refresh(self) -> CampaignRow:
@@ -167,6 +170,32 @@ class CampaignState:
         """Share of the campaign's recently judged results that were bad computation."""
         return sum(self.recent_results) / len(self.recent_results) if self.recent_results else 0.0
 
+    @property
+    def privacy_terms(self) -> tuple[float, float] | None:
+        """(clip norm C, noise standard deviation z·2C) of a campaign on volunteers' own data; else None."""
+        if not self.spec.private:
+            return None
+        clip = self.spec.privacy.clip_norm
+        return clip, self.spec.privacy.noise_multiplier * 2 * clip
+
+    def tokenizer_blob(self) -> tuple[str, int]:
+        """The dataset's tokenizer as a blob (sha256, size), for units on volunteers' own data."""
+        if self._tokenizer_blob is None:
+            data = (self.dataset.root / TOKENIZER_NAME).read_bytes()
+            self._tokenizer_blob = (self.blobs.put(data), len(data))
+        return self._tokenizer_blob
+
+    def privacy_releases_left(self, volunteer_id: str) -> int | None:
+        """How many more updates this volunteer may send a campaign on volunteers' own data before its
+        ε budget is spent (its submissions and the leases it holds counted); None: no limit."""
+        privacy = self.spec.privacy
+        if privacy.epsilon_budget is None:
+            return None
+        allowed = releases_within(privacy.epsilon_budget, privacy.delta, privacy.noise_multiplier)
+        assert allowed is not None
+        sent = self.store.release_counts(self.row.id, volunteer_id).get(volunteer_id, 0)
+        return max(0, allowed - sent - self.store.leases_held(self.row.id, volunteer_id))
+
     def should_replicate(self, trust: TrustState) -> bool:
         """Whether a new unit for a volunteer of this trust also goes to a second volunteer.
 
@@ -175,7 +204,7 @@ class CampaignState:
         replicated while new). A base rate of 0 turns replication off.
         """
         rate = self.spec.validation.replication_rate
-        if rate <= 0:
+        if rate <= 0 or self.spec.private:  # nobody else holds a volunteer's own data
             return False
         return self.trust.should_replicate(trust, min(1.0, max(rate, 2 * self.error_rate)), self.rng)
 
@@ -213,6 +242,7 @@ class CampaignState:
             norm_scale=sum(unit_learning_rate(self.inner_config, global_step, i) for i in range(self.spec.inner.steps)),
             known_norm=norm,
             evidence=evidence,
+            privacy=self.privacy_terms,
         )
 
     def credit(self, unit: UnitRow) -> float:
@@ -244,6 +274,10 @@ class CampaignState:
         """Whether an update the coordinator did not measure waits for volunteers' holdout check
         (`check_rate` of them, while volunteers who can check it are connected)."""
         rate = self.spec.validation.check_rate
+        # A noised update's step raises the holdout loss by the noise's own share, which only a comparison
+        # with a step along fresh noise (EvidenceCheck, here) tells apart: no volunteers' checks for those.
+        if self.spec.private:
+            return False
         if self.checks is None or rate <= 0 or not self.checks.wants(self.row.id, volunteer_id):
             return False
         return self.rng.random() < rate
@@ -262,6 +296,9 @@ class CampaignState:
             for old in sorted(self._holdout_losses)[: -(self.spec.rounds.staleness_bound + 2)]:
                 del self._holdout_losses[old]
         inner = self.spec.inner
+        if self.spec.private:  # no batches of the volunteer's data here: the holdout descent alone
+            noise = self.privacy_terms[1] if self.privacy_terms else 0.0
+            return UnitEvidence(self._probe, unit.version, theta, (), (), (), (), holdout, loss, noise_std=noise)
         tokens = np.frombuffer(self.blobs.get(unit.data_sha), dtype=self.data_dtype())
         micro = list(sequence_batches(tokens.astype(np.int64), inner.batch_size, inner.seq_len))
         micro = micro[: inner.steps * inner.grad_accum]

@@ -306,6 +306,11 @@ class SubmissionStore(Protocol):
         """A campaign's rejected submissions by error code."""
         ...
 
+    def release_counts(self, campaign_id: int, volunteer_id: str | None = None) -> dict[str, int]:
+        """Updates each volunteer submitted to the campaign, whatever became of them (each one a release of
+        its data, for a campaign on volunteers' own data); only `volunteer_id`'s when given."""
+        ...
+
     def submission_counts(self, campaign_id: int) -> dict[str, int]:
         """A campaign's submissions by status (accepted, rejected, pending_replica, pending_check)."""
         ...

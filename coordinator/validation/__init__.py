@@ -24,6 +24,7 @@ from coordinator.validation.evidence import EvidenceCheck, LossProbe, Measuremen
 from coordinator.validation.finite import FiniteCheck
 from coordinator.validation.interface import Candidate, Validator, Verdict, global_norm
 from coordinator.validation.loss import LossCheck
+from coordinator.validation.noise import NoiseCheck
 from coordinator.validation.norm import NormCheck
 from coordinator.validation.pipeline import ValidationPipeline, ValidationSettings
 from coordinator.validation.replication import compare_replicas
@@ -40,6 +41,7 @@ __all__ = [
     "LossCheck",
     "LossProbe",
     "Measurements",
+    "NoiseCheck",
     "NormCheck",
     "NormSpread",
     "ShapeCheck",

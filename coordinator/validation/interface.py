@@ -70,6 +70,9 @@ class Candidate:
     norm_scale: float = 1.0
     known_norm: float | None = None  # ‖Δ‖ when the caller already computed it (off the campaign's lock)
     evidence: UnitEvidence | None = None  # what to measure the update with, when it is checked (EvidenceCheck)
+    # A unit on volunteers' own data: (clip norm C, noise standard deviation σ) its update was made with
+    # (NoiseCheck); its losses are not reported and no batches of its data exist here.
+    privacy: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not (self.norm_scale > 0 and math.isfinite(self.norm_scale)):

@@ -32,6 +32,8 @@ class LossCheck:
     name = "loss"
 
     def check(self, candidate: Candidate, stats: CohortStats) -> Verdict | None:
+        if candidate.privacy is not None:
+            return self._private(candidate)
         if candidate.tokens != candidate.expected_tokens:
             return _reject(
                 f"the update reports {candidate.tokens} trained tokens; the unit is "
@@ -64,6 +66,19 @@ class LossCheck:
             f"({fmt(reference)}; limit: ±{fmt(tolerance)}); the unit was trained from a different model "
             "or the losses were not measured on the unit's data"
         )
+
+    def _private(self, candidate: Candidate) -> Verdict | None:
+        """A unit on volunteers' own data: its losses stay on the device, and there is nothing to compare."""
+        if candidate.losses:
+            return _reject(
+                "a unit on the volunteer's own data reports no losses: they are of the owner's data and the "
+                "noise doesn't protect them; send metrics.losses empty"
+            )
+        if candidate.tokens != candidate.expected_tokens:
+            return _reject(
+                f"the update reports {candidate.tokens} trained tokens; the unit is {candidate.expected_tokens} tokens"
+            )
+        return None
 
     def _reference(self, candidate: Candidate, stats: CohortStats) -> tuple[float | None, str]:
         if candidate.reference_loss is not None and math.isfinite(candidate.reference_loss):

@@ -23,6 +23,7 @@ from coordinator.validation.evidence import EvidenceCheck
 from coordinator.validation.finite import FiniteCheck
 from coordinator.validation.interface import Candidate, Validator, Verdict
 from coordinator.validation.loss import LossCheck
+from coordinator.validation.noise import NoiseCheck
 from coordinator.validation.norm import NormCheck
 from coordinator.validation.shape import ShapeCheck
 from coordinator.validation.staleness import StalenessCheck
@@ -85,6 +86,7 @@ class ValidationSettings:
             StalenessCheck(self.max_staleness),
             ShapeCheck(),
             FiniteCheck(),
+            NoiseCheck(),
             NormCheck(
                 max_norm=self.max_norm,
                 k=self.norm_mad_k,

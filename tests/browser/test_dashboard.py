@@ -12,14 +12,17 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from commonweights.cli import main
 from tests.browser.conftest import needs_chromium
 from tests.support.live import REPO, LiveCoordinator, live_coordinator, poll, stop
+from training.privacy_accounting import gaussian_epsilon, releases_within
 
 needs_chromium()
 
@@ -354,6 +357,99 @@ TRAINING_SPEC: dict[str, Any] = {
     "rounds": {"units_per_round": 2, "min_accepted": 1},
     "validation": {"replication_rate": 0},
 }
+
+
+PRIVATE_CAMPAIGN: dict[str, Any] = {
+    "name": "private-notes",
+    "description": "A tiny GPT trained on notes its volunteers keep on their own computers.",
+    "dataset": "small",
+    "data": "volunteer",
+    "codec": "int8",
+    "token_budget": 1_000_000,
+    "privacy": {"clip_norm": 0.1, "noise_multiplier": 1.5, "delta": 1e-5, "epsilon_budget": 8.0},
+    "inner": {"steps": 4, "batch_size": 2, "seq_len": 32, "warmup_steps": 0},
+    "rounds": {"units_per_round": 2, "min_accepted": 2},
+    "validation": {"replication_rate": 0, "holdout_check_rate": 0, "check_rate": 0},
+}
+
+
+def own_notes(folder: Path, modules: tuple[str, ...]) -> None:
+    """A volunteer's own text (some stdlib modules saved as notes), chosen with `volunteer data add`."""
+    notes = folder / "notes"
+    notes.mkdir(parents=True)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for module in modules:
+        (notes / f"{module}.txt").write_text((stdlib / module).read_text(encoding="utf-8"), encoding="utf-8")
+    command = ["volunteer", "data", "add", str(notes), "--config-dir", str(folder / "config")]
+    assert main([*command, "--data-dir", str(folder / "data")]) == 0
+
+
+def test_a_campaign_on_volunteers_own_files_shows_its_privacy_terms_and_the_epsilon_each_volunteer_spent(
+    page: Any, server: LiveCoordinator, shots: Path, tmp_path: Path
+) -> None:
+    lead = server.lead_token("privacy")
+    ordinary = server.call("POST", "/api/campaigns", token=lead, body={"name": "not-private", **_spec_json()})[1]
+    assert server.call("POST", f"/api/campaigns/{ordinary['id']}/pause", token=lead)[0] == 200
+    page.goto(f"/campaigns/{ordinary['id']}")
+    page.locator("#leaderboard").get_by_text("No accepted updates yet.").wait_for()
+    assert page.locator("#privacy").is_hidden(), "an ordinary campaign has no privacy panel"
+
+    status, campaign = server.call("POST", "/api/campaigns", token=lead, body=PRIVATE_CAMPAIGN)
+    assert status == 201, campaign
+    page.goto(f"/campaigns/{campaign['id']}")
+    panel = page.locator("#privacy")
+    panel.get_by_text("No volunteer has sent an update yet.").wait_for()
+    assert "files never leave their computer" in panel.inner_text()
+    shown = {key: page.locator(f"#p-{key}").inner_text() for key in ("clip", "z", "std", "delta", "budget", "allowed")}
+    allowed = releases_within(8.0, 1e-5, 1.5)
+    assert shown == {
+        "clip": "0.1",
+        "z": "1.5",
+        "std": "0.3",
+        "delta": "1e-5",
+        "budget": "ε = 8",
+        "allowed": str(allowed),
+    }
+    page.locator("#live.on").wait_for()
+
+    names = ("notes-ada", "notes-grace")
+    for name, modules in zip(names, (("argparse.py", "dataclasses.py"), ("ast.py", "inspect.py")), strict=True):
+        own_notes(tmp_path / name, modules)
+    workers = [
+        volunteer(server, tmp_path / name, name, "--campaign", str(campaign["id"]), "--max-units", "2")
+        for name in names
+    ]
+    rows = page.locator("#privacy-rows tr")
+    try:
+        poll(  # the page refreshes itself when a round's version is published
+            "both volunteers' two updates in the privacy table, without reloading",
+            lambda: (
+                [rows.filter(has_text=name).filter(has_text=f"2 of {allowed}").count() for name in names] == [1, 1]
+                or (_exited(workers) and rows.count() < 2)
+            ),
+            timeout=TRAINING_S,
+            every=0.5,
+        )
+    finally:
+        for worker in workers:
+            stop(worker)
+    assert rows.count() == 2, _logs(tmp_path, server)
+    epsilon = gaussian_epsilon(1.5, 2, 1e-5)
+    for name in names:
+        cells = rows.filter(has_text=name).locator("td").all_inner_texts()
+        assert cells == [name, f"2 of {allowed}", f"{epsilon:.2f}", f"{100 * epsilon / 8:.0f}%"]
+    accounting = server.call("GET", f"/api/campaigns/{campaign['id']}/privacy")[1]
+    assert sorted(v["name"] for v in accounting["volunteers"]) == sorted(names)
+    box = panel.bounding_box()
+    bottom = box["y"] + box["height"] + 16  # the page is at its top: the campaign's header, progress and privacy
+    page.screenshot(
+        path=str(shots / "dashboard-privacy.png"),
+        full_page=True,
+        clip={"x": 0, "y": 0, "width": DESKTOP["width"], "height": bottom},
+    )
+    page.set_viewport_size(PHONE)
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the campaign page is {overflow}px wider than a 390px screen"
 
 
 READY = {  # what shows once a page has loaded its data

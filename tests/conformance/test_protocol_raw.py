@@ -35,7 +35,7 @@ from tests.support.live import LiveCoordinator, live_coordinator, poll
 
 # --- Constants, from docs/protocol.md ----------------------------------------------------------
 
-VERSION = 4  # "Protocol version the frame is written in: 4"
+VERSION = 5  # "Protocol version the frame is written in: 5"
 MAX_FRAME_BYTES = 68157440  # limits table
 MAX_HELLO_FRAME_BYTES = 65536
 MAX_BLOB_CHUNK_BYTES = 4194304
@@ -148,7 +148,7 @@ RECEIVED: dict[str, tuple[set[str], set[str]]] = {
             "codec",
             "max_update_bytes",
         },
-        {"graph", "deltas", "moments"},
+        {"graph", "deltas", "moments", "private"},
     ),
     "no_work": ({"retry_after_s", "reason"}, set()),
     "blob_chunk": ({"sha256", "offset", "total_size", "data"}, set()),
@@ -640,7 +640,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, small_dataset: Path) -> Ite
 
 def test_the_progress_frame_is_the_documented_bytes() -> None:
     documented = bytes.fromhex(
-        "89 a4 74 79 70 65 a8 70 72 6f 67 72 65 73 73 a1 76 04 a7 75 6e 69 74 5f 69 64 a4 75 2d 34 32 a8"
+        "89 a4 74 79 70 65 a8 70 72 6f 67 72 65 73 73 a1 76 05 a7 75 6e 69 74 5f 69 64 a4 75 2d 34 32 a8"
         "6c 65 61 73 65 5f 69 64 a6 6c 2d 34 32 2d 31 a4 73 74 65 70 02 ab 73 74 65 70 73 5f 74 6f 74 61"
         "6c 04 a4 6c 6f 73 73 cb 40 21 70 a3 d7 0a 3d 71 a6 74 6f 6b 65 6e 73 cd 01 00 a5 70 68 61 73 65"
         "a8 74 72 61 69 6e 69 6e 67"
@@ -781,13 +781,13 @@ async def test_a_text_frame_is_a_malformed_frame(server: LiveCoordinator) -> Non
         pytest.param(pack({"type": "goodbye", "reason": ""}), id="no-v"),
         pytest.param(b"\x83\xa4type\xa7goodbye\xa1v\x03\xa1v\x03", id="duplicate-key"),
         pytest.param(
-            msgpack.packb({"type": "goodbye", "v": 4, "reason": msgpack.ExtType(1, b"x")}), id="extension-type"
+            msgpack.packb({"type": "goodbye", "v": 5, "reason": msgpack.ExtType(1, b"x")}), id="extension-type"
         ),
         pytest.param(pack(frame("goodbye", reason=""))[:-3], id="truncated"),
         pytest.param(b"\x83\xa4type\xa7goodbye\xa1v\x03\xa6reason\xc1", id="byte-0xc1"),
         pytest.param(pack({"type": "goodbye", "v": "1", "reason": ""}), id="v-not-an-integer"),
-        pytest.param(pack({"type": 7, "v": 4, "reason": ""}), id="type-not-a-string"),
-        pytest.param(pack({"type": "goodbye", "v": 4, "reason": "", 1: "x"}), id="integer-map-key"),
+        pytest.param(pack({"type": 7, "v": 5, "reason": ""}), id="type-not-a-string"),
+        pytest.param(pack({"type": "goodbye", "v": 5, "reason": "", 1: "x"}), id="integer-map-key"),
         pytest.param(pack(frame("goodbye", reason=[[[[[[[[""]]]]]]]])), id="nesting-deeper-than-8"),
         pytest.param(pack(frame("goodbye", reason=[0] * 70_000)), id="more-than-65536-values"),
     ],

@@ -14,7 +14,14 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from coordinator.app import create_app
-from coordinator.campaign import CampaignSpec, InnerSettings, OuterSettings, RoundSettings, ValidationSettings
+from coordinator.campaign import (
+    CampaignSpec,
+    InnerSettings,
+    OuterSettings,
+    PrivacySettings,
+    RoundSettings,
+    ValidationSettings,
+)
 from coordinator.dashboard import PAGES
 from coordinator.openapi import CODEC_BOUNDS, CODEC_FIELDS, OPENAPI_PATH, campaign_spec_schema
 from coordinator.rest import ROUTES
@@ -23,7 +30,13 @@ from protocol.codecs import CodecConfig, CodecError
 from training.model import PRESETS
 from training.outer import OUTER_DEFAULTS
 
-SECTIONS = {"inner": InnerSettings, "outer": OuterSettings, "rounds": RoundSettings, "validation": ValidationSettings}
+SECTIONS: dict[str, type[msgspec.Struct]] = {
+    "inner": InnerSettings,
+    "outer": OuterSettings,
+    "rounds": RoundSettings,
+    "validation": ValidationSettings,
+    "privacy": PrivacySettings,
+}
 # The volunteers' socket, the dashboard's assets, and the routes replicas forward to each other (not
 # reachable through the load balancer; documented in coordinator/forwarding.py).
 NOT_API = {"/ws", "/static", r"/internal/campaigns/{campaign_id}/{op}"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ from coordinator.engine import Assignment
 from coordinator.openapi import build_document
 from coordinator.rest import ROUTES
 from coordinator.service import Coordinator, CoordinatorConfig
+from tests.support.backends import Backend
 from tests.support.inprocess_volunteer import payload, train
+from training.privacy_accounting import gaussian_epsilon, releases_within
 
 SPEC: dict[str, Any] = {
     "name": "rest-test",
@@ -71,6 +74,16 @@ class Api:
 async def api(tmp_path: Path, small_dataset: Path) -> AsyncIterator[Api]:
     app = create_app(CoordinatorConfig(data_dir=tmp_path / "data", datasets={"small": small_dataset}))
     async with TestClient(TestServer(app)) as client:
+        yield Api(client, (tmp_path / "data" / "admin_token").read_text().strip())
+
+
+@pytest.fixture
+async def api_on(tmp_path: Path, small_dataset: Path, backend: Backend) -> AsyncIterator[Api]:
+    """`api` on each backend: SQLite, and PostgreSQL + S3."""
+    config = CoordinatorConfig(
+        data_dir=tmp_path / "data", database=backend.database, blobs=backend.blobs, datasets={"small": small_dataset}
+    )
+    async with TestClient(TestServer(create_app(config))) as client:
         yield Api(client, (tmp_path / "data" / "admin_token").read_text().strip())
 
 
@@ -324,6 +337,8 @@ async def test_after_a_round_the_campaign_reports_throughput_credit_and_the_new_
         "/api/campaigns/%D9%A3",  # an Arabic-Indic digit: int() would take it
         "/api/campaigns/1/versions",
         "/api/campaigns/1/events",
+        "/api/campaigns/99/privacy",
+        "/api/campaigns/x/privacy",
         "/api/nothing-here",
     ],
 )
@@ -372,3 +387,107 @@ async def test_server_health_shows_admins_uptime_queues_and_disk(api: Api) -> No
     assert health["campaigns"] == {"active": 1}
     assert health["disk_free_bytes"] > 0 and health["database_bytes"] > 0
     assert health["uptime_s"] >= 0
+
+
+PRIVATE_SPEC: dict[str, Any] = {
+    **SPEC, "name": "notes", "data": "volunteer", "codec": "int8",
+    "privacy": {"clip_norm": 0.5, "noise_multiplier": 1.5, "delta": 1e-6, "epsilon_budget": 8.0},
+}  # fmt: skip
+
+
+def _submitted(service: Coordinator, campaign_id: int, volunteer_ids: list[str], status: str = "accepted") -> None:
+    """One submission by each of `volunteer_ids`, to a unit made for them in the campaign's open round (the
+    store's rows only: no volunteer trains)."""
+    store = service.store
+    if store.open_round_of(campaign_id) is None:
+        store.open_round(campaign_id, 1, 0, service.clock() + 3600, [])
+    current = store.open_round_of(campaign_id)
+    assert current is not None
+    unit_id = uuid.uuid4().hex
+    unit = {"id": unit_id, "data_start": 0, "data_tokens": 0, "data_sha": "0" * 64, "shard_index": 0, "shard": [],
+            "seed": 0}  # fmt: skip
+    row = {"unit_id": unit_id, "update_sha": "0" * 64, "update_size": 1, "status": status, "code": None,
+           "message": "", "round_id": current.id, "staleness": 0, "weight": 1.0, "norm": 1.0, "tokens": 1,
+           "seconds": 1.0, "losses": [], "credit": 0.0}  # fmt: skip
+    with store.transaction():
+        store.insert_unit(campaign_id, current.id, current.version, unit, service.clock())
+        for volunteer_id in volunteer_ids:
+            store.add_submission({**row, "volunteer_id": volunteer_id})
+
+
+async def test_a_campaign_on_volunteers_data_shows_the_epsilon_each_volunteer_spent_of_its_budget(
+    api_on: Api,
+) -> None:
+    api = api_on
+    _, lead = await api.lead()
+    campaign = await api.campaign(lead, **PRIVATE_SPEC)
+    path = f"/api/campaigns/{campaign['id']}/privacy"
+    z, delta = 1.5, 1e-6
+    terms = {
+        "data": "volunteer",
+        "clip_norm": 0.5,
+        "noise_multiplier": z,
+        "noise_std": 1.5,  # z·2C
+        "delta": delta,
+        "epsilon_budget": 8.0,
+        "updates_allowed": releases_within(8.0, delta, z),
+        "epsilon_per_update": gaussian_epsilon(z, 1, delta),
+    }
+    assert await api.call("GET", path) == (200, {**terms, "volunteers": [], "volunteer_count": 0, "max_epsilon": 0.0})
+
+    ada, grace, idle = (api.service.register_volunteer(name, {})[0].id for name in ("ada", "grace", "idle"))
+    _submitted(api.service, campaign["id"], [ada, grace])
+    _submitted(api.service, campaign["id"], [ada], status="rejected")  # every update sent is a release
+    _submitted(api.service, campaign["id"], [ada])
+    other = await api.campaign(lead, name="ordinary")
+    _submitted(api.service, other["id"], [ada, grace, idle])  # another campaign's updates are not counted here
+
+    status, body = await api.call("GET", path)
+    assert status == 200
+    assert body == {
+        **terms,
+        "volunteers": [
+            {"volunteer_id": ada, "name": "ada", "updates": 3, "epsilon": gaussian_epsilon(z, 3, delta)},
+            {"volunteer_id": grace, "name": "grace", "updates": 1, "epsilon": gaussian_epsilon(z, 1, delta)},
+        ],
+        "volunteer_count": 2,
+        "max_epsilon": gaussian_epsilon(z, 3, delta),
+    }
+    assert 0 < body["epsilon_per_update"] < body["max_epsilon"] < 8.0 and body["updates_allowed"] > 3
+
+
+async def test_without_noise_or_budget_every_infinite_epsilon_is_null_and_the_json_has_no_infinity(api: Api) -> None:
+    _, lead = await api.lead()
+    spec = {**PRIVATE_SPEC, "privacy": {"noise_multiplier": 0.0}}
+    campaign = await api.campaign(lead, **spec)
+    volunteer = api.service.register_volunteer("ada", {})[0].id
+    _submitted(api.service, campaign["id"], [volunteer])
+    async with api.client.get(f"/api/campaigns/{campaign['id']}/privacy") as response:
+        text = await response.text()
+
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"{name} is not JSON")
+
+    body = json.loads(text, parse_constant=no_constants)
+    assert (body["noise_std"], body["epsilon_budget"], body["updates_allowed"]) == (0.0, None, None)
+    assert (body["epsilon_per_update"], body["max_epsilon"]) == (None, None)
+    assert body["volunteers"] == [{"volunteer_id": volunteer, "name": "ada", "updates": 1, "epsilon": None}]
+
+
+async def test_the_privacy_list_shows_the_1000_volunteers_with_the_most_updates_and_counts_them_all(api: Api) -> None:
+    _, lead = await api.lead()
+    campaign = await api.campaign(lead, **PRIVATE_SPEC)
+    _submitted(api.service, campaign["id"], [f"v{n:04d}" for n in range(1001)])
+    _submitted(api.service, campaign["id"], ["v0999"])
+    _, body = await api.call("GET", f"/api/campaigns/{campaign['id']}/privacy")
+    assert body["volunteer_count"] == 1001
+    listed = [(v["volunteer_id"], v["updates"]) for v in body["volunteers"]]
+    assert len(listed) == 1000
+    assert listed[:3] == [("v0999", 2), ("v0000", 1), ("v0001", 1)]  # most updates first, then by id
+    assert body["max_epsilon"] == gaussian_epsilon(1.5, 2, 1e-6)
+
+
+async def test_a_campaign_on_the_coordinators_data_says_only_that(api: Api) -> None:
+    _, lead = await api.lead()
+    campaign = await api.campaign(lead)
+    assert await api.call("GET", f"/api/campaigns/{campaign['id']}/privacy") == (200, {"data": "coordinator"})

@@ -13,6 +13,7 @@ import torch
 
 from coordinator.campaign import CampaignSpec
 from coordinator.engine import Assignment, NoWork
+from coordinator.engine.states import UnitState
 from coordinator.service import Coordinator, CoordinatorConfig
 from protocol.checkpoints import apply_delta
 from tests.support.backends import Backend
@@ -492,6 +493,30 @@ def test_a_lone_volunteer_whose_update_was_rejected_gets_fresh_work_instead_of_s
     )
     assert outcome.status == "accepted"
     assert service.store.campaign(campaign_id).current_version == 1  # type: ignore[union-attr]
+
+
+def test_a_volunteer_that_gives_back_every_unit_adds_at_most_a_rounds_worth_of_units(service: Coordinator) -> None:
+    spec = make_spec(rounds={"units_per_round": 2, "min_accepted": 2})
+    campaign_id = service.create_campaign(spec, owner="admin:1")
+    runtime = service.runtimes[campaign_id]
+    a, b = volunteers(service, 2)
+    given_back = 0
+    for _ in range(20):  # both give back whatever they get, as on a version that diverges for everyone
+        for volunteer in (a, b):
+            row = service.store.volunteer(volunteer)
+            assert row is not None
+            answer = service.assign_work(row, memory_bytes=8 << 30)
+            if isinstance(answer, NoWork):
+                continue
+            runtime.abandon(volunteer, answer.unit.id, answer.lease_id)
+            given_back += 1
+    units = service.store.units(campaign_id, (UnitState.PENDING, UnitState.LEASED))
+    assert given_back >= 4  # each took both of the round's units and one more
+    assert len(units) <= 2 + 2  # the round's two units and one round's worth for the given-back ones
+    row = service.store.volunteer(a)
+    assert row is not None
+    waiting = service.assign_work(row, memory_bytes=8 << 30)
+    assert isinstance(waiting, NoWork) and "waiting for results" in waiting.reason
 
 
 def test_a_data_slice_lost_to_a_power_cut_is_cut_again_on_restart(tmp_path: Path, small_dataset: Path) -> None:

@@ -424,7 +424,7 @@ def test_an_update_beyond_the_staleness_bound_is_rejected_and_within_it_accepted
 
 def test_the_cheapest_failing_check_wins() -> None:
     pipeline = ValidationPipeline.default()
-    assert pipeline.names == ("staleness", "shape", "finite", "norm", "direction", "loss", "evidence")
+    assert pipeline.names == ("staleness", "shape", "finite", "noise", "norm", "direction", "loss", "evidence")
     delta = HonestGaussian()()
     delta["w"][0, 0] = float("nan")
     both = candidate(delta, losses=[1.0])

@@ -300,7 +300,7 @@ def test_wording_a_refusal_asks_msgspec_about_the_schema_once_not_per_frame(monk
     # again for every refused frame made a 100-byte schema_violation cost the gateway 3 ms (0.3 s at worst).
     from protocol.messages import decode
 
-    frame = msgpack.packb({"type": "progress", "v": 4, "unit_id": "u", "lease_id": "l", "step": "x",
+    frame = msgpack.packb({"type": "progress", "v": 5, "unit_id": "u", "lease_id": "l", "step": "x",
                            "steps_total": 1, "loss": None, "tokens": 0, "phase": "training", "extra": 1})  # fmt: skip
     with pytest.raises(ProtocolError):
         decode(frame, direction="to_server")

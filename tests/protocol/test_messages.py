@@ -50,6 +50,7 @@ from protocol import (
     ModelConfig,
     ModelSpec,
     NoWork,
+    PrivateRecipe,
     Progress,
     ProtocolError,
     Report,
@@ -151,6 +152,27 @@ WORK_UNIT = WorkUnit(
     codec={"name": "int8", "block_size": 256},
     max_update_bytes=1 << 20,
 )
+PRIVATE = PrivateRecipe(
+    tokenizer=BlobRef(hashlib.sha256(b"tokenizer").hexdigest(), 2048),
+    file_kinds=(".txt", ".md"),
+    max_file_bytes=1 << 20,
+    max_total_bytes=1 << 26,
+    min_tokens=4096,
+    clip_norm=1.0,
+    noise_multiplier=1.5,
+    delta=1e-5,
+    epsilon_budget=8.0,
+)
+PRIVATE_WIRE = msgspec.to_builtins(PRIVATE)
+
+
+def test_a_unit_on_the_volunteers_own_data_carries_no_data() -> None:
+    unit = msgspec.structs.replace(WORK_UNIT, data=None, data_tokens=0, private=PRIVATE)
+    frame = encode(unit)
+    assert decode(frame, direction="to_client") == unit
+    assert msgpack.unpackb(frame)["data"] is None
+
+
 EXAMPLES: dict[str, Message] = {
     "hello": Hello(
         protocol_version=PROTOCOL_VERSION,
@@ -386,13 +408,19 @@ def work_units(draw: st.DrawFn) -> WorkUnit:
     for _ in drawn:
         chain.insert(0, draw(st.text("0123456789abcdef", min_size=64, max_size=64)))
     deltas = tuple(msgspec.structs.replace(step, base=chain[i], result=chain[i + 1]) for i, step in enumerate(drawn))
+    # A unit on the volunteer's own data is a train unit without data or shared moments.
+    private = kwargs["private"] if kwargs["kind"] == "train" and not recipe.shared_moments else None
+    if private is not None:
+        tokens = 0
+    data_sha = (kwargs["data"] or BlobRef(DATA_SHA, 0)).sha256
     return WorkUnit(
         **kwargs
         | {
             "recipe": recipe,
             "data_dtype": dtype,
             "data_tokens": tokens,
-            "data": BlobRef(kwargs["data"].sha256, tokens * (2 if dtype == "uint16" else 4)),
+            "data": None if private else BlobRef(data_sha, tokens * (2 if dtype == "uint16" else 4)),
+            "private": private,
             "shard_shapes": {param: draw(shape) for param in kwargs["shard"]},
             "codec": kwargs["codec"] | {"name": draw(name)},
             "graph": (kwargs["graph"] or BlobRef("0" * 64, 1)) if kwargs["runtime"] == "onnxruntime" else None,
@@ -522,30 +550,30 @@ def test_more_values_than_the_limit_is_malformed_before_unpacking() -> None:
 
 
 def test_a_duplicate_key_is_malformed() -> None:
-    frame = b"\x83\xa4type\xa7goodbye\xa1v\x04\xa4type\xa5hello"
+    frame = b"\x83\xa4type\xa7goodbye\xa1v\x05\xa4type\xa5hello"
     err = refusal(frame)
     assert (err.code, err.message) == (ErrorCode.MALFORMED_FRAME, "The key 'type' appears twice in one map.")
 
 
 def test_a_duplicate_key_in_a_nested_map_is_malformed_however_it_is_spelled() -> None:
     # The second "n" is a str8: the same key in a longer encoding; msgspec alone would let it win.
-    frame = b"\x83\xa4type\xa7goodbye\xa1v\x04\xa6reason\x82\xa1n\x01\xd9\x01n\x02"
+    frame = b"\x83\xa4type\xa7goodbye\xa1v\x05\xa6reason\x82\xa1n\x01\xd9\x01n\x02"
     err = refusal(frame)
     assert (err.code, err.message) == (ErrorCode.MALFORMED_FRAME, "The key 'n' appears twice in one map.")
 
 
 def test_a_bin_key_is_not_the_str_key_with_the_same_bytes() -> None:
-    frame = b"\x83\xa4type\xa7goodbye\xa1v\x04\xa6reason\x82\xa1n\x01\xc4\x01n\x02"
+    frame = b"\x83\xa4type\xa7goodbye\xa1v\x05\xa6reason\x82\xa1n\x01\xc4\x01n\x02"
     assert refusal(frame).code is ErrorCode.SCHEMA_VIOLATION
 
 
 def test_the_envelope_is_read_from_the_frame_map_only() -> None:
-    err = refusal({"reason": {"type": "goodbye", "v": 4}})
+    err = refusal({"reason": {"type": "goodbye", "v": 5}})
     assert (err.code, err.message) == (ErrorCode.MALFORMED_FRAME, "The frame has no 'type' string naming its message.")
 
 
 def test_invalid_utf8_is_malformed() -> None:
-    frame = b"\x83\xa4type\xa7goodbye\xa1v\x04\xa6reason\xa2\xff\xfe"
+    frame = b"\x83\xa4type\xa7goodbye\xa1v\x05\xa6reason\xa2\xff\xfe"
     assert refusal(frame).code is ErrorCode.MALFORMED_FRAME
 
 
@@ -564,8 +592,8 @@ def test_a_frame_over_max_bytes_is_refused_before_unpacking() -> None:
 @pytest.mark.parametrize(
     ("frame", "expected"),
     [
-        ({"v": 4, "reason": "x"}, "no 'type' string"),
-        ({"type": 7, "v": 4}, "no 'type' string"),
+        ({"v": 5, "reason": "x"}, "no 'type' string"),
+        ({"type": 7, "v": 5}, "no 'type' string"),
         ({"type": "goodbye", "reason": "x"}, "no integer 'v'"),
         ({"type": "goodbye", "v": "1", "reason": "x"}, "no integer 'v'"),
         ({"type": "goodbye", "v": True, "reason": "x"}, "no integer 'v'"),
@@ -579,7 +607,7 @@ def test_a_missing_or_mistyped_envelope_is_malformed(frame: dict[str, Any], expe
 
 
 def test_an_unknown_type_is_refused_with_the_accepted_ones() -> None:
-    err = refusal({"type": "hack", "v": 4})
+    err = refusal({"type": "hack", "v": 5})
     assert err.code is ErrorCode.UNKNOWN_TYPE
     assert "'hack'" in err.message and "hello, request_work" in err.message
     assert err.ref_type is None
@@ -821,6 +849,26 @@ def test_constructing_an_inconsistent_message_fails_at_once() -> None:
             "work_unit.model.config.n_head: the head dimension",
         ),
         (lambda f: f.update(shard=["a", "a"]), "work_unit.shard[1]: duplicate item 'a'"),
+        (lambda f: f.update(data=None), "work_unit.data: must be a blob unless the unit has private"),
+        (lambda f: f.update(private=PRIVATE_WIRE), "work_unit.private: is only for train units, whose data"),
+        (
+            lambda f: f.update(private=PRIVATE_WIRE, data=None, data_tokens=0, kind="evaluate"),
+            "work_unit.private: is only for train units",
+        ),
+        (
+            lambda f: (
+                f.update(private=PRIVATE_WIRE, data=None, data_tokens=0) or f["recipe"].update(shared_moments=True)
+            ),
+            "work_unit.private: a unit on the owner's data can't share moments",
+        ),
+        (
+            lambda f: f.update(private=PRIVATE_WIRE | {"file_kinds": ["txt"]}, data=None, data_tokens=0),
+            "work_unit.private.file_kinds[0]:",
+        ),
+        (
+            lambda f: f.update(private=PRIVATE_WIRE | {"delta": 1.0}, data=None, data_tokens=0),
+            "work_unit.private.delta:",
+        ),
     ],
 )
 def test_a_work_unit_must_be_self_consistent(mutate: Callable[[dict[str, Any]], object], expected: str) -> None:

@@ -80,3 +80,16 @@ def test_the_cli_adds_lists_and_removes(notes: Path, tmp_path: Path) -> None:
     removed = data("remove", str(notes))
     assert removed.returncode == 0 and "No folder or file is chosen" in removed.stdout
     assert data("remove").returncode == 2
+
+
+def test_the_choices_and_the_privacy_ledger_load_without_numpy_tokenizers_or_torch() -> None:
+    """The desktop app's own process is built without them (installers/build.py); it shows these two."""
+    probe = (
+        "import sys, volunteer_app.local_data, volunteer_app.privacy_ledger\n"
+        "print(sorted(m for m in ('numpy', 'tokenizers', 'torch', 'training.data') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

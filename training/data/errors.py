@@ -1,24 +1,8 @@
-"""The one error type of the data pipeline: a code for programs and a sentence for people."""
+"""The one error type of the data pipeline, defined in `training.data_error` (free of numpy, for the desktop
+app) and named here too, where the pipeline's modules import it from."""
 
 from __future__ import annotations
 
+from training.data_error import DataError
 
-class DataError(ValueError):
-    """Bad input or a broken dataset.
-
-    `code` is a stable identifier that callers may branch on (`"empty_corpus"`, `"unreadable"`,
-    `"binary"`, `"bad_jsonl"`, `"bad_manifest"`, `"hash_mismatch"`, `"out_of_range"`, ...);
-    `str(error)` is one sentence a user can act on.
-
-    >>> raise DataError("empty_corpus", "the sources hold no text")
-    Traceback (most recent call last):
-    training.data.errors.DataError: the sources hold no text
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-    def __reduce__(self) -> tuple[type[DataError], tuple[str, str]]:
-        # Survives pickling (multiprocessing, DataLoader workers) with its code intact.
-        return (type(self), (self.code, str(self)))
+__all__ = ["DataError"]

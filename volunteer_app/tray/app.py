@@ -18,9 +18,11 @@ from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon, QWidget
 
 from volunteer_app.account import link_machine, machine_status
+from volunteer_app.credentials import default_config_dir, volunteer_data_dir
 from volunteer_app.preferences import Preferences
 from volunteer_app.tray.account_box import AccountBox
 from volunteer_app.tray.controller import AppController, AppNotification, AppState, AppStatus
+from volunteer_app.tray.data_box import DataBox
 from volunteer_app.tray.notifications import Notifier
 from volunteer_app.tray.settings_dialog import SettingsDialog
 from volunteer_app.tray.single_instance import SingleInstance
@@ -156,12 +158,15 @@ class DesktopApp(QObject):
                 idle_description=self.controller.idle_source.description,
                 rebuild=self._rebuild_environment,
                 account=self._account_box(),
+                own_data=self._data_box(),
             )
             self.settings_dialog = dialog
         elif not dialog.isVisible():
             dialog.load(self.controller.preferences)
             if dialog.account is not None:
                 dialog.account.refresh()  # paused or linked from the dashboard since it was last open
+            if dialog.own_data is not None:
+                dialog.own_data.refresh()  # files changed, or chosen with `commonweights volunteer data`
         _bring_forward(dialog)
 
     def _account_box(self) -> AccountBox:
@@ -172,6 +177,12 @@ class DesktopApp(QObject):
             link=lambda code: link_machine(controller.preferences.coordinator_url, code, config_dir=config_dir),
             status=lambda: machine_status(controller.preferences.coordinator_url, config_dir=config_dir),
         )
+
+    def _data_box(self) -> DataBox:
+        """The volunteer's own files, where `commonweights volunteer data` keeps them (data in the config
+        folder unless the app was given a data folder)."""
+        paths = self.controller.paths
+        return DataBox(paths.config_dir or default_config_dir(), volunteer_data_dir(paths.config_dir, paths.data_dir))
 
     def _apply_preferences(self, prefs: Preferences) -> None:
         self.controller.apply_preferences(prefs)

@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
+    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -37,6 +38,7 @@ from PySide6.QtWidgets import (
 from volunteer_app.duty import DutyCycle
 from volunteer_app.preferences import DEVICES, THEMES, Preferences, PreferencesError, TimeWindow
 from volunteer_app.tray.account_box import AccountBox
+from volunteer_app.tray.data_box import DataBox
 
 __all__ = ["SettingsDialog", "format_windows", "parse_gpus", "parse_windows"]
 
@@ -86,9 +88,11 @@ class SettingsDialog(QDialog):
         idle_description: str = "",
         rebuild: Callable[[], None] | None = None,
         account: AccountBox | None = None,
+        own_data: DataBox | None = None,
         parent: QWidget | None = None,
     ) -> None:
-        """`account`: the box linking this machine to a volunteer account (None: not shown)."""
+        """`account`: the box linking this machine to a volunteer account; `own_data`: the box choosing the
+        volunteer's own files for campaigns that train on them (None: not shown)."""
         super().__init__(parent)
         self.setWindowTitle("Commonweights — Settings")
         self.setObjectName("settings")
@@ -224,15 +228,30 @@ class SettingsDialog(QDialog):
         )
         self.buttons.clicked.connect(self._clicked)
 
-        layout = QVBoxLayout(self)
-        for title, form in (("Connection", general), ("When to work", when), ("How much to use", usage)):
+        # Two columns: in one, the dialog would be taller than a laptop's screen.
+        columns = QHBoxLayout()
+        left, right = QVBoxLayout(), QVBoxLayout()
+        for column, title, form in (
+            (left, "Connection", general),
+            (left, "When to work", when),
+            (right, "How much to use", usage),
+        ):
             box = QGroupBox(title)
             box.setLayout(form)
-            layout.addWidget(box)
+            column.addWidget(box)
         self.account = account
         if account is not None:
-            layout.addWidget(account)
+            right.addWidget(account)
             account.refresh()
+        self.own_data = own_data
+        if own_data is not None:
+            right.addWidget(own_data)
+            own_data.refresh()
+        for column in (left, right):
+            column.addStretch()
+            columns.addLayout(column)
+        layout = QVBoxLayout(self)
+        layout.addLayout(columns)
         layout.addWidget(self.error)
         layout.addWidget(self.buttons)
         self.load(prefs)

@@ -1,5 +1,6 @@
-// One campaign, live: progress, throughput, outcomes, the loss chart, the leaderboard, and the
-// lead's controls. Updates arrive over /api/campaigns/{id}/events without reloading.
+// One campaign, live: progress, throughput, outcomes, the loss chart, the leaderboard, the privacy
+// accounting of a campaign on volunteers' own data, and the lead's controls. Updates arrive over
+// /api/campaigns/{id}/events without reloading.
 import {
   announce,
   api,
@@ -116,6 +117,63 @@ async function showLeaderboard() {
   setText("credit-unit", `Credit is in ${unit}.`);
 }
 
+// An ε from the API: null stands for infinity (no noise), which JSON can't write.
+function fmtEpsilon(x) {
+  return x === null ? "∞" : x >= 100 ? fmtCount(Math.round(x)) : x.toFixed(2);
+}
+
+// A term of the spec as written (1, 0.5, 1e-5), without float noise such as 0.30000000000000004.
+function fmtTerm(x) {
+  return x !== 0 && Math.abs(x) < 0.001 ? x.toExponential() : String(Number(x.toPrecision(6)));
+}
+
+async function showPrivacy() {
+  if (campaign.spec?.data !== "volunteer") return;
+  const p = await api(`/api/campaigns/${id}/privacy`);
+  document.getElementById("privacy").hidden = false;
+  const noNoise = p.noise_multiplier === 0;
+  const budget = p.epsilon_budget;
+  const allowed = p.updates_allowed;
+  document.getElementById("privacy-promise").hidden = noNoise;
+  document.getElementById("privacy-none").hidden = !noNoise;
+  setText("p-clip", fmtTerm(p.clip_norm));
+  setText("p-z", fmtTerm(p.noise_multiplier));
+  setText("p-std", fmtTerm(p.noise_std));
+  setText("p-delta", fmtTerm(p.delta));
+  setText("p-budget", budget === null ? "no limit" : `ε = ${fmtTerm(budget)}`);
+  setText("p-allowed", allowed === null ? "no limit" : fmtCount(allowed));
+  const terms = noNoise
+    ? ""
+    : `Each update is clipped to L2 norm ${fmtTerm(p.clip_norm)} and gets Gaussian noise of standard deviation ` +
+      `${fmtTerm(p.noise_std)} on every value, on the volunteer's computer. One update spends ε = ` +
+      `${fmtEpsilon(p.epsilon_per_update)} at δ = ${fmtTerm(p.delta)}, and each further one adds to it. `;
+  const limit =
+    budget === null
+      ? "The campaign sets no ε budget: a volunteer may send any number of updates, and sees what they spent."
+      : `No volunteer spends more than ε = ${fmtTerm(budget)}: after ${fmtCount(allowed)} updates neither this ` +
+        "coordinator nor the volunteer's app lets another one go.";
+  setText("privacy-terms", terms + limit);
+  const body = document.getElementById("privacy-rows");
+  if (p.volunteers.length === 0) {
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 4, class: "muted" }, "No volunteer has sent an update yet.")));
+  } else {
+    body.replaceChildren(
+      ...p.volunteers.map((v) =>
+        el(
+          "tr",
+          {},
+          el("td", { class: "wrap" }, v.name || v.volunteer_id),
+          el("td", { class: "num" }, allowed === null ? fmtCount(v.updates) : `${fmtCount(v.updates)} of ${fmtCount(allowed)}`),
+          el("td", { class: "num" }, fmtEpsilon(v.epsilon)),
+          el("td", { class: "num" }, budget === null || v.epsilon === null ? "–" : fmtPercent(v.epsilon / budget)),
+        ),
+      ),
+    );
+  }
+  const shown = p.volunteer_count > p.volunteers.length ? `The ${fmtCount(p.volunteers.length)} of ${fmtCount(p.volunteer_count)} volunteers with the most updates. ` : "";
+  setText("privacy-note", `${shown}Every update a volunteer sent counts, accepted or not.`);
+}
+
 async function showRounds() {
   const { rounds } = await api(`/api/campaigns/${id}/rounds`);
   const body = document.getElementById("rounds");
@@ -202,7 +260,7 @@ async function load() {
   document.getElementById("campaign").hidden = false;
   showStats(campaign);
   showModel(campaign);
-  await Promise.all([showVersions(), showLeaderboard(), showRounds()]);
+  await Promise.all([showVersions(), showLeaderboard(), showRounds(), showPrivacy()]);
   return true;
 }
 
@@ -223,7 +281,7 @@ me = await initChrome();
 if (await load()) {
   for (const action of ["pause", "resume", "stop"]) document.getElementById(action).addEventListener("click", () => act(action));
   document.getElementById("try-form").addEventListener("submit", tryIt);
-  const refreshAll = () => Promise.all([showVersions(), showLeaderboard(), showRounds()]).catch(() => {});
+  const refreshAll = () => Promise.all([showVersions(), showLeaderboard(), showRounds(), showPrivacy()]).catch(() => {});
   liveStream(
     `/api/campaigns/${id}/events`,
     {

@@ -270,6 +270,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX teams_by_credit ON teams (credit);
     CREATE INDEX units_by_volunteer ON units (volunteer_id, state);
     """,
+    # 11: each volunteer's updates to a campaign on volunteers' own data are counted (privacy releases)
+    """
+    CREATE INDEX submissions_by_volunteer ON submissions (volunteer_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -93,6 +93,18 @@ class SQLSubmissions(SQLDatabase):
         rows = self._all(sql + " ORDER BY s.id LIMIT ?", [*args, limit])
         return [_submission(r) for r in rows]
 
+    def release_counts(self, campaign_id: int, volunteer_id: str | None = None) -> dict[str, int]:
+        sql = (
+            "SELECT s.volunteer_id, COUNT(*) AS n FROM submissions s JOIN units u ON u.id = s.unit_id "
+            "WHERE u.campaign_id = ?"
+        )
+        args: list[Any] = [campaign_id]
+        if volunteer_id is not None:
+            sql += " AND s.volunteer_id = ?"
+            args.append(volunteer_id)
+        rows = self._all(sql + " GROUP BY s.volunteer_id", args)
+        return {str(r["volunteer_id"]): int(r["n"]) for r in rows}
+
     def rejection_counts(self, campaign_id: int) -> dict[str, int]:
         rows = self._all(
             "SELECT s.code, COUNT(*) AS n FROM submissions s JOIN units u ON u.id = s.unit_id "

@@ -3,7 +3,7 @@
 // Written from the document; tests/js checks the bytes against the Python reference.
 import { encode, decode } from "../../vendor/msgpack-msgpack-3.1.3/dist.esm/index.mjs";
 
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
 export const MAX_FRAME_BYTES = 68157440;
 export const MAX_BLOB_CHUNK_BYTES = 4194304;
 export const CODECS = ["fp32", "int8"];
