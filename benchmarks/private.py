@@ -11,8 +11,8 @@ Runs, each a fresh coordinator and the same token budget:
 - **private, ε = 8** and **ε = 2**: the noise multiplier z that spends exactly that ε (δ = 1e-5) over the
   updates each volunteer sends in the run (`noise_multiplier_for`), and that ε as the budget.
 
-Every run's figure is the holdout loss the coordinator published for its last version, on the same
-public holdout (the base dataset's, which no volunteer holds), next to version 0's; the gap is what
+Every run's figure is the holdout loss of its last version, measured here on one holdout for all runs
+(the base dataset's, which no volunteer holds), next to version 0's; the gap is what
 privacy costs at equal tokens.
 """
 
@@ -32,19 +32,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from benchmarks.report import machine_line, markdown_table, write_section
 from coordinator.local import start_coordinator, stop
+from training.checkpoint import load_weights
 from training.data import TokenDataset, ensure_default_dataset, prepare_dataset
 from training.data.manifest import TOKENIZER_NAME
-from training.model import build_model, preset
+from training.evaluate import evaluate
+from training.generate import model_from_weights
+from training.model import ModelConfig, build_model, preset
 from training.privacy_accounting import gaussian_epsilon, noise_multiplier_for
 
 __all__ = ["run_bench_private"]
 
 DELTA = 1e-5
+HOLDOUT_BATCHES = 64  # of batch_size × seq_len tokens
 STALL_S = 120.0  # no new version for this long (or 5× the slowest round so far): the run has stalled
 MODULES = ("argparse.py", "ast.py", "dataclasses.py", "typing.py", "inspect.py", "enum.py", "pathlib.py",
            "subprocess.py", "tarfile.py", "zipfile/__init__.py", "difflib.py", "pickle.py")  # fmt: skip
@@ -116,7 +122,7 @@ def volunteers(homes: list[Path], url: str) -> Iterator[None]:
 
 
 def one_run(name: str, spec: dict[str, Any], base: Path, served: Path, homes: list[Path], work: Path,
-            epsilon: float, z: float, progress: Progress) -> Outcome:  # fmt: skip
+            epsilon: float, z: float, holdout: Holdout, progress: Progress) -> Outcome:  # fmt: skip
     task = progress.add_task(name, total=spec["token_budget"])
     data_dir = work / f"coordinator-{name}"
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -151,13 +157,36 @@ def one_run(name: str, spec: dict[str, Any], base: Path, served: Path, homes: li
                 if now - began > 1800:
                     raise RuntimeError(f"{name}: no end after 30 minutes; see {work / (name + '.log')}")
                 time.sleep(1.0)
+        seconds = time.monotonic() - began
         updates = sum(int(row.get("units", 0)) for row in api.leaderboard(campaign))
+        last = max(int(v["version"]) for v in versions)
+        config = ModelConfig.from_dict(info["model_config"])
+        first_loss, last_loss = (holdout.loss(api.checkpoint(campaign, v), config) for v in (0, last))
     finally:
         stop(local.process)
     progress.update(task, completed=spec["token_budget"])
-    losses = {v["version"]: v["holdout_loss"] for v in versions}
-    last = max(v for v, loss in losses.items() if loss is not None)
-    return Outcome(name, epsilon, z, losses[0], losses[last], last, time.monotonic() - began, updates, ended)
+    return Outcome(name, epsilon, z, first_loss, last_loss, last, seconds, updates, ended)
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """The one holdout every run is scored on: the base dataset's, which no volunteer holds (the
+    served campaign's own holdout is another text, so the coordinator's figures don't compare)."""
+
+    tokens: npt.NDArray[np.int64]
+    batch_size: int
+    seq_len: int
+
+    @classmethod
+    def of(cls, dataset: Path, setup: Setup) -> Holdout:
+        data = TokenDataset.open(dataset)
+        span = setup.batch_size * setup.seq_len
+        count = min(HOLDOUT_BATCHES, (data.num_holdout_tokens - 1) // span)
+        return cls(data.holdout_slice(0, count * span + 1), setup.batch_size, setup.seq_len)
+
+    def loss(self, checkpoint: bytes, config: ModelConfig) -> float:
+        model = model_from_weights(load_weights(checkpoint), config)
+        return evaluate(model, self.tokens, batch_size=self.batch_size, seq_len=self.seq_len)
 
 
 def model_parameters(dataset: Path) -> int:
@@ -209,19 +238,23 @@ def run_bench_private(args: argparse.Namespace) -> int:
             spec = common | {"name": name, "dataset": "base", "data": "volunteer", "privacy": privacy}
             runs.append((name, spec, epsilon, z))
         with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as bar:
-            outcomes = [one_run(name, spec, base, served, homes, work, eps, z, bar) for name, spec, eps, z in runs]
+            holdout = Holdout.of(base, setup)
+            outcomes = [
+                one_run(name, spec, base, served, homes, work, eps, z, holdout, bar) for name, spec, eps, z in runs
+            ]
         train_tokens = TokenDataset.open(served).num_train_tokens
         params = model_parameters(base)
+        holdout_tokens = len(holdout.tokens) - 1
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    body = report(setup, outcomes, train_tokens, params)
+    body = report(setup, outcomes, train_tokens, params, holdout_tokens)
     print(body)
     write_section(args.output, "private", body)
     return 0
 
 
-def report(setup: Setup, outcomes: list[Outcome], train_tokens: int, params: int) -> str:
+def report(setup: Setup, outcomes: list[Outcome], train_tokens: int, params: int, holdout_tokens: int) -> str:
     served = outcomes[0].last_loss
     rows = []
     for o in outcomes:
@@ -235,7 +268,7 @@ def report(setup: Setup, outcomes: list[Outcome], train_tokens: int, params: int
         ["run", "target ε", "z", "ε after the run's updates", "noise norm / C", "holdout v0", "holdout last",
          "gap to served", "versions", "ended", "seconds"], rows)  # fmt: skip
     return (
-        "## Training on volunteers' own data, with differential privacy (`bench private`)\n\n"
+        "## Training on volunteers' own data, with differential privacy (`commonweights bench private`)\n\n"
         f"{machine_line()}\n\n"
         f"A real coordinator process and {setup.volunteers} real volunteer processes on loopback, `tiny` model, "
         f"{setup.rounds} rounds of {setup.volunteers} units (H = {setup.steps} steps of {setup.batch_size}×"
@@ -244,8 +277,9 @@ def report(setup: Setup, outcomes: list[Outcome], train_tokens: int, params: int
         "usual campaign, the folders prepared into one dataset on the coordinator with the same tokenizer. "
         f'*private*: `data = "volunteer"`, each volunteer trains on its own folder only; updates clipped to '
         f"C = {setup.clip_norm:g} and noised on the device with z chosen so that the "
-        f"{setup.updates_each} updates a volunteer sends spend the target ε (δ = {DELTA:g}). Holdout: the base "
-        "dataset's, which no volunteer holds.\n\n"
+        f"{setup.updates_each} updates a volunteer sends spend the target ε (δ = {DELTA:g}). Holdout: the first "
+        f"{holdout_tokens:,} tokens of the base dataset's holdout, which no volunteer holds, scored by the bench on "
+        "each run's first and last checkpoint (the served campaign's own holdout is other text).\n\n"
         f"{table}\n\n"
         "Target: report the gap at ε = ∞, 8 and 2 (no threshold was set). Noise is added on each volunteer's "
         "device (local differential privacy): it protects the text from the coordinator too, and costs √n more "
