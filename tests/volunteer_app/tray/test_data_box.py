@@ -97,7 +97,8 @@ def test_chosen_folders_and_files_are_shown_and_what_they_hold_is_counted(
     qtbot.mouseClick(box.add_files, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: "4 file(s), 0.4 MB would be used" in box.summary.text(), timeout=WALK_MS)
     assert _chosen(box) == [str(notes), str(letter)]
-    assert LocalData(tmp_path / "config", tmp_path / "config" / "data").sources == [notes, letter]  # where the CLI looks
+    config = tmp_path / "config"
+    assert LocalData(config, config / "data").sources == [notes, letter]  # where the CLI looks
 
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *args, **kwargs: str(tmp_path / "gone"))
     qtbot.mouseClick(box.add_folder, Qt.MouseButton.LeftButton)
@@ -161,7 +162,8 @@ def test_the_privacy_spent_per_campaign_is_shown_from_the_ledger(
     box = _open_box(desktop)
     qtbot.waitUntil(lambda: "No update trained on your files has been sent yet." in box.privacy.text(), timeout=WALK_MS)
 
-    ledger = PrivacyLedger(config / "data" / "privacy-ledger.json")  # as the worker writes it, before each update leaves
+    # As the worker writes it, before each update leaves:
+    ledger = PrivacyLedger(config / "data" / "privacy-ledger.json")
     stdlib = PrivacyTerms("c-1", "stdlib-private", noise_multiplier=4.0, delta=1e-5, clip_norm=1.0, epsilon_budget=8.0)
     letters = PrivacyTerms("c-2", "letters", noise_multiplier=2.0, delta=1e-6, clip_norm=0.5, epsilon_budget=math.inf)
     for _ in range(12):
