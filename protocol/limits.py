@@ -141,6 +141,10 @@ MAX_GRAD_CLIP: Final = 1e6
 MAX_FILE_KINDS: Final = 32
 """Most file name endings a campaign on volunteers' own data may take."""
 
+MAX_TOKENIZER_BYTES: Final = 64 * 1024 * 1024
+"""Largest tokenizer file a campaign on volunteers' own data may send (the largest public tokenizer.json
+files are about 20 MB); the client parses it whole."""
+
 MAX_NOISE_MULTIPLIER: Final = 1e3
 """Largest noise multiplier a campaign may state."""
 

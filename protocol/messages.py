@@ -68,6 +68,7 @@ from protocol.limits import (
     MAX_THREADS,
     MAX_TIMESTAMP_S,
     MAX_TOKEN_LEN,
+    MAX_TOKENIZER_BYTES,
     MAX_UPDATE_BYTES,
     MAX_URL_LEN,
     MAX_VERSION_LEN,
@@ -680,6 +681,8 @@ class WorkUnit(Struct, frozen=True, forbid_unknown_fields=True):
                 raise FieldError("private", "is only for train units, whose data is then null and data_tokens 0")
             if self.recipe.shared_moments:
                 raise FieldError("private", "a unit on the owner's data can't share moments (they'd leak it)")
+            if self.private.tokenizer.size > MAX_TOKENIZER_BYTES:
+                raise FieldError("private.tokenizer.size", f"a tokenizer may hold at most {MAX_TOKENIZER_BYTES} bytes")
         elif self.data is None:
             raise FieldError("data", "must be a blob unless the unit has private")
         width = _DTYPE_BYTES[self.data_dtype]

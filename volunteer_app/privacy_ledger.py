@@ -11,22 +11,33 @@ noise multiplier and δ stated by the campaign), so k updates cost ε(z, k, δ)
 only overcount. The coordinator counts the same releases on its side; this count is the one the
 volunteer can trust, and the worker refuses a unit that would take it past the campaign's budget.
 
+The terms a campaign stated with its first release are the ones it is held to: a later unit whose
+terms differ (less noise, a larger budget) is refused, or the count would be composed under terms the
+earlier releases never had. Checking and spending happen in one step under a lock that other
+processes sharing the data folder respect too (flock; on Windows, within one process only).
+
 A ledger that can't be read is an error, never a fresh start: starting from zero would forget what
 was spent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from training.atomic_write import write_atomically
 from training.privacy_accounting import gaussian_epsilon
 
-__all__ = ["LEDGER_FILE", "LedgerEntry", "LedgerError", "PrivacyLedger", "PrivacyTerms"]
+if sys.platform != "win32":
+    import fcntl
+
+__all__ = ["LEDGER_FILE", "BudgetSpent", "LedgerEntry", "LedgerError", "PrivacyLedger", "PrivacyTerms", "TermsChanged"]
 
 LEDGER_FILE = "privacy-ledger.json"  # in the volunteer's data folder (credentials.volunteer_data_dir)
 MAX_LEDGER_BYTES = 1 << 20
@@ -35,6 +46,14 @@ MAX_CAMPAIGNS = 10_000
 
 class LedgerError(ValueError):
     """The ledger file is unreadable or was tampered with; nothing private is trained until it is fixed."""
+
+
+class TermsChanged(LedgerError):
+    """A unit states other privacy terms than the campaign's first release did."""
+
+
+class BudgetSpent(LedgerError):
+    """One more release would take the campaign past its ε budget."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +70,10 @@ class PrivacyTerms:
 
     def epsilon_after(self, releases: int) -> float:
         return gaussian_epsilon(self.noise_multiplier, releases, self.delta)
+
+    def binding(self) -> tuple[float, float, float, float]:
+        """What a campaign may not change once a release was made under it (its name may change)."""
+        return (self.noise_multiplier, self.delta, self.clip_norm, self.epsilon_budget)
 
 
 @dataclass(frozen=True)
@@ -95,21 +118,43 @@ class PrivacyLedger:
             return self._read().get(campaign_id)
 
     def would_exceed(self, terms: PrivacyTerms) -> bool:
-        """Whether one more release under `terms` would take this campaign past its budget."""
-        with self._lock:
+        """Whether one more release under `terms` would take this campaign past its budget; TermsChanged
+        if `terms` are not those the campaign's first release was made under."""
+        with self._locked():
             current = self._read().get(terms.campaign_id)
+        _same_terms(current, terms)
         releases = current.releases if current else 0
         return terms.epsilon_after(releases + 1) > terms.epsilon_budget
 
     def spend(self, terms: PrivacyTerms) -> LedgerEntry:
-        """Record one release under `terms` (the campaign's latest), durably, and return the new entry."""
-        with self._lock:
+        """Check and record one release under `terms`, durably, in one step; the new entry. BudgetSpent
+        or TermsChanged (nothing recorded) where the release may not be made."""
+        with self._locked():
             entries = self._read()
             current = entries.get(terms.campaign_id)
-            entry = LedgerEntry(terms, (current.releases if current else 0) + 1)
+            _same_terms(current, terms)
+            releases = (current.releases if current else 0) + 1
+            if terms.epsilon_after(releases) > terms.epsilon_budget:
+                raise BudgetSpent(f"the privacy budget of {terms.campaign_name} is spent")
+            entry = LedgerEntry(terms, releases)
             entries[terms.campaign_id] = entry
             self._write(entries)
             return entry
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """This process's lock, and an advisory lock on `<ledger>.lock` that other processes take too."""
+        with self._lock:
+            if sys.platform == "win32":
+                yield
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path.with_name(self.path.name + ".lock"), "a+b") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def _read(self) -> dict[str, LedgerEntry]:
         try:
@@ -142,6 +187,16 @@ class PrivacyLedger:
         rows = [{"terms": asdict(e.terms), "releases": e.releases} for e in entries.values()]
         text = json.dumps({"campaigns": rows}, indent=1, allow_nan=True) + "\n"
         write_atomically(self.path, text)
+
+
+def _same_terms(current: LedgerEntry | None, terms: PrivacyTerms) -> None:
+    if current is not None and current.releases > 0 and current.terms.binding() != terms.binding():
+        raise TermsChanged(
+            f"{terms.campaign_name} now states other privacy terms (z = {terms.noise_multiplier:g}, δ = "
+            f"{terms.delta:g}, C = {terms.clip_norm:g}, budget {terms.epsilon_budget:g}) than the ones your "
+            f"earlier updates were sent under (z = {current.terms.noise_multiplier:g}, δ = {current.terms.delta:g}, "
+            f"C = {current.terms.clip_norm:g}, budget {current.terms.epsilon_budget:g}); no more updates go to it"
+        )
 
 
 def _check(terms: PrivacyTerms, releases: object) -> None:

@@ -22,7 +22,6 @@ import dataclasses
 import gc
 import hashlib
 import math
-import secrets
 import shutil
 import struct
 import time
@@ -49,7 +48,7 @@ from training.inner import InnerConfig, InnerLoop, StepReport, unit_batches
 from training.model import GPT, ModelConfig
 from training.moments import Moments, as_records, from_records, loop_moments, seed_loop
 from training.onnx_graphs import GraphError, OrtInnerLoop, check_served_graph, ort_session
-from training.privacy import add_gaussian_noise, clip_update
+from training.privacy import add_secure_gaussian_noise, clip_update
 from volunteer_app.devices import DeviceInfo
 
 __all__ = [
@@ -482,12 +481,11 @@ class UnitRunner:
 
 def privatize(delta: dict[str, torch.Tensor], private: PrivateRecipe) -> dict[str, torch.Tensor]:
     """The update clipped to `clip_norm` with N(0, (z·2C)²) added to every value (protocol.md, units on
-    volunteers' own data). The noise comes from the operating system's randomness, never from the unit's
-    seed: the coordinator knows the seed, and could subtract noise drawn from it."""
+    volunteers' own data). The noise comes from the operating system's cryptographic randomness, never
+    from the unit's seed or a seeded generator: the coordinator knows the seed, and a Mersenne Twister's
+    state can be solved from its output, either of which would let it subtract the noise."""
     clipped, _ = clip_update({name: tensor.detach().float().cpu() for name, tensor in delta.items()}, private.clip_norm)
-    std = private.noise_multiplier * 2 * private.clip_norm
-    generator = torch.Generator().manual_seed(secrets.randbits(63))
-    return add_gaussian_noise(clipped, std, generator=generator)
+    return add_secure_gaussian_noise(clipped, private.noise_multiplier * 2 * private.clip_norm)
 
 
 def _corrupt(delta: dict[str, torch.Tensor], fault: Fault) -> dict[str, torch.Tensor]:

@@ -100,7 +100,14 @@ from volunteer_app.events import (
     WorkerState,
 )
 from volunteer_app.local_data import DataRules, LocalData, LocalDataError
-from volunteer_app.privacy_ledger import LEDGER_FILE, LedgerError, PrivacyLedger, PrivacyTerms
+from volunteer_app.privacy_ledger import (
+    LEDGER_FILE,
+    BudgetSpent,
+    LedgerError,
+    PrivacyLedger,
+    PrivacyTerms,
+    TermsChanged,
+)
 from volunteer_app.unit_runner import Fault, RunnerError, TrainedUnit, UnitRunner, UnitStore
 
 __all__ = [
@@ -891,7 +898,8 @@ class Worker:
                 return
             except LocalDataError as error:
                 self._notify(Notice(f"{unit.campaign_name}: your own files can't be used: {error}", error.code))
-                await self._abandon(unit, "error", f"the volunteer's own files: {error}")
+                # Only the kind of problem goes out: the message names the owner's files and counts its tokens.
+                await self._abandon(unit, "error", f"the volunteer's own files can't be used ({error.code})")
                 return
             except BlobError as error:
                 await self._abandon(unit, "download_failed", error.message)
@@ -919,9 +927,9 @@ class Worker:
                 return
             if terms is not None:  # recorded before the update can leave: a crash overcounts, never under
                 try:
-                    entry = self.ledger.spend(terms)
+                    entry = self.ledger.spend(terms)  # checked again: another process may have spent meanwhile
                 except LedgerError as error:
-                    await self._abandon(unit, "error", str(error))
+                    await self._refuse_private(unit, error)
                     return
                 self._notify(Notice(f"privacy spent: {entry.describe()}", "privacy"))
             self.store.save_submit(unit.unit_id, frame, trained=trained)
@@ -933,18 +941,30 @@ class Worker:
         """Whether one more update of this campaign on the owner's files stays within its ε budget; if not,
         the unit is given back and the owner told."""
         try:
-            exceeded = self.ledger.would_exceed(terms)
+            if self.ledger.would_exceed(terms):
+                raise BudgetSpent(f"the privacy budget of {unit.campaign_name} is spent")
         except LedgerError as error:
-            self._notify(Notice(str(error), "privacy_ledger"))
-            await self._abandon(unit, "error", "the volunteer's privacy ledger can't be read")
+            await self._refuse_private(unit, error)
             return False
-        if exceeded:
+        return True
+
+    async def _refuse_private(self, unit: WorkUnit, error: LedgerError) -> None:
+        """Give a private unit back because the ledger says no (budget spent, terms changed) or can't be
+        read; the owner is told the whole story, the coordinator only which of these it was (the ledger's
+        message names its path)."""
+        if isinstance(error, BudgetSpent):
             entry = self.ledger.entry(unit.campaign_id)
             spent = entry.describe() if entry is not None else unit.campaign_name
             self._notify(Notice(f"privacy budget spent, no more updates from your files: {spent}", "privacy"))
             await self._abandon(unit, "user_request", "this volunteer's privacy budget for the campaign is spent")
-            return False
-        return True
+        elif isinstance(error, TermsChanged):
+            self._notify(Notice(str(error), "privacy"))
+            await self._abandon(
+                unit, "user_request", "the campaign's privacy terms differ from those of this volunteer's first update"
+            )
+        else:
+            self._notify(Notice(str(error), "privacy_ledger"))
+            await self._abandon(unit, "error", "the volunteer's privacy ledger can't be read")
 
     async def _own_tokens(self, unit: WorkUnit, private: PrivateRecipe) -> bytes:
         """`recipe.tokens_needed` tokens of the owner's own files, tokenized here with the campaign's

@@ -56,7 +56,7 @@ from protocol.version import PROTOCOL_VERSION
 from tests.support.backends import Backend
 
 
-def hello(token: str | None = None, version: int = PROTOCOL_VERSION) -> Hello:
+def hello(token: str | None = None, version: int = PROTOCOL_VERSION, *, own_data: bool = False) -> Hello:
     return Hello(
         protocol_version=version,
         client_version="0.1.0",
@@ -70,6 +70,7 @@ def hello(token: str | None = None, version: int = PROTOCOL_VERSION) -> Hello:
             platform="linux-x86_64",
             runtimes=("torch",),
             unit_kinds=("train",),
+            own_data=own_data,
         ),
     )
 

@@ -24,9 +24,6 @@ from protocol.errors import ErrorCode
 from protocol.messages import (
     BlobChunk,
     BlobRequest,
-    Capabilities,
-    Device,
-    Hello,
     Message,
     NoWork,
     RequestWork,
@@ -38,7 +35,7 @@ from protocol.messages import (
     decode,
 )
 from protocol.messages import encode as encode_frame
-from protocol.version import PROTOCOL_VERSION
+from tests.coordinator.test_gateway import hello
 from tests.support.backends import Backend
 from training.privacy_accounting import releases_within
 from volunteer_app.unit_runner import privatize
@@ -50,25 +47,6 @@ SPEC: dict[str, Any] = {
     "privacy": {"clip_norm": 1.0, "noise_multiplier": 2.0, "delta": 1e-5, "epsilon_budget": 3.0,
                 "file_kinds": ".txt .md"},
 }  # fmt: skip
-
-
-def hello(own_data: bool) -> Hello:
-    return Hello(
-        protocol_version=PROTOCOL_VERSION,
-        client_version="0.1.0",
-        token=None,
-        name="test volunteer",
-        capabilities=Capabilities(
-            devices=(Device(kind="cpu", name="test cpu", memory_bytes=8 << 30),),
-            memory_bytes=8 << 30,
-            threads=1,
-            codecs=("fp32", "int8"),
-            platform="linux-x86_64",
-            runtimes=("torch",),
-            unit_kinds=("train",),
-            own_data=own_data,
-        ),
-    )
 
 
 @pytest.fixture

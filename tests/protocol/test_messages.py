@@ -862,6 +862,14 @@ def test_constructing_an_inconsistent_message_fails_at_once() -> None:
             "work_unit.private: a unit on the owner's data can't share moments",
         ),
         (
+            lambda f: f.update(
+                private=PRIVATE_WIRE | {"tokenizer": PRIVATE_WIRE["tokenizer"] | {"size": (64 << 20) + 1}},
+                data=None,
+                data_tokens=0,
+            ),
+            "work_unit.private.tokenizer.size: a tokenizer may hold at most 67108864 bytes",
+        ),
+        (
             lambda f: f.update(private=PRIVATE_WIRE | {"file_kinds": ["txt"]}, data=None, data_tokens=0),
             "work_unit.private.file_kinds[0]:",
         ),

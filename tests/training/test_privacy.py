@@ -11,9 +11,11 @@ import torch
 
 from training.privacy import (
     add_gaussian_noise,
+    add_secure_gaussian_noise,
     clip_update,
     gaussian_epsilon,
     noise_multiplier_for,
+    secure_normals,
     update_norm,
 )
 
@@ -30,7 +32,7 @@ def test_clipping_bounds_the_whole_updates_norm_and_keeps_its_direction() -> Non
     update = _update(10.0)
     clipped, before = clip_update(update, max_norm=1.5)
     assert before == pytest.approx(update_norm(update)) and before > 1.5
-    assert update_norm(clipped) == pytest.approx(1.5, rel=1e-5)
+    assert update_norm(clipped) == pytest.approx(1.5, rel=1e-5) and update_norm(clipped) <= 1.5
     for name in update:
         assert torch.allclose(clipped[name] * before / 1.5, update[name], rtol=1e-4, atol=1e-5)
     small = _update(1e-3)
@@ -53,6 +55,26 @@ def test_the_noise_has_the_stated_standard_deviation_and_no_bias() -> None:
     assert add_gaussian_noise(zeros, std=0.0)["w"] is zeros["w"]
     with pytest.raises(ValueError):
         add_gaussian_noise(zeros, std=-1.0)
+
+
+def test_the_secret_noise_has_the_stated_scale_and_no_seed_reproduces_it() -> None:
+    shaped = {"w": torch.zeros(600, 1001), "b": torch.zeros(7)}  # more than one chunk, an odd count
+    torch.manual_seed(0)
+    noisy = add_secure_gaussian_noise(shaped, std=0.37)
+    torch.manual_seed(0)
+    again = add_secure_gaussian_noise(shaped, std=0.37)
+    assert noisy["w"].shape == (600, 1001) and noisy["b"].shape == (7,) and noisy["w"].dtype == torch.float32
+    flat = noisy["w"].double().flatten()
+    assert float(flat.std()) == pytest.approx(0.37, rel=0.004)  # 600,600 draws: relative error 1/√(2n)
+    assert abs(float(flat.mean())) < 5 * 0.37 / math.sqrt(flat.numel())
+    beyond = float((flat.abs() > 2 * 0.37).double().mean())  # a normal's tails: 4.55 % beyond 2σ
+    assert beyond == pytest.approx(0.0455, abs=5 * math.sqrt(0.0455 * 0.9545 / flat.numel()))
+    assert not torch.equal(noisy["w"], again["w"])  # torch's seed has no say: the OS's randomness does
+    assert add_secure_gaussian_noise(shaped, std=0.0)["w"] is shaped["w"]
+    normals = secure_normals(1_000_001)
+    assert normals.shape == (1_000_001,) and bool(torch.isfinite(normals).all())
+    with pytest.raises(ValueError):
+        add_secure_gaussian_noise(shaped, std=math.nan)
 
 
 def test_epsilon_grows_with_releases_as_gaussian_dp_composes() -> None:

@@ -82,10 +82,16 @@ def test_the_cli_adds_lists_and_removes(notes: Path, tmp_path: Path) -> None:
     assert data("remove").returncode == 2
 
 
-def test_the_choices_and_the_privacy_ledger_load_without_numpy_tokenizers_or_torch() -> None:
-    """The desktop app's own process is built without them (installers/build.py); it shows these two."""
+@pytest.mark.parametrize(
+    "modules",
+    ["volunteer_app.local_data, volunteer_app.privacy_ledger", "volunteer_app.tray.app, volunteer_app.tray.data_box"],
+    ids=["choices-and-ledger", "app-and-data-box"],
+)
+def test_what_the_app_process_shows_loads_without_numpy_tokenizers_or_torch(modules: str) -> None:
+    """The desktop app's own process is built without them (installers/build.py); it shows the choices,
+    the privacy ledger and the Your own data box."""
     probe = (
-        "import sys, volunteer_app.local_data, volunteer_app.privacy_ledger\n"
+        f"import sys, {modules}\n"
         "print(sorted(m for m in ('numpy', 'tokenizers', 'torch', 'training.data') if m in sys.modules))\n"
     )
     done = subprocess.run(

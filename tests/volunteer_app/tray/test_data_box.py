@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.live import REPO
 from volunteer_app.local_data import DataRules, LocalData
 from volunteer_app.privacy_ledger import PrivacyLedger, PrivacyTerms
 
@@ -52,19 +49,6 @@ def _chosen(box: Any) -> list[str]:
     from PySide6.QtCore import Qt
 
     return [box.sources.item(i).data(Qt.ItemDataRole.UserRole) for i in range(box.sources.count())]
-
-
-def test_the_app_process_modules_load_without_numpy_tokenizers_or_torch() -> None:
-    """The installed app's own process is built without them (installers/build.py): the box must not need them."""
-    probe = (
-        "import sys, volunteer_app.tray.app, volunteer_app.tray.data_box\n"
-        "print(sorted(m for m in ('numpy', 'tokenizers', 'torch', 'training.data') if m in sys.modules))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
 
 
 def test_chosen_folders_and_files_are_shown_and_what_they_hold_is_counted(

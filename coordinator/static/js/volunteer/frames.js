@@ -51,6 +51,7 @@ export function hello({ token, name, clientVersion, memoryBytes, threads, platfo
       platform,
       runtimes: ["onnxruntime"],
       unit_kinds: ["train", "evaluate", "check"],
+      own_data: false, // the page trains on no files of the person's own (no private units)
     },
   });
 }
