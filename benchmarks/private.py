@@ -219,7 +219,8 @@ def run_bench_private(args: argparse.Namespace) -> int:
                         source_description="the volunteers' folders, all on the coordinator")  # fmt: skip
         for home in homes:
             subprocess.run([sys.executable, "-m", "commonweights", "volunteer", "data", "add", str(home / "notes"),
-                            "--config-dir", str(home / "config")], check=True, capture_output=True)  # fmt: skip
+                            "--config-dir", str(home / "config"), "--max-epsilon", "inf"],  # ε = ∞ is a run too
+                           check=True, capture_output=True)  # fmt: skip
         common: dict[str, Any] = {
             "model": "tiny", "token_budget": setup.budget, "codec": "int8",
             "inner": {"steps": setup.steps, "batch_size": setup.batch_size, "seq_len": setup.seq_len},

@@ -124,13 +124,18 @@ def add_volunteer(commands: Subparsers) -> None:
         description=(
             "Choose the folders and files (.txt, .md, .jsonl) that campaigns training on volunteers' own data may "
             "use, see what in them would be used and how much, or revoke them (which also deletes their tokenized "
-            "copies). Only model updates ever leave the machine, never the text or its tokens."
+            "copies). Only model updates ever leave the machine, never the text or its tokens. --max-epsilon sets "
+            "the most privacy any one campaign may spend of them (10 unless changed)."
         ),
     )
     data.add_argument("action", choices=("add", "list", "remove"), help="choose, show, or revoke")
     data.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="folders or files (add, remove)")
     data.add_argument("--config-dir", type=Path, default=None, metavar="DIR", help="where local-data.toml lives")
     data.add_argument("--data-dir", type=Path, default=None, metavar="DIR", help="where tokenized copies are kept")
+    data.add_argument(
+        "--max-epsilon", type=_epsilon, default=None, metavar="E",
+        help="set the most privacy (ε) any one campaign may spend of your files; inf: whatever a campaign states",
+    )  # fmt: skip
     data.set_defaults(handler=_run_data)
 
     from volunteer_app.tray.main import add_arguments  # argparse only; Qt loads when the app runs
@@ -189,6 +194,8 @@ def _run_data(args: argparse.Namespace) -> int:
         for path in args.paths if args.action == "remove" else ():
             if not local.remove(path):
                 print(f"{path} was not chosen", file=sys.stderr)
+        if args.max_epsilon is not None:
+            local.set_max_epsilon(args.max_epsilon)
         inventory = local.inventory(DataRules())
     except LocalDataError as error:
         print(f"error ({error.code}): {error}", file=sys.stderr)
@@ -196,6 +203,7 @@ def _run_data(args: argparse.Namespace) -> int:
     if not local.sources:
         print("No folder or file is chosen: campaigns on volunteers' data get nothing from this machine.")
         return 0
+    print(f"Privacy: {local.describe_limit()} (--max-epsilon).")
     print("Chosen (they never leave this machine; only model updates do):")
     for source in local.sources:
         print(f"  {source}")
@@ -207,6 +215,16 @@ def _run_data(args: argparse.Namespace) -> int:
     for skipped in inventory.skipped[:50]:
         print(f"  left out: {skipped.path}: {skipped.reason}")
     return 0
+
+
+def _epsilon(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (or inf)") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: ε must be above 0")
+    return value
 
 
 def _run_link(args: argparse.Namespace) -> int:

@@ -7,11 +7,15 @@ tokenizer. Nothing here sends anything: the files and their tokens stay on this 
     local.inventory(DataRules())                    # what would be used, and what is left out and why
     local.prepare(tokenizer_file, DataRules())       # a dataset folder: train and holdout token shards
     local.remove(Path("~/notes").expanduser())       # revoked: forgotten, and every tokenized copy deleted
+    local.set_max_epsilon(4.0)                       # the most privacy any one campaign may spend (inf: any)
 
 The tokenized copy is an ordinary dataset folder (training.data) under `data_dir/local-data/`, one per
 tokenizer, with its own holdout split (5 % of the documents, by content). It is rebuilt when the chosen
 files change (their paths, sizes and modification times) and deleted whenever a source is removed,
 since it holds that source's text.
+
+`max_epsilon` is the owner's own limit on top of each campaign's promise: a campaign whose ε budget is
+larger (or unlimited) gets no update from these files, whatever it states. 10 unless the owner changes it.
 
 Importing this module imports neither numpy, tokenizers nor torch (only `prepare` loads `training.data`):
 the desktop app's process, which carries none of them, shows the choices and the inventory.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import tomllib
 from dataclasses import dataclass, field
@@ -36,13 +41,14 @@ from training.files import find_files
 if TYPE_CHECKING:
     from training.data import DatasetManifest
 
-__all__ = ["FILE_NAME", "DataRules", "Inventory", "LocalData", "LocalDataError", "Skipped"]
+__all__ = ["DEFAULT_MAX_EPSILON", "FILE_NAME", "DataRules", "Inventory", "LocalData", "LocalDataError", "Skipped"]
 
 FILE_NAME = "local-data.toml"
 PREPARED_DIR = "local-data"
 FINGERPRINT = "sources.json"
 HOLDOUT_FRACTION = 0.05
 MAX_SOURCES = 256
+DEFAULT_MAX_EPSILON = 10.0
 
 
 class LocalDataError(ValueError):
@@ -88,9 +94,26 @@ class LocalData:
     config_dir: Path
     data_dir: Path
     sources: list[Path] = field(default_factory=list)
+    max_epsilon: float = DEFAULT_MAX_EPSILON
 
     def __post_init__(self) -> None:
-        self.sources = self._read()
+        self.sources, self.max_epsilon = self._read()
+
+    def set_max_epsilon(self, value: float) -> None:
+        """The most ε any one campaign may spend of these files (inf: whatever a campaign states)."""
+        if not value > 0:
+            raise LocalDataError("bad_limit", f"the privacy limit must be an ε above 0 (or inf), got {value}")
+        self.max_epsilon = float(value)
+        self._write()
+
+    def accepts(self, epsilon_budget: float) -> bool:
+        """Whether a campaign with this ε budget (inf: none) may train on these files."""
+        return epsilon_budget <= self.max_epsilon
+
+    def describe_limit(self) -> str:
+        if math.isinf(self.max_epsilon):
+            return "campaigns may spend any amount of privacy, even with no noise"
+        return f"each campaign may spend at most ε = {self.max_epsilon:g} of privacy"
 
     @property
     def path(self) -> Path:
@@ -177,19 +200,26 @@ class LocalData:
             )
         return out, manifest
 
-    def _read(self) -> list[Path]:
+    def _read(self) -> tuple[list[Path], float]:
         try:
             raw = tomllib.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return []
+            return [], DEFAULT_MAX_EPSILON
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
             raise LocalDataError("unreadable", f"can't read {self.path}: {error}") from None
         listed = raw.get("sources", [])
         if not isinstance(listed, list) or not all(isinstance(s, str) for s in listed):
             raise LocalDataError("unreadable", f"{self.path}: sources must be a list of paths")
-        return [Path(s) for s in listed[:MAX_SOURCES]]
+        limit = raw.get("max_epsilon", DEFAULT_MAX_EPSILON)
+        if isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0:
+            raise LocalDataError("unreadable", f"{self.path}: max_epsilon must be a number above 0, or inf")
+        return [Path(s) for s in listed[:MAX_SOURCES]], float(limit)
 
     def _write(self) -> None:
         self.config_dir.mkdir(parents=True, exist_ok=True)
-        text = "# The folders and files this volunteer chose to train on. They never leave this machine.\n\n"
-        write_atomically(self.path, text + tomli_w.dumps({"sources": [str(s) for s in self.sources]}))
+        text = (
+            "# The folders and files this volunteer chose to train on. They never leave this machine.\n"
+            "# max_epsilon: the most privacy (ε) any one campaign may spend of them; inf for no limit.\n\n"
+        )
+        document = {"max_epsilon": self.max_epsilon, "sources": [str(s) for s in self.sources]}
+        write_atomically(self.path, text + tomli_w.dumps(document))

@@ -37,7 +37,16 @@ from training.privacy_accounting import gaussian_epsilon
 if sys.platform != "win32":
     import fcntl
 
-__all__ = ["LEDGER_FILE", "BudgetSpent", "LedgerEntry", "LedgerError", "PrivacyLedger", "PrivacyTerms", "TermsChanged"]
+__all__ = [
+    "LEDGER_FILE",
+    "BeyondOwnersLimit",
+    "BudgetSpent",
+    "LedgerEntry",
+    "LedgerError",
+    "PrivacyLedger",
+    "PrivacyTerms",
+    "TermsChanged",
+]
 
 LEDGER_FILE = "privacy-ledger.json"  # in the volunteer's data folder (credentials.volunteer_data_dir)
 MAX_LEDGER_BYTES = 1 << 20
@@ -54,6 +63,10 @@ class TermsChanged(LedgerError):
 
 class BudgetSpent(LedgerError):
     """One more release would take the campaign past its ε budget."""
+
+
+class BeyondOwnersLimit(LedgerError):
+    """The campaign's ε budget is larger than the owner accepts (local-data.toml's max_epsilon)."""
 
 
 @dataclass(frozen=True)

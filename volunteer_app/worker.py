@@ -102,6 +102,7 @@ from volunteer_app.events import (
 from volunteer_app.local_data import DataRules, LocalData, LocalDataError
 from volunteer_app.privacy_ledger import (
     LEDGER_FILE,
+    BeyondOwnersLimit,
     BudgetSpent,
     LedgerError,
     PrivacyLedger,
@@ -941,6 +942,18 @@ class Worker:
         """Whether one more update of this campaign on the owner's files stays within its ε budget; if not,
         the unit is given back and the owner told."""
         try:
+            local = self._local_data()
+        except LocalDataError as error:
+            self._notify(Notice(f"your chosen files can't be read: {error}", error.code))
+            await self._abandon(unit, "error", f"the volunteer's own files can't be used ({error.code})")
+            return False
+        try:
+            if not local.accepts(terms.epsilon_budget):
+                budget = "no limit" if math.isinf(terms.epsilon_budget) else f"ε = {terms.epsilon_budget:g}"
+                raise BeyondOwnersLimit(
+                    f"{unit.campaign_name} may spend {budget} of your privacy; you accept at most "
+                    f"ε = {local.max_epsilon:g} (commonweights volunteer data --max-epsilon, or the app's settings)"
+                )
             if self.ledger.would_exceed(terms):
                 raise BudgetSpent(f"the privacy budget of {unit.campaign_name} is spent")
         except LedgerError as error:
@@ -957,6 +970,9 @@ class Worker:
             spent = entry.describe() if entry is not None else unit.campaign_name
             self._notify(Notice(f"privacy budget spent, no more updates from your files: {spent}", "privacy"))
             await self._abandon(unit, "user_request", "this volunteer's privacy budget for the campaign is spent")
+        elif isinstance(error, BeyondOwnersLimit):
+            self._notify(Notice(str(error), "privacy"))
+            await self._abandon(unit, "user_request", "the campaign's privacy budget is above this volunteer's limit")
         elif isinstance(error, TermsChanged):
             self._notify(Notice(str(error), "privacy"))
             await self._abandon(

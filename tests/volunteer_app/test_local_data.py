@@ -4,6 +4,7 @@ and the tokenized copy made with a campaign's tokenizer, which revoking deletes.
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -76,10 +77,33 @@ def test_the_cli_adds_lists_and_removes(notes: Path, tmp_path: Path) -> None:
     assert added.returncode == 0, added.stderr
     assert str(notes) in added.stdout and "Would be used: 14 file(s)" in added.stdout
     assert "left out" in added.stdout and "script.py" in added.stdout
-    assert "never leave this machine" in data("list").stdout
+    listed = data("list")
+    assert "never leave this machine" in listed.stdout and "at most ε = 10 of privacy" in listed.stdout
+    limited = data("list", "--max-epsilon", "4")
+    assert limited.returncode == 0 and "at most ε = 4 of privacy" in limited.stdout
+    assert LocalData(tmp_path, tmp_path / "data").max_epsilon == 4.0
+    assert "any amount of privacy" in data("list", "--max-epsilon", "inf").stdout
+    refused = data("list", "--max-epsilon", "0")
+    assert refused.returncode == 2 and "ε must be above 0" in refused.stderr
     removed = data("remove", str(notes))
     assert removed.returncode == 0 and "No folder or file is chosen" in removed.stdout
     assert data("remove").returncode == 2
+
+
+def test_the_owners_privacy_limit_is_kept_and_a_bad_one_refused(tmp_path: Path) -> None:
+    local = LocalData(tmp_path / "config", tmp_path / "data")
+    assert local.max_epsilon == 10.0 and local.accepts(8.0) and not local.accepts(math.inf)
+    local.set_max_epsilon(math.inf)
+    assert LocalData(tmp_path / "config", tmp_path / "data").accepts(math.inf)  # kept in local-data.toml
+    local.set_max_epsilon(2.5)
+    again = LocalData(tmp_path / "config", tmp_path / "data")
+    assert again.max_epsilon == 2.5 and again.accepts(2.5) and not again.accepts(2.6)
+    for bad in (0.0, -1.0, math.nan):
+        with pytest.raises(LocalDataError, match="above 0"):
+            local.set_max_epsilon(bad)
+    (tmp_path / "config" / "local-data.toml").write_text('max_epsilon = "lots"\nsources = []\n')
+    with pytest.raises(LocalDataError, match="max_epsilon must be a number"):
+        LocalData(tmp_path / "config", tmp_path / "data")
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ One coordinator serves the whole module; each test posts its own small campaign 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import queue
@@ -25,6 +26,8 @@ import pytest
 from coordinator.local import LocalCoordinator, start_coordinator, stop
 from training.checkpoint import load_state
 from volunteer_app.credentials import CredentialStore
+from volunteer_app.events import Notice
+from volunteer_app.local_data import LocalData
 from volunteer_app.worker import (
     Connected,
     Downloading,
@@ -342,3 +345,32 @@ def test_bad_flags_exit_2_with_a_hint() -> None:
     process = _volunteer("--coordinator", "ws://127.0.0.1:1/ws", "--cpu-percent", "0")
     output, _ = process.communicate(timeout=VOLUNTEER_S)
     assert process.returncode == 2 and b"--cpu-percent" in output
+
+
+async def test_a_campaign_promising_more_privacy_spend_than_the_owner_accepts_gets_no_update(
+    coordinator: Coordinator, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "letter.txt").write_text("Dear diary, nothing here may leave this machine. " * 400)
+    LocalData(tmp_path / "config", tmp_path / "data").add(notes)  # the default limit: ε = 10
+    spec = {
+        "name": "no-promise", "model": "tiny", "dataset": "stdlib", "token_budget": 64, "codec": "int8",
+        "data": "volunteer", "privacy": {"clip_norm": 1.0, "noise_multiplier": 0.5},  # no ε budget: unlimited
+        "inner": {"steps": 2, "batch_size": 2, "seq_len": 32, "warmup_steps": 0},
+        "rounds": {"units_per_round": 1, "min_accepted": 1},
+    }  # fmt: skip
+    campaign = str(coordinator.local.api.post_campaign(spec)["id"])
+
+    def stop_when_refused(worker: Worker, event: WorkerEvent) -> None:
+        if isinstance(event, Notice) and "you accept at most ε = 10" in event.message:
+            worker.stop()
+
+    summary, events = await asyncio.wait_for(_run(_config(coordinator, tmp_path, campaign), stop_when_refused), 120)
+    assert summary.units == 0
+    refusals = [e for e in events if isinstance(e, Notice) and e.code == "privacy"]
+    assert refusals and "no-promise may spend no limit of your privacy" in refusals[0].message
+    assert not any(isinstance(e, TrainingProgress) for e in events)  # nothing trained
+    assert {e.status for e in events if isinstance(e, UnitResult)} == {"abandoned"}  # given back, nothing sent
+    assert not (tmp_path / "data" / "privacy-ledger.json").exists()  # no privacy spent
+    assert coordinator.get(f"/api/campaigns/{campaign}/leaderboard")["leaderboard"] == []

@@ -14,6 +14,7 @@ app's process does not carry.
 from __future__ import annotations
 
 import html
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QComboBox,
     QFileDialog,
     QGroupBox,
     QHBoxLayout,
@@ -104,6 +106,9 @@ def _read(config_dir: Path, data_dir: Path, rules: DataRules, ledger: Path) -> _
     return _Reading(inventory, privacy)
 
 
+LIMITS = (1.0, 2.0, 4.0, 8.0, 10.0, 16.0, math.inf)  # the ceilings offered; the CLI may set any other
+
+
 class _Answers(QObject):
     arrived = Signal(int, object)  # (question number, a _Reading), on the GUI thread
 
@@ -162,6 +167,16 @@ class DataBox(QGroupBox):
         note = QLabel(NOTE)
         note.setObjectName("own-data-note")
         note.setWordWrap(True)
+        self.limit = QComboBox()  # the owner's own ceiling on any campaign's ε budget (local-data.toml)
+        self.limit.setObjectName("own-data-limit")
+        self.limit.setToolTip(
+            "A campaign that may spend more of your privacy than this (or any amount) gets no update from your files"
+        )
+        self.limit.currentIndexChanged.connect(self._limit_chosen)
+        limit_row = QHBoxLayout()
+        limit_row.addWidget(QLabel("Each campaign may spend at most"))
+        limit_row.addWidget(self.limit)
+        limit_row.addStretch()
         self.privacy = QLabel("Privacy spent: checking…")
         self.privacy.setObjectName("own-data-privacy")
         self.privacy.setWordWrap(True)
@@ -178,6 +193,7 @@ class DataBox(QGroupBox):
         layout.addWidget(self.summary)
         layout.addWidget(self.left_out)
         layout.addWidget(note)
+        layout.addLayout(limit_row)
         layout.addWidget(self.privacy)
 
     @property
@@ -206,6 +222,7 @@ class DataBox(QGroupBox):
             self.sources.addItem(item)
         for button in (self.add_folder, self.add_files):
             button.setEnabled(self.local is not None)
+        self._show_limit()
         self._selection_changed()
         self.summary.setToolTip("")
         self.left_out.clear()
@@ -261,6 +278,28 @@ class DataBox(QGroupBox):
             except (LocalDataError, OSError) as error:  # local-data.toml could not be written
                 problems.append(f"Could not remove {shown(path)}: {error}")
         self._refresh(problems)
+
+    def _show_limit(self) -> None:
+        """The choices of ceiling, the current one (perhaps set with the CLI to another value) selected."""
+        current = self.local.max_epsilon if self.local is not None else None
+        values = sorted({*LIMITS, *([current] if current is not None else [])})
+        self.limit.blockSignals(True)
+        self.limit.clear()
+        for value in values:
+            self.limit.addItem("no limit (even no noise)" if math.isinf(value) else f"ε = {value:g}", value)
+        if current is not None:
+            self.limit.setCurrentIndex(values.index(current))
+        self.limit.setEnabled(self.local is not None)
+        self.limit.blockSignals(False)
+
+    def _limit_chosen(self, index: int) -> None:
+        value = self.limit.itemData(index)
+        if self.local is None or value is None or value == self.local.max_epsilon:
+            return
+        try:
+            self.local.set_max_epsilon(float(value))
+        except (LocalDataError, OSError) as error:  # local-data.toml could not be written
+            self._refresh([f"Could not change the privacy limit: {error}"])
 
     def _selection_changed(self) -> None:
         self.remove.setEnabled(self.local is not None and bool(self.sources.selectedItems()))

@@ -170,6 +170,29 @@ def test_the_privacy_spent_per_campaign_is_shown_from_the_ledger(
         dialog.grab().save(os.path.join(shots, "app-settings-own-data.png"))
 
 
+def test_the_privacy_limit_is_chosen_in_the_box_and_kept_where_the_cli_reads_it(
+    qtbot: Any, make_app: MakeApp, tmp_path: Path, notes: Path
+) -> None:
+    config = tmp_path / "config"
+    LocalData(config, config / "data").add(notes)
+    desktop, _ = make_app()
+    desktop.start()
+    box = _open_box(desktop)
+    assert box.limit.currentText() == "ε = 10" and box.limit.isEnabled()  # the default
+    box.limit.setCurrentIndex(box.limit.findText("ε = 4"))
+    assert LocalData(config, config / "data").max_epsilon == 4.0
+    box.limit.setCurrentIndex(box.limit.findText("no limit (even no noise)"))
+    assert LocalData(config, config / "data").max_epsilon == math.inf
+
+    LocalData(config, config / "data").set_max_epsilon(2.5)  # as `volunteer data --max-epsilon 2.5` does
+    dialog = desktop.settings_dialog
+    assert dialog is not None
+    dialog.hide()
+    desktop.actions.settings.trigger()
+    assert box.limit.currentText() == "ε = 2.5"  # a value the box doesn't offer is shown as it is
+    assert LocalData(config, config / "data").max_epsilon == 2.5  # showing it changed nothing
+
+
 def test_a_damaged_ledger_or_choices_file_is_shown_as_its_message(
     qtbot: Any, make_app: MakeApp, tmp_path: Path
 ) -> None:
