@@ -92,6 +92,7 @@ FORWARD_KINDS = ("evaluate", "check")  # unit kinds the evaluation desk serves (
 SEEN_EVERY_S = 60.0  # a connected volunteer's last_seen is written at most this often (its account page reads it)
 PAUSED = "this machine is paused from its account (resume it on the dashboard's My machines page)"
 PAUSED_RETRY_S = 30.0
+DECLINED_S = 3600.0  # a private campaign a volunteer gave back by its owner's choice is not offered again for this long
 
 
 @dataclass
@@ -106,6 +107,7 @@ class Session:
     runtimes: tuple[str, ...] = ("torch",)  # preferred first, as hello listed them
     unit_kinds: tuple[str, ...] = ("train",)
     own_data: bool = False  # the owner chose files for campaigns on volunteers' own data
+    declined: dict[int, float] = field(default_factory=dict)  # private campaign id → monotonic time to ask again
     blobs: set[str] = field(default_factory=set)  # what this volunteer may download
     errors: int = 0
     connected_at: float = field(default_factory=time.monotonic)
@@ -604,13 +606,16 @@ async def _dispatch(session: Session, message: Message) -> None:
     elif isinstance(message, Submit):
         await _submit(session, message)
     elif isinstance(message, Abandon):
-        await _abandon(session, message.unit_id, message.lease_id)
+        await _abandon(session, message.unit_id, message.lease_id, message.reason)
     else:
         raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"{type(message).__name__} is not expected here")
 
 
-async def _abandon(session: Session, unit_id: str, lease_id: str) -> None:
-    """Give a leased unit (or a measurement) back on the volunteer's behalf, so it is reissued now."""
+async def _abandon(session: Session, unit_id: str, lease_id: str, reason: str = "user_request") -> None:
+    """Give a leased unit (or a measurement) back on the volunteer's behalf, so it is reissued now. A unit on
+    the volunteer's own files given back by the owner's choice (`user_request`: its privacy budget is spent,
+    or the campaign asks more than the owner allows) means no more of that campaign on this connection for
+    DECLINED_S, rather than a unit offered and given back at every request."""
     service = session.service
     assert session.volunteer is not None
     volunteer_id = session.volunteer.id
@@ -618,6 +623,8 @@ async def _abandon(session: Session, unit_id: str, lease_id: str) -> None:
         await service.workers.run(service.evaluations.abandon, volunteer_id, unit_id, lease_id)
         return
     runtime = await _runtime_for_unit(service, unit_id)
+    if runtime.spec.private and reason == "user_request":
+        session.declined[runtime.row.id] = time.monotonic() + DECLINED_S
     if isinstance(runtime, FollowerRuntime):
         await session.leader().abandon(runtime, volunteer_id, unit_id, lease_id)
     else:
@@ -699,6 +706,15 @@ async def _assign_work(session: Session, message: RequestWork) -> Assignment | E
         waiting = NoWorkAnswer("no version or update is waiting for a holdout loss to be measured", retry_after_s=10)
         return min([*reasons, waiting], key=lambda r: r.retry_after_s)
     for runtime in candidates:
+        if runtime.spec.private and session.declined.get(runtime.row.id, 0.0) > time.monotonic():
+            reasons.append(
+                NoWorkAnswer(
+                    f"this volunteer gave back campaign {runtime.row.name}'s units on its own files (its privacy "
+                    "budget there is spent, or the campaign asks more than its owner allows)",
+                    retry_after_s=DECLINED_S,
+                )
+            )
+            continue
         if runtime.spec.private and not session.own_data:
             reasons.append(
                 NoWorkAnswer(

@@ -22,6 +22,7 @@ from coordinator.service import CoordinatorConfig
 from protocol.codecs import CodecConfig, encode
 from protocol.errors import ErrorCode
 from protocol.messages import (
+    Abandon,
     BlobChunk,
     BlobRequest,
     Message,
@@ -118,6 +119,20 @@ async def test_leases_stop_where_the_volunteers_budget_would_be_passed(server: T
         assert isinstance(result, Result) and result.status == "accepted", result
         again = await exchange(ws, RequestWork())
         assert isinstance(again, NoWork) and "privacy budget" in again.reason
+
+
+async def test_a_campaign_the_owner_declines_is_not_offered_again_on_that_connection(server: TestServer) -> None:
+    async with aiohttp.ClientSession() as session, session.ws_connect(server.make_url("/ws")) as ws:
+        assert isinstance(await exchange(ws, hello(own_data=True)), Welcome)
+        first = await exchange(ws, RequestWork())
+        assert isinstance(first, WorkUnit)
+        await ws.send_bytes(encode_frame(Abandon(first.unit_id, first.lease_id, "error", "files unreadable")))
+        second = await exchange(ws, RequestWork())  # a failure is no refusal: work is offered again
+        assert isinstance(second, WorkUnit)
+        await ws.send_bytes(encode_frame(Abandon(second.unit_id, second.lease_id, "user_request", "budget spent")))
+        declined = await exchange(ws, RequestWork())
+        assert isinstance(declined, NoWork) and "gave back campaign notes" in declined.reason, declined
+        assert declined.retry_after_s >= 3600
 
 
 async def test_an_update_without_its_noise_or_with_losses_is_refused(server: TestServer) -> None:
