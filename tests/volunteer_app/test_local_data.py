@@ -4,6 +4,7 @@ and the tokenized copy made with a campaign's tokenizer, which revoking deletes.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import subprocess
 import sys
@@ -108,8 +109,16 @@ def test_the_owners_privacy_limit_is_kept_and_a_bad_one_refused(tmp_path: Path) 
 
 @pytest.mark.parametrize(
     "modules",
-    ["volunteer_app.local_data, volunteer_app.privacy_ledger", "volunteer_app.tray.app, volunteer_app.tray.data_box"],
-    ids=["choices-and-ledger", "app-and-data-box"],
+    [
+        pytest.param("volunteer_app.local_data, volunteer_app.privacy_ledger", id="choices-and-ledger"),
+        pytest.param(
+            "volunteer_app.tray.app, volunteer_app.tray.data_box",
+            id="app-and-data-box",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("PySide6") is None, reason="PySide6 is not installed (the app's extra)"
+            ),
+        ),
+    ],
 )
 def test_what_the_app_process_shows_loads_without_numpy_tokenizers_or_torch(modules: str) -> None:
     """The desktop app's own process is built without them (installers/build.py); it shows the choices,
