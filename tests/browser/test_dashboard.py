@@ -415,6 +415,15 @@ def test_a_campaign_on_volunteers_own_files_shows_its_privacy_terms_and_the_epsi
     names = ("notes-ada", "notes-grace")
     for name, modules in zip(names, (("argparse.py", "dataclasses.py"), ("ast.py", "inspect.py")), strict=True):
         own_notes(tmp_path / name, modules)
+    # `--campaign` only prefers: a volunteer waiting for the round's other update would take a unit of
+    # another campaign of this module's coordinator and spend one of its two units there. Those wait.
+    others = [
+        c["id"]
+        for c in server.call("GET", "/api/campaigns")[1]["campaigns"]
+        if c["status"] == "active" and c["id"] != campaign["id"]
+    ]
+    for other in others:
+        assert server.call("POST", f"/api/campaigns/{other}/pause", token=server.admin_token)[0] == 200
     workers = [
         volunteer(server, tmp_path / name, name, "--campaign", str(campaign["id"]), "--max-units", "2")
         for name in names
@@ -433,6 +442,8 @@ def test_a_campaign_on_volunteers_own_files_shows_its_privacy_terms_and_the_epsi
     finally:
         for worker in workers:
             stop(worker)
+        for other in others:
+            server.call("POST", f"/api/campaigns/{other}/resume", token=server.admin_token)
     assert rows.count() == 2, _logs(tmp_path, server)
     epsilon = gaussian_epsilon(1.5, 2, 1e-5)
     for name in names:
