@@ -74,6 +74,7 @@ from protocol.limits import (
     MAX_FRAME_VALUES,
     MAX_INNER_STEPS,
     MAX_SHARD_PARAMS,
+    MAX_TOKENIZER_BYTES,
 )
 from protocol.messages import KEY, ToServerType
 
@@ -412,6 +413,10 @@ def work_units(draw: st.DrawFn) -> WorkUnit:
     private = kwargs["private"] if kwargs["kind"] == "train" and not recipe.shared_moments else None
     if private is not None:
         tokens = 0
+        tokenizer = private.tokenizer
+        private = msgspec.structs.replace(
+            private, tokenizer=BlobRef(tokenizer.sha256, min(tokenizer.size, MAX_TOKENIZER_BYTES))
+        )
     data_sha = (kwargs["data"] or BlobRef(DATA_SHA, 0)).sha256
     return WorkUnit(
         **kwargs
