@@ -413,10 +413,8 @@ def work_units(draw: st.DrawFn) -> WorkUnit:
     private = kwargs["private"] if kwargs["kind"] == "train" and not recipe.shared_moments else None
     if private is not None:
         tokens = 0
-        tokenizer = private.tokenizer
-        private = msgspec.structs.replace(
-            private, tokenizer=BlobRef(tokenizer.sha256, min(tokenizer.size, MAX_TOKENIZER_BYTES))
-        )
+        size = min(private.tokenizer.size, MAX_TOKENIZER_BYTES)
+        private = msgspec.structs.replace(private, tokenizer=msgspec.structs.replace(private.tokenizer, size=size))
     data_sha = (kwargs["data"] or BlobRef(DATA_SHA, 0)).sha256
     return WorkUnit(
         **kwargs

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from tests.support.normal import assert_centred_normal
 from training.privacy import (
     add_gaussian_noise,
     add_secure_gaussian_noise,
@@ -65,8 +66,7 @@ def test_the_secret_noise_has_the_stated_scale_and_no_seed_reproduces_it() -> No
     again = add_secure_gaussian_noise(shaped, std=0.37)
     assert noisy["w"].shape == (600, 1001) and noisy["b"].shape == (7,) and noisy["w"].dtype == torch.float32
     flat = noisy["w"].double().flatten()
-    assert float(flat.std()) == pytest.approx(0.37, rel=5 / math.sqrt(2 * flat.numel()))  # 5 standard errors
-    assert abs(float(flat.mean())) < 5 * 0.37 / math.sqrt(flat.numel())
+    assert_centred_normal(flat, 0.37)
     beyond = float((flat.abs() > 2 * 0.37).double().mean())  # a normal's tails: 4.55 % beyond 2σ
     assert beyond == pytest.approx(0.0455, abs=5 * math.sqrt(0.0455 * 0.9545 / flat.numel()))
     assert not torch.equal(noisy["w"], again["w"])  # torch's seed has no say: the OS's randomness does

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from protocol.messages import BlobRef, PrivateRecipe
+from tests.support.normal import assert_centred_normal
 from training.privacy import update_norm
 from training.privacy_accounting import gaussian_epsilon, releases_within
 from volunteer_app.privacy_ledger import (
@@ -102,11 +103,7 @@ def test_the_update_leaves_clipped_with_noise_of_the_stated_scale() -> None:
     assert 3.0 * (1 - 1e-5) < update_norm(clipped) <= 3.0  # z = 0: clipped (never past C), nothing added
     noisy = privatize(delta, recipe(0.5, clip=3.0))
     residual = torch.cat([(noisy[n] - clipped[n]).flatten() for n in delta])
-    sigma, n = 0.5 * 2 * 3.0, residual.numel()  # z·2C, over 91,000 values
-    # Five standard errors each: the mean's is σ/√n, the sample std's relative one 1/√(2n) (a bound of two
-    # standard errors on the mean failed one CI run in twenty, as it should).
-    assert abs(float(residual.mean())) < 5 * sigma / math.sqrt(n)
-    assert float(residual.std()) == pytest.approx(sigma, rel=5 / math.sqrt(2 * n))
+    assert_centred_normal(residual, 0.5 * 2 * 3.0)  # z·2C
 
 
 def test_the_noise_is_not_drawn_from_anything_the_coordinator_knows() -> None:
