@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
-import msgpack
+import msgspec
 from aiohttp import web
 
 from coordinator.appkeys import SERVICE
@@ -83,7 +83,7 @@ class Forwarder:
         }
         try:
             async with self._session.post(
-                f"{url}/internal/campaigns/{campaign_id}/{op}", data=msgpack.packb(body), headers=headers
+                f"{url}/internal/campaigns/{campaign_id}/{op}", data=msgspec.msgpack.encode(body), headers=headers
             ) as response:
                 data = await response.read()
                 if response.status != 200:
@@ -94,7 +94,7 @@ class Forwarder:
         except LeaderUnavailable:
             self._urls.pop(campaign_id, None)
             raise
-        answer = msgpack.unpackb(data)
+        answer = msgspec.msgpack.decode(data)
         if not isinstance(answer, dict):
             raise LeaderUnavailable(f"the leader of campaign {campaign_id} answered something other than a map")
         return answer
@@ -275,15 +275,14 @@ async def _internal(request: web.Request) -> web.Response:
     if runtime is None:
         raise web.HTTPConflict(text=f"replica {cluster.name} doesn't lead campaign {campaign_id}")
     try:
-        body = msgpack.unpackb(await request.read(), strict_map_key=True)  # the app's client_max_size bounds it
-        if not isinstance(body, dict):
-            raise BadBody("the body is not a map")
+        # A map with string keys, or DecodeError; the app's client_max_size bounds the read.
+        body = msgspec.msgpack.decode(await request.read(), type=dict[str, Any])
         answer = await op(service, runtime, body)
-    except (BadBody, ValueError, msgpack.UnpackException) as error:
+    except (BadBody, ValueError, msgspec.DecodeError) as error:
         raise web.HTTPBadRequest(text=f"malformed {request.match_info['op']} body: {error}") from None
     except LeaseLost as error:
         raise web.HTTPConflict(text=str(error)) from None
-    return web.Response(body=msgpack.packb(answer), content_type=MSGPACK)
+    return web.Response(body=msgspec.msgpack.encode(answer), content_type=MSGPACK)
 
 
 async def _forwarder(app: web.Application) -> AsyncIterator[None]:
